@@ -1,0 +1,76 @@
+# Every developer command and CI step lives here; `.ci/run` calls these targets.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PORT ?= 7070
+DATA ?= ./data
+SEEDS ?= 2000
+
+.PHONY: help venv run test test-unit test-sim test-integration sim lint typecheck proto proto-check buf-lint wheel-check bench check clean
+
+help:
+	@echo "make run | test | check | lint | typecheck | proto | bench | sim SEEDS=N"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Start one broker with its data under ./data (Ctrl-C or SIGTERM stops it cleanly).
+run: $(STAMP)
+	$(VENV)/bin/weir serve --data-dir $(DATA) --listen 127.0.0.1:$(PORT)
+
+## Every test: unit + simulation (with coverage of the Raft core), then integration.
+test: $(STAMP)
+	$(PY) -m coverage erase
+	$(PY) -m coverage run --branch --include='cluster/raft/*' -m pytest -q tests/unit tests/sim
+	$(PY) -m coverage report --show-missing --fail-under=95
+	$(PY) -m pytest -q tests/integration
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -q tests/integration
+
+## More simulation seeds than CI runs: make sim SEEDS=20000
+sim: $(STAMP)
+	WEIR_SIM_SEEDS=$(SEEDS) $(PY) -m pytest -q tests/sim
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sdk server cluster tests bench tools
+	$(VENV)/bin/ruff format --check sdk server cluster tests bench tools
+
+## mypy cannot follow setuptools' package-dir mapping, so it checks a tree of
+## links laid out as the installed package.
+typecheck: $(STAMP)
+	rm -rf .typecheck && mkdir -p .typecheck/weir
+	for f in sdk/*; do ln -s "$(CURDIR)/$$f" .typecheck/weir/; done
+	ln -s "$(CURDIR)/server" .typecheck/weir/server
+	ln -s "$(CURDIR)/cluster" .typecheck/weir/cluster
+	cd .typecheck && ../$(VENV)/bin/mypy --config-file ../pyproject.toml -p weir
+
+## Regenerate the committed Python stubs from proto/.
+proto: $(STAMP)
+	$(PY) tools/genproto.py
+
+proto-check: $(STAMP)
+	$(PY) tools/genproto.py --check
+
+buf-lint:
+	npx --yes @bufbuild/buf@1 lint proto
+
+wheel-check: $(STAMP)
+	bash tools/wheel_check.sh
+
+check: lint typecheck proto-check buf-lint wheel-check
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf .typecheck build dist *.egg-info .coverage

@@ -1,0 +1,1 @@
+"""Replication and storage: the Raft core, LMDB storage, (later) the multi-Raft host."""

@@ -1,0 +1,1 @@
+"""Sans-I/O Raft consensus core (no asyncio, grpc, lmdb, wall clock or global random)."""

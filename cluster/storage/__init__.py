@@ -1,0 +1,1 @@
+"""LMDB storage for partition logs: one environment per node, group-commit writer."""

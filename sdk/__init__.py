@@ -1,0 +1,1 @@
+"""Weir: partitioned replayable streams and work queues behind one gRPC API."""

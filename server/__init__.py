@@ -1,0 +1,1 @@
+"""One Weir broker node: gRPC services, produce and consume paths, CLI."""
