@@ -62,7 +62,7 @@ proto-check: $(STAMP)
 	$(PY) tools/genproto.py --check
 
 buf-lint:
-	npx --yes @bufbuild/buf@1 lint proto
+	npx --yes @bufbuild/buf@1.75.0 lint proto
 
 wheel-check: $(STAMP)
 	bash tools/wheel_check.sh

@@ -1,0 +1,193 @@
+from weir.v1 import errors_pb2 as _errors_pb2
+from weir.v1 import records_pb2 as _records_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Acks(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACKS_UNSPECIFIED: _ClassVar[Acks]
+    ACKS_NONE: _ClassVar[Acks]
+    ACKS_LEADER: _ClassVar[Acks]
+    ACKS_ALL: _ClassVar[Acks]
+
+class StartKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    START_KIND_UNSPECIFIED: _ClassVar[StartKind]
+    START_KIND_EARLIEST: _ClassVar[StartKind]
+    START_KIND_LATEST: _ClassVar[StartKind]
+    START_KIND_OFFSET: _ClassVar[StartKind]
+    START_KIND_TIMESTAMP: _ClassVar[StartKind]
+ACKS_UNSPECIFIED: Acks
+ACKS_NONE: Acks
+ACKS_LEADER: Acks
+ACKS_ALL: Acks
+START_KIND_UNSPECIFIED: StartKind
+START_KIND_EARLIEST: StartKind
+START_KIND_LATEST: StartKind
+START_KIND_OFFSET: StartKind
+START_KIND_TIMESTAMP: StartKind
+
+class ProduceRequest(_message.Message):
+    __slots__ = ("request_id", "topic", "partition", "batch", "acks")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    topic: str
+    partition: int
+    batch: _records_pb2.RecordBatch
+    acks: Acks
+    def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., batch: _Optional[_Union[_records_pb2.RecordBatch, _Mapping]] = ..., acks: _Optional[_Union[Acks, str]] = ...) -> None: ...
+
+class PartitionAppend(_message.Message):
+    __slots__ = ("partition", "base_offset", "record_count", "record_indexes")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    BASE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    RECORD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RECORD_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    base_offset: int
+    record_count: int
+    record_indexes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, partition: _Optional[int] = ..., base_offset: _Optional[int] = ..., record_count: _Optional[int] = ..., record_indexes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ProduceResponse(_message.Message):
+    __slots__ = ("request_id", "appends", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    APPENDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    appends: _containers.RepeatedCompositeFieldContainer[PartitionAppend]
+    error: _errors_pb2.Error
+    def __init__(self, request_id: _Optional[int] = ..., appends: _Optional[_Iterable[_Union[PartitionAppend, _Mapping]]] = ..., error: _Optional[_Union[_errors_pb2.Error, _Mapping]] = ...) -> None: ...
+
+class StartPosition(_message.Message):
+    __slots__ = ("kind", "offset", "timestamp_ms")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    kind: StartKind
+    offset: int
+    timestamp_ms: int
+    def __init__(self, kind: _Optional[_Union[StartKind, str]] = ..., offset: _Optional[int] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
+
+class Credit(_message.Message):
+    __slots__ = ("messages", "bytes")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    messages: int
+    bytes: int
+    def __init__(self, messages: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class Subscribe(_message.Message):
+    __slots__ = ("topic", "partitions", "group", "start", "offsets", "credit")
+    class OffsetsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partitions: _containers.RepeatedScalarFieldContainer[int]
+    group: str
+    start: StartPosition
+    offsets: _containers.ScalarMap[int, int]
+    credit: Credit
+    def __init__(self, topic: _Optional[str] = ..., partitions: _Optional[_Iterable[int]] = ..., group: _Optional[str] = ..., start: _Optional[_Union[StartPosition, _Mapping]] = ..., offsets: _Optional[_Mapping[int, int]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ...) -> None: ...
+
+class PartitionOffset(_message.Message):
+    __slots__ = ("partition", "offset")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    offset: int
+    def __init__(self, partition: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class Commit(_message.Message):
+    __slots__ = ("commit_id", "offsets")
+    COMMIT_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    commit_id: int
+    offsets: _containers.RepeatedCompositeFieldContainer[PartitionOffset]
+    def __init__(self, commit_id: _Optional[int] = ..., offsets: _Optional[_Iterable[_Union[PartitionOffset, _Mapping]]] = ...) -> None: ...
+
+class ConsumeRequest(_message.Message):
+    __slots__ = ("subscribe", "credit", "commit")
+    SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    subscribe: Subscribe
+    credit: Credit
+    commit: Commit
+    def __init__(self, subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ...) -> None: ...
+
+class PartitionStart(_message.Message):
+    __slots__ = ("partition", "offset", "log_start_offset", "end_offset")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LOG_START_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    END_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    offset: int
+    log_start_offset: int
+    end_offset: int
+    def __init__(self, partition: _Optional[int] = ..., offset: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., end_offset: _Optional[int] = ...) -> None: ...
+
+class Subscribed(_message.Message):
+    __slots__ = ("topic", "partitions", "record_bytes_max")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    RECORD_BYTES_MAX_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partitions: _containers.RepeatedCompositeFieldContainer[PartitionStart]
+    record_bytes_max: int
+    def __init__(self, topic: _Optional[str] = ..., partitions: _Optional[_Iterable[_Union[PartitionStart, _Mapping]]] = ..., record_bytes_max: _Optional[int] = ...) -> None: ...
+
+class ConsumedBatch(_message.Message):
+    __slots__ = ("records", "topic", "partition", "base_offset", "end_offset")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    BASE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    END_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[_records_pb2.Record]
+    topic: str
+    partition: int
+    base_offset: int
+    end_offset: int
+    def __init__(self, records: _Optional[_Iterable[_Union[_records_pb2.Record, _Mapping]]] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., base_offset: _Optional[int] = ..., end_offset: _Optional[int] = ...) -> None: ...
+
+class CommitResult(_message.Message):
+    __slots__ = ("commit_id", "offsets", "error")
+    COMMIT_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    commit_id: int
+    offsets: _containers.RepeatedCompositeFieldContainer[PartitionOffset]
+    error: _errors_pb2.Error
+    def __init__(self, commit_id: _Optional[int] = ..., offsets: _Optional[_Iterable[_Union[PartitionOffset, _Mapping]]] = ..., error: _Optional[_Union[_errors_pb2.Error, _Mapping]] = ...) -> None: ...
+
+class ConsumeResponse(_message.Message):
+    __slots__ = ("subscribed", "batch", "commit")
+    SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    subscribed: Subscribed
+    batch: ConsumedBatch
+    commit: CommitResult
+    def __init__(self, subscribed: _Optional[_Union[Subscribed, _Mapping]] = ..., batch: _Optional[_Union[ConsumedBatch, _Mapping]] = ..., commit: _Optional[_Union[CommitResult, _Mapping]] = ...) -> None: ...
