@@ -1,1 +1,29 @@
-"""LMDB storage for partition logs: one environment per node, group-commit writer."""
+"""LMDB storage for partition logs: one environment per node, group-commit writer.
+
+See docs/storage.md for the key layout, entry format, durability modes,
+retention and recovery.
+"""
+
+from .codec import Entry, EntryType, decode_entry, encode_entry
+from .errors import CorruptEntryError, LogClosedError, OffsetOutOfRangeError, StorageError
+from .log import AppendTicket, PartitionLog, StoredBatch
+from .meta import MetaStore
+from .node import Durability, NodeStorage, StorageConfig
+
+__all__ = [
+    "AppendTicket",
+    "CorruptEntryError",
+    "Durability",
+    "Entry",
+    "EntryType",
+    "LogClosedError",
+    "MetaStore",
+    "NodeStorage",
+    "OffsetOutOfRangeError",
+    "PartitionLog",
+    "StorageConfig",
+    "StorageError",
+    "StoredBatch",
+    "decode_entry",
+    "encode_entry",
+]

@@ -1,0 +1,103 @@
+"""Key layout of the named LMDB databases.
+
+Every key starts with the Raft group id as u32 big-endian, so one group's rows
+are contiguous and sort by the fields that follow (all big-endian, so LMDB's
+bytewise order is numeric order). Nothing here knows about single-node mode:
+the Raft host will write the same keys with real terms and indexes.
+
+    log           group u32 | raft index u64              -> entry (codec.py)
+    hardstate     group u32                               -> reserved for Raft
+    group_meta    group u32                               -> GroupMeta (codec.py)
+    offset_index  group u32 | base_offset u64             -> raft index u64
+    time_index    group u32 | max_ts (i64 as u64) | base_offset u64 -> raft index u64
+    meta          len(namespace) u8 | namespace | key     -> value
+"""
+
+from __future__ import annotations
+
+import struct
+
+GROUP_ID_MAX = 2**32 - 1
+NAMESPACE_BYTES_MAX = 255
+
+_GROUP = struct.Struct(">I")
+_GROUP_U64 = struct.Struct(">IQ")
+_GROUP_TS_OFFSET = struct.Struct(">IQQ")
+_U64 = struct.Struct(">Q")
+
+# Signed timestamps are stored with the sign bit flipped so that bytewise order
+# equals numeric order for negative values too (producers may send -1).
+_TIMESTAMP_BIAS = 2**63
+
+
+def group_key(group_id: int) -> bytes:
+    """The group's own row (group_meta, hardstate) and the prefix of its rows elsewhere."""
+    return _GROUP.pack(group_id)
+
+
+def group_end(group_id: int) -> bytes | None:
+    """Smallest key past every row of the group; None means "to the end of the database"."""
+    if group_id == GROUP_ID_MAX:
+        return None
+    return _GROUP.pack(group_id + 1)
+
+
+def log_key(group_id: int, raft_index: int) -> bytes:
+    return _GROUP_U64.pack(group_id, raft_index)
+
+
+def parse_log_key(key: bytes) -> tuple[int, int]:
+    """Returns (group id, raft index)."""
+    group_id, raft_index = _GROUP_U64.unpack(key)
+    return group_id, raft_index
+
+
+def offset_key(group_id: int, base_offset: int) -> bytes:
+    return _GROUP_U64.pack(group_id, base_offset)
+
+
+def parse_offset_key(key: bytes) -> tuple[int, int]:
+    """Returns (group id, base offset)."""
+    group_id, base_offset = _GROUP_U64.unpack(key)
+    return group_id, base_offset
+
+
+def time_key(group_id: int, timestamp_ms: int, base_offset: int) -> bytes:
+    return _GROUP_TS_OFFSET.pack(group_id, timestamp_ms + _TIMESTAMP_BIAS, base_offset)
+
+
+def time_seek_key(group_id: int, timestamp_ms: int) -> bytes:
+    """Key to `set_range` on: the first row whose running max is >= timestamp_ms."""
+    return _GROUP_U64.pack(group_id, timestamp_ms + _TIMESTAMP_BIAS)
+
+
+def parse_time_key(key: bytes) -> tuple[int, int, int]:
+    """Returns (group id, running max timestamp ms, base offset)."""
+    group_id, biased_ms, base_offset = _GROUP_TS_OFFSET.unpack(key)
+    return group_id, biased_ms - _TIMESTAMP_BIAS, base_offset
+
+
+def pack_u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def unpack_u64(value: bytes) -> int:
+    (result,) = _U64.unpack(value)
+    return int(result)
+
+
+def meta_prefix(namespace: str, prefix: bytes = b"") -> bytes:
+    """Length-prefixed namespace, so no namespace's keys can collide with another's."""
+    encoded = namespace.encode()
+    if not encoded or len(encoded) > NAMESPACE_BYTES_MAX:
+        raise ValueError(f"namespace must be 1..{NAMESPACE_BYTES_MAX} UTF-8 bytes: {namespace!r}")
+    return bytes([len(encoded)]) + encoded + prefix
+
+
+def meta_key(namespace: str, key: bytes) -> bytes:
+    return meta_prefix(namespace, key)
+
+
+def split_meta_key(namespaced: bytes) -> bytes:
+    """Strips the namespace prefix, returning the caller's key."""
+    return namespaced[1 + namespaced[0] :]

@@ -1,0 +1,243 @@
+"""The only module that touches py-lmdb.
+
+It opens the node's environment with its named databases and wraps
+transactions in small typed helpers (point get, floor/ceiling seeks, bounded
+range iteration, batched puts, range deletes). Every `lmdb.Error` is
+translated into a `StorageError` here, at the boundary, so no LMDB exception
+or untyped value leaks into the rest of the storage layer.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import pathlib
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+import lmdb
+
+from .errors import StorageError
+
+# Room for the six databases below plus a few more before a format change.
+DATABASES_MAX = 16
+# Concurrent read transactions: the event loop, the bench, the writer's reads.
+READERS_MAX = 126
+
+Value = bytes | memoryview
+
+
+class Db(enum.Enum):
+    """Named databases of the node environment (see keys.py for key layouts)."""
+
+    LOG = b"log"
+    HARDSTATE = b"hardstate"
+    GROUP_META = b"group_meta"
+    OFFSET_INDEX = b"offset_index"
+    TIME_INDEX = b"time_index"
+    META = b"meta"
+
+
+class LmdbEnv:
+    """One LMDB environment per node, with every named database opened once."""
+
+    def __init__(self, env: lmdb.Environment, dbs: dict[Db, lmdb._Database]) -> None:
+        self._env = env
+        self._dbs = dbs
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: pathlib.Path, map_size_bytes: int, fsync_on_commit: bool) -> LmdbEnv:
+        """Opens (creating if needed). Blocking: call from a thread, not the event loop."""
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            env = lmdb.open(
+                os.fspath(path),
+                map_size=map_size_bytes,
+                max_dbs=DATABASES_MAX,
+                max_readers=READERS_MAX,
+                # With sync off LMDB neither fsyncs data nor meta pages at commit;
+                # the writer's background env.sync() bounds the loss window.
+                sync=fsync_on_commit,
+                metasync=fsync_on_commit,
+                # The log is much larger than RAM in production; readahead
+                # would evict hot pages with speculative ones.
+                readahead=False,
+                max_spare_txns=4,
+            )
+            dbs = {db: env.open_db(db.value, create=True) for db in Db}
+        except lmdb.Error as exc:
+            raise StorageError(f"cannot open LMDB environment at {path}: {exc}") from exc
+        return cls(env, dbs)
+
+    def read(self) -> ReadTxn:
+        """A short read-only snapshot. Values are memoryviews valid inside the `with` only."""
+        self._check_open()
+        try:
+            txn = self._env.begin(buffers=True)
+        except lmdb.Error as exc:
+            raise StorageError(f"cannot begin read transaction: {exc}") from exc
+        return ReadTxn(txn, self._dbs)
+
+    def write(self) -> WriteTxn:
+        """The one write transaction of a writer turn. Only the writer thread calls this."""
+        self._check_open()
+        try:
+            txn = self._env.begin(write=True)
+        except lmdb.Error as exc:
+            raise StorageError(f"cannot begin write transaction: {exc}") from exc
+        return WriteTxn(txn, self._dbs)
+
+    def sync(self) -> None:
+        """Forces data and meta pages to disk (used by async durability)."""
+        try:
+            self._env.sync(True)
+        except lmdb.Error as exc:
+            raise StorageError(f"env sync failed: {exc}") from exc
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._env.close()
+
+    def stats(self) -> dict[str, int]:
+        self._check_open()
+        try:
+            info = self._env.info()
+            stat = self._env.stat()
+        except lmdb.Error as exc:
+            raise StorageError(f"cannot read env stats: {exc}") from exc
+        page_bytes = int(stat["psize"])
+        return {
+            "env_map_size_bytes": int(info["map_size"]),
+            "env_used_bytes": (int(info["last_pgno"]) + 1) * page_bytes,
+            "env_readers": int(info["num_readers"]),
+            "env_last_txn_id": int(info["last_txnid"]),
+        }
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError("LMDB environment is closed")
+
+
+class _Txn:
+    """Read helpers shared by read and write transactions."""
+
+    def __init__(self, txn: lmdb.Transaction[Any], dbs: dict[Db, lmdb._Database]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+
+    def __enter__(self) -> _Txn:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._finish(exc is None)
+        if isinstance(exc, lmdb.Error):
+            raise StorageError(f"LMDB error: {exc}") from exc
+
+    def _finish(self, ok: bool) -> None:
+        self._txn.abort()
+
+    def get(self, db: Db, key: bytes) -> Value | None:
+        value: Value | None = self._txn.get(key, db=self._dbs[db])
+        return value
+
+    def floor(self, db: Db, key: bytes, low: bytes) -> tuple[bytes, Value] | None:
+        """The last row with low <= row key <= key."""
+        cursor = self._txn.cursor(self._dbs[db])
+        if cursor.set_range(key):
+            if bytes(cursor.key()) == key:
+                return key, cursor.value()
+            if not cursor.prev():
+                return None
+        elif not cursor.last():
+            return None
+        found = bytes(cursor.key())
+        if found < low:
+            return None
+        return found, cursor.value()
+
+    def ceiling(self, db: Db, key: bytes, end: bytes | None) -> tuple[bytes, Value] | None:
+        """The first row with key <= row key < end."""
+        cursor = self._txn.cursor(self._dbs[db])
+        if not cursor.set_range(key):
+            return None
+        found = bytes(cursor.key())
+        if end is not None and found >= end:
+            return None
+        return found, cursor.value()
+
+    def last_below(self, db: Db, end: bytes | None, low: bytes) -> tuple[bytes, Value] | None:
+        """The last row with low <= row key < end (end None: the database's end)."""
+        cursor = self._txn.cursor(self._dbs[db])
+        if end is not None and cursor.set_range(end):
+            if not cursor.prev():
+                return None
+        elif not cursor.last():
+            return None
+        found = bytes(cursor.key())
+        if found < low:
+            return None
+        return found, cursor.value()
+
+    def iterate(self, db: Db, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, Value]]:
+        """Rows with start <= key < end in key order; the caller bounds how many it takes."""
+        cursor = self._txn.cursor(self._dbs[db])
+        if not cursor.set_range(start):
+            return
+        for key, value in cursor.iternext():
+            key_bytes = bytes(key)
+            if end is not None and key_bytes >= end:
+                return
+            yield key_bytes, value
+
+
+class ReadTxn(_Txn):
+    def __enter__(self) -> ReadTxn:
+        return self
+
+
+class WriteTxn(_Txn):
+    """Write side: batched puts (one py-lmdb call per database), deletes, commit."""
+
+    def __enter__(self) -> WriteTxn:
+        return self
+
+    def _finish(self, ok: bool) -> None:
+        # Commit is explicit (commit()); leaving the block without it aborts.
+        if not self._done:
+            self._txn.abort()
+
+    def __init__(self, txn: lmdb.Transaction[Any], dbs: dict[Db, lmdb._Database]) -> None:
+        super().__init__(txn, dbs)
+        self._done = False
+
+    def put_many(self, db: Db, items: Iterable[tuple[bytes, bytes]]) -> None:
+        self._txn.cursor(self._dbs[db]).putmulti(items)
+
+    def delete(self, db: Db, key: bytes) -> None:
+        self._txn.delete(key, db=self._dbs[db])
+
+    def delete_range(self, db: Db, start: bytes, end: bytes | None) -> int:
+        """Deletes rows with start <= key < end; returns how many."""
+        cursor = self._txn.cursor(self._dbs[db])
+        deleted = 0
+        if not cursor.set_range(start):
+            return 0
+        while True:
+            key = cursor.key()
+            if not key or (end is not None and bytes(key) >= end):
+                return deleted
+            # delete() leaves the cursor on the following row.
+            cursor.delete()
+            deleted += 1
+
+    def commit(self) -> None:
+        self._txn.commit()
+        self._done = True

@@ -1,0 +1,167 @@
+"""NodeStorage: the node's LMDB environment, its writer and its partition logs.
+
+One environment per node with named databases shared by every partition
+(DESIGN §4), so one write transaction and one fsync cover every partition a
+writer turn touches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import pathlib
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from .errors import LogClosedError, StorageError
+from .lmdbenv import LmdbEnv
+from .log import LogState, PartitionLog
+from .meta import MetaStore
+from .ops import DropGroupOp
+from .writer import GroupCommitWriter
+
+MAP_SIZE_BYTES_DEFAULT = 64 * 2**30
+WRITE_QUEUE_BYTES_MAX_DEFAULT = 64 * 2**20
+TXN_BYTES_MAX_DEFAULT = 16 * 2**20
+ASYNC_SYNC_INTERVAL_MS_DEFAULT = 5
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Durability(enum.StrEnum):
+    # fsync at every commit, before any write of the turn is acknowledged.
+    SYNC = "sync"
+    # Commit without fsync; a background env.sync() every async_sync_interval_ms.
+    ASYNC = "async"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StorageConfig:
+    path: pathlib.Path
+    durability: Durability = Durability.SYNC
+    map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT
+    write_queue_bytes_max: int = WRITE_QUEUE_BYTES_MAX_DEFAULT
+    txn_bytes_max: int = TXN_BYTES_MAX_DEFAULT
+    async_sync_interval_ms: int = ASYNC_SYNC_INTERVAL_MS_DEFAULT
+    clock_ms: Callable[[], int] = wall_clock_ms
+
+
+class NodeStorage:
+    """`async with NodeStorage(config) as storage:` opens, and on exit drains and closes."""
+
+    def __init__(self, config: StorageConfig) -> None:
+        self._config = config
+        self._env: LmdbEnv | None = None
+        self._writer: GroupCommitWriter | None = None
+        self._meta: MetaStore | None = None
+        self._logs: dict[int, PartitionLog] = {}
+        # Groups whose drop is queued but not committed: a log opened meanwhile
+        # starts empty instead of loading rows that are about to disappear.
+        self._dropping: dict[int, int] = {}
+
+    async def __aenter__(self) -> NodeStorage:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._env is not None:
+            raise StorageError("storage is already open")
+        config = self._config
+        sync = config.durability is Durability.SYNC
+        # Opening touches the disk (creates files, maps them): off the loop.
+        env = await asyncio.to_thread(
+            LmdbEnv.open, pathlib.Path(config.path), config.map_size_bytes, sync
+        )
+        writer = GroupCommitWriter(
+            env,
+            asyncio.get_running_loop(),
+            queue_bytes_max=config.write_queue_bytes_max,
+            txn_bytes_max=config.txn_bytes_max,
+            sync_interval_ms=None if sync else config.async_sync_interval_ms,
+        )
+        writer.add_failure_listener(self._on_writer_failed)
+        writer.start()
+        self._env, self._writer = env, writer
+        self._meta = MetaStore(env, writer)
+
+    async def close(self) -> None:
+        env, writer = self._env, self._writer
+        if env is None or writer is None:
+            return
+        await writer.close()
+        for log in self._logs.values():
+            log.close(LogClosedError("storage closed"))
+        self._logs.clear()
+        env.close()
+        self._env = self._writer = self._meta = None
+
+    @property
+    def meta(self) -> MetaStore:
+        if self._meta is None:
+            raise StorageError("storage is not open")
+        return self._meta
+
+    def partition_log(self, group_id: int) -> PartitionLog:
+        """Opens (or creates) the group's log; cached, so every caller shares one."""
+        log = self._logs.get(group_id)
+        if log is not None:
+            return log
+        env, writer = self._open_parts()
+        if writer.failed is not None:
+            raise writer.failed
+        state = LogState.empty() if group_id in self._dropping else LogState.load(env, group_id)
+        log = PartitionLog(group_id, env, writer, state, self._config.clock_ms)
+        self._logs[group_id] = log
+        return log
+
+    async def drop_partition_log(self, group_id: int) -> None:
+        _, writer = self._open_parts()
+        log = self._logs.pop(group_id, None)
+        if log is not None:
+            log.close(LogClosedError(f"partition log of group {group_id} was dropped"))
+        self._dropping[group_id] = self._dropping.get(group_id, 0) + 1
+        try:
+            await writer.run(DropGroupOp(group_id))
+        finally:
+            self._dropping[group_id] -= 1
+            if not self._dropping[group_id]:
+                del self._dropping[group_id]
+
+    async def enforce_retention(
+        self, group_id: int, retention_bytes: int | None, retention_ms: int | None
+    ) -> int:
+        """Deletes whole oldest entries beyond the limits; returns how many were deleted."""
+        _, writer = self._open_parts()
+        log = self.partition_log(group_id)
+        deleted, op = log.plan_retention(retention_bytes, retention_ms)
+        if op is not None:
+            await writer.run(op)
+        return deleted
+
+    def stats(self) -> dict[str, int]:
+        env, writer = self._open_parts()
+        stats = env.stats()
+        stats.update(writer.stats())
+        stats["partition_logs_open"] = len(self._logs)
+        return stats
+
+    def _open_parts(self) -> tuple[LmdbEnv, GroupCommitWriter]:
+        if self._env is None or self._writer is None:
+            raise StorageError("storage is not open")
+        return self._env, self._writer
+
+    def _on_writer_failed(self, error: StorageError) -> None:
+        for log in self._logs.values():
+            log.close(error)

@@ -1,0 +1,199 @@
+"""The write operations the group-commit writer applies, one class per kind.
+
+Each op's `apply` runs in the writer thread inside the turn's transaction.
+The time index is maintained here rather than on the event loop because its
+"running max" depends on retention deletes that are still queued: only the
+writer sees every op in FIFO order, so only it can keep the index exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from . import keys
+from .codec import EntryType, decode_header
+from .lmdbenv import Db, WriteTxn
+from .writer import Turn, WriteOp
+
+
+def _load_time_head(group_id: int) -> Callable[[WriteTxn], int | None]:
+    """Reads the running max timestamp: the ts of the group's last time index row."""
+
+    def load(txn: WriteTxn) -> int | None:
+        row = txn.last_below(Db.TIME_INDEX, keys.group_end(group_id), keys.group_key(group_id))
+        if row is None:
+            return None
+        _, timestamp_ms, _ = keys.parse_time_key(row[0])
+        return timestamp_ms
+
+    return load
+
+
+class AppendEntryOp(WriteOp):
+    """Puts one encoded entry at (group, raft index) with its index rows.
+
+    `group_meta` (encoded) is written too when given; within a turn the last
+    op's value wins, which is the newest state because ops keep FIFO order.
+    """
+
+    __slots__ = (
+        "base_offset",
+        "entry_bytes",
+        "entry_type",
+        "group_id",
+        "group_meta",
+        "max_timestamp_ms",
+        "raft_index",
+        "record_count",
+    )
+
+    def __init__(
+        self,
+        group_id: int,
+        raft_index: int,
+        entry_bytes: bytes,
+        *,
+        entry_type: EntryType,
+        base_offset: int,
+        record_count: int,
+        max_timestamp_ms: int,
+        group_meta: bytes | None,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(len(entry_bytes), on_commit)
+        self.group_id = group_id
+        self.raft_index = raft_index
+        self.entry_bytes = entry_bytes
+        self.entry_type = entry_type
+        self.base_offset = base_offset
+        self.record_count = record_count
+        self.max_timestamp_ms = max_timestamp_ms
+        self.group_meta = group_meta
+
+    def apply(self, turn: Turn) -> None:
+        group_id = self.group_id
+        index_value = keys.pack_u64(self.raft_index)
+        turn.put(Db.LOG, keys.log_key(group_id, self.raft_index), self.entry_bytes)
+        if self.entry_type is EntryType.DATA and self.record_count > 0:
+            turn.put(Db.OFFSET_INDEX, keys.offset_key(group_id, self.base_offset), index_value)
+            head = turn.time_head(group_id, _load_time_head(group_id))
+            # Index only batches that raise the running max (Kafka's time
+            # index): then the first row >= t names the first batch whose
+            # own max timestamp is >= t, even with unordered producer clocks.
+            if head is None or self.max_timestamp_ms > head:
+                turn.put(
+                    Db.TIME_INDEX,
+                    keys.time_key(group_id, self.max_timestamp_ms, self.base_offset),
+                    index_value,
+                )
+                turn.set_time_head(group_id, self.max_timestamp_ms)
+        if self.group_meta is not None:
+            turn.put(Db.GROUP_META, keys.group_key(group_id), self.group_meta)
+
+
+class MetaWriteOp(WriteOp):
+    """Atomic puts and deletes in the `meta` database (deletes apply first)."""
+
+    __slots__ = ("deletes", "puts")
+
+    def __init__(self, puts: Sequence[tuple[bytes, bytes]], deletes: Sequence[bytes]) -> None:
+        size = sum(len(k) + len(v) for k, v in puts) + sum(len(k) for k in deletes)
+        super().__init__(size)
+        self.puts = puts
+        self.deletes = deletes
+
+    def apply(self, turn: Turn) -> None:
+        for key in self.deletes:
+            turn.delete(Db.META, key)
+        for key, value in self.puts:
+            turn.put(Db.META, key, value)
+
+
+class DropGroupOp(WriteOp):
+    """Deletes every row of a group in every database."""
+
+    __slots__ = ("deleted_rows", "group_id")
+
+    def __init__(self, group_id: int) -> None:
+        super().__init__(0)
+        self.group_id = group_id
+        self.deleted_rows = 0
+
+    def apply(self, turn: Turn) -> None:
+        turn.barrier()
+        start = keys.group_key(self.group_id)
+        end = keys.group_end(self.group_id)
+        for db in (Db.LOG, Db.OFFSET_INDEX, Db.TIME_INDEX, Db.HARDSTATE, Db.GROUP_META):
+            self.deleted_rows += turn.txn.delete_range(db, start, end)
+        turn.set_time_head(self.group_id, None)
+
+
+class TruncatePrefixOp(WriteOp):
+    """Retention: deletes whole entries below `first_index` and their index rows.
+
+    Then repairs the time index: rows of deleted batches go, and retained
+    batches that were not indexed (an older deleted batch held a higher max
+    timestamp) get rows where they now raise the running max. The repair scan
+    reads only entry headers and stops at the first surviving index row,
+    which is short unless a far-future timestamp was just deleted.
+    """
+
+    __slots__ = ("first_index", "first_offset", "group_id", "group_meta")
+
+    def __init__(
+        self, group_id: int, first_index: int, first_offset: int, group_meta: bytes
+    ) -> None:
+        super().__init__(len(group_meta))
+        self.group_id = group_id
+        self.first_index = first_index
+        self.first_offset = first_offset
+        self.group_meta = group_meta
+
+    def apply(self, turn: Turn) -> None:
+        turn.barrier()
+        txn = turn.txn
+        group_id = self.group_id
+        start = keys.group_key(group_id)
+        end = keys.group_end(group_id)
+        txn.delete_range(Db.LOG, start, keys.log_key(group_id, self.first_index))
+        txn.delete_range(Db.OFFSET_INDEX, start, keys.offset_key(group_id, self.first_offset))
+        # Time rows increase in both timestamp and base offset, so the rows of
+        # deleted batches are a prefix in key order.
+        survivor: tuple[int, int] | None = None
+        time_cut = end
+        for key, _ in txn.iterate(Db.TIME_INDEX, start, end):
+            _, timestamp_ms, base_offset = keys.parse_time_key(key)
+            if base_offset >= self.first_offset:
+                survivor = (timestamp_ms, base_offset)
+                time_cut = key
+                break
+        txn.delete_range(Db.TIME_INDEX, start, time_cut)
+        self._repair_time_index(turn, survivor)
+        turn.put(Db.GROUP_META, start, self.group_meta)
+
+    def _repair_time_index(self, turn: Turn, survivor: tuple[int, int] | None) -> None:
+        group_id = self.group_id
+        running_max: int | None = None
+        rows: list[tuple[bytes, bytes]] = []
+        scan = turn.txn.iterate(
+            Db.LOG, keys.log_key(group_id, self.first_index), keys.group_end(group_id)
+        )
+        for key, value in scan:
+            header = decode_header(value)
+            if header.entry_type is not EntryType.DATA or header.record_count == 0:
+                continue
+            if survivor is not None and header.base_offset >= survivor[1]:
+                break
+            if running_max is None or header.max_timestamp_ms > running_max:
+                running_max = header.max_timestamp_ms
+                _, raft_index = keys.parse_log_key(key)
+                rows.append(
+                    (
+                        keys.time_key(group_id, running_max, header.base_offset),
+                        keys.pack_u64(raft_index),
+                    )
+                )
+        for row_key, row_value in rows:
+            turn.put(Db.TIME_INDEX, row_key, row_value)
+        if survivor is None:
+            turn.set_time_head(group_id, running_max)
