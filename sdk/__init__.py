@@ -1,1 +1,57 @@
-"""Weir: partitioned replayable streams and work queues behind one gRPC API."""
+"""Weir: partitioned replayable streams and work queues behind one gRPC API.
+
+Blocking clients live here (`weir.Producer`, `weir.Consumer`, `weir.Admin`);
+their asyncio twins in `weir.aio`. Every failure is a `weir.errors.WeirError`.
+"""
+
+from weir.admin import Admin
+from weir.consumer import Consumer
+from weir.errors import (
+    BufferFullError,
+    ClosedError,
+    InvalidArgumentError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+    TopicExistsError,
+    TopicNotFoundError,
+    UnavailableError,
+    WeirError,
+    WeirTimeoutError,
+)
+from weir.producer import Producer
+from weir.types import (
+    Acks,
+    ClusterInfo,
+    ConsumedRecord,
+    NodeInfo,
+    PartitionInfo,
+    RecordMetadata,
+    StartAt,
+    TopicConfig,
+    TopicInfo,
+)
+
+__all__ = [
+    "Acks",
+    "Admin",
+    "BufferFullError",
+    "ClosedError",
+    "ClusterInfo",
+    "ConsumedRecord",
+    "Consumer",
+    "InvalidArgumentError",
+    "NodeInfo",
+    "OffsetOutOfRangeError",
+    "PartitionInfo",
+    "Producer",
+    "RecordMetadata",
+    "RecordTooLargeError",
+    "StartAt",
+    "TopicConfig",
+    "TopicExistsError",
+    "TopicInfo",
+    "TopicNotFoundError",
+    "UnavailableError",
+    "WeirError",
+    "WeirTimeoutError",
+]

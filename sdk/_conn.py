@@ -1,0 +1,109 @@
+"""The SDK's one way to reach a broker: channel options and error translation.
+
+Every client (producer, consumer, admin) opens its own `grpc.aio` channel here
+so the limits are the same everywhere, and calls `translated()` around every
+RPC so that no `grpc.RpcError` crosses the public API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar
+
+import grpc
+import grpc.aio
+from weir.errors import WeirError, from_error_proto, from_rpc_error
+from weir.v1 import admin_pb2_grpc, broker_pb2, broker_pb2_grpc
+
+__all__ = [
+    "StreamCall",
+    "admin_stub",
+    "consume_call",
+    "from_error_proto",
+    "from_rpc_error",
+    "open_channel",
+    "produce_call",
+    "translated",
+]
+
+RequestT = TypeVar("RequestT", contravariant=True)
+ResponseT = TypeVar("ResponseT", covariant=True)
+
+
+class StreamCall(Protocol[RequestT, ResponseT]):
+    """The typed surface of a grpc.aio bidirectional call that the SDK uses.
+
+    `read()` returns `grpc.aio.EOF` when the server ends the stream cleanly.
+    """
+
+    async def write(self, request: RequestT) -> None: ...
+
+    async def read(self) -> ResponseT | object: ...
+
+    async def done_writing(self) -> None: ...
+
+    def cancel(self) -> bool: ...
+
+    def done(self) -> bool: ...
+
+
+ProduceCall = StreamCall[broker_pb2.ProduceRequest, broker_pb2.ProduceResponse]
+ConsumeCall = StreamCall[broker_pb2.ConsumeRequest, broker_pb2.ConsumeResponse]
+
+
+def produce_call(channel: grpc.aio.Channel) -> ProduceCall:
+    """Open a `BrokerService.Produce` stream."""
+    stub = broker_pb2_grpc.BrokerServiceStub(channel)  # type: ignore[no-untyped-call]
+    call: ProduceCall = stub.Produce()
+    return call
+
+
+def consume_call(channel: grpc.aio.Channel) -> ConsumeCall:
+    """Open a `BrokerService.Consume` stream."""
+    stub = broker_pb2_grpc.BrokerServiceStub(channel)  # type: ignore[no-untyped-call]
+    call: ConsumeCall = stub.Consume()
+    return call
+
+
+def admin_stub(channel: grpc.aio.Channel) -> Any:
+    """An `AdminService` stub (generated code is untyped: callers annotate results)."""
+    return admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+# A consumed batch can hold up to the consumer's byte window, and the broker's
+# request limit is its own business; 64 MiB bounds what one message may make
+# this process allocate while leaving room above every default window.
+MESSAGE_BYTES_MAX = 64 * 1024 * 1024
+
+
+def open_channel(bootstrap: str) -> grpc.aio.Channel:
+    """Open an insecure grpc.aio channel to `bootstrap` ("host:port").
+
+    Must be called with a running event loop; the caller owns the channel and
+    must `await channel.close()`.
+    """
+    if not bootstrap or ":" not in bootstrap:
+        raise ValueError(f"bootstrap must be 'host:port', got {bootstrap!r}")
+    return grpc.aio.insecure_channel(
+        bootstrap,
+        options=[
+            ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+            ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+            # Detect a dead broker on an idle stream within about half a minute.
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 0),
+        ],
+    )
+
+
+@asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    """Turn any gRPC error raised inside the block into a `WeirError`."""
+    try:
+        yield
+    except WeirError:
+        raise
+    except grpc.RpcError as exc:
+        raise from_rpc_error(exc) from None

@@ -1,0 +1,102 @@
+"""The blocking admin client: `weir.aio.Admin` driven from a background loop thread.
+
+with weir.Admin("127.0.0.1:7070") as admin:
+    admin.create_topic("orders", partitions=6)
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from weir._sync import LoopThread
+from weir.aio.admin import Admin as AsyncAdmin
+from weir.types import ClusterInfo, TopicInfo
+
+__all__ = ["Admin"]
+
+
+class Admin:
+    """Blocking twin of `weir.aio.Admin`."""
+
+    def __init__(self, bootstrap: str, *, request_timeout_ms: float = 30_000) -> None:
+        self._thread = LoopThread("weir-admin")
+        self._admin = AsyncAdmin(bootstrap, request_timeout_ms=request_timeout_ms)
+        try:
+            self._thread.run(self._admin.start())
+        except BaseException:
+            self._thread.close()
+            raise
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        replication_factor: int = 0,
+        *,
+        retention_bytes: int | None = None,
+        retention_ms: int | None = None,
+        record_bytes_max: int | None = None,
+    ) -> TopicInfo:
+        """Create a topic; `TopicExistsError` if it exists."""
+        return self._thread.run(
+            self._admin.create_topic(
+                name,
+                partitions,
+                replication_factor,
+                retention_bytes=retention_bytes,
+                retention_ms=retention_ms,
+                record_bytes_max=record_bytes_max,
+            )
+        )
+
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic; `TopicNotFoundError` if it does not exist."""
+        self._thread.run(self._admin.delete_topic(name))
+
+    def list_topics(self) -> list[TopicInfo]:
+        """Every topic, sorted by name."""
+        return self._thread.run(self._admin.list_topics())
+
+    def describe_topic(self, name: str) -> TopicInfo:
+        """A topic with its partitions' state."""
+        return self._thread.run(self._admin.describe_topic(name))
+
+    def update_topic_config(
+        self,
+        name: str,
+        *,
+        retention_bytes: int | None = None,
+        retention_ms: int | None = None,
+        record_bytes_max: int | None = None,
+    ) -> TopicInfo:
+        """Change the given config fields."""
+        return self._thread.run(
+            self._admin.update_topic_config(
+                name,
+                retention_bytes=retention_bytes,
+                retention_ms=retention_ms,
+                record_bytes_max=record_bytes_max,
+            )
+        )
+
+    def describe_cluster(self) -> ClusterInfo:
+        """The cluster's nodes and limits."""
+        return self._thread.run(self._admin.describe_cluster())
+
+    def close(self) -> None:
+        """Close the channel and stop the thread."""
+        try:
+            self._thread.run(self._admin.close())
+        finally:
+            self._thread.close()

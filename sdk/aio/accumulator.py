@@ -1,0 +1,321 @@
+"""The producer's record accumulator: bounded per-partition batches.
+
+`Producer.send()` lands here. `append()` first reserves the record's encoded
+size from the producer-wide `ByteBudget` (waiting, up to a deadline, for
+space), then adds the record to the open batch of its partition and hands back
+a future. The sender task takes batches out with `drain()` once they are full,
+have lingered long enough, or a flush asked for them, and gives them back with
+`requeue()` when a retriable failure calls for another attempt. Bytes return
+to the budget only when a batch is settled (answered, failed, or written with
+acks="none"), so `buffer_bytes_max` bounds everything not yet acknowledged.
+
+Nothing here does I/O; the sender is the only other party, and it is woken
+through `wakeup` whenever the set of ready batches may have changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from weir.errors import BufferFullError, ClosedError, RecordTooLargeError, WeirError
+from weir.types import RecordMetadata
+from weir.v1 import records_pb2
+
+__all__ = ["Accumulator", "ByteBudget", "ProducerBatch", "framed_size"]
+
+
+def framed_size(record_bytes: int) -> int:
+    """Bytes a record of `record_bytes` takes inside a RecordBatch (tag + length + body)."""
+    length_bytes = 1
+    n = record_bytes >> 7
+    while n:
+        length_bytes += 1
+        n >>= 7
+    return 1 + length_bytes + record_bytes
+
+
+class ByteBudget:
+    """A byte-counted semaphore with FIFO waiters and a wait deadline.
+
+    FIFO order matters: without it a stream of small records could starve a
+    large one forever.
+    """
+
+    def __init__(self, capacity_bytes: int) -> None:
+        if capacity_bytes <= 0:
+            raise ValueError("capacity_bytes must be positive")
+        self.capacity_bytes = capacity_bytes
+        self.used_bytes = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    @property
+    def available_bytes(self) -> int:
+        """Bytes that can be taken right now."""
+        return self.capacity_bytes - self.used_bytes
+
+    async def acquire(self, nbytes: int, timeout_s: float) -> None:
+        """Take `nbytes`, waiting at most `timeout_s`; BufferFullError after that."""
+        if nbytes > self.capacity_bytes:
+            raise RecordTooLargeError(
+                f"record of {nbytes} bytes exceeds the producer buffer of "
+                f"{self.capacity_bytes} bytes (buffer_bytes_max)",
+                metadata={"limit": str(self.capacity_bytes), "size": str(nbytes)},
+            )
+        if not self._waiters and self.used_bytes + nbytes <= self.capacity_bytes:
+            self.used_bytes += nbytes
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (nbytes, fut)
+        self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await fut
+        except BaseException as exc:
+            if fut.done() and not fut.cancelled():
+                # Granted just as the deadline or a cancellation hit: give it back.
+                self.release(nbytes)
+            else:
+                fut.cancel()
+                self._remove(entry)
+                self._grant()
+            if isinstance(exc, TimeoutError):
+                raise BufferFullError(
+                    f"producer buffer full ({self.used_bytes} of {self.capacity_bytes} "
+                    f"bytes used) for {timeout_s:.3f}s",
+                    metadata={"limit": str(self.capacity_bytes)},
+                ) from None
+            raise
+
+    def release(self, nbytes: int) -> None:
+        """Return `nbytes` and wake the waiters that now fit, in order."""
+        self.used_bytes -= nbytes
+        assert self.used_bytes >= 0, "released more bytes than acquired"
+        self._grant()
+
+    def fail_waiters(self, exc: WeirError) -> None:
+        """Fail everyone still waiting (the producer is closing or its sender died)."""
+        while self._waiters:
+            _, fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _remove(self, entry: tuple[int, asyncio.Future[None]]) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(entry)
+
+    def _grant(self) -> None:
+        while self._waiters:
+            nbytes, fut = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+                continue
+            if self.used_bytes + nbytes > self.capacity_bytes:
+                return
+            self._waiters.popleft()
+            self.used_bytes += nbytes
+            fut.set_result(None)
+
+
+@dataclass(eq=False, slots=True)
+class ProducerBatch:
+    """Records for one partition that travel as one ProduceRequest."""
+
+    topic: str
+    partition: int
+    created_s: float
+    records: list[records_pb2.Record] = field(default_factory=list)
+    futures: list[asyncio.Future[RecordMetadata]] = field(default_factory=list)
+    # Sum of the records' encoded sizes: what the batch holds of the budget.
+    size_bytes: int = 0
+    # Size of the records inside a RecordBatch, bounded by batch_bytes_max.
+    framed_bytes: int = 0
+    closed: bool = False
+    attempts: int = 0
+    retry_at_s: float = 0.0
+    settled: bool = False
+
+    def ready(self, now_s: float, linger_s: float, flushing: bool) -> bool:
+        """True when the sender may take this batch now."""
+        if now_s < self.retry_at_s:
+            return False
+        return self.closed or flushing or now_s - self.created_s >= linger_s
+
+
+class Accumulator:
+    """Per-partition queues of batches, bounded in bytes by a `ByteBudget`."""
+
+    def __init__(
+        self,
+        *,
+        batch_bytes_max: int,
+        buffer_bytes_max: int,
+        linger_s: float,
+        on_batch_closed: Callable[[str, int], None] | None = None,
+    ) -> None:
+        if batch_bytes_max <= 0:
+            raise ValueError("batch_bytes_max must be positive")
+        self.batch_bytes_max = batch_bytes_max
+        self.linger_s = linger_s
+        self.budget = ByteBudget(buffer_bytes_max)
+        self.wakeup = asyncio.Event()
+        self._on_batch_closed = on_batch_closed
+        self._queues: dict[tuple[str, int], collections.deque[ProducerBatch]] = {}
+        # Every batch not yet settled, queued or in flight, in creation order.
+        self._unsettled: dict[ProducerBatch, None] = {}
+        self._settled_event = asyncio.Event()
+        self._flushing = 0
+        self._closed_error: WeirError | None = None
+
+    # -- the application side ---------------------------------------------
+
+    async def append(
+        self,
+        topic: str,
+        partition: int,
+        record: records_pb2.Record,
+        wait_timeout_s: float,
+    ) -> asyncio.Future[RecordMetadata]:
+        """Add a record to its partition's open batch; waits for buffer space."""
+        self._check_open()
+        size = record.ByteSize()
+        await self.budget.acquire(size, wait_timeout_s)
+        if self._closed_error is not None:
+            self.budget.release(size)
+            raise self._closed_error
+        loop = asyncio.get_running_loop()
+        queue = self._queues.setdefault((topic, partition), collections.deque())
+        batch = queue[-1] if queue and not queue[-1].closed and not queue[-1].attempts else None
+        framed = framed_size(size)
+        if batch is not None and batch.framed_bytes + framed > self.batch_bytes_max:
+            self._close(batch)
+            batch = None
+        if batch is None:
+            batch = ProducerBatch(topic, partition, loop.time())
+            queue.append(batch)
+            self._unsettled[batch] = None
+            self.wakeup.set()  # the sender must learn the new linger deadline
+        fut: asyncio.Future[RecordMetadata] = loop.create_future()
+        batch.records.append(record)
+        batch.futures.append(fut)
+        batch.size_bytes += size
+        batch.framed_bytes += framed
+        if batch.framed_bytes >= self.batch_bytes_max:
+            self._close(batch)
+        return fut
+
+    async def flush(self) -> None:
+        """Wait until every batch that exists now is settled; lingering is skipped."""
+        pending = list(self._unsettled)
+        if not pending:
+            return
+        self._flushing += 1
+        self.wakeup.set()
+        try:
+            while any(not b.settled for b in pending):
+                self._settled_event.clear()
+                await self._settled_event.wait()
+        finally:
+            self._flushing -= 1
+
+    # -- the sender side ---------------------------------------------------
+
+    @property
+    def has_unsettled(self) -> bool:
+        """True while any batch is queued or in flight."""
+        return bool(self._unsettled)
+
+    def has_queued(self) -> bool:
+        """True while any batch waits in a queue (not in flight)."""
+        return any(self._queues.values())
+
+    def drain(self, now_s: float, limit: int) -> list[ProducerBatch]:
+        """Take up to `limit` ready batches, oldest first within each partition."""
+        out: list[ProducerBatch] = []
+        flushing = self._flushing > 0 or self._closed_error is not None
+        for queue in self._queues.values():
+            while queue and len(out) < limit and queue[0].ready(now_s, self.linger_s, flushing):
+                batch = queue.popleft()
+                if not batch.closed:
+                    self._close(batch)
+                out.append(batch)
+            if len(out) >= limit:
+                break
+        return out
+
+    def next_ready_s(self) -> float | None:
+        """Loop time at which the next queued batch becomes ready, if any is queued."""
+        best: float | None = None
+        for queue in self._queues.values():
+            if not queue:
+                continue
+            head = queue[0]
+            at = (
+                head.retry_at_s
+                if head.closed
+                else max(head.retry_at_s, head.created_s + self.linger_s)
+            )
+            if best is None or at < best:
+                best = at
+        return best
+
+    def requeue(self, batches: Iterable[ProducerBatch], retry_at_s: float) -> None:
+        """Put batches back at the front of their queues, keeping their order."""
+        for batch in reversed(list(batches)):
+            batch.retry_at_s = retry_at_s
+            self._queues.setdefault((batch.topic, batch.partition), collections.deque()).appendleft(
+                batch
+            )
+        self.wakeup.set()
+
+    def complete(self, batch: ProducerBatch, offsets: list[int], partition: int) -> None:
+        """Resolve every record future of `batch` with its offset."""
+        topic = batch.topic
+        for fut, offset in zip(batch.futures, offsets, strict=True):
+            if not fut.done():
+                fut.set_result(RecordMetadata(topic, partition, offset))
+        self._settle(batch)
+
+    def fail(self, batch: ProducerBatch, exc: WeirError) -> None:
+        """Fail every record future of `batch` with `exc`."""
+        for fut in batch.futures:
+            if not fut.done():
+                fut.set_exception(exc)
+        self._settle(batch)
+
+    def close(self, exc: WeirError | None = None) -> None:
+        """Refuse new records; queued batches still go out unless `exc` fails them."""
+        if self._closed_error is None:
+            self._closed_error = ClosedError("the producer is closed")
+        if exc is not None:
+            self.budget.fail_waiters(exc)
+            for batch in list(self._unsettled):
+                self.fail(batch, exc)
+            self._queues.clear()
+        else:
+            self.budget.fail_waiters(self._closed_error)
+        self.wakeup.set()
+
+    # -- internals ---------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed_error is not None:
+            raise self._closed_error
+
+    def _close(self, batch: ProducerBatch) -> None:
+        batch.closed = True
+        self.wakeup.set()
+        if self._on_batch_closed is not None:
+            self._on_batch_closed(batch.topic, batch.partition)
+
+    def _settle(self, batch: ProducerBatch) -> None:
+        if batch.settled:
+            return
+        batch.settled = True
+        self._unsettled.pop(batch, None)
+        self.budget.release(batch.size_bytes)
+        self._settled_event.set()
+        self.wakeup.set()

@@ -1,0 +1,430 @@
+"""The asyncio consumer: one Consume stream, credit-based flow control.
+
+    async with weir.aio.Consumer("127.0.0.1:7070", "orders", group="billing",
+                                 start="earliest") as consumer:
+        async for record in consumer:
+            handle(record)
+            await consumer.commit()
+
+The credit model. The consumer grants the broker a window of
+`max_outstanding_messages` records and `max_outstanding_bytes` bytes (record
+encoded sizes) in `Subscribe`, widened to the topic's `record_bytes_max` if
+that is larger, since a record that large must always fit. A record is
+outstanding from the moment it arrives until the application takes it from
+the iterator; the credit of taken records goes back to the broker in chunks,
+once half of either window has been taken or when the application waits on
+an empty buffer. So the broker never holds more credit than the window, and
+the consumer's buffer never holds more than the window: a slow application
+slows the broker down instead of growing memory anywhere.
+
+A reader task owns the receiving side of the stream (records go into the
+bounded buffer, commit answers to their waiters), so `commit()` from another
+task never waits behind an iterator that has nothing to read.
+
+`seek()` and reconnection after a retriable error both close the stream and
+subscribe again with explicit offsets (the positions of records already
+yielded), discarding what was buffered; a retriable error only leads to a
+reconnect once the records already buffered have been yielded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import grpc
+import grpc.aio
+from weir._conn import ConsumeCall, consume_call, from_error_proto, from_rpc_error, open_channel
+from weir._retry import Backoff
+from weir.errors import ClosedError, UnavailableError, WeirError, WeirTimeoutError
+from weir.types import ConsumedRecord, StartSpec, start_position
+from weir.v1 import broker_pb2
+
+__all__ = ["Consumer"]
+
+MIB = 1024 * 1024
+
+
+@dataclass(eq=False)
+class _Subscription:
+    """One Consume stream and what arrived on it."""
+
+    call: ConsumeCall
+    buffer: collections.deque[tuple[ConsumedRecord, int]] = field(default_factory=collections.deque)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    commits: dict[int, asyncio.Future[broker_pb2.CommitResult]] = field(default_factory=dict)
+    error: WeirError | None = None
+    ended: bool = False
+    reader: asyncio.Task[None] | None = None
+
+
+class Consumer:
+    """Reads one topic as an async iterator of `ConsumedRecord`.
+
+    Args:
+        bootstrap: "host:port" of any broker node.
+        topic: The topic to read.
+        group: Consumer group; enables `commit()` and starting from the
+            group's committed offsets.
+        partitions: Partitions to read; None means all.
+        start: Where partitions without a committed offset start: "latest"
+            (default), "earliest", an offset, an aware `datetime`, or a
+            `StartAt`.
+        max_outstanding_messages: Credit window in records.
+        max_outstanding_bytes: Credit window in record bytes (raised to the
+            topic's record_bytes_max if that is larger).
+        request_timeout_ms: Deadline for the subscribe handshake and commits.
+        reconnect_attempts: Re-subscriptions tried in a row after retriable
+            stream errors before the error is raised.
+        rng: Randomness for the reconnect backoff jitter.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        group: str | None = None,
+        partitions: Iterable[int] | None = None,
+        start: StartSpec = "latest",
+        max_outstanding_messages: int = 1000,
+        max_outstanding_bytes: int = 16 * MIB,
+        request_timeout_ms: float = 30_000,
+        reconnect_attempts: int = 5,
+        retry_backoff_ms: int = 100,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_outstanding_messages < 1 or max_outstanding_bytes < 1:
+            raise ValueError("the outstanding windows must be positive")
+        self._bootstrap = bootstrap
+        self.topic = topic
+        self._group = group or ""
+        self._partitions = sorted(set(partitions)) if partitions is not None else []
+        self._start = start_position(start)
+        self._window_messages = max_outstanding_messages
+        self._window_bytes = max_outstanding_bytes
+        self._request_timeout_s = request_timeout_ms / 1000.0
+        self._reconnect_attempts = reconnect_attempts
+        self._backoff = Backoff(retry_backoff_ms, max(retry_backoff_ms, 5_000), rng=rng)
+        self._positions: dict[int, int] = {}
+        self._yielded: set[int] = set()
+        self._end_offsets: dict[int, int] = {}
+        self._taken_messages = 0
+        self._taken_bytes = 0
+        self._next_commit_id = 1
+        self._failures = 0
+        self._sub: _Subscription | None = None
+        self._write_lock = asyncio.Lock()
+        self._started = False
+        self._closed = False
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __aiter__(self) -> Consumer:
+        return self
+
+    async def __anext__(self) -> ConsumedRecord:
+        record = await self._next(None)
+        if record is None:
+            raise StopAsyncIteration
+        return record
+
+    async def start(self) -> None:
+        """Open the channel and subscribe (`async with` does this)."""
+        if self._started:
+            return
+        self._channel = open_channel(self._bootstrap)
+        self._started = True
+        try:
+            await self._subscribe({})
+        except BaseException:
+            await self.close()
+            raise
+
+    async def poll(self, timeout_s: float | None = None) -> ConsumedRecord | None:
+        """The next record, or None if none arrives within `timeout_s`."""
+        try:
+            return await self._next(timeout_s)
+        except WeirTimeoutError:
+            return None
+
+    def assignment(self) -> list[int]:
+        """The partitions being read."""
+        return sorted(self._positions)
+
+    def position(self, partition: int) -> int:
+        """The offset of the next record the iterator will yield from `partition`."""
+        try:
+            return self._positions[partition]
+        except KeyError:
+            raise ValueError(f"partition {partition} is not subscribed") from None
+
+    def end_offset(self, partition: int) -> int | None:
+        """The partition's end offset as last reported by the broker."""
+        return self._end_offsets.get(partition)
+
+    async def seek(self, partition: int, offset: int) -> None:
+        """Continue `partition` from `offset`; records already buffered are dropped."""
+        self._check_usable()
+        if partition not in self._positions:
+            raise ValueError(f"partition {partition} is not subscribed")
+        offsets = dict(self._positions)
+        offsets[partition] = offset
+        await self._resubscribe(offsets)
+
+    async def commit(self, offsets: Mapping[int, int] | None = None) -> dict[int, int]:
+        """Store the group's progress; returns the group's committed offsets.
+
+        Without `offsets`, commits the position after the last record yielded
+        from each partition. Needs a `group`. A lower offset than the stored
+        one leaves the stored one in place (commits never move backwards).
+        """
+        self._check_usable()
+        if offsets is None:
+            offsets = {p: self._positions[p] for p in sorted(self._yielded)}
+        if not offsets:
+            return {}
+        sub = self._require_sub()
+        commit_id = self._next_commit_id
+        self._next_commit_id += 1
+        fut: asyncio.Future[broker_pb2.CommitResult] = asyncio.get_running_loop().create_future()
+        sub.commits[commit_id] = fut
+        request = broker_pb2.ConsumeRequest(
+            commit=broker_pb2.Commit(
+                commit_id=commit_id,
+                offsets=[
+                    broker_pb2.PartitionOffset(partition=p, offset=o)
+                    for p, o in sorted(offsets.items())
+                ],
+            )
+        )
+        try:
+            await self._write(sub, request)
+            async with asyncio.timeout(self._request_timeout_s):
+                result = await asyncio.shield(fut)
+        except TimeoutError:
+            raise WeirTimeoutError(
+                f"no commit result within {self._request_timeout_s:.3f}s"
+            ) from None
+        finally:
+            sub.commits.pop(commit_id, None)
+        if result.HasField("error"):
+            raise from_error_proto(result.error)
+        return {po.partition: po.offset for po in result.offsets}
+
+    async def close(self) -> None:
+        """End the stream and close the channel. Uncommitted progress is not committed."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sub is not None:
+            await self._end_subscription(self._sub, ClosedError("the consumer is closed"))
+            self._sub = None
+        if self._started:
+            await self._channel.close()
+
+    # -- internals ---------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if not self._started:
+            raise ClosedError("the consumer is not started; use 'async with' or start()")
+        if self._closed:
+            raise ClosedError("the consumer is closed")
+
+    def _require_sub(self) -> _Subscription:
+        sub = self._sub
+        if sub is None or sub.error is not None or sub.ended:
+            raise (sub.error if sub is not None and sub.error else ClosedError("not subscribed"))
+        return sub
+
+    async def _next(self, timeout_s: float | None) -> ConsumedRecord | None:
+        self._check_usable()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    sub = self._sub
+                    if sub is None:
+                        raise ClosedError("not subscribed")
+                    if sub.buffer:
+                        return await self._take(sub)
+                    if self._taken_messages:
+                        await self._replenish(sub)
+                    if sub.error is not None:
+                        await self._recover(sub)
+                        continue
+                    if sub.ended:
+                        return None
+                    sub.arrived.clear()
+                    await sub.arrived.wait()
+        except TimeoutError:
+            raise WeirTimeoutError(f"no record within {timeout_s}s") from None
+
+    async def _take(self, sub: _Subscription) -> ConsumedRecord:
+        record, size = sub.buffer.popleft()
+        self._positions[record.partition] = record.offset + 1
+        self._yielded.add(record.partition)
+        self._taken_messages += 1
+        self._taken_bytes += size
+        if (
+            self._taken_messages * 2 >= self._window_messages
+            or self._taken_bytes * 2 >= self._window_bytes
+        ):
+            await self._replenish(sub)
+        return record
+
+    async def _replenish(self, sub: _Subscription) -> None:
+        """Give the credit of taken records back to the broker."""
+        if sub.error is not None or sub.ended:
+            return
+        messages, nbytes = self._taken_messages, self._taken_bytes
+        self._taken_messages = self._taken_bytes = 0
+        credit = broker_pb2.Credit(messages=messages, bytes=nbytes)
+        with contextlib.suppress(WeirError):
+            # A failed write shows up as the reader's error; nothing to add here.
+            await self._write(sub, broker_pb2.ConsumeRequest(credit=credit))
+
+    async def _recover(self, sub: _Subscription) -> None:
+        """After a stream error: re-subscribe if retriable and attempts remain, else raise."""
+        error = sub.error
+        assert error is not None
+        if not error.retriable or self._failures >= self._reconnect_attempts:
+            raise error
+        self._failures += 1
+        await asyncio.sleep(self._backoff.delay_s(self._failures))
+        await self._resubscribe(dict(self._positions))
+
+    async def _resubscribe(self, offsets: dict[int, int]) -> None:
+        old = self._sub
+        self._sub = None
+        if old is not None:
+            await self._end_subscription(old, ClosedError("the subscription was replaced"))
+        await self._subscribe(offsets)
+
+    async def _subscribe(self, offsets: dict[int, int]) -> None:
+        call = consume_call(self._channel)
+        sub = _Subscription(call=call)
+        self._taken_messages = self._taken_bytes = 0
+        subscribe = broker_pb2.Subscribe(
+            topic=self.topic,
+            partitions=self._partitions,
+            group=self._group,
+            start=self._start,
+            offsets=offsets,
+            credit=broker_pb2.Credit(messages=self._window_messages, bytes=self._window_bytes),
+        )
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                await call.write(broker_pb2.ConsumeRequest(subscribe=subscribe))
+                response = await call.read()
+        except TimeoutError:
+            call.cancel()
+            raise WeirTimeoutError(
+                f"no answer to subscribe within {self._request_timeout_s:.3f}s"
+            ) from None
+        except grpc.RpcError as exc:
+            call.cancel()
+            raise from_rpc_error(exc) from None
+        except BaseException:
+            call.cancel()
+            raise
+        if response is grpc.aio.EOF or not isinstance(response, broker_pb2.ConsumeResponse):
+            call.cancel()
+            raise UnavailableError("the broker ended the consume stream before subscribing")
+        if response.WhichOneof("kind") != "subscribed":
+            call.cancel()
+            raise UnavailableError("the broker's first consume response was not 'subscribed'")
+        subscribed = response.subscribed
+        for start in subscribed.partitions:
+            self._positions[start.partition] = start.offset
+            self._end_offsets[start.partition] = start.end_offset
+        extra = subscribed.record_bytes_max - self._window_bytes
+        if extra > 0:
+            # A record of record_bytes_max must always fit into the credit.
+            self._window_bytes = subscribed.record_bytes_max
+            await self._write(sub, broker_pb2.ConsumeRequest(credit=broker_pb2.Credit(bytes=extra)))
+        sub.reader = asyncio.create_task(self._read(sub), name="weir-consumer-reader")
+        self._sub = sub
+
+    async def _read(self, sub: _Subscription) -> None:
+        try:
+            while True:
+                response = await sub.call.read()
+                if response is grpc.aio.EOF:
+                    sub.ended = True
+                    break
+                assert isinstance(response, broker_pb2.ConsumeResponse)
+                kind = response.WhichOneof("kind")
+                if kind == "batch":
+                    self._on_batch(sub, response.batch)
+                elif kind == "commit":
+                    fut = sub.commits.get(response.commit.commit_id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(response.commit)
+        except grpc.RpcError as exc:
+            sub.error = from_rpc_error(exc)
+        except Exception as exc:
+            sub.error = ClosedError(f"the consumer's reader died: {exc!r}")
+            raise
+        finally:
+            failure = sub.error or UnavailableError("the consume stream ended")
+            for fut in sub.commits.values():
+                if not fut.done():
+                    fut.set_exception(failure)
+            sub.arrived.set()
+
+    def _on_batch(self, sub: _Subscription, batch: broker_pb2.ConsumedBatch) -> None:
+        self._failures = 0
+        topic, partition = batch.topic or self.topic, batch.partition
+        for i, record in enumerate(batch.records):
+            sub.buffer.append(
+                (
+                    ConsumedRecord.from_proto(topic, partition, batch.base_offset + i, record),
+                    record.ByteSize(),
+                )
+            )
+        self._end_offsets[partition] = batch.end_offset
+        # The broker may only send what credit allowed; more is its bug, but
+        # it would also mean this buffer is no longer bounded.
+        assert len(sub.buffer) <= self._window_messages, "broker exceeded message credit"
+        sub.arrived.set()
+
+    async def _write(self, sub: _Subscription, request: broker_pb2.ConsumeRequest) -> None:
+        async with self._write_lock:
+            try:
+                await sub.call.write(request)
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc) from None
+            except asyncio.InvalidStateError:
+                raise UnavailableError("the consume stream has ended") from None
+
+    async def _end_subscription(self, sub: _Subscription, error: WeirError) -> None:
+        if sub.error is None:
+            sub.error = error
+        for fut in sub.commits.values():
+            if not fut.done():
+                fut.set_exception(error)
+        if not sub.call.done():
+            with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await sub.call.done_writing()
+        sub.call.cancel()
+        if sub.reader is not None:
+            sub.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sub.reader
+        sub.buffer.clear()

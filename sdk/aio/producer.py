@@ -1,0 +1,257 @@
+"""The asyncio producer: `send()` appends to a batch, one sender task does the I/O.
+
+    async with weir.aio.Producer("127.0.0.1:7070") as producer:
+        fut = await producer.send("orders", b"payload", key=b"customer-42")
+        meta = await fut  # RecordMetadata(topic, partition, offset)
+
+`send()` returns as soon as the record is in a batch (waiting only for
+buffer space, and on first use of a topic for its partition count); the
+future resolves when the broker answers that batch. Keyed records go to
+murmur2(key) % partitions, keyless records to a sticky partition that
+rotates when its batch is sent, and an explicit `partition` wins over both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Mapping
+from types import TracebackType
+
+from weir._conn import admin_stub, open_channel, translated
+from weir._retry import Backoff
+from weir.aio.accumulator import Accumulator
+from weir.aio.sender import Sender
+from weir.errors import ClosedError, InvalidArgumentError, WeirTimeoutError
+from weir.partitioner import StickyPartitioner, partition_for_key
+from weir.types import Acks, RecordMetadata
+from weir.v1 import admin_pb2, records_pb2
+
+__all__ = ["Producer"]
+
+MIB = 1024 * 1024
+
+
+class Producer:
+    """Sends records to a Weir broker, batching per partition.
+
+    Args:
+        bootstrap: "host:port" of any broker node.
+        acks: "all" (committed on a majority; default), "leader" (written by
+            the leader), or "none" (fire and forget; offsets come back as -1).
+        linger_ms: How long a batch may wait for more records before it goes.
+        batch_bytes_max: Bound on one batch's encoded records.
+        buffer_bytes_max: Bound on the bytes of all records not yet answered.
+        buffer_wait_timeout_ms: How long `send()` waits for buffer space
+            before it raises `BufferFullError`.
+        retries: Further attempts for a batch after a retriable failure.
+        retry_backoff_ms: First retry delay; it doubles up to
+            `retry_backoff_max_ms`, with +-20% jitter.
+        request_timeout_ms: How long a request may go unanswered before the
+            stream is considered broken and its batches are retried.
+        max_inflight_requests: Unanswered requests on the stream at once.
+            With more than one, a retried batch may land after a later batch
+            of the same partition; use 1 for strict order across retries.
+        metadata_max_age_ms: How long a topic's partition count is cached.
+        rng: Randomness for the backoff jitter (seed it for reproducible tests).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        acks: Acks | str = "all",
+        linger_ms: float = 5,
+        batch_bytes_max: int = 1 * MIB,
+        buffer_bytes_max: int = 32 * MIB,
+        buffer_wait_timeout_ms: float = 30_000,
+        retries: int = 5,
+        retry_backoff_ms: int = 100,
+        retry_backoff_max_ms: int = 5_000,
+        request_timeout_ms: float = 30_000,
+        max_inflight_requests: int = 5,
+        metadata_max_age_ms: float = 300_000,
+        rng: random.Random | None = None,
+    ) -> None:
+        if retries < 0:
+            raise ValueError("retries must not be negative")
+        if linger_ms < 0 or buffer_wait_timeout_ms < 0 or request_timeout_ms <= 0:
+            raise ValueError(
+                "linger_ms, buffer_wait_timeout_ms must be >= 0, request_timeout_ms > 0"
+            )
+        if batch_bytes_max > buffer_bytes_max:
+            raise ValueError("batch_bytes_max must not exceed buffer_bytes_max")
+        self._bootstrap = bootstrap
+        self._acks = Acks.parse(acks)
+        self._linger_s = linger_ms / 1000.0
+        self._batch_bytes_max = batch_bytes_max
+        self._buffer_bytes_max = buffer_bytes_max
+        self._buffer_wait_timeout_s = buffer_wait_timeout_ms / 1000.0
+        self._retries = retries
+        self._backoff = Backoff(
+            retry_backoff_ms, max(retry_backoff_ms, retry_backoff_max_ms), rng=rng
+        )
+        self._request_timeout_s = request_timeout_ms / 1000.0
+        self._max_inflight_requests = max_inflight_requests
+        self._metadata_max_age_s = metadata_max_age_ms / 1000.0
+        self._sticky = StickyPartitioner(start=(rng or random.Random()).randrange(1 << 16))
+        self._partition_counts: dict[str, tuple[int, float]] = {}
+        self._metadata_locks: dict[str, asyncio.Lock] = {}
+        self._started = False
+        self._closed = False
+
+    async def __aenter__(self) -> Producer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the channel and start the sender task (`async with` does this)."""
+        if self._started:
+            return
+        self._channel = open_channel(self._bootstrap)
+        self._admin = admin_stub(self._channel)
+        self._accumulator = Accumulator(
+            batch_bytes_max=self._batch_bytes_max,
+            buffer_bytes_max=self._buffer_bytes_max,
+            linger_s=self._linger_s,
+            on_batch_closed=self._on_batch_closed,
+        )
+        self._sender = Sender(
+            channel=self._channel,
+            accumulator=self._accumulator,
+            acks=self._acks,
+            retries=self._retries,
+            backoff=self._backoff,
+            request_timeout_s=self._request_timeout_s,
+            max_inflight_requests=self._max_inflight_requests,
+        )
+        self._sender_task = asyncio.create_task(self._sender.run(), name="weir-producer-sender")
+        self._started = True
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Mapping[str, bytes] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int = 0,
+    ) -> asyncio.Future[RecordMetadata]:
+        """Add a record to its partition's batch and return a future of its metadata.
+
+        Waits only for buffer space (then `BufferFullError`) and, on first use
+        of a topic, for its partition count (`TopicNotFoundError` if the topic
+        does not exist). The future fails with a `WeirError` if the batch does.
+        """
+        self._check_usable()
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise TypeError("value must be bytes")
+        if key is not None and not isinstance(key, bytes | bytearray | memoryview):
+            raise TypeError("key must be bytes or None")
+        count = await self._partition_count(topic)
+        if partition is None:
+            if key is not None:
+                partition = partition_for_key(bytes(key), count)
+            else:
+                partition = self._sticky.partition(topic, count)
+        elif partition < 0 or partition >= count:
+            count = await self._partition_count(topic, refresh=True)
+            if partition < 0 or partition >= count:
+                raise InvalidArgumentError(
+                    f"partition {partition} out of range for topic {topic!r} "
+                    f"with {count} partitions",
+                    reason="PARTITION_OUT_OF_RANGE",
+                    metadata={"topic": topic, "partition": str(partition)},
+                )
+        record = records_pb2.Record(
+            key=bytes(key) if key is not None else None,
+            value=bytes(value),
+            headers=dict(headers) if headers else None,
+            timestamp_ms=timestamp_ms,
+        )
+        return await self._accumulator.append(topic, partition, record, self._buffer_wait_timeout_s)
+
+    async def flush(self, timeout_s: float | None = None) -> None:
+        """Send every buffered record now and wait until all are answered."""
+        self._check_usable()
+        try:
+            # If the sender dies it fails every batch, which also ends this wait.
+            async with asyncio.timeout(timeout_s):
+                await self._accumulator.flush()
+        except TimeoutError:
+            raise WeirTimeoutError(f"flush did not finish within {timeout_s}s") from None
+
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Flush, then stop the sender and close the channel.
+
+        With `timeout_s`, records still unanswered after it fail with `ClosedError`.
+        """
+        if self._closed or not self._started:
+            self._closed = True
+            return
+        self._closed = True
+        self._accumulator.close()
+        self._sender.stop()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self._sender_task)
+        except TimeoutError:
+            self._sender_task.cancel()
+        except Exception:
+            pass  # the sender already failed every waiter with its error
+        finally:
+            if not self._sender_task.done():
+                self._sender_task.cancel()
+            # Its failure, if any, was reported to every waiter.
+            with contextlib.suppress(BaseException):
+                await self._sender_task
+            await self._channel.close()
+
+    async def partitions_for(self, topic: str) -> int:
+        """The topic's partition count (cached for `metadata_max_age_ms`)."""
+        self._check_usable()
+        return await self._partition_count(topic)
+
+    # -- internals ---------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if not self._started:
+            raise ClosedError("the producer is not started; use 'async with' or start()")
+        if self._closed:
+            raise ClosedError("the producer is closed")
+        if self._sender_task.done():
+            raise ClosedError("the producer's sender has stopped")
+
+    def _on_batch_closed(self, topic: str, partition: int) -> None:
+        cached = self._partition_counts.get(topic)
+        if cached is not None:
+            self._sticky.batch_sent(topic, partition, cached[0])
+
+    async def _partition_count(self, topic: str, *, refresh: bool = False) -> int:
+        now = asyncio.get_running_loop().time()
+        cached = self._partition_counts.get(topic)
+        if cached is not None and not refresh and now - cached[1] < self._metadata_max_age_s:
+            return cached[0]
+        lock = self._metadata_locks.setdefault(topic, asyncio.Lock())
+        async with lock:
+            cached = self._partition_counts.get(topic)
+            if cached is not None and cached[1] > now:
+                return cached[0]  # another task fetched it while this one waited
+            async with translated():
+                response: admin_pb2.DescribeTopicResponse = await self._admin.DescribeTopic(
+                    admin_pb2.DescribeTopicRequest(name=topic),
+                    timeout=self._request_timeout_s,
+                )
+            count = response.topic.partition_count
+            self._partition_counts[topic] = (count, asyncio.get_running_loop().time())
+            return count

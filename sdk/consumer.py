@@ -1,0 +1,91 @@
+"""The blocking consumer: `weir.aio.Consumer` driven from a background loop thread.
+
+with weir.Consumer("127.0.0.1:7070", "orders", group="billing") as consumer:
+    for record in consumer:
+        handle(record)
+        consumer.commit()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+from weir._sync import LoopThread
+from weir.aio.consumer import Consumer as AsyncConsumer
+from weir.types import ConsumedRecord
+
+__all__ = ["Consumer"]
+
+
+class Consumer:
+    """Blocking twin of `weir.aio.Consumer`; takes the same arguments.
+
+    Iterate for records (blocks until one arrives), or `poll(timeout_s)`.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, **options: Any) -> None:
+        self._thread = LoopThread("weir-consumer")
+        try:
+            self._consumer = self._thread.run(self._make(bootstrap, topic, options))
+        except BaseException:
+            self._thread.close()
+            raise
+
+    @staticmethod
+    async def _make(bootstrap: str, topic: str, options: dict[str, Any]) -> AsyncConsumer:
+        consumer = AsyncConsumer(bootstrap, topic, **options)
+        await consumer.start()
+        return consumer
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[ConsumedRecord]:
+        return self
+
+    def __next__(self) -> ConsumedRecord:
+        record = self._thread.run(self._consumer.poll(None))
+        if record is None:
+            raise StopIteration
+        return record
+
+    def poll(self, timeout_s: float | None = None) -> ConsumedRecord | None:
+        """The next record, or None if none arrives within `timeout_s`."""
+        return self._thread.run(self._consumer.poll(timeout_s))
+
+    def commit(self, offsets: Mapping[int, int] | None = None) -> dict[int, int]:
+        """Commit the positions of records yielded so far (or `offsets`)."""
+        return self._thread.run(self._consumer.commit(offsets))
+
+    def seek(self, partition: int, offset: int) -> None:
+        """Continue `partition` from `offset`."""
+        self._thread.run(self._consumer.seek(partition, offset))
+
+    def position(self, partition: int) -> int:
+        """The next offset to be yielded from `partition`."""
+        return self._consumer.position(partition)
+
+    def assignment(self) -> list[int]:
+        """The partitions being read."""
+        return self._consumer.assignment()
+
+    def end_offset(self, partition: int) -> int | None:
+        """The partition's end offset as last reported by the broker."""
+        return self._consumer.end_offset(partition)
+
+    def close(self) -> None:
+        """End the stream, close the channel and stop the thread."""
+        try:
+            self._thread.run(self._consumer.close())
+        finally:
+            self._thread.close()

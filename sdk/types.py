@@ -1,0 +1,255 @@
+"""The SDK's value types: frozen dataclasses, never protobuf objects.
+
+Results handed to applications (`RecordMetadata`, `ConsumedRecord`,
+`TopicInfo`, ...) are plain immutable values so callers do not depend on the
+wire encoding, and the conversions from `weir.v1` messages live here, once.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from weir.v1 import admin_pb2, broker_pb2, records_pb2
+
+__all__ = [
+    "Acks",
+    "ClusterInfo",
+    "ConsumedRecord",
+    "NodeInfo",
+    "PartitionInfo",
+    "RecordMetadata",
+    "StartAt",
+    "StartSpec",
+    "TopicConfig",
+    "TopicInfo",
+    "start_position",
+]
+
+
+class Acks(enum.Enum):
+    """How much durability a producer waits for (see `weir.v1.Acks`)."""
+
+    NONE = "none"
+    LEADER = "leader"
+    ALL = "all"
+
+    @classmethod
+    def parse(cls, value: Acks | str) -> Acks:
+        """Accept an `Acks` or its name ("all", "leader", "none")."""
+        if isinstance(value, Acks):
+            return value
+        try:
+            return cls(value.lower())
+        except ValueError:
+            raise ValueError(f"acks must be 'all', 'leader' or 'none', got {value!r}") from None
+
+    def to_proto(self) -> broker_pb2.Acks:
+        """The wire value."""
+        return {
+            Acks.NONE: broker_pb2.ACKS_NONE,
+            Acks.LEADER: broker_pb2.ACKS_LEADER,
+            Acks.ALL: broker_pb2.ACKS_ALL,
+        }[self]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMetadata:
+    """Where a produced record was appended. `offset` is -1 with acks="none"."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedRecord:
+    """One record read from a partition."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+    timestamp_ms: int
+
+    @classmethod
+    def from_proto(
+        cls, topic: str, partition: int, offset: int, record: records_pb2.Record
+    ) -> ConsumedRecord:
+        """Build from a wire record and its computed offset."""
+        return cls(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=record.key if record.HasField("key") else None,
+            value=record.value,
+            headers=dict(record.headers),
+            timestamp_ms=record.timestamp_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StartAt:
+    """A start position for a consumer: `StartAt.earliest()`, `.latest()`,
+    `.offset(n)` or `.timestamp(ms)`."""
+
+    kind: str
+    value: int = 0
+
+    @staticmethod
+    def earliest() -> StartAt:
+        """The oldest retained record."""
+        return StartAt("earliest")
+
+    @staticmethod
+    def latest() -> StartAt:
+        """Only records appended after subscribing."""
+        return StartAt("latest")
+
+    @staticmethod
+    def offset(offset: int) -> StartAt:
+        """An explicit offset (same for every partition without a committed offset)."""
+        return StartAt("offset", offset)
+
+    @staticmethod
+    def timestamp(timestamp_ms: int) -> StartAt:
+        """The first record at or after this time (ms since the Unix epoch)."""
+        return StartAt("timestamp", timestamp_ms)
+
+
+StartSpec = str | int | datetime | StartAt
+
+
+def start_position(start: StartSpec) -> broker_pb2.StartPosition:
+    """Translate a user start spec into the wire `StartPosition`."""
+    if isinstance(start, str):
+        start = {"earliest": StartAt.earliest(), "latest": StartAt.latest()}.get(
+            start.lower(), StartAt("invalid")
+        )
+        if start.kind == "invalid":
+            raise ValueError("start must be 'earliest', 'latest', an offset, or a datetime")
+    elif isinstance(start, bool):
+        raise TypeError("start must not be a bool")
+    elif isinstance(start, int):
+        start = StartAt.offset(start)
+    elif isinstance(start, datetime):
+        if start.tzinfo is None:
+            raise ValueError("a datetime start must be timezone-aware")
+        start = StartAt.timestamp(int(start.timestamp() * 1000))
+    if start.kind == "earliest":
+        return broker_pb2.StartPosition(kind=broker_pb2.START_KIND_EARLIEST)
+    if start.kind == "latest":
+        return broker_pb2.StartPosition(kind=broker_pb2.START_KIND_LATEST)
+    if start.kind == "offset":
+        return broker_pb2.StartPosition(kind=broker_pb2.START_KIND_OFFSET, offset=start.value)
+    if start.kind == "timestamp":
+        return broker_pb2.StartPosition(
+            kind=broker_pb2.START_KIND_TIMESTAMP, timestamp_ms=start.value
+        )
+    raise ValueError(f"unknown start kind {start.kind!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicConfig:
+    """A topic's settings; -1 means unlimited for the retention fields."""
+
+    retention_bytes: int
+    retention_ms: int
+    record_bytes_max: int
+
+    @classmethod
+    def from_proto(cls, config: admin_pb2.TopicConfig) -> TopicConfig:
+        """Build from the wire message (responses set every field)."""
+        return cls(
+            retention_bytes=config.retention_bytes,
+            retention_ms=config.retention_ms,
+            record_bytes_max=config.record_bytes_max,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    """The state of one partition."""
+
+    partition: int
+    start_offset: int
+    end_offset: int
+    size_bytes: int
+    leader_id: int
+    replica_ids: tuple[int, ...]
+
+    @classmethod
+    def from_proto(cls, info: admin_pb2.PartitionInfo) -> PartitionInfo:
+        """Build from the wire message."""
+        return cls(
+            partition=info.partition,
+            start_offset=info.start_offset,
+            end_offset=info.end_offset,
+            size_bytes=info.size_bytes,
+            leader_id=info.leader_id,
+            replica_ids=tuple(info.replica_ids),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """A topic, and its partitions' state when it was described."""
+
+    name: str
+    partition_count: int
+    replication_factor: int
+    config: TopicConfig
+    partitions: tuple[PartitionInfo, ...] = field(default=())
+
+    @classmethod
+    def from_proto(
+        cls,
+        topic: admin_pb2.Topic,
+        partitions: tuple[PartitionInfo, ...] = (),
+    ) -> TopicInfo:
+        """Build from the wire message."""
+        return cls(
+            name=topic.name,
+            partition_count=topic.partition_count,
+            replication_factor=topic.replication_factor,
+            config=TopicConfig.from_proto(topic.config),
+            partitions=partitions,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """One broker node."""
+
+    node_id: int
+    address: str
+    alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInfo:
+    """The cluster as the answering node sees it."""
+
+    cluster_id: str
+    nodes: tuple[NodeInfo, ...]
+    node_id: int
+    version: str
+    durability: str
+    request_bytes_max: int
+    record_bytes_max_limit: int
+
+    @classmethod
+    def from_proto(cls, response: admin_pb2.DescribeClusterResponse) -> ClusterInfo:
+        """Build from the wire message."""
+        return cls(
+            cluster_id=response.cluster_id,
+            nodes=tuple(NodeInfo(n.node_id, n.address, n.alive) for n in response.nodes),
+            node_id=response.node_id,
+            version=response.version,
+            durability=response.durability,
+            request_bytes_max=response.request_bytes_max,
+            record_bytes_max_limit=response.record_bytes_max_limit,
+        )
