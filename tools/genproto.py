@@ -23,7 +23,9 @@ HEADER = '"""Generated from proto/weir/v1 by tools/genproto.py; do not edit."""\
 
 
 def generate(into: Path) -> None:
-    sources = sorted(str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / PACKAGE_DIR).glob("*.proto"))
+    sources = sorted(
+        str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / PACKAGE_DIR).glob("*.proto")
+    )
     well_known = Path(protoc.__file__).parent / "_proto"
     args = [
         "protoc",

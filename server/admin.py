@@ -1,0 +1,139 @@
+"""AdminService: topics, their configs, and the cluster as this node sees it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from weir.server.config import NodeConfig
+from weir.server.errors import BrokerError, abort
+from weir.server.replicator import Replicator
+from weir.server.topics import ConfigPatch, Topic, TopicRegistry
+from weir.v1 import admin_pb2, admin_pb2_grpc
+
+VERSION = "0.1.0"
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Context = grpc.aio.ServicerContext[object, object]
+
+
+def _patch(config: admin_pb2.TopicConfig) -> ConfigPatch:
+    return ConfigPatch(
+        retention_bytes=config.retention_bytes if config.HasField("retention_bytes") else None,
+        retention_ms=config.retention_ms if config.HasField("retention_ms") else None,
+        record_bytes_max=config.record_bytes_max if config.HasField("record_bytes_max") else None,
+    )
+
+
+def topic_proto(topic: Topic) -> admin_pb2.Topic:
+    return admin_pb2.Topic(
+        name=topic.name,
+        partition_count=topic.partition_count,
+        replication_factor=topic.replication_factor,
+        config=admin_pb2.TopicConfig(
+            retention_bytes=topic.config.retention_bytes,
+            retention_ms=topic.config.retention_ms,
+            record_bytes_max=topic.config.record_bytes_max,
+        ),
+    )
+
+
+async def _guard(context: Context, call: Awaitable[Resp]) -> Resp:
+    """Turn an operating error into a rich gRPC status."""
+    try:
+        return await call
+    except BrokerError as error:
+        await abort(context, error)
+        raise AssertionError("abort returns only by raising") from None
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(
+        self,
+        topics: TopicRegistry,
+        replicator: Replicator,
+        config: NodeConfig,
+        cluster_id: Callable[[], str],
+    ) -> None:
+        self._topics = topics
+        self._replicator = replicator
+        self._config = config
+        self._cluster_id = cluster_id
+
+    async def CreateTopic(
+        self, request: admin_pb2.CreateTopicRequest, context: Context
+    ) -> admin_pb2.CreateTopicResponse:
+        async def run() -> admin_pb2.CreateTopicResponse:
+            topic = await self._topics.create(
+                request.name,
+                request.partition_count,
+                request.replication_factor,
+                _patch(request.config),
+            )
+            return admin_pb2.CreateTopicResponse(topic=topic_proto(topic))
+
+        return await _guard(context, run())
+
+    async def DeleteTopic(
+        self, request: admin_pb2.DeleteTopicRequest, context: Context
+    ) -> admin_pb2.DeleteTopicResponse:
+        async def run() -> admin_pb2.DeleteTopicResponse:
+            await self._topics.delete(request.name)
+            return admin_pb2.DeleteTopicResponse()
+
+        return await _guard(context, run())
+
+    async def ListTopics(
+        self, request: admin_pb2.ListTopicsRequest, context: Context
+    ) -> admin_pb2.ListTopicsResponse:
+        return admin_pb2.ListTopicsResponse(topics=[topic_proto(t) for t in self._topics.all()])
+
+    async def DescribeTopic(
+        self, request: admin_pb2.DescribeTopicRequest, context: Context
+    ) -> admin_pb2.DescribeTopicResponse:
+        async def run() -> admin_pb2.DescribeTopicResponse:
+            topic = self._topics.get(request.name)
+            partitions = []
+            for number, group_id in enumerate(topic.group_ids):
+                log = self._replicator.log(group_id)
+                partitions.append(
+                    admin_pb2.PartitionInfo(
+                        partition=number,
+                        start_offset=log.start_offset,
+                        end_offset=log.end_offset,
+                        size_bytes=log.size_bytes,
+                        leader_id=self._config.node_id,
+                        replica_ids=[self._config.node_id],
+                    )
+                )
+            return admin_pb2.DescribeTopicResponse(topic=topic_proto(topic), partitions=partitions)
+
+        return await _guard(context, run())
+
+    async def UpdateTopicConfig(
+        self, request: admin_pb2.UpdateTopicConfigRequest, context: Context
+    ) -> admin_pb2.UpdateTopicConfigResponse:
+        async def run() -> admin_pb2.UpdateTopicConfigResponse:
+            topic = await self._topics.update_config(request.name, _patch(request.config))
+            return admin_pb2.UpdateTopicConfigResponse(topic=topic_proto(topic))
+
+        return await _guard(context, run())
+
+    async def DescribeCluster(
+        self, request: admin_pb2.DescribeClusterRequest, context: Context
+    ) -> admin_pb2.DescribeClusterResponse:
+        return admin_pb2.DescribeClusterResponse(
+            cluster_id=self._cluster_id(),
+            nodes=[
+                admin_pb2.Node(
+                    node_id=self._config.node_id, address=self._config.address(), alive=True
+                )
+            ],
+            node_id=self._config.node_id,
+            version=VERSION,
+            durability=str(self._config.durability),
+            request_bytes_max=self._config.request_bytes_max,
+            record_bytes_max_limit=self._config.record_bytes_max_limit,
+        )

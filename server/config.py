@@ -1,0 +1,55 @@
+"""A node's settings, with every limit named and in its unit."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from weir.cluster.storage import Durability
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything `weir serve` can be told. Defaults suit one laptop."""
+
+    data_dir: Path
+    listen: str = "127.0.0.1:7070"
+    # The address clients should use to reach this node (defaults to `listen`).
+    advertised_address: str = ""
+    node_id: int = 1
+    durability: Durability = Durability.SYNC
+
+    # The largest gRPC message a client may send (one ProduceRequest).
+    request_bytes_max: int = 8 * MiB
+    # Default and ceiling of a topic's record_bytes_max. The ceiling stays
+    # well under gRPC's default 4 MiB receive limit so that any generated
+    # client can receive the largest record in one ConsumeResponse.
+    record_bytes_max_default: int = 1 * MiB
+    record_bytes_max_limit: int = 2 * MiB
+    partitions_max: int = 1024
+    topics_max: int = 10_000
+
+    # Produce: requests one stream may have waiting for durability. When
+    # full, the broker stops reading that stream and HTTP/2 flow control
+    # pushes back on the client. The record bytes themselves are bounded by
+    # the storage writer's queue (storage_write_queue_bytes_max).
+    produce_inflight_requests_max: int = 1024
+    # Consume: the most record bytes in one ConsumeResponse.
+    consume_response_bytes_max: int = 1 * MiB
+    # Credit a client may accumulate; more is clamped (the broker holds no
+    # buffer for credit, so this only keeps the arithmetic sane).
+    credit_messages_max: int = 1 << 31
+    credit_bytes_max: int = 1 << 40
+
+    storage_map_size_bytes: int = 64 * 1024 * MiB
+    storage_write_queue_bytes_max: int = 64 * MiB
+    storage_txn_bytes_max: int = 16 * MiB
+    retention_check_interval_ms: int = 5_000
+    # How long SIGTERM waits for in-flight calls before cancelling them.
+    shutdown_grace_ms: int = 10_000
+
+    def address(self) -> str:
+        return self.advertised_address or self.listen

@@ -1,0 +1,94 @@
+"""Operating errors of the broker and their translation to gRPC.
+
+An operating error is an expected condition (unknown topic, record too
+large, shutting down). Each is a `BrokerError` that carries its gRPC status
+code, a machine-readable reason (google.rpc.ErrorInfo.reason), metadata and
+whether a retry may succeed. Handlers raise them; the boundary turns them
+into a per-request `weir.v1.Error` inside a stream response, or into a rich
+gRPC status that ends the call. Broken invariants are assertions instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from weir.v1 import errors_pb2
+
+ERROR_DOMAIN = "weir"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+_RETRIABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class BrokerError(Exception):
+    """An expected failure of one request, with everything a client needs."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        metadata: Mapping[str, object] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata = {k: str(v) for k, v in (metadata or {}).items()}
+
+    @property
+    def retriable(self) -> bool:
+        return self.code in _RETRIABLE_CODES
+
+    def to_proto(self) -> errors_pb2.Error:
+        return errors_pb2.Error(
+            code=self.code.value[0],
+            reason=self.reason,
+            message=self.message,
+            metadata=self.metadata,
+            retriable=self.retriable,
+        )
+
+    def status_trailer(self) -> tuple[tuple[str, bytes]]:
+        """The `grpc-status-details-bin` trailer: google.rpc.Status + ErrorInfo."""
+        info = error_details_pb2.ErrorInfo(
+            reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+        )
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+    def __repr__(self) -> str:
+        return f"BrokerError({self.code.name}, {self.reason}, {self.message!r})"
+
+
+def invalid(reason: str, message: str, **metadata: object) -> BrokerError:
+    return BrokerError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, metadata)
+
+
+def topic_not_found(topic: str) -> BrokerError:
+    return BrokerError(
+        grpc.StatusCode.NOT_FOUND,
+        "TOPIC_NOT_FOUND",
+        f"topic {topic!r} does not exist",
+        {"topic": topic},
+    )
+
+
+def shutting_down() -> BrokerError:
+    return BrokerError(
+        grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", "the node is shutting down; retry elsewhere"
+    )
+
+
+def malformed(what: str) -> BrokerError:
+    return invalid("MALFORMED_REQUEST", f"the {what} is not a valid protobuf message")
+
+
+async def abort(context: grpc.aio.ServicerContext[object, object], error: BrokerError) -> None:
+    """End the call with `error` as a rich status (code, message, ErrorInfo)."""
+    await context.abort(error.code, error.message, trailing_metadata=error.status_trailer())
