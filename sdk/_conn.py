@@ -49,7 +49,8 @@ class StreamCall(Protocol[RequestT, ResponseT]):
 
 
 ProduceCall = StreamCall[broker_pb2.ProduceRequest, broker_pb2.ProduceResponse]
-ConsumeCall = StreamCall[broker_pb2.ConsumeRequest, broker_pb2.ConsumeResponse]
+# Consume responses stay raw bytes: the consumer measures records as sent.
+ConsumeCall = StreamCall[broker_pb2.ConsumeRequest, bytes]
 
 
 def produce_call(channel: grpc.aio.Channel) -> ProduceCall:
@@ -60,9 +61,12 @@ def produce_call(channel: grpc.aio.Channel) -> ProduceCall:
 
 
 def consume_call(channel: grpc.aio.Channel) -> ConsumeCall:
-    """Open a `BrokerService.Consume` stream."""
-    stub = broker_pb2_grpc.BrokerServiceStub(channel)  # type: ignore[no-untyped-call]
-    call: ConsumeCall = stub.Consume()
+    """Open a `BrokerService.Consume` stream whose responses arrive as raw bytes."""
+    call: ConsumeCall = channel.stream_stream(
+        "/weir.v1.BrokerService/Consume",
+        request_serializer=broker_pb2.ConsumeRequest.SerializeToString,
+        response_deserializer=None,
+    )()
     return call
 
 

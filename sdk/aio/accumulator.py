@@ -75,7 +75,7 @@ class ByteBudget:
             async with asyncio.timeout(timeout_s):
                 await fut
         except BaseException as exc:
-            if fut.done() and not fut.cancelled():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
                 # Granted just as the deadline or a cancellation hit: give it back.
                 self.release(nbytes)
             else:

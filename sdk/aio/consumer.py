@@ -41,6 +41,7 @@ import grpc
 import grpc.aio
 from weir._conn import ConsumeCall, consume_call, from_error_proto, from_rpc_error, open_channel
 from weir._retry import Backoff
+from weir._wire import batch_record_sizes
 from weir.errors import ClosedError, UnavailableError, WeirError, WeirTimeoutError
 from weir.types import ConsumedRecord, StartSpec, start_position
 from weir.v1 import broker_pb2
@@ -342,9 +343,10 @@ class Consumer:
         except BaseException:
             call.cancel()
             raise
-        if response is grpc.aio.EOF or not isinstance(response, broker_pb2.ConsumeResponse):
+        if not isinstance(response, bytes):
             call.cancel()
             raise UnavailableError("the broker ended the consume stream before subscribing")
+        response = broker_pb2.ConsumeResponse.FromString(response)
         if response.WhichOneof("kind") != "subscribed":
             call.cancel()
             raise UnavailableError("the broker's first consume response was not 'subscribed'")
@@ -363,14 +365,14 @@ class Consumer:
     async def _read(self, sub: _Subscription) -> None:
         try:
             while True:
-                response = await sub.call.read()
-                if response is grpc.aio.EOF:
+                raw = await sub.call.read()
+                if not isinstance(raw, bytes):  # grpc.aio.EOF
                     sub.ended = True
                     break
-                assert isinstance(response, broker_pb2.ConsumeResponse)
+                response = broker_pb2.ConsumeResponse.FromString(raw)
                 kind = response.WhichOneof("kind")
                 if kind == "batch":
-                    self._on_batch(sub, response.batch)
+                    self._on_batch(sub, response.batch, batch_record_sizes(raw))
                 elif kind == "commit":
                     fut = sub.commits.get(response.commit.commit_id)
                     if fut is not None and not fut.done():
@@ -387,15 +389,15 @@ class Consumer:
                     fut.set_exception(failure)
             sub.arrived.set()
 
-    def _on_batch(self, sub: _Subscription, batch: broker_pb2.ConsumedBatch) -> None:
+    def _on_batch(
+        self, sub: _Subscription, batch: broker_pb2.ConsumedBatch, sizes: list[int]
+    ) -> None:
         self._failures = 0
         topic, partition = batch.topic or self.topic, batch.partition
-        for i, record in enumerate(batch.records):
+        assert len(sizes) == len(batch.records), "record scan disagrees with the parser"
+        for i, (record, size) in enumerate(zip(batch.records, sizes, strict=True)):
             sub.buffer.append(
-                (
-                    ConsumedRecord.from_proto(topic, partition, batch.base_offset + i, record),
-                    record.ByteSize(),
-                )
+                (ConsumedRecord.from_proto(topic, partition, batch.base_offset + i, record), size)
             )
         self._end_offsets[partition] = batch.end_offset
         # The broker may only send what credit allowed; more is its bug, but
