@@ -20,11 +20,11 @@ from .codec import (
     Entry,
     EntryType,
     GroupMeta,
-    decode_entry,
     decode_group_meta,
     decode_header,
     encode_entry,
     encode_group_meta,
+    verified_payload,
     verify_entry,
 )
 from .errors import CorruptEntryError, OffsetOutOfRangeError, StorageError
@@ -264,14 +264,13 @@ class PartitionLog:
                     )
                 if batches and total_bytes + header.payload_bytes > bytes_max:
                     break
-                entry = decode_entry(value)
                 batches.append(
                     StoredBatch(
-                        entry.base_offset,
-                        entry.record_count,
-                        entry.max_timestamp_ms,
-                        entry.append_time_ms,
-                        entry.payload,
+                        header.base_offset,
+                        header.record_count,
+                        header.max_timestamp_ms,
+                        header.append_time_ms,
+                        verified_payload(value),
                     )
                 )
                 total_bytes += header.payload_bytes
