@@ -14,6 +14,7 @@ from weir.cluster.storage import Durability
 from weir.server.config import NodeConfig
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:7070"
+SWITCH_INTERVAL_S = 0.0005
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -39,6 +40,11 @@ def _serve(args: argparse.Namespace) -> int:
             f"(node {config.node_id}, data {config.data_dir}, durability {config.durability})",
             flush=True,
         )
+
+    # The storage writer thread hands each commit back to the event loop; with
+    # the default 5 ms switch interval a busy loop can make it wait that long
+    # for the GIL, which would be added to every acknowledgement (DESIGN §8).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -106,6 +106,7 @@ class Node:
         self._stopping = asyncio.Event()
         self._cluster_id = ""
         self.port = 0
+        self._produce: ProducePath
 
     async def run(
         self, stop: asyncio.Event, on_ready: Callable[[Node], None] | None = None
@@ -141,6 +142,7 @@ class Node:
                 ]
             )
             health = HealthServicer()
+            self._produce = produce
             self._add_services(server, produce, consume, topics, replicator, health)
             self.port = server.add_insecure_port(self.config.listen)
             await server.start()
@@ -227,6 +229,7 @@ class Node:
     ) -> None:
         log.info("stopping: refusing new work, finishing in-flight calls")
         self._stopping.set()
+        self._produce.stop()
         await health.enter_graceful_shutdown()
         retention.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -88,6 +88,7 @@ class ProducePath:
         self._inflight_requests_max = inflight_requests_max
         self._clock_ms = clock_ms
         self._stopping = stopping
+        self._readers: set[asyncio.Task[object]] = set()
         # Sticky round-robin for records without a key: one counter per
         # topic, advanced once per request.
         self._round_robin: dict[str, itertools.count[int]] = {}
@@ -95,21 +96,20 @@ class ProducePath:
     async def serve(self, context: Context) -> None:
         pending: asyncio.Queue[_Pending | None] = asyncio.Queue(self._inflight_requests_max)
         answering = asyncio.ensure_future(self._answer(pending, context))
-        stop = asyncio.ensure_future(self._stopping.wait())
+        reader = asyncio.current_task()
+        assert reader is not None
+        # On stop the reader is cancelled out of `context.read()`: racing
+        # every read against a stop event would cost a task per request.
+        self._readers.add(reader)
         try:
-            while True:
-                reading = asyncio.ensure_future(context.read())
-                await asyncio.wait((reading, stop, answering), return_when=asyncio.FIRST_COMPLETED)
-                if not reading.done():
-                    # Stopping (or the answer loop failed): take no more requests.
-                    reading.cancel()
-                    break
-                request = reading.result()
-                if request is grpc.aio.EOF:
-                    break
-                if not isinstance(request, broker_pb2.ProduceRequest):
-                    raise _malformed_produce()
-                await pending.put(await self._accept(request))
+            try:
+                await self._read(context, pending, answering)
+            except asyncio.CancelledError:
+                if not self._stopping.is_set():
+                    raise
+                reader.uncancel()
+            finally:
+                self._readers.discard(reader)
             if not answering.done():
                 await pending.put(None)
             await answering
@@ -117,10 +117,28 @@ class ProducePath:
             await abort(context, error)
         finally:
             answering.cancel()
-            stop.cancel()
         if self._stopping.is_set():
             # In-flight requests were answered; tell the client to go elsewhere.
             await abort(context, shutting_down())
+
+    def stop(self) -> None:
+        """Stop reading every produce stream; each answers what it accepted, then ends."""
+        for reader in self._readers:
+            reader.cancel()
+
+    async def _read(
+        self,
+        context: Context,
+        pending: asyncio.Queue[_Pending | None],
+        answering: asyncio.Future[None],
+    ) -> None:
+        while not answering.done():
+            request = await context.read()
+            if request is grpc.aio.EOF:
+                return
+            if not isinstance(request, broker_pb2.ProduceRequest):
+                raise _malformed_produce()
+            await pending.put(await self._accept(request))
 
     async def _answer(self, pending: asyncio.Queue[_Pending | None], context: Context) -> None:
         while (item := await pending.get()) is not None:

@@ -77,22 +77,27 @@ def test_stalled_consumer_bounds_broker_memory_and_loses_nothing(broker: BrokerP
         assert sampler.samples > 0
         assert sampler.peak < RSS_BOUND_BYTES
 
-        # Everything the broker sent before it answers this commit is
-        # already on the stream: it must be exactly the 100 credited records.
-        stream.send(
-            broker_pb2.ConsumeRequest(
-                commit=broker_pb2.Commit(
-                    commit_id=7, offsets=[broker_pb2.PartitionOffset(partition=0, offset=0)]
+        # The broker answers a commit on the same stream as the records, so
+        # the records it sent before the answer arrive before it. Reading up
+        # to commit answers until 100 records are in, then one more round
+        # trip, shows that nothing beyond the credit was sent.
+        received: list[bytes] = []
+        settled = False
+        for commit_id in range(1, 1000):
+            stream.send(
+                broker_pb2.ConsumeRequest(
+                    commit=broker_pb2.Commit(
+                        commit_id=commit_id,
+                        offsets=[broker_pb2.PartitionOffset(partition=0, offset=len(received))],
+                    )
                 )
             )
-        )
-        received: list[bytes] = []
-        while True:
-            response = stream.next()
-            if response.WhichOneof("kind") == "commit":
-                assert response.commit.commit_id == 7
+            while (response := stream.next()).WhichOneof("kind") != "commit":
+                received.extend(r.value for r in response.batch.records)
+            assert response.commit.commit_id == commit_id
+            if len(received) >= CREDIT_MESSAGES and settled:
                 break
-            received.extend(r.value for r in response.batch.records)
+            settled = len(received) >= CREDIT_MESSAGES
         assert len(received) == CREDIT_MESSAGES
 
         stream.credit(RECORDS)

@@ -242,11 +242,3 @@ def test_invalid_topic_configs(client: RawClient) -> None:
     assert error_info(raised.value) == (StatusCode.ALREADY_EXISTS, "TOPIC_EXISTS")
     assert [t.name for t in client.admin.ListTopics(admin_pb2.ListTopicsRequest()).topics] == ["t"]
     assert client.describe("t").topic.config.record_bytes_max == 1000
-
-
-def test_record_type_is_the_stored_form(client: RawClient) -> None:
-    # Guard for the splice in server/wire.py: the stored batch and the
-    # delivered batch must keep `records` at the same field number.
-    stored = records_pb2.RecordBatch.DESCRIPTOR.fields_by_name["records"].number
-    delivered = broker_pb2.ConsumedBatch.DESCRIPTOR.fields_by_name["records"].number
-    assert stored == delivered == 1
