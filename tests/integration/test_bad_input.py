@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from weir.v1 import admin_pb2, broker_pb2, records_pb2
+from weir.v1 import admin_pb2, broker_pb2
 
 from tests.support.broker_process import BrokerProcess
 from tests.support.raw_client import ConsumeStream, RawClient, error_info, request
