@@ -215,6 +215,8 @@ class GroupCommitWriter:
         op.future = future
         with self._cond:
             fatal = self._fatal
+            if fatal is None and self._stopping:
+                fatal = StorageError("storage writer has stopped")
             if fatal is None:
                 self._queue.append(op)
                 self._cond.notify()
@@ -232,7 +234,7 @@ class GroupCommitWriter:
     async def close(self) -> None:
         """Drains every submitted op, then stops the thread (final sync in async mode)."""
         self._closing = True
-        while self._outstanding_ops or self._space_waiters:
+        while self._reserved_bytes or self._space_waiters:
             if self._failed is not None:
                 break
             idle: asyncio.Future[None] = self._loop.create_future()
@@ -279,7 +281,9 @@ class GroupCommitWriter:
             waiter.set_result(None)
 
     def _check_idle(self) -> None:
-        if self._outstanding_ops or any(not w.done() for _, w in self._space_waiters):
+        # Reserved bytes cover granted-but-not-yet-submitted ops too, so close()
+        # cannot stop the thread under an append that is about to submit.
+        if self._reserved_bytes or any(not w.done() for _, w in self._space_waiters):
             return
         self._space_waiters.clear()
         waiters, self._idle_waiters = self._idle_waiters, []

@@ -11,9 +11,8 @@ import asyncio
 import pathlib
 import sys
 
-from weir.cluster.storage import Durability, NodeStorage, StorageConfig
-
 from tests.unit.storage.helpers import payload_for
+from weir.cluster.storage import Durability, NodeStorage, StorageConfig
 
 GROUP = 42
 IN_FLIGHT_MAX = 8

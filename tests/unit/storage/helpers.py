@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import lmdb
+
 from weir.cluster.storage import NodeStorage, StorageConfig
 
 T = TypeVar("T")

@@ -6,6 +6,7 @@ import asyncio
 import pathlib
 
 import pytest
+
 from weir.cluster.storage import EntryType, OffsetOutOfRangeError, PartitionLog
 
 from .helpers import payload_for, run, storage

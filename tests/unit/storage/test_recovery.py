@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+
 from weir.cluster.storage import CorruptEntryError, keys
 
 from .helpers import flip_byte, payload_for, raw_rows, run, storage

@@ -6,6 +6,7 @@ import asyncio
 import pathlib
 
 import pytest
+
 from weir.cluster.storage import OffsetOutOfRangeError
 
 from .helpers import FakeClock, payload_for, raw_rows, run, storage

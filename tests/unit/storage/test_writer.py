@@ -7,6 +7,7 @@ import pathlib
 import threading
 
 import pytest
+
 from weir.cluster.storage import Durability, LogClosedError, NodeStorage, StorageError
 from weir.cluster.storage.ops import MetaWriteOp
 from weir.cluster.storage.writer import GroupCommitWriter, Turn, WriteOp
@@ -300,5 +301,31 @@ def test_shutdown_drains_pending_writes(tmp_path: pathlib.Path) -> None:
             assert s.partition_log(GROUP).end_offset == 100
         with pytest.raises(StorageError):
             s.partition_log(GROUP)  # closed storage refuses work
+
+    run(main)
+
+
+def test_shutdown_waits_for_appends_granted_space_but_not_yet_submitted(
+    tmp_path: pathlib.Path,
+) -> None:
+    async def main() -> None:
+        s = storage(tmp_path, write_queue_bytes_max=4096)
+        await s.open()
+        writer = _writer(s)
+        log = s.partition_log(GROUP)
+        blocker = BlockingOp()
+        blocked = asyncio.create_task(writer.run(blocker))
+        await asyncio.to_thread(blocker.entered.wait, STEP_TIMEOUT_S)
+        first = await log.append(b"a" * 3000, 1, 1)
+        waiting = asyncio.create_task(log.append(b"b" * 3000, 1, 1))
+        await asyncio.sleep(0.01)
+        closing = asyncio.create_task(s.close())
+        await asyncio.sleep(0.01)
+        blocker.release.set()
+        await asyncio.gather(blocked, first.durable, closing)
+        second = await waiting
+        assert second.durable.done() and second.durable.exception() is None
+        async with storage(tmp_path) as reopened:
+            assert reopened.partition_log(GROUP).end_offset == 2
 
     run(main)
