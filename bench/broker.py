@@ -4,12 +4,14 @@
   records, 1,000-record requests pipelined on one stream. The client sends
   pre-encoded requests so that the figure is the broker's, not the client's.
 - consume: records/s reading the 100 B log back from the start.
-- latency: end-to-end (send to receipt by a live consumer) p50/p99 at
-  2,000 records/s, one record per request as an interactive producer would.
+- latency: end-to-end (a record's arrival at the producer to its receipt by
+  a live consumer) p50/p99 at 2,000 records/s, the producer sending what
+  arrived each millisecond (linger 1 ms), acks=ALL, sync durability.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
@@ -31,6 +33,7 @@ PRODUCE_RECORDS = int(os.environ.get("WEIR_BENCH_RECORDS", "600000"))
 BATCH_RECORDS = 1000
 LATENCY_RATE_PER_S = 2000
 LATENCY_SECONDS = 5
+LINGER_S = 0.001
 
 
 def emit(**fields: object) -> None:
@@ -97,70 +100,85 @@ def consume(channel: grpc.Channel, topic: str, records: int) -> float:
     return received / elapsed
 
 
-def latency(channel: grpc.Channel, topic: str) -> tuple[float, float, int]:
+async def _latency(address: str, topic: str) -> list[float]:
+    """Send one record per request at a steady rate; time each until a live consumer has it."""
+    total = LATENCY_RATE_PER_S * LATENCY_SECONDS
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
-    total = LATENCY_RATE_PER_S * LATENCY_SECONDS
-    done = threading.Event()
-
-    def consume_requests():  # type: ignore[no-untyped-def]
-        yield broker_pb2.ConsumeRequest(
-            subscribe=broker_pb2.Subscribe(
-                topic=topic,
-                start=broker_pb2.StartPosition(kind=broker_pb2.START_KIND_LATEST),
-                credit=broker_pb2.Credit(messages=1 << 30, bytes=1 << 40),
+    async with grpc.aio.insecure_channel(address) as channel:
+        consumer = channel.stream_stream(
+            "/weir.v1.BrokerService/Consume",
+            request_serializer=broker_pb2.ConsumeRequest.SerializeToString,
+            response_deserializer=broker_pb2.ConsumeResponse.FromString,
+        )()
+        await consumer.write(
+            broker_pb2.ConsumeRequest(
+                subscribe=broker_pb2.Subscribe(
+                    topic=topic,
+                    start=broker_pb2.StartPosition(kind=broker_pb2.START_KIND_LATEST),
+                    credit=broker_pb2.Credit(messages=1 << 30, bytes=1 << 40),
+                )
             )
         )
-        done.wait()
+        first = await consumer.read()
+        assert first.WhichOneof("kind") == "subscribed"
 
-    consumer = channel.stream_stream(
-        "/weir.v1.BrokerService/Consume",
-        request_serializer=broker_pb2.ConsumeRequest.SerializeToString,
-        response_deserializer=broker_pb2.ConsumeResponse.FromString,
-    )(consume_requests(), timeout=600)
-    assert next(consumer).WhichOneof("kind") == "subscribed"
+        async def receive() -> None:
+            while len(latencies) < total:
+                response = await consumer.read()
+                now = time.perf_counter()
+                for record in response.batch.records:
+                    latencies.append(now - sent_at[int(record.value[:12])])
 
-    def read() -> None:
-        for response in consumer:
-            now = time.perf_counter()
-            for record in response.batch.records:
-                latencies.append(now - sent_at[int(record.value[:12])])
-            if len(latencies) >= total:
-                return
+        producer = channel.stream_stream(
+            "/weir.v1.BrokerService/Produce",
+            request_serializer=broker_pb2.ProduceRequest.SerializeToString,
+            response_deserializer=broker_pb2.ProduceResponse.FromString,
+        )()
 
-    reader = threading.Thread(target=read)
-    reader.start()
+        async def drain_acks() -> None:
+            async for response in producer:
+                assert not response.HasField("error"), response.error
 
-    def produce_requests():  # type: ignore[no-untyped-def]
+        receiving = asyncio.ensure_future(receive())
+        acks = asyncio.ensure_future(drain_acks())
+        # Records arrive at a steady rate; like a producer with linger_ms=1,
+        # each request carries the records that arrived in the last
+        # millisecond. Latency runs from a record's arrival to its delivery.
         interval = 1 / LATENCY_RATE_PER_S
         start = time.perf_counter()
-        for i in range(total):
-            target = start + i * interval
-            delay = target - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            sent_at[i] = time.perf_counter()
-            yield broker_pb2.ProduceRequest(
-                request_id=i,
-                topic=topic,
-                partition=0,
-                batch=records_pb2.RecordBatch(
-                    records=[records_pb2.Record(value=b"%012d" % i + b"x" * 88)]
-                ),
-                acks=broker_pb2.ACKS_ALL,
+        next_record = 0
+        request_id = 0
+        while next_record < total:
+            await asyncio.sleep(LINGER_S)
+            now = time.perf_counter()
+            due = min(total, int((now - start) / interval) + 1)
+            if due <= next_record:
+                continue
+            records = []
+            for i in range(next_record, due):
+                sent_at[i] = start + i * interval
+                records.append(records_pb2.Record(value=b"%012d" % i + b"x" * 88))
+            next_record = due
+            request_id += 1
+            await producer.write(
+                broker_pb2.ProduceRequest(
+                    request_id=request_id,
+                    topic=topic,
+                    partition=0,
+                    batch=records_pb2.RecordBatch(records=records),
+                    acks=broker_pb2.ACKS_ALL,
+                )
             )
+        await producer.done_writing()
+        await asyncio.wait_for(receiving, 60)
+        await acks
+        consumer.cancel()
+    return latencies
 
-    producer = channel.stream_stream(
-        "/weir.v1.BrokerService/Produce",
-        request_serializer=broker_pb2.ProduceRequest.SerializeToString,
-        response_deserializer=broker_pb2.ProduceResponse.FromString,
-    )
-    for _ in producer(produce_requests(), timeout=600):
-        pass
-    reader.join(60)
-    done.set()
-    consumer.cancel()
-    ordered = sorted(latencies)
+
+def latency(address: str, topic: str) -> tuple[float, float, int]:
+    ordered = sorted(asyncio.run(_latency(address, topic)))
     p50 = statistics.median(ordered) * 1000
     p99 = ordered[int(len(ordered) * 0.99) - 1] * 1000
     return p50, p99, len(ordered)
@@ -199,7 +217,7 @@ def main() -> None:
                     records_per_s=round(rate),
                     mb_per_s=round(rate * 100 / 1e6, 1),
                 )
-                p50, p99, count = latency(channel, "lat")
+                p50, p99, count = latency(broker.address, "lat")
                 emit(
                     bench="e2e_latency",
                     rate_per_s=LATENCY_RATE_PER_S,
