@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 import grpc.aio
+
 from weir.errors import WeirError, from_error_proto, from_rpc_error
 from weir.v1 import admin_pb2_grpc, broker_pb2, broker_pb2_grpc
 
@@ -94,10 +95,8 @@ def open_channel(bootstrap: str) -> grpc.aio.Channel:
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
-            # Detect a dead broker on an idle stream within about half a minute.
-            ("grpc.keepalive_time_ms", 20_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 0),
+            # No client keepalive: a gRPC server's default policy answers pings
+            # more often than every 5 minutes with GOAWAY "too_many_pings".
         ],
     )
 

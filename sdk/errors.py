@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+
 from weir.v1 import errors_pb2
 
 __all__ = [

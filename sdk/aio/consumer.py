@@ -39,6 +39,7 @@ from types import TracebackType
 
 import grpc
 import grpc.aio
+
 from weir._conn import ConsumeCall, consume_call, from_error_proto, from_rpc_error, open_channel
 from weir._retry import Backoff
 from weir._wire import batch_record_sizes

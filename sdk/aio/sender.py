@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import grpc.aio
+
 from weir._conn import ProduceCall, from_error_proto, from_rpc_error, produce_call
 from weir._retry import Backoff
 from weir.aio.accumulator import Accumulator, ProducerBatch

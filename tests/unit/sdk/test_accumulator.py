@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
+
 from weir.aio.accumulator import Accumulator, ByteBudget, framed_size
 from weir.errors import BufferFullError, ClosedError, RecordTooLargeError, UnavailableError
 from weir.v1 import records_pb2

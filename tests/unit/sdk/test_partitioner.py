@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from weir.partitioner import StickyPartitioner, murmur2, partition_for_key
 
 pytestmark = pytest.mark.timeout(10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from weir._retry import Backoff
 
 pytestmark = pytest.mark.timeout(10)

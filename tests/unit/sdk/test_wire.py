@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from weir._wire import batch_record_sizes
 from weir.aio.accumulator import framed_size
 from weir.v1 import broker_pb2, records_pb2
