@@ -25,9 +25,8 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from weir.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, records_pb2
-
 from tests.support.broker_process import BrokerProcess
+from weir.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, records_pb2
 
 PRODUCE_RECORDS = int(os.environ.get("WEIR_BENCH_RECORDS", "600000"))
 BATCH_RECORDS = 1000

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 
 import grpc
+
 from weir.cluster.storage import LogClosedError, OffsetOutOfRangeError, PartitionLog, StorageError
 from weir.server import wire
 from weir.server.config import NodeConfig
@@ -24,7 +26,8 @@ from weir.server.replicator import Replicator
 from weir.server.topics import Topic, TopicRegistry
 from weir.v1 import broker_pb2
 
-Context = grpc.aio.ServicerContext[broker_pb2.ConsumeRequest, bytes]
+# Requests may be MALFORMED (see node._parser), hence Any.
+Context = grpc.aio.ServicerContext[Any, bytes]
 
 
 @dataclasses.dataclass(slots=True)
@@ -188,10 +191,12 @@ class _Stream:
 
     async def run(self) -> None:
         """Run until the client half-closes; an error from either side ends the stream."""
-        reader = asyncio.ensure_future(self._read_loop())
-        sender = asyncio.ensure_future(self._send_loop())
         stop = asyncio.ensure_future(self._path._stopping.wait())
-        tasks = (reader, sender, stop)
+        tasks: tuple[asyncio.Future[Any], ...] = (
+            asyncio.ensure_future(self._read_loop()),
+            asyncio.ensure_future(self._send_loop()),
+            stop,
+        )
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -11,10 +11,12 @@ gRPC status that ends the call. Broken invariants are assertions instead.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
+
 from weir.v1 import errors_pb2
 
 ERROR_DOMAIN = "weir"
@@ -89,6 +91,7 @@ def malformed(what: str) -> BrokerError:
     return invalid("MALFORMED_REQUEST", f"the {what} is not a valid protobuf message")
 
 
-async def abort(context: grpc.aio.ServicerContext[object, object], error: BrokerError) -> None:
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: BrokerError) -> NoReturn:
     """End the call with `error` as a rich status (code, message, ErrorInfo)."""
     await context.abort(error.code, error.message, trailing_metadata=error.status_trailer())
+    raise AssertionError("ServicerContext.abort returns only by raising")

@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+
 from weir.cluster.storage import NodeStorage, StorageConfig
 from weir.server.admin import AdminServicer
 from weir.server.config import NodeConfig

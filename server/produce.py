@@ -16,8 +16,10 @@ import asyncio
 import dataclasses
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import grpc
+
 from weir.cluster.storage import AppendTicket, StorageError
 from weir.partitioner import murmur2
 from weir.server.errors import BrokerError, abort, invalid, shutting_down
@@ -25,7 +27,8 @@ from weir.server.replicator import Replicator
 from weir.server.topics import Topic, TopicRegistry
 from weir.v1 import broker_pb2, records_pb2
 
-Context = grpc.aio.ServicerContext[broker_pb2.ProduceRequest, bytes]
+# Requests may be MALFORMED (see node._parser), hence Any.
+Context = grpc.aio.ServicerContext[Any, bytes]
 
 
 @dataclasses.dataclass(slots=True)
@@ -167,7 +170,9 @@ class ProducePath:
         max_timestamp_ms = self._check_records(topic, request.batch)
         if request.HasField("partition"):
             group_id = topic.group_id(request.partition)
-            routes = [(request.partition, group_id, request.batch, [])]
+            routes: list[tuple[int, int, records_pb2.RecordBatch, list[int]]] = [
+                (request.partition, group_id, request.batch, [])
+            ]
         else:
             routes = self._route(topic, request.batch)
         placed = []

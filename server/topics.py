@@ -17,6 +17,7 @@ import json
 import struct
 
 import grpc
+
 from weir.cluster.storage import MetaStore, NodeStorage
 from weir.server.config import NodeConfig
 from weir.server.errors import BrokerError, invalid, topic_not_found

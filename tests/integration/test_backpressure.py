@@ -12,10 +12,10 @@ from __future__ import annotations
 import threading
 
 import pytest
-from weir.v1 import broker_pb2
 
 from tests.support.broker_process import BrokerProcess
 from tests.support.raw_client import ConsumeStream, RawClient, request
+from weir.v1 import broker_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from weir.v1 import admin_pb2, broker_pb2
 
 from tests.support.broker_process import BrokerProcess
 from tests.support.raw_client import ConsumeStream, RawClient, error_info, request
+from weir.v1 import admin_pb2, broker_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

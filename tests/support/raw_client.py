@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import grpc
 from grpc_status import rpc_status
+
 from weir.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, records_pb2
 
 CALL_TIMEOUT_S = 60.0

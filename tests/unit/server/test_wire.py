@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from weir.server import wire
 from weir.v1 import broker_pb2, records_pb2
 
