@@ -220,7 +220,7 @@ class Sender:
             if batch not in retry:
                 self._acc.fail(batch, error)
         if retry:
-            attempt = max(b.attempts for b in retry)
+            attempt = max(1, *(b.attempts for b in retry))
             delay = self._backoff.delay_s(attempt)
             _log.info("retrying %d batch(es) in %.3fs after %s", len(retry), delay, error)
             self._acc.requeue(retry, asyncio.get_running_loop().time() + delay)
