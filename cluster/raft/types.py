@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 NodeId = int
@@ -160,6 +160,8 @@ class Config:
     inflight_messages_max: int = 32
     uncommitted_entries_max: int = 1024
     uncommitted_bytes_max: int = 16 << 20
+    # Committed entries handed to the host per Ready (at least one).
+    apply_bytes_max: int = 16 << 20
     # A learner is promoted only when it is at most this far behind the leader.
     promote_lag_entries_max: int = 64
     pre_vote: bool = True
@@ -203,15 +205,8 @@ class ConfChangeRejected:
     retriable: ClassVar[bool] = False
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    index: int
-    term: int
-    retriable: ClassVar[bool] = False
-
-
-ProposeResult = Accepted | NotLeader | ProposalDropped
-ConfChangeResult = Accepted | NotLeader | ProposalDropped | ConfChangeRejected
+# An accepted proposal is answered with the log index it was appended at.
+ProposeResult = int | NotLeader | ProposalDropped
+ConfChangeResult = int | NotLeader | ProposalDropped | ConfChangeRejected
 
 EMPTY_CONF = ConfState(frozenset())
-_ = field  # kept for subclasses of these values that need defaults factories

@@ -1,0 +1,59 @@
+"""Runs batches of seeds, in this process or spread over the machine's cores.
+
+Seeds are independent and deterministic, so a sweep is split into chunks
+run by worker processes (spawned, so they share nothing with the test
+process). Workers return failure reports instead of raising, and the caller
+asserts on them; each report carries its reproduce command.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+from . import broken
+from .cluster import SimulationFailure
+from .run import run_seed
+from .scenarios import SCENARIOS
+
+CHUNK_SEEDS = 50
+
+
+def run_chunk(seeds: list[int], variant: str | None, scenario: str | None) -> list[str]:
+    """Runs `seeds`; returns one report per failing seed."""
+    raft_class = getattr(broken, variant) if variant else broken.Raft
+    chosen = next((s for s in SCENARIOS if s.name == scenario), None)
+    pytest_args = "tests/sim/test_sim.py::test_seeds"
+    if variant:
+        pytest_args = f"tests/sim/test_broken.py -k {variant}"
+    failures = []
+    for seed in seeds:
+        try:
+            run_seed(seed, chosen, raft_class, pytest_args)
+        except SimulationFailure as exc:
+            failures.append(str(exc))
+    return failures
+
+
+def sweep(
+    seeds: range,
+    variant: str | None = None,
+    scenario: str | None = None,
+    stop_at_first: bool = False,
+) -> list[str]:
+    """Runs every seed (or until the first failure) on all cores; returns failure reports."""
+    chunks = [list(seeds[i : i + CHUNK_SEEDS]) for i in range(0, len(seeds), CHUNK_SEEDS)]
+    workers = max(1, min(os.cpu_count() or 1, len(chunks)))
+    if workers == 1:
+        return [f for chunk in chunks for f in run_chunk(chunk, variant, scenario)]
+    failures: list[str] = []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(run_chunk, chunk, variant, scenario) for chunk in chunks]
+        for future in futures:
+            failures.extend(future.result())
+            if failures and stop_at_first:
+                pool.shutdown(cancel_futures=True)
+                break
+    return failures

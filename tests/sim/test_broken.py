@@ -1,0 +1,31 @@
+"""The checker can fail: each deliberately broken variant is caught within the seed budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from .pool import run_chunk, sweep
+from .test_sim import ONE_SEED, SEEDS
+
+
+@pytest.mark.sim
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("variant", "scenario", "expect"),
+    [
+        # §5.4.2 / Figure 8: needs old-term entries left on minorities.
+        ("CommitsPreviousTermByCount", "figure8", "leader completeness"),
+        # §5.4.1: a stale candidate wins and overwrites committed entries.
+        ("VotesWithoutLogCheck", None, "leader completeness"),
+        # §5.2 / Figure 2 "persistent state": a restarted node votes again.
+        ("ForgetsVote", None, "without its vote"),
+    ],
+)
+def test_broken_variant_is_caught(variant: str, scenario: str | None, expect: str) -> None:
+    if ONE_SEED is not None:
+        failures = run_chunk([int(ONE_SEED)], variant, scenario)
+    else:
+        failures = sweep(range(SEEDS), variant, scenario, stop_at_first=True)
+    assert failures, f"{variant} survived {SEEDS} seeds"
+    assert expect in failures[0]
+    assert "reproduce: WEIR_SIM_SEED=" in failures[0]
