@@ -146,13 +146,18 @@ class Sender:
         if self._acks is not Acks.NONE:
             stream.inflight[request_id] = (batch, loop.time())
         try:
-            await stream.call.write(request)
-        except (grpc.RpcError, asyncio.InvalidStateError) as exc:
-            error = (
-                from_rpc_error(exc)
-                if isinstance(exc, grpc.RpcError)
-                else UnavailableError("produce stream ended")
-            )
+            # A broker that stopped reading blocks the write once HTTP/2's
+            # window is full; the request deadline bounds that wait too.
+            async with asyncio.timeout(self._request_timeout_s):
+                await stream.call.write(request)
+        except (grpc.RpcError, asyncio.InvalidStateError, TimeoutError) as exc:
+            error: WeirError
+            if isinstance(exc, grpc.RpcError):
+                error = from_rpc_error(exc)
+            elif isinstance(exc, TimeoutError):
+                error = WeirTimeoutError("produce stream write timed out", retriable=True)
+            else:
+                error = UnavailableError("produce stream ended")
             if self._acks is Acks.NONE:
                 self._retry_or_fail([batch], error)
             self._break(stream, error)
