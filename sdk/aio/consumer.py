@@ -255,38 +255,53 @@ class Consumer:
         return sub
 
     async def _next(self, timeout_s: float | None) -> ConsumedRecord | None:
-        self._check_usable()
-        try:
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    sub = self._sub
-                    if sub is None:
-                        raise ClosedError("not subscribed")
-                    if sub.buffer:
-                        return await self._take(sub)
-                    if self._taken_messages:
-                        await self._replenish(sub)
-                    if sub.error is not None:
-                        await self._recover(sub)
-                        continue
-                    if sub.ended:
-                        return None
-                    sub.arrived.clear()
-                    await sub.arrived.wait()
-        except TimeoutError:
-            raise WeirTimeoutError(f"no record within {timeout_s}s") from None
+        """The next record; None when the stream ended cleanly.
 
-    async def _take(self, sub: _Subscription) -> ConsumedRecord:
+        The deadline only covers waiting for records to arrive: once a record
+        is taken out of the buffer nothing may cancel its way to the caller,
+        or it would be lost while its position had already moved.
+        """
+        self._check_usable()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while True:
+            sub = self._sub
+            if sub is None:
+                raise ClosedError("not subscribed")
+            if sub.buffer:
+                if self._replenish_due():
+                    await self._replenish(sub)
+                    continue  # the buffer may have changed meanwhile (seek)
+                return self._take(sub)
+            if self._taken_messages:
+                # About to wait: the broker must hold the whole window again.
+                await self._replenish(sub)
+            if sub.error is not None:
+                await self._recover(sub)
+                continue
+            if sub.ended:
+                return None
+            sub.arrived.clear()
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise WeirTimeoutError(f"no record within {timeout_s}s")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await sub.arrived.wait()
+
+    def _replenish_due(self) -> bool:
+        """Half of either window taken: time to give that credit back."""
+        return (
+            self._taken_messages * 2 >= self._window_messages
+            or self._taken_bytes * 2 >= self._window_bytes
+        )
+
+    def _take(self, sub: _Subscription) -> ConsumedRecord:
         record, size = sub.buffer.popleft()
         self._positions[record.partition] = record.offset + 1
         self._yielded.add(record.partition)
         self._taken_messages += 1
         self._taken_bytes += size
-        if (
-            self._taken_messages * 2 >= self._window_messages
-            or self._taken_bytes * 2 >= self._window_bytes
-        ):
-            await self._replenish(sub)
         return record
 
     async def _replenish(self, sub: _Subscription) -> None:
