@@ -1,0 +1,236 @@
+"""The sender against a scripted fake Produce stream: matching, retries, death."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import code_pb2
+
+from weir._retry import Backoff
+from weir.aio import sender as sender_module
+from weir.aio.accumulator import Accumulator
+from weir.aio.sender import Sender
+from weir.errors import ClosedError, RecordTooLargeError, UnavailableError
+from weir.types import Acks
+from weir.v1 import broker_pb2, errors_pb2, records_pb2
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class FakeCall:
+    """A Produce call: records writes, answers from a script."""
+
+    def __init__(self) -> None:
+        self.written: list[broker_pb2.ProduceRequest] = []
+        self.responses: asyncio.Queue[Any] = asyncio.Queue(maxsize=100)
+        self.cancelled = False
+
+    async def write(self, request: broker_pb2.ProduceRequest) -> None:
+        self.written.append(request)
+
+    async def read(self) -> Any:
+        item = await self.responses.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def done_writing(self) -> None:
+        await self.responses.put(grpc.aio.EOF)
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        self.responses.put_nowait(grpc.aio.EOF)
+        return True
+
+    def done(self) -> bool:
+        return self.cancelled
+
+
+def answer(request: broker_pb2.ProduceRequest, base_offset: int) -> broker_pb2.ProduceResponse:
+    return broker_pb2.ProduceResponse(
+        request_id=request.request_id,
+        appends=[
+            broker_pb2.PartitionAppend(
+                partition=request.partition,
+                base_offset=base_offset,
+                record_count=len(request.batch.records),
+            )
+        ],
+    )
+
+
+def failure(request: broker_pb2.ProduceRequest, **error: Any) -> broker_pb2.ProduceResponse:
+    return broker_pb2.ProduceResponse(
+        request_id=request.request_id, error=errors_pb2.Error(**error)
+    )
+
+
+class Harness:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, acks: Acks = Acks.ALL) -> None:
+        self.calls: list[FakeCall] = []
+
+        def open_call(channel: object) -> FakeCall:
+            call = FakeCall()
+            self.calls.append(call)
+            return call
+
+        monkeypatch.setattr(sender_module, "produce_call", open_call)
+        self.acc = Accumulator(batch_bytes_max=1000, buffer_bytes_max=10_000, linger_s=0)
+        self.sender = Sender(
+            channel=object(),  # type: ignore[arg-type]
+            accumulator=self.acc,
+            acks=acks,
+            retries=2,
+            backoff=Backoff(1, 4, rng=random.Random(0)),
+            request_timeout_s=5.0,
+            max_inflight_requests=3,
+        )
+
+    async def next_request(self, call_index: int = -1) -> broker_pb2.ProduceRequest:
+        for _ in range(1000):
+            if -len(self.calls) <= call_index < len(self.calls) and self.calls[call_index].written:
+                return self.calls[call_index].written.pop(0)
+            await asyncio.sleep(0.001)
+        raise AssertionError("no request written")
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(test())  # type: ignore[arg-type]
+
+
+def rec(value: bytes) -> records_pb2.Record:
+    return records_pb2.Record(value=value)
+
+
+def test_responses_resolve_futures_with_base_offset_plus_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def body() -> None:
+        h = Harness(monkeypatch)
+        task = asyncio.create_task(h.sender.run())
+        futs = [await h.acc.append("t", 2, rec(b"%d" % i), 1.0) for i in range(3)]
+        request = await h.next_request()
+        assert request.partition == 2 and request.acks == broker_pb2.ACKS_ALL
+        assert [r.value for r in request.batch.records] == [b"0", b"1", b"2"]
+        await h.calls[0].responses.put(answer(request, 40))
+        assert [(await f).offset for f in futs] == [40, 41, 42]
+        assert h.acc.budget.used_bytes == 0
+        h.acc.close()
+        h.sender.stop()
+        await task
+
+    run(body)
+
+
+def test_retriable_error_retries_and_fatal_error_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body() -> None:
+        h = Harness(monkeypatch)
+        task = asyncio.create_task(h.sender.run())
+        fut = await h.acc.append("t", 0, rec(b"a"), 1.0)
+        first = await h.next_request()
+        await h.calls[0].responses.put(
+            failure(first, code=code_pb2.UNAVAILABLE, reason="SHUTTING_DOWN", retriable=True)
+        )
+        second = await h.next_request()
+        assert second.request_id != first.request_id
+        assert second.batch == first.batch
+        await h.calls[0].responses.put(answer(second, 7))
+        assert (await fut).offset == 7
+
+        big = await h.acc.append("t", 0, rec(b"b"), 1.0)
+        third = await h.next_request()
+        await h.calls[0].responses.put(
+            failure(third, code=code_pb2.RESOURCE_EXHAUSTED, reason="RECORD_TOO_LARGE")
+        )
+        with pytest.raises(RecordTooLargeError):
+            await big
+        h.acc.close()
+        h.sender.stop()
+        await task
+
+    run(body)
+
+
+def test_broken_stream_retries_unanswered_batches_on_a_new_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def body() -> None:
+        h = Harness(monkeypatch)
+        task = asyncio.create_task(h.sender.run())
+        fut = await h.acc.append("t", 0, rec(b"a"), 1.0)
+        await h.next_request(0)
+        await h.calls[0].responses.put(
+            grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "gone"
+            )
+        )
+        retried = await h.next_request(1)
+        assert len(h.calls) == 2
+        await h.calls[1].responses.put(answer(retried, 0))
+        assert (await fut).offset == 0
+        h.acc.close()
+        h.sender.stop()
+        await task
+
+    run(body)
+
+
+def test_retries_run_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body() -> None:
+        h = Harness(monkeypatch)
+        task = asyncio.create_task(h.sender.run())
+        fut = await h.acc.append("t", 0, rec(b"a"), 1.0)
+        for _ in range(3):  # the first attempt and two retries
+            request = await h.next_request()
+            await h.calls[-1].responses.put(
+                failure(request, code=code_pb2.UNAVAILABLE, reason="SHUTTING_DOWN", retriable=True)
+            )
+        with pytest.raises(UnavailableError):
+            await fut
+        h.acc.close()
+        h.sender.stop()
+        await task
+
+    run(body)
+
+
+def test_acks_none_settles_on_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body() -> None:
+        h = Harness(monkeypatch, acks=Acks.NONE)
+        task = asyncio.create_task(h.sender.run())
+        fut = await h.acc.append("t", 1, rec(b"a"), 1.0)
+        assert (await fut).offset == -1
+        (request,) = h.calls[0].written
+        assert request.acks == broker_pb2.ACKS_NONE
+        h.acc.close()
+        h.sender.stop()
+        await task
+
+    run(body)
+
+
+def test_a_dying_sender_fails_every_waiter(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body() -> None:
+        h = Harness(monkeypatch)
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("bug")
+
+        monkeypatch.setattr(h.sender, "_on_response", broken)
+        task = asyncio.create_task(h.sender.run())
+        fut = await h.acc.append("t", 0, rec(b"a"), 1.0)
+        request = await h.next_request()
+        await h.calls[0].responses.put(answer(request, 0))
+        with pytest.raises(ClosedError):
+            await fut
+        with pytest.raises(RuntimeError):
+            await task
+        with pytest.raises(ClosedError):
+            await h.acc.append("t", 0, rec(b"b"), 1.0)
+
+    run(body)
