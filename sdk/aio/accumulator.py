@@ -168,6 +168,7 @@ class Accumulator:
         self._unsettled: dict[ProducerBatch, None] = {}
         self._settled_event = asyncio.Event()
         self._flushing = 0
+        self._drain_start = 0
         self._closed_error: WeirError | None = None
 
     # -- the application side ---------------------------------------------
@@ -236,7 +237,12 @@ class Accumulator:
         """Take up to `limit` ready batches, oldest first within each partition."""
         out: list[ProducerBatch] = []
         flushing = self._flushing > 0 or self._closed_error is not None
-        for queue in self._queues.values():
+        queues = list(self._queues.values())
+        # Start where the last drain stopped, so that when in-flight slots are
+        # scarce the first partitions do not starve the others.
+        start = self._drain_start % len(queues) if queues else 0
+        self._drain_start = start + 1
+        for queue in queues[start:] + queues[:start]:
             while queue and len(out) < limit and queue[0].ready(now_s, self.linger_s, flushing):
                 batch = queue.popleft()
                 if not batch.closed:

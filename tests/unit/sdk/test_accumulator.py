@@ -168,3 +168,17 @@ def test_close_with_error_fails_every_waiter() -> None:
         assert not acc.has_unsettled
 
     run(body)
+
+
+def test_scarce_inflight_slots_rotate_over_partitions() -> None:
+    async def body() -> None:
+        acc = Accumulator(batch_bytes_max=50, buffer_bytes_max=10_000, linger_s=0)
+        for _ in range(3):
+            for partition in (0, 1, 2):
+                await acc.append("t", partition, record(45), 1.0)
+        now = asyncio.get_running_loop().time()
+        taken = [acc.drain(now, 1)[0].partition for _ in range(6)]
+        assert sorted(taken[:3]) == [0, 1, 2]
+        assert sorted(taken[3:]) == [0, 1, 2]
+
+    run(body)
