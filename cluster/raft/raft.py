@@ -424,10 +424,14 @@ class Raft:
             self.bcast_append()
 
     def flush(self) -> None:
+        """Sends proposals made since the last Ready, filling each follower's window."""
         if self.append_pending:
             self.append_pending = False
             if self.role is Role.LEADER:
-                self.bcast_append()
+                for node in self.progress:
+                    if node != self.id:
+                        while self.send_append(node, send_if_empty=False):
+                            pass
 
     # -- membership and compaction -------------------------------------------------------
 
@@ -450,6 +454,7 @@ class Raft:
                 pr = Progress(self.log.last_index() + 1, self.config.inflight_messages_max, False)
                 pr.recent_active = True  # give it a timeout's grace before CheckQuorum
                 self.progress[node] = pr
+                self.send_append(node)
             pr.is_learner = node in self.conf.learners
         if self.lead_transferee not in self.conf.voters:
             self.lead_transferee = NONE
