@@ -128,3 +128,113 @@ def error_info(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
         if detail.Unpack(info):
             return error.code(), info.reason  # type: ignore[attr-defined]
     raise AssertionError(f"no ErrorInfo in {status}")
+
+
+# Helpers for tests of positions, credit and shutdown (added below the
+# originals so that nothing above changes meaning).
+
+
+def start_at(kind: int, offset: int = 0, timestamp_ms: int = 0) -> broker_pb2.StartPosition:
+    return broker_pb2.StartPosition(kind=kind, offset=offset, timestamp_ms=timestamp_ms)  # type: ignore[arg-type]
+
+
+def open_stream(
+    client: RawClient, subscribe: broker_pb2.Subscribe
+) -> tuple[ConsumeStream, broker_pb2.Subscribed]:
+    """Open a Consume stream and read its `Subscribed` answer."""
+    stream = ConsumeStream(client, subscribe)
+    first = stream.next()
+    assert first.WhichOneof("kind") == "subscribed", first
+    return stream, first.subscribed
+
+
+def ping(stream: ConsumeStream, commit_id: int) -> list[broker_pb2.ConsumedBatch]:
+    """One round trip through the broker; returns the batches that arrived before its answer.
+
+    A Commit without offsets stores nothing (or, on a stream without a group,
+    fails with NO_GROUP), but its answer travels on the same stream as the
+    records: every batch the broker wrote before answering arrives first.
+    """
+    stream.send(broker_pb2.ConsumeRequest(commit=broker_pb2.Commit(commit_id=commit_id)))
+    batches = []
+    while (response := stream.next()).WhichOneof("kind") != "commit":
+        assert response.WhichOneof("kind") == "batch", response
+        batches.append(response.batch)
+    assert response.commit.commit_id == commit_id, response
+    assert not response.commit.offsets, "a commit without offsets stores nothing"
+    return batches
+
+
+def settle(stream: ConsumeStream, commit_id: int) -> list[broker_pb2.ConsumedBatch]:
+    """Ping until a round trip brings no batch; return every batch that came before.
+
+    Two consecutive quiet round trips mean the broker had nothing more it was
+    allowed to send when it answered the second one.
+    """
+    batches: list[broker_pb2.ConsumedBatch] = []
+    quiet = 0
+    while quiet < 2:
+        got = ping(stream, commit_id)
+        commit_id += 1
+        batches.extend(got)
+        quiet = 0 if got else quiet + 1
+    return batches
+
+
+def read_batches(stream: ConsumeStream, records: int) -> list[broker_pb2.ConsumedBatch]:
+    """Read batches until `records` records have arrived (no more, or the test fails)."""
+    batches: list[broker_pb2.ConsumedBatch] = []
+    seen = 0
+    while seen < records:
+        response = stream.next()
+        assert response.WhichOneof("kind") == "batch", response
+        batches.append(response.batch)
+        seen += len(response.batch.records)
+    assert seen == records, f"expected {records} records, got {seen}"
+    return batches
+
+
+def offsets_of(batches: Iterable[broker_pb2.ConsumedBatch]) -> list[tuple[int, int]]:
+    """(partition, offset) of every delivered record, in arrival order."""
+    return [(b.partition, b.base_offset + i) for b in batches for i in range(len(b.records))]
+
+
+def values_of(batches: Iterable[broker_pb2.ConsumedBatch]) -> list[bytes]:
+    return [r.value for b in batches for r in b.records]
+
+
+def read_partition(client: RawClient, topic: str, partition: int) -> list[records_pb2.Record]:
+    """Every record of one partition, from its start to its current end offset."""
+    info = client.describe(topic).partitions[partition]
+    count = info.end_offset - info.start_offset
+    stream, subscribed = open_stream(
+        client,
+        broker_pb2.Subscribe(
+            topic=topic,
+            partitions=[partition],
+            start=start_at(broker_pb2.START_KIND_EARLIEST),
+            credit=broker_pb2.Credit(messages=max(count, 1), bytes=1 << 40),
+        ),
+    )
+    try:
+        assert subscribed.partitions[0].offset == info.start_offset
+        batches = read_batches(stream, count) if count else []
+        assert [o for _, o in offsets_of(batches)] == list(
+            range(info.start_offset, info.end_offset)
+        ), "dense and in order"
+        return [r for b in batches for r in b.records]
+    finally:
+        stream.close()
+
+
+def rich_status(error: grpc.RpcError) -> tuple[grpc.StatusCode, str | None]:
+    """The status code and, when the call carried one, its ErrorInfo reason."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is not None:
+        from google.rpc import error_details_pb2
+
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return error.code(), info.reason  # type: ignore[attr-defined]
+    return error.code(), None  # type: ignore[attr-defined]
