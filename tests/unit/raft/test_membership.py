@@ -201,3 +201,28 @@ def test_restart_with_applied_index_replays_config() -> None:
     node = RawNode(Config(id=1), storage, random.Random(1), applied=3)
     assert node.raft.conf.voters == {1, 2, 3}
     assert not node.raft.has_unapplied_conf()
+
+
+def test_compaction_records_the_config_in_effect_at_its_index() -> None:
+    env = Env(bootstrapped=True)
+    env.campaign(1)
+    env.nodes[1].propose(b"a")
+    env.stabilize()
+    before = env.raft(1).log.applied
+    joined(env, 4)
+    change(env, 1, ADD_LEARNER, 4)
+    assert env.raft(1).conf_at(before) == ConfState(frozenset({1, 2, 3}))
+    assert env.raft(1).conf_at(env.raft(1).log.applied).learners == {4}
+    env.nodes[1].compact(before, b"s")
+    truncate = env.raft(1).pending_truncate
+    assert truncate is not None and truncate.meta.conf.learners == frozenset()
+
+
+def test_restart_with_applied_index_skips_normal_entries() -> None:
+    env = Env(bootstrapped=True)
+    env.campaign(1)
+    env.nodes[1].propose(b"a")
+    env.stabilize()
+    applied = env.raft(2).log.applied
+    node = RawNode(Config(id=2), env.storages[2], random.Random(2), applied=applied)
+    assert node.raft.conf.voters == {1, 2, 3} and node.raft.log.applied == applied
