@@ -281,7 +281,11 @@ class Consumer:
                 continue
             if sub.ended:
                 return None
+            # Clear, then look again without an await in between: a batch that
+            # arrived during the awaits above must not be waited for.
             sub.arrived.clear()
+            if sub.buffer or sub.error is not None or sub.ended:
+                continue
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 raise WeirTimeoutError(f"no record within {timeout_s}s")

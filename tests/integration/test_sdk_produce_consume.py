@@ -28,10 +28,24 @@ def create(address: str, topic: str, partitions: int = 1, **config: int) -> None
         admin.create_topic(topic, partitions, **config)
 
 
-async def drain(consumer: weir.aio.Consumer, idle_s: float = 1.0) -> list[weir.ConsumedRecord]:
+async def take(consumer: weir.aio.Consumer, count: int) -> list[weir.ConsumedRecord]:
+    """Exactly `count` records (generous waits: CI machines stall), then nothing more."""
     out = []
-    while (record := await consumer.poll(idle_s)) is not None:
+    for _ in range(count):
+        record = await consumer.poll(20.0)
+        assert record is not None, f"only {len(out)} of {count} records arrived"
         out.append(record)
+    assert await consumer.poll(0.3) is None
+    return out
+
+
+def take_blocking(consumer: weir.Consumer, count: int) -> list[weir.ConsumedRecord]:
+    out = []
+    for _ in range(count):
+        record = consumer.poll(20.0)
+        assert record is not None, f"only {len(out)} of {count} records arrived"
+        out.append(record)
+    assert consumer.poll(0.3) is None
     return out
 
 
@@ -54,8 +68,7 @@ def test_keyed_records_land_by_murmur2_in_order_with_dense_offsets(broker: Broke
             assert offsets == list(range(len(offsets)))  # dense, in send order
 
         async with weir.aio.Consumer(broker.address, "keyed", start="earliest") as consumer:
-            records = await drain(consumer)
-        assert len(records) == 2_000
+            records = await take(consumer, 2_000)
         by_position = {(m.partition, m.offset): i for i, m in enumerate(metas)}
         for record in records:
             i = by_position[(record.partition, record.offset)]
@@ -90,7 +103,7 @@ def test_blocking_roundtrip_with_group_commit_and_resume(broker: BrokerProcess) 
         producer.flush()
 
     with weir.Consumer(broker.address, "jobs", group="workers", start="earliest") as consumer:
-        seen = [consumer.poll(5.0) for _ in range(30)]
+        seen = [consumer.poll(20.0) for _ in range(30)]
         assert all(r is not None for r in seen)
         committed = consumer.commit()
         assert sum(committed.values()) == 30
@@ -98,10 +111,7 @@ def test_blocking_roundtrip_with_group_commit_and_resume(broker: BrokerProcess) 
             assert consumer.position(partition) == offset
 
     with weir.Consumer(broker.address, "jobs", group="workers", start="earliest") as consumer:
-        rest = []
-        while (record := consumer.poll(1.0)) is not None:
-            rest.append(record)
-        assert len(rest) == 70
+        rest = take_blocking(consumer, 70)
         assert {(r.partition, r.offset) for r in rest}.isdisjoint(
             {(r.partition, r.offset) for r in seen if r is not None}
         )
@@ -115,7 +125,7 @@ def test_commit_without_a_group_is_refused(broker: BrokerProcess) -> None:
     with weir.Producer(broker.address) as producer:
         producer.send("nogroup", b"x").result(10)
     with weir.Consumer(broker.address, "nogroup", start="earliest") as consumer:
-        assert consumer.poll(5.0) is not None
+        assert consumer.poll(20.0) is not None
         with pytest.raises(FailedPreconditionError) as err:
             consumer.commit()
         assert err.value.reason == "NO_GROUP"
@@ -133,14 +143,14 @@ def test_seek_and_explicit_start_positions(broker: BrokerProcess) -> None:
 
     async def body() -> None:
         async with weir.aio.Consumer(broker.address, "replay", start=15) as consumer:
-            assert [r.offset for r in await drain(consumer, 0.5)] == list(range(15, 20))
+            assert [r.offset for r in await take(consumer, 5)] == list(range(15, 20))
             await consumer.seek(0, 3)
             assert consumer.position(0) == 3
-            first = await consumer.poll(5.0)
+            first = await consumer.poll(20.0)
             assert first is not None and first.offset == 3 and first.value == b"3"
         start = datetime.fromtimestamp(before_ms / 1000 - 1, tz=UTC)
         async with weir.aio.Consumer(broker.address, "replay", start=start) as consumer:
-            assert len(await drain(consumer, 0.5)) == 20
+            assert len(await take(consumer, 20)) == 20
         async with weir.aio.Consumer(broker.address, "replay", start="latest") as consumer:
             assert await consumer.poll(0.3) is None
             assert consumer.position(0) == 20
@@ -164,7 +174,7 @@ def test_consumer_buffer_never_exceeds_its_credit_window(broker: BrokerProcess) 
         ) as consumer:
             got = 0
             while got < 500:
-                record = await consumer.poll(5.0)
+                record = await consumer.poll(20.0)
                 assert record is not None and record.offset == got
                 got += 1
                 await asyncio.sleep(0)  # let the reader take in whatever the broker sent
@@ -199,7 +209,5 @@ def test_acks_none_resolves_with_minus_one_and_still_delivers(broker: BrokerProc
         producer.flush()
         assert {f.result(10).offset for f in futures} == {-1}
     with weir.Consumer(broker.address, "fire", start="earliest") as consumer:
-        values = []
-        while (record := consumer.poll(1.0)) is not None:
-            values.append(record.value)
+        values = [r.value for r in take_blocking(consumer, 100)]
         assert values == [b"%d" % i for i in range(100)]
