@@ -23,7 +23,7 @@ from weir._conn import admin_stub, open_channel, translated
 from weir._retry import Backoff
 from weir.aio.accumulator import Accumulator
 from weir.aio.sender import Sender
-from weir.errors import ClosedError, InvalidArgumentError, WeirTimeoutError
+from weir.errors import ClosedError, InvalidArgumentError, RecordTooLargeError, WeirTimeoutError
 from weir.partitioner import StickyPartitioner, partition_for_key
 from weir.types import Acks, RecordMetadata
 from weir.v1 import admin_pb2, records_pb2
@@ -96,7 +96,8 @@ class Producer:
         self._max_inflight_requests = max_inflight_requests
         self._metadata_max_age_s = metadata_max_age_ms / 1000.0
         self._sticky = StickyPartitioner(start=(rng or random.Random()).randrange(1 << 16))
-        self._partition_counts: dict[str, tuple[int, float]] = {}
+        # topic -> (partition count, record_bytes_max, loop time fetched)
+        self._topics: dict[str, tuple[int, int, float]] = {}
         self._metadata_locks: dict[str, asyncio.Lock] = {}
         self._started = False
         self._closed = False
@@ -158,14 +159,14 @@ class Producer:
             raise TypeError("value must be bytes")
         if key is not None and not isinstance(key, bytes | bytearray | memoryview):
             raise TypeError("key must be bytes or None")
-        count = await self._partition_count(topic)
+        count, record_bytes_max = await self._topic_meta(topic)
         if partition is None:
             if key is not None:
                 partition = partition_for_key(bytes(key), count)
             else:
                 partition = self._sticky.partition(topic, count)
         elif partition < 0 or partition >= count:
-            count = await self._partition_count(topic, refresh=True)
+            count, record_bytes_max = await self._topic_meta(topic, refresh=True)
             if partition < 0 or partition >= count:
                 raise InvalidArgumentError(
                     f"partition {partition} out of range for topic {topic!r} "
@@ -179,6 +180,17 @@ class Producer:
             headers=dict(headers) if headers else None,
             timestamp_ms=timestamp_ms,
         )
+        size = record.ByteSize()
+        if record_bytes_max > 0 and size > record_bytes_max:
+            # Checked here so the broker's rejection does not fail the other
+            # records of the batch; the limit may have been raised meanwhile.
+            _, record_bytes_max = await self._topic_meta(topic, refresh=True)
+            if size > record_bytes_max:
+                raise RecordTooLargeError(
+                    f"record of {size} bytes exceeds record_bytes_max {record_bytes_max} "
+                    f"of topic {topic!r}",
+                    metadata={"topic": topic, "size": str(size), "limit": str(record_bytes_max)},
+                )
         return await self._accumulator.append(topic, partition, record, self._buffer_wait_timeout_s)
 
     async def flush(self, timeout_s: float | None = None) -> None:
@@ -220,7 +232,8 @@ class Producer:
     async def partitions_for(self, topic: str) -> int:
         """The topic's partition count (cached for `metadata_max_age_ms`)."""
         self._check_usable()
-        return await self._partition_count(topic)
+        count, _ = await self._topic_meta(topic)
+        return count
 
     # -- internals ---------------------------------------------------------
 
@@ -233,25 +246,27 @@ class Producer:
             raise ClosedError("the producer's sender has stopped")
 
     def _on_batch_closed(self, topic: str, partition: int) -> None:
-        cached = self._partition_counts.get(topic)
+        cached = self._topics.get(topic)
         if cached is not None:
             self._sticky.batch_sent(topic, partition, cached[0])
 
-    async def _partition_count(self, topic: str, *, refresh: bool = False) -> int:
+    async def _topic_meta(self, topic: str, *, refresh: bool = False) -> tuple[int, int]:
+        """(partition count, record_bytes_max), cached for `metadata_max_age_ms`."""
         now = asyncio.get_running_loop().time()
-        cached = self._partition_counts.get(topic)
-        if cached is not None and not refresh and now - cached[1] < self._metadata_max_age_s:
-            return cached[0]
+        cached = self._topics.get(topic)
+        if cached is not None and not refresh and now - cached[2] < self._metadata_max_age_s:
+            return cached[0], cached[1]
         lock = self._metadata_locks.setdefault(topic, asyncio.Lock())
         async with lock:
-            cached = self._partition_counts.get(topic)
-            if cached is not None and cached[1] > now:
-                return cached[0]  # another task fetched it while this one waited
+            cached = self._topics.get(topic)
+            if cached is not None and cached[2] > now:
+                return cached[0], cached[1]  # another task fetched it while this one waited
             async with translated():
                 response: admin_pb2.DescribeTopicResponse = await self._admin.DescribeTopic(
                     admin_pb2.DescribeTopicRequest(name=topic),
                     timeout=self._request_timeout_s,
                 )
             count = response.topic.partition_count
-            self._partition_counts[topic] = (count, asyncio.get_running_loop().time())
-            return count
+            record_bytes_max = response.topic.config.record_bytes_max
+            self._topics[topic] = (count, record_bytes_max, asyncio.get_running_loop().time())
+            return count, record_bytes_max

@@ -183,17 +183,26 @@ def test_consumer_buffer_never_exceeds_its_credit_window(broker: BrokerProcess) 
     asyncio.run(body())
 
 
-def test_per_request_errors_fail_only_their_records(broker: BrokerProcess) -> None:
+def test_oversized_records_fail_alone(broker: BrokerProcess) -> None:
     create(broker.address, "small", record_bytes_max=1024)
 
     async def body() -> None:
         async with weir.aio.Producer(broker.address, linger_ms=0) as producer:
-            too_big = await producer.send("small", b"x" * 4096)
-            with pytest.raises(RecordTooLargeError) as err:
-                await too_big
-            assert not err.value.retriable
+            # Known limit: refused by send() itself, nothing reaches a batch.
+            with pytest.raises(RecordTooLargeError) as local:
+                await producer.send("small", b"x" * 4096)
+            assert local.value.metadata["limit"] == "1024"
+            # A limit lowered behind the producer's back: the broker's
+            # per-request error fails that request only and the stream goes on.
+            async with weir.aio.Admin(broker.address) as admin:
+                await admin.update_topic_config("small", record_bytes_max=512)
+            rejected = await producer.send("small", b"x" * 800)
+            with pytest.raises(RecordTooLargeError) as remote:
+                await rejected
+            assert remote.value.reason == "RECORD_TOO_LARGE"
+            assert not remote.value.retriable
             ok = await producer.send("small", b"fine")
-            assert (await ok).offset == 0  # the stream went on
+            assert (await ok).offset == 0
             with pytest.raises(TopicNotFoundError):
                 await producer.send("missing", b"x")
             with pytest.raises(InvalidArgumentError):
