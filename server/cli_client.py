@@ -33,6 +33,8 @@ EXIT_INTERRUPTED = 130
 # How often `consume --group` commits while it runs, besides at exit.
 COMMIT_INTERVAL_S = 1.0
 PROGRESS_INTERVAL_S = 0.25
+# On a terminal, input that takes less than this gets no progress line.
+PROGRESS_AFTER_S = 1.0
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -248,8 +250,9 @@ def _cluster_status(args: argparse.Namespace) -> int:
 class _Progress:
     """Counts acknowledged records; draws a one-line progress display on stderr."""
 
-    def __init__(self, enabled: bool, stream: IO[str]) -> None:
+    def __init__(self, enabled: bool, forced: bool, stream: IO[str]) -> None:
         self.enabled = enabled
+        self.forced = forced
         self._stream = stream
         self._lock = threading.Lock()
         self.sent = 0
@@ -274,6 +277,8 @@ class _Progress:
         if not self.enabled:
             return
         now = time.monotonic()
+        if not self.forced and not self._drew and now - self.started < PROGRESS_AFTER_S:
+            return  # short input on a terminal: no progress line at all
         if not final and now - self._drawn_at < PROGRESS_INTERVAL_S:
             return
         self._drawn_at = now
@@ -301,7 +306,7 @@ def _lines(source: IO[bytes]) -> Iterator[bytes]:
 def _produce(args: argparse.Namespace) -> int:
     separator = args.key_separator.encode() if args.key_separator else None
     show_progress = args.progress or sys.stderr.isatty()
-    progress = _Progress(show_progress, sys.stderr)
+    progress = _Progress(show_progress, args.progress, sys.stderr)
     source: IO[bytes]
     source = open(args.file, "rb") if args.file else sys.stdin.buffer  # noqa: SIM115
     try:
