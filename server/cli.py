@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -18,15 +19,22 @@ SWITCH_INTERVAL_S = 0.0005
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from weir.server.node import Node
+    from weir.cluster.storage import StorageError
+    from weir.server.node import Node, StartError
 
-    config = NodeConfig(
-        data_dir=Path(args.data_dir),
-        listen=args.listen,
-        advertised_address=args.advertised_address or "",
-        node_id=args.node_id,
-        durability=Durability(args.durability),
-    )
+    limits = {name: getattr(args, name) for name in _limit_fields()}
+    try:
+        config = NodeConfig(
+            data_dir=Path(args.data_dir),
+            listen=args.listen,
+            advertised_address=args.advertised_address or "",
+            node_id=args.node_id,
+            durability=Durability(args.durability),
+            **limits,
+        )
+    except ValueError as exc:
+        print(f"error: invalid setting: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=os.environ.get("WEIR_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -55,10 +63,19 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-    except OSError as exc:
+    except (OSError, StartError, StorageError) as exc:
         print(f"error: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _limit_fields() -> list[str]:
+    """Every integer setting of NodeConfig except the node id gets its own flag."""
+    return [
+        f.name
+        for f in dataclasses.fields(NodeConfig)
+        if f.type in (int, "int") and f.name != "node_id"
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=Durability.SYNC.value,
         help="sync: fsync before acknowledging (default); async: fsync every few ms",
     )
+    defaults = NodeConfig(data_dir=Path("."))
+    for name in _limit_fields():
+        serve.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=getattr(defaults, name),
+            metavar="N",
+            help="default %(default)s",
+        )
     serve.set_defaults(func=_serve)
     try:
         from weir.server.cli_client import add_client_commands

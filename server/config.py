@@ -51,5 +51,22 @@ class NodeConfig:
     # How long SIGTERM waits for in-flight calls before cancelling them.
     shutdown_grace_ms: int = 10_000
 
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, int) and value <= 0:
+                raise ValueError(f"{field.name} must be positive, not {value}")
+        if self.record_bytes_max_default > self.record_bytes_max_limit:
+            raise ValueError("record_bytes_max_default exceeds record_bytes_max_limit")
+        # A request carries at least one record plus its framing.
+        if self.record_bytes_max_limit + 64 * KiB > self.request_bytes_max:
+            raise ValueError(
+                "record_bytes_max_limit must leave 64 KiB of room under request_bytes_max"
+            )
+        if self.storage_txn_bytes_max > self.storage_write_queue_bytes_max:
+            raise ValueError("storage_txn_bytes_max exceeds storage_write_queue_bytes_max")
+        if self.request_bytes_max > self.storage_write_queue_bytes_max:
+            raise ValueError("request_bytes_max exceeds storage_write_queue_bytes_max")
+
     def address(self) -> str:
         return self.advertised_address or self.listen

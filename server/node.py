@@ -42,6 +42,10 @@ CLUSTER_NS = "cluster"
 _CLUSTER_ID_KEY = b"id"
 
 
+class StartError(Exception):
+    """The node cannot start (address in use, unusable data folder)."""
+
+
 class _Malformed:
     """What a request deserializer returns for bytes that are not a valid message.
 
@@ -145,7 +149,10 @@ class Node:
             health = HealthServicer()
             self._produce = produce
             self._add_services(server, produce, consume, topics, replicator, health)
-            self.port = server.add_insecure_port(self.config.listen)
+            try:
+                self.port = server.add_insecure_port(self.config.listen)
+            except RuntimeError as exc:
+                raise StartError(f"cannot listen on {self.config.listen}: {exc}") from None
             await server.start()
             await health.set("", health_pb2.HealthCheckResponse.SERVING)
             await health.set(BROKER_SERVICE, health_pb2.HealthCheckResponse.SERVING)
