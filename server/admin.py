@@ -56,11 +56,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         replicator: Replicator,
         config: NodeConfig,
         cluster_id: Callable[[], str],
+        address: Callable[[], str],
     ) -> None:
         self._topics = topics
         self._replicator = replicator
         self._config = config
         self._cluster_id = cluster_id
+        self._address = address
 
     async def CreateTopic(
         self, request: admin_pb2.CreateTopicRequest, context: Context
@@ -127,9 +129,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.DescribeClusterResponse(
             cluster_id=self._cluster_id(),
             nodes=[
-                admin_pb2.Node(
-                    node_id=self._config.node_id, address=self._config.address(), alive=True
-                )
+                admin_pb2.Node(node_id=self._config.node_id, address=self._address(), alive=True)
             ],
             node_id=self._config.node_id,
             version=VERSION,

@@ -67,6 +67,3 @@ class NodeConfig:
             raise ValueError("storage_txn_bytes_max exceeds storage_write_queue_bytes_max")
         if self.request_bytes_max > self.storage_write_queue_bytes_max:
             raise ValueError("request_bytes_max exceeds storage_write_queue_bytes_max")
-
-    def address(self) -> str:
-        return self.advertised_address or self.listen

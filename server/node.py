@@ -113,6 +113,13 @@ class Node:
         self.port = 0
         self._produce: ProducePath
 
+    def address(self) -> str:
+        """Where clients reach this node: the advertised address, else the bound one."""
+        if self.config.advertised_address:
+            return self.config.advertised_address
+        host = self.config.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
     async def run(
         self, stop: asyncio.Event, on_ready: Callable[[Node], None] | None = None
     ) -> None:
@@ -195,7 +202,9 @@ class Node:
             },
         )
         server.add_generic_rpc_handlers((broker,))
-        admin = AdminServicer(topics, replicator, self.config, lambda: self._cluster_id)
+        admin = AdminServicer(
+            topics, replicator, self.config, lambda: self._cluster_id, self.address
+        )
         server.add_generic_rpc_handlers(
             (_unary_handlers(admin_pb2.DESCRIPTOR, "AdminService", admin),)
         )
