@@ -20,9 +20,9 @@ from typing import Any
 
 import grpc
 
-from weir.cluster.storage import AppendTicket, StorageError
+from weir.cluster.storage import AppendTicket, LogClosedError, StorageError
 from weir.partitioner import murmur2
-from weir.server.errors import BrokerError, abort, invalid, shutting_down
+from weir.server.errors import BrokerError, abort, invalid, shutting_down, topic_not_found
 from weir.server.replicator import Replicator
 from weir.server.topics import Topic, TopicRegistry
 from weir.v1 import broker_pb2, records_pb2
@@ -54,9 +54,7 @@ class _Pending:
                 for placed in self.placed:
                     await placed.ticket.durable
             except StorageError as exc:
-                self.error = BrokerError(
-                    grpc.StatusCode.UNAVAILABLE, "STORAGE_ERROR", f"the append failed: {exc}"
-                )
+                self.error = _storage_error(exc)
         if self.error is not None:
             return broker_pb2.ProduceResponse(
                 request_id=self.request_id, error=self.error.to_proto()
@@ -177,9 +175,15 @@ class ProducePath:
             routes = self._route(topic, request.batch)
         placed = []
         for partition, group_id, batch, indexes in routes:
-            ticket = await self._replicator.append(
-                group_id, batch.SerializeToString(), len(batch.records), max_timestamp_ms
-            )
+            try:
+                ticket = await self._replicator.append(
+                    group_id, batch.SerializeToString(), len(batch.records), max_timestamp_ms
+                )
+            except LogClosedError:
+                # The topic was deleted while this request waited for room.
+                raise topic_not_found(topic.name) from None
+            except StorageError as exc:
+                raise _storage_error(exc) from exc
             placed.append(_Placed(partition, ticket, len(batch.records), indexes))
         return placed
 
@@ -230,6 +234,10 @@ class ProducePath:
             (partition, topic.group_ids[partition], part_batch, indexes)
             for partition, (part_batch, indexes) in split.items()
         ]
+
+
+def _storage_error(exc: StorageError) -> BrokerError:
+    return BrokerError(grpc.StatusCode.UNAVAILABLE, "STORAGE_ERROR", f"the append failed: {exc}")
 
 
 def _malformed_produce() -> BrokerError:
