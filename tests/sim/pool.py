@@ -12,6 +12,8 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 
+from weir.cluster.raft import Raft
+
 from . import broken
 from .cluster import SimulationFailure
 from .run import run_seed
@@ -22,7 +24,7 @@ CHUNK_SEEDS = 50
 
 def run_chunk(seeds: list[int], variant: str | None, scenario: str | None) -> list[str]:
     """Runs `seeds`; returns one report per failing seed."""
-    raft_class = getattr(broken, variant) if variant else broken.Raft
+    raft_class = getattr(broken, variant) if variant else Raft
     chosen = next((s for s in SCENARIOS if s.name == scenario), None)
     pytest_args = "tests/sim/test_sim.py::test_seeds"
     if variant:

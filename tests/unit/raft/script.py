@@ -15,6 +15,7 @@ current behaviour and review the change as a diff.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from weir.cluster.raft import Message, MessageType
 
@@ -103,9 +104,9 @@ def run_script(path: Path, rewrite: bool) -> None:
         path.write_text("\n\n".join(rewritten) + "\n")
 
 
-def _options(header: str) -> dict[str, object]:
+def _options(header: str) -> dict[str, Any]:
     """The first block configures the cluster: `nodes 1 2 3` and `key=value` options."""
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     for line in header.splitlines():
         words = line.split()
         if not words or words[0].startswith("#"):
