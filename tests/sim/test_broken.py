@@ -26,9 +26,12 @@ CI_SEEDS = 2000
 )
 def test_broken_variant_is_caught(variant: str, scenario: str | None, expect: str) -> None:
     if ONE_SEED is not None:
+        seeds = f"seed {ONE_SEED}"
         failures = run_chunk([int(ONE_SEED)], variant, scenario)
+        print("\n".join(failures))  # the report, for `pytest -s` when reproducing
     else:
+        seeds = f"{CI_SEEDS} seeds"
         failures = sweep(range(CI_SEEDS), variant, scenario, stop_at_first=True)
-    assert failures, f"{variant} survived {CI_SEEDS} seeds"
+    assert failures, f"{variant} survived {seeds}"
     assert expect in failures[0]
     assert "reproduce: WEIR_SIM_SEED=" in failures[0]

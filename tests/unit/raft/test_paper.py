@@ -63,6 +63,19 @@ def test_vote_grant_is_sent_with_the_vote_it_promises() -> None:
     assert (resp.type, resp.to, resp.reject) == (MessageType.VOTE_RESP, 1, False)
 
 
+def test_append_ack_is_sent_with_the_entries_it_promises() -> None:
+    """§5.3: a follower acknowledges entries in the Ready that makes them durable."""
+    env = Env()
+    env.campaign(1)
+    env.nodes[1].propose(b"a")
+    env.flush()
+    env.deliver()
+    ready = env.nodes[2].ready()
+    assert [(e.index, e.data) for e in ready.entries] == [(2, b"a")]
+    (ack,) = ready.messages
+    assert (ack.type, ack.index, ack.reject) == (MessageType.APPEND_RESP, 2, False)
+
+
 def test_winner_appends_a_noop_and_commits_it() -> None:
     """§5.4.2 and §8: a new leader commits an entry of its own term first."""
     env = Env()
