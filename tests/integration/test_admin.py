@@ -386,12 +386,6 @@ def test_describe_cluster(broker: BrokerProcess, client: RawClient) -> None:
     assert error_info(raised.value) == (StatusCode.INVALID_ARGUMENT, "INVALID_CONFIG")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="broker bug: DescribeCluster reports the --listen address (port 0) "
-    "instead of the port the node bound (server/admin.py DescribeCluster uses "
-    "NodeConfig.address(), not Node.port)",
-)
 @pytest.mark.timeout(60)
 def test_describe_cluster_node_address_is_where_the_node_listens(
     broker: BrokerProcess, client: RawClient
