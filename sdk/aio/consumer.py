@@ -68,6 +68,9 @@ class _Subscription:
 class Consumer:
     """Reads one topic as an async iterator of `ConsumedRecord`.
 
+    Iterate (and `seek()`) from one task at a time; `commit()` may run in
+    another task while the iterator waits.
+
     Args:
         bootstrap: "host:port" of any broker node.
         topic: The topic to read.
@@ -164,6 +167,29 @@ class Consumer:
             return await self._next(timeout_s)
         except WeirTimeoutError:
             return None
+
+    async def poll_batch(
+        self, max_records: int = 500, timeout_s: float | None = None
+    ) -> list[ConsumedRecord]:
+        """Up to `max_records` records: waits (up to `timeout_s`) for the first,
+        then takes what is already buffered. Empty on timeout or end of stream.
+
+        Every record returned counts as yielded (for `commit()` and
+        `position()`) and its credit goes back to the broker.
+        """
+        if max_records < 1:
+            raise ValueError("max_records must be at least 1")
+        first = await self.poll(timeout_s)
+        if first is None:
+            return []
+        out = [first]
+        sub = self._sub
+        while sub is not None and sub is self._sub and sub.buffer and len(out) < max_records:
+            if self._replenish_due():
+                await self._replenish(sub)
+                continue  # re-check: a seek may have replaced the subscription
+            out.append(self._take(sub))
+        return out
 
     def assignment(self) -> list[int]:
         """The partitions being read."""

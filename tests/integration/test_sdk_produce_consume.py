@@ -220,3 +220,24 @@ def test_acks_none_resolves_with_minus_one_and_still_delivers(broker: BrokerProc
     with weir.Consumer(broker.address, "fire", start="earliest") as consumer:
         values = [r.value for r in take_blocking(consumer, 100)]
         assert values == [b"%d" % i for i in range(100)]
+
+
+def test_blocking_consumer_chunks_keep_positions_and_seek(broker: BrokerProcess) -> None:
+    create(broker.address, "chunks", partitions=2)
+    with weir.Producer(broker.address) as producer:
+        for i in range(40):
+            producer.send("chunks", b"%d" % i, partition=i % 2)
+        producer.flush()
+    with weir.Consumer(broker.address, "chunks", group="c", start="earliest") as consumer:
+        first = [consumer.poll(20.0) for _ in range(3)]
+        assert all(r is not None for r in first)
+        # Only what this iterator yielded counts, not the chunk behind it.
+        assert sum(consumer.commit().values()) == 3
+        consumer.seek(0, 0)
+        assert consumer.position(0) == 0
+        rest = take_blocking(consumer, 20 + 20 - sum(1 for r in first if r and r.partition == 1))
+        p0 = [r.offset for r in rest if r.partition == 0]
+        p1 = [r.offset for r in rest if r.partition == 1]
+        assert p0 == list(range(20))
+        seen_p1 = [r.offset for r in first if r is not None and r.partition == 1]
+        assert seen_p1 + p1 == list(range(20))
