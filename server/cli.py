@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from weir.cluster.storage import Durability
+from weir.server.cli_client import add_client_commands
 from weir.server.config import NodeConfig
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:7070"
@@ -109,12 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="default %(default)s",
         )
     serve.set_defaults(func=_serve)
-    try:
-        from weir.server.cli_client import add_client_commands
-    except ImportError:  # pragma: no cover - only while the client commands are absent
-        pass
-    else:
-        add_client_commands(commands)
+    add_client_commands(commands)
     return parser
 
 
