@@ -32,6 +32,8 @@ class NodeConfig:
     partitions_max: int = 1024
     topics_max: int = 10_000
 
+    # Concurrent calls (streams) one client connection may have open.
+    streams_per_connection_max: int = 1000
     # Produce: requests one stream may have waiting for durability. When
     # full, the broker stops reading that stream and HTTP/2 flow control
     # pushes back on the client. The record bytes themselves are bounded by

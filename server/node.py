@@ -151,6 +151,15 @@ class Node:
                     ("grpc.max_receive_message_length", self.config.request_bytes_max),
                     ("grpc.max_send_message_length", self.config.request_bytes_max),
                     ("grpc.so_reuseport", 0),
+                    ("grpc.max_concurrent_streams", self.config.streams_per_connection_max),
+                    # Ping idle clients so that a vanished consumer's stream
+                    # is noticed and closed; accept clients' own keepalive
+                    # pings down to a 10 s interval instead of answering them
+                    # with GOAWAY.
+                    ("grpc.keepalive_time_ms", 30_000),
+                    ("grpc.keepalive_timeout_ms", 10_000),
+                    ("grpc.keepalive_permit_without_calls", 1),
+                    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ]
             )
             health = HealthServicer()
