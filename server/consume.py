@@ -63,10 +63,11 @@ class ConsumePath:
         stopping: asyncio.Event,
     ) -> None:
         self._topics = topics
-        self._replicator = replicator
-        self._offsets = offsets
-        self._config = config
-        self._stopping = stopping
+        # Read by each _Stream of this path.
+        self.replicator = replicator
+        self.offsets = offsets
+        self.config = config
+        self.stopping = stopping
 
     async def serve(self, context: Context) -> None:
         try:
@@ -82,7 +83,7 @@ class ConsumePath:
             raise invalid("MALFORMED_REQUEST", "a ConsumeRequest could not be parsed")
         if first.WhichOneof("kind") != "subscribe":
             raise invalid("NOT_SUBSCRIBED", "the first ConsumeRequest must be a subscribe")
-        if self._stopping.is_set():
+        if self.stopping.is_set():
             raise shutting_down()
         subscribe = first.subscribe
         topic = self._topics.get(subscribe.topic)
@@ -90,7 +91,7 @@ class ConsumePath:
             check_group_name(subscribe.group)
         partitions = self._start_positions(topic, subscribe)
         credit = _Credit()
-        self._add_credit(credit, subscribe.credit)
+        self.add_credit(credit, subscribe.credit)
         subscribed = broker_pb2.Subscribed(
             topic=topic.name,
             record_bytes_max=topic.config.record_bytes_max,
@@ -126,7 +127,7 @@ class ConsumePath:
             raise invalid("INVALID_START", "the start timestamp is negative")
         result = []
         for number in numbers:
-            log = self._replicator.log(topic.group_id(number))
+            log = self.replicator.log(topic.group_id(number))
             result.append(_Partition(number, log, self._start_of(topic, subscribe, number, log)))
         return result
 
@@ -144,7 +145,7 @@ class ConsumePath:
         if subscribe.start.kind == broker_pb2.START_KIND_TIMESTAMP:
             return log.offset_for_timestamp(subscribe.start.timestamp_ms)
         if subscribe.group:
-            committed = self._offsets.get(subscribe.group, topic, partition)
+            committed = self.offsets.get(subscribe.group, topic, partition)
             if committed is not None:
                 # Retention may have deleted past the committed offset.
                 return max(committed, start_offset)
@@ -152,7 +153,7 @@ class ConsumePath:
             return start_offset
         return end_offset
 
-    def _add_credit(self, credit: _Credit, grant: broker_pb2.Credit) -> None:
+    def add_credit(self, credit: _Credit, grant: broker_pb2.Credit) -> None:
         if grant.messages < 0 or grant.bytes < 0:
             raise invalid(
                 "NEGATIVE_CREDIT",
@@ -160,8 +161,8 @@ class ConsumePath:
                 messages=grant.messages,
                 bytes=grant.bytes,
             )
-        credit.messages = min(credit.messages + grant.messages, self._config.credit_messages_max)
-        credit.bytes = min(credit.bytes + grant.bytes, self._config.credit_bytes_max)
+        credit.messages = min(credit.messages + grant.messages, self.config.credit_messages_max)
+        credit.bytes = min(credit.bytes + grant.bytes, self.config.credit_bytes_max)
         if credit.messages > 0 and credit.bytes > 0:
             credit.granted.set()
 
@@ -191,7 +192,7 @@ class _Stream:
 
     async def run(self) -> None:
         """Run until the client half-closes; an error from either side ends the stream."""
-        stop = asyncio.ensure_future(self._path._stopping.wait())
+        stop = asyncio.ensure_future(self._path.stopping.wait())
         tasks: tuple[asyncio.Future[Any], ...] = (
             asyncio.ensure_future(self._read_loop()),
             asyncio.ensure_future(self._send_loop()),
@@ -222,7 +223,7 @@ class _Stream:
                 raise invalid("MALFORMED_REQUEST", "a ConsumeRequest could not be parsed")
             kind = request.WhichOneof("kind")
             if kind == "credit":
-                self._path._add_credit(self._credit, request.credit)
+                self._path.add_credit(self._credit, request.credit)
             elif kind == "commit":
                 await self._commit(request.commit)
             elif kind == "subscribe":
@@ -252,11 +253,11 @@ class _Stream:
         offsets: dict[int, int] = {}
         for item in commit.offsets:
             group_id = self._topic.group_id(item.partition)
-            log = self._path._replicator.log(group_id)
+            log = self._path.replicator.log(group_id)
             if not 0 <= item.offset <= log.end_offset:
                 raise _out_of_range(item.partition, item.offset, 0, log.end_offset)
             offsets[item.partition] = max(item.offset, offsets.get(item.partition, 0))
-        return await self._path._offsets.commit(self._group, self._topic, offsets)
+        return await self._path.offsets.commit(self._group, self._topic, offsets)
 
     async def _send_loop(self) -> None:
         try:
@@ -296,7 +297,7 @@ class _Stream:
 
     async def _send_from(self, state: _Partition) -> None:
         credit = self._credit
-        budget_bytes = min(credit.bytes, self._path._config.consume_response_bytes_max)
+        budget_bytes = min(credit.bytes, self._path.config.consume_response_bytes_max)
         if state.position < state.log.start_offset:
             # Retention deleted records this consumer had not read yet; it
             # sees the gap in the next batch's base_offset.
