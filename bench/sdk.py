@@ -97,9 +97,7 @@ def blocking_produce(address: str, topic: str, records: int) -> float:
 def blocking_consume(address: str, topic: str, records: int) -> float:
     with weir.Consumer(address, topic, start="earliest") as consumer:
         started = time.perf_counter()
-        received = 0
-        for record in consumer:
-            received += 1
+        for received, record in enumerate(consumer, 1):
             if received >= records:
                 assert record.offset == records - 1, record.offset
                 break

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 import grpc.aio
 
 from weir.errors import WeirError, from_error_proto, from_rpc_error
-from weir.v1 import admin_pb2_grpc, broker_pb2, broker_pb2_grpc
+from weir.v1 import admin_pb2_grpc, broker_pb2
 
 __all__ = [
     "StreamCall",
@@ -49,16 +49,20 @@ class StreamCall(Protocol[RequestT, ResponseT]):
     def done(self) -> bool: ...
 
 
-ProduceCall = StreamCall[broker_pb2.ProduceRequest, broker_pb2.ProduceResponse]
+# Produce requests go out as bytes the producer encoded itself (weir/_wire.py).
+ProduceCall = StreamCall[bytes, broker_pb2.ProduceResponse]
 # Consume responses stay raw bytes: the consumer measures records as sent.
 ConsumeCall = StreamCall[broker_pb2.ConsumeRequest, bytes]
 
 
 def produce_call(channel: grpc.aio.Channel) -> ProduceCall:
     """Open a `BrokerService.Produce` stream."""
-    stub = broker_pb2_grpc.BrokerServiceStub(channel)  # type: ignore[no-untyped-call]
-    call: ProduceCall = stub.Produce()
-    return call
+    call: Any = channel.stream_stream(
+        "/weir.v1.BrokerService/Produce",
+        request_serializer=None,
+        response_deserializer=broker_pb2.ProduceResponse.FromString,
+    )()
+    return cast(ProduceCall, call)
 
 
 def consume_call(channel: grpc.aio.Channel) -> ConsumeCall:

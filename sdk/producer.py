@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from weir._sync import LoopThread
+from weir.aio.batch import RecordFuture
 from weir.aio.producer import Producer as AsyncProducer
 from weir.errors import BufferFullError, ClosedError, WeirError
 from weir.types import RecordMetadata
@@ -243,9 +244,7 @@ class Producer:
         inner.add_done_callback(lambda f: _chain(f, result))
 
 
-def _chain(
-    source: asyncio.Future[RecordMetadata], target: concurrent.futures.Future[RecordMetadata]
-) -> None:
+def _chain(source: RecordFuture, target: concurrent.futures.Future[RecordMetadata]) -> None:
     if source.cancelled():
         target.cancel()
     elif (exc := source.exception()) is not None:

@@ -18,12 +18,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 
+from weir._wire import framed_record
+from weir.aio.batch import ProducerBatch, RecordFuture
 from weir.errors import BufferFullError, ClosedError, RecordTooLargeError, WeirError
-from weir.types import RecordMetadata
-from weir.v1 import records_pb2
 
 __all__ = ["Accumulator", "ByteBudget", "ProducerBatch", "framed_size"]
 
@@ -51,6 +50,13 @@ class ByteBudget:
         self.capacity_bytes = capacity_bytes
         self.used_bytes = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def try_acquire(self, nbytes: int) -> bool:
+        """Take `nbytes` if that needs no wait (nobody queued ahead, and room)."""
+        if self._waiters or self.used_bytes + nbytes > self.capacity_bytes:
+            return False
+        self.used_bytes += nbytes
+        return True
 
     @property
     def available_bytes(self) -> int:
@@ -120,31 +126,6 @@ class ByteBudget:
             fut.set_result(None)
 
 
-@dataclass(eq=False, slots=True)
-class ProducerBatch:
-    """Records for one partition that travel as one ProduceRequest."""
-
-    topic: str
-    partition: int
-    created_s: float
-    records: list[records_pb2.Record] = field(default_factory=list)
-    futures: list[asyncio.Future[RecordMetadata]] = field(default_factory=list)
-    # Sum of the records' encoded sizes: what the batch holds of the budget.
-    size_bytes: int = 0
-    # Size of the records inside a RecordBatch, bounded by batch_bytes_max.
-    framed_bytes: int = 0
-    closed: bool = False
-    attempts: int = 0
-    retry_at_s: float = 0.0
-    settled: bool = False
-
-    def ready(self, now_s: float, linger_s: float, flushing: bool) -> bool:
-        """True when the sender may take this batch now."""
-        if now_s < self.retry_at_s:
-            return False
-        return self.closed or flushing or now_s - self.created_s >= linger_s
-
-
 class Accumulator:
     """Per-partition queues of batches, bounded in bytes by a `ByteBudget`."""
 
@@ -164,6 +145,13 @@ class Accumulator:
         self.wakeup = asyncio.Event()
         self._on_batch_closed = on_batch_closed
         self._queues: dict[tuple[str, int], collections.deque[ProducerBatch]] = {}
+        # The batch each partition's records go into (the tail of its queue
+        # while that is neither closed nor a retry).
+        self._open: dict[tuple[str, int], ProducerBatch] = {}
+        # Set when a batch closes; `send()` clears it and yields to the loop
+        # once, so the sender can write full batches while the application
+        # keeps sending without ever waiting.
+        self.closed_since_yield = False
         # Every batch not yet settled, queued or in flight, in creation order.
         self._unsettled: dict[ProducerBatch, None] = {}
         self._settled_event = asyncio.Event()
@@ -177,36 +165,66 @@ class Accumulator:
         self,
         topic: str,
         partition: int,
-        record: records_pb2.Record,
+        record: bytes,
         wait_timeout_s: float,
-    ) -> asyncio.Future[RecordMetadata]:
-        """Add a record to its partition's open batch; waits for buffer space."""
+        *,
+        framed: bytes | None = None,
+    ) -> RecordFuture:
+        """Add a record (its wire form) to its partition's open batch; waits for buffer space.
+
+        `framed` is the record as a `RecordBatch.records` field, if the caller
+        has it already.
+        """
+        fut = self.try_append(topic, partition, record, framed)
+        if fut is not None:
+            return fut
         self._check_open()
-        size = record.ByteSize()
+        size = len(record)
         await self.budget.acquire(size, wait_timeout_s)
+        return self._add(topic, partition, record, framed, size)
+
+    def try_append(
+        self, topic: str, partition: int, record: bytes, framed: bytes | None = None
+    ) -> RecordFuture | None:
+        """`append()` without waiting: None when the record must wait for buffer space."""
+        if self._closed_error is not None:
+            raise self._closed_error
+        size = len(record)
+        if not self.budget.try_acquire(size):
+            return None
+        return self._add(topic, partition, record, framed, size)
+
+    def _add(
+        self, topic: str, partition: int, record: bytes, framed: bytes | None, size: int
+    ) -> RecordFuture:
+        """Put a record whose bytes are already taken from the budget into a batch."""
         if self._closed_error is not None:
             self.budget.release(size)
             raise self._closed_error
-        loop = asyncio.get_running_loop()
-        queue = self._queues.setdefault((topic, partition), collections.deque())
-        batch = queue[-1] if queue and not queue[-1].closed and not queue[-1].attempts else None
-        framed = framed_size(size)
-        if batch is not None and batch.framed_bytes + framed > self.batch_bytes_max:
+        if framed is None:
+            framed = framed_record(record)
+        key = (topic, partition)
+        batch = self._open.get(key)
+        if batch is not None and len(batch.payload) + len(framed) > self.batch_bytes_max:
             self._close(batch)
             batch = None
         if batch is None:
-            batch = ProducerBatch(topic, partition, loop.time())
+            loop = asyncio.get_running_loop()
+            batch = ProducerBatch(topic, partition, loop.time(), loop)
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = collections.deque()
             queue.append(batch)
+            self._open[key] = batch
             self._unsettled[batch] = None
             self.wakeup.set()  # the sender must learn the new linger deadline
-        fut: asyncio.Future[RecordMetadata] = loop.create_future()
-        batch.records.append(record)
-        batch.futures.append(fut)
+        index = batch.count
+        batch.count = index + 1
+        batch.payload += framed
         batch.size_bytes += size
-        batch.framed_bytes += framed
-        if batch.framed_bytes >= self.batch_bytes_max:
+        if len(batch.payload) >= self.batch_bytes_max:
             self._close(batch)
-        return fut
+        return RecordFuture(batch, index)
 
     async def flush(self) -> None:
         """Wait until every batch that exists now is settled; lingering is skipped."""
@@ -277,19 +295,16 @@ class Accumulator:
             )
         self.wakeup.set()
 
-    def complete(self, batch: ProducerBatch, offsets: list[int], partition: int) -> None:
-        """Resolve every record future of `batch` with its offset."""
-        topic = batch.topic
-        for fut, offset in zip(batch.futures, offsets, strict=True):
-            if not fut.done():
-                fut.set_result(RecordMetadata(topic, partition, offset))
+    def complete(self, batch: ProducerBatch, offsets: Sequence[int], partition: int) -> None:
+        """Settle `batch`: record i has offset `offsets[i]` (a range in the common case)."""
+        if not batch.settled:
+            batch.settle(offsets, partition, None)
         self._settle(batch)
 
     def fail(self, batch: ProducerBatch, exc: WeirError) -> None:
         """Fail every record future of `batch` with `exc`."""
-        for fut in batch.futures:
-            if not fut.done():
-                fut.set_exception(exc)
+        if not batch.settled:
+            batch.settle((), batch.partition, exc)
         self._settle(batch)
 
     def close(self, exc: WeirError | None = None) -> None:
@@ -301,6 +316,7 @@ class Accumulator:
             for batch in list(self._unsettled):
                 self.fail(batch, exc)
             self._queues.clear()
+            self._open.clear()
         else:
             self.budget.fail_waiters(self._closed_error)
         self.wakeup.set()
@@ -313,15 +329,18 @@ class Accumulator:
 
     def _close(self, batch: ProducerBatch) -> None:
         batch.closed = True
+        key = (batch.topic, batch.partition)
+        if self._open.get(key) is batch:
+            del self._open[key]
+        self.closed_since_yield = True
         self.wakeup.set()
         if self._on_batch_closed is not None:
             self._on_batch_closed(batch.topic, batch.partition)
 
     def _settle(self, batch: ProducerBatch) -> None:
-        if batch.settled:
+        if batch not in self._unsettled:
             return
-        batch.settled = True
-        self._unsettled.pop(batch, None)
+        del self._unsettled[batch]
         self.budget.release(batch.size_bytes)
         self._settled_event.set()
         self.wakeup.set()

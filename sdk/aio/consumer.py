@@ -42,9 +42,9 @@ import grpc.aio
 
 from weir._conn import ConsumeCall, consume_call, from_error_proto, from_rpc_error, open_channel
 from weir._retry import Backoff
-from weir._wire import batch_record_sizes
+from weir._wire import RecordFields, batch_record_sizes, decode_batch_response
 from weir.errors import ClosedError, UnavailableError, WeirError, WeirTimeoutError
-from weir.types import ConsumedRecord, StartSpec, start_position
+from weir.types import ConsumedRecord, StartSpec, make_consumed_record, start_position
 from weir.v1 import broker_pb2
 
 __all__ = ["Consumer"]
@@ -52,12 +52,36 @@ __all__ = ["Consumer"]
 MIB = 1024 * 1024
 
 
+class _Batch:
+    """A received batch, decoded once; the iterator takes its records in order."""
+
+    __slots__ = ("base_offset", "next_index", "partition", "records", "sizes", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        base_offset: int,
+        records: list[RecordFields],
+        sizes: list[int],
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.base_offset = base_offset
+        self.records = records
+        # sizes[i]: record i's encoded size as the broker charged it.
+        self.sizes = sizes
+        self.next_index = 0
+
+
 @dataclass(eq=False)
 class _Subscription:
     """One Consume stream and what arrived on it."""
 
     call: ConsumeCall
-    buffer: collections.deque[tuple[ConsumedRecord, int]] = field(default_factory=collections.deque)
+    # Batches with records not yet taken; `buffered` counts those records.
+    buffer: collections.deque[_Batch] = field(default_factory=collections.deque)
+    buffered: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     commits: dict[int, asyncio.Future[broker_pb2.CommitResult]] = field(default_factory=dict)
     error: WeirError | None = None
@@ -144,6 +168,16 @@ class Consumer:
         return self
 
     async def __anext__(self) -> ConsumedRecord:
+        # The common case first, without a further await: records are
+        # buffered and no credit is due (see `_next` for everything else).
+        sub = self._sub
+        if (
+            sub is not None
+            and sub.buffer
+            and self._taken_messages * 2 < self._window_messages
+            and self._taken_bytes * 2 < self._window_bytes
+        ):
+            return self._take(sub)
         record = await self._next(None)
         if record is None:
             raise StopAsyncIteration
@@ -327,12 +361,23 @@ class Consumer:
         )
 
     def _take(self, sub: _Subscription) -> ConsumedRecord:
-        record, size = sub.buffer.popleft()
-        self._positions[record.partition] = record.offset + 1
-        self._yielded.add(record.partition)
+        batch = sub.buffer[0]
+        index = batch.next_index
+        batch.next_index = index + 1
+        if index + 1 == len(batch.records):
+            sub.buffer.popleft()
+        sub.buffered -= 1
+        partition = batch.partition
+        if index == 0:
+            self._yielded.add(partition)
+        offset = batch.base_offset + index
+        self._positions[partition] = offset + 1
         self._taken_messages += 1
-        self._taken_bytes += size
-        return record
+        self._taken_bytes += batch.sizes[index]
+        key, value, headers, timestamp_ms = batch.records[index]
+        return make_consumed_record(
+            batch.topic, partition, offset, key, value, headers, timestamp_ms
+        )
 
     async def _replenish(self, sub: _Subscription) -> None:
         """Give the credit of taken records back to the broker."""
@@ -415,10 +460,32 @@ class Consumer:
                 if not isinstance(raw, bytes):  # grpc.aio.EOF
                     sub.ended = True
                     break
+                decoded = decode_batch_response(raw)
+                if decoded is not None:
+                    topic, partition, base_offset, end_offset, records, sizes = decoded
+                    self._on_batch(sub, topic, partition, base_offset, end_offset, records, sizes)
+                    continue
                 response = broker_pb2.ConsumeResponse.FromString(raw)
                 kind = response.WhichOneof("kind")
                 if kind == "batch":
-                    self._on_batch(sub, response.batch, batch_record_sizes(raw))
+                    batch = response.batch
+                    self._on_batch(
+                        sub,
+                        batch.topic,
+                        batch.partition,
+                        batch.base_offset,
+                        batch.end_offset,
+                        [
+                            (
+                                record.key if record.HasField("key") else None,
+                                record.value,
+                                dict(record.headers),
+                                record.timestamp_ms,
+                            )
+                            for record in batch.records
+                        ],
+                        batch_record_sizes(raw),
+                    )
                 elif kind == "commit":
                     fut = sub.commits.get(response.commit.commit_id)
                     if fut is not None and not fut.done():
@@ -436,19 +503,24 @@ class Consumer:
             sub.arrived.set()
 
     def _on_batch(
-        self, sub: _Subscription, batch: broker_pb2.ConsumedBatch, sizes: list[int]
+        self,
+        sub: _Subscription,
+        topic: str,
+        partition: int,
+        base_offset: int,
+        end_offset: int,
+        records: list[RecordFields],
+        sizes: list[int],
     ) -> None:
         self._failures = 0
-        topic, partition = batch.topic or self.topic, batch.partition
-        assert len(sizes) == len(batch.records), "record scan disagrees with the parser"
-        for i, (record, size) in enumerate(zip(batch.records, sizes, strict=True)):
-            sub.buffer.append(
-                (ConsumedRecord.from_proto(topic, partition, batch.base_offset + i, record), size)
-            )
-        self._end_offsets[partition] = batch.end_offset
+        assert len(sizes) == len(records), "record scan disagrees with the parser"
+        if records:
+            sub.buffer.append(_Batch(topic or self.topic, partition, base_offset, records, sizes))
+            sub.buffered += len(records)
+        self._end_offsets[partition] = end_offset
         # The broker may only send what credit allowed; more is its bug, but
         # it would also mean this buffer is no longer bounded.
-        assert len(sub.buffer) <= self._window_messages, "broker exceeded message credit"
+        assert sub.buffered <= self._window_messages, "broker exceeded message credit"
         sub.arrived.set()
 
     async def _write(self, sub: _Subscription, request: broker_pb2.ConsumeRequest) -> None:
@@ -476,3 +548,4 @@ class Consumer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sub.reader
         sub.buffer.clear()
+        sub.buffered = 0

@@ -16,17 +16,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Mapping
 from types import TracebackType
 
 from weir._conn import admin_stub, open_channel, translated
 from weir._retry import Backoff
+from weir._wire import (
+    VALUE_ONLY_SMALL_MAX,
+    framed_record,
+    record_body,
+    value_only_framed,
+)
 from weir.aio.accumulator import Accumulator
+from weir.aio.batch import RecordFuture
 from weir.aio.sender import Sender
 from weir.errors import ClosedError, InvalidArgumentError, RecordTooLargeError, WeirTimeoutError
 from weir.partitioner import StickyPartitioner, partition_for_key
-from weir.types import Acks, RecordMetadata
-from weir.v1 import admin_pb2, records_pb2
+from weir.types import Acks
+from weir.v1 import admin_pb2
 
 __all__ = ["Producer"]
 
@@ -96,7 +104,7 @@ class Producer:
         self._max_inflight_requests = max_inflight_requests
         self._metadata_max_age_s = metadata_max_age_ms / 1000.0
         self._sticky = StickyPartitioner(start=(rng or random.Random()).randrange(1 << 16))
-        # topic -> (partition count, record_bytes_max, loop time fetched)
+        # topic -> (partition count, record_bytes_max, time.monotonic() fetched)
         self._topics: dict[str, tuple[int, int, float]] = {}
         self._metadata_locks: dict[str, asyncio.Lock] = {}
         self._started = False
@@ -147,22 +155,74 @@ class Producer:
         headers: Mapping[str, bytes] | None = None,
         partition: int | None = None,
         timestamp_ms: int = 0,
-    ) -> asyncio.Future[RecordMetadata]:
+    ) -> RecordFuture:
         """Add a record to its partition's batch and return a future of its metadata.
 
         Waits only for buffer space (then `BufferFullError`) and, on first use
         of a topic, for its partition count (`TopicNotFoundError` if the topic
-        does not exist). The future fails with a `WeirError` if the batch does.
+        does not exist). The future (a `RecordFuture`, which behaves as an
+        `asyncio.Future`) fails with a `WeirError` if the batch does.
         """
-        self._check_usable()
-        if not isinstance(value, bytes | bytearray | memoryview):
-            raise TypeError("value must be bytes")
-        if key is not None and not isinstance(key, bytes | bytearray | memoryview):
-            raise TypeError("key must be bytes or None")
+        # The fast path below does no await that can suspend: a record that
+        # fits the buffer of a topic with fresh metadata costs one encoding
+        # and one append. Everything else takes `_send_slow`.
+        if self._closed or not self._started or self._sender_task.done():
+            self._check_usable()
+        if value.__class__ is not bytes:
+            if not isinstance(value, bytes | bytearray | memoryview):
+                raise TypeError("value must be bytes")
+            value = bytes(value)
+        if key is not None:
+            if not isinstance(key, bytes | bytearray | memoryview):
+                raise TypeError("key must be bytes or None")
+            key = bytes(key)
+        cached = self._topics.get(topic)
+        if cached is None or time.monotonic() - cached[2] >= self._metadata_max_age_s:
+            return await self._send_slow(topic, value, key, headers, partition, timestamp_ms)
+        count, record_bytes_max, _ = cached
+        if partition is None:
+            if key is not None:
+                partition = partition_for_key(key, count)
+            else:
+                partition = self._sticky.partition(topic, count)
+        elif partition < 0 or partition >= count:
+            return await self._send_slow(topic, value, key, headers, partition, timestamp_ms)
+        if key is None and not headers and not timestamp_ms and len(value) <= VALUE_ONLY_SMALL_MAX:
+            framed = value_only_framed(value)
+            body = framed[2:]
+        else:
+            body = record_body(value, key, dict(headers) if headers else None, timestamp_ms)
+            framed = framed_record(body)
+        if record_bytes_max > 0 and len(body) > record_bytes_max:
+            return await self._send_slow(topic, value, key, headers, partition, timestamp_ms)
+        accumulator = self._accumulator
+        fut = accumulator.try_append(topic, partition, body, framed)
+        if fut is None:
+            fut = await accumulator.append(
+                topic, partition, body, self._buffer_wait_timeout_s, framed=framed
+            )
+        if accumulator.closed_since_yield:
+            # A batch is full: let the sender write it before this task goes
+            # on filling the next one (an application that never waits would
+            # otherwise hold the loop until the buffer is full).
+            accumulator.closed_since_yield = False
+            await asyncio.sleep(0)
+        return fut
+
+    async def _send_slow(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: Mapping[str, bytes] | None,
+        partition: int | None,
+        timestamp_ms: int,
+    ) -> RecordFuture:
+        """`send()` when metadata must be fetched, or a limit must be checked against it."""
         count, record_bytes_max = await self._topic_meta(topic)
         if partition is None:
             if key is not None:
-                partition = partition_for_key(bytes(key), count)
+                partition = partition_for_key(key, count)
             else:
                 partition = self._sticky.partition(topic, count)
         elif partition < 0 or partition >= count:
@@ -174,13 +234,8 @@ class Producer:
                     reason="PARTITION_OUT_OF_RANGE",
                     metadata={"topic": topic, "partition": str(partition)},
                 )
-        record = records_pb2.Record(
-            key=bytes(key) if key is not None else None,
-            value=bytes(value),
-            headers=dict(headers) if headers else None,
-            timestamp_ms=timestamp_ms,
-        )
-        size = record.ByteSize()
+        body = record_body(value, key, dict(headers) if headers else None, timestamp_ms)
+        size = len(body)
         if record_bytes_max > 0 and size > record_bytes_max:
             # Checked here so the broker's rejection does not fail the other
             # records of the batch; the limit may have been raised meanwhile.
@@ -191,7 +246,7 @@ class Producer:
                     f"of topic {topic!r}",
                     metadata={"topic": topic, "size": str(size), "limit": str(record_bytes_max)},
                 )
-        return await self._accumulator.append(topic, partition, record, self._buffer_wait_timeout_s)
+        return await self._accumulator.append(topic, partition, body, self._buffer_wait_timeout_s)
 
     async def flush(self, timeout_s: float | None = None) -> None:
         """Send every buffered record now and wait until all are answered."""
@@ -252,7 +307,7 @@ class Producer:
 
     async def _topic_meta(self, topic: str, *, refresh: bool = False) -> tuple[int, int]:
         """(partition count, record_bytes_max), cached for `metadata_max_age_ms`."""
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         cached = self._topics.get(topic)
         if cached is not None and not refresh and now - cached[2] < self._metadata_max_age_s:
             return cached[0], cached[1]
@@ -268,5 +323,5 @@ class Producer:
                 )
             count = response.topic.partition_count
             record_bytes_max = response.topic.config.record_bytes_max
-            self._topics[topic] = (count, record_bytes_max, asyncio.get_running_loop().time())
+            self._topics[topic] = (count, record_bytes_max, time.monotonic())
             return count, record_bytes_max

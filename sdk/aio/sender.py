@@ -33,10 +33,11 @@ import grpc.aio
 
 from weir._conn import ProduceCall, from_error_proto, from_rpc_error, produce_call
 from weir._retry import Backoff
+from weir._wire import produce_request, topic_field
 from weir.aio.accumulator import Accumulator, ProducerBatch
 from weir.errors import ClosedError, UnavailableError, WeirError, WeirTimeoutError
 from weir.types import Acks
-from weir.v1 import broker_pb2, records_pb2
+from weir.v1 import broker_pb2
 
 __all__ = ["Sender"]
 
@@ -77,6 +78,8 @@ class Sender:
         self._request_timeout_s = request_timeout_s
         self._inflight_max = max_inflight_requests
         self._stream: _Stream | None = None
+        self._acks_proto = int(acks.to_proto())
+        self._topic_fields: dict[str, bytes] = {}
         self._next_request_id = 1
         self._stream_failures = 0
         self._reopen_at_s = 0.0
@@ -136,12 +139,13 @@ class Sender:
         request_id = self._next_request_id
         self._next_request_id += 1
         batch.attempts += 1
-        request = broker_pb2.ProduceRequest(
-            request_id=request_id,
-            topic=batch.topic,
-            partition=batch.partition,
-            batch=records_pb2.RecordBatch(records=batch.records),
-            acks=self._acks.to_proto(),
+        topic = self._topic_fields.get(batch.topic)
+        if topic is None:
+            topic = self._topic_fields[batch.topic] = topic_field(batch.topic)
+        # The batch is already in wire form; only the request's few fields
+        # are added around it.
+        request = produce_request(
+            request_id, topic, batch.partition, batch.payload, self._acks_proto
         )
         if self._acks is not Acks.NONE:
             stream.inflight[request_id] = (batch, loop.time())
@@ -163,7 +167,7 @@ class Sender:
             self._break(stream, error)
             return
         if self._acks is Acks.NONE:
-            self._acc.complete(batch, [-1] * len(batch.records), batch.partition)
+            self._acc.complete(batch, [-1] * batch.count, batch.partition)
 
     def _open_stream(self) -> _Stream:
         stream = _Stream(call=produce_call(self._channel))
@@ -209,9 +213,21 @@ class Sender:
             self._retry_or_fail([batch], from_error_proto(response.error))
             return
         self._stream_failures = 0
-        offsets = [-1] * len(batch.records)
+        appends = response.appends
+        if len(appends) == 1:
+            # The SDK names the partition, so this is the usual answer: all
+            # records, in order, from base_offset on.
+            append = appends[0]
+            if append.record_count == batch.count and not append.record_indexes:
+                self._acc.complete(
+                    batch,
+                    range(append.base_offset, append.base_offset + batch.count),
+                    append.partition,
+                )
+                return
+        offsets = [-1] * batch.count
         partition = batch.partition
-        for append in response.appends:
+        for append in appends:
             partition = append.partition
             indexes = append.record_indexes or range(append.record_count)
             for j, index in enumerate(indexes):

@@ -18,11 +18,11 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(test())  # type: ignore[arg-type]
 
 
-def record(nbytes: int) -> records_pb2.Record:
-    """A record whose encoded size is exactly `nbytes` (for small sizes)."""
+def record(nbytes: int) -> bytes:
+    """The wire form of a record whose encoded size is exactly `nbytes` (for small sizes)."""
     rec = records_pb2.Record(value=b"x" * (nbytes - 2))
     assert rec.ByteSize() == nbytes
-    return rec
+    return rec.SerializeToString()
 
 
 def test_budget_holds_its_bound_and_fails_after_the_deadline() -> None:
@@ -91,7 +91,7 @@ def test_append_waits_for_space_then_raises_buffer_full() -> None:
         await asyncio.sleep(0)
         assert not waiter.done()
         acc.complete(batch, [7], batch.partition)
-        assert (await batch.futures[0]).offset == 7
+        assert (await batch.future(0)).offset == 7
         await waiter
         assert acc.budget.used_bytes == 60
 
@@ -109,10 +109,10 @@ def test_batches_are_bounded_in_bytes_and_per_partition() -> None:
         now = asyncio.get_running_loop().time()
         # Two full batches of partition 0 are ready; the open ones linger.
         ready = acc.drain(now, 10)
-        assert [(b.partition, len(b.records)) for b in ready] == [(0, per_batch)] * 2
+        assert [(b.partition, b.count) for b in ready] == [(0, per_batch)] * 2
         assert all(b.framed_bytes <= 200 for b in ready)
         later = acc.drain(now + 60, 10)
-        assert sorted((b.partition, len(b.records)) for b in later) == [(0, 1), (1, 1)]
+        assert sorted((b.partition, b.count) for b in later) == [(0, 1), (1, 1)]
 
     run(body)
 

@@ -30,8 +30,8 @@ class FakeCall:
         self.responses: asyncio.Queue[Any] = asyncio.Queue(maxsize=100)
         self.cancelled = False
 
-    async def write(self, request: broker_pb2.ProduceRequest) -> None:
-        self.written.append(request)
+    async def write(self, request: bytes) -> None:
+        self.written.append(broker_pb2.ProduceRequest.FromString(request))
 
     async def read(self) -> Any:
         item = await self.responses.get()
@@ -103,8 +103,8 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(test())  # type: ignore[arg-type]
 
 
-def rec(value: bytes) -> records_pb2.Record:
-    return records_pb2.Record(value=value)
+def rec(value: bytes) -> bytes:
+    return records_pb2.Record(value=value).SerializeToString()
 
 
 def test_responses_resolve_futures_with_base_offset_plus_index(
