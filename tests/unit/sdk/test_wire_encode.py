@@ -61,8 +61,7 @@ def test_produce_request_is_byte_equal_to_protobuf(
 
 def test_batch_reader_agrees_with_protobuf() -> None:
     records = [
-        records_pb2.Record(value=b"%03d" % i * 30, timestamp_ms=1_764_300_000_000)
-        for i in range(3)
+        records_pb2.Record(value=b"%03d" % i * 30, timestamp_ms=1_764_300_000_000) for i in range(3)
     ]
     records += [
         records_pb2.Record(key=b"k", value=b"v" * 300, timestamp_ms=-5),
