@@ -4,6 +4,7 @@ Blocking clients live here (`weir.Producer`, `weir.Consumer`, `weir.Admin`);
 their asyncio twins in `weir.aio`. Every failure is a `weir.errors.WeirError`.
 """
 
+from weir._handoff import SendFuture
 from weir.admin import Admin
 from weir.consumer import Consumer
 from weir.errors import (
@@ -46,6 +47,7 @@ __all__ = [
     "Producer",
     "RecordMetadata",
     "RecordTooLargeError",
+    "SendFuture",
     "StartAt",
     "TopicConfig",
     "TopicExistsError",

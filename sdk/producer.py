@@ -1,109 +1,42 @@
-"""The blocking producer: `weir.aio.Producer` driven from a background loop thread.
+"""The blocking producer: `weir.aio.Producer` driven from the shared loop thread.
 
     with weir.Producer("127.0.0.1:7070") as producer:
         fut = producer.send("orders", b"payload", key=b"customer-42")
         print(fut.result().offset)
 
 A round trip into the loop thread per record would cost a thread switch
-each (a few thousand records per second under the GIL), so `send()` instead
-drops the record into a small handoff queue, bounded in records and bytes,
-and a pump coroutine on the loop moves records from there into the async
-producer. When the producer's buffer is full the pump waits, the handoff
-fills, and `send()` blocks, up to `buffer_wait_timeout_ms`, then raises
-`BufferFullError`: the same backpressure as the async `send()`. Errors the
-async `send()` would raise (unknown topic, bad partition) fail the returned
-future instead.
+each, so `send()` appends the record to a chunk (`weir/_handoff.py`) and
+returns a `SendFuture`; a pump coroutine on the loop takes whole chunks
+(full ones, and the open one whenever it has finished the previous) and
+feeds their records to the async producer. The bytes of records not yet in
+the async producer are bounded: when they fill `HANDOFF_BYTES_MAX`, because
+the async producer's own buffer is full and the pump waits, `send()` blocks
+up to `buffer_wait_timeout_ms`, then raises `BufferFullError`: the same
+backpressure as the async `send()`. Errors the async `send()` would raise
+(unknown topic, bad partition) fail the returned future instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
-import threading
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from weir._handoff import Chunk, Flush, Handoff, SendFuture
 from weir._sync import LoopThread
-from weir.aio.batch import RecordFuture
 from weir.aio.producer import Producer as AsyncProducer
 from weir.errors import BufferFullError, ClosedError, WeirError
-from weir.types import RecordMetadata
 
 __all__ = ["Producer"]
 
-# Bounds of the handoff between the caller's thread and the loop thread.
-HANDOFF_RECORDS_MAX = 1024
+# Bounds of the handoff between the callers' threads and the loop thread.
+# A chunk is what one wake-up of the pump moves at most; the byte bound
+# covers every record not yet given to the async producer.
+CHUNK_RECORDS_MAX = 1024
+CHUNK_BYTES_MAX = 1024 * 1024
 HANDOFF_BYTES_MAX = 4 * 1024 * 1024
-
-
-@dataclass(slots=True)
-class _Send:
-    topic: str
-    value: bytes
-    key: bytes | None
-    headers: Mapping[str, bytes] | None
-    partition: int | None
-    timestamp_ms: int
-    result: concurrent.futures.Future[RecordMetadata]
-
-
-@dataclass(slots=True)
-class _Flush:
-    timeout_s: float | None
-    result: concurrent.futures.Future[None]
-
-
-_Item = _Send | _Flush
-
-
-class _Handoff:
-    """A thread-safe FIFO bounded in items and bytes; `put` waits with a deadline."""
-
-    def __init__(self, records_max: int, bytes_max: int) -> None:
-        self._records_max = records_max
-        self._bytes_max = bytes_max
-        self._items: collections.deque[tuple[_Item, int]] = collections.deque()
-        self._bytes = 0
-        self._cond = threading.Condition()
-        self.closed = False
-
-    def put(self, item: _Item, nbytes: int, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while (
-                not self.closed
-                and self._items
-                and (
-                    len(self._items) >= self._records_max or self._bytes + nbytes > self._bytes_max
-                )
-            ):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(None if remaining == float("inf") else remaining)
-            if self.closed:
-                raise ClosedError("the producer is closed")
-            self._items.append((item, nbytes))
-            self._bytes += nbytes
-            return True
-
-    def get_nowait(self) -> _Item | None:
-        with self._cond:
-            if not self._items:
-                return None
-            item, nbytes = self._items.popleft()
-            self._bytes -= nbytes
-            self._cond.notify_all()
-            return item
-
-    def close(self) -> None:
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
 
 
 class Producer:
@@ -111,13 +44,13 @@ class Producer:
 
     `send()` blocks only while the buffer is full (up to
     `buffer_wait_timeout_ms`, then `BufferFullError`) and returns a
-    `concurrent.futures.Future` of the record's `RecordMetadata`.
+    `SendFuture` (a lightweight `concurrent.futures.Future`) of the record's
+    `RecordMetadata`.
     """
 
     def __init__(self, bootstrap: str, **options: Any) -> None:
         self._wait_timeout_s = float(options.get("buffer_wait_timeout_ms", 30_000)) / 1000.0
-        self._handoff = _Handoff(HANDOFF_RECORDS_MAX, HANDOFF_BYTES_MAX)
-        self._pump_idle = False
+        self._handoff = Handoff(CHUNK_RECORDS_MAX, CHUNK_BYTES_MAX, HANDOFF_BYTES_MAX)
         self._thread = LoopThread("weir-producer")
         try:
             self._producer, self._wake = self._thread.run(self._make(bootstrap, options))
@@ -152,32 +85,34 @@ class Producer:
         headers: Mapping[str, bytes] | None = None,
         partition: int | None = None,
         timestamp_ms: int = 0,
-    ) -> concurrent.futures.Future[RecordMetadata]:
+    ) -> SendFuture:
         """Buffer a record; the future resolves to its `RecordMetadata`."""
-        result: concurrent.futures.Future[RecordMetadata] = concurrent.futures.Future()
-        item = _Send(topic, value, key, headers, partition, timestamp_ms, result)
         nbytes = len(value) + (len(key) if key else 0)
-        if not self._handoff.put(item, nbytes, self._wait_timeout_s):
+        added = self._handoff.append(
+            (topic, value, key, headers, partition, timestamp_ms), nbytes, self._wait_timeout_s
+        )
+        if added is None:
             raise BufferFullError(
                 f"producer buffer full for {self._wait_timeout_s:.3f}s (buffer_wait_timeout_ms)"
             )
-        self._kick()
-        return result
+        fut, wake = added
+        if wake:
+            self._thread.loop.call_soon_threadsafe(self._wake.set)
+        return fut
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Send everything buffered and wait until all of it is answered."""
-        done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        if not self._handoff.put(_Flush(timeout_s, done), 0, float("inf")):
-            raise AssertionError("an unbounded wait returned early")
-        self._kick()
-        done.result()
+        flush = Flush(timeout_s)
+        if self._handoff.put_flush(flush):
+            self._thread.loop.call_soon_threadsafe(self._wake.set)
+        flush.result.result()
 
     def partitions_for(self, topic: str) -> int:
         """The topic's partition count."""
         return self._thread.run(self._producer.partitions_for(topic))
 
     def close(self, timeout_s: float | None = None) -> None:
-        """Flush, stop the sender, close the channel and stop the thread."""
+        """Flush, stop the sender, close the channel and release the loop."""
         if self._handoff.closed:
             return
         try:
@@ -186,68 +121,75 @@ class Producer:
             pass  # the records' futures carry the failures
         finally:
             self._handoff.close()
-            self._kick()
+            self._thread.loop.call_soon_threadsafe(self._wake.set)
             try:
                 self._thread.run(self._producer.close(timeout_s))
             finally:
                 self._thread.close()
 
-    def _kick(self) -> None:
-        """Wake the pump if it sleeps; cheap when it is already draining."""
-        if self._pump_idle:
-            self._pump_idle = False
-            self._thread.loop.call_soon_threadsafe(self._wake.set)
-
     async def _run_pump(self) -> None:
-        """Move records from the handoff into the async producer, in order."""
-        while True:
-            item = self._handoff.get_nowait()
-            if item is None:
-                self._pump_idle = True
-                # Re-check after announcing idleness: a put that saw the flag
-                # still False is visible now, so no record can be stranded.
-                item = self._handoff.get_nowait()
-                if item is None:
-                    if self._handoff.closed:
+        """Feed the handed-over chunks to the async producer, in order."""
+        handoff = self._handoff
+        items: collections.deque[Chunk | Flush] = collections.deque()
+        current: Chunk | None = None
+        try:
+            while True:
+                items.extend(handoff.take(idle_if_empty=True))
+                if not items:
+                    if handoff.closed:
                         return
                     await self._wake.wait()
                     self._wake.clear()
                     continue
-                self._pump_idle = False
-            await self._handle(item)
+                while items:
+                    item = items.popleft()
+                    if isinstance(item, Flush):
+                        await self._flush(item)
+                    else:
+                        current = item
+                        await self._send_chunk(item)
+                        current = None
+        finally:
+            # Whatever was never sent fails rather than leaving its waiters hanging.
+            error = ClosedError("the producer stopped before the record was sent")
+            if current is not None:
+                current.fail_unsent(error)
+            items.extend(handoff.take(idle_if_empty=False))
+            for item in items:
+                if isinstance(item, Flush):
+                    if not item.result.done():
+                        item.result.set_exception(error)
+                else:
+                    handoff.release(item.nbytes)
+                    item.fail_unsent(error)
 
-    async def _handle(self, item: _Item) -> None:
-        if isinstance(item, _Flush):
-            try:
-                await self._producer.flush(item.timeout_s)
-            except WeirError as exc:
-                item.result.set_exception(exc)
-            else:
-                item.result.set_result(None)
-            return
+    async def _flush(self, item: Flush) -> None:
         try:
-            inner = await self._producer.send(
-                item.topic,
-                item.value,
-                key=item.key,
-                headers=item.headers,
-                partition=item.partition,
-                timestamp_ms=item.timestamp_ms,
-            )
+            await self._producer.flush(item.timeout_s)
         except WeirError as exc:
             item.result.set_exception(exc)
-            return
-        except (TypeError, ValueError) as exc:
-            item.result.set_exception(exc)
-            return
-        result = item.result
-        inner.add_done_callback(lambda f: _chain(f, result))
+        else:
+            item.result.set_result(None)
 
-
-def _chain(source: RecordFuture, target: concurrent.futures.Future[RecordMetadata]) -> None:
-    if source.cancelled():
-        target.cancel()
-    elif (exc := source.exception()) is not None:
-        target.set_exception(exc)
-    else:
-        target.set_result(source.result())
+    async def _send_chunk(self, chunk: Chunk) -> None:
+        send = self._producer.send
+        outcomes = chunk.outcomes
+        try:
+            for topic, value, key, headers, partition, timestamp_ms in chunk.records:
+                try:
+                    fut = await send(
+                        topic,
+                        value,
+                        key=key,
+                        headers=headers,
+                        partition=partition,
+                        timestamp_ms=timestamp_ms,
+                    )
+                except (WeirError, TypeError, ValueError) as exc:
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(fut)
+        finally:
+            # The records are in the async producer now; its buffer bounds them.
+            self._handoff.release(chunk.nbytes)
+        chunk.track()

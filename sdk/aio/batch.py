@@ -134,6 +134,11 @@ class RecordFuture:
     def _asyncio_future_blocking(self, value: bool) -> None:
         pass
 
+    @property
+    def batch(self) -> ProducerBatch:
+        """The batch this record travels in (the blocking producer tracks chunks by it)."""
+        return self._batch
+
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._batch.loop
 
