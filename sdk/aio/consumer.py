@@ -121,7 +121,7 @@ class Consumer:
         group: str | None = None,
         partitions: Iterable[int] | None = None,
         start: StartSpec = "latest",
-        max_outstanding_messages: int = 1000,
+        max_outstanding_messages: int = 5000,
         max_outstanding_bytes: int = 16 * MIB,
         request_timeout_ms: float = 30_000,
         reconnect_attempts: int = 5,
