@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -13,9 +14,9 @@ from weir.server.replicator import Replicator
 from weir.server.topics import ConfigPatch, Topic, TopicRegistry
 from weir.v1 import admin_pb2, admin_pb2_grpc
 
-VERSION = "0.1.0"
+# One source of truth for the version: the installed distribution (pyproject.toml).
+VERSION = importlib.metadata.version("weir")
 
-Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
 
