@@ -183,7 +183,6 @@ class _Stream:
         self._topic = topic
         self._group = group
         self._partitions = partitions
-        self._by_number = {p.partition: p for p in partitions}
         self._credit = credit
         self._path = path
         self._topic_field = wire.topic_field(topic.name)
