@@ -17,6 +17,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from weir.cluster.storage import CorruptEntryError, StorageError, StorageFullError
 from weir.v1 import errors_pb2
 
 ERROR_DOMAIN = "weir"
@@ -84,6 +85,27 @@ def topic_not_found(topic: str) -> BrokerError:
 def shutting_down() -> BrokerError:
     return BrokerError(
         grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", "the node is shutting down; retry elsewhere"
+    )
+
+
+def storage_error(exc: StorageError, what: str = "the request") -> BrokerError:
+    """The one translation of a storage failure, used by every method.
+
+    Damaged data is DATA_LOSS (the broker refuses to serve it); a full map or
+    disk and any other write failure are UNAVAILABLE, since another node (or
+    this one, once space is freed) may succeed. Callers that can tell a
+    deleted topic (LogClosedError) answer TOPIC_NOT_FOUND before this.
+    """
+    if isinstance(exc, CorruptEntryError):
+        return BrokerError(
+            grpc.StatusCode.DATA_LOSS, "DATA_CORRUPTED", f"{what} met damaged data: {exc}"
+        )
+    if isinstance(exc, StorageFullError):
+        return BrokerError(
+            grpc.StatusCode.UNAVAILABLE, "STORAGE_FULL", f"{what} failed, storage is full: {exc}"
+        )
+    return BrokerError(
+        grpc.StatusCode.UNAVAILABLE, "STORAGE_ERROR", f"{what} failed in storage: {exc}"
     )
 
 

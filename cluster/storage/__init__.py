@@ -5,7 +5,14 @@ retention and recovery.
 """
 
 from .codec import Entry, EntryType, decode_entry, encode_entry
-from .errors import CorruptEntryError, LogClosedError, OffsetOutOfRangeError, StorageError
+from .errors import (
+    CorruptEntryError,
+    DataDirLockedError,
+    LogClosedError,
+    OffsetOutOfRangeError,
+    StorageError,
+    StorageFullError,
+)
 from .log import AppendTicket, PartitionLog, StoredBatch
 from .meta import MetaStore
 from .node import Durability, NodeStorage, StorageConfig
@@ -13,6 +20,7 @@ from .node import Durability, NodeStorage, StorageConfig
 __all__ = [
     "AppendTicket",
     "CorruptEntryError",
+    "DataDirLockedError",
     "Durability",
     "Entry",
     "EntryType",
@@ -23,6 +31,7 @@ __all__ = [
     "PartitionLog",
     "StorageConfig",
     "StorageError",
+    "StorageFullError",
     "StoredBatch",
     "decode_entry",
     "encode_entry",

@@ -40,3 +40,17 @@ class OffsetOutOfRangeError(StorageError):
 
 class LogClosedError(StorageError):
     """The partition log was dropped or the storage was closed."""
+
+
+class StorageFullError(StorageError):
+    """The LMDB map or the disk is full: this write failed, nothing was stored.
+
+    Not fatal for the node: the writer goes on, and later writes succeed once
+    retention or deletes free pages (or the operator grows the map).
+    """
+
+    retriable = True
+
+
+class DataDirLockedError(StorageError):
+    """Another process holds the data folder; two nodes must never share one."""
