@@ -10,7 +10,9 @@ Single-node today: entries get term 0 and consecutive Raft indexes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +33,8 @@ from .errors import CorruptEntryError, OffsetOutOfRangeError, StorageError
 from .lmdbenv import Db, LmdbEnv
 from .ops import AppendEntryOp, TruncatePrefixOp
 from .writer import GroupCommitWriter, WriteOp
+
+logger = logging.getLogger(__name__)
 
 # Raft indexes start at 1; 0 means "no entry" in the Raft paper.
 FIRST_RAFT_INDEX = 1
@@ -139,6 +143,9 @@ class PartitionLog:
         self._committed_next_index = state.next_index
         self._end_offset = state.next_offset
         self._data_waiter: asyncio.Future[None] | None = None
+        # Called on the loop when end_offset grows or the log closes, so a
+        # consumer of this partition wakes without a future per append.
+        self._listeners: list[Callable[[], None]] = []
         self._closed: StorageError | None = None
 
     @property
@@ -298,6 +305,20 @@ class PartitionLog:
         # answer is then the start (earlier, never later, than the exact one).
         return max(base_offset, self._start_offset)
 
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Calls `callback()` on the loop whenever `end_offset` grows or the log closes.
+
+        Callbacks run synchronously inside the commit callback, so they must be
+        cheap (set an event, schedule a task) and must not raise. A callback
+        added twice is called twice.
+        """
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        """Forgets one registration of `callback`; unknown callbacks are ignored."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(callback)
+
     async def wait_for_data(self, offset: int) -> None:
         while True:
             self._check_open()
@@ -370,6 +391,14 @@ class PartitionLog:
             # Always a plain result: waiters re-check state, so no exception
             # sits unretrieved on a future nobody awaits.
             waiter.set_result(None)
+        # A copy: a listener may remove itself (or others) while we iterate.
+        for listener in tuple(self._listeners):
+            try:
+                listener()
+            except Exception:
+                # One broken consumer must not stop the commit callback that
+                # resolves every other write of the turn.
+                logger.exception("partition log listener of group %d failed", self.group_id)
 
     def _check_open(self) -> None:
         if self._closed is not None:

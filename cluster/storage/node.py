@@ -8,8 +8,10 @@ writer turn touches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
+import logging
 import pathlib
 import time
 from collections.abc import Callable
@@ -21,6 +23,8 @@ from .log import LogState, PartitionLog
 from .meta import MetaStore
 from .ops import DropGroupOp
 from .writer import GroupCommitWriter
+
+logger = logging.getLogger(__name__)
 
 MAP_SIZE_BYTES_DEFAULT = 64 * 2**30
 WRITE_QUEUE_BYTES_MAX_DEFAULT = 64 * 2**20
@@ -62,6 +66,10 @@ class NodeStorage:
         # Groups whose drop is queued but not committed: a log opened meanwhile
         # starts empty instead of loading rows that are about to disappear.
         self._dropping: dict[int, int] = {}
+        # Why writes fail right now (None while they succeed), and who wants
+        # to know when that changes (the node flips gRPC health from it).
+        self._write_error: StorageError | None = None
+        self._health_listeners: list[Callable[[StorageError | None], None]] = []
 
     async def __aenter__(self) -> NodeStorage:
         await self.open()
@@ -106,6 +114,32 @@ class NodeStorage:
         self._logs.clear()
         env.close()
         self._env = self._writer = self._meta = None
+
+    @property
+    def write_error(self) -> StorageError | None:
+        """Why writes fail now (map full, disk full, writer died); None while they succeed."""
+        return self._write_error
+
+    def add_health_listener(self, callback: Callable[[StorageError | None], None]) -> None:
+        """Calls `callback(error)` on the loop when writes start failing, `callback(None)`
+        when they succeed again. Only changes are reported, not every failed write."""
+        self._health_listeners.append(callback)
+
+    def remove_health_listener(self, callback: Callable[[StorageError | None], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._health_listeners.remove(callback)
+
+    def _set_write_error(self, error: StorageError | None) -> None:
+        previous = self._write_error
+        self._write_error = error
+        if (previous is None) == (error is None):
+            return
+        for listener in tuple(self._health_listeners):
+            try:
+                listener(error)
+            except Exception:
+                # A broken listener must not stop storage from reporting to the others.
+                logger.exception("storage health listener failed")
 
     @property
     def meta(self) -> MetaStore:
@@ -165,3 +199,4 @@ class NodeStorage:
     def _on_writer_failed(self, error: StorageError) -> None:
         for log in self._logs.values():
             log.close(error)
+        self._set_write_error(error)
