@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+from .datadir import DataDirLock
 from .errors import LogClosedError, StorageError
 from .lmdbenv import LmdbEnv
 from .log import LogState, PartitionLog
@@ -54,12 +55,26 @@ class StorageConfig:
     clock_ms: Callable[[], int] = wall_clock_ms
 
 
+def _lock_and_open(
+    path: pathlib.Path, map_size_bytes: int, fsync_on_commit: bool
+) -> tuple[DataDirLock, LmdbEnv]:
+    """Takes the data folder's lock, then opens LMDB under it (blocking)."""
+    lock = DataDirLock.acquire(path)
+    try:
+        env = LmdbEnv.open(path, map_size_bytes, fsync_on_commit)
+    except BaseException:
+        lock.release()
+        raise
+    return lock, env
+
+
 class NodeStorage:
     """`async with NodeStorage(config) as storage:` opens, and on exit drains and closes."""
 
     def __init__(self, config: StorageConfig) -> None:
         self._config = config
         self._env: LmdbEnv | None = None
+        self._lock: DataDirLock | None = None
         self._writer: GroupCommitWriter | None = None
         self._meta: MetaStore | None = None
         self._logs: dict[int, PartitionLog] = {}
@@ -89,9 +104,10 @@ class NodeStorage:
         config = self._config
         sync = config.durability is Durability.SYNC
         # Opening touches the disk (creates files, maps them): off the loop.
-        env = await asyncio.to_thread(
-            LmdbEnv.open, pathlib.Path(config.path), config.map_size_bytes, sync
+        lock, env = await asyncio.to_thread(
+            _lock_and_open, pathlib.Path(config.path), config.map_size_bytes, sync
         )
+        self._lock = lock
         writer = GroupCommitWriter(
             env,
             asyncio.get_running_loop(),
@@ -114,6 +130,10 @@ class NodeStorage:
         self._logs.clear()
         env.close()
         self._env = self._writer = self._meta = None
+        # Released last: nobody may open the folder while our env is still mapped.
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @property
     def write_error(self) -> StorageError | None:
