@@ -27,6 +27,15 @@ READERS_MAX = 126
 
 Value = bytes | memoryview
 
+DATA_FILE_NAME = "data.mdb"
+# What LMDB raises for a file that is not (or no longer) a valid environment.
+DAMAGE_ERRORS = (
+    lmdb.InvalidError,
+    lmdb.CorruptedError,
+    lmdb.VersionMismatchError,
+    lmdb.PageNotFoundError,
+)
+
 
 class Db(enum.Enum):
     """Named databases of the node environment (see keys.py for key layouts)."""
@@ -37,6 +46,34 @@ class Db(enum.Enum):
     OFFSET_INDEX = b"offset_index"
     TIME_INDEX = b"time_index"
     META = b"meta"
+
+
+def _first_line(exc: BaseException) -> str:
+    # py-lmdb messages carry the path and LMDB's text; the CLI prints one line.
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _check_file_covers_used_pages(env: lmdb.Environment, data_file: pathlib.Path) -> None:
+    """Refuses a data file shorter than the pages its meta page says are in use.
+
+    LMDB maps the file and reads pages through the map, so a truncated file
+    (a bad copy, a full disk during a restore, a tampering hand) would be
+    served until the first read past its end kills the process with SIGBUS.
+    LMDB reads its meta pages with read(), so info() is safe here.
+    """
+    info = env.info()
+    page_bytes = int(env.stat()["psize"])
+    used_bytes = (int(info["last_pgno"]) + 1) * page_bytes
+    try:
+        file_bytes = os.stat(data_file).st_size
+    except OSError as exc:
+        raise StorageError(f"cannot stat data file {data_file}: {exc}") from exc
+    if file_bytes < used_bytes:
+        raise StorageError(
+            f"data file {data_file} is truncated: {file_bytes} bytes on disk, but LMDB's "
+            f"meta page says {used_bytes} bytes are in use; restore it from a replica "
+            "or a backup"
+        )
 
 
 class LmdbEnv:
@@ -66,9 +103,30 @@ class LmdbEnv:
                 readahead=False,
                 max_spare_txns=4,
             )
-            dbs = {db: env.open_db(db.value, create=True) for db in Db}
+        except DAMAGE_ERRORS as exc:
+            raise StorageError(
+                f"data file {path / DATA_FILE_NAME} is damaged or not an LMDB file "
+                f"({_first_line(exc)}); restore it from a replica or a backup"
+            ) from exc
         except lmdb.Error as exc:
             raise StorageError(f"cannot open LMDB environment at {path}: {exc}") from exc
+        try:
+            # Before anything reads a page through the map: a page past the
+            # end of the file is SIGBUS, which no handler can turn into an error.
+            _check_file_covers_used_pages(env, path / DATA_FILE_NAME)
+            dbs = {db: env.open_db(db.value, create=True) for db in Db}
+        except DAMAGE_ERRORS as exc:
+            env.close()
+            raise StorageError(
+                f"data file {path / DATA_FILE_NAME} is damaged ({_first_line(exc)}); "
+                "restore it from a replica or a backup"
+            ) from exc
+        except lmdb.Error as exc:
+            env.close()
+            raise StorageError(f"cannot open LMDB environment at {path}: {exc}") from exc
+        except BaseException:
+            env.close()
+            raise
         return cls(env, dbs)
 
     def read(self) -> ReadTxn:
