@@ -34,6 +34,7 @@ ENTRY_HEADER_BYTES = _HEADER.size
 
 _CRC = struct.Struct(">I")
 _GROUP_META = struct.Struct(">BQQQ")
+GROUP_META_BYTES = _GROUP_META.size
 
 
 class EntryType(enum.IntEnum):

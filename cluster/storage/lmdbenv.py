@@ -10,6 +10,7 @@ or untyped value leaks into the rest of the storage layer.
 from __future__ import annotations
 
 import enum
+import errno
 import os
 import pathlib
 from collections.abc import Iterable, Iterator
@@ -18,7 +19,7 @@ from typing import Any
 
 import lmdb
 
-from .errors import StorageError
+from .errors import StorageError, StorageFullError
 
 # Room for the six databases below plus a few more before a format change.
 DATABASES_MAX = 16
@@ -46,6 +47,24 @@ class Db(enum.Enum):
     OFFSET_INDEX = b"offset_index"
     TIME_INDEX = b"time_index"
     META = b"meta"
+
+
+def translate_error(exc: lmdb.Error) -> StorageError:
+    """The storage error for an LMDB failure inside a transaction.
+
+    A full map or disk is an operating condition the node survives
+    (StorageFullError: the transaction was aborted, nothing was stored);
+    anything else is a plain StorageError.
+    """
+    if isinstance(exc, lmdb.MapFullError):
+        return StorageFullError(
+            "the LMDB map is full (storage_map_size_bytes); delete topics, lower "
+            "retention or grow the map"
+        )
+    # py-lmdb has no class for ENOSPC; LMDB reports it with strerror's text.
+    if os.strerror(errno.ENOSPC) in str(exc):
+        return StorageFullError(f"the disk is full: {exc}")
+    return StorageError(f"LMDB error: {exc}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -197,7 +216,7 @@ class _Txn:
     ) -> None:
         self._finish(exc is None)
         if isinstance(exc, lmdb.Error):
-            raise StorageError(f"LMDB error: {exc}") from exc
+            raise translate_error(exc) from exc
 
     def _finish(self, ok: bool) -> None:
         self._txn.abort()

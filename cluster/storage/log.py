@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from . import keys
 from .codec import (
     ENTRY_HEADER_BYTES,
+    GROUP_META_BYTES,
     Entry,
     EntryType,
     GroupMeta,
@@ -56,6 +57,16 @@ class StoredBatch:
     max_timestamp_ms: int
     append_time_ms: int
     payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPlan:
+    """The committed prefix a retention call deletes: entries below `first_index`."""
+
+    first_index: int
+    start_offset: int
+    deleted_bytes: int
+    deleted_entries: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +158,7 @@ class PartitionLog:
         # consumer of this partition wakes without a future per append.
         self._listeners: list[Callable[[], None]] = []
         self._closed: StorageError | None = None
+        self._truncating = False
 
     @property
     def start_offset(self) -> int:
@@ -216,6 +228,9 @@ class PartitionLog:
             max_timestamp_ms=max_timestamp_ms,
             group_meta=encode_group_meta(meta),
             on_commit=functools.partial(self._on_committed, raft_index + 1, next_offset),
+            on_fail=functools.partial(
+                self._on_append_failed, raft_index, record_count, len(payload)
+            ),
         )
         assert op.size_bytes == reserved
         durable = self._writer.submit(op)
@@ -231,6 +246,15 @@ class PartitionLog:
         if end_offset > self._end_offset:
             self._end_offset = end_offset
             self._wake_data_waiters()
+
+    def _on_append_failed(self, raft_index: int, record_count: int, payload_bytes: int) -> None:
+        # The writer undoes failed ops newest first and refuses submissions
+        # until it has, so this entry is the newest one this log assigned.
+        assert self._next_index == raft_index + 1, (self._next_index, raft_index)
+        self._next_index = raft_index
+        self._next_offset -= record_count
+        self._size_bytes -= payload_bytes
+        assert self._next_offset >= self._end_offset
 
     def read(self, offset: int, bytes_max: int) -> list[StoredBatch]:
         self._check_open()
@@ -329,17 +353,49 @@ class PartitionLog:
             # Shielded: one waiter's cancellation must not cancel the shared future.
             await asyncio.shield(self._data_waiter)
 
+    async def truncate_prefix(self, retention_bytes: int | None, retention_ms: int | None) -> int:
+        """Deletes whole committed entries, oldest first, beyond the limits.
+
+        Returns how many entries it deleted (at most RETENTION_ENTRIES_MAX). The
+        logical start moves when the delete is submitted, before it commits
+        (readers then get OffsetOutOfRange for those offsets); if the delete
+        fails because storage is full, the start moves back.
+        """
+        if self._truncating:
+            # One prefix delete per log at a time keeps the undo exact.
+            return 0
+        plan = self.plan_retention(retention_bytes, retention_ms)
+        if plan is None:
+            return 0
+        self._truncating = True
+        try:
+            reserved = WriteOp.reserved_bytes(GROUP_META_BYTES)
+            await self._writer.reserve(reserved)
+            # Nothing below awaits until the op is submitted, so no append
+            # lands between the state change and the op (their group_meta
+            # rows agree with the delete's).
+            if self._closed is not None:
+                self._writer.release(reserved)
+                raise self._closed
+            op = self._truncate_op(plan)
+            assert op.size_bytes == reserved
+            committed = self._writer.submit(op)
+        except BaseException:
+            self._truncating = False
+            raise
+        self._first_index = plan.first_index
+        self._start_offset = plan.start_offset
+        self._size_bytes -= plan.deleted_bytes
+        await committed
+        return plan.deleted_entries
+
     def plan_retention(
         self, retention_bytes: int | None, retention_ms: int | None
-    ) -> tuple[int, TruncatePrefixOp | None]:
-        """Chooses the committed prefix to delete: whole entries, oldest first.
-
-        Moves the logical start at once (readers then get OffsetOutOfRange
-        for those offsets); the returned op deletes the rows durably.
-        """
+    ) -> RetentionPlan | None:
+        """Chooses the committed prefix to delete: whole entries, oldest first (no change)."""
         self._check_open()
         if retention_bytes is None and retention_ms is None:
-            return 0, None
+            return None
         cutoff_ms = None if retention_ms is None else self._clock_ms() - retention_ms
         group_id = self.group_id
         size_bytes = self._size_bytes
@@ -366,14 +422,32 @@ class PartitionLog:
                 if deleted >= RETENTION_ENTRIES_MAX:
                     break
         if deleted == 0:
-            return 0, None
+            return None
+        return RetentionPlan(first_index, start_offset, self._size_bytes - size_bytes, deleted)
+
+    def _truncate_op(self, plan: RetentionPlan) -> TruncatePrefixOp:
+        meta = GroupMeta(plan.first_index, plan.start_offset, self._size_bytes - plan.deleted_bytes)
+        return TruncatePrefixOp(
+            self.group_id,
+            plan.first_index,
+            plan.start_offset,
+            encode_group_meta(meta),
+            on_commit=self._on_truncated,
+            on_fail=functools.partial(
+                self._on_truncate_failed, self._first_index, self._start_offset, plan
+            ),
+        )
+
+    def _on_truncated(self) -> None:
+        self._truncating = False
+
+    def _on_truncate_failed(self, first_index: int, start_offset: int, plan: RetentionPlan) -> None:
+        # Only one truncation runs at a time, so nothing moved the start since.
+        assert self._first_index == plan.first_index
         self._first_index = first_index
         self._start_offset = start_offset
-        self._size_bytes = size_bytes
-        meta = GroupMeta(first_index, start_offset, self._size_bytes)
-        return deleted, TruncatePrefixOp(
-            group_id, first_index, start_offset, encode_group_meta(meta)
-        )
+        self._size_bytes += plan.deleted_bytes
+        self._truncating = False
 
     def close(self, error: StorageError) -> None:
         """Stops the log: later calls and current waiters raise `error`."""

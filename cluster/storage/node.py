@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+from . import keys
 from .datadir import DataDirLock
 from .errors import LogClosedError, StorageError
 from .lmdbenv import LmdbEnv
 from .log import LogState, PartitionLog
 from .meta import MetaStore
-from .ops import DropGroupOp
+from .ops import DropGroupOp, MetaWriteOp
 from .writer import GroupCommitWriter
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,13 @@ MAP_SIZE_BYTES_DEFAULT = 64 * 2**30
 WRITE_QUEUE_BYTES_MAX_DEFAULT = 64 * 2**20
 TXN_BYTES_MAX_DEFAULT = 16 * 2**20
 ASYNC_SYNC_INTERVAL_MS_DEFAULT = 5
+# While writes fail because storage is full, a tiny write this often finds out
+# when space came back (a topic delete, retention, a grown disk), so that
+# health turns SERVING again without waiting for a client to try.
+WRITE_PROBE_INTERVAL_MS_DEFAULT = 1000
+# The probe's row, in a namespace of its own so it never shows in MetaStore scans.
+PROBE_NAMESPACE = "weir.storage"
+PROBE_KEY = b"write-probe"
 
 
 def wall_clock_ms() -> int:
@@ -52,6 +60,7 @@ class StorageConfig:
     write_queue_bytes_max: int = WRITE_QUEUE_BYTES_MAX_DEFAULT
     txn_bytes_max: int = TXN_BYTES_MAX_DEFAULT
     async_sync_interval_ms: int = ASYNC_SYNC_INTERVAL_MS_DEFAULT
+    write_probe_interval_ms: int = WRITE_PROBE_INTERVAL_MS_DEFAULT
     clock_ms: Callable[[], int] = wall_clock_ms
 
 
@@ -85,6 +94,8 @@ class NodeStorage:
         # to know when that changes (the node flips gRPC health from it).
         self._write_error: StorageError | None = None
         self._health_listeners: list[Callable[[StorageError | None], None]] = []
+        self._probe_task: asyncio.Task[None] | None = None
+        self._probe_wanted = asyncio.Event()
 
     async def __aenter__(self) -> NodeStorage:
         await self.open()
@@ -116,14 +127,21 @@ class NodeStorage:
             sync_interval_ms=None if sync else config.async_sync_interval_ms,
         )
         writer.add_failure_listener(self._on_writer_failed)
+        writer.add_write_state_listener(self._on_write_state)
         writer.start()
         self._env, self._writer = env, writer
         self._meta = MetaStore(env, writer)
+        self._probe_task = asyncio.create_task(self._probe_writes(writer), name="storage-probe")
 
     async def close(self) -> None:
         env, writer = self._env, self._writer
         if env is None or writer is None:
             return
+        probe, self._probe_task = self._probe_task, None
+        if probe is not None:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
         await writer.close()
         for log in self._logs.values():
             log.close(LogClosedError("storage closed"))
@@ -197,12 +215,8 @@ class NodeStorage:
         self, group_id: int, retention_bytes: int | None, retention_ms: int | None
     ) -> int:
         """Deletes whole oldest entries beyond the limits; returns how many were deleted."""
-        _, writer = self._open_parts()
-        log = self.partition_log(group_id)
-        deleted, op = log.plan_retention(retention_bytes, retention_ms)
-        if op is not None:
-            await writer.run(op)
-        return deleted
+        self._open_parts()
+        return await self.partition_log(group_id).truncate_prefix(retention_bytes, retention_ms)
 
     def stats(self) -> dict[str, int]:
         env, writer = self._open_parts()
@@ -215,6 +229,29 @@ class NodeStorage:
         if self._env is None or self._writer is None:
             raise StorageError("storage is not open")
         return self._env, self._writer
+
+    def _on_write_state(self, error: StorageError | None) -> None:
+        """The writer's non-fatal state: a turn failed (storage full) or one committed."""
+        if self._writer is not None and self._writer.failed is not None:
+            return
+        self._set_write_error(error)
+        if error is not None:
+            self._probe_wanted.set()
+
+    async def _probe_writes(self, writer: GroupCommitWriter) -> None:
+        """Owned by this storage (cancelled by close): probes while writes fail."""
+        interval_s = self._config.write_probe_interval_ms / 1000
+        probe_key = keys.meta_key(PROBE_NAMESPACE, PROBE_KEY)
+        while True:
+            await self._probe_wanted.wait()
+            self._probe_wanted.clear()
+            while writer.failing is not None and writer.failed is None:
+                # A timer, not an event: nothing tells us that space came back.
+                await asyncio.sleep(interval_s)
+                # A commit clears the failure through _on_write_state; a
+                # failure keeps it (and a dead writer ends the loop above).
+                with contextlib.suppress(StorageError):
+                    await writer.run(MetaWriteOp([(probe_key, b"")], []))
 
     def _on_writer_failed(self, error: StorageError) -> None:
         for log in self._logs.values():

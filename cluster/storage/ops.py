@@ -59,8 +59,9 @@ class AppendEntryOp(WriteOp):
         max_timestamp_ms: int,
         group_meta: bytes | None,
         on_commit: Callable[[], None] | None = None,
+        on_fail: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(len(entry_bytes), on_commit)
+        super().__init__(len(entry_bytes), on_commit, on_fail=on_fail)
         self.group_id = group_id
         self.raft_index = raft_index
         self.entry_bytes = entry_bytes
@@ -141,9 +142,16 @@ class TruncatePrefixOp(WriteOp):
     __slots__ = ("first_index", "first_offset", "group_id", "group_meta")
 
     def __init__(
-        self, group_id: int, first_index: int, first_offset: int, group_meta: bytes
+        self,
+        group_id: int,
+        first_index: int,
+        first_offset: int,
+        group_meta: bytes,
+        *,
+        on_commit: Callable[[], None] | None = None,
+        on_fail: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(len(group_meta))
+        super().__init__(len(group_meta), on_commit, on_fail=on_fail)
         self.group_id = group_id
         self.first_index = first_index
         self.first_offset = first_offset

@@ -13,8 +13,13 @@ its turn commits, and `reserve()` waits (FIFO) while the total would exceed
 `write_queue_bytes_max` (DESIGN §7.5). Byte accounting lives on the loop only,
 so it needs no lock; the thread only sees the op deque.
 
-If the thread dies, every queued and in-flight op and every later submission
-fails with a StorageError: there is no state in which a waiter hangs.
+A full map or disk (`StorageFullError`) is not fatal: the turn's transaction
+is aborted, its ops and every op queued behind it fail (their `on_fail`
+callbacks undo, newest first, what the loop had already assigned to them,
+such as offsets), submissions are refused until the loop has done so, and the
+thread goes on. Any other failure kills the thread: every queued and
+in-flight op and every later submission fails with a StorageError, and there
+is no state in which a waiter hangs.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from .errors import StorageError
+from .errors import StorageError, StorageFullError
 from .lmdbenv import Db, LmdbEnv, WriteTxn
 
 logger = logging.getLogger(__name__)
@@ -43,13 +48,27 @@ _UNKNOWN = object()
 class WriteOp(abc.ABC):
     """One unit of work for the writer. `apply` runs in the writer thread."""
 
-    __slots__ = ("future", "on_commit", "size_bytes")
+    __slots__ = ("future", "on_commit", "on_fail", "size_bytes", "sync_required")
 
-    def __init__(self, size_bytes: int, on_commit: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        size_bytes: int,
+        on_commit: Callable[[], None] | None = None,
+        *,
+        on_fail: Callable[[], None] | None = None,
+        sync_required: bool = False,
+    ) -> None:
         self.size_bytes = WriteOp.reserved_bytes(size_bytes)
         # Runs on the event loop after the commit, before the future resolves,
         # so in-memory state (end_offset) moves before any waiter wakes.
         self.on_commit = on_commit
+        # Runs on the event loop when the op's turn failed without killing the
+        # writer (storage full): undoes what was assigned to the op when it
+        # was submitted. Failed ops are undone newest first.
+        self.on_fail = on_fail
+        # The op must be on disk before its future resolves even in async
+        # durability (votes, DESIGN §4): its turn ends with an fsync.
+        self.sync_required = sync_required
         self.future: asyncio.Future[None] | None = None
 
     @staticmethod
@@ -135,6 +154,10 @@ class GroupCommitWriter:
         self._queue: collections.deque[WriteOp] = collections.deque()
         self._stopping = False
         self._fatal: StorageError | None = None
+        # Set by the thread when a turn failed because storage is full, cleared
+        # by the loop once every failed op was undone: submissions in between
+        # would get offsets that the undo is about to hand out again.
+        self._rejecting: StorageError | None = None
         # Touched by the writer thread only.
         self._time_heads: dict[int, object] = {}
         # Counters written by the threads, read racily for stats (ints are atomic).
@@ -153,6 +176,11 @@ class GroupCommitWriter:
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._failed: StorageError | None = None
         self._failure_listeners: list[Callable[[StorageError], None]] = []
+        # Non-fatal write failures (storage full): the latest one while writes
+        # fail, None once a turn commits again.
+        self._failing: StorageError | None = None
+        self._write_state_listeners: list[Callable[[StorageError | None], None]] = []
+        self._turns_failed = 0
         self._closing = False
         self._exited: asyncio.Future[None] = loop.create_future()
         self._thread = threading.Thread(target=self._run, name="weir-storage-writer", daemon=True)
@@ -172,9 +200,19 @@ class GroupCommitWriter:
     def add_failure_listener(self, listener: Callable[[StorageError], None]) -> None:
         self._failure_listeners.append(listener)
 
+    def add_write_state_listener(self, listener: Callable[[StorageError | None], None]) -> None:
+        """Hears `error` when a turn fails without killing the writer, None when one commits."""
+        self._write_state_listeners.append(listener)
+
     @property
     def failed(self) -> StorageError | None:
+        """The error that killed the writer; None while it runs."""
         return self._failed
+
+    @property
+    def failing(self) -> StorageError | None:
+        """The last non-fatal write failure while writes fail; None once a turn commits."""
+        return self._failing
 
     async def reserve(self, size_bytes: int) -> None:
         """Waits (FIFO) until `size_bytes` fit in the queue budget, then holds them."""
@@ -218,6 +256,8 @@ class GroupCommitWriter:
             if fatal is None and self._stopping:
                 fatal = StorageError("storage writer has stopped")
             if fatal is None:
+                fatal = self._rejecting
+            if fatal is None:
                 self._queue.append(op)
                 self._cond.notify()
         if fatal is not None:
@@ -259,6 +299,8 @@ class GroupCommitWriter:
             "write_queue_waits": self._queue_waits,
             "write_queue_ops": self._outstanding_ops,
             "writer_failed": int(self._failed is not None),
+            "writer_turns_failed": self._turns_failed,
+            "writer_failing": int(self._failing is not None),
         }
 
     def _fits(self, size_bytes: int) -> bool:
@@ -309,6 +351,34 @@ class GroupCommitWriter:
                 future.set_exception(error)
         self._grant_space()
         self._check_idle()
+        if error is None and self._failing is not None:
+            self._set_failing(None)
+
+    def _complete_failed_turn(self, ops: list[WriteOp], error: StorageError) -> None:
+        """Runs on the loop after a non-fatal failure: undo, fail, accept again."""
+        self._turns_failed += 1
+        # Newest first, so each undo sees the state its op left behind.
+        for op in reversed(ops):
+            if op.on_fail is not None:
+                op.on_fail()
+        for op in ops:
+            self._reserved_bytes -= op.size_bytes
+            self._outstanding_ops -= 1
+            future = op.future
+            assert future is not None
+            if not future.done():
+                future.set_exception(error)
+        with self._cond:
+            if self._rejecting is error:
+                self._rejecting = None
+        self._set_failing(error)
+        self._grant_space()
+        self._check_idle()
+
+    def _set_failing(self, error: StorageError | None) -> None:
+        self._failing = error
+        for listener in tuple(self._write_state_listeners):
+            listener(error)
 
     def _fail(self, error: StorageError) -> None:
         if self._failed is not None:
@@ -344,12 +414,23 @@ class GroupCommitWriter:
         return ops
 
     def _commit(self, ops: list[WriteOp]) -> None:
-        with self._env.write() as txn:
-            turn = Turn(txn, self._time_heads)
-            for op in ops:
-                op.apply(turn)
-            turn.flush()
-            txn.commit()
+        try:
+            with self._env.write() as txn:
+                turn = Turn(txn, self._time_heads)
+                for op in ops:
+                    op.apply(turn)
+                turn.flush()
+                txn.commit()
+        except StorageFullError:
+            # The aborted turn may have moved cached running maxima; they are
+            # reloaded from what is committed.
+            self._time_heads.clear()
+            raise
+        if self._sync_interval_ms is not None and any(op.sync_required for op in ops):
+            # Async durability still fsyncs a turn that holds a vote or other
+            # hard state before anyone is told it is written (DESIGN §4).
+            self._env.sync()
+            self._syncs += 1
         self._commits += 1
         self._ops_committed += len(ops)
         self._bytes_committed += sum(op.size_bytes for op in ops)
@@ -367,7 +448,19 @@ class GroupCommitWriter:
                     if not self._queue:
                         break
                     ops = self._take_turn()
-                self._commit(ops)
+                try:
+                    self._commit(ops)
+                except StorageFullError as full:
+                    logger.warning("storage write failed, %s; the writer goes on", full)
+                    with self._cond:
+                        # Everything queued was assigned offsets after the failed
+                        # ops; it fails too so the loop can undo without gaps.
+                        self._rejecting = full
+                        ops.extend(self._queue)
+                        self._queue.clear()
+                    self._post(self._complete_failed_turn, ops, full)
+                    ops = []
+                    continue
                 self._post(self._complete_turn, ops, None)
                 ops = []
         except BaseException as exc:
