@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
+from weir.cluster.storage import LogClosedError, StorageError
 from weir.server.config import NodeConfig
-from weir.server.errors import BrokerError, abort
+from weir.server.errors import BrokerError, abort, internal_error, storage_error, topic_not_found
 from weir.server.replicator import Replicator
 from weir.server.topics import ConfigPatch, Topic, TopicRegistry
 from weir.v1 import admin_pb2, admin_pb2_grpc
@@ -19,6 +21,8 @@ VERSION = importlib.metadata.version("weir")
 
 Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
+
+log = logging.getLogger("weir.server.admin")
 
 
 def _patch(config: admin_pb2.TopicConfig) -> ConfigPatch:
@@ -42,12 +46,29 @@ def topic_proto(topic: Topic) -> admin_pb2.Topic:
     )
 
 
-async def _guard(context: Context, call: Awaitable[Resp]) -> Resp:
-    """Turn an operating error into a rich gRPC status."""
+async def _guard(context: Context, method: str, call: Awaitable[Resp], topic: str = "") -> Resp:
+    """The boundary of every admin method: each failure leaves as a rich gRPC status.
+
+    Operating errors carry their own status; storage failures go through the
+    one translation every method shares (`storage_error`), so a full disk is
+    STORAGE_FULL here as on the produce path. Anything else is a bug: it is
+    logged with its traceback and answered INTERNAL with a reason, never the
+    bare UNKNOWN that gRPC would make of an escaped exception.
+    """
     try:
         return await call
+    except grpc.aio.AbortError:
+        raise
     except BrokerError as error:
         await abort(context, error)
+    except LogClosedError:
+        # The topic's logs were closed by its deletion while this call ran.
+        await abort(context, topic_not_found(topic))
+    except StorageError as exc:
+        await abort(context, storage_error(exc, method))
+    except Exception as exc:
+        log.exception("%s failed unexpectedly", method)
+        await abort(context, internal_error(method, exc))
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -77,7 +98,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             )
             return admin_pb2.CreateTopicResponse(topic=topic_proto(topic))
 
-        return await _guard(context, run())
+        return await _guard(context, "CreateTopic", run(), request.name)
 
     async def DeleteTopic(
         self, request: admin_pb2.DeleteTopicRequest, context: Context
@@ -86,12 +107,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             await self._topics.delete(request.name)
             return admin_pb2.DeleteTopicResponse()
 
-        return await _guard(context, run())
+        return await _guard(context, "DeleteTopic", run(), request.name)
 
     async def ListTopics(
         self, request: admin_pb2.ListTopicsRequest, context: Context
     ) -> admin_pb2.ListTopicsResponse:
-        return admin_pb2.ListTopicsResponse(topics=[topic_proto(t) for t in self._topics.all()])
+        async def run() -> admin_pb2.ListTopicsResponse:
+            return admin_pb2.ListTopicsResponse(topics=[topic_proto(t) for t in self._topics.all()])
+
+        return await _guard(context, "ListTopics", run())
 
     async def DescribeTopic(
         self, request: admin_pb2.DescribeTopicRequest, context: Context
@@ -113,7 +137,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 )
             return admin_pb2.DescribeTopicResponse(topic=topic_proto(topic), partitions=partitions)
 
-        return await _guard(context, run())
+        return await _guard(context, "DescribeTopic", run(), request.name)
 
     async def UpdateTopicConfig(
         self, request: admin_pb2.UpdateTopicConfigRequest, context: Context
@@ -122,19 +146,24 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             topic = await self._topics.update_config(request.name, _patch(request.config))
             return admin_pb2.UpdateTopicConfigResponse(topic=topic_proto(topic))
 
-        return await _guard(context, run())
+        return await _guard(context, "UpdateTopicConfig", run(), request.name)
 
     async def DescribeCluster(
         self, request: admin_pb2.DescribeClusterRequest, context: Context
     ) -> admin_pb2.DescribeClusterResponse:
-        return admin_pb2.DescribeClusterResponse(
-            cluster_id=self._cluster_id(),
-            nodes=[
-                admin_pb2.Node(node_id=self._config.node_id, address=self._address(), alive=True)
-            ],
-            node_id=self._config.node_id,
-            version=VERSION,
-            durability=str(self._config.durability),
-            request_bytes_max=self._config.request_bytes_max,
-            record_bytes_max_limit=self._config.record_bytes_max_limit,
-        )
+        async def run() -> admin_pb2.DescribeClusterResponse:
+            return admin_pb2.DescribeClusterResponse(
+                cluster_id=self._cluster_id(),
+                nodes=[
+                    admin_pb2.Node(
+                        node_id=self._config.node_id, address=self._address(), alive=True
+                    )
+                ],
+                node_id=self._config.node_id,
+                version=VERSION,
+                durability=str(self._config.durability),
+                request_bytes_max=self._config.request_bytes_max,
+                record_bytes_max_limit=self._config.record_bytes_max_limit,
+            )
+
+        return await _guard(context, "DescribeCluster", run())

@@ -109,6 +109,19 @@ def storage_error(exc: StorageError, what: str = "the request") -> BrokerError:
     )
 
 
+def internal_error(what: str, exc: BaseException) -> BrokerError:
+    """A bug met while serving `what`: INTERNAL with a reason, never a bare UNKNOWN.
+
+    The message names the exception's type only; its details (and the
+    traceback) go to the node's log, not to the client.
+    """
+    return BrokerError(
+        grpc.StatusCode.INTERNAL,
+        "INTERNAL_ERROR",
+        f"{what} failed inside the broker ({type(exc).__name__}); see the node's log",
+    )
+
+
 def malformed(what: str) -> BrokerError:
     return invalid("MALFORMED_REQUEST", f"the {what} is not a valid protobuf message")
 

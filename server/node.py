@@ -4,27 +4,40 @@
 a clean stop: on a stop signal the node reports NOT_SERVING, refuses new
 produce requests with UNAVAILABLE/SHUTTING_DOWN, lets in-flight calls
 finish within the grace period, drains the storage writer and closes LMDB.
+
+Background work (retention, dropping deleted topics' data, following
+storage health) runs in one `asyncio.TaskGroup` owned by `Node.run`. A
+background task that fails (a bug, or a storage writer that died) is logged
+with its name and stops the node the same graceful way, then `run` raises
+`NodeFailedError`: a node never goes on silently without one of them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.message import DecodeError, Message
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from weir.cluster.storage import NodeStorage, StorageConfig
+from weir.cluster.storage import (
+    CorruptEntryError,
+    LogClosedError,
+    NodeStorage,
+    StorageConfig,
+    StorageError,
+    StorageFullError,
+)
 from weir.server.admin import AdminServicer
 from weir.server.config import NodeConfig
 from weir.server.consume import ConsumePath
@@ -38,12 +51,25 @@ from weir.v1 import admin_pb2, broker_pb2
 log = logging.getLogger("weir.server")
 
 BROKER_SERVICE = "weir.v1.BrokerService"
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 CLUSTER_NS = "cluster"
 _CLUSTER_ID_KEY = b"id"
+# The services whose health the node reports: "" is the whole server.
+_HEALTH_SERVICES = ("", BROKER_SERVICE)
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class StartError(Exception):
     """The node cannot start (address in use, unusable data folder)."""
+
+
+class NodeFailedError(StartError):
+    """A background task of a running node failed; the node stopped.
+
+    A StartError so that `weir serve` reports it the same way: one `error:`
+    line and a non-zero exit, after the node's own log line naming the task.
+    """
 
 
 class _Malformed:
@@ -100,6 +126,128 @@ def _reject_malformed(impl: Callable[[Any, Any], Any], what: str) -> Callable[[A
     return handle
 
 
+class NodeHealth:
+    """The node's gRPC health, served through our own request parser.
+
+    SERVING while the node can write; NOT_SERVING while storage cannot
+    (map or disk full: `follow` flips it back once writes succeed again)
+    and, for good, from the moment the node stops. The standard servicer
+    answers Check and Watch; List, which it lacks, is answered here.
+    """
+
+    def __init__(self) -> None:
+        self.servicer = HealthServicer()
+        self._status = _NOT_SERVING
+        self._stopping = False
+
+    async def set_serving(self, serving: bool) -> None:
+        if self._stopping:
+            return
+        self._status = _SERVING if serving else _NOT_SERVING
+        for service in _HEALTH_SERVICES:
+            await self.servicer.set(service, self._status)
+
+    async def follow(self, storage: NodeStorage) -> None:
+        """Background task: mirrors whether storage can write; fails if its writer died."""
+        changed = asyncio.Event()
+
+        def on_change(_error: StorageError | None) -> None:
+            changed.set()
+
+        storage.add_health_listener(on_change)
+        try:
+            while True:
+                error = storage.write_error
+                if error is not None and not isinstance(error, StorageFullError):
+                    # Only a full map or disk heals by itself; any other write
+                    # failure means the writer thread is gone for good.
+                    raise StorageError(f"the storage writer died: {error}") from error
+                if (error is None) != (self._status == _SERVING):
+                    if error is None:
+                        log.warning("storage accepts writes again: reporting SERVING")
+                    else:
+                        log.warning("storage cannot write (%s): reporting NOT_SERVING", error)
+                    await self.set_serving(error is None)
+                await changed.wait()
+                changed.clear()
+        finally:
+            storage.remove_health_listener(on_change)
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        self._status = _NOT_SERVING
+        await self.servicer.enter_graceful_shutdown()
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: Any
+    ) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(
+            statuses={
+                service: health_pb2.HealthCheckResponse(status=self._status)
+                for service in _HEALTH_SERVICES
+            }
+        )
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        servicer = self.servicer
+        return grpc.method_handlers_generic_handler(
+            HEALTH_SERVICE,
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    _reject_malformed(servicer.Check, "HealthCheckRequest"),
+                    request_deserializer=_parser(health_pb2.HealthCheckRequest),
+                    response_serializer=_serialize,
+                ),
+                "Watch": grpc.unary_stream_rpc_method_handler(
+                    _reject_malformed(servicer.Watch, "HealthCheckRequest"),
+                    request_deserializer=_parser(health_pb2.HealthCheckRequest),
+                    response_serializer=_serialize,
+                ),
+                "List": grpc.unary_unary_rpc_method_handler(
+                    _reject_malformed(self.List, "HealthListRequest"),
+                    request_deserializer=_parser(health_pb2.HealthListRequest),
+                    response_serializer=_serialize,
+                ),
+            },
+        )
+
+
+def _reflection_handlers(service_names: tuple[str, ...]) -> grpc.GenericRpcHandler:
+    """Server reflection through our own request parser, answered by the standard servicer."""
+    servicer = ReflectionServicer(service_names)
+
+    async def info(requests: AsyncIterator[object], context: Any) -> AsyncIterator[Message]:
+        async def checked() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+            async for request in requests:
+                if request is MALFORMED:
+                    await abort(context, malformed("ServerReflectionRequest"))
+                assert isinstance(request, reflection_pb2.ServerReflectionRequest)
+                yield request
+
+        async for response in servicer.ServerReflectionInfo(checked(), context):
+            yield response
+
+    return grpc.method_handlers_generic_handler(
+        reflection.SERVICE_NAME,
+        {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                info,
+                request_deserializer=_parser(reflection_pb2.ServerReflectionRequest),
+                response_serializer=_serialize,
+            )
+        },
+    )
+
+
+async def _owned(name: str, work: Coroutine[Any, Any, None]) -> None:
+    """Runs one background task of the node; its failure is logged, then stops the node."""
+    try:
+        await work
+    except Exception:
+        log.critical("background task %r failed; stopping the node", name, exc_info=True)
+        raise
+
+
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -134,6 +282,8 @@ class Node:
         async with NodeStorage(storage_config) as storage:
             topics = TopicRegistry(storage, self.config)
             await topics.load()
+            offsets = GroupOffsets(storage.meta, topics)
+            await offsets.load()
             await self._load_cluster_id(storage)
             replicator = LocalReplicator(storage)
             produce = ProducePath(
@@ -143,9 +293,7 @@ class Node:
                 self._clock_ms,
                 self._stopping,
             )
-            consume = ConsumePath(
-                topics, replicator, GroupOffsets(storage.meta), self.config, self._stopping
-            )
+            consume = ConsumePath(topics, replicator, offsets, self.config, self._stopping)
             server = grpc.aio.server(
                 options=[
                     ("grpc.max_receive_message_length", self.config.request_bytes_max),
@@ -162,7 +310,7 @@ class Node:
                     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ]
             )
-            health = HealthServicer()
+            health = NodeHealth()
             self._produce = produce
             self._add_services(server, produce, consume, topics, replicator, health)
             try:
@@ -170,15 +318,42 @@ class Node:
             except RuntimeError as exc:
                 raise StartError(f"cannot listen on {self.config.listen}: {exc}") from None
             await server.start()
-            await health.set("", health_pb2.HealthCheckResponse.SERVING)
-            await health.set(BROKER_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            await health.set_serving(True)
             if on_ready is not None:
                 on_ready(self)
-            retention = asyncio.ensure_future(self._retention_loop(storage, topics))
-            try:
+            await self._serve(stop, server, health, storage, topics, offsets)
+
+    async def _serve(
+        self,
+        stop: asyncio.Event,
+        server: grpc.aio.Server,
+        health: NodeHealth,
+        storage: NodeStorage,
+        topics: TopicRegistry,
+        offsets: GroupOffsets,
+    ) -> None:
+        """Runs the background tasks until `stop` is set or one of them fails, then stops."""
+        failure: Exception | None = None
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                background = [
+                    tasks.create_task(_owned(name, work), name=name)
+                    for name, work in (
+                        ("retention", self._retention_loop(storage, topics)),
+                        ("topic data drops", topics.drop_deleted_data(offsets.forget_log)),
+                        ("storage health", health.follow(storage)),
+                    )
+                ]
+                # A failing task cancels this wait through the task group.
                 await stop.wait()
-            finally:
-                await self._stop(server, health, retention)
+                for task in background:
+                    task.cancel()
+        except ExceptionGroup as group:
+            failure = group.exceptions[0]
+        finally:
+            await self._stop(server, health)
+        if failure is not None:
+            raise NodeFailedError(f"the node stopped because a task failed: {failure}") from failure
 
     def _add_services(
         self,
@@ -187,7 +362,7 @@ class Node:
         consume: ConsumePath,
         topics: TopicRegistry,
         replicator: LocalReplicator,
-        health: HealthServicer,
+        health: NodeHealth,
     ) -> None:
         async def produce_handler(_requests: object, context: Any) -> None:
             await produce.serve(context)
@@ -217,15 +392,20 @@ class Node:
         server.add_generic_rpc_handlers(
             (_unary_handlers(admin_pb2.DESCRIPTOR, "AdminService", admin),)
         )
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
+        # Health and reflection use the standard servicers behind our own
+        # request parser, so garbage gets MALFORMED_REQUEST here too.
+        server.add_generic_rpc_handlers((health.handlers(),))
+        server.add_generic_rpc_handlers(
             (
-                BROKER_SERVICE,
-                admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+                _reflection_handlers(
+                    (
+                        BROKER_SERVICE,
+                        admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+                        HEALTH_SERVICE,
+                        reflection.SERVICE_NAME,
+                    )
+                ),
+            )
         )
 
     async def _load_cluster_id(self, storage: NodeStorage) -> None:
@@ -236,28 +416,54 @@ class Node:
         self._cluster_id = raw.decode()
 
     async def _retention_loop(self, storage: NodeStorage, topics: TopicRegistry) -> None:
+        """Trims every topic with a retention limit, every retention interval.
+
+        One damaged partition must not stop retention for the others: it is
+        logged at WARNING and skipped until the node restarts (reading it
+        again would only fail again). A full storage is logged and retried
+        next round. Any other failure (the writer died, a bug) ends this
+        task and so stops the node.
+        """
         interval_s = self.config.retention_check_interval_ms / 1000
+        damaged: set[int] = set()
         while True:
             await asyncio.sleep(interval_s)
             for topic in topics.all():
                 config = topic.config
                 if config.retention_bytes < 0 and config.retention_ms < 0:
                     continue
-                for group_id in topic.group_ids:
-                    await storage.enforce_retention(
-                        group_id,
-                        None if config.retention_bytes < 0 else config.retention_bytes,
-                        None if config.retention_ms < 0 else config.retention_ms,
-                    )
+                for partition, group_id in enumerate(topic.group_ids):
+                    if group_id in damaged:
+                        continue
+                    try:
+                        await storage.enforce_retention(
+                            group_id,
+                            None if config.retention_bytes < 0 else config.retention_bytes,
+                            None if config.retention_ms < 0 else config.retention_ms,
+                        )
+                    except CorruptEntryError as exc:
+                        damaged.add(group_id)
+                        log.warning(
+                            "retention skips partition %d of topic %r until restart: "
+                            "damaged data: %s",
+                            partition,
+                            topic.name,
+                            exc,
+                        )
+                    except StorageFullError as exc:
+                        log.warning(
+                            "retention of partition %d of topic %r failed, storage is full: %s",
+                            partition,
+                            topic.name,
+                            exc,
+                        )
+                    except LogClosedError:
+                        # The topic was deleted while this round ran.
+                        continue
 
-    async def _stop(
-        self, server: grpc.aio.Server, health: HealthServicer, retention: asyncio.Future[None]
-    ) -> None:
+    async def _stop(self, server: grpc.aio.Server, health: NodeHealth) -> None:
         log.info("stopping: refusing new work, finishing in-flight calls")
         self._stopping.set()
         self._produce.stop()
-        await health.enter_graceful_shutdown()
-        retention.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await retention
+        await health.shutdown()
         await server.stop(self.config.shutdown_grace_ms / 1000)

@@ -4,6 +4,16 @@ An offset is stored per (group, partition log). Keys use the partition's
 group id, which is never reused, so deleting a topic and creating it again
 cannot resurrect old offsets. A committed offset never moves backwards
 (invariant 4): a lower commit leaves the stored offset in place.
+
+Rows in the meta store:
+
+    offset          group | NUL | group id u32  -> offset i64
+    offset_by_log   group id u32 | group        -> (empty)
+
+The second is an index written in the same transaction as a group's first
+offset on a log, so that dropping a deleted topic's log finds that log's
+offsets by prefix instead of scanning every group's. Stores written before
+the index existed are indexed once at start (`load`).
 """
 
 from __future__ import annotations
@@ -13,22 +23,70 @@ import struct
 from collections.abc import Mapping
 
 from weir.cluster.storage import MetaStore
-from weir.server.topics import Topic
+from weir.server.errors import topic_not_found
+from weir.server.topics import Topic, TopicRegistry
 
 OFFSET_NS = "offset"
+OFFSET_BY_LOG_NS = "offset_by_log"
+# Which layout the offset rows have; absent means "before offset_by_log".
+OFFSET_LAYOUT_NS = "offset_layout"
+_LAYOUT_KEY = b"version"
+_LAYOUT_INDEXED = b"2"
+# Rows one meta write touches at most when offsets are indexed or removed in
+# bulk, so that neither holds the storage writer (or the loop) for long.
+ROWS_PER_WRITE_MAX = 1000
+
+_GROUP_ID = struct.Struct(">I")
 
 
 def _key(group: str, group_id: int) -> bytes:
     # Group names cannot contain NUL (see naming.check_group_name).
-    return group.encode() + b"\0" + struct.pack(">I", group_id)
+    return group.encode() + b"\0" + _GROUP_ID.pack(group_id)
+
+
+def _split_key(key: bytes) -> tuple[bytes, int]:
+    """(group name bytes, group id) of an `offset` row key."""
+    name, group_id = key[: -_GROUP_ID.size - 1], key[-_GROUP_ID.size :]
+    return name, int(_GROUP_ID.unpack(group_id)[0])
+
+
+def _index_key(group_id: int, group: bytes) -> bytes:
+    return _GROUP_ID.pack(group_id) + group
 
 
 class GroupOffsets:
-    def __init__(self, meta: MetaStore) -> None:
+    def __init__(self, meta: MetaStore, topics: TopicRegistry) -> None:
         self._meta = meta
+        self._topics = topics
         # Read-compare-write must not interleave with another commit, or a
-        # slower, lower commit could overwrite a higher one.
+        # slower, lower commit could overwrite a higher one. Removing a
+        # log's offsets takes it too, so that no commit that passed its
+        # liveness check can land after the removal scanned the log.
         self._lock = asyncio.Lock()
+
+    async def load(self) -> None:
+        """Indexes offsets stored before `offset_by_log` existed (once per store).
+
+        Rows whose log belongs to no topic (left by deletes before offsets
+        were removed with their topic) are removed instead of indexed.
+        """
+        if self._meta.get(OFFSET_LAYOUT_NS, _LAYOUT_KEY) == _LAYOUT_INDEXED:
+            return
+        in_use = self._topics.group_ids_in_use()
+        puts: list[tuple[str, bytes, bytes]] = []
+        deletes: list[tuple[str, bytes]] = []
+        for key, _ in self._meta.scan(OFFSET_NS):
+            group, group_id = _split_key(key)
+            if group_id in in_use:
+                puts.append((OFFSET_BY_LOG_NS, _index_key(group_id, group), b""))
+            else:
+                deletes.append((OFFSET_NS, key))
+            if len(puts) + len(deletes) >= ROWS_PER_WRITE_MAX:
+                await self._meta.write(puts=puts, deletes=deletes)
+                puts, deletes = [], []
+        # A crash before this marker re-runs the (idempotent) indexing.
+        puts.append((OFFSET_LAYOUT_NS, _LAYOUT_KEY, _LAYOUT_INDEXED))
+        await self._meta.write(puts=puts, deletes=deletes)
 
     def get(self, group: str, topic: Topic, partition: int) -> int | None:
         raw = self._meta.get(OFFSET_NS, _key(group, topic.group_ids[partition]))
@@ -37,6 +95,10 @@ class GroupOffsets:
     async def commit(self, group: str, topic: Topic, offsets: Mapping[int, int]) -> dict[int, int]:
         """Store offsets that move forward; return the stored offset of each partition."""
         async with self._lock:
+            # Checked under the lock: a deleted topic's offsets are removed
+            # under it too, so none can be written after that removal.
+            if not self._topics.is_live(topic):
+                raise topic_not_found(topic.name)
             return await self._commit_locked(group, topic, offsets)
 
     async def _commit_locked(
@@ -50,9 +112,25 @@ class GroupOffsets:
                 result[partition] = current
                 continue
             result[partition] = offset
-            puts.append(
-                (OFFSET_NS, _key(group, topic.group_ids[partition]), struct.pack(">q", offset))
-            )
+            group_id = topic.group_ids[partition]
+            puts.append((OFFSET_NS, _key(group, group_id), struct.pack(">q", offset)))
+            if current is None:
+                puts.append((OFFSET_BY_LOG_NS, _index_key(group_id, group.encode()), b""))
         if puts:
             await self._meta.write(puts=puts)
         return result
+
+    async def forget_log(self, group_id: int) -> None:
+        """Removes every group's offset on one (deleted) partition log, in bounded writes."""
+        prefix = _GROUP_ID.pack(group_id)
+        while True:
+            async with self._lock:
+                rows = self._meta.scan(OFFSET_BY_LOG_NS, prefix)[:ROWS_PER_WRITE_MAX]
+                if not rows:
+                    return
+                deletes: list[tuple[str, bytes]] = []
+                for index_key, _ in rows:
+                    group = index_key[len(prefix) :]
+                    deletes.append((OFFSET_NS, group + b"\0" + prefix))
+                    deletes.append((OFFSET_BY_LOG_NS, index_key))
+                await self._meta.write(deletes=deletes)

@@ -7,28 +7,55 @@ The cluster issue moves it into the controller's replicated state machine
 Each partition owns a group id (u32), the key prefix of its log in LMDB.
 Group ids are never reused, so a topic deleted and created again under the
 same name starts with empty logs and no stale consumer offsets.
+
+Deleting is two steps. `delete` makes the deletion durable and visible at
+once: one meta write moves the topic's row from `topic` to `topic_deleting`,
+and the topic's open logs are closed, so clients see TOPIC_NOT_FOUND and
+the name is free again. `drop_deleted_data`, a background task the node
+owns, then drops each partition's data (storage drops a group in bounded
+chunks) and its group offsets, and removes the `topic_deleting` row last.
+After a crash the rows left in `topic_deleting` resume the drop; other topic
+changes never wait for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
+import logging
 import struct
+from collections.abc import Awaitable, Callable
 
 import grpc
 
-from weir.cluster.storage import MetaStore, NodeStorage
+from weir.cluster.storage import (
+    LogClosedError,
+    MetaStore,
+    NodeStorage,
+    StorageError,
+    StorageFullError,
+)
 from weir.server.config import NodeConfig
 from weir.server.errors import BrokerError, invalid, topic_not_found
 from weir.server.naming import check_topic_name
 
+log = logging.getLogger("weir.server.topics")
+
 TOPIC_NS = "topic"
+# Deleted topics whose data is still being dropped, keyed by their first
+# group id (unique forever, unlike the name, which a new topic may take).
+DELETING_NS = "topic_deleting"
 SEQ_NS = "seq"
 _GROUP_SEQ_KEY = b"group"
 # Group 0 is the controller's in the cluster design (DESIGN §5).
 _FIRST_PARTITION_GROUP = 1
 UNLIMITED = -1
+# How long the data drop of a deleted topic waits before trying again when
+# storage is full: dropping frees space, but even a delete needs a few free
+# pages in LMDB, and retention or other deletes may provide them meanwhile.
+DROP_RETRY_INTERVAL_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,7 +71,6 @@ class Topic:
     group_ids: tuple[int, ...]
     replication_factor: int
     config: TopicConfig
-    deleting: bool = False
 
     @property
     def partition_count(self) -> int:
@@ -72,7 +98,6 @@ class Topic:
             group_ids=tuple(data["group_ids"]),
             replication_factor=data["replication_factor"],
             config=TopicConfig(**data["config"]),
-            deleting=data.get("deleting", False),
         )
 
 
@@ -93,26 +118,66 @@ class TopicRegistry:
         self._meta: MetaStore = storage.meta
         self._config = config
         self._topics: dict[str, Topic] = {}
-        # Changes are rare; one lock keeps create/delete/update linear.
+        # Deleted topics whose data is not dropped yet, oldest delete first,
+        # keyed by first group id as in DELETING_NS. They count against
+        # topics_max until dropped, which bounds this map.
+        self._deleting: collections.OrderedDict[int, Topic] = collections.OrderedDict()
+        self._delete_queued = asyncio.Event()
+        # Changes are rare; one lock keeps create/delete/update linear. Data
+        # drops run outside it, so they never hold up other changes.
         self._lock = asyncio.Lock()
 
     async def load(self) -> None:
-        """Read every topic; finish deletions a crash interrupted."""
+        """Read every topic and every deletion whose data drop is still to finish."""
+        legacy: list[Topic] = []
         for _, raw in self._meta.scan(TOPIC_NS):
             topic = Topic.decode(raw)
-            self._topics[topic.name] = topic
-        for topic in [t for t in self._topics.values() if t.deleting]:
-            await self._finish_delete(topic)
+            # Before deletes were split in two, a deleted topic kept its row
+            # under its name with "deleting": true until its data was gone.
+            if json.loads(raw).get("deleting", False):
+                legacy.append(topic)
+            else:
+                self._topics[topic.name] = topic
+        for _, raw in self._meta.scan(DELETING_NS):
+            topic = Topic.decode(raw)
+            self._deleting[topic.group_ids[0]] = topic
+        for topic in legacy:
+            await self._meta.write(
+                deletes=[(TOPIC_NS, topic.name.encode())],
+                puts=[(DELETING_NS, _deleting_key(topic), topic.encode())],
+            )
+            self._deleting[topic.group_ids[0]] = topic
+        if self._deleting:
+            self._delete_queued.set()
 
     def get(self, name: str) -> Topic:
         check_topic_name(name)
         topic = self._topics.get(name)
-        if topic is None or topic.deleting:
+        if topic is None:
             raise topic_not_found(name)
         return topic
 
     def all(self) -> list[Topic]:
-        return sorted((t for t in self._topics.values() if not t.deleting), key=lambda t: t.name)
+        return sorted(self._topics.values(), key=lambda t: t.name)
+
+    def is_live(self, topic: Topic) -> bool:
+        """Whether `topic` (maybe held by a stream since it started) still exists.
+
+        Its config may have changed since, its partitions not: group ids are
+        never reused, so the first one identifies this incarnation of the name.
+        """
+        current = self._topics.get(topic.name)
+        return current is not None and current.group_ids[:1] == topic.group_ids[:1]
+
+    def group_ids_in_use(self) -> set[int]:
+        """Group ids of live topics and of deleted topics whose data is not dropped yet."""
+        ids = {g for t in self._topics.values() for g in t.group_ids}
+        ids.update(g for t in self._deleting.values() for g in t.group_ids)
+        return ids
+
+    @property
+    def pending_deletes(self) -> int:
+        return len(self._deleting)
 
     def apply_patch(self, base: TopicConfig, patch: ConfigPatch) -> TopicConfig:
         merged = dataclasses.replace(
@@ -163,12 +228,13 @@ class TopicRegistry:
                     f"topic {name!r} already exists",
                     {"topic": name},
                 )
-            if len(self._topics) >= self._config.topics_max:
+            if len(self._topics) + len(self._deleting) >= self._config.topics_max:
                 raise BrokerError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     "TOO_MANY_TOPICS",
-                    f"this node holds at most {self._config.topics_max} topics",
-                    {"limit": self._config.topics_max},
+                    f"this node holds at most {self._config.topics_max} topics, counting "
+                    f"{len(self._deleting)} deleted topics whose data is still being dropped",
+                    {"limit": self._config.topics_max, "pending_deletes": len(self._deleting)},
                 )
             first = self._next_group_id()
             topic = Topic(
@@ -195,21 +261,67 @@ class TopicRegistry:
             return updated
 
     async def delete(self, name: str) -> None:
+        """Deletes durably and at once; the data is dropped later by `drop_deleted_data`."""
         async with self._lock:
             topic = self.get(name)
-            # Mark first, so a crash mid-way resumes the deletion on restart
-            # instead of leaving logs that no topic owns.
-            marked = dataclasses.replace(topic, deleting=True)
-            await self._meta.write(puts=[(TOPIC_NS, name.encode(), marked.encode())])
-            self._topics[name] = marked
-            await self._finish_delete(marked)
+            # One transaction: after a crash the topic is either live or its
+            # drop resumes; it is never both or neither.
+            await self._meta.write(
+                deletes=[(TOPIC_NS, name.encode())],
+                puts=[(DELETING_NS, _deleting_key(topic), topic.encode())],
+            )
+            del self._topics[name]
+            self._deleting[topic.group_ids[0]] = topic
+            self._close_logs(topic)
+            self._delete_queued.set()
 
-    async def _finish_delete(self, topic: Topic) -> None:
+    def _close_logs(self, topic: Topic) -> None:
+        """Ends reads and appends on the deleted topic now, not when its drop gets to it."""
+        closed = LogClosedError(f"topic {topic.name!r} was deleted")
         for group_id in topic.group_ids:
-            await self._storage.drop_partition_log(group_id)
-        await self._meta.write(deletes=[(TOPIC_NS, topic.name.encode())])
-        self._topics.pop(topic.name, None)
+            try:
+                self._storage.partition_log(group_id).close(closed)
+            except StorageError:
+                # A log that cannot even be opened (damaged, or the writer
+                # died) has nobody reading it; its drop still runs.
+                continue
+
+    async def drop_deleted_data(self, forget_log: Callable[[int], Awaitable[None]]) -> None:
+        """The node's background task that drops deleted topics' data, oldest delete first.
+
+        For each partition: its log rows (in bounded chunks, by storage),
+        then `forget_log(group_id)` (its group offsets); the topic's
+        `topic_deleting` row goes last, so a crash anywhere resumes the drop.
+        Dropping is idempotent, so a resumed drop simply starts over. A full
+        storage is waited out; any other storage failure ends the task and,
+        through the node's task group, the node.
+        """
+        while True:
+            if not self._deleting:
+                self._delete_queued.clear()
+                await self._delete_queued.wait()
+                continue
+            first, topic = next(iter(self._deleting.items()))
+            try:
+                for group_id in topic.group_ids:
+                    await self._storage.drop_partition_log(group_id)
+                    await forget_log(group_id)
+                await self._meta.write(deletes=[(DELETING_NS, _deleting_key(topic))])
+            except StorageFullError as exc:
+                log.warning(
+                    "dropping the data of deleted topic %r waits for free space: %s",
+                    topic.name,
+                    exc,
+                )
+                await asyncio.sleep(DROP_RETRY_INTERVAL_S)
+                continue
+            del self._deleting[first]
+            log.info("dropped the data of deleted topic %r", topic.name)
 
     def _next_group_id(self) -> int:
         raw = self._meta.get(SEQ_NS, _GROUP_SEQ_KEY)
         return _FIRST_PARTITION_GROUP if raw is None else int(struct.unpack(">I", raw)[0])
+
+
+def _deleting_key(topic: Topic) -> bytes:
+    return struct.pack(">I", topic.group_ids[0])
