@@ -4,7 +4,7 @@ See docs/storage.md for the key layout, entry format, durability modes,
 retention and recovery.
 """
 
-from .codec import Entry, EntryType, decode_entry, encode_entry
+from .codec import Entry, EntryType, HardState, decode_entry, encode_entry
 from .errors import (
     CorruptEntryError,
     DataDirLockedError,
@@ -24,6 +24,7 @@ __all__ = [
     "Durability",
     "Entry",
     "EntryType",
+    "HardState",
     "LogClosedError",
     "MetaStore",
     "NodeStorage",

@@ -189,3 +189,36 @@ def decode_group_meta(value: bytes | memoryview) -> GroupMeta:
     if version != GROUP_META_FORMAT_VERSION:
         raise CorruptEntryError(f"unknown group_meta format version {version}")
     return GroupMeta(first_index, first_offset, size_bytes)
+
+
+HARD_STATE_FORMAT_VERSION = 1
+# version u8 | term u64 | vote u32 (0: none; node ids start at 1) | commit u64 | crc32 u32
+_HARD_STATE = struct.Struct(">BQIQI")
+_HARD_STATE_CHECKED_BYTES = _HARD_STATE.size - 4
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What Raft must never forget across a crash: term, vote, commit index (§3.8)."""
+
+    term: int
+    vote: int
+    commit: int
+
+
+def encode_hard_state(state: HardState) -> bytes:
+    head = _HARD_STATE.pack(HARD_STATE_FORMAT_VERSION, state.term, state.vote, state.commit, 0)
+    crc = zlib.crc32(head[:_HARD_STATE_CHECKED_BYTES])
+    return head[:_HARD_STATE_CHECKED_BYTES] + crc.to_bytes(4, "big")
+
+
+def decode_hard_state(value: bytes | memoryview) -> HardState:
+    # A damaged vote could let a node vote twice in a term: checked like entries.
+    if len(value) != _HARD_STATE.size:
+        raise CorruptEntryError(f"hardstate row of {len(value)} bytes, expected {_HARD_STATE.size}")
+    version, term, vote, commit, crc = _HARD_STATE.unpack(value)
+    if version != HARD_STATE_FORMAT_VERSION:
+        raise CorruptEntryError(f"unknown hardstate format version {version}")
+    if zlib.crc32(bytes(value[:_HARD_STATE_CHECKED_BYTES])) != crc:
+        raise CorruptEntryError("hardstate row failed its checksum")
+    return HardState(term, vote, commit)

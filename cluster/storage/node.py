@@ -18,12 +18,13 @@ from collections.abc import Callable
 from types import TracebackType
 
 from . import keys
+from .codec import HardState, decode_hard_state, encode_hard_state
 from .datadir import DataDirLock
 from .errors import LogClosedError, StorageError
-from .lmdbenv import LmdbEnv
+from .lmdbenv import Db, LmdbEnv
 from .log import LogState, PartitionLog
 from .meta import MetaStore
-from .ops import DropGroupOp, MetaWriteOp
+from .ops import DropGroupOp, HardStateOp, MetaWriteOp
 from .writer import GroupCommitWriter
 
 logger = logging.getLogger(__name__)
@@ -210,6 +211,18 @@ class NodeStorage:
             self._dropping[group_id] -= 1
             if not self._dropping[group_id]:
                 del self._dropping[group_id]
+
+    async def save_hard_state(self, group_id: int, state: HardState) -> None:
+        """Stores the group's Raft hard state; returns once it is on disk (any durability)."""
+        _, writer = self._open_parts()
+        await writer.run(HardStateOp(group_id, encode_hard_state(state)))
+
+    def load_hard_state(self, group_id: int) -> HardState | None:
+        """The group's last saved hard state; None if it never saved one (or was dropped)."""
+        env, _ = self._open_parts()
+        with env.read() as txn:
+            value = txn.get(Db.HARDSTATE, keys.group_key(group_id))
+            return None if value is None else decode_hard_state(value)
 
     async def enforce_retention(
         self, group_id: int, retention_bytes: int | None, retention_ms: int | None

@@ -99,7 +99,9 @@ class MetaWriteOp(WriteOp):
 
     def __init__(self, puts: Sequence[tuple[bytes, bytes]], deletes: Sequence[bytes]) -> None:
         size = sum(len(k) + len(v) for k, v in puts) + sum(len(k) for k in deletes)
-        super().__init__(size)
+        # Topics and group offsets are promises to clients (a committed offset
+        # never moves back, invariant 4): durable even in async durability.
+        super().__init__(size, sync_required=True)
         self.puts = puts
         self.deletes = deletes
 
@@ -108,6 +110,24 @@ class MetaWriteOp(WriteOp):
             turn.delete(Db.META, key)
         for key, value in self.puts:
             turn.put(Db.META, key, value)
+
+
+class HardStateOp(WriteOp):
+    """Puts a group's Raft hard state (term, vote, commit).
+
+    Always durable before its future resolves, in every durability mode: a
+    vote that a crash forgets lets a node vote twice in one term (DESIGN §4).
+    """
+
+    __slots__ = ("group_id", "hard_state")
+
+    def __init__(self, group_id: int, hard_state: bytes) -> None:
+        super().__init__(len(hard_state), sync_required=True)
+        self.group_id = group_id
+        self.hard_state = hard_state
+
+    def apply(self, turn: Turn) -> None:
+        turn.put(Db.HARDSTATE, keys.group_key(self.group_id), self.hard_state)
 
 
 class DropGroupOp(WriteOp):
