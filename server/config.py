@@ -39,6 +39,12 @@ class NodeConfig:
     # pushes back on the client. The record bytes themselves are bounded by
     # the storage writer's queue (storage_write_queue_bytes_max).
     produce_inflight_requests_max: int = 1024
+    # Produce: records one request may hold. A request's cost (parse,
+    # validation, memory while in flight) grows with its record count, and
+    # 8 MiB of empty records would be 4 million; larger requests are refused
+    # with TOO_MANY_RECORDS before they are parsed. The SDK's batches stay
+    # under the default.
+    produce_request_records_max: int = 100_000
     # Consume: the most record bytes in one ConsumeResponse.
     consume_response_bytes_max: int = 1 * MiB
     # Credit a client may accumulate; more is clamped (the broker holds no

@@ -375,7 +375,9 @@ class Node:
             {
                 "Produce": grpc.stream_stream_rpc_method_handler(
                     produce_handler,
-                    request_deserializer=_parser(broker_pb2.ProduceRequest),
+                    request_deserializer=produce.request_parser(
+                        self.config.produce_request_records_max
+                    ),
                     response_serializer=_identity,
                 ),
                 "Consume": grpc.stream_stream_rpc_method_handler(

@@ -24,7 +24,13 @@ from weir._wire import framed_record
 from weir.aio.batch import ProducerBatch, RecordFuture
 from weir.errors import BufferFullError, ClosedError, RecordTooLargeError, WeirError
 
-__all__ = ["Accumulator", "ByteBudget", "ProducerBatch", "framed_size"]
+__all__ = ["BATCH_RECORDS_MAX", "Accumulator", "ByteBudget", "ProducerBatch", "framed_size"]
+
+# Records in one batch, at most: the broker's default
+# `produce_request_records_max`, which refuses a request with more. Without
+# it a batch of tiny records fills up to `batch_bytes_max` (half a million
+# empty records in 1 MiB).
+BATCH_RECORDS_MAX = 100_000
 
 
 def framed_size(record_bytes: int) -> int:
@@ -136,10 +142,12 @@ class Accumulator:
         buffer_bytes_max: int,
         linger_s: float,
         on_batch_closed: Callable[[str, int], None] | None = None,
+        batch_records_max: int = BATCH_RECORDS_MAX,
     ) -> None:
-        if batch_bytes_max <= 0:
-            raise ValueError("batch_bytes_max must be positive")
+        if batch_bytes_max <= 0 or batch_records_max <= 0:
+            raise ValueError("batch_bytes_max and batch_records_max must be positive")
         self.batch_bytes_max = batch_bytes_max
+        self.batch_records_max = batch_records_max
         self.linger_s = linger_s
         self.budget = ByteBudget(buffer_bytes_max)
         self.wakeup = asyncio.Event()
@@ -222,7 +230,7 @@ class Accumulator:
         batch.count = index + 1
         batch.payload += framed
         batch.size_bytes += size
-        if len(batch.payload) >= self.batch_bytes_max:
+        if len(batch.payload) >= self.batch_bytes_max or batch.count >= self.batch_records_max:
             self._close(batch)
         return RecordFuture(batch, index)
 

@@ -27,8 +27,9 @@ from weir._wire import (
     framed_record,
     record_body,
     value_only_framed,
+    varint,
 )
-from weir.aio.accumulator import Accumulator
+from weir.aio.accumulator import BATCH_RECORDS_MAX, Accumulator
 from weir.aio.batch import RecordFuture
 from weir.aio.sender import Sender
 from weir.errors import ClosedError, InvalidArgumentError, RecordTooLargeError, WeirTimeoutError
@@ -39,6 +40,22 @@ from weir.v1 import admin_pb2
 __all__ = ["Producer"]
 
 MIB = 1024 * 1024
+# The most bytes a timestamp adds to a record: its tag and a varint of at
+# most ten bytes (today's time in milliseconds takes six).
+_STAMP_BYTES_MAX = 1 + 10
+
+
+def stored_record_size(body: bytes, timestamp_ms: int) -> int:
+    """A record's size as the broker measures it against `record_bytes_max`.
+
+    That is the size of its `weir.v1.Record` encoding as stored: `body` plus,
+    for a record without a timestamp, the one the broker fills in (the
+    current time in milliseconds), so the producer refuses exactly what the
+    broker would refuse.
+    """
+    if timestamp_ms:
+        return len(body)
+    return len(body) + 1 + len(varint(time.time_ns() // 1_000_000))
 
 
 class Producer:
@@ -50,6 +67,9 @@ class Producer:
             the leader), or "none" (fire and forget; offsets come back as -1).
         linger_ms: How long a batch may wait for more records before it goes.
         batch_bytes_max: Bound on one batch's encoded records.
+        batch_records_max: Bound on one batch's record count; keep it at or
+            below the broker's `produce_request_records_max` (default
+            100,000), which refuses larger requests.
         buffer_bytes_max: Bound on the bytes of all records not yet answered.
         buffer_wait_timeout_ms: How long `send()` waits for buffer space
             before it raises `BufferFullError`.
@@ -72,6 +92,7 @@ class Producer:
         acks: Acks | str = "all",
         linger_ms: float = 5,
         batch_bytes_max: int = 1 * MIB,
+        batch_records_max: int = BATCH_RECORDS_MAX,
         buffer_bytes_max: int = 32 * MIB,
         buffer_wait_timeout_ms: float = 30_000,
         retries: int = 5,
@@ -94,6 +115,7 @@ class Producer:
         self._acks = Acks.parse(acks)
         self._linger_s = linger_ms / 1000.0
         self._batch_bytes_max = batch_bytes_max
+        self._batch_records_max = batch_records_max
         self._buffer_bytes_max = buffer_bytes_max
         self._buffer_wait_timeout_s = buffer_wait_timeout_ms / 1000.0
         self._retries = retries
@@ -130,6 +152,7 @@ class Producer:
         self._admin = admin_stub(self._channel)
         self._accumulator = Accumulator(
             batch_bytes_max=self._batch_bytes_max,
+            batch_records_max=self._batch_records_max,
             buffer_bytes_max=self._buffer_bytes_max,
             linger_s=self._linger_s,
             on_batch_closed=self._on_batch_closed,
@@ -193,7 +216,9 @@ class Producer:
         else:
             body = record_body(value, key, dict(headers) if headers else None, timestamp_ms)
             framed = framed_record(body)
-        if record_bytes_max > 0 and len(body) > record_bytes_max:
+        # The broker may add a timestamp of up to _STAMP_BYTES_MAX bytes; only
+        # a record that close to the limit needs the exact size (slow path).
+        if record_bytes_max > 0 and len(body) + _STAMP_BYTES_MAX > record_bytes_max:
             return await self._send_slow(topic, value, key, headers, partition, timestamp_ms)
         accumulator = self._accumulator
         fut = accumulator.try_append(topic, partition, body, framed)
@@ -235,7 +260,7 @@ class Producer:
                     metadata={"topic": topic, "partition": str(partition)},
                 )
         body = record_body(value, key, dict(headers) if headers else None, timestamp_ms)
-        size = len(body)
+        size = stored_record_size(body, timestamp_ms)
         if record_bytes_max > 0 and size > record_bytes_max:
             # Checked here so the broker's rejection does not fail the other
             # records of the batch; the limit may have been raised meanwhile.
