@@ -4,12 +4,16 @@ Stored batches are `weir.v1.RecordBatch` in wire form: a run of
 `records` fields (field 1, length-delimited). `ConsumedBatch` keeps
 `records` at field 1 too, so the broker builds a response by writing the
 few header fields itself and appending stored bytes unchanged: no record is
-decoded or re-encoded on the way out (DESIGN §4). When credit or a start
-offset in mid-batch asks for part of a batch, `record_ends` finds the
-record boundaries by reading only the length prefixes.
+decoded or re-encoded on the way out (DESIGN §4). `take_records` finds
+record boundaries by reading only the length prefixes, and says what the
+records taken cost in credit.
 """
 
 from __future__ import annotations
+
+import dataclasses
+
+from weir.cluster.storage import CorruptEntryError
 
 # Tags: (field number << 3) | wire type. 0 = varint, 2 = length-delimited.
 _RECORDS_TAG = 0x0A  # RecordBatch.records / ConsumedBatch.records (field 1)
@@ -32,32 +36,80 @@ def encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def record_ends(payload: bytes | memoryview, count_max: int) -> list[int]:
-    """End positions of the first `count_max` records of a stored batch.
+class MalformedBatchError(CorruptEntryError):
+    """A stored batch whose bytes are not a run of `records` fields.
 
-    Records are consecutive `0x0A <varint length> <record>` fields. The
-    payload was produced by protobuf and verified by checksum, so a wrong
-    tag here is a broken invariant, not bad input.
+    The checksum matched, so the bytes are what was written: either a broken
+    invariant upstream or damage the checksum missed. Either way it is
+    damaged data for the client (DATA_CORRUPTED via `storage_error`), never
+    an assertion that takes the stream down with UNKNOWN.
     """
-    ends: list[int] = []
-    pos = 0
+
+
+@dataclasses.dataclass(slots=True)
+class Taken:
+    """What `take_records` took from a stored batch."""
+
+    end: int  # byte position after the last record taken
+    count: int  # records taken
+    charged_bytes: int  # their credit: the sum of their Record encodings
+    # The credit the next record needs when byte credit stopped the scan
+    # (its Record encoding), else -1.
+    blocked_bytes: int = -1
+
+
+def take_records(
+    payload: bytes | memoryview,
+    start: int,
+    count_max: int,
+    charged_bytes_max: int,
+    framed_bytes_max: int,
+) -> Taken:
+    """Takes whole records from `payload[start:]` while all three limits hold.
+
+    Each record is one `0x0A <varint length> <Record>` field. A record is
+    charged its Record encoding (`length`, without tag and length prefix):
+    the size any client can compute from the decoded record, and the size
+    the produce path checks against record_bytes_max. `framed_bytes_max`
+    bounds the bytes the taken records occupy in the response (a caller
+    whose response is still empty passes no real bound, so that one record
+    larger than a response's usual size still goes).
+
+    Only the records taken (and at most one more) are read, so a caller
+    that resumes from `Taken.end` scans every stored byte once.
+    """
+    pos = start
     size = len(payload)
-    while pos < size and len(ends) < count_max:
-        assert payload[pos] == _RECORDS_TAG, f"unexpected tag {payload[pos]} at {pos}"
-        pos += 1
+    count = 0
+    charged = 0
+    blocked = -1
+    while count < count_max and pos < size:
+        if payload[pos] != _RECORDS_TAG:
+            raise MalformedBatchError(f"unexpected tag {payload[pos]:#x} at byte {pos}")
+        body = pos + 1
         length = 0
         shift = 0
         while True:
-            byte = payload[pos]
-            pos += 1
+            if body >= size or shift > 63:
+                raise MalformedBatchError(f"bad record length at byte {pos}")
+            byte = payload[body]
+            body += 1
             length |= (byte & 0x7F) << shift
             if byte < 0x80:
                 break
             shift += 7
-        pos += length
-        ends.append(pos)
-    assert pos <= size, "record runs past the end of its batch"
-    return ends
+        end = body + length
+        if end > size:
+            raise MalformedBatchError(f"record at byte {pos} runs past the end of its batch")
+        if charged + length > charged_bytes_max:
+            blocked = length
+            break
+        if end - start > framed_bytes_max:
+            break
+        charged += length
+        count += 1
+        pos = end
+    return Taken(pos, count, charged, blocked)
 
 
 def consume_batch_response(

@@ -7,9 +7,12 @@
             await consumer.commit()
 
 The credit model. The consumer grants the broker a window of
-`max_outstanding_messages` records and `max_outstanding_bytes` bytes (record
-encoded sizes) in `Subscribe`, widened to the topic's `record_bytes_max` if
-that is larger, since a record that large must always fit. A record is
+`max_outstanding_messages` records and `max_outstanding_bytes` bytes in
+`Subscribe`, widened to the topic's `record_bytes_max` if that is larger.
+A record costs the size of its `weir.v1.Record` encoding (`ByteSize()`,
+without the framing around it in the batch), the size produce checks
+against `record_bytes_max`; so a window of `record_bytes_max` always lets
+the largest record through. A record is
 outstanding from the moment it arrives until the application takes it from
 the iterator; the credit of taken records goes back to the broker in chunks,
 once half of either window has been taken or when the application waits on
@@ -52,6 +55,21 @@ __all__ = ["Consumer"]
 MIB = 1024 * 1024
 
 
+def _record_bytes(framed: int) -> int:
+    """A record's byte credit from its framed size in a batch.
+
+    The broker charges a record its `Record` encoding: the framed size less
+    the field's tag (one byte) and the varint of the length. The framed
+    size grows strictly with the length, so exactly one length fits.
+    """
+    if framed < 130:  # a length below 128 takes one varint byte
+        return framed - 2
+    length = framed - 2
+    while 1 + (length.bit_length() + 6) // 7 + length > framed:
+        length -= 1
+    return length
+
+
 class _Batch:
     """A received batch, decoded once; the iterator takes its records in order."""
 
@@ -69,7 +87,8 @@ class _Batch:
         self.partition = partition
         self.base_offset = base_offset
         self.records = records
-        # sizes[i]: record i's encoded size as the broker charged it.
+        # sizes[i]: record i's framed size in the batch (tag, length, record),
+        # as the scanner in weir._wire measures it; see `_record_bytes`.
         self.sizes = sizes
         self.next_index = 0
 
@@ -373,7 +392,7 @@ class Consumer:
         offset = batch.base_offset + index
         self._positions[partition] = offset + 1
         self._taken_messages += 1
-        self._taken_bytes += batch.sizes[index]
+        self._taken_bytes += _record_bytes(batch.sizes[index])
         key, value, headers, timestamp_ms = batch.records[index]
         return make_consumed_record(
             batch.topic, partition, offset, key, value, headers, timestamp_ms

@@ -416,10 +416,11 @@ def test_byte_credit_smaller_than_a_record_stalls_until_more_bytes(client: RawCl
     client.create_topic("b")
     produce(client, "b", 0, 4, payload=b"z" * 100)
     produce(client, "b", 0, 4, payload=b"z" * 100)
-    # A record's bytes are its encoding inside the batch (tag, length, record).
-    # Values are b"p0-o<n>" plus 100 bytes, so every record here has the same size.
+    # A record's bytes are its Record encoding (ByteSize, without the batch's
+    # tag and length). Values are b"p0-o<n>" plus 100 bytes, so every record
+    # here has the same size.
     record = records_pb2.Record(value=value(0, 0) + b"z" * 100, timestamp_ms=T0_MS)
-    size = records_pb2.RecordBatch(records=[record]).ByteSize()
+    size = record.ByteSize()
 
     stream, _ = open_stream(client, subscribe("b", messages=100, nbytes=size - 1))
     try:

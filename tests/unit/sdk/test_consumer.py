@@ -10,7 +10,6 @@ import grpc
 import pytest
 
 from weir.aio import consumer as consumer_module
-from weir.aio.accumulator import framed_size
 from weir.aio.consumer import Consumer
 from weir.v1 import broker_pb2, records_pb2
 
@@ -115,23 +114,24 @@ def test_records_arriving_during_a_credit_write_wake_the_waiter(
 
 
 def test_credit_returns_exactly_what_was_taken(monkeypatch: pytest.MonkeyPatch) -> None:
-    values = [b"x" * n for n in (1, 10, 200)]
+    values = [b"x" * n for n in (1, 10, 200, 20_000)]
     call = FakeConsumeCall([batch(0, *values)], [], record_bytes_max=64)
     install(monkeypatch, call)
 
     async def body() -> None:
         async with Consumer(
-            "fake:1", "t", max_outstanding_messages=10, max_outstanding_bytes=1_000
+            "fake:1", "t", max_outstanding_messages=10, max_outstanding_bytes=100_000
         ) as consumer:
             subscribe = call.requests[0].subscribe
-            assert (subscribe.credit.messages, subscribe.credit.bytes) == (10, 1_000)
+            assert (subscribe.credit.messages, subscribe.credit.bytes) == (10, 100_000)
             for _ in values:
                 assert await consumer.poll(5.0) is not None
             assert await consumer.poll(0.05) is None  # waiting: everything taken goes back
-            sizes = [framed_size(records_pb2.Record(value=v).ByteSize()) for v in values]
-            assert sum(m for m, _ in credits(call)) == 3
+            # A record's credit is its Record encoding, without the batch's framing.
+            sizes = [records_pb2.Record(value=v).ByteSize() for v in values]
+            assert sum(m for m, _ in credits(call)) == len(values)
             assert sum(b for _, b in credits(call)) == sum(sizes)
-            assert consumer.position(0) == 3
+            assert consumer.position(0) == len(values)
 
     run(body)
 

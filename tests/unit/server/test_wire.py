@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from weir.cluster.storage import CorruptEntryError
 from weir.server import wire
 from weir.v1 import broker_pb2, records_pb2
 
@@ -30,12 +31,22 @@ def test_stored_and_delivered_records_share_field_one() -> None:
     assert stored == delivered == 1
 
 
+def record_ends(payload: bytes, count: int) -> list[int]:
+    """End positions of the first `count` records, found with take_records alone."""
+    ends: list[int] = []
+    pos = 0
+    while len(ends) < count and pos < len(payload):
+        pos = wire.take_records(payload, pos, 1, 1 << 62, 1 << 62).end
+        ends.append(pos)
+    return ends
+
+
 @pytest.mark.parametrize("seed", range(20))
-def test_record_ends_split_exactly_at_record_boundaries(seed: int) -> None:
+def test_take_records_splits_exactly_at_record_boundaries(seed: int) -> None:
     rng = random.Random(seed)
     batch = random_batch(rng, rng.randrange(1, 50))
     payload = batch.SerializeToString()
-    ends = wire.record_ends(payload, len(batch.records) + 5)
+    ends = record_ends(payload, len(batch.records) + 5)
     assert len(ends) == len(batch.records)
     assert ends[-1] == len(payload)
     begin = 0
@@ -43,7 +54,58 @@ def test_record_ends_split_exactly_at_record_boundaries(seed: int) -> None:
         part = records_pb2.RecordBatch.FromString(payload[begin:end])
         assert list(part.records) == [record]
         begin = end
-    assert wire.record_ends(payload, 2) == ends[:2]
+    assert record_ends(payload, 2) == ends[:2]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_take_records_charges_each_record_its_byte_size(seed: int) -> None:
+    """The credit of a record is Record.ByteSize(), what any client can compute."""
+    rng = random.Random(seed)
+    batch = random_batch(rng, rng.randrange(1, 30))
+    payload = batch.SerializeToString()
+    sizes = [r.ByteSize() for r in batch.records]
+    taken = wire.take_records(payload, 0, len(sizes), sum(sizes), 1 << 62)
+    assert (taken.end, taken.count, taken.charged_bytes, taken.blocked_bytes) == (
+        len(payload),
+        len(sizes),
+        sum(sizes),
+        -1,
+    )
+    # One byte short of the k-th record: k-1 records, and the k-th's size is reported.
+    k = rng.randrange(1, len(sizes) + 1)
+    taken = wire.take_records(payload, 0, len(sizes), sum(sizes[:k]) - 1, 1 << 62)
+    assert taken.count == k - 1
+    assert taken.charged_bytes == sum(sizes[: k - 1])
+    assert taken.blocked_bytes == sizes[k - 1]
+    # Resuming where it stopped scans on from there.
+    rest = wire.take_records(payload, taken.end, len(sizes), 1 << 62, 1 << 62)
+    assert taken.count + rest.count == len(sizes)
+    assert rest.end == len(payload)
+
+
+def test_take_records_bounds_the_response_but_not_below_one_record() -> None:
+    batch = records_pb2.RecordBatch(records=[records_pb2.Record(value=b"x" * 100)] * 5)
+    payload = batch.SerializeToString()
+    framed = len(payload) // 5
+    taken = wire.take_records(payload, 0, 5, 1 << 62, 2 * framed + 1)
+    assert (taken.count, taken.end) == (2, 2 * framed)
+    # A caller with an empty response passes no bound: one large record still goes.
+    assert wire.take_records(payload, 0, 1, 1 << 62, 1 << 62).count == 1
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x12\x02ab",  # wrong tag
+        b"\x0a\x05ab",  # length past the end
+        b"\x0a",  # no length at all
+        b"\x0a\xff\xff",  # unterminated length
+        b"\x0a\x00\x0b",  # a good record, then a wrong tag
+    ],
+)
+def test_damaged_stored_bytes_are_corruption_not_an_assertion(payload: bytes) -> None:
+    with pytest.raises(CorruptEntryError):
+        wire.take_records(payload, 0, 10, 1 << 62, 1 << 62)
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -51,7 +113,7 @@ def test_consume_response_matches_protobuf_encoding(seed: int) -> None:
     rng = random.Random(seed)
     batch = random_batch(rng, 7)
     payload = batch.SerializeToString()
-    ends = wire.record_ends(payload, 7)
+    ends = record_ends(payload, 7)
     parts = [payload[: ends[2]], memoryview(payload)[ends[2] :]]
     base, end_offset, partition = (
         rng.randrange(1 << 40),
