@@ -301,19 +301,22 @@ class WriteTxn(_Txn):
     def delete(self, db: Db, key: bytes) -> None:
         self._txn.delete(key, db=self._dbs[db])
 
-    def delete_range(self, db: Db, start: bytes, end: bytes | None) -> int:
-        """Deletes rows with start <= key < end; returns how many."""
+    def delete_range(
+        self, db: Db, start: bytes, end: bytes | None, rows_max: int | None = None
+    ) -> int:
+        """Deletes rows with start <= key < end, at most `rows_max`; returns how many."""
         cursor = self._txn.cursor(self._dbs[db])
         deleted = 0
         if not cursor.set_range(start):
             return 0
-        while True:
+        while rows_max is None or deleted < rows_max:
             key = cursor.key()
             if not key or (end is not None and bytes(key) >= end):
                 return deleted
             # delete() leaves the cursor on the following row.
             cursor.delete()
             deleted += 1
+        return deleted
 
     def commit(self) -> None:
         self._txn.commit()

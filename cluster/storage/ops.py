@@ -131,22 +131,53 @@ class HardStateOp(WriteOp):
 
 
 class DropGroupOp(WriteOp):
-    """Deletes every row of a group in every database."""
+    """Deletes at most `rows_max` rows of a group; `finished` once none is left.
 
-    __slots__ = ("deleted_rows", "group_id")
+    A whole topic's rows in one transaction held the writer for seconds
+    (issue 9), so NodeStorage submits one chunk per turn and other groups'
+    writes interleave. Index rows go before log rows and the group's
+    hardstate and group_meta last, so a crash mid-drop leaves a log whose
+    last entry and meta still load (its dropped prefix reads as damaged) and
+    that a repeated drop finishes.
+    """
 
-    def __init__(self, group_id: int) -> None:
+    __slots__ = ("deleted_rows", "finished", "group_id", "rows_max")
+
+    # A drop chunk is a turn's worth of work on its own.
+    heavy = True
+
+    def __init__(self, group_id: int, rows_max: int) -> None:
+        assert rows_max > 0
         super().__init__(0)
         self.group_id = group_id
+        self.rows_max = rows_max
         self.deleted_rows = 0
+        self.finished = False
 
     def apply(self, turn: Turn) -> None:
         turn.barrier()
         start = keys.group_key(self.group_id)
         end = keys.group_end(self.group_id)
-        for db in (Db.LOG, Db.OFFSET_INDEX, Db.TIME_INDEX, Db.HARDSTATE, Db.GROUP_META):
-            self.deleted_rows += turn.txn.delete_range(db, start, end)
-        turn.set_time_head(self.group_id, None)
+        deleted = 0
+        for db in _DROP_ORDER:
+            budget = self.rows_max - deleted
+            if budget == 0:
+                break
+            deleted += turn.txn.delete_range(db, start, end, rows_max=budget)
+        self.deleted_rows = deleted
+        # Each delete_range stops at its budget or at the group's end, so with
+        # budget left over every database was emptied.
+        self.finished = deleted < self.rows_max or not _group_has_rows(turn.txn, start, end)
+        # The running max must be reloaded (or forgotten) after any chunk.
+        turn.forget_time_head(self.group_id)
+
+
+# Index rows first, the rows that recovery reads (last log entry, meta) last.
+_DROP_ORDER = (Db.OFFSET_INDEX, Db.TIME_INDEX, Db.LOG, Db.HARDSTATE, Db.GROUP_META)
+
+
+def _group_has_rows(txn: WriteTxn, start: bytes, end: bytes | None) -> bool:
+    return any(txn.ceiling(db, start, end) is not None for db in _DROP_ORDER)
 
 
 class TruncatePrefixOp(WriteOp):
@@ -160,6 +191,9 @@ class TruncatePrefixOp(WriteOp):
     """
 
     __slots__ = ("first_index", "first_offset", "group_id", "group_meta")
+
+    # Up to RETENTION_ENTRIES_MAX entries and their index rows: one per turn.
+    heavy = True
 
     def __init__(
         self,

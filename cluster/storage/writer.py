@@ -50,6 +50,11 @@ class WriteOp(abc.ABC):
 
     __slots__ = ("future", "on_commit", "on_fail", "size_bytes", "sync_required")
 
+    # Heavy ops (range deletes) are bounded in rows, not bytes; a turn holds
+    # at most one, so that one turn's work (and the time other groups' writes
+    # wait for it) stays bounded too.
+    heavy = False
+
     def __init__(
         self,
         size_bytes: int,
@@ -407,9 +412,13 @@ class GroupCommitWriter:
         """Pops ops for one transaction: at least one, then up to txn_bytes_max."""
         ops = [self._queue.popleft()]
         turn_bytes = ops[0].size_bytes
+        heavy = ops[0].heavy
         while self._queue and turn_bytes + self._queue[0].size_bytes <= self._txn_bytes_max:
+            if heavy and self._queue[0].heavy:
+                break
             op = self._queue.popleft()
             turn_bytes += op.size_bytes
+            heavy = heavy or op.heavy
             ops.append(op)
         return ops
 
