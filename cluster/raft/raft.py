@@ -19,6 +19,9 @@ from .storage import CompactedError, Storage, UnavailableError
 from .types import (
     NONE,
     ConfChange,
+    ConfChangeRejected,
+    ConfChangeResult,
+    ConfChangeType,
     Config,
     ConfState,
     Entry,
@@ -27,6 +30,9 @@ from .types import (
     Message,
     MessageType,
     NodeId,
+    NotLeader,
+    ProposalDropped,
+    ProposeResult,
     Role,
     Snapshot,
     SnapshotMeta,
@@ -65,6 +71,9 @@ class Raft:
         self.heartbeat_elapsed = 0
         self.randomized_timeout = config.election_ticks
         self.lead_transferee = NONE
+        # Leader: ticks since the transfer started; its own clock, so that a
+        # transfer request never delays CheckQuorum.
+        self.transfer_elapsed = 0
         # Leader: index of the latest config entry (or its no-op); one change at a time.
         self.pending_conf_index = 0
         # Leader: (index, bytes) of proposals not yet committed, to bound them.
@@ -114,6 +123,7 @@ class Raft:
         self.randomized_timeout = election_ticks + self.rng.randrange(election_ticks)
         self.votes = {}
         self.lead_transferee = NONE
+        self.transfer_elapsed = 0
         self.progress = {}
         self.uncommitted.clear()
         self.uncommitted_bytes = 0
@@ -274,7 +284,10 @@ class Raft:
             if self.config.check_quorum and not self._quorum_active():
                 self.become_follower(self.term, NONE)
                 return
-            self.lead_transferee = NONE  # a transfer that did not finish in time is abandoned
+        if self.lead_transferee != NONE:
+            self.transfer_elapsed += 1
+            if self.transfer_elapsed >= self.config.election_ticks:
+                self.lead_transferee = NONE  # not done within an election timeout: abandoned
         for node, pr in self.progress.items():
             if pr.state is ProgressState.SNAPSHOT:
                 pr.snapshot_elapsed += 1
@@ -296,6 +309,91 @@ class Raft:
                 active += 1
             pr.recent_active = node == self.id
         return active >= self.quorum()
+
+    # -- requests from the host (through RawNode) --------------------------------------
+
+    def propose(self, kind: EntryType, data: bytes) -> ProposeResult:
+        if self.role is not Role.LEADER:
+            return NotLeader(self.leader)
+        if self.lead_transferee:
+            return ProposalDropped("leadership transfer in progress")
+        config = self.config
+        if self.uncommitted and (
+            len(self.uncommitted) >= config.uncommitted_entries_max
+            or self.uncommitted_bytes + len(data) > config.uncommitted_bytes_max
+        ):
+            return ProposalDropped("too many uncommitted proposals")
+        return self.append_entry(kind, data)
+
+    def propose_conf_change(self, change: ConfChange) -> ConfChangeResult:
+        if self.role is not Role.LEADER:
+            return NotLeader(self.leader)
+        if self.pending_conf_index > self.log.applied:
+            return ConfChangeRejected("a configuration change is still pending")
+        reason = self._conf_change_problem(change)
+        if reason:
+            return ConfChangeRejected(reason)
+        result = self.propose(EntryType.CONFIG, change.encode())
+        if isinstance(result, int):
+            self.pending_conf_index = result
+        return result
+
+    def _conf_change_problem(self, change: ConfChange) -> str:
+        node = change.node_id
+        if change.type is ConfChangeType.ADD_LEARNER:
+            return "already a member" if node in self.conf.members() else ""
+        if change.type is ConfChangeType.ADD_VOTER:
+            if node not in self.conf.learners:
+                return "only a learner can become a voter"
+            lag = self.log.last_index() - self.progress[node].match
+            if lag > self.config.promote_lag_entries_max:
+                return f"learner is {lag} entries behind"
+            return ""
+        if node not in self.conf.members():
+            return "not a member"
+        if self.conf.voters == {node}:
+            return "cannot remove the last voter"
+        return ""
+
+    def transfer_leadership(self, target: NodeId) -> NotLeader | ProposalDropped | None:
+        if self.role is not Role.LEADER:
+            return NotLeader(self.leader)
+        if target == self.id or target not in self.conf.voters:
+            return ProposalDropped("transfer target is not another voter")
+        if self.lead_transferee == target:
+            return None
+        self.lead_transferee = target
+        self.transfer_elapsed = 0
+        if self.progress[target].match == self.log.last_index():
+            self.send_timeout_now(target)
+        else:
+            self.send_append(target)
+        return None
+
+    def on_advance(
+        self,
+        snapshot: Snapshot | None,
+        entries: tuple[Entry, ...],
+        truncate: Snapshot | None,
+        committed: tuple[Entry, ...],
+    ) -> None:
+        """The host persisted and applied a Ready holding these (see rawnode.py)."""
+        log = self.log
+        if snapshot is not None:
+            log.stable_snapshot_to(snapshot.meta.index)
+            log.applied = max(log.applied, snapshot.meta.index)
+        if entries:
+            log.stable_to(entries[-1].index, entries[-1].term)
+        if truncate is not None and self.pending_truncate is truncate:
+            self.pending_truncate = None
+        for entry in committed:
+            # A snapshot received while this Ready was out already holds the
+            # configuration as of its index: older changes must not reapply.
+            if entry.type is EntryType.CONFIG and entry.index > self.conf_history[-1][0]:
+                self.apply_conf_entry(entry)
+        if committed:
+            log.applied = max(log.applied, committed[-1].index)
+        self.on_persisted()
 
     # -- sending -----------------------------------------------------------------------
 
@@ -473,6 +571,12 @@ class Raft:
         assert index <= self.log.applied, "compacting past the applied index"
         assert self.log.pending_snapshot is None
         if index < self.log.first_index():
+            return
+        pending = self.pending_truncate
+        if pending is not None and index <= pending.meta.index:
+            # A larger compaction is not persisted yet and conf_history no longer
+            # knows the configuration below it (thesis §5.1: a snapshot records
+            # the configuration as of its last index).
             return
         meta = SnapshotMeta(index, self.log.term(index), self.conf_at(index))
         self.pending_truncate = Snapshot(meta, data)

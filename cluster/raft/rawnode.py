@@ -33,9 +33,7 @@ from .raft import Raft
 from .storage import Storage
 from .types import (
     ConfChange,
-    ConfChangeRejected,
     ConfChangeResult,
-    ConfChangeType,
     Config,
     Entry,
     EntryType,
@@ -97,72 +95,18 @@ class RawNode:
 
     def propose(self, data: bytes) -> ProposeResult:
         """Appends `data` if we lead; returns its index, or why it was not accepted."""
-        return self._propose(EntryType.NORMAL, data)
-
-    def _propose(self, kind: EntryType, data: bytes) -> ProposeResult:
-        r = self.raft
-        if r.role is not Role.LEADER:
-            return NotLeader(r.leader)
-        if r.lead_transferee:
-            return ProposalDropped("leadership transfer in progress")
-        config = r.config
-        if r.uncommitted and (
-            len(r.uncommitted) >= config.uncommitted_entries_max
-            or r.uncommitted_bytes + len(data) > config.uncommitted_bytes_max
-        ):
-            return ProposalDropped("too many uncommitted proposals")
-        return r.append_entry(kind, data)
+        return self.raft.propose(EntryType.NORMAL, data)
 
     def propose_conf_change(self, change: ConfChange) -> ConfChangeResult:
         """Single-server membership change (one pending at a time, see docs/raft.md)."""
-        r = self.raft
-        if r.role is not Role.LEADER:
-            return NotLeader(r.leader)
-        if r.pending_conf_index > r.log.applied:
-            return ConfChangeRejected("a configuration change is still pending")
-        reason = self._conf_change_problem(change)
-        if reason:
-            return ConfChangeRejected(reason)
-        result = self._propose(EntryType.CONFIG, change.encode())
-        if isinstance(result, int):
-            r.pending_conf_index = result
-        return result
-
-    def _conf_change_problem(self, change: ConfChange) -> str:
-        r = self.raft
-        node = change.node_id
-        if change.type is ConfChangeType.ADD_LEARNER:
-            return "already a member" if node in r.conf.members() else ""
-        if change.type is ConfChangeType.ADD_VOTER:
-            if node not in r.conf.learners:
-                return "only a learner can become a voter"
-            lag = r.log.last_index() - r.progress[node].match
-            if lag > r.config.promote_lag_entries_max:
-                return f"learner is {lag} entries behind"
-            return ""
-        if node not in r.conf.members():
-            return "not a member"
-        if r.conf.voters == {node}:
-            return "cannot remove the last voter"
-        return ""
+        return self.raft.propose_conf_change(change)
 
     def transfer_leadership(self, target: NodeId) -> NotLeader | ProposalDropped | None:
-        """Hands leadership to `target` (thesis §3.10); proposals wait until it ends."""
-        r = self.raft
-        if r.role is not Role.LEADER:
-            return NotLeader(r.leader)
-        if target == r.id or target not in r.conf.voters:
-            return ProposalDropped("transfer target is not another voter")
-        if r.lead_transferee == target:
-            return None
-        r.lead_transferee = target
-        # The transfer is abandoned if not done within one election timeout.
-        r.election_elapsed = 0
-        if r.progress[target].match == r.log.last_index():
-            r.send_timeout_now(target)
-        else:
-            r.send_append(target)
-        return None
+        """Hands leadership to `target` (thesis §3.10); proposals wait until it ends.
+
+        The transfer is abandoned if not done within one election timeout.
+        """
+        return self.raft.transfer_leadership(target)
 
     def compact(self, index: int, data: bytes) -> None:
         """Drops the log up to `index` (at most the applied index), keeping `data`.
@@ -219,29 +163,16 @@ class RawNode:
     def advance(self, ready: Ready) -> None:
         assert ready is self._outstanding, "advance() with a Ready that is not outstanding"
         self._outstanding = None
-        r = self.raft
-        log = r.log
-        storage = log.storage
+        storage = self.raft.log.storage
         if ready.hard_state is not None:
             assert storage.hard_state() == ready.hard_state, "hard state not persisted"
             self._hard_state = ready.hard_state
         if ready.snapshot is not None:
-            index = ready.snapshot.meta.index
-            assert storage.first_index() > index, "snapshot not persisted"
-            log.stable_snapshot_to(index)
-            log.applied = max(log.applied, index)
+            assert storage.first_index() > ready.snapshot.meta.index, "snapshot not persisted"
         if ready.entries:
             last = ready.entries[-1]
             assert storage.last_index() >= last.index, "entries not persisted"
             assert storage.term(last.index) == last.term, "entries not persisted"
-            log.stable_to(last.index, last.term)
         if ready.truncate is not None:
             assert storage.first_index() > ready.truncate.meta.index, "truncation not done"
-            if r.pending_truncate is ready.truncate:
-                r.pending_truncate = None
-        for entry in ready.committed_entries:
-            if entry.type is EntryType.CONFIG:
-                r.apply_conf_entry(entry)
-        if ready.committed_entries:
-            log.applied = ready.committed_entries[-1].index
-        r.on_persisted()
+        self.raft.on_advance(ready.snapshot, ready.entries, ready.truncate, ready.committed_entries)

@@ -14,13 +14,29 @@ The checker watches what hosts persist, send and apply, and fails with an
 - Durability of term and vote: a restarted node's term is at least every term
   it sent a message in, and it remembers the vote it granted in that term.
 - No acknowledged proposal is lost (checked on apply and at the end).
+
+It also keeps the latest configuration: the founding one replayed with every
+CONFIG entry in the order the cluster applied them, which is what end-state
+convergence is measured against (not any one node's view).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from weir.cluster.raft import Entry, Message, MessageType, Raft, Ready, Role, Storage
+from weir.cluster.raft import (
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    Raft,
+    Ready,
+    Role,
+    Storage,
+)
+from weir.cluster.raft.types import EMPTY_CONF
 
 _UNPERSISTED_TERMS = (MessageType.PRE_VOTE, MessageType.PRE_VOTE_RESP)
 
@@ -49,6 +65,9 @@ class Checker:
     votes_granted: dict[tuple[int, int], int] = field(default_factory=dict)
     persisted: dict[int, tuple[int, int]] = field(default_factory=dict)
     acked: dict[bytes, int] = field(default_factory=dict)
+    # The latest configuration and the index of the CONFIG entry that made it.
+    conf: ConfState = EMPTY_CONF
+    conf_index: int = 0
 
     def fail(self, what: str) -> None:
         raise InvariantViolation(what)
@@ -123,6 +142,11 @@ class Checker:
         if canon is None:
             canon = Canon(digest, entry.term, entry.data, raft.term)
             self.canon[entry.index] = canon
+            # Entries are applied in order and snapshots come from nodes that
+            # applied, so the first application of each index comes in order.
+            if entry.type is EntryType.CONFIG:
+                self.conf = self.conf.apply(ConfChange.decode(entry.data))
+                self.conf_index = entry.index
         elif canon.digest != digest:
             self.fail(
                 f"state machine safety: node {node} applied {entry} at {entry.index},"

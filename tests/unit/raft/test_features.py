@@ -360,3 +360,22 @@ def test_config_validates_limits() -> None:
         Config(id=0)
     with pytest.raises(AssertionError):
         Config(id=1, heartbeat_ticks=10, election_ticks=10)
+
+
+def test_transfer_requests_do_not_delay_check_quorum() -> None:
+    """Thesis §6.2: a leader that cannot reach a quorum steps down within an election timeout.
+
+    Each transfer has its own clock (thesis §3.10: abandoned after an election
+    timeout); requests arriving while the leader is cut off must not restart
+    the CheckQuorum clock, or a stream of them keeps a deposed leader leading.
+    """
+    env = Env()
+    elect(env)
+    env.isolate(1)
+    election_ticks = env.raft(1).config.election_ticks
+    for tick in range(2 * election_ticks):
+        if tick % 4 == 0:
+            env.nodes[1].transfer_leadership(2 + tick // 4 % 2)
+        env.tick(1)
+        env.flush()
+    assert env.raft(1).role is Role.FOLLOWER

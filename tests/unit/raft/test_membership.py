@@ -15,10 +15,16 @@ from weir.cluster.raft import (
     ConfChangeType,
     Config,
     ConfState,
+    Entry,
+    EntryType,
     MemoryStorage,
+    Message,
+    MessageType,
     NotLeader,
     RawNode,
     Role,
+    Snapshot,
+    SnapshotMeta,
     bootstrap,
 )
 
@@ -226,3 +232,53 @@ def test_restart_with_applied_index_skips_normal_entries() -> None:
     applied = env.raft(2).log.applied
     node = RawNode(Config(id=2), env.storages[2], random.Random(2), applied=applied)
     assert node.raft.conf.voters == {1, 2, 3} and node.raft.log.applied == applied
+
+
+def test_config_entry_applied_after_a_newer_snapshot_arrived_is_ignored() -> None:
+    """Thesis §5.1: a snapshot holds the configuration as of its last index.
+
+    A follower took a Ready holding a committed ADD_LEARNER; before the host
+    advanced it, a snapshot at a later index arrived whose configuration has
+    no learner (added and removed again). Advancing the old Ready must not
+    apply the stale change on top of the snapshot's configuration.
+    """
+    env = Env(bootstrapped=True)
+    env.campaign(1)
+    node = env.nodes[2]
+    add = Entry(2, 5, EntryType.CONFIG, ConfChange(ADD_LEARNER, 4).encode())
+    node.step(
+        Message(MessageType.APPEND, 2, 1, term=2, index=4, log_term=2, entries=(add,), commit=5)
+    )
+    ready = node.ready()
+    assert [e.index for e in ready.committed_entries] == [5]
+    conf = ConfState(frozenset({1, 2, 3}))
+    snapshot = Snapshot(SnapshotMeta(8, 2, conf), b"")
+    node.step(Message(MessageType.SNAPSHOT, 2, 1, term=2, snapshot=snapshot))
+    env.persist(2, ready)
+    node.advance(ready)
+    assert env.raft(2).conf == conf
+    env.handle(2)
+    assert env.raft(2).conf == conf and env.raft(2).log.applied == 8
+
+
+def test_compaction_below_a_pending_one_keeps_the_pending_one() -> None:
+    """Thesis §5.1: a compaction records the configuration as of its index.
+
+    A second, smaller compaction requested before the first is persisted would
+    have to label its snapshot with a configuration the node already forgot;
+    it is ignored instead.
+    """
+    env = Env(bootstrapped=True)
+    env.campaign(1)
+    env.nodes[1].propose(b"a")
+    env.stabilize()
+    before = env.raft(1).log.applied
+    joined(env, 4)
+    change(env, 1, ADD_LEARNER, 4)
+    at = env.raft(1).log.applied
+    env.nodes[1].compact(at, b"s1")
+    first = env.raft(1).pending_truncate
+    env.nodes[1].compact(before, b"s0")
+    assert env.raft(1).pending_truncate is first
+    env.handle(1)
+    assert env.storages[1].snapshot().meta.conf == ConfState(frozenset({1, 2, 3}), frozenset({4}))
