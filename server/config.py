@@ -34,6 +34,16 @@ class NodeConfig:
 
     # Concurrent calls (streams) one client connection may have open.
     streams_per_connection_max: int = 1000
+    # Node-wide: client connections open at once; more are closed at accept.
+    connections_max: int = 128
+    # Node-wide: calls (streams) open at once over all connections; more are
+    # answered RESOURCE_EXHAUSTED. With the settings below this bounds the
+    # node's memory: see weir.server.limits.rss_bound and docs/operations.md.
+    calls_max: int = 256
+    # HTTP/2 receive window of each stream: the request bytes the node
+    # accepts ahead of a handler that is not reading. Fixed (gRPC's
+    # bandwidth-delay probe, which grows it to 4-32 MiB, is off).
+    stream_window_bytes: int = 64 * KiB
     # Produce: requests one stream may have waiting for durability. When
     # full, the broker stops reading that stream and HTTP/2 flow control
     # pushes back on the client. The record bytes themselves are bounded by
@@ -75,3 +85,6 @@ class NodeConfig:
             raise ValueError("storage_txn_bytes_max exceeds storage_write_queue_bytes_max")
         if self.request_bytes_max > self.storage_write_queue_bytes_max:
             raise ValueError("request_bytes_max exceeds storage_write_queue_bytes_max")
+        # HTTP/2 allows windows up to 2^31-1; C-core advertises none below 1 KiB.
+        if not 1 * KiB <= self.stream_window_bytes <= self.request_bytes_max:
+            raise ValueError("stream_window_bytes must be between 1 KiB and request_bytes_max")

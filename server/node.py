@@ -38,6 +38,7 @@ from weir.cluster.storage import (
     StorageError,
     StorageFullError,
 )
+from weir.server import limits
 from weir.server.admin import AdminServicer
 from weir.server.config import NodeConfig
 from weir.server.consume import ConsumePath
@@ -299,7 +300,8 @@ class Node:
                     ("grpc.max_receive_message_length", self.config.request_bytes_max),
                     ("grpc.max_send_message_length", self.config.request_bytes_max),
                     ("grpc.so_reuseport", 0),
-                    ("grpc.max_concurrent_streams", self.config.streams_per_connection_max),
+                    # Connections, streams per connection, fixed windows.
+                    *limits.grpc_options(self.config),
                     # Ping idle clients so that a vanished consumer's stream
                     # is noticed and closed; accept clients' own keepalive
                     # pings down to a 10 s interval instead of answering them
@@ -308,7 +310,8 @@ class Node:
                     ("grpc.keepalive_timeout_ms", 10_000),
                     ("grpc.keepalive_permit_without_calls", 1),
                     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-                ]
+                ],
+                maximum_concurrent_rpcs=self.config.calls_max,
             )
             health = NodeHealth()
             self._produce = produce
