@@ -1,0 +1,1 @@
+"""Generated from proto/weir/cluster/v1 by tools/genproto.py; do not edit."""
