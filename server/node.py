@@ -31,7 +31,6 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from weir.cluster.storage import (
-    CorruptEntryError,
     LogClosedError,
     NodeStorage,
     StorageConfig,
@@ -159,9 +158,7 @@ class NodeHealth:
         try:
             while True:
                 error = storage.write_error
-                if error is not None and not isinstance(error, StorageFullError):
-                    # Only a full map or disk heals by itself; any other write
-                    # failure means the writer thread is gone for good.
+                if writer_died(storage):
                     raise StorageError(f"the storage writer died: {error}") from error
                 if (error is None) != (self._status == _SERVING):
                     if error is None:
@@ -238,6 +235,16 @@ def _reflection_handlers(service_names: tuple[str, ...]) -> grpc.GenericRpcHandl
             )
         },
     )
+
+
+def writer_died(storage: NodeStorage) -> bool:
+    """Whether storage can never write again (until a restart).
+
+    Only a full map or disk heals by itself (StorageFullError); any other
+    write failure means the writer thread is gone for good.
+    """
+    error = storage.write_error
+    return error is not None and not isinstance(error, StorageFullError)
 
 
 async def _owned(name: str, work: Coroutine[Any, Any, None]) -> None:
@@ -426,8 +433,8 @@ class Node:
         One damaged partition must not stop retention for the others: it is
         logged at WARNING and skipped until the node restarts (reading it
         again would only fail again). A full storage is logged and retried
-        next round. Any other failure (the writer died, a bug) ends this
-        task and so stops the node.
+        next round. A dead storage writer or a bug ends this task and so
+        stops the node.
         """
         interval_s = self.config.retention_check_interval_ms / 1000
         damaged: set[int] = set()
@@ -446,15 +453,6 @@ class Node:
                             None if config.retention_bytes < 0 else config.retention_bytes,
                             None if config.retention_ms < 0 else config.retention_ms,
                         )
-                    except CorruptEntryError as exc:
-                        damaged.add(group_id)
-                        log.warning(
-                            "retention skips partition %d of topic %r until restart: "
-                            "damaged data: %s",
-                            partition,
-                            topic.name,
-                            exc,
-                        )
                     except StorageFullError as exc:
                         log.warning(
                             "retention of partition %d of topic %r failed, storage is full: %s",
@@ -465,6 +463,19 @@ class Node:
                     except LogClosedError:
                         # The topic was deleted while this round ran.
                         continue
+                    except StorageError as exc:
+                        if writer_died(storage):
+                            raise
+                        # A failed checksum (CorruptEntryError) or a damaged
+                        # LMDB page met while reading this partition.
+                        damaged.add(group_id)
+                        log.warning(
+                            "retention skips partition %d of topic %r until restart: "
+                            "damaged data: %s",
+                            partition,
+                            topic.name,
+                            exc,
+                        )
 
     async def _stop(self, server: grpc.aio.Server, health: NodeHealth) -> None:
         log.info("stopping: refusing new work, finishing in-flight calls")
