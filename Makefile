@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 7070
 DATA ?= ./data
-SEEDS ?= 2000
+SEEDS ?= 50000
 
 .PHONY: help venv run test test-unit test-sim test-integration sim lint typecheck proto proto-check buf-lint wheel-check bench check clean
 

@@ -1,12 +1,22 @@
 """Deliberately broken Raft variants: the simulator must catch each one.
 
-Each subclass reintroduces one classic mistake, so a test can show that the
-checker and the fault mix are strong enough to notice it.
+Each subclass reintroduces one classic mistake (a one-line change in the
+real code), so a test can show that the checker and the fault mix are
+strong enough to notice it. docs/raft.md lists the first seed catching each.
 """
 
 from __future__ import annotations
 
-from weir.cluster.raft import NONE, HardState, Raft
+from weir.cluster.raft import (
+    NONE,
+    ConfChange,
+    ConfChangeResult,
+    HardState,
+    Message,
+    MessageType,
+    Raft,
+    Role,
+)
 
 
 class CommitsPreviousTermByCount(Raft):
@@ -34,3 +44,49 @@ class ForgetsVote(Raft):
 
     def hard_state(self) -> HardState:
         return HardState(self.term, NONE, self.log.committed)
+
+
+class PreVoteIgnoresLease(Raft):
+    """Thesis §4.2.3 applied to votes only: pre-votes are granted during a lease."""
+
+    def step(self, m: Message) -> None:
+        if m.type is MessageType.PRE_VOTE and m.term > self.term:
+            self.handle_vote_request(m)  # the lease check is skipped for pre-votes
+            return
+        super().step(m)
+
+
+class PreVoteBumpsTerm(Raft):
+    """Thesis §9.6 broken: a voter adopts the term of a pre-vote it receives."""
+
+    def step(self, m: Message) -> None:
+        if m.type is MessageType.PRE_VOTE and m.term > self.term and not self.in_lease():
+            self.become_follower(m.term, NONE)
+        super().step(m)
+
+
+class NoCheckQuorumStepDown(Raft):
+    """Thesis §6.2 broken: the leader never notices that it lost its quorum."""
+
+    def _quorum_active(self) -> bool:
+        return True
+
+
+class ConfigAppliedAtAppend(Raft):
+    """The leader switches configuration when it appends the change, not when it applies it."""
+
+    def propose_conf_change(self, change: ConfChange) -> ConfChangeResult:
+        result = super().propose_conf_change(change)
+        if isinstance(result, int):
+            self.conf = self.conf.apply(change)
+        return result
+
+
+class TransferNeverAbandoned(Raft):
+    """Thesis §3.10 broken: a transfer that cannot finish blocks proposals forever."""
+
+    def _tick_leader(self) -> None:
+        transferee = self.lead_transferee
+        super()._tick_leader()
+        if self.role is Role.LEADER:
+            self.lead_transferee = transferee

@@ -161,29 +161,46 @@ def test_removing_the_leader_makes_it_step_down() -> None:
     assert env.raft(2).role is Role.LEADER or env.raft(3).role is Role.LEADER
 
 
-def test_removal_lowers_the_quorum_and_may_commit() -> None:
-    """With 4 voters and two of them gone, removing one lets the other two commit."""
+def test_removal_lowers_the_quorum_so_two_of_three_commit() -> None:
+    """Thesis §4.1: once a removal is applied, the new, smaller majority commits.
+
+    With voters {1, 2, 3, 4} a commit needs three of them. Node 4 is down, so
+    1, 2 and 3 commit its removal; then node 3 is cut off as well and 1 and 2,
+    a majority of {1, 2, 3} but not of the old four, still commit.
+    """
     env = Env(bootstrapped=True)
     env.campaign(1)
     joined(env, 4)
     change(env, 1, ADD_LEARNER, 4)
     change(env, 1, ADD_VOTER, 4)
+    assert env.raft(1).quorum() == 3
+    env.isolate(4)
     change(env, 1, REMOVE, 4)
-    assert env.raft(1).conf.voters == {1, 2, 3}
-    # The leader applied the removal; node 4 got the entry but is gone.
-    assert all(i not in env.raft(1).progress for i in (4,))
+    assert env.raft(1).conf.voters == {1, 2, 3} and 4 not in env.raft(1).progress
+    env.isolate(3)
+    env.blocked -= {(1, 4), (4, 1), (2, 4), (4, 2)}
+    index = env.nodes[1].propose(b"after")
+    env.stabilize()
+    assert env.raft(1).log.committed == index
+    assert env.applied[2][-1].data == b"after"
 
 
 def test_transfer_target_removed_cancels_transfer() -> None:
+    """Thesis §3.10: a transfer to a node that stops being a voter is abandoned.
+
+    The removal was proposed before the transfer started (a transfer blocks
+    new proposals) and applies while the transfer waits for the target.
+    """
     env = Env(bootstrapped=True)
     env.campaign(1)
     env.isolate(3)
-    env.nodes[1].transfer_leadership(3)
-    env.raft(1).lead_transferee = 0
-    change(env, 1, REMOVE, 3)
-    env.raft(1).lead_transferee = 3
-    env.raft(1).apply_conf_entry(env.applied[1][-1])
+    assert isinstance(env.nodes[1].propose_conf_change(ConfChange(REMOVE, 3)), int)
+    assert env.nodes[1].transfer_leadership(3) is None
+    assert env.raft(1).lead_transferee == 3
+    env.stabilize()
+    assert env.raft(1).conf.voters == {1, 2}
     assert env.raft(1).lead_transferee == 0
+    assert isinstance(env.nodes[1].propose(b"ok"), int)
 
 
 def test_bootstrapped_node_learns_config_from_its_log() -> None:
@@ -224,7 +241,7 @@ def test_compaction_records_the_config_in_effect_at_its_index() -> None:
     assert truncate is not None and truncate.meta.conf.learners == frozenset()
 
 
-def test_restart_with_applied_index_skips_normal_entries() -> None:
+def test_restart_with_applied_index_does_not_hand_out_applied_entries_again() -> None:
     env = Env(bootstrapped=True)
     env.campaign(1)
     env.nodes[1].propose(b"a")
@@ -232,6 +249,7 @@ def test_restart_with_applied_index_skips_normal_entries() -> None:
     applied = env.raft(2).log.applied
     node = RawNode(Config(id=2), env.storages[2], random.Random(2), applied=applied)
     assert node.raft.conf.voters == {1, 2, 3} and node.raft.log.applied == applied
+    assert not node.has_ready() or node.ready().committed_entries == ()
 
 
 def test_config_entry_applied_after_a_newer_snapshot_arrived_is_ignored() -> None:
