@@ -1,0 +1,245 @@
+"""Encoding of controller commands (group 0's log entries) and state (its snapshots).
+
+The wire types are `weir.cluster.v1.controller_pb2`. Lists are written in
+canonical order and serialized deterministically, so equal states encode to
+equal bytes on every node. A committed entry or a snapshot that does not
+decode was written by a Weir node of this release or not at all: failing to
+decode one is a broken invariant (an assertion), not an operating error.
+"""
+
+from __future__ import annotations
+
+from weir.cluster.controller.commands import (
+    AddPartitions,
+    AssignGroupHome,
+    Command,
+    ConfirmDrops,
+    CreateTopic,
+    DeleteTopic,
+    RegisterNode,
+    SetLimits,
+    UpdateTopicConfig,
+)
+from weir.cluster.controller.model import (
+    ConfigPatch,
+    DeletingTopic,
+    Limits,
+    NodeInfo,
+    Partition,
+    Topic,
+    TopicConfig,
+)
+from weir.cluster.controller.state import ControllerState
+from weir.cluster.v1 import controller_pb2 as pb
+
+
+def _node(node: NodeInfo) -> pb.ControllerNode:
+    return pb.ControllerNode(node_id=node.node_id, address=node.address)
+
+
+def _node_of(msg: pb.ControllerNode) -> NodeInfo:
+    return NodeInfo(msg.node_id, msg.address)
+
+
+def _config(config: TopicConfig) -> pb.TopicConfig:
+    return pb.TopicConfig(
+        retention_bytes=config.retention_bytes,
+        retention_ms=config.retention_ms,
+        record_bytes_max=config.record_bytes_max,
+    )
+
+
+def _config_of(msg: pb.TopicConfig) -> TopicConfig:
+    return TopicConfig(msg.retention_bytes, msg.retention_ms, msg.record_bytes_max)
+
+
+def _patch(patch: ConfigPatch) -> pb.TopicConfigPatch:
+    return pb.TopicConfigPatch(
+        retention_bytes=patch.retention_bytes,
+        retention_ms=patch.retention_ms,
+        record_bytes_max=patch.record_bytes_max,
+    )
+
+
+def _patch_of(msg: pb.TopicConfigPatch) -> ConfigPatch:
+    return ConfigPatch(
+        retention_bytes=msg.retention_bytes if msg.HasField("retention_bytes") else None,
+        retention_ms=msg.retention_ms if msg.HasField("retention_ms") else None,
+        record_bytes_max=msg.record_bytes_max if msg.HasField("record_bytes_max") else None,
+    )
+
+
+def _partition(partition: Partition) -> pb.PartitionAssignment:
+    return pb.PartitionAssignment(group_id=partition.group_id, replica_ids=partition.replicas)
+
+
+def _partition_of(msg: pb.PartitionAssignment) -> Partition:
+    return Partition(msg.group_id, tuple(msg.replica_ids))
+
+
+def _topic(topic: Topic) -> pb.ControllerTopic:
+    return pb.ControllerTopic(
+        name=topic.name,
+        config=_config(topic.config),
+        replication_factor=topic.replication_factor,
+        partitions=[_partition(p) for p in topic.partitions],
+    )
+
+
+def _topic_of(msg: pb.ControllerTopic) -> Topic:
+    return Topic(
+        name=msg.name,
+        config=_config_of(msg.config),
+        replication_factor=msg.replication_factor,
+        partitions=tuple(_partition_of(p) for p in msg.partitions),
+    )
+
+
+def _limits(limits: Limits) -> pb.ControllerLimits:
+    return pb.ControllerLimits(
+        nodes_max=limits.nodes_max,
+        topics_max=limits.topics_max,
+        partitions_max=limits.partitions_max,
+        partitions_total_max=limits.partitions_total_max,
+        record_bytes_max_limit=limits.record_bytes_max_limit,
+        consumer_groups_max=limits.consumer_groups_max,
+        offsets_partition_count=limits.offsets_partition_count,
+    )
+
+
+def _limits_of(msg: pb.ControllerLimits) -> Limits:
+    return Limits(
+        nodes_max=msg.nodes_max,
+        topics_max=msg.topics_max,
+        partitions_max=msg.partitions_max,
+        partitions_total_max=msg.partitions_total_max,
+        record_bytes_max_limit=msg.record_bytes_max_limit,
+        consumer_groups_max=msg.consumer_groups_max,
+        offsets_partition_count=msg.offsets_partition_count,
+    )
+
+
+def command_proto(command: Command) -> pb.ControllerCommand:
+    match command:
+        case RegisterNode(node):
+            return pb.ControllerCommand(register_node=pb.RegisterNode(node=_node(node)))
+        case CreateTopic(name, partition_count, replication_factor, config):
+            return pb.ControllerCommand(
+                create_topic=pb.CreateTopic(
+                    name=name,
+                    partition_count=partition_count,
+                    replication_factor=replication_factor,
+                    config=_config(config),
+                )
+            )
+        case DeleteTopic(name):
+            return pb.ControllerCommand(delete_topic=pb.DeleteTopic(name=name))
+        case AddPartitions(name, partition_count):
+            return pb.ControllerCommand(
+                add_partitions=pb.AddPartitions(name=name, partition_count=partition_count)
+            )
+        case UpdateTopicConfig(name, patch):
+            return pb.ControllerCommand(
+                update_topic_config=pb.UpdateTopicConfig(name=name, patch=_patch(patch))
+            )
+        case ConfirmDrops(node_id, group_ids):
+            return pb.ControllerCommand(
+                confirm_drops=pb.ConfirmDrops(node_id=node_id, group_ids=sorted(group_ids))
+            )
+        case AssignGroupHome(consumer_group):
+            return pb.ControllerCommand(
+                assign_group_home=pb.AssignGroupHome(consumer_group=consumer_group)
+            )
+        case SetLimits(limits):
+            return pb.ControllerCommand(set_limits=pb.SetLimits(limits=_limits(limits)))
+    raise AssertionError(f"unknown controller command {command!r}")
+
+
+def command_of(msg: pb.ControllerCommand) -> Command:
+    kind = msg.WhichOneof("command")
+    match kind:
+        case "register_node":
+            return RegisterNode(_node_of(msg.register_node.node))
+        case "create_topic":
+            c = msg.create_topic
+            return CreateTopic(
+                c.name, c.partition_count, c.replication_factor, _config_of(c.config)
+            )
+        case "delete_topic":
+            return DeleteTopic(msg.delete_topic.name)
+        case "add_partitions":
+            return AddPartitions(msg.add_partitions.name, msg.add_partitions.partition_count)
+        case "update_topic_config":
+            u = msg.update_topic_config
+            return UpdateTopicConfig(u.name, _patch_of(u.patch))
+        case "confirm_drops":
+            d = msg.confirm_drops
+            return ConfirmDrops(d.node_id, tuple(d.group_ids))
+        case "assign_group_home":
+            return AssignGroupHome(msg.assign_group_home.consumer_group)
+        case "set_limits":
+            return SetLimits(_limits_of(msg.set_limits.limits))
+    raise AssertionError(f"controller entry without a known command ({kind!r})")
+
+
+def encode_command(command: Command) -> bytes:
+    """The bytes to propose to group 0."""
+    return command_proto(command).SerializeToString(deterministic=True)
+
+
+def decode_command(data: bytes) -> Command:
+    """A committed group 0 entry's command."""
+    msg = pb.ControllerCommand()
+    msg.ParseFromString(data)
+    return command_of(msg)
+
+
+def state_proto(state: ControllerState) -> pb.ControllerState:
+    return pb.ControllerState(
+        version=state.version,
+        nodes=[_node(n) for n in state.nodes()],
+        topics=[_topic(t) for t in state.topics()],
+        deleting_topics=[
+            pb.DeletingTopic(
+                topic=_topic(d.topic),
+                pending=[
+                    pb.PendingDrop(group_id=g, node_ids=sorted(nodes)) for g, nodes in d.pending
+                ],
+            )
+            for d in state.deleting()
+        ],
+        next_group_id=state.next_group_id,
+        offsets_partitions=[_partition(p) for p in state.offsets_partitions()],
+        group_homes=[pb.GroupHome(consumer_group=c, group_id=g) for c, g in state.homes()],
+        limits=_limits(state.limits),
+    )
+
+
+def state_of(msg: pb.ControllerState) -> ControllerState:
+    return ControllerState.build(
+        version=msg.version,
+        next_group_id=msg.next_group_id,
+        limits=_limits_of(msg.limits),
+        nodes=tuple(_node_of(n) for n in msg.nodes),
+        topics=tuple(_topic_of(t) for t in msg.topics),
+        deleting=tuple(
+            DeletingTopic(
+                _topic_of(d.topic),
+                tuple((p.group_id, frozenset(p.node_ids)) for p in d.pending),
+            )
+            for d in msg.deleting_topics
+        ),
+        offsets_partitions=tuple(_partition_of(p) for p in msg.offsets_partitions),
+        homes=tuple((h.consumer_group, h.group_id) for h in msg.group_homes),
+    )
+
+
+def encode_state(state: ControllerState) -> bytes:
+    """Group 0's snapshot data: the whole state."""
+    return state_proto(state).SerializeToString(deterministic=True)
+
+
+def decode_state(data: bytes) -> ControllerState:
+    msg = pb.ControllerState()
+    msg.ParseFromString(data)
+    return state_of(msg)

@@ -1,0 +1,454 @@
+"""The controller's state machine (Raft group 0): every node applies the same commands.
+
+`ControllerState.apply(command)` is the only way the state changes. It is
+deterministic (no I/O, clock or randomness; placement is computed from the
+state alone), validates completely before it changes anything, and answers
+either the created or changed value or a typed `ControllerError` after
+which the state is exactly as before. Each command that changes something
+raises `version` by one, so readers (reconcile, admin answers) can tell
+whether there is anything new.
+
+Group ids come from `next_group_id`, which only grows: group 0 is the
+controller's, partitions start at 1, and an id is never handed out twice,
+so a topic deleted and created again under the same name starts with empty
+logs, and a lagging replica can tell a removed group from one it has not
+heard of yet.
+
+Deleting a topic is two steps, as on the single node: `DeleteTopic` frees
+the name at once and records, per partition, the replicas that still hold
+data; each node drops its data and proposes `ConfirmDrops`; the topic is
+forgotten when no replica holds anything. Until then it counts against
+`topics_max` and its partitions against `partitions_total_max`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+from weir.cluster.controller.commands import (
+    AddPartitions,
+    AssignGroupHome,
+    Command,
+    ConfirmDrops,
+    CreateTopic,
+    DeleteTopic,
+    Done,
+    GroupHome,
+    RegisterNode,
+    Result,
+    SetLimits,
+    UpdateTopicConfig,
+)
+from weir.cluster.controller.errors import (
+    ControllerError,
+    InvalidNode,
+    InvalidPartitionCount,
+    InvalidReplicationFactor,
+    NoNodes,
+    TooManyConsumerGroups,
+    TooManyNodes,
+    TooManyPartitions,
+    TooManyTopics,
+    TopicExists,
+    TopicNotFound,
+)
+from weir.cluster.controller.model import (
+    ADDRESS_CHARS_MAX,
+    FIRST_PARTITION_GROUP,
+    GROUP_ID_MAX,
+    NODE_ID_MAX,
+    REPLICATION_FACTOR_DEFAULT,
+    DeletingTopic,
+    GroupId,
+    Limits,
+    NodeId,
+    NodeInfo,
+    Partition,
+    Topic,
+    check_config,
+    check_group_name,
+    check_topic_name,
+    merge_config,
+)
+from weir.cluster.controller.placement import place_partitions
+
+
+class ControllerState:
+    """Nodes, topics, deleted topics still being dropped, offsets partitions and limits."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.version = 0
+        self.next_group_id: GroupId = FIRST_PARTITION_GROUP
+        self.limits = limits or Limits()
+        self._nodes: dict[NodeId, NodeInfo] = {}
+        self._topics: dict[str, Topic] = {}
+        # Keyed by the deleted topic's first group id, unique forever.
+        self._deleting: dict[GroupId, DeletingTopic] = {}
+        self._offsets: dict[GroupId, Partition] = {}
+        self._homes: dict[str, GroupId] = {}
+        # Derived from _homes (never encoded): consumer groups per offsets partition.
+        self._home_counts: collections.Counter[GroupId] = collections.Counter()
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        version: int,
+        next_group_id: GroupId,
+        limits: Limits,
+        nodes: tuple[NodeInfo, ...],
+        topics: tuple[Topic, ...],
+        deleting: tuple[DeletingTopic, ...],
+        offsets_partitions: tuple[Partition, ...],
+        homes: tuple[tuple[str, GroupId], ...],
+    ) -> ControllerState:
+        """A state from its parts (a decoded snapshot); asserts its invariants."""
+        state = cls(limits)
+        state.version = version
+        state.next_group_id = next_group_id
+        state._nodes = {n.node_id: n for n in nodes}
+        state._topics = {t.name: t for t in topics}
+        state._deleting = {d.key: d for d in deleting}
+        state._offsets = {p.group_id: p for p in offsets_partitions}
+        state._homes = dict(homes)
+        state._home_counts = collections.Counter(state._homes.values())
+        state.check_invariants()
+        return state
+
+    # -- reads ---------------------------------------------------------------
+
+    def nodes(self) -> tuple[NodeInfo, ...]:
+        return tuple(self._nodes[n] for n in sorted(self._nodes))
+
+    def node(self, node_id: NodeId) -> NodeInfo | None:
+        return self._nodes.get(node_id)
+
+    def topics(self) -> tuple[Topic, ...]:
+        return tuple(self._topics[name] for name in sorted(self._topics))
+
+    def topic(self, name: str) -> Topic | None:
+        return self._topics.get(name)
+
+    def deleting(self) -> tuple[DeletingTopic, ...]:
+        return tuple(self._deleting[key] for key in sorted(self._deleting))
+
+    def offsets_partitions(self) -> tuple[Partition, ...]:
+        return tuple(self._offsets[g] for g in sorted(self._offsets))
+
+    def homes(self) -> tuple[tuple[str, GroupId], ...]:
+        return tuple(sorted(self._homes.items()))
+
+    def group_home(self, consumer_group: str) -> Partition | None:
+        group_id = self._homes.get(consumer_group)
+        return None if group_id is None else self._offsets[group_id]
+
+    def partitions(self) -> tuple[Partition, ...]:
+        """Every group that should be running: live topics' partitions and offsets partitions.
+
+        Sorted by group id. These are the groups placement counts and leader
+        balancing balances; deleted topics' groups are not among them.
+        """
+        groups = [p for t in self._topics.values() for p in t.partitions]
+        groups.extend(self._offsets.values())
+        return tuple(sorted(groups, key=lambda p: p.group_id))
+
+    def partition_count_total(self) -> int:
+        """Partitions that exist anywhere, deleted ones still being dropped included."""
+        live = sum(t.partition_count for t in self._topics.values())
+        dropping = sum(d.topic.partition_count for d in self._deleting.values())
+        return live + dropping + len(self._offsets)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ControllerState):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def _key(self) -> tuple[object, ...]:
+        return (
+            self.version,
+            self.next_group_id,
+            self.limits,
+            self.nodes(),
+            self.topics(),
+            self.deleting(),
+            self.offsets_partitions(),
+            self.homes(),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ControllerState(version={self.version}, nodes={len(self._nodes)}, "
+            f"topics={len(self._topics)}, deleting={len(self._deleting)}, "
+            f"next_group_id={self.next_group_id})"
+        )
+
+    # -- the state machine ---------------------------------------------------
+
+    def apply(self, command: Command) -> Result:
+        """Apply one committed command; an error leaves the state unchanged."""
+        before = self.version
+        match command:
+            case RegisterNode():
+                result: Result = self._register_node(command)
+            case CreateTopic():
+                result = self._create_topic(command)
+            case DeleteTopic():
+                result = self._delete_topic(command)
+            case AddPartitions():
+                result = self._add_partitions(command)
+            case UpdateTopicConfig():
+                result = self._update_topic_config(command)
+            case ConfirmDrops():
+                result = self._confirm_drops(command)
+            case AssignGroupHome():
+                result = self._assign_group_home(command)
+            case SetLimits():
+                result = self._set_limits(command)
+            case _:
+                raise AssertionError(f"unknown controller command {command!r}")
+        assert self.version in (before, before + 1)
+        assert not (isinstance(result, ControllerError) and self.version != before)
+        return result
+
+    def _register_node(self, command: RegisterNode) -> Result:
+        node = command.node
+        if not 1 <= node.node_id <= NODE_ID_MAX:
+            return InvalidNode.of(f"node id must be between 1 and {NODE_ID_MAX}")
+        address = node.address
+        if not address or len(address) > ADDRESS_CHARS_MAX or not address.isprintable():
+            return InvalidNode.of(
+                f"a node's address is 1 to {ADDRESS_CHARS_MAX} printable characters",
+                node_id=node.node_id,
+            )
+        known = self._nodes.get(node.node_id)
+        if known == node:
+            return node
+        if known is None and len(self._nodes) >= self.limits.nodes_max:
+            return TooManyNodes.of(
+                f"the cluster has at most {self.limits.nodes_max} nodes",
+                limit=self.limits.nodes_max,
+            )
+        self._nodes[node.node_id] = node
+        self.version += 1
+        return node
+
+    def _replication_factor(self, asked: int) -> int | ControllerError:
+        size = len(self._nodes)
+        if size == 0:
+            return NoNodes.of("no node has registered with the controller yet")
+        if asked == 0:
+            return min(REPLICATION_FACTOR_DEFAULT, size)
+        if not 1 <= asked <= size:
+            # Refused, as Kafka does, rather than silently weakened.
+            return InvalidReplicationFactor.of(
+                f"replication_factor {asked} exceeds the cluster size {size}",
+                cluster_size=size,
+            )
+        return asked
+
+    def _check_new_partitions(self, count: int) -> ControllerError | None:
+        total = self.partition_count_total() + count
+        if total > self.limits.partitions_total_max:
+            return TooManyPartitions.of(
+                f"the cluster holds at most {self.limits.partitions_total_max} partitions, "
+                "counting those of deleted topics whose data is still being dropped",
+                limit=self.limits.partitions_total_max,
+            )
+        if self.next_group_id + count - 1 > GROUP_ID_MAX:
+            return TooManyPartitions.of("the cluster has used every group id")
+        return None
+
+    def _place(self, count: int, replication_factor: int) -> tuple[Partition, ...]:
+        first = self.next_group_id
+        replicas = place_partitions(
+            sorted(self._nodes), self.partitions(), first, count, replication_factor
+        )
+        self.next_group_id = first + count
+        return tuple(Partition(first + i, r) for i, r in enumerate(replicas))
+
+    def _create_topic(self, command: CreateTopic) -> Result:
+        if (error := check_topic_name(command.name)) is not None:
+            return error
+        limit = self.limits.partitions_max
+        if not 1 <= command.partition_count <= limit:
+            return InvalidPartitionCount.of(
+                f"partition_count must be between 1 and {limit}", limit=limit
+            )
+        replication_factor = self._replication_factor(command.replication_factor)
+        if isinstance(replication_factor, ControllerError):
+            return replication_factor
+        if (error := check_config(command.config, self.limits)) is not None:
+            return error
+        if command.name in self._topics:
+            return TopicExists.of(f"topic {command.name!r} already exists", topic=command.name)
+        if len(self._topics) + len(self._deleting) >= self.limits.topics_max:
+            return TooManyTopics.of(
+                f"the cluster holds at most {self.limits.topics_max} topics, counting "
+                f"{len(self._deleting)} deleted topics whose data is still being dropped",
+                limit=self.limits.topics_max,
+                pending_deletes=len(self._deleting),
+            )
+        if (error := self._check_new_partitions(command.partition_count)) is not None:
+            return error
+        topic = Topic(
+            name=command.name,
+            config=command.config,
+            replication_factor=replication_factor,
+            partitions=self._place(command.partition_count, replication_factor),
+        )
+        self._topics[topic.name] = topic
+        self.version += 1
+        return topic
+
+    def _delete_topic(self, command: DeleteTopic) -> Result:
+        topic = self._topics.get(command.name)
+        if topic is None:
+            return TopicNotFound.of(f"topic {command.name!r} does not exist", topic=command.name)
+        pending = tuple((p.group_id, frozenset(p.replicas)) for p in topic.partitions)
+        deleting = DeletingTopic(topic, pending)
+        assert deleting.key not in self._deleting, "group ids are never reused"
+        del self._topics[topic.name]
+        self._deleting[deleting.key] = deleting
+        self.version += 1
+        return topic
+
+    def _add_partitions(self, command: AddPartitions) -> Result:
+        topic = self._topics.get(command.name)
+        if topic is None:
+            return TopicNotFound.of(f"topic {command.name!r} does not exist", topic=command.name)
+        limit = self.limits.partitions_max
+        if not topic.partition_count < command.partition_count <= limit:
+            return InvalidPartitionCount.of(
+                f"partition_count must be above {topic.partition_count} (the current count) "
+                f"and at most {limit}",
+                limit=limit,
+                partition_count=topic.partition_count,
+            )
+        added = command.partition_count - topic.partition_count
+        if (error := self._check_new_partitions(added)) is not None:
+            return error
+        # Nodes are never removed, so the topic's factor still fits the cluster.
+        assert topic.replication_factor <= len(self._nodes)
+        grown = dataclasses.replace(
+            topic, partitions=topic.partitions + self._place(added, topic.replication_factor)
+        )
+        self._topics[topic.name] = grown
+        self.version += 1
+        return grown
+
+    def _update_topic_config(self, command: UpdateTopicConfig) -> Result:
+        topic = self._topics.get(command.name)
+        if topic is None:
+            return TopicNotFound.of(f"topic {command.name!r} does not exist", topic=command.name)
+        config = merge_config(topic.config, command.patch)
+        if (error := check_config(config, self.limits)) is not None:
+            return error
+        if config == topic.config:
+            return topic
+        updated = dataclasses.replace(topic, config=config)
+        self._topics[topic.name] = updated
+        self.version += 1
+        return updated
+
+    def _confirm_drops(self, command: ConfirmDrops) -> Result:
+        # Idempotent: a confirmation for a group that is not pending on that
+        # node (repeated, or for a topic already forgotten) changes nothing.
+        dropped = frozenset(command.group_ids)
+        changed = False
+        for key in sorted(self._deleting):
+            deleting = self._deleting[key]
+            pending = []
+            for group_id, nodes in deleting.pending:
+                if group_id in dropped and command.node_id in nodes:
+                    nodes = nodes - {command.node_id}
+                if nodes:
+                    pending.append((group_id, nodes))
+            if tuple(pending) == deleting.pending:
+                continue
+            changed = True
+            if pending:
+                self._deleting[key] = DeletingTopic(deleting.topic, tuple(pending))
+            else:
+                del self._deleting[key]
+        if changed:
+            self.version += 1
+        return Done()
+
+    def _assign_group_home(self, command: AssignGroupHome) -> Result:
+        name = command.consumer_group
+        if (error := check_group_name(name)) is not None:
+            return error
+        home = self._homes.get(name)
+        if home is not None:
+            return GroupHome(name, self._offsets[home])
+        if len(self._homes) >= self.limits.consumer_groups_max:
+            return TooManyConsumerGroups.of(
+                f"the cluster holds at most {self.limits.consumer_groups_max} consumer groups",
+                limit=self.limits.consumer_groups_max,
+            )
+        if not self._offsets:
+            # The offsets partitions are made when the first group needs one,
+            # so a cluster nobody consumes from with a group runs none.
+            replication_factor = self._replication_factor(0)
+            if isinstance(replication_factor, ControllerError):
+                return replication_factor
+            count = self.limits.offsets_partition_count
+            if (error := self._check_new_partitions(count)) is not None:
+                return error
+            for partition in self._place(count, replication_factor):
+                self._offsets[partition.group_id] = partition
+        # The partition with the fewest groups, the oldest on a tie.
+        home = min(self._offsets, key=lambda g: (self._home_counts[g], g))
+        self._homes[name] = home
+        self._home_counts[home] += 1
+        self.version += 1
+        return GroupHome(name, self._offsets[home])
+
+    def _set_limits(self, command: SetLimits) -> Result:
+        if (error := command.limits.check()) is not None:
+            return error
+        if command.limits != self.limits:
+            self.limits = command.limits
+            self.version += 1
+        return Done()
+
+    # -- invariants ----------------------------------------------------------
+
+    def check_invariants(self) -> None:
+        """Asserts what every reachable state satisfies; tests call it after each command."""
+        assert self.version >= 0
+        assert FIRST_PARTITION_GROUP <= self.next_group_id <= GROUP_ID_MAX + 1
+        assert self.limits.check() is None
+        for node_id, node in self._nodes.items():
+            assert node.node_id == node_id and 1 <= node_id <= NODE_ID_MAX
+        seen: set[GroupId] = set()
+
+        def claim(group_id: GroupId) -> None:
+            assert FIRST_PARTITION_GROUP <= group_id < self.next_group_id, group_id
+            assert group_id not in seen, f"group {group_id} belongs to two partitions"
+            seen.add(group_id)
+
+        for name, topic in self._topics.items():
+            assert topic.name == name and check_topic_name(name) is None
+            assert 1 <= topic.replication_factor <= len(self._nodes)
+            assert topic.partitions
+            for partition in topic.partitions:
+                claim(partition.group_id)
+                assert len(partition.replicas) == topic.replication_factor
+                assert all(n in self._nodes for n in partition.replicas)
+        for key, deleting in self._deleting.items():
+            assert deleting.key == key and deleting.pending
+            replicas = {p.group_id: p.replicas for p in deleting.topic.partitions}
+            for partition in deleting.topic.partitions:
+                claim(partition.group_id)
+            for group_id, nodes in deleting.pending:
+                assert nodes and nodes <= frozenset(replicas[group_id])
+        for group_id, partition in self._offsets.items():
+            assert partition.group_id == group_id
+            claim(group_id)
+            assert all(n in self._nodes for n in partition.replicas)
+        assert all(g in self._offsets for g in self._homes.values())
+        assert self._home_counts == collections.Counter(self._homes.values())
