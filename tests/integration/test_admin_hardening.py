@@ -198,9 +198,10 @@ def test_health_follows_whether_storage_can_write(small_map: BrokerProcess) -> N
             fill(client, "filler", 50, 1000)
             for service, watch in watches.items():
                 assert next(watch).status == NOT_SERVING, service
-            check = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=CALL_TIMEOUT_S)
-            assert check.status == NOT_SERVING
 
+            # Storage's own write probe may report SERVING before this delete
+            # (a small write can fit where a batch did not); either way the
+            # next status is SERVING, once a write succeeds.
             client.admin.DeleteTopic(
                 admin_pb2.DeleteTopicRequest(name="filler"), timeout=CALL_TIMEOUT_S
             )
