@@ -21,7 +21,7 @@ SWITCH_INTERVAL_S = 0.0005
 
 def _serve(args: argparse.Namespace) -> int:
     from weir.cluster.storage import StorageError
-    from weir.server.node import Node, StartError
+    from weir.server.node import Node, NodeFailedError, StartError
 
     limits = {name: getattr(args, name) for name in _limit_fields()}
     try:
@@ -64,6 +64,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
+    except NodeFailedError as exc:
+        # It served, then stopped on its own: say so rather than "cannot serve".
+        print(f"error: stopped: {exc}", file=sys.stderr)
+        return 1
     except (OSError, StartError, StorageError) as exc:
         print(f"error: cannot serve: {exc}", file=sys.stderr)
         return 1
