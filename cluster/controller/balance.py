@@ -33,8 +33,9 @@ Every step lowers the sum of squared leader counts or, at an equal sum,
 puts one more group on its preferred leader, so replanning with the same
 inputs proposes nothing new and two plans never undo each other.
 
-Pure and deterministic; at most `transfers_max` groups change leader per
-plan, so a node that returns does not trigger a storm of elections at once.
+Pure and deterministic; about `transfers_max` groups change leader per
+plan at most, so a node that returns does not trigger a storm of elections
+at once.
 """
 
 from __future__ import annotations
@@ -100,10 +101,12 @@ class _Plan:
         self.original: dict[GroupId, NodeId] = {}
         for partition in partitions:
             group = partition.group_id
+            assert group not in self.preferred, f"group {group} listed twice"
             leader = leaders.get(group)
             # A group without a known live leader (an election is running,
             # or the leader's node is down) is left to Raft.
             if leader is None or leader not in live or leader not in partition.replicas:
+                self.preferred[group] = partition.preferred_leader
                 continue
             ready = caught_up.get(group, frozenset())
             self.allowed[group] = tuple(
@@ -194,10 +197,11 @@ def plan_leader_transfers(
     live topics and offsets partitions); `leaders` the current leader of
     each group as the host knows it (absent: unknown); `caught_up` per
     group, the replicas that are close enough to the leader's log to take
-    over (`caught_up_replicas`). At most `transfers_max` transfers, each
-    from the group's current leader to a live, caught-up replica.
+    over (`caught_up_replicas`). Each transfer goes from the group's current
+    leader to a live, caught-up replica. At most `transfers_max` transfers,
+    or one chain of at most one transfer per live node when that is longer.
     """
-    assert transfers_max >= 0
+    assert transfers_max >= 1
     plan = _Plan(partitions, frozenset(live), leaders, caught_up)
     plan.restore_preferred(transfers_max)
     # Each path lowers the sum of squared counts, so the loop ends; the bound
@@ -209,9 +213,13 @@ def plan_leader_transfers(
         if hops is None:
             break
         undo = [(group, plan.current[group]) for group, _ in hops]
+        empty = plan.changed() == 0
         for group, to in hops:
             plan.move(group, to)
-        if plan.changed() > transfers_max:
+        # A chain is all or nothing (a part of it would overload a node in
+        # between); a plan may hold one chain longer than the bound, or a
+        # small bound could never let a long chain through.
+        if plan.changed() > transfers_max and not empty:
             for group, to in reversed(undo):
                 plan.move(group, to)
             break
