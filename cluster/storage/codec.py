@@ -1,17 +1,30 @@
-"""Encoding of log entries and per-group metadata.
+"""Encoding of stored rows: Raft entries, record batches, group metadata, hard state.
 
-An entry is a fixed big-endian header followed by the payload (a record batch
-in its protobuf wire encoding, opaque here, served to consumers as stored):
+The Raft log is the partition log, so a `log` row is a Raft `Entry` (from
+`weir.cluster.raft`, the one vocabulary of entries) behind a fixed header:
 
-    version u8 | type u8 | flags u16 (reserved, 0) | term u64 | base_offset u64 |
-    record_count u32 | max_timestamp_ms i64 | append_time_ms i64 |
-    payload_bytes u32 | crc32 u32 | payload
+    row    = version u8 | type u8 (raft EntryType) | flags u16 (0) | term u64 |
+             next_offset u64 | data_bytes u32 | data_crc u32 | header_crc u32 | data
 
-The crc32 (zlib) covers every header field before it and the payload. LMDB
-has no page checksums, so the checksum is computed before the put and checked
-after every get; a mismatch raises CorruptEntryError and nothing damaged is
-served (DESIGN §8). The codec knows nothing of single-node mode: the Raft host
-writes the same entries with real terms.
+`data` is `Entry.data`, byte for byte, so a row is built with one copy of the
+payload and an `Entry` read back with one copy. `next_offset` is the offset
+that follows this entry in its partition (derived from the log, identical on
+every replica by log matching), so recovery finds the tail offset in the last
+row, even when the last entry is a no-op. `header_crc` covers the header
+bytes before it (so `term(i)` can trust a header without reading the
+payload); `data_crc` covers `data`. LMDB has no page checksums: both are
+computed before the put and checked after the get (DESIGN §8).
+
+In a partition group the `data` of every NORMAL entry is a batch:
+
+    batch  = kind u8 (RECORDS=1, CONTROL=2) | flags u8 (0) | reserved u16 (0) |
+             record_count u32 | base_offset u64 | max_timestamp_ms i64 |
+             append_time_ms i64 | payload
+
+The leader decides `base_offset` (and the append time) when it proposes
+(DESIGN §4 "Offsets at propose time"), so the entry carries everything a
+replica needs to write the identical row. CONTROL batches (offset commits,
+ack state), NOOP and CONFIG entries take no offsets.
 """
 
 from __future__ import annotations
@@ -21,189 +34,311 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from ..raft.types import ConfState, Entry, EntryType, HardState, NodeId, SnapshotMeta
 from .errors import CorruptEntryError
 
-ENTRY_FORMAT_VERSION = 1
-GROUP_META_FORMAT_VERSION = 1
-PAYLOAD_BYTES_MAX = 2**32 - 1
+# Version 2: rows are Raft entries (raft EntryType numbers) with batches in `data`.
+ENTRY_FORMAT_VERSION = 2
+GROUP_META_FORMAT_VERSION = 2
+SNAPSHOT_FORMAT_VERSION = 1
+DATA_BYTES_MAX = 2**32 - 1
 
-_HEADER = struct.Struct(">BBHQQIqqII")
-# The crc field is last in the header, so the checksummed header bytes are a prefix.
-_HEADER_CHECKED_BYTES = _HEADER.size - 4
-ENTRY_HEADER_BYTES = _HEADER.size
+_ROW = struct.Struct(">BBHQQIII")
+ROW_HEADER_BYTES = _ROW.size
+# header_crc is the last header field, so the bytes it covers are a prefix.
+_ROW_CHECKED_BYTES = ROW_HEADER_BYTES - 4
 
-_CRC = struct.Struct(">I")
-_GROUP_META = struct.Struct(">BQQQ")
-GROUP_META_BYTES = _GROUP_META.size
-
-
-class EntryType(enum.IntEnum):
-    """What a log entry carries. Only DATA entries take offsets."""
-
-    DATA = 1
-    NOOP = 2
-    CONFIG = 3
-    CONTROL = 4
-
+_BATCH = struct.Struct(">BBHIQqq")
+BATCH_HEADER_BYTES = _BATCH.size
+# Where a batch's payload starts inside a stored row.
+ROW_PAYLOAD_START = ROW_HEADER_BYTES + BATCH_HEADER_BYTES
 
 # Lookup table: calling the enum class per entry is measurably slow on the read path.
 _ENTRY_TYPES = {int(t): t for t in EntryType}
 
 
-@dataclass(frozen=True, slots=True)
-class EntryHeader:
-    entry_type: EntryType
-    term: int
-    base_offset: int
-    record_count: int
-    max_timestamp_ms: int
-    append_time_ms: int
-    payload_bytes: int
+class BatchKind(enum.IntEnum):
+    """What the data of a NORMAL entry in a partition group holds."""
+
+    RECORDS = 1
+    CONTROL = 2
+
+
+_BATCH_KINDS = {int(k): k for k in BatchKind}
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
-    """One Raft log entry. Control entries carry record_count 0 and the next offset as base."""
-
+class RowHeader:
     entry_type: EntryType
     term: int
-    base_offset: int
+    next_offset: int
+    data_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchHeader:
+    kind: BatchKind
     record_count: int
+    base_offset: int
     max_timestamp_ms: int
     append_time_ms: int
-    payload: bytes
+
+    @property
+    def takes_offsets(self) -> bool:
+        return self.kind is BatchKind.RECORDS and self.record_count > 0
 
     @property
     def next_offset(self) -> int:
         return self.base_offset + self.record_count
 
 
-def encode_entry(entry: Entry) -> bytes:
-    if entry.entry_type is not EntryType.DATA and entry.record_count != 0:
-        raise ValueError("only DATA entries carry records")
-    if len(entry.payload) > PAYLOAD_BYTES_MAX:
-        raise ValueError(f"payload of {len(entry.payload)} bytes exceeds {PAYLOAD_BYTES_MAX}")
-    fields = (
+def encode_row(entry_type: EntryType, term: int, next_offset: int, data: bytes) -> bytes:
+    """The stored row of an entry: header, then `data` unchanged."""
+    if len(data) > DATA_BYTES_MAX:
+        raise ValueError(f"entry data of {len(data)} bytes exceeds {DATA_BYTES_MAX}")
+    head = _ROW.pack(
         ENTRY_FORMAT_VERSION,
-        int(entry.entry_type),
+        int(entry_type),
         0,
-        entry.term,
-        entry.base_offset,
-        entry.record_count,
-        entry.max_timestamp_ms,
-        entry.append_time_ms,
-        len(entry.payload),
-    )
-    checked = _HEADER.pack(*fields, 0)[:_HEADER_CHECKED_BYTES]
-    crc = zlib.crc32(entry.payload, zlib.crc32(checked))
-    return checked + crc.to_bytes(4, "big") + entry.payload
+        term,
+        next_offset,
+        len(data),
+        zlib.crc32(data),
+        0,
+    )[:_ROW_CHECKED_BYTES]
+    return head + zlib.crc32(head).to_bytes(4, "big") + data
 
 
-def decode_header(value: bytes | memoryview) -> EntryHeader:
-    """Header fields without verifying the payload checksum.
-
-    Used where only sizes and times matter (retention planning, time index
-    repair) so that scanning many entries does not read every payload page.
-    Structural checks still catch most damage; readers verify the checksum.
-    """
-    if len(value) < ENTRY_HEADER_BYTES:
+def decode_row_header(value: bytes | memoryview) -> RowHeader:
+    """The header, checked by its own crc; the data is not read (see `row_data`)."""
+    if len(value) < ROW_HEADER_BYTES:
         raise CorruptEntryError(f"entry of {len(value)} bytes is shorter than its header")
-    (version, raw_type, _flags, term, base, count, max_ts, append_ms, payload_bytes, _crc) = (
-        _HEADER.unpack_from(value)
+    (version, raw_type, _flags, term, next_offset, data_bytes, _data_crc, header_crc) = (
+        _ROW.unpack_from(value)
     )
+    if zlib.crc32(memoryview(value)[:_ROW_CHECKED_BYTES]) != header_crc:
+        raise CorruptEntryError("entry header failed its checksum")
     if version != ENTRY_FORMAT_VERSION:
         raise CorruptEntryError(f"unknown entry format version {version}")
-    if payload_bytes != len(value) - ENTRY_HEADER_BYTES:
+    if data_bytes != len(value) - ROW_HEADER_BYTES:
         raise CorruptEntryError(
-            f"entry declares {payload_bytes} payload bytes, holds {len(value) - ENTRY_HEADER_BYTES}"
+            f"entry declares {data_bytes} data bytes, holds {len(value) - ROW_HEADER_BYTES}"
         )
     entry_type = _ENTRY_TYPES.get(raw_type)
     if entry_type is None:
         raise CorruptEntryError(f"unknown entry type {raw_type}")
-    return EntryHeader(entry_type, term, base, count, max_ts, append_ms, payload_bytes)
+    return RowHeader(entry_type, term, next_offset, data_bytes)
 
 
-def verified_payload(value: bytes | memoryview) -> bytes:
-    """Checks the crc over header and payload, then copies the payload out.
+def verify_row_data(value: bytes | memoryview) -> memoryview:
+    """Checks `data_crc` over the data; returns a view of the data (no copy).
 
-    Call after `decode_header` accepted `value` (it checks the lengths).
+    Call after `decode_row_header` accepted `value` (it checks the lengths).
     """
     view = memoryview(value)
-    (stored_crc,) = _CRC.unpack_from(view, _HEADER_CHECKED_BYTES)
-    payload = view[ENTRY_HEADER_BYTES:]
-    crc = zlib.crc32(payload, zlib.crc32(view[:_HEADER_CHECKED_BYTES]))
-    if crc != stored_crc:
+    (stored,) = struct.unpack_from(">I", view, _ROW_CHECKED_BYTES - 4)
+    data = view[ROW_HEADER_BYTES:]
+    crc = zlib.crc32(data)
+    if crc != stored:
         raise CorruptEntryError(
-            f"entry checksum mismatch: stored {stored_crc:#010x}, computed {crc:#010x}"
+            f"entry checksum mismatch: stored {stored:#010x}, computed {crc:#010x}"
         )
-    return bytes(payload)
+    return data
 
 
-def verify_entry(value: bytes | memoryview) -> EntryHeader:
-    """Decodes the header and checks the crc over header and payload."""
-    header = decode_header(value)
-    verified_payload(value)
-    return header
+def decode_row(value: bytes | memoryview, index: int) -> Entry:
+    """The Raft entry stored at `index`, both checksums verified; copies the data once."""
+    header = decode_row_header(value)
+    return Entry(header.term, index, header.entry_type, bytes(verify_row_data(value)))
 
 
-def decode_entry(value: bytes | memoryview) -> Entry:
-    """Full decode with checksum verification; copies the payload out of `value`."""
-    header = decode_header(value)
-    return Entry(
-        header.entry_type,
-        header.term,
-        header.base_offset,
-        header.record_count,
-        header.max_timestamp_ms,
-        header.append_time_ms,
-        verified_payload(value),
+def encode_batch(
+    kind: BatchKind,
+    base_offset: int,
+    record_count: int,
+    max_timestamp_ms: int,
+    append_time_ms: int,
+    payload: bytes,
+) -> bytes:
+    """The `Entry.data` of a NORMAL entry in a partition group."""
+    if kind is BatchKind.CONTROL and record_count != 0:
+        raise ValueError("only RECORDS batches carry records")
+    if kind is BatchKind.RECORDS and record_count <= 0:
+        raise ValueError(f"a batch holds at least one record, got {record_count}")
+    head = _BATCH.pack(int(kind), 0, 0, record_count, base_offset, max_timestamp_ms, append_time_ms)
+    return head + payload
+
+
+def encode_control(payload: bytes) -> bytes:
+    """A CONTROL batch: takes a Raft index, no offsets (offset commits, ack state)."""
+    return encode_batch(BatchKind.CONTROL, 0, 0, 0, 0, payload)
+
+
+def decode_batch_header(data: bytes | memoryview, at: int = 0) -> BatchHeader:
+    """The batch header at `at` in `data` (an Entry's data, or a row at ROW_HEADER_BYTES)."""
+    if len(data) - at < BATCH_HEADER_BYTES:
+        raise CorruptEntryError(f"batch of {len(data) - at} bytes is shorter than its header")
+    raw_kind, _flags, _reserved, count, base, max_ts, append_ms = _BATCH.unpack_from(data, at)
+    kind = _BATCH_KINDS.get(raw_kind)
+    if kind is None:
+        raise CorruptEntryError(f"unknown batch kind {raw_kind}")
+    if (kind is BatchKind.RECORDS) != (count > 0):
+        raise CorruptEntryError(f"{kind.name} batch with {count} records")
+    return BatchHeader(kind, count, base, max_ts, append_ms)
+
+
+def entry_next_offset(entry: Entry, previous_next_offset: int) -> int:
+    """The offset after `entry` in a partition group, given the one before it.
+
+    Asserts that a RECORDS batch starts exactly where the log left off: offsets
+    are dense, and every replica derives the same ones from the same prefix.
+    """
+    if entry.type is not EntryType.NORMAL:
+        return previous_next_offset
+    batch = decode_batch_header(entry.data)
+    if not batch.takes_offsets:
+        return previous_next_offset
+    assert batch.base_offset == previous_next_offset, (
+        f"entry {entry.index}: batch base_offset {batch.base_offset}, "
+        f"log continues at {previous_next_offset}"
     )
+    return batch.next_offset
+
+
+def payload_bytes_of(entry_type: EntryType, data: bytes | memoryview, at: int = 0) -> int:
+    """Record payload bytes an entry adds to a partition's size (0 unless RECORDS)."""
+    if entry_type is not EntryType.NORMAL:
+        return 0
+    batch = decode_batch_header(data, at)
+    if not batch.takes_offsets:
+        return 0
+    return len(data) - at - BATCH_HEADER_BYTES
+
+
+# ---- group metadata -------------------------------------------------------------
+
+# version u8 | flags u8 | reserved u16 | first_index u64 | first_offset u64 |
+# size_bytes u64 | applied_index u64 | crc32 u32
+_GROUP_META = struct.Struct(">BBHQQQQI")
+GROUP_META_BYTES = _GROUP_META.size
+_GROUP_META_CHECKED_BYTES = GROUP_META_BYTES - 4
+GROUP_FLAG_PARTITION = 0x01
 
 
 @dataclass(frozen=True, slots=True)
 class GroupMeta:
     """Durable per-group facts that cannot be derived from the last log key alone.
 
-    first_index/first_offset are the first retained Raft index and offset; when
-    retention empties the log they still say where the next entry goes.
-    size_bytes is the retained payload size, so reopening needs no scan.
+    first_index/first_offset are the first retained Raft index and offset (the
+    snapshot covers everything before); when retention empties the log they
+    still say where the next entry goes. size_bytes is the retained record
+    payload, so reopening needs no scan. applied_index is the highest entry
+    whose offset and time index rows are written (committed-only reads).
     """
 
     first_index: int
     first_offset: int
     size_bytes: int
+    applied_index: int
+    partition: bool = True
 
 
 def encode_group_meta(meta: GroupMeta) -> bytes:
-    return _GROUP_META.pack(
-        GROUP_META_FORMAT_VERSION, meta.first_index, meta.first_offset, meta.size_bytes
-    )
+    head = _GROUP_META.pack(
+        GROUP_META_FORMAT_VERSION,
+        GROUP_FLAG_PARTITION if meta.partition else 0,
+        0,
+        meta.first_index,
+        meta.first_offset,
+        meta.size_bytes,
+        meta.applied_index,
+        0,
+    )[:_GROUP_META_CHECKED_BYTES]
+    return head + zlib.crc32(head).to_bytes(4, "big")
 
 
 def decode_group_meta(value: bytes | memoryview) -> GroupMeta:
-    if len(value) != _GROUP_META.size:
+    if len(value) != GROUP_META_BYTES:
         raise CorruptEntryError(
-            f"group_meta row of {len(value)} bytes, expected {_GROUP_META.size}"
+            f"group_meta row of {len(value)} bytes, expected {GROUP_META_BYTES}"
         )
-    version, first_index, first_offset, size_bytes = _GROUP_META.unpack(value)
+    version, flags, _, first_index, first_offset, size_bytes, applied, crc = _GROUP_META.unpack(
+        value
+    )
     if version != GROUP_META_FORMAT_VERSION:
         raise CorruptEntryError(f"unknown group_meta format version {version}")
-    return GroupMeta(first_index, first_offset, size_bytes)
+    if zlib.crc32(bytes(value[:_GROUP_META_CHECKED_BYTES])) != crc:
+        raise CorruptEntryError("group_meta row failed its checksum")
+    return GroupMeta(
+        first_index, first_offset, size_bytes, applied, bool(flags & GROUP_FLAG_PARTITION)
+    )
 
+
+# version u8 | index u64 | term u64 | voters u16 | learners u16 | ids (u32 each) |
+# data, then crc32 u32 over everything before it.
+_SNAPSHOT_HEAD = struct.Struct(">BQQHH")
+
+
+def encode_snapshot(meta: SnapshotMeta, data: bytes) -> bytes:
+    """The stored snapshot of a group: its metadata, configuration and application bytes."""
+    voters, learners = sorted(meta.conf.voters), sorted(meta.conf.learners)
+    body = (
+        _SNAPSHOT_HEAD.pack(
+            SNAPSHOT_FORMAT_VERSION, meta.index, meta.term, len(voters), len(learners)
+        )
+        + struct.pack(f">{len(voters) + len(learners)}I", *voters, *learners)
+        + data
+    )
+    return body + zlib.crc32(body).to_bytes(4, "big")
+
+
+def decode_snapshot(value: bytes | memoryview) -> tuple[SnapshotMeta, bytes]:
+    raw = bytes(value)
+    if len(raw) < _SNAPSHOT_HEAD.size + 4 or zlib.crc32(raw[:-4]) != int.from_bytes(
+        raw[-4:], "big"
+    ):
+        raise CorruptEntryError("snapshot row is damaged")
+    version, index, term, n_voters, n_learners = _SNAPSHOT_HEAD.unpack_from(raw)
+    if version != SNAPSHOT_FORMAT_VERSION:
+        raise CorruptEntryError(f"unknown snapshot format version {version}")
+    ids_end = _SNAPSHOT_HEAD.size + 4 * (n_voters + n_learners)
+    if ids_end > len(raw) - 4:
+        raise CorruptEntryError("snapshot row is damaged")
+    ids: tuple[NodeId, ...] = struct.unpack_from(
+        f">{n_voters + n_learners}I", raw, _SNAPSHOT_HEAD.size
+    )
+    conf = ConfState(frozenset(ids[:n_voters]), frozenset(ids[n_voters:]))
+    return SnapshotMeta(index, term, conf), raw[ids_end:-4]
+
+
+# The application bytes of a partition group's snapshot start with the offset
+# that follows the snapshot's index: a follower that installs the snapshot has
+# none of the rows before it, so this is how it learns where its offsets go on.
+_PARTITION_SNAPSHOT = struct.Struct(">BQ")
+PARTITION_SNAPSHOT_FORMAT_VERSION = 1
+
+
+def encode_partition_snapshot(next_offset: int, app_state: bytes = b"") -> bytes:
+    """`Snapshot.data` for a partition group (what the host passes to `RawNode.compact`)."""
+    return _PARTITION_SNAPSHOT.pack(PARTITION_SNAPSHOT_FORMAT_VERSION, next_offset) + app_state
+
+
+def decode_partition_snapshot(data: bytes) -> tuple[int, bytes]:
+    """Returns (next offset, application state) of a partition group's snapshot data."""
+    if len(data) < _PARTITION_SNAPSHOT.size:
+        raise CorruptEntryError(f"partition snapshot of {len(data)} bytes is too short")
+    version, next_offset = _PARTITION_SNAPSHOT.unpack_from(data)
+    if version != PARTITION_SNAPSHOT_FORMAT_VERSION:
+        raise CorruptEntryError(f"unknown partition snapshot format version {version}")
+    return next_offset, data[_PARTITION_SNAPSHOT.size :]
+
+
+# ---- hard state -------------------------------------------------------------------
 
 HARD_STATE_FORMAT_VERSION = 1
 # version u8 | term u64 | vote u32 (0: none; node ids start at 1) | commit u64 | crc32 u32
 _HARD_STATE = struct.Struct(">BQIQI")
 _HARD_STATE_CHECKED_BYTES = _HARD_STATE.size - 4
-
-
-@dataclass(frozen=True, slots=True)
-class HardState:
-    """What Raft must never forget across a crash: term, vote, commit index (§3.8)."""
-
-    term: int
-    vote: int
-    commit: int
 
 
 def encode_hard_state(state: HardState) -> bytes:

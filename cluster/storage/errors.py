@@ -2,12 +2,33 @@
 
 No `lmdb.Error` escapes this package: the LMDB wrapper translates every one of
 them into a `StorageError`, so callers handle one family of exceptions.
+
+One family with the Raft core's: `StorageError` here derives from
+`weir.cluster.raft.StorageError`, whose other children are the Raft storage
+protocol's `CompactedError` and `UnavailableError` (re-exported here and
+raised by `LmdbRaftStorage` where the protocol says so). A host that catches
+the Raft core's base catches every storage failure.
 """
 
 from __future__ import annotations
 
+from ..raft.storage import CompactedError, UnavailableError
+from ..raft.storage import StorageError as RaftStorageError
 
-class StorageError(Exception):
+__all__ = [
+    "CompactedError",
+    "CorruptEntryError",
+    "DataDirLockedError",
+    "LogClosedError",
+    "OffsetOutOfRangeError",
+    "RaftStorageError",
+    "StorageError",
+    "StorageFullError",
+    "UnavailableError",
+]
+
+
+class StorageError(RaftStorageError):
     """Base of every storage failure; the storage cannot serve this request."""
 
     # A retry on the same node does not help: the writer died, the disk is

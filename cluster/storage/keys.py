@@ -6,8 +6,9 @@ bytewise order is numeric order). Nothing here knows about single-node mode:
 the Raft host will write the same keys with real terms and indexes.
 
     log           group u32 | raft index u64              -> entry (codec.py)
-    hardstate     group u32                               -> reserved for Raft
+    hardstate     group u32                               -> HardState (codec.py)
     group_meta    group u32                               -> GroupMeta (codec.py)
+    group_meta    group u32 | 0x01                        -> snapshot (codec.py)
     offset_index  group u32 | base_offset u64             -> raft index u64
     time_index    group u32 | max_ts (i64 as u64) | base_offset u64 -> raft index u64
     meta          len(namespace) u8 | namespace | key     -> value
@@ -40,6 +41,11 @@ def group_end(group_id: int) -> bytes | None:
     if group_id == GROUP_ID_MAX:
         return None
     return _GROUP.pack(group_id + 1)
+
+
+def snapshot_key(group_id: int) -> bytes:
+    """The group's snapshot row in `group_meta` (sorts right after its counters row)."""
+    return _GROUP.pack(group_id) + b"\x01"
 
 
 def log_key(group_id: int, raft_index: int) -> bytes:

@@ -95,6 +95,20 @@ def _check_file_covers_used_pages(env: lmdb.Environment, data_file: pathlib.Path
         )
 
 
+class ReadCounter:
+    """Rows visited by transactions (gets, seeks, iterated rows).
+
+    Tests assert on it that loading a group or an election reads O(1) rows,
+    not the log. Written by the loop and the writer thread without a lock: a
+    statistic, where a lost increment does not matter.
+    """
+
+    __slots__ = ("rows",)
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+
 class LmdbEnv:
     """One LMDB environment per node, with every named database opened once."""
 
@@ -102,6 +116,7 @@ class LmdbEnv:
         self._env = env
         self._dbs = dbs
         self._closed = False
+        self.reads = ReadCounter()
 
     @classmethod
     def open(cls, path: pathlib.Path, map_size_bytes: int, fsync_on_commit: bool) -> LmdbEnv:
@@ -155,7 +170,7 @@ class LmdbEnv:
             txn = self._env.begin(buffers=True)
         except lmdb.Error as exc:
             raise StorageError(f"cannot begin read transaction: {exc}") from exc
-        return ReadTxn(txn, self._dbs)
+        return ReadTxn(txn, self._dbs, self.reads)
 
     def write(self) -> WriteTxn:
         """The one write transaction of a writer turn. Only the writer thread calls this."""
@@ -164,7 +179,7 @@ class LmdbEnv:
             txn = self._env.begin(write=True)
         except lmdb.Error as exc:
             raise StorageError(f"cannot begin write transaction: {exc}") from exc
-        return WriteTxn(txn, self._dbs)
+        return WriteTxn(txn, self._dbs, self.reads)
 
     def sync(self) -> None:
         """Forces data and meta pages to disk (used by async durability)."""
@@ -191,6 +206,7 @@ class LmdbEnv:
             "env_used_bytes": (int(info["last_pgno"]) + 1) * page_bytes,
             "env_readers": int(info["num_readers"]),
             "env_last_txn_id": int(info["last_txnid"]),
+            "env_rows_read": self.reads.rows,
         }
 
     def _check_open(self) -> None:
@@ -201,9 +217,12 @@ class LmdbEnv:
 class _Txn:
     """Read helpers shared by read and write transactions."""
 
-    def __init__(self, txn: lmdb.Transaction[Any], dbs: dict[Db, lmdb._Database]) -> None:
+    def __init__(
+        self, txn: lmdb.Transaction[Any], dbs: dict[Db, lmdb._Database], reads: ReadCounter
+    ) -> None:
         self._txn = txn
         self._dbs = dbs
+        self._reads = reads
 
     def __enter__(self) -> _Txn:
         return self
@@ -222,11 +241,13 @@ class _Txn:
         self._txn.abort()
 
     def get(self, db: Db, key: bytes) -> Value | None:
+        self._reads.rows += 1
         value: Value | None = self._txn.get(key, db=self._dbs[db])
         return value
 
     def floor(self, db: Db, key: bytes, low: bytes) -> tuple[bytes, Value] | None:
         """The last row with low <= row key <= key."""
+        self._reads.rows += 1
         cursor = self._txn.cursor(self._dbs[db])
         if cursor.set_range(key):
             if bytes(cursor.key()) == key:
@@ -242,6 +263,7 @@ class _Txn:
 
     def ceiling(self, db: Db, key: bytes, end: bytes | None) -> tuple[bytes, Value] | None:
         """The first row with key <= row key < end."""
+        self._reads.rows += 1
         cursor = self._txn.cursor(self._dbs[db])
         if not cursor.set_range(key):
             return None
@@ -252,6 +274,7 @@ class _Txn:
 
     def last_below(self, db: Db, end: bytes | None, low: bytes) -> tuple[bytes, Value] | None:
         """The last row with low <= row key < end (end None: the database's end)."""
+        self._reads.rows += 1
         cursor = self._txn.cursor(self._dbs[db])
         if end is not None and cursor.set_range(end):
             if not cursor.prev():
@@ -268,10 +291,12 @@ class _Txn:
         cursor = self._txn.cursor(self._dbs[db])
         if not cursor.set_range(start):
             return
+        reads = self._reads
         for key, value in cursor.iternext():
             key_bytes = bytes(key)
             if end is not None and key_bytes >= end:
                 return
+            reads.rows += 1
             yield key_bytes, value
 
 
@@ -291,8 +316,10 @@ class WriteTxn(_Txn):
         if not self._done:
             self._txn.abort()
 
-    def __init__(self, txn: lmdb.Transaction[Any], dbs: dict[Db, lmdb._Database]) -> None:
-        super().__init__(txn, dbs)
+    def __init__(
+        self, txn: lmdb.Transaction[Any], dbs: dict[Db, lmdb._Database], reads: ReadCounter
+    ) -> None:
+        super().__init__(txn, dbs, reads)
         self._done = False
 
     def put_many(self, db: Db, items: Iterable[tuple[bytes, bytes]]) -> None:

@@ -1,44 +1,54 @@
-"""PartitionLog: the offset-addressed view of one Raft group's log.
+"""PartitionLog: the offset-addressed view of one group's log.
 
-Appends are assigned dense offsets on the event loop and queued to the
-group-commit writer; `end_offset` (the high watermark readers see) moves only
-when the write commits, in offset order. Reads run on the loop in short read
-transactions (mmap reads, bounded by bytes) and verify every entry's checksum.
-Single-node today: entries get term 0 and consecutive Raft indexes.
+The Raft log is the partition log: a RECORDS batch is the data of a NORMAL
+Raft entry (codec.py). Offsets become visible to readers when their entry is
+*applied*: its offset and time index rows are written then, and
+`end_offset` (the high watermark) follows the applied index, never the local
+fsync (DESIGN §4 "Committed-only reads").
+
+Two writers feed it. A Raft group's `LmdbRaftStorage` appends entries and
+applies them as Raft commits them. The single-node path (`append()`, used by
+`LocalReplicator`) is the special case of a one-member group: entries get
+term 1 and are applied in the same writer turn that writes them. Reads run on
+the loop in short read transactions (mmap reads, bounded by bytes) and
+verify every entry's checksums.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..raft.types import EntryType
 from . import keys
 from .codec import (
-    ENTRY_HEADER_BYTES,
+    BATCH_HEADER_BYTES,
     GROUP_META_BYTES,
-    Entry,
-    EntryType,
-    GroupMeta,
-    decode_group_meta,
-    decode_header,
-    encode_entry,
+    ROW_HEADER_BYTES,
+    BatchKind,
+    decode_batch_header,
+    decode_row_header,
+    encode_batch,
+    encode_control,
     encode_group_meta,
-    verified_payload,
-    verify_entry,
+    encode_row,
+    verify_row_data,
 )
 from .errors import CorruptEntryError, OffsetOutOfRangeError, StorageError
 from .lmdbenv import Db, LmdbEnv
-from .ops import AppendEntryOp, TruncatePrefixOp
+from .ops import INDEX_ROW_BYTES, IndexRow, LogWriteOp, TruncatePrefixOp
+from .state import FIRST_RAFT_INDEX, LogState
 from .writer import GroupCommitWriter, WriteOp
 
 logger = logging.getLogger(__name__)
 
-# Raft indexes start at 1; 0 means "no entry" in the Raft paper.
-FIRST_RAFT_INDEX = 1
+__all__ = ["FIRST_RAFT_INDEX", "AppendTicket", "PartitionLog", "RetentionPlan", "StoredBatch"]
+
 # Entries one read visits at most (control entries carry no payload, so the
 # byte bound alone would not stop a scan over many of them).
 READ_ENTRIES_MAX = 4096
@@ -46,8 +56,8 @@ READ_ENTRIES_MAX = 4096
 # periodically, so a large backlog is worked off over several calls without
 # holding the event loop.
 RETENTION_ENTRIES_MAX = 10_000
-# Term written by the single-node log; the Raft host will pass real terms.
-SINGLE_NODE_TERM = 0
+# Term of the single-node path: a one-member group whose only term is 1.
+SINGLE_NODE_TERM = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +71,11 @@ class StoredBatch:
 
 @dataclass(frozen=True, slots=True)
 class RetentionPlan:
-    """The committed prefix a retention call deletes: entries below `first_index`."""
+    """The applied prefix a retention call deletes: entries below `first_index`.
+
+    A Raft group compacts through its core instead: `RawNode.compact(
+    first_index - 1, encode_partition_snapshot(start_offset))`.
+    """
 
     first_index: int
     start_offset: int
@@ -73,53 +87,6 @@ class RetentionPlan:
 class AppendTicket:
     base_offset: int
     durable: asyncio.Future[None]
-
-
-@dataclass(slots=True)
-class LogState:
-    """Where a group's log stands; loaded from LMDB when a log is opened."""
-
-    first_index: int
-    start_offset: int
-    next_index: int
-    next_offset: int
-    size_bytes: int
-
-    @classmethod
-    def empty(cls) -> LogState:
-        return cls(FIRST_RAFT_INDEX, 0, FIRST_RAFT_INDEX, 0, 0)
-
-    @classmethod
-    def load(cls, env: LmdbEnv, group_id: int) -> LogState:
-        """Recovery without a scan: group_meta plus the group's last log entry."""
-        start = keys.group_key(group_id)
-        with env.read() as txn:
-            raw_meta = txn.get(Db.GROUP_META, start)
-            meta = GroupMeta(FIRST_RAFT_INDEX, 0, 0)
-            if raw_meta is not None:
-                meta = decode_group_meta(raw_meta)
-            last = txn.last_below(Db.LOG, keys.group_end(group_id), start)
-            if last is None:
-                return cls(
-                    meta.first_index,
-                    meta.first_offset,
-                    meta.first_index,
-                    meta.first_offset,
-                    meta.size_bytes,
-                )
-            _, last_index = keys.parse_log_key(last[0])
-            header = verify_entry(last[1])
-        if last_index < meta.first_index:
-            raise CorruptEntryError(
-                f"group {group_id}: last raft index {last_index} below first {meta.first_index}"
-            )
-        return cls(
-            meta.first_index,
-            meta.first_offset,
-            last_index + 1,
-            header.base_offset + header.record_count,
-            meta.size_bytes,
-        )
 
 
 def _retrieve_exception(future: asyncio.Future[None]) -> None:
@@ -140,19 +107,17 @@ class PartitionLog:
         state: LogState,
         clock_ms: Callable[[], int],
     ) -> None:
+        assert state.partition, "a PartitionLog is the offset view of a partition group"
         self.group_id = group_id
         self._env = env
         self._writer = writer
         self._clock_ms = clock_ms
-        # Logical start: moves when retention is decided, before its delete
-        # commits, so readers never look at rows that are being removed.
-        self._first_index = state.first_index
-        self._start_offset = state.start_offset
-        self._next_index = state.next_index
-        self._next_offset = state.next_offset
-        self._size_bytes = state.size_bytes
-        self._committed_next_index = state.next_index
-        self._end_offset = state.next_offset
+        # Shared with the group's LmdbRaftStorage, if Raft replicates it.
+        # first_index/start_offset move when retention is decided, before its
+        # delete commits, so readers never look at rows that are being removed.
+        self._state = state
+        # True once an LmdbRaftStorage owns the tail: then only Raft appends.
+        self.raft_owned = False
         self._data_waiter: asyncio.Future[None] | None = None
         # Called on the loop when end_offset grows or the log closes, so a
         # consumer of this partition wakes without a future per append.
@@ -162,103 +127,134 @@ class PartitionLog:
 
     @property
     def start_offset(self) -> int:
-        return self._start_offset
+        return self._state.start_offset
 
     @property
     def end_offset(self) -> int:
-        return self._end_offset
+        """The high watermark: the offset after the last applied (committed) batch."""
+        return self._state.end_offset
 
     @property
     def next_offset(self) -> int:
-        return self._next_offset
+        """The offset after the log's tail, including entries not yet applied."""
+        return self._state.next_offset
 
     @property
     def size_bytes(self) -> int:
-        return self._size_bytes
+        return self._state.size_bytes
 
     @property
     def next_raft_index(self) -> int:
-        return self._next_index
+        return self._state.next_index
+
+    @property
+    def applied_index(self) -> int:
+        return self._state.applied_index
 
     async def append(
         self, payload: bytes, record_count: int, max_timestamp_ms: int
     ) -> AppendTicket:
+        """Single-node path: writes a RECORDS batch and applies it in the same turn."""
         if record_count <= 0:
             raise ValueError(f"a batch holds at least one record, got {record_count}")
-        return await self._append(EntryType.DATA, payload, record_count, max_timestamp_ms)
+        return await self._append(EntryType.NORMAL, payload, record_count, max_timestamp_ms)
 
-    async def append_control(self, entry_type: EntryType, payload: bytes = b"") -> AppendTicket:
-        """Appends an entry that takes a Raft index but no offset (NOOP, CONFIG, CONTROL)."""
-        if entry_type is EntryType.DATA:
-            raise ValueError("use append() for DATA entries")
+    async def append_control(
+        self, entry_type: EntryType = EntryType.NORMAL, payload: bytes = b""
+    ) -> AppendTicket:
+        """Single-node path: an entry that takes a Raft index but no offset.
+
+        NORMAL writes a CONTROL batch (`payload` is the application's); NOOP
+        and CONFIG write `payload` as the entry's data.
+        """
         return await self._append(entry_type, payload, 0, 0)
 
     async def _append(
         self, entry_type: EntryType, payload: bytes, record_count: int, max_timestamp_ms: int
     ) -> AppendTicket:
         self._check_open()
-        size_bytes = ENTRY_HEADER_BYTES + len(payload)
-        reserved = WriteOp.reserved_bytes(size_bytes)
+        if self.raft_owned:
+            raise StorageError(f"group {self.group_id} is replicated by Raft: propose through it")
+        data_bytes = len(payload) + (BATCH_HEADER_BYTES if entry_type is EntryType.NORMAL else 0)
+        index_bytes = INDEX_ROW_BYTES if record_count else 0
+        reserved = WriteOp.reserved_bytes(ROW_HEADER_BYTES + data_bytes + index_bytes)
         await self._writer.reserve(reserved)
         # Nothing below awaits, so offsets are assigned in submission order.
         if self._closed is not None:
             self._writer.release(reserved)
             raise self._closed
-        raft_index = self._next_index
-        base_offset = self._next_offset
-        entry = Entry(
-            entry_type,
-            SINGLE_NODE_TERM,
-            base_offset,
-            record_count,
-            max_timestamp_ms,
-            self._clock_ms(),
-            payload,
-        )
-        size_after = self._size_bytes + len(payload)
+        state = self._state
+        raft_index = state.next_index
+        base_offset = state.next_offset
         next_offset = base_offset + record_count
-        meta = GroupMeta(self._first_index, self._start_offset, size_after)
-        op = AppendEntryOp(
+        index_rows: tuple[IndexRow, ...] = ()
+        if record_count:
+            data = encode_batch(
+                BatchKind.RECORDS,
+                base_offset,
+                record_count,
+                max_timestamp_ms,
+                self._clock_ms(),
+                payload,
+            )
+            index_rows = (IndexRow(raft_index, base_offset, max_timestamp_ms),)
+        elif entry_type is EntryType.NORMAL:
+            data = encode_control(payload)
+        else:
+            data = payload
+        size_after = state.size_bytes + (len(payload) if record_count else 0)
+        # Applied on commit: the group_meta row says so in the same turn.
+        meta = dataclasses.replace(
+            state.group_meta(), size_bytes=size_after, applied_index=raft_index
+        )
+        state.applied_submitted = raft_index
+        op = LogWriteOp(
             self.group_id,
-            raft_index,
-            encode_entry(entry),
-            entry_type=entry_type,
-            base_offset=base_offset,
-            record_count=record_count,
-            max_timestamp_ms=max_timestamp_ms,
+            [(raft_index, encode_row(entry_type, SINGLE_NODE_TERM, next_offset, data))],
+            index_rows=index_rows,
             group_meta=encode_group_meta(meta),
-            on_commit=functools.partial(self._on_committed, raft_index + 1, next_offset),
+            on_commit=functools.partial(self.on_applied, raft_index, next_offset),
             on_fail=functools.partial(
-                self._on_append_failed, raft_index, record_count, len(payload)
+                self._on_append_failed, raft_index, record_count, size_after - state.size_bytes
             ),
         )
         assert op.size_bytes == reserved
         durable = self._writer.submit(op)
         durable.add_done_callback(_retrieve_exception)
-        self._next_index = raft_index + 1
-        self._next_offset = next_offset
-        self._size_bytes = size_after
+        state.next_index = raft_index + 1
+        state.next_offset = next_offset
+        state.size_bytes = size_after
+        state.last_term = SINGLE_NODE_TERM
         return AppendTicket(base_offset, durable)
 
-    def _on_committed(self, committed_next_index: int, end_offset: int) -> None:
-        # Turns complete in FIFO order, so these only move forward.
-        self._committed_next_index = committed_next_index
-        if end_offset > self._end_offset:
-            self._end_offset = end_offset
+    def on_applied(self, applied_index: int, end_offset: int) -> None:
+        """The index rows up to `applied_index` are committed: readers may see them.
+
+        Called on the loop by the commit callbacks of the log's writers; turns
+        complete in FIFO order, so these only move forward.
+        """
+        state = self._state
+        if applied_index > state.applied_index:
+            state.applied_index = applied_index
+        if end_offset > state.end_offset:
+            state.end_offset = end_offset
             self._wake_data_waiters()
 
     def _on_append_failed(self, raft_index: int, record_count: int, payload_bytes: int) -> None:
         # The writer undoes failed ops newest first and refuses submissions
         # until it has, so this entry is the newest one this log assigned.
-        assert self._next_index == raft_index + 1, (self._next_index, raft_index)
-        self._next_index = raft_index
-        self._next_offset -= record_count
-        self._size_bytes -= payload_bytes
-        assert self._next_offset >= self._end_offset
+        state = self._state
+        assert state.next_index == raft_index + 1, (state.next_index, raft_index)
+        state.next_index = raft_index
+        state.applied_submitted = raft_index - 1
+        state.next_offset -= record_count
+        state.size_bytes -= payload_bytes
+        assert state.next_offset >= state.end_offset
 
     def read(self, offset: int, bytes_max: int) -> list[StoredBatch]:
         self._check_open()
-        start, end = self._start_offset, self._end_offset
+        state = self._state
+        start, end = state.start_offset, state.end_offset
         if offset < start or offset > end:
             raise OffsetOutOfRangeError(start, end, offset)
         if offset == end:
@@ -275,12 +271,18 @@ class PartitionLog:
                     f"group {group_id}: no offset index row at or below {offset}"
                 )
             first_index = keys.unpack_u64(bytes(row[1]))
+            # Committed-only reads: never past the applied index.
             scan = txn.iterate(
-                Db.LOG, keys.log_key(group_id, first_index), keys.group_end(group_id)
+                Db.LOG,
+                keys.log_key(group_id, first_index),
+                keys.log_key(group_id, state.applied_index + 1),
             )
             for visited, (_, value) in enumerate(scan):
-                header = decode_header(value)
-                if header.entry_type is not EntryType.DATA or header.record_count == 0:
+                row_header = decode_row_header(value)
+                header = None
+                if row_header.entry_type is EntryType.NORMAL:
+                    header = decode_batch_header(value, ROW_HEADER_BYTES)
+                if header is None or not header.takes_offsets:
                     if visited >= READ_ENTRIES_MAX:
                         break
                     continue
@@ -293,18 +295,20 @@ class PartitionLog:
                         f"group {group_id}: offset index points at batch {header.base_offset}"
                         f"+{header.record_count}, which does not contain offset {offset}"
                     )
-                if batches and total_bytes + header.payload_bytes > bytes_max:
+                payload_bytes = row_header.data_bytes - BATCH_HEADER_BYTES
+                if batches and total_bytes + payload_bytes > bytes_max:
                     break
+                data = verify_row_data(value)
                 batches.append(
                     StoredBatch(
                         header.base_offset,
                         header.record_count,
                         header.max_timestamp_ms,
                         header.append_time_ms,
-                        verified_payload(value),
+                        bytes(data[BATCH_HEADER_BYTES:]),
                     )
                 )
-                total_bytes += header.payload_bytes
+                total_bytes += payload_bytes
                 if total_bytes >= bytes_max or visited >= READ_ENTRIES_MAX:
                     break
         if not batches:
@@ -320,14 +324,15 @@ class PartitionLog:
                 keys.time_seek_key(group_id, timestamp_ms),
                 keys.group_end(group_id),
             )
+        state = self._state
         if row is None:
-            return self._end_offset
+            return state.end_offset
         _, _, base_offset = keys.parse_time_key(row[0])
-        if base_offset >= self._end_offset:
-            return self._end_offset
+        if base_offset >= state.end_offset:
+            return state.end_offset
         # While a retention delete is queued its rows are still visible; the
         # answer is then the start (earlier, never later, than the exact one).
-        return max(base_offset, self._start_offset)
+        return max(base_offset, state.start_offset)
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Calls `callback()` on the loop whenever `end_offset` grows or the log closes.
@@ -346,7 +351,7 @@ class PartitionLog:
     async def wait_for_data(self, offset: int) -> None:
         while True:
             self._check_open()
-            if self._end_offset > offset:
+            if self._state.end_offset > offset:
                 return
             if self._data_waiter is None:
                 self._data_waiter = asyncio.get_running_loop().create_future()
@@ -354,13 +359,16 @@ class PartitionLog:
             await asyncio.shield(self._data_waiter)
 
     async def truncate_prefix(self, retention_bytes: int | None, retention_ms: int | None) -> int:
-        """Deletes whole committed entries, oldest first, beyond the limits.
+        """Single-node retention: deletes whole applied entries, oldest first, beyond the limits.
 
         Returns how many entries it deleted (at most RETENTION_ENTRIES_MAX). The
         logical start moves when the delete is submitted, before it commits
         (readers then get OffsetOutOfRange for those offsets); if the delete
-        fails because storage is full, the start moves back.
+        fails because storage is full, the start moves back. A Raft group
+        compacts through its core instead (see `RetentionPlan`).
         """
+        if self.raft_owned:
+            raise StorageError(f"group {self.group_id} is replicated by Raft: compact through it")
         if self._truncating:
             # One prefix delete per log at a time keeps the undo exact.
             return 0
@@ -383,58 +391,78 @@ class PartitionLog:
         except BaseException:
             self._truncating = False
             raise
-        self._first_index = plan.first_index
-        self._start_offset = plan.start_offset
-        self._size_bytes -= plan.deleted_bytes
+        state = self._state
+        state.first_index = plan.first_index
+        state.start_offset = plan.start_offset
+        state.size_bytes -= plan.deleted_bytes
         await committed
         return plan.deleted_entries
 
     def plan_retention(
         self, retention_bytes: int | None, retention_ms: int | None
     ) -> RetentionPlan | None:
-        """Chooses the committed prefix to delete: whole entries, oldest first (no change)."""
+        """Chooses the applied prefix to delete: whole entries, oldest first (no change).
+
+        Entries without records (no-ops, configurations, control batches) have
+        no age of their own: they go with the next record batch that goes, so
+        they never hold retention back and never go alone.
+        """
         self._check_open()
         if retention_bytes is None and retention_ms is None:
             return None
         cutoff_ms = None if retention_ms is None else self._clock_ms() - retention_ms
         group_id = self.group_id
-        size_bytes = self._size_bytes
-        first_index = self._first_index
-        start_offset = self._start_offset
-        deleted = 0
+        state = self._state
+        size_bytes = state.size_bytes
+        first_index = state.first_index
+        start_offset = state.start_offset
+        deleted = visited = 0
         with self._env.read() as txn:
             scan = txn.iterate(
                 Db.LOG,
                 keys.log_key(group_id, first_index),
-                keys.log_key(group_id, self._committed_next_index),
+                keys.log_key(group_id, state.applied_index + 1),
             )
             for key, value in scan:
-                header = decode_header(value)
+                visited += 1
+                if visited > RETENTION_ENTRIES_MAX:
+                    break
+                row = decode_row_header(value)
+                if row.entry_type is not EntryType.NORMAL:
+                    continue
+                batch = decode_batch_header(value, ROW_HEADER_BYTES)
+                if not batch.takes_offsets:
+                    continue
                 over_size = retention_bytes is not None and size_bytes > retention_bytes
-                too_old = cutoff_ms is not None and header.append_time_ms < cutoff_ms
+                too_old = cutoff_ms is not None and batch.append_time_ms < cutoff_ms
                 if not (over_size or too_old):
                     break
                 _, raft_index = keys.parse_log_key(key)
+                deleted += raft_index + 1 - first_index
                 first_index = raft_index + 1
-                start_offset = header.base_offset + header.record_count
-                size_bytes -= header.payload_bytes
-                deleted += 1
-                if deleted >= RETENTION_ENTRIES_MAX:
-                    break
+                start_offset = batch.next_offset
+                size_bytes -= row.data_bytes - BATCH_HEADER_BYTES
         if deleted == 0:
             return None
-        return RetentionPlan(first_index, start_offset, self._size_bytes - size_bytes, deleted)
+        return RetentionPlan(first_index, start_offset, state.size_bytes - size_bytes, deleted)
 
     def _truncate_op(self, plan: RetentionPlan) -> TruncatePrefixOp:
-        meta = GroupMeta(plan.first_index, plan.start_offset, self._size_bytes - plan.deleted_bytes)
+        state = self._state
+        meta = dataclasses.replace(
+            state.group_meta(),
+            first_index=plan.first_index,
+            first_offset=plan.start_offset,
+            size_bytes=state.size_bytes - plan.deleted_bytes,
+        )
         return TruncatePrefixOp(
             self.group_id,
             plan.first_index,
             plan.start_offset,
             encode_group_meta(meta),
+            applied_index=state.applied_submitted,
             on_commit=self._on_truncated,
             on_fail=functools.partial(
-                self._on_truncate_failed, self._first_index, self._start_offset, plan
+                self._on_truncate_failed, state.first_index, state.start_offset, plan
             ),
         )
 
@@ -443,10 +471,11 @@ class PartitionLog:
 
     def _on_truncate_failed(self, first_index: int, start_offset: int, plan: RetentionPlan) -> None:
         # Only one truncation runs at a time, so nothing moved the start since.
-        assert self._first_index == plan.first_index
-        self._first_index = first_index
-        self._start_offset = start_offset
-        self._size_bytes += plan.deleted_bytes
+        state = self._state
+        assert state.first_index == plan.first_index
+        state.first_index = first_index
+        state.start_offset = start_offset
+        state.size_bytes += plan.deleted_bytes
         self._truncating = False
 
     def close(self, error: StorageError) -> None:

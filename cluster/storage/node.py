@@ -17,14 +17,17 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+from ..raft.types import EMPTY_CONF, ConfState, HardState
 from . import keys
-from .codec import HardState, decode_hard_state, encode_hard_state
+from .codec import decode_hard_state, encode_hard_state
 from .datadir import DataDirLock
 from .errors import LogClosedError, StorageError
 from .lmdbenv import Db, LmdbEnv
-from .log import LogState, PartitionLog
+from .log import PartitionLog
 from .meta import MetaStore
 from .ops import DropGroupOp, HardStateOp, MetaWriteOp
+from .raft_storage import LmdbRaftStorage
+from .state import load_group
 from .writer import GroupCommitWriter
 
 logger = logging.getLogger(__name__)
@@ -92,6 +95,7 @@ class NodeStorage:
         self._writer: GroupCommitWriter | None = None
         self._meta: MetaStore | None = None
         self._logs: dict[int, PartitionLog] = {}
+        self._rafts: dict[int, LmdbRaftStorage] = {}
         # Groups whose drop has not finished: their logs cannot be opened.
         self._dropping: dict[int, int] = {}
         self._drop_chunks = 0
@@ -149,8 +153,12 @@ class NodeStorage:
             with contextlib.suppress(asyncio.CancelledError):
                 await probe
         await writer.close()
+        closed = LogClosedError("storage closed")
+        for raft in self._rafts.values():
+            raft.close(closed)
+        self._rafts.clear()
         for log in self._logs.values():
-            log.close(LogClosedError("storage closed"))
+            log.close(closed)
         self._logs.clear()
         env.close()
         self._env = self._writer = self._meta = None
@@ -202,16 +210,53 @@ class NodeStorage:
         if group_id in self._dropping:
             # Later chunks of the drop would delete whatever it appended.
             raise LogClosedError(f"partition log of group {group_id} is being dropped")
-        state = LogState.load(env, group_id)
-        log = PartitionLog(group_id, env, writer, state, self._config.clock_ms)
+        loaded = load_group(env, group_id, partition=True)
+        log = PartitionLog(group_id, env, writer, loaded.state, self._config.clock_ms)
         self._logs[group_id] = log
         return log
 
+    def raft_storage(
+        self, group_id: int, *, conf: ConfState = EMPTY_CONF, partition: bool = True
+    ) -> LmdbRaftStorage:
+        """Opens (or returns) the Raft storage of a group, loading O(1) rows.
+
+        `partition` groups keep offsets: their NORMAL entries hold batches
+        (codec.py) and `partition_log(group_id)` is their offset view, fed at
+        apply time. Other groups (the controller) store opaque entries.
+        `conf` is the configuration of a new group's empty snapshot. A storage
+        whose writes failed is reloaded from what committed (the host makes a
+        new RawNode over it).
+        """
+        raft = self._rafts.get(group_id)
+        if raft is not None and raft.failed is None:
+            return raft
+        env, writer = self._open_parts()
+        if writer.failed is not None:
+            raise writer.failed
+        if group_id in self._dropping:
+            raise LogClosedError(f"group {group_id} is being dropped")
+        log = self._logs.get(group_id)
+        if log is not None and (log.closed or raft is not None):
+            # The old view shared the poisoned state; readers reopen it.
+            del self._logs[group_id]
+            log = None
+        loaded = load_group(env, group_id, partition)
+        if partition and log is None:
+            log = PartitionLog(group_id, env, writer, loaded.state, self._config.clock_ms)
+            self._logs[group_id] = log
+        raft = LmdbRaftStorage(group_id, env, writer, loaded, log, conf)
+        self._rafts[group_id] = raft
+        return raft
+
     async def drop_partition_log(self, group_id: int) -> None:
         _, writer = self._open_parts()
+        dropped = LogClosedError(f"partition log of group {group_id} was dropped")
+        raft = self._rafts.pop(group_id, None)
+        if raft is not None:
+            raft.close(dropped)
         log = self._logs.pop(group_id, None)
         if log is not None:
-            log.close(LogClosedError(f"partition log of group {group_id} was dropped"))
+            log.close(dropped)
         self._dropping[group_id] = self._dropping.get(group_id, 0) + 1
         try:
             # One bounded chunk per op, each submitted after the previous one
@@ -285,6 +330,8 @@ class NodeStorage:
                     await writer.run(MetaWriteOp([(probe_key, b"")], []))
 
     def _on_writer_failed(self, error: StorageError) -> None:
+        for raft in self._rafts.values():
+            raft.close(error)
         for log in self._logs.values():
             log.close(error)
         self._set_write_error(error)

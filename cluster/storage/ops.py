@@ -9,9 +9,11 @@ writer sees every op in FIFO order, so only it can keep the index exact.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
+from ..raft.types import EntryType
 from . import keys
-from .codec import EntryType, decode_header
+from .codec import ROW_HEADER_BYTES, decode_batch_header, decode_row_header
 from .lmdbenv import Db, WriteTxn
 from .writer import Turn, WriteOp
 
@@ -29,67 +31,89 @@ def _load_time_head(group_id: int) -> Callable[[WriteTxn], int | None]:
     return load
 
 
-class AppendEntryOp(WriteOp):
-    """Puts one encoded entry at (group, raft index) with its index rows.
+class IndexRow(NamedTuple):
+    """The offset (and maybe time) index rows of one applied RECORDS batch."""
+
+    raft_index: int
+    base_offset: int
+    max_timestamp_ms: int
+
+
+class LogWriteOp(WriteOp):
+    """Writes a group's log rows and/or the index rows of applied entries.
+
+    The one op of the log paths: a Raft append (rows, maybe after deleting a
+    conflicting suffix from `truncate_from` on), an apply (index rows and the
+    applied index in `group_meta`, DESIGN §4 "Committed-only reads"), and the
+    single-node append, which is both at once (applied on commit).
 
     `group_meta` (encoded) is written too when given; within a turn the last
     op's value wins, which is the newest state because ops keep FIFO order.
     """
 
-    __slots__ = (
-        "base_offset",
-        "entry_bytes",
-        "entry_type",
-        "group_id",
-        "group_meta",
-        "max_timestamp_ms",
-        "raft_index",
-        "record_count",
-    )
+    __slots__ = ("group_id", "group_meta", "index_rows", "rows", "truncate_from")
 
     def __init__(
         self,
         group_id: int,
-        raft_index: int,
-        entry_bytes: bytes,
+        rows: Sequence[tuple[int, bytes]],
         *,
-        entry_type: EntryType,
-        base_offset: int,
-        record_count: int,
-        max_timestamp_ms: int,
+        truncate_from: int | None = None,
+        index_rows: Sequence[IndexRow] = (),
         group_meta: bytes | None,
         on_commit: Callable[[], None] | None = None,
         on_fail: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(len(entry_bytes), on_commit, on_fail=on_fail)
+        size = sum(len(row) for _, row in rows) + INDEX_ROW_BYTES * len(index_rows)
+        super().__init__(size, on_commit, on_fail=on_fail)
         self.group_id = group_id
-        self.raft_index = raft_index
-        self.entry_bytes = entry_bytes
-        self.entry_type = entry_type
-        self.base_offset = base_offset
-        self.record_count = record_count
-        self.max_timestamp_ms = max_timestamp_ms
+        self.rows = rows
+        self.truncate_from = truncate_from
+        self.index_rows = index_rows
         self.group_meta = group_meta
 
     def apply(self, turn: Turn) -> None:
         group_id = self.group_id
-        index_value = keys.pack_u64(self.raft_index)
-        turn.put(Db.LOG, keys.log_key(group_id, self.raft_index), self.entry_bytes)
-        if self.entry_type is EntryType.DATA and self.record_count > 0:
-            turn.put(Db.OFFSET_INDEX, keys.offset_key(group_id, self.base_offset), index_value)
+        if self.truncate_from is not None:
+            self._truncate_suffix(turn, self.truncate_from)
+        for raft_index, row in self.rows:
+            turn.put(Db.LOG, keys.log_key(group_id, raft_index), row)
+        for raft_index, base_offset, max_timestamp_ms in self.index_rows:
+            index_value = keys.pack_u64(raft_index)
+            turn.put(Db.OFFSET_INDEX, keys.offset_key(group_id, base_offset), index_value)
             head = turn.time_head(group_id, _load_time_head(group_id))
             # Index only batches that raise the running max (Kafka's time
             # index): then the first row >= t names the first batch whose
             # own max timestamp is >= t, even with unordered producer clocks.
-            if head is None or self.max_timestamp_ms > head:
+            if head is None or max_timestamp_ms > head:
                 turn.put(
                     Db.TIME_INDEX,
-                    keys.time_key(group_id, self.max_timestamp_ms, self.base_offset),
+                    keys.time_key(group_id, max_timestamp_ms, base_offset),
                     index_value,
                 )
-                turn.set_time_head(group_id, self.max_timestamp_ms)
+                turn.set_time_head(group_id, max_timestamp_ms)
         if self.group_meta is not None:
             turn.put(Db.GROUP_META, keys.group_key(group_id), self.group_meta)
+
+    def _truncate_suffix(self, turn: Turn, first: int) -> None:
+        # Earlier ops of this turn may have put rows in the suffix: flushed
+        # first so that the range delete removes them too.
+        turn.barrier()
+        group_id = self.group_id
+        start = keys.group_key(group_id)
+        end = keys.group_end(group_id)
+        # Index rows are written only for applied entries, and applied entries
+        # are committed, which Raft never truncates: so a conflicting suffix
+        # has log rows only (DESIGN §4). A row pointing into it is a bug.
+        last = turn.txn.last_below(Db.OFFSET_INDEX, end, start)
+        assert last is None or keys.unpack_u64(bytes(last[1])) < first, (
+            f"group {group_id}: truncating from {first} would orphan an applied entry"
+        )
+        turn.txn.delete_range(Db.LOG, keys.log_key(group_id, first), end)
+
+
+# An offset index row and maybe a time index row (keys and values).
+INDEX_ROW_BYTES = 64
 
 
 class MetaWriteOp(WriteOp):
@@ -190,7 +214,15 @@ class TruncatePrefixOp(WriteOp):
     which is short unless a far-future timestamp was just deleted.
     """
 
-    __slots__ = ("first_index", "first_offset", "group_id", "group_meta")
+    __slots__ = (
+        "applied_index",
+        "first_index",
+        "first_offset",
+        "group_id",
+        "group_meta",
+        "repair_time_index",
+        "snapshot",
+    )
 
     # Up to RETENTION_ENTRIES_MAX entries and their index rows: one per turn.
     heavy = True
@@ -202,14 +234,24 @@ class TruncatePrefixOp(WriteOp):
         first_offset: int,
         group_meta: bytes,
         *,
+        applied_index: int,
+        repair_time_index: bool = True,
+        snapshot: bytes | None = None,
         on_commit: Callable[[], None] | None = None,
         on_fail: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(len(group_meta), on_commit, on_fail=on_fail)
+        size = len(group_meta) + (0 if snapshot is None else len(snapshot))
+        super().__init__(size, on_commit, on_fail=on_fail)
+        self.applied_index = applied_index
+        # Groups that are not partitions (the controller) have no offsets.
+        self.repair_time_index = repair_time_index
         self.group_id = group_id
         self.first_index = first_index
         self.first_offset = first_offset
         self.group_meta = group_meta
+        # A Raft compaction keeps the snapshot (configuration, application
+        # bytes) in the same transaction as the delete.
+        self.snapshot = snapshot
 
     def apply(self, turn: Turn) -> None:
         turn.barrier()
@@ -230,8 +272,11 @@ class TruncatePrefixOp(WriteOp):
                 time_cut = key
                 break
         txn.delete_range(Db.TIME_INDEX, start, time_cut)
-        self._repair_time_index(turn, survivor)
+        if self.repair_time_index:
+            self._repair_time_index(turn, survivor)
         turn.put(Db.GROUP_META, start, self.group_meta)
+        if self.snapshot is not None:
+            turn.put(Db.GROUP_META, keys.snapshot_key(group_id), self.snapshot)
 
     def _repair_time_index(self, turn: Turn, survivor: tuple[int, int] | None) -> None:
         group_id = self.group_id
@@ -241,17 +286,22 @@ class TruncatePrefixOp(WriteOp):
             Db.LOG, keys.log_key(group_id, self.first_index), keys.group_end(group_id)
         )
         for key, value in scan:
-            header = decode_header(value)
-            if header.entry_type is not EntryType.DATA or header.record_count == 0:
-                continue
-            if survivor is not None and header.base_offset >= survivor[1]:
+            _, raft_index = keys.parse_log_key(key)
+            if raft_index > self.applied_index:
+                # Entries past the applied index have no index rows yet.
                 break
-            if running_max is None or header.max_timestamp_ms > running_max:
-                running_max = header.max_timestamp_ms
-                _, raft_index = keys.parse_log_key(key)
+            if decode_row_header(value).entry_type is not EntryType.NORMAL:
+                continue
+            batch = decode_batch_header(value, ROW_HEADER_BYTES)
+            if not batch.takes_offsets:
+                continue
+            if survivor is not None and batch.base_offset >= survivor[1]:
+                break
+            if running_max is None or batch.max_timestamp_ms > running_max:
+                running_max = batch.max_timestamp_ms
                 rows.append(
                     (
-                        keys.time_key(group_id, running_max, header.base_offset),
+                        keys.time_key(group_id, running_max, batch.base_offset),
                         keys.pack_u64(raft_index),
                     )
                 )
@@ -259,3 +309,42 @@ class TruncatePrefixOp(WriteOp):
             turn.put(Db.TIME_INDEX, row_key, row_value)
         if survivor is None:
             turn.set_time_head(group_id, running_max)
+
+
+class InstallSnapshotOp(WriteOp):
+    """Replaces a group's whole log by a snapshot received from its leader.
+
+    Deletes every log, offset index and time index row of the group and
+    writes group_meta and the snapshot row, in one transaction: a crash
+    leaves either the old log or the snapshot, never a mix. (Bounded by the
+    group's log, which a follower far enough behind to need a snapshot
+    usually has little of; see docs/storage.md.)
+    """
+
+    __slots__ = ("group_id", "group_meta", "snapshot")
+
+    heavy = True
+
+    def __init__(
+        self,
+        group_id: int,
+        group_meta: bytes,
+        snapshot: bytes,
+        *,
+        on_commit: Callable[[], None] | None = None,
+        on_fail: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(len(group_meta) + len(snapshot), on_commit, on_fail=on_fail)
+        self.group_id = group_id
+        self.group_meta = group_meta
+        self.snapshot = snapshot
+
+    def apply(self, turn: Turn) -> None:
+        turn.barrier()
+        group_id = self.group_id
+        start, end = keys.group_key(group_id), keys.group_end(group_id)
+        for db in (Db.OFFSET_INDEX, Db.TIME_INDEX, Db.LOG):
+            turn.txn.delete_range(db, start, end)
+        turn.set_time_head(group_id, None)
+        turn.put(Db.GROUP_META, start, self.group_meta)
+        turn.put(Db.GROUP_META, keys.snapshot_key(group_id), self.snapshot)

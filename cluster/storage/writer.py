@@ -202,6 +202,11 @@ class GroupCommitWriter:
             self._syncer.start()
         self._thread.start()
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop that owns this writer's futures and callbacks."""
+        return self._loop
+
     def add_failure_listener(self, listener: Callable[[StorageError], None]) -> None:
         self._failure_listeners.append(listener)
 
@@ -245,6 +250,21 @@ class GroupCommitWriter:
                 self._grant_space()
                 self._check_idle()
             raise
+
+    def try_reserve(self, size_bytes: int) -> bool:
+        """Takes `size_bytes` of the queue budget now if they fit and nobody waits; never waits.
+
+        For synchronous callers (the Raft storage protocol's writes): a write
+        that does not fit is refused, never queued beyond the bound.
+        """
+        if self._failed is not None:
+            raise self._failed
+        if self._closing:
+            raise StorageError("storage is closing")
+        if self._space_waiters or not self._fits(size_bytes):
+            return False
+        self._take_space(size_bytes)
+        return True
 
     def release(self, size_bytes: int) -> None:
         """Gives back a reservation that will not be submitted."""
