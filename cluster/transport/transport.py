@@ -223,6 +223,11 @@ class PeerTransport:
         link = self._links.get(node_id)
         return 0 if link is None else link.queue.bytes + link.inflight_bytes
 
+    def buffered_messages(self, node_id: NodeId) -> int:
+        """Messages queued for `node_id` and not yet in a frame."""
+        link = self._links.get(node_id)
+        return 0 if link is None else len(link.queue)
+
     def connected(self, node_id: NodeId) -> bool:
         """True while our stream to `node_id` is up (handshake done)."""
         link = self._links.get(node_id)
