@@ -229,6 +229,8 @@ class NodeStorage:
         """
         raft = self._rafts.get(group_id)
         if raft is not None and raft.failed is None:
+            if (raft.partition_log is not None) != partition:
+                raise StorageError(f"group {group_id} is open with partition={not partition}")
             return raft
         env, writer = self._open_parts()
         if writer.failed is not None:
