@@ -19,7 +19,11 @@ The host's side of the contract:
   heartbeat) arrive from that node; liveness listeners hear every change.
 
 The transport is an async context manager that owns every task it starts
-(one per peer link, one liveness watcher) in one TaskGroup. A callback that
+(one per peer link, one liveness watcher) in one TaskGroup. The streams
+peers open to us run in gRPC's handler tasks, which we do not create; each
+one runs under a deadline the transport holds, and closing moves every such
+deadline to "now" and waits (at most `close_timeout_ms`) until they have
+all ended, so nothing of ours outlives the `async with`. A callback that
 raises is a bug in the host: the transport fails, and with it the node.
 """
 
