@@ -9,6 +9,10 @@ from weir.cluster.storage import Durability
 
 KiB = 1024
 MiB = 1024 * KiB
+# What one record of a parsed ProduceRequest takes in memory beyond its
+# bytes (measured: about 76 bytes for an empty record), so a request of many
+# tiny records is charged to the node's budget for what it really holds.
+PARSED_RECORD_BYTES = 96
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,6 +48,13 @@ class NodeConfig:
     # accepts ahead of a handler that is not reading. Fixed (gRPC's
     # bandwidth-delay probe, which grows it to 4-32 MiB, is off).
     stream_window_bytes: int = 64 * KiB
+    # Node-wide: request and response bytes the broker itself holds at once,
+    # over all calls (produce requests from read until durable, consume
+    # responses above a small per-call floor while built and written). A
+    # produce stream waits for room before it reads its next request, and a
+    # consumer gets smaller responses, when it is spent. See
+    # weir.server.limits and docs/operations.md.
+    inflight_bytes_max: int = 256 * MiB
     # Produce: requests one stream may have waiting for durability. When
     # full, the broker stops reading that stream and HTTP/2 flow control
     # pushes back on the client. The record bytes themselves are bounded by
@@ -88,3 +99,18 @@ class NodeConfig:
         # HTTP/2 allows windows up to 2^31-1; C-core advertises none below 1 KiB.
         if not 1 * KiB <= self.stream_window_bytes <= self.request_bytes_max:
             raise ValueError("stream_window_bytes must be between 1 KiB and request_bytes_max")
+        # Half the budget is the most consume responses may hold (clients
+        # that stop reading keep theirs), and the largest request, as parsed,
+        # must fit in the other half, or a producer could wait for room that
+        # never comes.
+        request_held_bytes_max = (
+            self.request_bytes_max + self.produce_request_records_max * PARSED_RECORD_BYTES
+        )
+        if self.inflight_bytes_max < 2 * max(
+            request_held_bytes_max, self.consume_response_bytes_max
+        ):
+            raise ValueError(
+                "inflight_bytes_max must be at least twice the largest request as parsed "
+                f"(request_bytes_max + produce_request_records_max x {PARSED_RECORD_BYTES} B)"
+                " and twice consume_response_bytes_max"
+            )

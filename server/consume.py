@@ -8,9 +8,19 @@ so `record_bytes_max` of byte credit always lets the next record through.
 
 Records are read from the log only when credit allows, straight into the
 response being written, so a consumer that stops reading costs the broker
-its position and, within a node-wide byte budget, the stored batch it is in
-the middle of: no buffer grows (DESIGN §6, invariant 5). gRPC's own write
-buffer is bounded by the credit too, since nothing is written without it.
+its position, the stored batch it is in the middle of (within the cursor
+limits of consume_cursor.py) and the one response being written: no buffer
+grows (DESIGN §6, invariant 5). gRPC's own write buffer is bounded by the
+credit too, since nothing is written without it.
+
+A response holds bytes of the node's `MemoryBudget` from when it is built
+until its write returns. Every stream may always send one of
+`RESPONSE_FLOOR_BYTES` without it, so consumers that stopped reading
+(whose writes never return) cannot starve the others; only the part above
+the floor is taken from the budget, with `try_acquire_most`, and when
+little is free the response is smaller rather than late. Only a record
+larger than the floor waits for its bytes. Responses draw on a share of
+half the budget, so stalled consumers can never hold what producers need.
 
 Each stream has one writer, the handler's own task: it writes every
 response, records and commit answers alike, and the final status is sent
@@ -31,9 +41,19 @@ from typing import Any
 
 import grpc
 
-from weir.cluster.storage import LogClosedError, PartitionLog, StorageError
+from weir.cluster.storage import LogClosedError, StorageError
 from weir.server import wire
 from weir.server.config import NodeConfig
+from weir.server.consume_cursor import (
+    Built,
+    ConsumeStats,
+    Credit,
+    CursorPool,
+    Partition,
+    StreamCursors,
+    build_response,
+)
+from weir.server.consume_start import out_of_range, start_positions
 from weir.server.errors import (
     BrokerError,
     abort,
@@ -41,6 +61,13 @@ from weir.server.errors import (
     shutting_down,
     storage_error,
     topic_not_found,
+)
+from weir.server.limits import (
+    RESPONSE_FLOOR_BYTES,
+    RESPONSE_HEADER_BYTES_MAX,
+    Lease,
+    MemoryBudget,
+    consume_share_bytes,
 )
 from weir.server.naming import check_group_name
 from weir.server.offsets import GroupOffsets
@@ -51,7 +78,6 @@ from weir.v1 import broker_pb2
 # Requests may be MALFORMED (see node._parser), hence Any.
 Context = grpc.aio.ServicerContext[Any, bytes]
 
-MiB = 1024 * 1024
 # Commits a stream may have read but not yet answered. The reader stops
 # reading (and HTTP/2 pushes back on the client) while this many are open.
 # Each holds at most one offset per partition of the topic.
@@ -59,62 +85,6 @@ COMMITS_INFLIGHT_MAX = 16
 # A pending commit answer waits behind at most this many record responses,
 # so a steady flow of records cannot starve it.
 ANSWER_DELAY_RESPONSES_MAX = 16
-# Stored batches kept between responses, so that a batch read in many small
-# steps is read and checksummed once: at most this much per stream and on
-# the whole node. Past either, a stream keeps only its byte position and
-# reads the batch again (its cost per record stays linear in the records
-# scanned, it only checksums again).
-CURSOR_STREAM_BYTES_MAX = 16 * MiB
-CURSOR_NODE_BYTES_MAX = 64 * MiB
-_NO_LIMIT = 1 << 62
-
-
-@dataclasses.dataclass(slots=True)
-class ConsumeStats:
-    """Work counters of the whole path, so tests can count work instead of timing it."""
-
-    records_scanned: int = 0  # record headers read by wire.take_records
-    stored_bytes_read: int = 0  # payload bytes returned by PartitionLog.read
-    listener_calls: int = 0  # wakeups delivered by partition logs
-    writer_turns: int = 0  # iterations of every stream's writer loop
-    responses: int = 0  # ConsumeResponses written
-
-
-@dataclasses.dataclass(slots=True, eq=False)
-class _Partition:
-    """A subscribed partition: its position, its cursor, and its log listener.
-
-    The instance itself is the callback registered with the log (eq=False:
-    the log finds it again by identity when it is removed).
-    """
-
-    partition: int
-    log: PartitionLog
-    position: int  # the next offset to send
-    stream: _Stream | None = None
-    queued: bool = False  # in the stream's ready queue
-    # Cursor: the stored batch holding `position` (base offset, or -1 when
-    # unknown), the byte position of record `position` in its payload, and
-    # the payload while it is kept (`kept_bytes` charged to the budgets).
-    batch_base: int = -1
-    batch_records: int = 0
-    batch_pos: int = 0
-    payload: bytes | None = None
-    kept_bytes: int = 0
-
-    def __call__(self) -> None:
-        if self.stream is not None:
-            self.stream.on_log_event(self)
-
-
-@dataclasses.dataclass(slots=True)
-class _Credit:
-    messages: int = 0
-    bytes: int = 0
-
-    @property
-    def usable(self) -> bool:
-        return self.messages > 0 and self.bytes > 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -122,25 +92,6 @@ class _CommitWork:
     commit_id: int
     offsets: dict[int, int]
     error: BrokerError | None
-
-
-def _out_of_range(partition: int, offset: int, start: int, end: int) -> BrokerError:
-    return BrokerError(
-        grpc.StatusCode.OUT_OF_RANGE,
-        "OFFSET_OUT_OF_RANGE",
-        f"offset {offset} of partition {partition} is outside the retained range [{start}, {end}]",
-        {"partition": partition, "offset": offset, "start_offset": start, "end_offset": end},
-    )
-
-
-def _partition_out_of_range(topic: Topic, partition: int) -> BrokerError:
-    return invalid(
-        "PARTITION_OUT_OF_RANGE",
-        f"topic {topic.name!r} has partitions 0..{topic.partition_count - 1}, not {partition}",
-        topic=topic.name,
-        partition=partition,
-        partition_count=topic.partition_count,
-    )
 
 
 def storage_failure(exc: StorageError, topic: str) -> BrokerError:
@@ -158,6 +109,7 @@ class ConsumePath:
         offsets: GroupOffsets,
         config: NodeConfig,
         stopping: asyncio.Event,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.topics = topics
         # Read by each _Stream of this path.
@@ -166,8 +118,11 @@ class ConsumePath:
         self.config = config
         self.stopping = stopping
         self.stats = ConsumeStats()
-        # Node-wide budget of stored batches kept by cursors (see CURSOR_*).
-        self.cursor_bytes_free = CURSOR_NODE_BYTES_MAX
+        self.cursors = CursorPool()
+        if budget is None:
+            budget = MemoryBudget(config.inflight_bytes_max)
+        # What responses above the floor may take of the node's budget.
+        self.responses = budget.share(consume_share_bytes(config))
 
     async def serve(self, context: Context) -> None:
         try:
@@ -190,10 +145,10 @@ class ConsumePath:
         topic = self.topics.get(subscribe.topic)
         if subscribe.group:
             check_group_name(subscribe.group)
-        credit = _Credit()
+        credit = Credit()
         self.add_credit(credit, subscribe.credit)
         try:
-            partitions = self._start_positions(topic, subscribe)
+            partitions = start_positions(topic, subscribe, self.replicator, self.offsets)
         except StorageError as exc:
             raise storage_failure(exc, topic.name) from None
         subscribed = broker_pb2.Subscribed(
@@ -216,78 +171,7 @@ class ConsumePath:
         stream = _Stream(context, topic, group, partitions, credit, self)
         await stream.run()
 
-    def _partition_numbers(self, topic: Topic, subscribe: broker_pb2.Subscribe) -> list[int]:
-        """Checks partitions and explicit offsets in time linear in the request.
-
-        Ranges first (one pass each, in C), then duplicates with a set that
-        holds at most partition_count numbers: a request that lists a
-        million partitions is refused before anything grows with it.
-        """
-        count = topic.partition_count
-        listed = subscribe.partitions
-        if listed:
-            highest = max(listed)
-            if highest >= count:
-                raise _partition_out_of_range(topic, highest)
-            # Every number is in range, so more numbers than partitions
-            # means a repeat, without building anything.
-            numbers = list(listed) if len(listed) <= count else []
-            if not numbers or len(set(numbers)) != len(numbers):
-                raise invalid("DUPLICATE_PARTITION", "a partition is listed twice")
-        else:
-            numbers = list(range(count))
-        explicit = subscribe.offsets
-        if explicit:
-            highest = max(explicit)
-            if highest >= count:
-                raise _partition_out_of_range(topic, highest)
-            if listed:
-                missing = explicit.keys() - set(numbers)
-                if missing:
-                    partition = min(missing)
-                    raise invalid(
-                        "PARTITION_NOT_SUBSCRIBED",
-                        f"an offset is given for partition {partition}, which is not subscribed",
-                        partition=partition,
-                    )
-        return numbers
-
-    def _start_positions(self, topic: Topic, subscribe: broker_pb2.Subscribe) -> list[_Partition]:
-        numbers = self._partition_numbers(topic, subscribe)
-        start = subscribe.start
-        if start.kind not in broker_pb2.StartKind.values():
-            raise invalid("INVALID_START", f"unknown start kind {start.kind}")
-        if start.kind == broker_pb2.START_KIND_TIMESTAMP and start.timestamp_ms < 0:
-            raise invalid("INVALID_START", "the start timestamp is negative")
-        result = []
-        for number in numbers:
-            log = self.replicator.log(topic.group_id(number))
-            result.append(_Partition(number, log, self._start_of(topic, subscribe, number, log)))
-        return result
-
-    def _start_of(
-        self, topic: Topic, subscribe: broker_pb2.Subscribe, partition: int, log: PartitionLog
-    ) -> int:
-        start_offset, end_offset = log.start_offset, log.end_offset
-        explicit = subscribe.offsets.get(partition)
-        if explicit is None and subscribe.start.kind == broker_pb2.START_KIND_OFFSET:
-            explicit = subscribe.start.offset
-        if explicit is not None:
-            if not start_offset <= explicit <= end_offset:
-                raise _out_of_range(partition, explicit, start_offset, end_offset)
-            return explicit
-        if subscribe.start.kind == broker_pb2.START_KIND_TIMESTAMP:
-            return log.offset_for_timestamp(subscribe.start.timestamp_ms)
-        if subscribe.group:
-            committed = self.offsets.get(subscribe.group, topic, partition)
-            if committed is not None:
-                # Retention may have deleted past the committed offset.
-                return max(committed, start_offset)
-        if subscribe.start.kind == broker_pb2.START_KIND_EARLIEST:
-            return start_offset
-        return end_offset
-
-    def add_credit(self, credit: _Credit, grant: broker_pb2.Credit) -> None:
+    def add_credit(self, credit: Credit, grant: broker_pb2.Credit) -> None:
         if grant.messages < 0 or grant.bytes < 0:
             raise invalid(
                 "NEGATIVE_CREDIT",
@@ -307,8 +191,8 @@ class _Stream:
         context: Context,
         topic: Topic,
         group: str,
-        partitions: list[_Partition],
-        credit: _Credit,
+        partitions: list[Partition],
+        credit: Credit,
         path: ConsumePath,
     ) -> None:
         self._context = context
@@ -320,12 +204,14 @@ class _Stream:
         self._stats = path.stats
         self._topic_field = wire.topic_field(topic.name)
         # Partitions that may have records to send, each at most once.
-        self._ready: collections.deque[_Partition] = collections.deque()
+        self._ready: collections.deque[Partition] = collections.deque()
         self._wake = asyncio.Event()
         self._failure: BaseException | None = None
         self._client_done = False
         self._log_closed = False
-        self._kept_bytes = 0
+        self._cursors = StreamCursors(path.cursors)
+        # The writer while it waits for budget: a failure cancels the wait.
+        self._budget_waiter: asyncio.Task[Any] | None = None
         # Commits read and not yet answered; the semaphore bounds them.
         self._commit_slots = asyncio.Semaphore(COMMITS_INFLIGHT_MAX)
         self._commits_open = 0
@@ -353,7 +239,7 @@ class _Stream:
             for p in self._partitions:
                 p.log.remove_listener(p)
                 p.stream = None
-                self._drop_cursor(p)
+                self._cursors.drop(p)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -362,7 +248,7 @@ class _Stream:
 
     # -- events from the log, the reader and the committer -------------------
 
-    def on_log_event(self, p: _Partition) -> None:
+    def on_log_event(self, p: Partition) -> None:
         """A log grew or closed: queue the partition, wake the writer if it can act."""
         self._stats.listener_calls += 1
         if p.log.closed:
@@ -379,6 +265,8 @@ class _Stream:
         if self._failure is None:
             self._failure = error
         self._wake.set()
+        if self._budget_waiter is not None:
+            self._budget_waiter.cancel()
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -435,7 +323,7 @@ class _Stream:
                 log = self._path.replicator.log(self._topic.group_id(item.partition))
                 end_offset = log.end_offset
                 if not 0 <= item.offset <= end_offset:
-                    raise _out_of_range(item.partition, item.offset, 0, end_offset)
+                    raise out_of_range(item.partition, item.offset, 0, end_offset)
                 offsets[item.partition] = max(item.offset, offsets.get(item.partition, 0))
         except BrokerError as error:
             return _CommitWork(commit.commit_id, {}, error)
@@ -528,104 +416,73 @@ class _Stream:
                 sent += 1
         return sent
 
-    async def _send_from(self, p: _Partition) -> bool:
-        """Write one response of records from `p` within credit; False if none fit."""
-        credit = self._credit
-        response_bytes_max = self._path.config.consume_response_bytes_max
-        if p.position < p.log.start_offset:
-            # Retention deleted records this consumer had not read yet; it
-            # sees the gap in the next batch's base_offset.
-            p.position = p.log.start_offset
-            self._drop_cursor(p)
-            p.batch_base = -1
-        base_offset = p.position
-        end_offset = p.log.end_offset
-        parts: list[bytes | memoryview] = []
-        messages = charged = framed = 0
-        fetched: collections.deque[tuple[int, int, bytes]] = collections.deque()
-        while p.position < end_offset and messages < credit.messages:
-            if p.payload is None:
-                if not fetched:
-                    room = min(credit.bytes - charged, response_bytes_max - framed)
-                    for batch in p.log.read(p.position, max(room, 1)):
-                        self._stats.stored_bytes_read += len(batch.payload)
-                        fetched.append((batch.base_offset, batch.record_count, batch.payload))
-                self._load_cursor(p, *fetched.popleft())
-            payload = p.payload
-            assert payload is not None
-            start = p.batch_pos
-            taken = wire.take_records(
-                payload,
-                start,
-                credit.messages - messages,
-                credit.bytes - charged,
-                response_bytes_max - framed if framed else _NO_LIMIT,
-            )
-            self._stats.records_scanned += taken.count + (taken.blocked_bytes >= 0)
-            if taken.count:
-                parts.append(memoryview(payload)[start : taken.end])
-                messages += taken.count
-                charged += taken.charged_bytes
-                framed += taken.end - start
-                p.position += taken.count
-                p.batch_pos = taken.end
-            if taken.end < len(payload):
-                break  # a limit stopped it inside this batch; the cursor stays
-            if p.position != p.batch_base + p.batch_records:
-                raise wire.MalformedBatchError(
-                    f"partition {p.partition}: batch {p.batch_base} holds "
-                    f"{p.position - p.batch_base} records, its header says {p.batch_records}"
+    async def _send_from(self, p: Partition) -> bool:
+        """Write one response of records from `p` within credit and budget; False if none fit."""
+        lease = self._response_lease()
+        try:
+            built = self._build(p, self._framed_bytes_max(lease))
+            if built.first_record_bytes:
+                # The next record alone is over the floor and what the budget
+                # could give at once: wait for its bytes rather than never
+                # send it.
+                if lease is not None:
+                    lease.close()
+                lease = await self._wait_for_budget(
+                    built.first_record_bytes + RESPONSE_HEADER_BYTES_MAX - RESPONSE_FLOOR_BYTES
                 )
-            self._drop_cursor(p)
-            p.batch_base = -1
-        if p.payload is not None and not p.kept_bytes:
-            self._keep_cursor(p)
-        if messages == 0:
-            return False
-        credit.messages -= messages
-        credit.bytes -= charged
-        await self._write(
-            wire.consume_batch_response(
-                self._topic_field, p.partition, base_offset, end_offset, parts
-            )
+                if lease is None:
+                    return False
+                # At least the record itself, even if it was stored under a
+                # larger record limit than the budget's share can cover.
+                framed_bytes_max = max(self._framed_bytes_max(lease), built.first_record_bytes)
+                built = self._build(p, framed_bytes_max)
+            response = built.response
+            if response is None:
+                return False
+            if lease is not None:
+                # Hold only what this response takes above the floor.
+                lease.shrink(min(lease.nbytes, max(0, len(response) - RESPONSE_FLOOR_BYTES)))
+            await self._write(response)
+            return True
+        finally:
+            if lease is not None:
+                lease.close()
+
+    def _response_lease(self) -> Lease | None:
+        """As much of what a full response needs above the floor as the budget has now."""
+        wanted = (
+            self._path.config.consume_response_bytes_max
+            + RESPONSE_HEADER_BYTES_MAX
+            - RESPONSE_FLOOR_BYTES
         )
-        return True
+        return self._path.responses.try_acquire_most(wanted) if wanted > 0 else None
 
-    # -- cursors ------------------------------------------------------------
+    def _framed_bytes_max(self, lease: Lease | None) -> int:
+        """The record bytes a response may carry with `lease` above the floor."""
+        leased = lease.nbytes if lease is not None else 0
+        return min(
+            self._path.config.consume_response_bytes_max,
+            RESPONSE_FLOOR_BYTES - RESPONSE_HEADER_BYTES_MAX + leased,
+        )
 
-    def _load_cursor(self, p: _Partition, base: int, record_count: int, payload: bytes) -> None:
-        if not base <= p.position < base + record_count:
-            raise wire.MalformedBatchError(
-                f"partition {p.partition}: read batch {base}+{record_count} for offset {p.position}"
-            )
-        if base != p.batch_base:
-            # First visit of this batch: find the position's byte offset once.
-            skip = p.position - base
-            p.batch_pos = (
-                wire.take_records(payload, 0, skip, _NO_LIMIT, _NO_LIMIT).end if skip else 0
-            )
-            self._stats.records_scanned += skip
-            p.batch_base = base
-        p.payload = payload
-        p.batch_records = record_count
+    async def _wait_for_budget(self, nbytes: int) -> Lease | None:
+        """Wait for `nbytes` of the responses' share; None if the stream failed meanwhile."""
+        writer = asyncio.current_task()
+        assert writer is not None
+        self._stats.budget_waits += 1
+        self._budget_waiter = writer
+        try:
+            return await self._path.responses.acquire(min(nbytes, self._path.responses.bytes_max))
+        except asyncio.CancelledError:
+            if self._failure is None:
+                raise
+            # `_fail` cancelled the wait; the writer loop ends the stream.
+            writer.uncancel()
+            return None
+        finally:
+            self._budget_waiter = None
 
-    def _keep_cursor(self, p: _Partition) -> None:
-        """Keep `p`'s partly sent batch for the next response if both budgets allow."""
-        assert p.payload is not None
-        size = len(p.payload)
-        path = self._path
-        if self._kept_bytes + size <= CURSOR_STREAM_BYTES_MAX and path.cursor_bytes_free >= size:
-            path.cursor_bytes_free -= size
-            self._kept_bytes += size
-            p.kept_bytes = size
-        else:
-            # Over budget: keep only the batch's base offset and byte position.
-            p.payload = None
-
-    def _drop_cursor(self, p: _Partition) -> None:
-        """Forget `p`'s batch payload (its base offset and byte position stay)."""
-        p.payload = None
-        if p.kept_bytes:
-            self._path.cursor_bytes_free += p.kept_bytes
-            self._kept_bytes -= p.kept_bytes
-            p.kept_bytes = 0
+    def _build(self, p: Partition, framed_bytes_max: int) -> Built:
+        return build_response(
+            p, self._cursors, self._credit, self._stats, self._topic_field, framed_bytes_max
+        )

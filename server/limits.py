@@ -14,18 +14,25 @@ give it:
    16-32 MiB per stream), and buffers that much of every stream whose
    handler is not reading; with the BDP probe off the window stays at
    `stream_window_bytes`.
-2. What gRPC cannot bound by itself, counted per call: while a handler has
-   a read pending, C-core widens that stream's window until the message it
-   has started to receive is complete, so a client that sends most of a
-   large request and stops holds up to `request_bytes_max` on the node for
-   as long as the call lives; a handler holds at most one parsed request
-   and one response being written. `rss_bound_bytes` adds these up; it is
-   the bound docs/operations.md states and tests/integration/
-   test_resources.py enforces.
-3. `MemoryBudget`: a node-wide budget in bytes that the produce and consume
-   paths take before they hold request or response bytes, so that the
-   bytes in flight across all streams together stay under one figure
-   rather than `calls_max` times a per-call figure.
+2. `MemoryBudget`, one per node (`inflight_bytes_max`): the produce path
+   takes a request's bytes from it once the request is read and gives them
+   back when its appends are durable or failed; the consume path takes a
+   response's bytes above a per-call floor (`RESPONSE_FLOOR_BYTES`) while
+   it builds and writes it. So the request and response bytes the broker
+   holds, over all calls together, stay under `inflight_bytes_max` plus
+   `calls_max` floors, rather than `calls_max` times a per-call figure.
+3. What neither can bound, counted per call: while a handler has a read
+   pending, C-core widens that stream's window until the message it has
+   started to receive is complete, so a client that sends most of a large
+   request and stops holds up to `request_bytes_max` on the node for as
+   long as the call lives, outside any budget (the bytes are C-core's
+   until the message is complete). A produce handler holds at most one
+   such request, or instead one parsed request waiting for the budget
+   (its reader is then not reading), so `calls_max` times the largest
+   request bounds both.
+
+`rss_bound` adds these up; it is the bound docs/operations.md states and
+tests/integration/test_resources.py enforces.
 """
 
 from __future__ import annotations
@@ -33,9 +40,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import logging
 from types import TracebackType
 
-from weir.server.config import KiB, MiB, NodeConfig
+from weir.server.config import PARSED_RECORD_BYTES, KiB, MiB, NodeConfig
+from weir.server.consume_cursor import CURSOR_NODE_BYTES_MAX
 
 # What an idle node takes before any client connects (interpreter, grpc,
 # protobuf, LMDB bookkeeping): measured at 48-75 MiB, with room for the
@@ -56,6 +65,35 @@ PENDING_REQUEST_BYTES = 512
 # stalled connection).
 RESPONSE_COPIES_PER_CALL = 2
 RESPONSE_COPIES_PER_CONNECTION = 1
+# A byte of the budget may be held twice as well: a response as above; a
+# request as its parsed message and the stored encoding made from it.
+BUDGET_COPIES = 2
+# Every consume call may send a response of this many bytes without taking
+# any budget, so a consumer is never stopped by others that stopped reading
+# (their responses hold budget until their calls end).
+RESPONSE_FLOOR_BYTES = 64 * KiB
+# The fields of a ConsumeResponse around its records: the topic name (at
+# most 249 bytes), partition, offsets and their tags and lengths.
+RESPONSE_HEADER_BYTES_MAX = 1 * KiB
+
+
+def consume_share_bytes(config: NodeConfig) -> int:
+    """What consume responses above the floor may take of the budget: half of it.
+
+    Stalled consumers keep their responses' bytes for as long as their
+    calls live, so without a cap they could hold the whole budget and stop
+    every producer; NodeConfig keeps the largest request under the other
+    half.
+    """
+    return config.inflight_bytes_max // 2
+
+
+def request_held_bytes_max(config: NodeConfig) -> int:
+    """What the largest produce request holds once parsed, as charged to the budget."""
+    return config.request_bytes_max + config.produce_request_records_max * PARSED_RECORD_BYTES
+
+
+log = logging.getLogger("weir.server.limits")
 
 
 def grpc_options(config: NodeConfig) -> list[tuple[str, int]]:
@@ -75,24 +113,34 @@ class RssBound:
 
     base_bytes: int
     storage_bytes: int
+    cursors_bytes: int
+    budget_bytes: int
     connections_bytes: int
     calls_bytes: int
 
     @property
     def total_bytes(self) -> int:
-        return self.base_bytes + self.storage_bytes + self.connections_bytes + self.calls_bytes
+        return (
+            self.base_bytes
+            + self.storage_bytes
+            + self.cursors_bytes
+            + self.budget_bytes
+            + self.connections_bytes
+            + self.calls_bytes
+        )
 
 
 def call_bytes_max(config: NodeConfig) -> int:
-    """The most one call can make the node hold, whatever its client does."""
+    """The most one call can make the node hold outside the budget, whatever its client does."""
     produce_pending = config.produce_inflight_requests_max * PENDING_REQUEST_BYTES
     return (
         CALL_BASE_BYTES
         # Unread bytes in the stream's receive window, plus one request
-        # that is partly received (or parsed and held by the handler).
+        # that is partly received, or parsed and waiting for the budget.
         + config.stream_window_bytes
-        + config.request_bytes_max
-        + RESPONSE_COPIES_PER_CALL * max(config.consume_response_bytes_max, 64 * KiB)
+        + request_held_bytes_max(config)
+        # The response every call may send without the budget.
+        + RESPONSE_COPIES_PER_CALL * (RESPONSE_FLOOR_BYTES + RESPONSE_HEADER_BYTES_MAX)
         + produce_pending
     )
 
@@ -107,6 +155,10 @@ def rss_bound(config: NodeConfig) -> RssBound:
     return RssBound(
         base_bytes=NODE_BASE_BYTES,
         storage_bytes=config.storage_write_queue_bytes_max + config.storage_txn_bytes_max,
+        # Stored batches kept by cursors, plus those one response is being
+        # built from (one at a time: building does not await).
+        cursors_bytes=CURSOR_NODE_BYTES_MAX + config.request_bytes_max,
+        budget_bytes=BUDGET_COPIES * config.inflight_bytes_max,
         connections_bytes=config.connections_max * connection_bytes,
         calls_bytes=config.calls_max * call_bytes_max(config),
     )
@@ -120,22 +172,56 @@ class BudgetExceededError(Exception):
     """A request for more bytes than the whole budget: it could never be granted."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class BudgetStats:
+    """A budget's figures, for tests, logs and metrics."""
+
+    bytes_max: int
+    used_bytes: int
+    peak_bytes: int  # the most ever granted at once
+    waits: int  # acquires that had to wait
+    waiting: int  # acquires waiting now
+    short_grants: int  # try_acquire* calls that got less than they asked for
+
+
 class MemoryBudget:
-    """A node-wide count of bytes in flight, granted first come, first served.
+    """A count of bytes in flight, granted first come, first served.
 
     `acquire(n)` waits until `n` bytes are free and returns a `Lease`;
     closing the lease (or leaving its `async with`) gives them back. Waiters
     are served in arrival order, so a stream asking for a large amount is
-    not overtaken forever by streams asking for small ones. A caller that
-    must not wait without end wraps `acquire` in `asyncio.timeout()`.
+    not overtaken forever by streams asking for small ones; for the same
+    reason `try_acquire` grants nothing while anyone waits. A caller that
+    must not wait without end wraps `acquire` in `asyncio.timeout()` or
+    cancels it.
+
+    A budget made with `share()` is a share of its parent: every byte it
+    grants is granted by the parent too, and the parent's own waiters go
+    first. A share caps what one kind of user (consume responses, whose
+    clients may stop reading and so hold a lease for as long as their call
+    lives) can take of the node's budget.
     """
 
     def __init__(self, bytes_max: int) -> None:
         if bytes_max <= 0:
             raise ValueError(f"bytes_max must be positive, not {bytes_max}")
         self.bytes_max = bytes_max
+        self._parent: MemoryBudget | None = None
+        self._shares: list[MemoryBudget] = []
         self._used = 0
+        self._peak = 0
+        self._waits = 0
+        self._short_grants = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def share(self, bytes_max: int) -> MemoryBudget:
+        """A budget of at most `bytes_max` that also takes every byte from this one."""
+        if bytes_max > self.bytes_max:
+            raise ValueError(f"a share of {bytes_max} exceeds its budget of {self.bytes_max}")
+        child = MemoryBudget(bytes_max)
+        child._parent = self
+        self._shares.append(child)
+        return child
 
     @property
     def used_bytes(self) -> int:
@@ -145,19 +231,43 @@ class MemoryBudget:
     def free_bytes(self) -> int:
         return self.bytes_max - self._used
 
+    def stats(self) -> BudgetStats:
+        return BudgetStats(
+            bytes_max=self.bytes_max,
+            used_bytes=self._used,
+            peak_bytes=self._peak,
+            waits=self._waits,
+            waiting=sum(not granted.done() for _, granted in self._waiters),
+            short_grants=self._short_grants,
+        )
+
     def try_acquire(self, nbytes: int) -> Lease | None:
         """A lease if `nbytes` are free now and nobody waits before us, else None."""
         self._check(nbytes)
-        if self._waiters or nbytes > self.free_bytes:
+        if nbytes > self._grantable_bytes():
+            self._short_grants += 1
             return None
-        self._used += nbytes
+        self._take(nbytes)
         return Lease(self, nbytes)
+
+    def try_acquire_most(self, nbytes: int) -> Lease | None:
+        """A lease of as many of `nbytes` as can be granted now; None if none can."""
+        assert nbytes > 0, nbytes
+        granted = min(nbytes, self._grantable_bytes())
+        if granted < nbytes:
+            self._short_grants += 1
+        if granted <= 0:
+            return None
+        self._take(granted)
+        return Lease(self, granted)
 
     async def acquire(self, nbytes: int) -> Lease:
         """Wait until `nbytes` are free; cancellation leaves the budget unchanged."""
-        lease = self.try_acquire(nbytes)
-        if lease is not None:
-            return lease
+        self._check(nbytes)
+        if nbytes <= self._grantable_bytes():
+            self._take(nbytes)
+            return Lease(self, nbytes)
+        self._waits += 1
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (nbytes, granted)
         self._waiters.append(entry)
@@ -178,10 +288,27 @@ class MemoryBudget:
         if nbytes > self.bytes_max:
             raise BudgetExceededError(f"{nbytes} bytes exceed the whole budget of {self.bytes_max}")
 
+    def _grantable_bytes(self) -> int:
+        """What could be granted now without overtaking a waiter (0 while any waits)."""
+        if self._waiters:
+            return 0
+        if self._parent is None:
+            return self.free_bytes
+        return min(self.free_bytes, self._parent._grantable_bytes())
+
+    def _take(self, nbytes: int) -> None:
+        self._used += nbytes
+        assert self._used <= self.bytes_max, (self._used, self.bytes_max)
+        self._peak = max(self._peak, self._used)
+        if self._parent is not None:
+            self._parent._take(nbytes)
+
     def _release(self, nbytes: int) -> None:
         assert 0 <= nbytes <= self._used, (nbytes, self._used)
         self._used -= nbytes
         self._wake()
+        if self._parent is not None:
+            self._parent._release(nbytes)
 
     def _wake(self) -> None:
         while self._waiters:
@@ -189,15 +316,44 @@ class MemoryBudget:
             if granted.done():
                 self._waiters.popleft()
                 continue
-            if nbytes > self.free_bytes:
+            parent_free = self._parent._grantable_bytes() if self._parent is not None else nbytes
+            if nbytes > self.free_bytes or nbytes > parent_free:
                 return
             self._waiters.popleft()
-            self._used += nbytes
+            self._take(nbytes)
             granted.set_result(None)
+        # Bytes this budget's own waiters could not use may serve a share's.
+        for share in self._shares:
+            if self._waiters or not self.free_bytes:
+                return
+            share._wake()
+
+
+def log_budget(budget: MemoryBudget) -> None:
+    """Logs a budget's figures (and its shares'), at a node's stop.
+
+    WARNING when the budget ever ran short (a producer waited, a response
+    was made smaller or waited): clients were slowed by the node's memory
+    limit, which an operator may want to raise. Otherwise INFO.
+    """
+    figures = [("node", budget.stats())] + [("responses", s.stats()) for s in budget._shares]
+    short = any(stats.waits or stats.short_grants for _, stats in figures)
+    log.log(
+        logging.WARNING if short else logging.INFO,
+        "memory budget at stop: %s",
+        "; ".join(
+            f"{name} peak_bytes={stats.peak_bytes} bytes_max={stats.bytes_max} "
+            f"waits={stats.waits} short_grants={stats.short_grants}"
+            for name, stats in figures
+        ),
+    )
 
 
 class Lease:
-    """Bytes held from a `MemoryBudget`; `shrink` returns part, `close` returns the rest."""
+    """Bytes held from a `MemoryBudget`; `shrink` returns part, `close` returns the rest.
+
+    Closing twice is harmless: a lease holds nothing after its first close.
+    """
 
     __slots__ = ("_budget", "nbytes")
 

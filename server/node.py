@@ -294,14 +294,17 @@ class Node:
             await offsets.load()
             await self._load_cluster_id(storage)
             replicator = LocalReplicator(storage)
+            # One budget for the request and response bytes of every call.
+            budget = limits.MemoryBudget(self.config.inflight_bytes_max)
             produce = ProducePath(
                 topics,
                 replicator,
                 self.config.produce_inflight_requests_max,
                 self._clock_ms,
                 self._stopping,
+                budget,
             )
-            consume = ConsumePath(topics, replicator, offsets, self.config, self._stopping)
+            consume = ConsumePath(topics, replicator, offsets, self.config, self._stopping, budget)
             server = grpc.aio.server(
                 options=[
                     ("grpc.max_receive_message_length", self.config.request_bytes_max),
@@ -331,7 +334,10 @@ class Node:
             await health.set_serving(True)
             if on_ready is not None:
                 on_ready(self)
-            await self._serve(stop, server, health, storage, topics, offsets)
+            try:
+                await self._serve(stop, server, health, storage, topics, offsets)
+            finally:
+                limits.log_budget(budget)
 
     async def _serve(
         self,

@@ -13,7 +13,12 @@ calls without any status.
 At most `produce_inflight_requests_max` requests wait per stream: when that
 many are unanswered the reader stops reading, and HTTP/2 flow control makes
 the client wait. Record bytes waiting for the disk are bounded by the
-storage writer's queue, in bytes.
+storage writer's queue, in bytes. Across all streams, a request holds its
+size (as parsed) from the node's `MemoryBudget` from when it is read until
+its appends are durable or failed; a reader takes it before reading the
+next request, so while the node is over budget its producers wait in
+HTTP/2 flow control. The budget is given back at durability, not when the
+answer is written, so a client that never reads its answers holds none.
 
 What is stored is Weir's own encoding of a batch, never the client's bytes:
 the broker parses the records, drops unknown fields at every level and
@@ -44,6 +49,7 @@ from google.protobuf.message import DecodeError
 
 from weir.cluster.storage import AppendTicket, LogClosedError, StorageError
 from weir.partitioner import murmur2
+from weir.server.config import PARSED_RECORD_BYTES
 from weir.server.errors import (
     BrokerError,
     abort,
@@ -52,6 +58,7 @@ from weir.server.errors import (
     storage_error,
     topic_not_found,
 )
+from weir.server.limits import Lease, MemoryBudget
 from weir.server.replicator import Replicator
 from weir.server.topics import Topic, TopicRegistry
 from weir.v1 import broker_pb2, records_pb2
@@ -243,6 +250,14 @@ def parse_request(raw: bytes, records_max: int) -> object:
         return MALFORMED
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Received:
+    """What the Produce method's deserializer returns: a `parse_request` result and its size."""
+
+    raw_bytes: int
+    message: object
+
+
 def too_many_records(limit: int) -> BrokerError:
     return BrokerError(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -376,6 +391,26 @@ class _Pending:
     placed: list[_Placed]
     error: BrokerError | None = None
 
+    def release_when_durable(self, lease: Lease) -> None:
+        """Give `lease` back once every append is durable or failed (now if there are none).
+
+        Done by callbacks on the tickets rather than by the writer, which
+        may wait without end for a client that does not read its answers.
+        """
+        remaining = len(self.placed)
+        if not remaining:
+            lease.close()
+            return
+
+        def on_done(_: asyncio.Future[None]) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if not remaining:
+                lease.close()
+
+        for placed in self.placed:
+            placed.ticket.durable.add_done_callback(on_done)
+
     async def response(self) -> broker_pb2.ProduceResponse | None:
         if self.error is None:
             try:
@@ -428,8 +463,10 @@ class ProducePath:
         inflight_requests_max: int,
         clock_ms: Callable[[], int],
         stopping: asyncio.Event,
+        budget: MemoryBudget,
     ) -> None:
         self._topics = topics
+        self._budget = budget
         self._replicator = replicator
         self._inflight_requests_max = inflight_requests_max
         self._clock_ms = clock_ms
@@ -444,10 +481,10 @@ class ProducePath:
 
     @staticmethod
     def request_parser(records_max: int) -> Callable[[bytes], object]:
-        """The Produce method's request deserializer (see `parse_request`)."""
+        """The Produce method's request deserializer (see `parse_request`, `Received`)."""
 
-        def parse(raw: bytes) -> object:
-            return parse_request(raw, records_max)
+        def parse(raw: bytes) -> Received:
+            return Received(len(raw), parse_request(raw, records_max))
 
         return parse
 
@@ -498,11 +535,12 @@ class ProducePath:
                 self._reading.discard(reader)
             if request is grpc.aio.EOF:
                 return _End(None)
-            if isinstance(request, TooManyRecords):
-                item = _Pending(request.request_id, False, [], request.error())
-            elif isinstance(request, broker_pb2.ProduceRequest):
-                item = await self._accept(request)
-            else:
+            assert isinstance(request, Received), request
+            item = await self._admit(request)
+            # The parsed request must not outlive its lease: nothing below
+            # (a full queue, the next read) may keep it alive.
+            del request
+            if item is None:
                 return _End(_malformed_produce())
             await pending.put(item)
 
@@ -517,6 +555,25 @@ class ProducePath:
             response = await item.response()
             if response is not None:
                 await context.write(response.SerializeToString())
+
+    async def _admit(self, received: Received) -> _Pending | None:
+        """Take the request's bytes from the budget, then accept it; None if malformed."""
+        request = received.message
+        if isinstance(request, TooManyRecords):
+            # Refused before parsing: nothing of it is held.
+            return _Pending(request.request_id, False, [], request.error())
+        if not isinstance(request, broker_pb2.ProduceRequest):
+            return None
+        held_bytes = received.raw_bytes + len(request.batch.records) * PARSED_RECORD_BYTES
+        # NodeConfig keeps the largest request under half the budget.
+        lease = await self._budget.acquire(held_bytes)
+        try:
+            item = await self._accept(request)
+        except BaseException:
+            lease.close()
+            raise
+        item.release_when_durable(lease)
+        return item
 
     async def _accept(self, request: broker_pb2.ProduceRequest) -> _Pending:
         silent = request.acks == broker_pb2.ACKS_NONE

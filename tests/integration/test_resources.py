@@ -1,5 +1,9 @@
 """Node-wide memory bounds under hostile clients, while well-behaved clients are served.
 
+The second test (at the end) pushes the node's memory budget to its limit
+with many producers and consumers and reads its peak from the log line the
+node writes at stop.
+
 Against one real `weir serve`, at once:
 
 - producers that pipeline requests and never read a response (their
@@ -24,11 +28,13 @@ reading its socket while acknowledging the broker's settings and pings.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -393,3 +399,133 @@ def test_hostile_clients_stay_under_the_stated_bound(
     assert sampler.peak_bytes < bound.total_bytes
     assert attacked[0] < 2 * idle[0], "produce throughput fell by more than half"
     assert attacked[1] < 2 * idle[1], "consume throughput fell by more than half"
+
+
+# --- the node-wide memory budget ----------------------------------------
+
+# A budget far below what the clients below ask for at once, so that
+# producers wait for it and responses shrink; requests and records small
+# enough that the config rule (the largest parsed request fits in half the
+# budget) holds.
+BUDGET_SETTINGS = {
+    "inflight_bytes_max": 4 * MiB,
+    "request_bytes_max": 1 * MiB,
+    "record_bytes_max_limit": 256 * KiB,
+    "record_bytes_max_default": 256 * KiB,
+    "produce_request_records_max": 1000,
+    "consume_response_bytes_max": 512 * KiB,
+}
+BUDGET_PRODUCERS = 12
+BUDGET_REQUESTS = 40  # per producer, pipelined on one stream
+BUDGET_RECORDS = 12  # per request: 12 x 16 KiB, about 200 KiB a request
+BUDGET_VALUE = b"v" * (16 * KiB)
+BUDGET_CONSUMERS = 4
+BUDGET_STALLED = 8
+_BUDGET_LINE = re.compile(
+    r"memory budget at stop: node peak_bytes=(\d+) bytes_max=(\d+) waits=(\d+)"
+    r" short_grants=\d+; responses peak_bytes=(\d+) bytes_max=(\d+) waits=\d+"
+    r" short_grants=(\d+)"
+)
+
+
+def stalled_consumers(address: str, topic: str, count: int) -> list[RawConnection]:
+    """Consumers that grant huge credit and never read past their first DATA frame."""
+    subscribe = broker_pb2.ConsumeRequest(
+        subscribe=broker_pb2.Subscribe(
+            topic=topic,
+            start=broker_pb2.StartPosition(kind=broker_pb2.START_KIND_EARLIEST),
+            credit=broker_pb2.Credit(messages=1 << 30, bytes=1 << 40),
+        )
+    )
+    connections = []
+    for _ in range(count):
+        connection = RawConnection(address, receive_window=(1 << 31) - 1, stall_after_data=True)
+        stream = connection.open(CONSUME)
+        assert connection.send(stream, grpc_message(subscribe.SerializeToString()), wait_s=5)
+        connections.append(connection)
+    return connections
+
+
+def produce_all(address: str, producer: int) -> int:
+    """One well-behaved producer: pipelines its requests, reads every answer."""
+    with RawClient(address) as client:
+        requests = (
+            request("load", [BUDGET_VALUE] * BUDGET_RECORDS, request_id=producer * 1000 + i)
+            for i in range(BUDGET_REQUESTS)
+        )
+        answers = list(client.produce(requests, timeout_s=90))
+    assert len(answers) == BUDGET_REQUESTS
+    assert not [a.error for a in answers if a.HasField("error")]
+    return len(answers)
+
+
+def consume_all(address: str, records: int) -> int:
+    """One well-behaved consumer: reads `records` records from the start of "load"."""
+    with RawClient(address) as client:
+        stream = ConsumeStream(
+            client,
+            broker_pb2.Subscribe(
+                topic="load",
+                start=broker_pb2.StartPosition(kind=broker_pb2.START_KIND_EARLIEST),
+                credit=broker_pb2.Credit(messages=1 << 30, bytes=1 << 40),
+            ),
+            timeout_s=90,
+        )
+        try:
+            assert stream.next().WhichOneof("kind") == "subscribed"
+            batches = read_batches(stream, records)
+        finally:
+            stream.close()
+    assert batches[0].base_offset == 0
+    return sum(len(b.records) for b in batches)
+
+
+def test_budget_peak_stays_under_inflight_bytes_max_and_everyone_completes(
+    tmp_path: Path,
+) -> None:
+    """Producers and consumers together ask for far more than the budget; it holds.
+
+    Twelve producers pipeline about 8 MiB each against a 4 MiB budget (so
+    their readers wait for it), eight consumers stall holding responses
+    (taking the responses' share), and four well-behaved consumers read
+    everything meanwhile on floor-sized responses. Every call completes; at
+    stop the node logs its budget's figures, whose peak must not exceed
+    inflight_bytes_max.
+    """
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in BUDGET_SETTINGS.items()]
+    broker = BrokerProcess(tmp_path / "data", *flags).start()
+    stalled: list[RawConnection] = []
+    try:
+        with RawClient(broker.address) as client:
+            client.create_topic("load")
+            client.create_topic("stalled")
+            bulk = (request("stalled", [BUDGET_VALUE] * 60, request_id=i) for i in range(16))
+            assert not any(r.HasField("error") for r in client.produce(bulk))
+        stalled = stalled_consumers(broker.address, "stalled", BUDGET_STALLED)
+        records = BUDGET_PRODUCERS * BUDGET_REQUESTS * BUDGET_RECORDS
+        with ThreadPoolExecutor(BUDGET_PRODUCERS + BUDGET_CONSUMERS) as pool:
+            consumers = [
+                pool.submit(consume_all, broker.address, records) for _ in range(BUDGET_CONSUMERS)
+            ]
+            producers = [
+                pool.submit(produce_all, broker.address, n) for n in range(BUDGET_PRODUCERS)
+            ]
+            assert sum(f.result(timeout=100) for f in producers) == (
+                BUDGET_PRODUCERS * BUDGET_REQUESTS
+            )
+            assert [f.result(timeout=100) for f in consumers] == [records] * BUDGET_CONSUMERS
+    finally:
+        for connection in stalled:
+            connection.close()
+        broker.stop()
+    match = _BUDGET_LINE.search(broker.output())
+    assert match is not None, "the node logs its budget at stop:\n" + broker.output()
+    peak, bytes_max, waits, share_peak, share_max, short_grants = map(int, match.groups())
+    print(
+        f"budget peak {peak} of {bytes_max} bytes, {waits} waits;"
+        f" responses' share peak {share_peak} of {share_max}, {short_grants} short grants"
+    )
+    assert bytes_max == BUDGET_SETTINGS["inflight_bytes_max"]
+    assert peak <= bytes_max and share_peak <= share_max == bytes_max // 2
+    # The budget was the limit: producers waited for it and responses shrank.
+    assert waits > 0 and short_grants > 0
