@@ -55,10 +55,10 @@ TOPIC_NS = b"\x05topic"
 DELETING_NS = b"\x0etopic_deleting"
 OFFSET_NS = b"\x06offset"
 OFFSET_BY_LOG_NS = b"\x0doffset_by_log"
-# The fixed head of a stored entry (cluster/storage/codec.py), which the
-# entry's crc32 covers: version, type (1 = DATA), flags, term, base offset,
-# record count.
-ENTRY_HEAD = struct.Struct(">BBHQQI")
+# The fixed head of a record batch inside a stored entry (cluster/storage/
+# codec.py), which the entry's data crc covers: kind (1 = RECORDS), flags,
+# reserved, record count, base offset.
+BATCH_HEAD = struct.Struct(">BBHIQ")
 # LMDB's page header (lmdb.h, MDB_page): the u16 page type flags follow the
 # page number and a pad; pages are 4 KiB on this platform.
 LMDB_PAGE_BYTES = 4096
@@ -216,14 +216,14 @@ def test_health_follows_whether_storage_can_write(small_map: BrokerProcess) -> N
 
 
 def damage_entry_heads(data_dir: Path, base_offset: int, record_count: int) -> int:
-    """Flips the format version of every stored copy of an entry; returns how many.
+    """Flips the batch kind of every stored copy of an entry; returns how many.
 
     The entry is found by the head bytes its checksum covers; LMDB may hold
     stale copies of the page in free space, which are damaged too (harmless).
     """
     path = data_dir / "data.mdb"
     data = bytearray(path.read_bytes())
-    head = ENTRY_HEAD.pack(1, 1, 0, 0, base_offset, record_count)
+    head = BATCH_HEAD.pack(1, 0, 0, record_count, base_offset)
     found = 0
     at = data.find(head)
     while at >= 0:
