@@ -1,0 +1,282 @@
+"""The fault-injecting proxy, checked with plain loopback sockets.
+
+Each test builds a target listener, connects through a proxy, and accepts
+the proxy's upstream connection on the target, so both ends are ordinary
+blocking sockets held by the test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.fault_proxy import Cut, Direction, FaultProxy, ProxyLoop, Topology
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+IO_TIMEOUT_S = 10.0
+# How long a test waits to be convinced that bytes are *not* coming.
+QUIET_S = 0.3
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def loop() -> Iterator[ProxyLoop]:
+    with ProxyLoop() as proxy_loop:
+        yield proxy_loop
+
+
+@pytest.fixture
+def target() -> Iterator[socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(IO_TIMEOUT_S)
+        yield listener
+
+
+def address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+def connect(proxy: FaultProxy, target: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """A client socket through the proxy and the target's side of it."""
+    client = socket.create_connection(("127.0.0.1", proxy.port), timeout=IO_TIMEOUT_S)
+    server, _ = target.accept()
+    server.settimeout(IO_TIMEOUT_S)
+    return client, server
+
+
+def recv_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        assert chunk, f"closed after {len(data)} of {count} bytes"
+        data += chunk
+    return data
+
+
+def nothing_arrives(sock: socket.socket) -> bool:
+    sock.settimeout(QUIET_S)
+    try:
+        sock.recv(1)
+    except TimeoutError:
+        return True
+    finally:
+        sock.settimeout(IO_TIMEOUT_S)
+    return False
+
+
+def is_closed(sock: socket.socket) -> bool:
+    """The peer closed or reset the connection (reads end or fail)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_bytes_flow_both_ways_and_are_counted(loop: ProxyLoop, target: socket.socket) -> None:
+    proxy = loop.proxy(address(target))
+    client, server = connect(proxy, target)
+    with client, server:
+        payload = os.urandom(1 << 20)
+        sender = threading.Thread(target=client.sendall, args=(payload,))
+        sender.start()
+        assert recv_exactly(server, len(payload)) == payload
+        sender.join(IO_TIMEOUT_S)
+        server.sendall(b"pong")
+        assert recv_exactly(client, 4) == b"pong"
+    stats = proxy.stats()
+    assert stats.bytes_forward == len(payload)
+    assert stats.bytes_backward == 4
+    assert stats.connections_accepted == 1
+
+
+def test_cut_resets_both_ends_refuses_new_ones_and_heal_restores(
+    loop: ProxyLoop, target: socket.socket
+) -> None:
+    proxy = loop.proxy(address(target))
+    client, server = connect(proxy, target)
+    with client, server:
+        proxy.cut()
+        assert is_closed(client)
+        assert is_closed(server)
+    assert proxy.stats().connections_open == 0
+
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=IO_TIMEOUT_S) as refused:
+        assert is_closed(refused)
+    assert proxy.stats().connections_refused == 1
+
+    proxy.heal()
+    client, server = connect(proxy, target)
+    with client, server:
+        client.sendall(b"again")
+        assert recv_exactly(server, 5) == b"again"
+
+
+def test_blackhole_holds_bytes_and_connections_until_healed(
+    loop: ProxyLoop, target: socket.socket
+) -> None:
+    proxy = loop.proxy(address(target))
+    client, server = connect(proxy, target)
+    with client, server:
+        proxy.cut(Cut.BLACKHOLE)
+        client.sendall(b"held forward")
+        server.sendall(b"held back")
+        assert nothing_arrives(server)
+        assert nothing_arrives(client)
+
+        # A new connection is accepted but not passed on while cut.
+        late = socket.create_connection(("127.0.0.1", proxy.port), timeout=IO_TIMEOUT_S)
+        target.settimeout(QUIET_S)
+        with pytest.raises(TimeoutError):
+            target.accept()
+        target.settimeout(IO_TIMEOUT_S)
+
+        proxy.heal()
+        assert recv_exactly(server, 12) == b"held forward"
+        assert recv_exactly(client, 9) == b"held back"
+        late_server, _ = target.accept()
+        with late, late_server:
+            late.sendall(b"late")
+            assert recv_exactly(late_server, 4) == b"late"
+
+
+@pytest.mark.parametrize("blocked", list(Direction))
+def test_one_way_block_holds_one_direction_while_the_other_flows(
+    loop: ProxyLoop, target: socket.socket, blocked: Direction
+) -> None:
+    proxy = loop.proxy(address(target))
+    client, server = connect(proxy, target)
+    with client, server:
+        proxy.block(blocked)
+        sent_from, sent_to = (client, server) if blocked is Direction.FORWARD else (server, client)
+        flowing_from, flowing_to = sent_to, sent_from
+        sent_from.sendall(b"stuck")
+        flowing_from.sendall(b"flows")
+        assert recv_exactly(flowing_to, 5) == b"flows"
+        assert nothing_arrives(sent_to)
+        proxy.heal()
+        assert recv_exactly(sent_to, 5) == b"stuck"
+
+
+def test_delay_delivers_intact_and_no_sooner(loop: ProxyLoop, target: socket.socket) -> None:
+    proxy = loop.proxy(address(target))
+    client, server = connect(proxy, target)
+    with client, server:
+        proxy.delay(200)
+        started = time.monotonic()
+        client.sendall(b"slow")
+        assert recv_exactly(server, 4) == b"slow"
+        # A lower bound only: the proxy holds each chunk at least this long.
+        assert time.monotonic() - started >= 0.2
+        proxy.heal()
+        client.sendall(b"fast")
+        assert recv_exactly(server, 4) == b"fast"
+
+
+def test_connections_are_bounded(loop: ProxyLoop, target: socket.socket) -> None:
+    proxy = loop.proxy(address(target), connections_max=2)
+    first = connect(proxy, target)
+    second = connect(proxy, target)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=IO_TIMEOUT_S) as third:
+        assert is_closed(third)
+    assert proxy.stats().connections_refused == 1
+    for sock in (*first, *second):
+        sock.close()
+
+
+def test_a_dead_target_closes_the_dialer(loop: ProxyLoop) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as gone:
+        dead = address(gone)
+    proxy = loop.proxy(dead)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=IO_TIMEOUT_S) as client:
+        assert is_closed(client)
+
+
+def test_topology_routes_each_node_through_its_own_proxies() -> None:
+    listeners = {n: socket.create_server(("127.0.0.1", 0)) for n in (1, 2, 3)}
+    try:
+        for listener in listeners.values():
+            listener.settimeout(IO_TIMEOUT_S)
+        with ProxyLoop() as loop:
+            topology = Topology(loop, {n: address(s) for n, s in listeners.items()})
+            peers = dict(item.split("=") for item in topology.peers_arg(1).split(","))
+            assert peers["1"] == address(listeners[1])
+            assert peers["2"] == topology.proxy(1, 2).address
+            assert peers["3"] == topology.proxy(1, 3).address
+            assert len(set(topology.peers_arg(2).split(",")) & set(peers.values())) == 0
+
+            def link_works(frm: int, to: int) -> bool:
+                """Connect through proxy (frm, to): either the target gets it or it is reset."""
+                proxy = topology.proxy(frm, to)
+                with socket.create_connection(("127.0.0.1", proxy.port), IO_TIMEOUT_S) as c:
+                    listeners[to].settimeout(QUIET_S)
+                    try:
+                        server, _ = listeners[to].accept()
+                    except TimeoutError:
+                        assert is_closed(c)
+                        return False
+                    with server:
+                        c.sendall(b"x")
+                        return recv_exactly(server, 1) == b"x"
+
+            topology.isolate(1)
+            assert {pair for pair in topology.proxies if not link_works(*pair)} == {
+                (1, 2),
+                (2, 1),
+                (1, 3),
+                (3, 1),
+            }
+            topology.heal_all()
+            topology.partition({1, 2}, {3})
+            assert {pair for pair in topology.proxies if not link_works(*pair)} == {
+                (1, 3),
+                (3, 1),
+                (2, 3),
+                (3, 2),
+            }
+            topology.heal_all()
+            topology.cut_one_way(2, 1)
+            assert not link_works(2, 1)
+            assert link_works(1, 2)
+            topology.heal_all()
+            assert all(link_works(*pair) for pair in topology.proxies)
+    finally:
+        for listener in listeners.values():
+            listener.close()
+
+
+def test_nothing_leaks() -> None:
+    fds_before = open_fds()
+    threads_before = threading.active_count()
+    with socket.create_server(("127.0.0.1", 0)) as target:
+        target.settimeout(IO_TIMEOUT_S)
+        loop = ProxyLoop().start()
+        proxies = [loop.proxy(address(target)) for _ in range(3)]
+        held = []
+        for proxy in proxies:
+            client, server = connect(proxy, target)
+            client.sendall(b"x")
+            assert recv_exactly(server, 1) == b"x"
+            held += [client, server]
+        proxies[0].cut(Cut.BLACKHOLE)
+        proxies[1].block(Direction.BACKWARD)
+        proxies[2].delay(50)
+        assert loop.tasks() > 0
+        for proxy in proxies:
+            proxy.close()
+        assert loop.tasks() == 0, "every connection task ended"
+        loop.close()
+        assert not loop.thread.is_alive()
+        for sock in held:
+            sock.close()
+    assert threading.active_count() == threads_before
+    assert open_fds() == fds_before
