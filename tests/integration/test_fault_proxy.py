@@ -11,10 +11,16 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.support.cluster_process import (  # noqa: F401 (fixtures)
+    ClusterProcess,
+    free_ports,
+    make_cluster_fixture,
+)
 from tests.support.fault_proxy import Cut, Direction, FaultProxy, ProxyLoop, Topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -280,3 +286,98 @@ def test_nothing_leaks() -> None:
             sock.close()
     assert threading.active_count() == threads_before
     assert open_fds() == fds_before
+
+
+# The proxies between real nodes, through the cluster harness.
+
+
+def clustering_wired(cluster: ClusterProcess) -> bool:
+    return "clustering is not wired" not in cluster.outputs()
+
+
+@pytest.mark.timeout(120)
+def test_a_proxied_cluster_routes_every_node_through_its_proxies(
+    make_cluster: Callable[..., ClusterProcess],
+) -> None:
+    cluster = make_cluster(nodes=3, proxies=True)
+    assert cluster.topology is not None
+    pids = [cluster.node(n).pid for n in cluster.node_ids]
+    for node in cluster.node_ids:
+        args = cluster.args(node)
+        peers = dict(item.split("=") for item in args[args.index("--peers") + 1].split(","))
+        assert peers[str(node)] == cluster.peer_address(node)
+        for other in cluster.node_ids:
+            if other != node:
+                assert peers[str(other)] == cluster.topology.proxy(node, other).address
+        assert cluster.describe(node).node_id == node
+
+    cluster.pause(2)
+    cluster.resume(2)
+    assert cluster.describe(2).node_id == 2
+    cluster.restart(3)
+    assert cluster.node(3).pid not in pids
+    assert cluster.describe(3).node_id == 3
+    cluster.kill(1)
+    cluster.start_node(1)
+    assert cluster.describe(1).node_id == 1
+
+    cluster.stop()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.mark.timeout(180)
+def test_an_isolated_node_is_seen_dead_and_rejoins_when_healed(
+    make_cluster: Callable[..., ClusterProcess],
+) -> None:
+    cluster = make_cluster(nodes=3, proxies=True)
+    if not clustering_wired(cluster):
+        pytest.skip("weir serve does not act on --peers yet")
+    assert cluster.topology is not None
+    cluster.wait_converged()
+    before = cluster.topology.stats()
+    assert all(s.bytes_forward > 0 for s in before.values()), "peer traffic uses the proxies"
+
+    cluster.isolate(1)
+    cluster.wait_until(
+        lambda: not cluster.sees_all_alive(2, [1]) and not cluster.sees_all_alive(1, [2, 3]),
+        what="node 1 and the others seeing each other dead",
+    )
+    cluster.wait_converged(among=[2, 3])
+    cluster.heal()
+    cluster.wait_converged()
+
+
+@pytest.mark.timeout(180)
+def test_a_paused_node_is_seen_dead_and_rejoins_when_resumed(
+    make_cluster: Callable[..., ClusterProcess],
+) -> None:
+    cluster = make_cluster(nodes=3)
+    if not clustering_wired(cluster):
+        pytest.skip("weir serve does not act on --peers yet")
+    cluster.wait_converged()
+    cluster.pause(3)
+    cluster.wait_until(lambda: not cluster.sees_all_alive(1, [3]), what="node 3 seen dead")
+    cluster.resume(3)
+    cluster.wait_converged()
+
+
+@pytest.mark.timeout(120)
+def test_the_harness_retries_with_new_ports_when_one_is_taken(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as squatter:
+        taken = squatter.getsockname()[1]
+        picks: list[list[int]] = []
+
+        def pick(count: int) -> list[int]:
+            ports = free_ports(count)
+            if not picks:
+                ports[0] = taken  # node 1's client port, on the first attempt only
+            picks.append(ports)
+            return ports
+
+        cluster = ClusterProcess(tmp_path, nodes=1, pick_ports=pick)
+        with cluster:
+            assert len(picks) == 2
+            assert cluster.address(1) == f"127.0.0.1:{picks[1][0]}"
+            assert cluster.describe(1).node_id == 1
