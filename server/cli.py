@@ -9,30 +9,128 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from weir.cluster.storage import Durability
 from weir.server.cli_client import add_client_commands
-from weir.server.config import NodeConfig
+from weir.server.config import DEFAULT_CLUSTER_ID, NodeConfig, format_peers, parse_peers
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:7070"
 SWITCH_INTERVAL_S = 0.0005
+
+
+ENV_PREFIX = "WEIR_"
+
+
+class SettingError(ValueError):
+    """A `weir serve` setting from a flag or the environment that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServeSetting:
+    """One setting of `weir serve`: a flag, and the environment variable of the same name.
+
+    The flag `--peer-listen` is also `WEIR_PEER_LISTEN`; a flag given on the
+    command line wins over the environment, which wins over the default. An
+    empty environment variable counts as unset.
+    """
+
+    name: str
+    default: str | int
+    help: str
+    choices: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def parse(self, raw: str, source: str) -> str | int:
+        if isinstance(self.default, int):
+            try:
+                return int(raw.strip())
+            except ValueError:
+                raise SettingError(f"{source} must be an integer, not {raw!r}") from None
+        if self.choices and raw not in self.choices:
+            raise SettingError(f"{source} must be one of {', '.join(self.choices)}, not {raw!r}")
+        return raw
+
+
+def serve_settings() -> list[ServeSetting]:
+    """Every setting of `weir serve`, in the order `--help` lists them."""
+    defaults = NodeConfig(data_dir=Path("."))
+    settings = [
+        ServeSetting("data_dir", "./data", "where this node's LMDB files live"),
+        ServeSetting(
+            "listen", DEFAULT_BOOTSTRAP, "HOST:PORT where clients connect (port 0: any free)"
+        ),
+        ServeSetting(
+            "advertised_address", "", "HOST:PORT clients are told to use (default: --listen)"
+        ),
+        ServeSetting("node_id", 1, "this node's id (>= 1), one of --peers"),
+        ServeSetting(
+            "peers",
+            "",
+            "founding members' peer addresses, this node's own included: "
+            "'1=HOST:PORT,2=HOST:PORT,3=HOST:PORT', the same on every node "
+            "(empty: run alone)",
+        ),
+        ServeSetting(
+            "peer_listen",
+            "",
+            "HOST:PORT where this node accepts other nodes (default: its own entry in --peers)",
+        ),
+        ServeSetting("cluster_id", DEFAULT_CLUSTER_ID, "cluster name; the same on every node"),
+        ServeSetting(
+            "durability",
+            Durability.SYNC.value,
+            "sync: fsync before acknowledging; async: fsync every few ms",
+            tuple(d.value for d in Durability),
+        ),
+    ]
+    settings += [ServeSetting(name, getattr(defaults, name), "") for name in _limit_fields()]
+    return settings
+
+
+def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> NodeConfig:
+    """The node's configuration: flags first, then WEIR_* variables, then defaults.
+
+    Raises SettingError (a ValueError) naming the flag or variable at fault,
+    or ValueError from NodeConfig's own checks.
+    """
+    values: dict[str, str | int] = {}
+    sources: dict[str, str] = {}
+    for setting in serve_settings():
+        value = getattr(args, setting.name)
+        source = setting.flag
+        if value is None:
+            raw = environ.get(setting.env, "")
+            source = setting.env
+            value = setting.parse(raw, source) if raw != "" else setting.default
+        values[setting.name] = value
+        sources[setting.name] = source
+    try:
+        peers = parse_peers(str(values.pop("peers")))
+    except ValueError as exc:
+        raise SettingError(f"{sources['peers']}: {exc}") from None
+    return NodeConfig(
+        data_dir=Path(str(values.pop("data_dir"))),
+        durability=Durability(str(values.pop("durability"))),
+        peers=peers,
+        **values,  # type: ignore[arg-type]
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
     from weir.cluster.storage import StorageError
     from weir.server.node import Node, NodeFailedError, StartError
 
-    limits = {name: getattr(args, name) for name in _limit_fields()}
     try:
-        config = NodeConfig(
-            data_dir=Path(args.data_dir),
-            listen=args.listen,
-            advertised_address=args.advertised_address or "",
-            node_id=args.node_id,
-            durability=Durability(args.durability),
-            **limits,
-        )
+        config = serve_config(args, os.environ)
     except ValueError as exc:
         print(f"error: invalid setting: {exc}", file=sys.stderr)
         return 2
@@ -40,6 +138,18 @@ def _serve(args: argparse.Namespace) -> int:
         level=os.environ.get("WEIR_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if config.clustered:
+        # TODO(issue 6, host wiring): remove this once Node runs the
+        # multi-Raft host from config.peers; until then a node given peers
+        # must not pretend to be part of a cluster.
+        logging.getLogger("weir.server").warning(
+            "clustering is not wired into this node yet: node %d of cluster %r with peers %s "
+            "serves alone and does not listen on %s",
+            config.node_id,
+            config.cluster_id,
+            format_peers(config.peers),
+            config.peer_listen,
+        )
 
     def ready(node: Node) -> None:
         host = config.listen.rsplit(":", 1)[0]
@@ -83,6 +193,16 @@ def _limit_fields() -> list[str]:
     ]
 
 
+_METAVARS = {
+    "data_dir": "DIR",
+    "listen": "HOST:PORT",
+    "advertised_address": "HOST:PORT",
+    "peers": "ID=HOST:PORT,...",
+    "peer_listen": "HOST:PORT",
+    "cluster_id": "NAME",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weir", description="Weir message broker")
     parser.add_argument(
@@ -93,25 +213,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run a broker node")
-    serve.add_argument("--data-dir", default="./data", help="where LMDB files live")
-    serve.add_argument("--listen", default=DEFAULT_BOOTSTRAP, help="host:port (port 0: any free)")
-    serve.add_argument("--advertised-address", help="address clients use (default: --listen)")
-    serve.add_argument("--node-id", type=int, default=1)
-    serve.add_argument(
-        "--durability",
-        choices=[d.value for d in Durability],
-        default=Durability.SYNC.value,
-        help="sync: fsync before acknowledging (default); async: fsync every few ms",
+    serve = commands.add_parser(
+        "serve",
+        help="run a broker node",
+        description="Run a broker node. Every flag can also be set by the environment "
+        "variable WEIR_<FLAG> (e.g. --peer-listen: WEIR_PEER_LISTEN); a flag on the "
+        "command line wins over the environment.",
     )
-    defaults = NodeConfig(data_dir=Path("."))
-    for name in _limit_fields():
+    for setting in serve_settings():
+        # No argparse default: None means "not on the command line", so that
+        # serve_config can fall back to the environment, then the default.
+        parts = [setting.help] if setting.help else []
+        parts.append(f"env {setting.env}")
+        if setting.default != "":
+            parts.append(f"default {setting.default}")
+        is_int = isinstance(setting.default, int)
         serve.add_argument(
-            "--" + name.replace("_", "-"),
-            type=int,
-            default=getattr(defaults, name),
-            metavar="N",
-            help="default %(default)s",
+            setting.flag,
+            type=int if is_int else str,
+            choices=setting.choices or None,
+            default=None,
+            metavar="N" if is_int else _METAVARS.get(setting.name),
+            help="; ".join(parts).replace("%", "%%"),
         )
     serve.set_defaults(func=_serve)
     add_client_commands(commands)

@@ -1,8 +1,15 @@
-"""A node's settings, with every limit named and in its unit."""
+"""A node's settings, with every limit named and in its unit.
+
+Addresses and cluster membership are checked here, once, so that `weir
+serve`, the test harnesses and the deploy files all meet the same rules:
+an address is HOST:PORT, node ids are distinct and at least 1, and a node
+given founding peers is one of them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from weir.cluster.storage import Durability
@@ -13,6 +20,53 @@ MiB = 1024 * KiB
 # bytes (measured: about 76 bytes for an empty record), so a request of many
 # tiny records is charged to the node's budget for what it really holds.
 PARSED_RECORD_BYTES = 96
+
+DEFAULT_CLUSTER_ID = "weir"
+# A cluster id is a short name, checked in every peer handshake: letters,
+# digits, '.', '_' and '-', starting with a letter or digit.
+_CLUSTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+# HOST is a name, an IPv4 address or a bracketed IPv6 address.
+_HOST = re.compile(r"\[[0-9A-Fa-f:.%a-zA-Z0-9]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]*")
+PORT_MAX = 65535
+
+Peers = tuple[tuple[int, str], ...]
+
+
+def check_address(address: str, what: str, *, port_zero_ok: bool = True) -> None:
+    """Raises ValueError unless `address` is HOST:PORT (port 0 only where it may bind any)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not _HOST.fullmatch(host) or not port.isdecimal():
+        raise ValueError(f"{what} must be HOST:PORT, not {address!r}")
+    low = 0 if port_zero_ok else 1
+    if not low <= int(port) <= PORT_MAX:
+        raise ValueError(f"{what} port must be between {low} and {PORT_MAX}, not {port}")
+
+
+def parse_peers(text: str) -> Peers:
+    """Parses "1=HOST:PORT,2=HOST:PORT,..." (the founding members' peer addresses).
+
+    The result is sorted by node id; an empty string means no peers (a single
+    node). Membership (distinct ids, this node among them) is NodeConfig's check.
+    """
+    peers: list[tuple[int, str]] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        node_id, sep, address = item.partition("=")
+        node_id = node_id.strip()
+        if not sep or not node_id.isdecimal():
+            raise ValueError(
+                f"peers must be ID=HOST:PORT entries separated by commas, not {item!r}"
+            )
+        address = address.strip()
+        check_address(address, f"peer {node_id}'s address", port_zero_ok=False)
+        peers.append((int(node_id), address))
+    return tuple(sorted(peers))
+
+
+def format_peers(peers: Peers) -> str:
+    return ",".join(f"{node_id}={address}" for node_id, address in peers)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -25,6 +79,16 @@ class NodeConfig:
     advertised_address: str = ""
     node_id: int = 1
     durability: Durability = Durability.SYNC
+    # The founding members' peer addresses, this node's own included, sorted
+    # by node id; the same on every node (like etcd's --initial-cluster).
+    # Empty: this node runs alone.
+    peers: Peers = ()
+    # Where this node accepts other nodes' Raft traffic. Defaults to this
+    # node's own entry in `peers`; unused (empty) without peers.
+    peer_listen: str = ""
+    # Every node of a cluster must be given the same id: the peer handshake
+    # refuses a node of another cluster.
+    cluster_id: str = DEFAULT_CLUSTER_ID
 
     # The largest gRPC message a client may send (one ProduceRequest).
     request_bytes_max: int = 8 * MiB
@@ -85,6 +149,8 @@ class NodeConfig:
             value = getattr(self, field.name)
             if isinstance(value, int) and value <= 0:
                 raise ValueError(f"{field.name} must be positive, not {value}")
+        self._check_addresses()
+        self._check_membership()
         if self.record_bytes_max_default > self.record_bytes_max_limit:
             raise ValueError("record_bytes_max_default exceeds record_bytes_max_limit")
         # A request carries at least one record plus its framing.
@@ -114,3 +180,41 @@ class NodeConfig:
                 f"(request_bytes_max + produce_request_records_max x {PARSED_RECORD_BYTES} B)"
                 " and twice consume_response_bytes_max"
             )
+
+    def _check_addresses(self) -> None:
+        check_address(self.listen, "listen")
+        if self.advertised_address:
+            check_address(self.advertised_address, "advertised address", port_zero_ok=False)
+        if not _CLUSTER_ID.fullmatch(self.cluster_id):
+            raise ValueError(
+                f"cluster id must be 1-63 letters, digits, '.', '_' or '-', not {self.cluster_id!r}"
+            )
+
+    def _check_membership(self) -> None:
+        ids = [node_id for node_id, _ in self.peers]
+        if not self.peers:
+            if self.peer_listen:
+                raise ValueError("peer listen address given without peers")
+            return
+        for node_id, address in self.peers:
+            if node_id < 1:
+                raise ValueError(f"peer ids must be at least 1, not {node_id}")
+            check_address(address, f"peer {node_id}'s address", port_zero_ok=False)
+        if len(set(ids)) != len(ids):
+            duplicates = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(f"peer ids must be distinct: {duplicates} appear twice")
+        if list(self.peers) != sorted(self.peers):
+            raise ValueError("peers must be sorted by node id (parse_peers sorts them)")
+        if self.node_id not in ids:
+            raise ValueError(f"node id {self.node_id} is not among the peers {ids}")
+        if not self.peer_listen:
+            # A frozen dataclass: this default is derived, so set it once here.
+            object.__setattr__(self, "peer_listen", dict(self.peers)[self.node_id])
+        check_address(self.peer_listen, "peer listen address")
+        if self.peer_listen == self.listen:
+            raise ValueError(f"peer listen address and listen are both {self.listen}")
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this node was given founding peers (else it runs alone)."""
+        return bool(self.peers)
