@@ -6,11 +6,15 @@ STAMP := $(VENV)/.installed-stamp
 PORT ?= 7070
 DATA ?= ./data
 SEEDS ?= 50000
+NODES ?= 3
+PEER_PORT ?= 7170
+# Runs a local cluster (see the top of the script for its settings).
+CLUSTER := NODES=$(NODES) DATA=$(DATA) CLIENT_PORT=$(PORT) PEER_PORT=$(PEER_PORT) WEIR=$(VENV)/bin/weir deploy/local/weir-cluster
 
-.PHONY: help venv run test test-unit test-sim test-integration sim lint typecheck proto proto-check buf-lint wheel-check bench check clean
+.PHONY: help venv run stop test test-unit test-sim test-integration sim lint typecheck proto proto-check buf-lint wheel-check bench check clean
 
 help:
-	@echo "make run | test | check | lint | typecheck | proto | bench | sim SEEDS=N"
+	@echo "make run [NODES=1] | stop | test | check | lint | typecheck | proto | bench | sim SEEDS=N"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,9 +24,19 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## Start one broker with its data under ./data (Ctrl-C or SIGTERM stops it cleanly).
+## Start a local three-node cluster: data under ./data/node-1..3, clients on
+## 127.0.0.1:7070-7072, peers on 127.0.0.1:7170-7172; Ctrl-C stops all three
+## cleanly. `make run NODES=1`: one broker with its data under ./data on 7070.
 run: $(STAMP)
+ifeq ($(NODES),1)
 	$(VENV)/bin/weir serve --data-dir $(DATA) --listen 127.0.0.1:$(PORT)
+else
+	$(CLUSTER) run
+endif
+
+## Stop the nodes of `deploy/local/weir-cluster start` (or of a `make run` that was killed).
+stop:
+	$(CLUSTER) stop
 
 ## Every test: unit + simulation (with coverage of the Raft core), then integration.
 test: $(STAMP)
