@@ -14,7 +14,7 @@ import enum
 import logging
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
 from ..raft.types import EMPTY_CONF, ConfState, HardState
@@ -250,6 +250,17 @@ class NodeStorage:
         self._rafts[group_id] = raft
         return raft
 
+    @contextlib.contextmanager
+    def hold_writes(self) -> Iterator[None]:
+        """Ops submitted inside this (synchronous) block go to the writer together.
+
+        One writer turn then covers all of them: one transaction, one fsync.
+        The Raft host persists every group of its turn inside one hold.
+        """
+        _, writer = self._open_parts()
+        with writer.hold():
+            yield
+
     async def drop_partition_log(self, group_id: int) -> None:
         _, writer = self._open_parts()
         dropped = LogClosedError(f"partition log of group {group_id} was dropped")
@@ -293,6 +304,11 @@ class NodeStorage:
         """Deletes whole oldest entries beyond the limits; returns how many were deleted."""
         self._open_parts()
         return await self.partition_log(group_id).truncate_prefix(retention_bytes, retention_ms)
+
+    def writer_stats(self) -> dict[str, int]:
+        """The writer's counters only (no LMDB call): cheap enough for every host turn."""
+        _, writer = self._open_parts()
+        return writer.stats()
 
     def stats(self) -> dict[str, int]:
         env, writer = self._open_parts()

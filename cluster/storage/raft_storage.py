@@ -332,6 +332,12 @@ class LmdbRaftStorage:
         return self._state.applied_index
 
     @property
+    def applied_submitted(self) -> int:
+        """The highest index handed to `apply_entries` (durable or not): a new
+        RawNode over this storage resumes after it (`RawNode(applied=...)`)."""
+        return self._state.applied_submitted
+
+    @property
     def next_offset(self) -> int:
         """The offset after the log's tail as written (the leader proposes from it)."""
         return self._state.next_offset
@@ -375,6 +381,19 @@ class LmdbRaftStorage:
         self._check()
         await self._writer.reserve(size_bytes)
         self._credit_bytes += size_bytes
+
+    def try_reserve(self, size_bytes: int) -> bool:
+        """`reserve()` without waiting: True if the bytes were taken now.
+
+        The multi-Raft host handles many groups in one turn and must not let
+        one group's wait hold the others back; a group that cannot reserve
+        keeps its Ready for the next turn.
+        """
+        self._check()
+        if not self._writer.try_reserve(size_bytes):
+            return False
+        self._credit_bytes += size_bytes
+        return True
 
     def flush(self) -> asyncio.Future[None]:
         """A future that resolves once every write submitted so far is durable.

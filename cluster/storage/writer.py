@@ -30,7 +30,7 @@ import collections
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .errors import StorageError, StorageFullError
 from .lmdbenv import Db, LmdbEnv, WriteTxn
@@ -158,6 +158,8 @@ class GroupCommitWriter:
         self._cond = threading.Condition()
         self._queue: collections.deque[WriteOp] = collections.deque()
         self._stopping = False
+        # While > 0 the thread takes no turn (see hold()).
+        self._holds = 0
         self._fatal: StorageError | None = None
         # Set by the thread when a turn failed because storage is full, cleared
         # by the loop once every failed op was undone: submissions in between
@@ -290,6 +292,24 @@ class GroupCommitWriter:
             raise fatal
         self._outstanding_ops += 1
         return future
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keeps the thread from starting a turn while the block submits ops.
+
+        The Raft host submits the writes of every group with work in one
+        synchronous block; without the hold the thread could wake on the first
+        op and commit it alone, so one host turn would cost two fsyncs. The
+        block must not await: the thread waits for it.
+        """
+        with self._cond:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holds -= 1
+                self._cond.notify()
 
     async def run(self, op: WriteOp) -> None:
         """Reserve, submit and wait for the commit of one op."""
@@ -470,7 +490,11 @@ class GroupCommitWriter:
         try:
             while True:
                 with self._cond:
-                    while not self._queue and not self._stopping and self._fatal is None:
+                    while (
+                        (not self._queue or self._holds)
+                        and not self._stopping
+                        and self._fatal is None
+                    ):
                         self._cond.wait()
                     if self._fatal is not None:
                         raise self._fatal

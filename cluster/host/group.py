@@ -1,0 +1,191 @@
+"""One Raft group on this node: its RawNode, its storage, its waiters, its quiet state.
+
+The host keeps a `Group` per running group. Everything here runs on the
+event loop and is touched by the host's driver, its receive callback and
+its API calls, never concurrently (one thread, no awaits inside).
+
+Quiescence (DESIGN §4 "Idle groups are free", after CockroachDB): the host
+stops ticking a group that has nothing to do. A leader goes quiet when every
+member holds its whole log, everything is committed and applied, no transfer
+runs and every member's node is alive, and this has held for
+`quiesce_after_ticks` ticks (so followers heard the final commit index on a
+heartbeat). A follower goes quiet when it knows a leader on a live node and
+has heard from that leader since it last woke. A quiet group wakes (is
+ticked again) when a proposal or transfer arrives, when a message arrives
+that a quiet group would not expect (anything but the leader's traffic to a
+follower, or acknowledgements of a fully replicated log to a leader), and
+when a member's node changes liveness, which is how a quiet follower whose
+leader's node died starts its election timer. The core needs no change: a
+group that is not ticked has no timers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from ..raft.rawnode import RawNode, Ready
+from ..raft.types import NONE, Config, Entry, Message, MessageType, NodeId, Role
+from ..storage.codec import entry_next_offset
+from ..storage.log import PartitionLog
+from ..storage.raft_storage import LmdbRaftStorage
+from .tickets import Waiters
+
+ApplyCallback = Callable[[Entry], object]
+SnapshotCallback = Callable[[bytes], None]
+
+LEADER_TRAFFIC = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
+
+
+class Group:
+    def __init__(
+        self,
+        group_id: int,
+        config: Config,
+        storage: LmdbRaftStorage,
+        rng: random.Random,
+        waiters: Waiters,
+        *,
+        partition: bool,
+        on_apply: ApplyCallback | None,
+        on_snapshot: SnapshotCallback | None,
+        quiesce_after_ticks: int,
+    ) -> None:
+        self.group_id = group_id
+        self.partition = partition
+        self.on_apply = on_apply
+        self.on_snapshot = on_snapshot
+        self.waiters = waiters
+        self._config = config
+        self._rng = rng
+        self._quiesce_after_ticks = quiesce_after_ticks
+        self.stopped = False
+        # The Ready taken from the RawNode and not advanced yet (at most one),
+        # and the writer budget already reserved for it.
+        self.ready: Ready | None = None
+        self.reserved_bytes = 0
+        # Highest index handed to on_apply (or restored from a snapshot): a
+        # reopened group replays its log and must not apply twice.
+        self.app_applied = 0
+        # Leader: the offset after the newest proposed batch, valid while the
+        # log's last index is `tail_index` (see next_offset()).
+        self.tail_index = -1
+        self.tail_offset = 0
+        # Quiescence.
+        self.quiesced = False
+        self.settled_ticks = 0
+        self.heard_leader = False
+        self.leader_seen = NONE
+        self.storage = storage
+        self.raw = self._open(storage)
+
+    def _open(self, storage: LmdbRaftStorage) -> RawNode:
+        self.storage = storage
+        # The highest index handed to storage.apply_entries.
+        self.storage_applied = storage.applied_submitted
+        # A partition's apply is its index rows: resume after them. An opaque
+        # group's state machine lives in memory, so its log is replayed from
+        # the snapshot (entries at or below app_applied are skipped).
+        applied = storage.applied_submitted if self.partition else None
+        raw = RawNode(self._config, storage, self._rng, applied=applied)
+        if not self.partition:
+            snapshot = storage.snapshot()
+            if snapshot.meta.index > self.app_applied and self.on_snapshot is not None:
+                self.on_snapshot(snapshot.data)
+            self.app_applied = max(self.app_applied, snapshot.meta.index)
+        else:
+            self.app_applied = max(self.app_applied, storage.applied_submitted)
+        self.tail_index = -1
+        return raw
+
+    def reopen(self, storage: LmdbRaftStorage) -> None:
+        """After a failed write: a new RawNode over the storage reloaded from disk."""
+        self.ready = None
+        self.reserved_bytes = 0
+        self.raw = self._open(storage)
+
+    # ---- status ---------------------------------------------------------------------
+
+    @property
+    def leader(self) -> NodeId:
+        return self.raw.raft.leader
+
+    @property
+    def role(self) -> Role:
+        return self.raw.raft.role
+
+    @property
+    def partition_log(self) -> PartitionLog | None:
+        return self.storage.partition_log
+
+    def members(self) -> frozenset[NodeId]:
+        return self.raw.raft.conf.members()
+
+    # ---- offsets ----------------------------------------------------------------------
+
+    def next_offset(self) -> int:
+        """The offset after the leader's whole log tail, proposed entries included.
+
+        Storage knows the tail it was given; entries the core appended since
+        (proposals, a new leader's no-op) are still in its unstable log.
+        """
+        raft = self.raw.raft
+        last = raft.log.last_index()
+        if self.tail_index == last:
+            return self.tail_offset
+        storage_last = self.storage.last_index()
+        offset = self.storage.next_offset
+        for entry in raft.log.unstable:
+            if entry.index > storage_last:
+                offset = entry_next_offset(entry, offset)
+        self.tail_index, self.tail_offset = last, offset
+        return offset
+
+    def proposed(self, index: int, next_offset: int) -> None:
+        self.tail_index, self.tail_offset = index, next_offset
+
+    # ---- quiescence --------------------------------------------------------------------
+
+    def on_message(self, message: Message) -> None:
+        """Bookkeeping after `message` was stepped: did we hear our leader?"""
+        raft = self.raw.raft
+        if message.type in LEADER_TRAFFIC:
+            self.heard_leader = raft.leader == message.frm
+        elif raft.role is not Role.LEADER:
+            # Someone else campaigns or answers: stay awake until the leader speaks.
+            self.heard_leader = False
+
+    def quiet_ok(self, alive: Callable[[NodeId], bool]) -> bool:
+        """Whether this group may stay quiet (the cheap part of `can_quiesce`)."""
+        raft = self.raw.raft
+        me = raft.id
+        if raft.role is Role.FOLLOWER:
+            leader = raft.leader
+            return leader not in (NONE, me) and self.heard_leader and alive(leader)
+        if raft.role is not Role.LEADER or raft.lead_transferee != NONE:
+            return False
+        log = raft.log
+        last = log.last_index()
+        if log.committed != last:
+            return False
+        for node, progress in raft.progress.items():
+            if progress.match != last or (node != me and not alive(node)):
+                return False
+        return True
+
+    def can_quiesce(self, alive: Callable[[NodeId], bool]) -> bool:
+        """Checked at each tick of an awake group."""
+        if self.ready is not None or not self.quiet_ok(alive):
+            self.settled_ticks = 0
+            return False
+        raft = self.raw.raft
+        if raft.role is Role.FOLLOWER:
+            return True
+        if raft.log.applied != raft.log.committed or self.raw.has_ready():
+            self.settled_ticks = 0
+            return False
+        self.settled_ticks += 1
+        return self.settled_ticks >= self._quiesce_after_ticks
+
+
+__all__ = ["LEADER_TRAFFIC", "ApplyCallback", "Group", "SnapshotCallback"]

@@ -1,0 +1,167 @@
+"""What a proposer holds while its entry travels: tickets, and the group's waiters.
+
+A proposal is identified by (index, term). Its outcome is decided only by
+applying (DESIGN §4 "Offsets at propose time"): the entry at its index
+applied with the same term means committed, with another term means not
+written (safe to retry). A deadline, or the group or host stopping, leaves
+the outcome unknown. Nothing else resolves a waiter early: a leader that
+steps down keeps its waiters, because the new leader's log soon tells
+whether the entry survived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from ..raft.types import Entry
+from .errors import HostError, NotWrittenError, OutcomeUnknownError
+
+
+@dataclass(frozen=True, slots=True)
+class AppendTicket:
+    """A record batch proposed to a partition group.
+
+    `leader_durable` resolves (to `base_offset`) once the leader's own copy
+    is durable (acks=LEADER); `committed` once the entry is applied with the
+    proposal's term (acks=ALL). Both fail with a `HostError`.
+    """
+
+    group_id: int
+    index: int
+    term: int
+    base_offset: int
+    record_count: int
+    leader_durable: asyncio.Future[int]
+    committed: asyncio.Future[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalTicket:
+    """Opaque data proposed to a group; `committed` resolves to what `on_apply` returned."""
+
+    group_id: int
+    index: int
+    term: int
+    committed: asyncio.Future[object]
+
+
+@dataclass(slots=True)
+class _Waiter:
+    term: int
+    deadline_ms: float
+    durable: asyncio.Future[int] | None
+    committed: asyncio.Future[object] | asyncio.Future[int]
+    # What `committed` resolves to for an append (its base offset).
+    base_offset: int | None
+
+
+def _quiet(future: asyncio.Future[object] | asyncio.Future[int]) -> None:
+    # A producer with acks=NONE or LEADER may never await `committed`.
+    if not future.cancelled():
+        future.exception()
+
+
+class Waiters:
+    """The open proposals of one group, by index (several terms may share an index)."""
+
+    def __init__(self, group_id: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.group_id = group_id
+        self._loop = loop
+        self._by_index: dict[int, list[_Waiter]] = {}
+        self.committed = 0
+        self.not_written = 0
+        self.unknown = 0
+
+    def __len__(self) -> int:
+        return len(self._by_index)
+
+    def add_append(
+        self, index: int, term: int, base_offset: int, record_count: int, deadline_ms: float
+    ) -> AppendTicket:
+        durable: asyncio.Future[int] = self._loop.create_future()
+        committed: asyncio.Future[int] = self._loop.create_future()
+        durable.add_done_callback(_quiet)
+        committed.add_done_callback(_quiet)
+        waiter = _Waiter(term, deadline_ms, durable, committed, base_offset)
+        self._by_index.setdefault(index, []).append(waiter)
+        return AppendTicket(
+            self.group_id, index, term, base_offset, record_count, durable, committed
+        )
+
+    def add_proposal(self, index: int, term: int, deadline_ms: float) -> ProposalTicket:
+        committed: asyncio.Future[object] = self._loop.create_future()
+        committed.add_done_callback(_quiet)
+        self._by_index.setdefault(index, []).append(
+            _Waiter(term, deadline_ms, None, committed, None)
+        )
+        return ProposalTicket(self.group_id, index, term, committed)
+
+    def on_durable(self, entries: tuple[Entry, ...]) -> None:
+        """The leader's copy of `entries` is durable."""
+        if not self._by_index:
+            return
+        for entry in entries:
+            for waiter in self._by_index.get(entry.index, ()):
+                if waiter.term == entry.term:
+                    _set_durable(waiter)
+
+    def on_applied(self, entry: Entry, result: object) -> None:
+        """`entry` was applied (its index rows are durable): decide every waiter at its index."""
+        waiters = self._by_index.pop(entry.index, None)
+        if waiters is None:
+            return
+        for waiter in waiters:
+            if waiter.term == entry.term:
+                _set_durable(waiter)
+                if not waiter.committed.done():
+                    value = waiter.base_offset if waiter.base_offset is not None else result
+                    waiter.committed.set_result(value)  # type: ignore[arg-type]
+                self.committed += 1
+            else:
+                error = NotWrittenError(self.group_id, entry.index, waiter.term, entry.term)
+                _fail(waiter, error)
+                self.not_written += 1
+
+    def on_snapshot(self, index: int) -> None:
+        """A snapshot covered indexes up to `index`: their terms are gone, outcome unknown."""
+        for at in [i for i in self._by_index if i <= index]:
+            for waiter in self._by_index.pop(at):
+                _fail(waiter, OutcomeUnknownError(self.group_id, "replaced by a snapshot"))
+                self.unknown += 1
+
+    def expire(self, now_ms: float) -> None:
+        for index in list(self._by_index):
+            waiters = self._by_index[index]
+            kept = [w for w in waiters if w.deadline_ms > now_ms]
+            for waiter in waiters:
+                if waiter.deadline_ms <= now_ms:
+                    _fail(waiter, OutcomeUnknownError(self.group_id, "deadline passed"))
+                    self.unknown += 1
+            if kept:
+                self._by_index[index] = kept
+            else:
+                del self._by_index[index]
+
+    def fail_all(self, error: HostError) -> None:
+        waiters, self._by_index = self._by_index, {}
+        for group in waiters.values():
+            for waiter in group:
+                _fail(waiter, error)
+                self.unknown += 1
+
+
+def _set_durable(waiter: _Waiter) -> None:
+    if waiter.durable is not None and not waiter.durable.done():
+        assert waiter.base_offset is not None
+        waiter.durable.set_result(waiter.base_offset)
+
+
+def _fail(waiter: _Waiter, error: HostError) -> None:
+    if waiter.durable is not None and not waiter.durable.done():
+        waiter.durable.set_exception(error)
+    if not waiter.committed.done():
+        waiter.committed.set_exception(error)
+
+
+__all__ = ["AppendTicket", "ProposalTicket", "Waiters"]
