@@ -241,3 +241,15 @@ def test_weir_serve_refuses_with_one_error_line_and_exit_2(
     assert message in line
     # Nothing was created: the node refused before touching its data folder.
     assert list(tmp_path.iterdir()) == []
+
+
+def test_operations_doc_lists_every_key() -> None:
+    """docs/operations.md's configuration table names every flag and its variable."""
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "operations.md").read_text()
+    table = doc[doc.index("## Configuration keys") :]
+    missing = [
+        f"{s.flag} / {s.env}"
+        for s in serve_settings()
+        if f"`{s.flag}`" not in table or f"`{s.env}`" not in table
+    ]
+    assert missing == []
