@@ -48,7 +48,10 @@ class BrokerProcess:
             f"127.0.0.1:{self._port}",
             *self.extra_args,
         ]
-        env = dict(os.environ, WEIR_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+        # Every `weir serve` flag is also a WEIR_* variable: a developer's
+        # shell must not configure the nodes a test starts.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WEIR_")}
+        env.update(WEIR_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
         self._proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
