@@ -5,7 +5,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["bench.raft_core", "bench.transport", "bench.storage", "bench.broker", "bench.sdk"]
+BENCHES = [
+    "bench.raft_core",
+    "bench.transport",
+    "bench.host",
+    "bench.storage",
+    "bench.broker",
+    "bench.sdk",
+]
 
 
 def main() -> None:
