@@ -276,8 +276,10 @@ class RaftHost:
         the ticket's futures carry the outcome (see `AppendTicket`).
         """
         assert record_count > 0, "a record batch holds at least one record"
+        self._check_running()
         group = self._group(group_id)
         assert group.partition, f"group {group_id} is not a partition"
+        self._driver.healthy(group)
         if group.role is not Role.LEADER:
             raise NotLeaderError(group_id, group.leader)
         base_offset = group.next_offset()

@@ -386,3 +386,26 @@ def test_delete_group_drops_its_data(tmp_path: pathlib.Path) -> None:
             assert await append_all(leader, 7, [b"y"]) == [0]
 
     run(main)
+
+
+def test_a_quiet_group_recovers_when_its_leader_restarts_quickly(tmp_path: pathlib.Path) -> None:
+    """The restart may be faster than the liveness timeout: the followers never
+    see the leader's node dead, yet the restarted node's campaign wakes them."""
+
+    async def main() -> None:
+        async with Cluster(tmp_path) as cluster:
+            cluster.start_groups([1])
+            leader = await cluster.leader(1)
+            await append_all(leader, 1, [b"a"])
+            await eventually(lambda: all(n.host.quiesced(1) for n in cluster.running()))
+            await leader.stop()
+            await leader.start()
+            cluster.start_groups([1], [leader])
+            again = await cluster.leader(1)
+            offsets = await append_all(again, 1, [b"b"])
+            assert offsets == [3]
+            await eventually(
+                lambda: all(n.host.partition_log(1).end_offset == 6 for n in cluster.running())
+            )
+
+    run(main)

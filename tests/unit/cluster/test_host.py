@@ -1,0 +1,155 @@
+"""RaftHost on one node (a one-voter group, real LMDB in tmp_path, no peers).
+
+What needs no network: a failed write reopens the group, a dead driver fails
+every waiter and its owner sees it, retention compacts through Raft, a
+stopped host refuses work. Three-node behaviour is in
+tests/integration/test_host_cluster.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import random
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from weir.cluster.host import (
+    HostConfig,
+    HostStoppedError,
+    NotLeaderError,
+    OutcomeUnknownError,
+    RaftHost,
+)
+from weir.cluster.raft.types import Entry
+from weir.cluster.storage import NodeStorage, StorageConfig, StorageError
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def config() -> HostConfig:
+    return HostConfig(
+        node_id=1,
+        cluster_id="unit",
+        tick_ms=10,
+        election_ticks=5,
+        heartbeat_ticks=1,
+        quiesce_after_ticks=3,
+    )
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    async def bounded() -> None:
+        async with asyncio.timeout(25):
+            await main()
+
+    asyncio.run(bounded())
+
+
+async def eventually(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        # Polling is the point: the predicates read state that nothing signals.
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+def test_a_failed_write_reopens_the_group_from_disk(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        async with (
+            NodeStorage(StorageConfig(path=tmp_path)) as storage,
+            RaftHost(config(), storage, random.Random(1)) as host,
+        ):
+            host.start_group(1, [1], partition=True)
+            await eventually(lambda: host.is_leader(1))
+            first = host.append_batch(1, b"kept", 2, 0)
+            assert await first.committed == 0
+            storage.raft_storage(1).close(StorageError("injected write failure"))
+            # The next input finds the poisoned storage and reopens it: a
+            # new RawNode, a follower until it wins its election again.
+            with pytest.raises(NotLeaderError):
+                host.append_batch(1, b"refused", 1, 0)
+            await eventually(lambda: host.is_leader(1))
+            assert host.stats().reopens == 1
+            second = host.append_batch(1, b"after", 3, 0)
+            assert await second.committed == 2
+            batches = host.partition_log(1).read(0, 1 << 20)
+            assert [(b.base_offset, b.payload) for b in batches] == [
+                (0, b"kept"),
+                (2, b"after"),
+            ]
+
+    run(main)
+
+
+def test_a_dead_driver_fails_every_waiter_and_its_owner_sees_it(tmp_path: pathlib.Path) -> None:
+    def on_apply(entry: Entry) -> object:
+        if entry.data == b"boom":
+            raise RuntimeError("state machine bug")
+        return entry.index
+
+    async def main() -> None:
+        async with NodeStorage(StorageConfig(path=tmp_path)) as storage:
+            host = RaftHost(config(), storage, random.Random(1))
+            tickets = []
+            with pytest.raises(ExceptionGroup) as caught:
+                async with host:
+                    host.start_group(0, [1], partition=False, on_apply=on_apply)
+                    await eventually(lambda: host.is_leader(0))
+                    assert await host.propose(0, b"fine") > 0
+                    host.start_group(1, [1], partition=True)
+                    await eventually(lambda: host.is_leader(1))
+                    # Group 1 cannot commit this one before the driver dies:
+                    # nothing has been persisted for it yet.
+                    tickets.append(host.append_batch(1, b"pending", 1, 0))
+                    tickets.append(host.submit(0, b"boom"))
+                    await asyncio.sleep(10)  # cancelled when the driver dies
+            assert caught.group_contains(RuntimeError, match="state machine bug")
+            boom = tickets[1].committed
+            assert boom.done() and isinstance(boom.exception(), OutcomeUnknownError)
+            for ticket in tickets:
+                assert ticket.committed.done()
+            with pytest.raises(HostStoppedError):
+                host.submit(0, b"after")
+
+    run(main)
+
+
+def test_retention_compacts_through_raft(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        async with (
+            NodeStorage(StorageConfig(path=tmp_path)) as storage,
+            RaftHost(config(), storage, random.Random(1)) as host,
+        ):
+            host.start_group(1, [1], partition=True)
+            await eventually(lambda: host.is_leader(1))
+            for _ in range(10):
+                await host.append_batch(1, b"x" * 100, 1, 0).committed
+            plan = host.compact_partition(1, retention_bytes=300, retention_ms=None)
+            assert plan is not None and plan.start_offset == 7
+            log = host.partition_log(1)
+            await eventually(lambda: log.start_offset == 7)
+            assert log.read(7, 1 << 20)[0].base_offset == 7
+            assert (await host.append_batch(1, b"y", 1, 0).committed) == 10
+
+    run(main)
+
+
+def test_a_stopped_host_refuses_work_and_stop_group_resolves_waiters(
+    tmp_path: pathlib.Path,
+) -> None:
+    async def main() -> None:
+        async with NodeStorage(StorageConfig(path=tmp_path)) as storage:
+            host = RaftHost(config(), storage, random.Random(1))
+            async with host:
+                host.start_group(0, [1], partition=False)
+                await eventually(lambda: host.is_leader(0))
+                ticket = host.submit(0, b"x")
+                host.stop_group(0)
+                with pytest.raises(OutcomeUnknownError):
+                    await ticket.committed
+                assert host.groups() == []
+            with pytest.raises(HostStoppedError):
+                host.start_group(0, [1], partition=False)
+
+    run(main)
