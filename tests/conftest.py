@@ -18,3 +18,11 @@ def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
         yield process
     finally:
         process.stop()
+
+
+# Three-process clusters for integration tests (tests/support/cluster_process.py).
+from tests.support.cluster_process import (  # noqa: E402, F401 (fixtures)
+    cluster_fixture,
+    make_cluster_fixture,
+    proxied_cluster_fixture,
+)
