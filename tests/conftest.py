@@ -9,6 +9,13 @@ import pytest
 
 from tests.support.broker_process import BrokerProcess
 
+# Three-process clusters for integration tests (tests/support/cluster_process.py).
+from tests.support.cluster_process import (  # noqa: F401 (fixtures)
+    cluster_fixture,
+    make_cluster_fixture,
+    proxied_cluster_fixture,
+)
+
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
@@ -18,11 +25,3 @@ def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
         yield process
     finally:
         process.stop()
-
-
-# Three-process clusters for integration tests (tests/support/cluster_process.py).
-from tests.support.cluster_process import (  # noqa: E402, F401 (fixtures)
-    cluster_fixture,
-    make_cluster_fixture,
-    proxied_cluster_fixture,
-)
