@@ -188,7 +188,8 @@ class RaftHost:
         """Runs `group_id` on this node; a brand-new group is bootstrapped with `voters`.
 
         Every founding member must pass the same voters, so all start from
-        identical logs. `on_apply(entry)` is called for each committed NORMAL
+        identical logs. A node that is not among `voters` (a replica being
+        added later) starts empty and learns the group from its leader. `on_apply(entry)` is called for each committed NORMAL
         entry in order (partition groups: after the apply is submitted; its
         return value resolves the proposer's ticket); `on_snapshot(data)`
         restores an opaque group's state machine from a snapshot (at start,
@@ -200,7 +201,8 @@ class RaftHost:
             raise ValueError(f"group {group_id} already runs")
         storage = self._storage.raft_storage(group_id, partition=partition)
         if (
-            storage.last_index() == 0
+            self.node_id in voters
+            and storage.last_index() == 0
             and storage.snapshot().meta.index == 0
             and storage.hard_state() == HardState()
         ):
