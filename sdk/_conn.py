@@ -1,7 +1,8 @@
 """The SDK's one way to reach a broker: channel options and error translation.
 
-Every client (producer, consumer, admin) opens its own `grpc.aio` channel here
-so the limits are the same everywhere, and calls `translated()` around every
+Every client (producer, consumer, admin) opens its `grpc.aio` channels here
+(through `weir._failover.Connection`, one per node address it uses) so the
+limits are the same everywhere, and calls `translated()` around every
 RPC so that no `grpc.RpcError` crosses the public API.
 """
 
@@ -84,6 +85,12 @@ def admin_stub(channel: grpc.aio.Channel) -> Any:
 # request limit is its own business; 64 MiB bounds what one message may make
 # this process allocate while leaving room above every default window.
 MESSAGE_BYTES_MAX = 64 * 1024 * 1024
+# gRPC's own reconnect backoff after a failed connect (1 s doubling to 120 s
+# by default). The SDK keeps channels to nodes it left and comes back to
+# them after a round of its bootstrap list (weir/_nodes.py), so a restarted
+# node must be found READY within a second, not minutes.
+RECONNECT_BACKOFF_MS_MIN = 100
+RECONNECT_BACKOFF_MS_MAX = 1_000
 
 
 def open_channel(bootstrap: str) -> grpc.aio.Channel:
@@ -99,6 +106,9 @@ def open_channel(bootstrap: str) -> grpc.aio.Channel:
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MIN),
+            ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MIN),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MAX),
             # No client keepalive: a gRPC server's default policy answers pings
             # more often than every 5 minutes with GOAWAY "too_many_pings".
         ],

@@ -6,8 +6,10 @@ with weir.Admin("127.0.0.1:7070") as admin:
 
 from __future__ import annotations
 
+import random
 from types import TracebackType
 
+from weir._nodes import Bootstrap
 from weir._sync import LoopThread
 from weir.aio.admin import Admin as AsyncAdmin
 from weir.types import ClusterInfo, TopicInfo
@@ -16,11 +18,25 @@ __all__ = ["Admin"]
 
 
 class Admin:
-    """Blocking twin of `weir.aio.Admin`."""
+    """Blocking twin of `weir.aio.Admin`; takes the same arguments."""
 
-    def __init__(self, bootstrap: str, *, request_timeout_ms: float = 30_000) -> None:
+    def __init__(
+        self,
+        bootstrap: Bootstrap,
+        *,
+        request_timeout_ms: float = 30_000,
+        reconnect_attempts: int = 3,
+        retry_backoff_ms: int = 100,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._admin = AsyncAdmin(
+            bootstrap,
+            request_timeout_ms=request_timeout_ms,
+            reconnect_attempts=reconnect_attempts,
+            retry_backoff_ms=retry_backoff_ms,
+            rng=rng,
+        )
         self._thread = LoopThread("weir-admin")
-        self._admin = AsyncAdmin(bootstrap, request_timeout_ms=request_timeout_ms)
         try:
             self._thread.run(self._admin.start())
         except BaseException:

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
+from weir._nodes import Bootstrap
 from weir._sync import LoopThread
 from weir.aio.consumer import Consumer as AsyncConsumer
 from weir.types import ConsumedRecord
@@ -37,7 +38,7 @@ class Consumer:
     At most `CHUNK_RECORDS` records are held here beyond the credit window.
     """
 
-    def __init__(self, bootstrap: str, topic: str, **options: Any) -> None:
+    def __init__(self, bootstrap: Bootstrap, topic: str, **options: Any) -> None:
         self._thread = LoopThread("weir-consumer")
         try:
             self._consumer = self._thread.run(self._make(bootstrap, topic, options))
@@ -48,7 +49,7 @@ class Consumer:
         self._positions: dict[int, int] = {}
 
     @staticmethod
-    async def _make(bootstrap: str, topic: str, options: dict[str, Any]) -> AsyncConsumer:
+    async def _make(bootstrap: Bootstrap, topic: str, options: dict[str, Any]) -> AsyncConsumer:
         consumer = AsyncConsumer(bootstrap, topic, **options)
         await consumer.start()
         return consumer

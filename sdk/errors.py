@@ -29,6 +29,7 @@ __all__ = [
     "DataCorruptedError",
     "FailedPreconditionError",
     "InvalidArgumentError",
+    "NotLeaderError",
     "OffsetOutOfRangeError",
     "RecordTooLargeError",
     "ResourceExhaustedError",
@@ -162,6 +163,28 @@ class UnavailableError(WeirError):
         super().__init__(message, code=code, reason=reason, metadata=metadata, retriable=retriable)
 
 
+class NotLeaderError(UnavailableError):
+    """The node does not lead what the request needs (reason NOT_LEADER): retriable.
+
+    The broker names the leader in the metadata (`leader_id`,
+    `leader_address`) when it knows one; the SDK then moves to that address,
+    otherwise to the next node of its bootstrap list.
+    """
+
+    default_reason = "NOT_LEADER"
+
+    @property
+    def leader_id(self) -> int | None:
+        """The leader's node id, if the broker named one."""
+        value = self.metadata.get("leader_id", "")
+        return int(value) if value.lstrip("-").isdigit() else None
+
+    @property
+    def leader_address(self) -> str | None:
+        """The leader's "host:port", if the broker named one."""
+        return self.metadata.get("leader_address") or None
+
+
 class WeirTimeoutError(WeirError):
     """An operation did not finish within its deadline."""
 
@@ -190,6 +213,7 @@ _BY_REASON: dict[str, type[WeirError]] = {
     "BATCH_TOO_LARGE": RecordTooLargeError,
     "OFFSET_OUT_OF_RANGE": OffsetOutOfRangeError,
     "SHUTTING_DOWN": UnavailableError,
+    "NOT_LEADER": NotLeaderError,
     "DATA_CORRUPTED": DataCorruptedError,
 }
 
@@ -229,10 +253,14 @@ def make_error(
     """Build the `WeirError` subclass that fits a reason and status code.
 
     `retriable=None` derives it from the code (only UNAVAILABLE is retriable).
+    NOT_LEADER is always retriable, whatever its code and flag: sending the
+    request to the leader is the way to succeed.
     """
     cls = _BY_REASON.get(reason) or _BY_CODE.get(code, WeirError)
     if retriable is None:
         retriable = code in _RETRIABLE_CODES
+    if cls is NotLeaderError:
+        retriable = True
     return cls(message, code=code, reason=reason, metadata=metadata, retriable=retriable)
 
 

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from weir._handoff import Chunk, Flush, Handoff, SendFuture
+from weir._nodes import Bootstrap
 from weir._sync import LoopThread
 from weir.aio.producer import Producer as AsyncProducer
 from weir.errors import BufferFullError, ClosedError, WeirError
@@ -48,7 +49,7 @@ class Producer:
     `RecordMetadata`.
     """
 
-    def __init__(self, bootstrap: str, **options: Any) -> None:
+    def __init__(self, bootstrap: Bootstrap, **options: Any) -> None:
         self._wait_timeout_s = float(options.get("buffer_wait_timeout_ms", 30_000)) / 1000.0
         self._handoff = Handoff(CHUNK_RECORDS_MAX, CHUNK_BYTES_MAX, HANDOFF_BYTES_MAX)
         self._thread = LoopThread("weir-producer")
@@ -60,7 +61,9 @@ class Producer:
         self._pump = self._thread.submit(self._run_pump())
 
     @staticmethod
-    async def _make(bootstrap: str, options: dict[str, Any]) -> tuple[AsyncProducer, asyncio.Event]:
+    async def _make(
+        bootstrap: Bootstrap, options: dict[str, Any]
+    ) -> tuple[AsyncProducer, asyncio.Event]:
         producer = AsyncProducer(bootstrap, **options)
         await producer.start()
         return producer, asyncio.Event()

@@ -43,6 +43,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _bootstrap(args: argparse.Namespace) -> str:
+    """One "host:port" or a comma-separated list of them; the SDK splits the list."""
     value = getattr(args, "bootstrap", None)
     return str(value or os.environ.get("WEIR_BOOTSTRAP", DEFAULT_BOOTSTRAP))
 
@@ -424,7 +425,10 @@ def _consume(args: argparse.Namespace) -> int:
 def _common(parser: argparse.ArgumentParser) -> None:
     """Accept the global options after the subcommand too, without overriding them."""
     parser.add_argument(
-        "--bootstrap", "-b", default=argparse.SUPPRESS, help="host:port of any node"
+        "--bootstrap",
+        "-b",
+        default=argparse.SUPPRESS,
+        help="host:port of any node, or several separated by commas",
     )
     parser.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"

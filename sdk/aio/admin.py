@@ -1,16 +1,26 @@
 """The asyncio admin client: topics and the cluster, as SDK dataclasses.
 
-async with weir.aio.Admin("127.0.0.1:7070") as admin:
+async with weir.aio.Admin("127.0.0.1:7070,127.0.0.1:7071") as admin:
     await admin.create_topic("orders", partitions=6)
     info = await admin.describe_topic("orders")
+
+Every call goes to the node in use; a retriable failure there (a failed
+connect, UNAVAILABLE, NOT_LEADER) moves to the next node and the call is
+made again (`weir._failover.call_unary`).
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
-from weir._conn import admin_stub, open_channel, translated
+import grpc.aio
+
+from weir._conn import admin_stub
+from weir._failover import Connection, call_unary
+from weir._nodes import Bootstrap
 from weir.errors import ClosedError
 from weir.types import ClusterInfo, PartitionInfo, TopicInfo
 from weir.v1 import admin_pb2
@@ -35,14 +45,37 @@ class Admin:
     """Manages topics and describes the cluster.
 
     Args:
-        bootstrap: "host:port" of any broker node.
-        request_timeout_ms: Deadline of each call.
+        bootstrap: "host:port" of any broker node, or several: a sequence of
+            them or one comma-separated string.
+        request_timeout_ms: Deadline of each attempt of a call.
+        reconnect_attempts: Attempts of a call per known address after
+            retriable failures (a failed connect, UNAVAILABLE, NOT_LEADER)
+            before the error is raised.
+        retry_backoff_ms: The wait after a full round of failed nodes; it
+            doubles up to 5 s, with +-20% jitter.
+        rng: Randomness for the start node and the jitter.
     """
 
-    def __init__(self, bootstrap: str, *, request_timeout_ms: float = 30_000) -> None:
-        self._bootstrap = bootstrap
+    def __init__(
+        self,
+        bootstrap: Bootstrap,
+        *,
+        request_timeout_ms: float = 30_000,
+        reconnect_attempts: int = 3,
+        retry_backoff_ms: int = 100,
+        rng: random.Random | None = None,
+    ) -> None:
+        if reconnect_attempts < 1:
+            raise ValueError("reconnect_attempts must be at least 1")
         self._timeout_s = request_timeout_ms / 1000.0
-        self._stub: Any = None
+        self._attempts = reconnect_attempts
+        self._conn = Connection(
+            bootstrap,
+            rng=rng,
+            backoff_ms=retry_backoff_ms,
+            connect_timeout_s=self._timeout_s,
+        )
+        self._started = False
         self._closed = False
 
     async def __aenter__(self) -> Admin:
@@ -58,21 +91,25 @@ class Admin:
         await self.close()
 
     async def start(self) -> None:
-        """Open the channel (`async with` does this)."""
-        if self._stub is None:
-            self._channel = open_channel(self._bootstrap)
-            self._stub = admin_stub(self._channel)
+        """Make the client usable (`async with` does this); it connects on the first call."""
+        self._started = True
 
     async def close(self) -> None:
-        """Close the channel."""
-        if self._stub is not None and not self._closed:
-            await self._channel.close()
+        """Close the channels."""
+        if not self._closed:
+            await self._conn.close()
         self._closed = True
 
-    def _admin(self) -> Any:
-        if self._stub is None or self._closed:
+    async def _call(self, method: str, request: Any) -> Any:
+        """`AdminService.<method>(request)` on the node in use, with failover."""
+        if not self._started or self._closed:
             raise ClosedError("the admin client is not open")
-        return self._stub
+
+        def attempt(channel: grpc.aio.Channel) -> Awaitable[Any]:
+            rpc: Callable[..., Awaitable[Any]] = getattr(admin_stub(channel), method)
+            return rpc(request, timeout=self._timeout_s)
+
+        return await call_unary(self._conn, attempt, attempts_per_address=self._attempts)
 
     async def create_topic(
         self,
@@ -86,6 +123,11 @@ class Admin:
     ) -> TopicInfo:
         """Create a topic; `TopicExistsError` if it exists.
 
+        If an attempt's outcome is unknown (the connection died after the
+        request left) the call is made again on the next node, and may then
+        answer `TopicExistsError` for the topic the first attempt created;
+        such an error has metadata `after_unknown_outcome="true"`.
+
         `replication_factor=0` takes the cluster's default; unset config
         fields take their defaults.
         """
@@ -95,33 +137,25 @@ class Admin:
             replication_factor=replication_factor,
             config=_config(retention_bytes, retention_ms, record_bytes_max),
         )
-        async with translated():
-            response: admin_pb2.CreateTopicResponse = await self._admin().CreateTopic(
-                request, timeout=self._timeout_s
-            )
+        response: admin_pb2.CreateTopicResponse = await self._call("CreateTopic", request)
         return TopicInfo.from_proto(response.topic)
 
     async def delete_topic(self, name: str) -> None:
         """Delete a topic and its records; `TopicNotFoundError` if it does not exist."""
-        async with translated():
-            await self._admin().DeleteTopic(
-                admin_pb2.DeleteTopicRequest(name=name), timeout=self._timeout_s
-            )
+        await self._call("DeleteTopic", admin_pb2.DeleteTopicRequest(name=name))
 
     async def list_topics(self) -> list[TopicInfo]:
         """Every topic, sorted by name (without partition state)."""
-        async with translated():
-            response: admin_pb2.ListTopicsResponse = await self._admin().ListTopics(
-                admin_pb2.ListTopicsRequest(), timeout=self._timeout_s
-            )
+        response: admin_pb2.ListTopicsResponse = await self._call(
+            "ListTopics", admin_pb2.ListTopicsRequest()
+        )
         return [TopicInfo.from_proto(t) for t in response.topics]
 
     async def describe_topic(self, name: str) -> TopicInfo:
         """A topic with its partitions' offsets, sizes and leaders."""
-        async with translated():
-            response: admin_pb2.DescribeTopicResponse = await self._admin().DescribeTopic(
-                admin_pb2.DescribeTopicRequest(name=name), timeout=self._timeout_s
-            )
+        response: admin_pb2.DescribeTopicResponse = await self._call(
+            "DescribeTopic", admin_pb2.DescribeTopicRequest(name=name)
+        )
         partitions = tuple(PartitionInfo.from_proto(p) for p in response.partitions)
         return TopicInfo.from_proto(response.topic, partitions)
 
@@ -137,16 +171,14 @@ class Admin:
         request = admin_pb2.UpdateTopicConfigRequest(
             name=name, config=_config(retention_bytes, retention_ms, record_bytes_max)
         )
-        async with translated():
-            response: admin_pb2.UpdateTopicConfigResponse = await self._admin().UpdateTopicConfig(
-                request, timeout=self._timeout_s
-            )
+        response: admin_pb2.UpdateTopicConfigResponse = await self._call(
+            "UpdateTopicConfig", request
+        )
         return TopicInfo.from_proto(response.topic)
 
     async def describe_cluster(self) -> ClusterInfo:
         """The cluster's nodes and the answering node's limits."""
-        async with translated():
-            response: admin_pb2.DescribeClusterResponse = await self._admin().DescribeCluster(
-                admin_pb2.DescribeClusterRequest(), timeout=self._timeout_s
-            )
+        response: admin_pb2.DescribeClusterResponse = await self._call(
+            "DescribeCluster", admin_pb2.DescribeClusterRequest()
+        )
         return ClusterInfo.from_proto(response)

@@ -28,6 +28,12 @@ task never waits behind an iterator that has nothing to read.
 subscribe again with explicit offsets (the positions of records already
 yielded), discarding what was buffered; a retriable error only leads to a
 reconnect once the records already buffered have been yielded.
+
+Failover: a reconnect goes to the next node of the bootstrap list (or to the
+leader a NOT_LEADER error names), at once within a round of the addresses
+and after a backoff once every node failed. It resumes each partition at the
+offset after the last record the application took, so the SDK neither skips
+nor repeats a record across the move.
 """
 
 from __future__ import annotations
@@ -43,8 +49,9 @@ from types import TracebackType
 import grpc
 import grpc.aio
 
-from weir._conn import ConsumeCall, consume_call, from_error_proto, from_rpc_error, open_channel
-from weir._retry import Backoff
+from weir._conn import ConsumeCall, consume_call, from_error_proto, from_rpc_error
+from weir._failover import Connection, connection_lost
+from weir._nodes import Bootstrap
 from weir._wire import RecordFields, batch_record_sizes, decode_batch_response
 from weir.errors import ClosedError, UnavailableError, WeirError, WeirTimeoutError
 from weir.types import ConsumedRecord, StartSpec, make_consumed_record, start_position
@@ -98,6 +105,7 @@ class _Subscription:
     """One Consume stream and what arrived on it."""
 
     call: ConsumeCall
+    address: str
     # Batches with records not yet taken; `buffered` counts those records.
     buffer: collections.deque[_Batch] = field(default_factory=collections.deque)
     buffered: int = 0
@@ -115,7 +123,8 @@ class Consumer:
     another task while the iterator waits.
 
     Args:
-        bootstrap: "host:port" of any broker node.
+        bootstrap: "host:port" of any broker node, or several: a sequence
+            of them or one comma-separated string.
         topic: The topic to read.
         group: Consumer group; enables `commit()` and starting from the
             group's committed offsets.
@@ -127,14 +136,18 @@ class Consumer:
         max_outstanding_bytes: Credit window in record bytes (raised to the
             topic's record_bytes_max if that is larger).
         request_timeout_ms: Deadline for the subscribe handshake and commits.
-        reconnect_attempts: Re-subscriptions tried in a row after retriable
-            stream errors before the error is raised.
-        rng: Randomness for the reconnect backoff jitter.
+        reconnect_attempts: Subscribe attempts in a row per known address
+            (at start, and after retriable stream errors: a failed connect,
+            UNAVAILABLE, NOT_LEADER) before the error is raised; a received
+            batch starts the count again.
+        retry_backoff_ms: The wait after a full round of failed nodes; it
+            doubles up to 5 s, with +-20% jitter.
+        rng: Randomness for the first node and the backoff jitter.
     """
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Bootstrap,
         topic: str,
         *,
         group: str | None = None,
@@ -149,7 +162,12 @@ class Consumer:
     ) -> None:
         if max_outstanding_messages < 1 or max_outstanding_bytes < 1:
             raise ValueError("the outstanding windows must be positive")
-        self._bootstrap = bootstrap
+        self._conn = Connection(
+            bootstrap,
+            rng=rng,
+            backoff_ms=retry_backoff_ms,
+            connect_timeout_s=request_timeout_ms / 1000.0,
+        )
         self.topic = topic
         self._group = group or ""
         self._partitions = sorted(set(partitions)) if partitions is not None else []
@@ -158,7 +176,6 @@ class Consumer:
         self._window_bytes = max_outstanding_bytes
         self._request_timeout_s = request_timeout_ms / 1000.0
         self._reconnect_attempts = reconnect_attempts
-        self._backoff = Backoff(retry_backoff_ms, max(retry_backoff_ms, 5_000), rng=rng)
         self._positions: dict[int, int] = {}
         self._yielded: set[int] = set()
         self._end_offsets: dict[int, int] = {}
@@ -206,10 +223,9 @@ class Consumer:
         """Open the channel and subscribe (`async with` does this)."""
         if self._started:
             return
-        self._channel = open_channel(self._bootstrap)
         self._started = True
         try:
-            await self._subscribe({})
+            await self._subscribe_with_failover({})
         except BaseException:
             await self.close()
             raise
@@ -317,7 +333,7 @@ class Consumer:
             await self._end_subscription(self._sub, ClosedError("the consumer is closed"))
             self._sub = None
         if self._started:
-            await self._channel.close()
+            await self._conn.close()
 
     # -- internals ---------------------------------------------------------
 
@@ -410,25 +426,46 @@ class Consumer:
             await self._write(sub, broker_pb2.ConsumeRequest(credit=credit))
 
     async def _recover(self, sub: _Subscription) -> None:
-        """After a stream error: re-subscribe if retriable and attempts remain, else raise."""
+        """After a stream error: re-subscribe on another node if retriable and attempts remain."""
         error = sub.error
         assert error is not None
-        if not error.retriable or self._failures >= self._reconnect_attempts:
+        await self._move_on(sub.address, error)
+        await self._resubscribe(dict(self._positions))
+
+    async def _move_on(self, address: str, error: WeirError) -> None:
+        """Leave the node at `address` after `error`, or raise it if that is not allowed.
+
+        Every retriable error moves: a stream that died or a subscribe that
+        failed on one node is worth trying on the next.
+        """
+        attempts_max = self._reconnect_attempts * self._conn.address_count
+        if not error.retriable or self._failures >= attempts_max:
             raise error
         self._failures += 1
-        await asyncio.sleep(self._backoff.delay_s(self._failures))
-        await self._resubscribe(dict(self._positions))
+        await asyncio.sleep(self._conn.leave(address, error))
 
     async def _resubscribe(self, offsets: dict[int, int]) -> None:
         old = self._sub
         self._sub = None
         if old is not None:
             await self._end_subscription(old, ClosedError("the subscription was replaced"))
-        await self._subscribe(offsets)
+        await self._subscribe_with_failover(offsets)
 
-    async def _subscribe(self, offsets: dict[int, int]) -> None:
-        call = consume_call(self._channel)
-        sub = _Subscription(call=call)
+    async def _subscribe_with_failover(self, offsets: dict[int, int]) -> None:
+        """Subscribe on the node in use, moving on through the nodes after retriable failures."""
+        while True:
+            address = self._conn.address
+            try:
+                if not await self._conn.connect():
+                    raise UnavailableError(f"cannot connect to {address}")
+                await self._subscribe(address, offsets)
+                return
+            except WeirError as exc:
+                await self._move_on(address, exc)
+
+    async def _subscribe(self, address: str, offsets: dict[int, int]) -> None:
+        call = consume_call(self._conn.channel(address))
+        sub = _Subscription(call=call, address=address)
         self._taken_messages = self._taken_bytes = 0
         subscribe = broker_pb2.Subscribe(
             topic=self.topic,
@@ -444,12 +481,14 @@ class Consumer:
                 response = await call.read()
         except TimeoutError:
             call.cancel()
+            # A subscribe changes nothing on the broker: safe to try elsewhere.
             raise WeirTimeoutError(
-                f"no answer to subscribe within {self._request_timeout_s:.3f}s"
+                f"no answer to subscribe from {address} within {self._request_timeout_s:.3f}s",
+                retriable=True,
             ) from None
         except grpc.RpcError as exc:
             call.cancel()
-            raise from_rpc_error(exc) from None
+            raise connection_lost(from_rpc_error(exc)) from None
         except BaseException:
             call.cancel()
             raise
@@ -510,7 +549,7 @@ class Consumer:
                     if fut is not None and not fut.done():
                         fut.set_result(response.commit)
         except grpc.RpcError as exc:
-            sub.error = from_rpc_error(exc)
+            sub.error = connection_lost(from_rpc_error(exc))
         except Exception as exc:
             sub.error = ClosedError(f"the consumer's reader died: {exc!r}")
             raise
@@ -531,7 +570,9 @@ class Consumer:
         records: list[RecordFields],
         sizes: list[int],
     ) -> None:
-        self._failures = 0
+        if self._failures:
+            self._failures = 0
+            self._conn.succeeded(sub.address)
         assert len(sizes) == len(records), "record scan disagrees with the parser"
         if records:
             sub.buffer.append(_Batch(topic or self.topic, partition, base_offset, records, sizes))
@@ -547,7 +588,7 @@ class Consumer:
             try:
                 await sub.call.write(request)
             except grpc.RpcError as exc:
-                raise from_rpc_error(exc) from None
+                raise connection_lost(from_rpc_error(exc)) from None
             except asyncio.InvalidStateError:
                 raise UnavailableError("the consume stream has ended") from None
 

@@ -19,8 +19,13 @@ import random
 import time
 from collections.abc import Mapping
 from types import TracebackType
+from typing import Any
 
-from weir._conn import admin_stub, open_channel, translated
+import grpc.aio
+
+from weir._conn import admin_stub
+from weir._failover import Connection, call_unary
+from weir._nodes import Bootstrap
 from weir._retry import Backoff
 from weir._wire import (
     VALUE_ONLY_SMALL_MAX,
@@ -62,7 +67,10 @@ class Producer:
     """Sends records to a Weir broker, batching per partition.
 
     Args:
-        bootstrap: "host:port" of any broker node.
+        bootstrap: "host:port" of any broker node, or several: a sequence
+            of them or one comma-separated string. The producer uses one
+            node at a time and moves to another when it fails (see
+            docs/sdk.md, "Bootstrap lists and failover").
         acks: "all" (committed on a majority; default), "leader" (written by
             the leader), or "none" (fire and forget; offsets come back as -1).
         linger_ms: How long a batch may wait for more records before it goes.
@@ -73,21 +81,28 @@ class Producer:
         buffer_bytes_max: Bound on the bytes of all records not yet answered.
         buffer_wait_timeout_ms: How long `send()` waits for buffer space
             before it raises `BufferFullError`.
-        retries: Further attempts for a batch after a retriable failure.
+        retries: Further attempts for a batch after a retriable failure
+            (a failed connect uses none, since nothing was sent, unless
+            every known address failed to connect in a row). Metadata calls
+            try each known address up to `retries + 1` times.
         retry_backoff_ms: First retry delay; it doubles up to
             `retry_backoff_max_ms`, with +-20% jitter.
         request_timeout_ms: How long a request may go unanswered before the
             stream is considered broken and its batches are retried.
         max_inflight_requests: Unanswered requests on the stream at once.
-            With more than one, a retried batch may land after a later batch
-            of the same partition; use 1 for strict order across retries.
+            With more than one, a batch retried after a per-request error
+            may land after a later batch of the same partition; use 1 for
+            strict order across retries. A broken stream (a failover)
+            resends all its batches in order, which keeps per-partition
+            order except where one was appended and the next was not.
         metadata_max_age_ms: How long a topic's partition count is cached.
-        rng: Randomness for the backoff jitter (seed it for reproducible tests).
+        rng: Randomness for the backoff jitter and the first node (seed it
+            for reproducible tests).
     """
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Bootstrap,
         *,
         acks: Acks | str = "all",
         linger_ms: float = 5,
@@ -111,7 +126,6 @@ class Producer:
             )
         if batch_bytes_max > buffer_bytes_max:
             raise ValueError("batch_bytes_max must not exceed buffer_bytes_max")
-        self._bootstrap = bootstrap
         self._acks = Acks.parse(acks)
         self._linger_s = linger_ms / 1000.0
         self._batch_bytes_max = batch_bytes_max
@@ -125,7 +139,15 @@ class Producer:
         self._request_timeout_s = request_timeout_ms / 1000.0
         self._max_inflight_requests = max_inflight_requests
         self._metadata_max_age_s = metadata_max_age_ms / 1000.0
-        self._sticky = StickyPartitioner(start=(rng or random.Random()).randrange(1 << 16))
+        rng = rng if rng is not None else random.Random()
+        self._sticky = StickyPartitioner(start=rng.randrange(1 << 16))
+        self._conn = Connection(
+            bootstrap,
+            rng=rng,
+            backoff_ms=retry_backoff_ms,
+            backoff_max_ms=retry_backoff_max_ms,
+            connect_timeout_s=self._request_timeout_s,
+        )
         # topic -> (partition count, record_bytes_max, time.monotonic() fetched)
         self._topics: dict[str, tuple[int, int, float]] = {}
         self._metadata_locks: dict[str, asyncio.Lock] = {}
@@ -148,8 +170,6 @@ class Producer:
         """Open the channel and start the sender task (`async with` does this)."""
         if self._started:
             return
-        self._channel = open_channel(self._bootstrap)
-        self._admin = admin_stub(self._channel)
         self._accumulator = Accumulator(
             batch_bytes_max=self._batch_bytes_max,
             batch_records_max=self._batch_records_max,
@@ -158,7 +178,7 @@ class Producer:
             on_batch_closed=self._on_batch_closed,
         )
         self._sender = Sender(
-            channel=self._channel,
+            connection=self._conn,
             accumulator=self._accumulator,
             acks=self._acks,
             retries=self._retries,
@@ -307,7 +327,7 @@ class Producer:
             # Its failure, if any, was reported to every waiter.
             with contextlib.suppress(BaseException):
                 await self._sender_task
-            await self._channel.close()
+            await self._conn.close()
 
     async def partitions_for(self, topic: str) -> int:
         """The topic's partition count (cached for `metadata_max_age_ms`)."""
@@ -341,11 +361,14 @@ class Producer:
             cached = self._topics.get(topic)
             if cached is not None and cached[2] > now:
                 return cached[0], cached[1]  # another task fetched it while this one waited
-            async with translated():
-                response: admin_pb2.DescribeTopicResponse = await self._admin.DescribeTopic(
-                    admin_pb2.DescribeTopicRequest(name=topic),
-                    timeout=self._request_timeout_s,
-                )
+            request = admin_pb2.DescribeTopicRequest(name=topic)
+
+            def describe(channel: grpc.aio.Channel) -> Any:
+                return admin_stub(channel).DescribeTopic(request, timeout=self._request_timeout_s)
+
+            response: admin_pb2.DescribeTopicResponse = await call_unary(
+                self._conn, describe, attempts_per_address=self._retries + 1
+            )
             count = response.topic.partition_count
             record_bytes_max = response.topic.config.record_bytes_max
             self._topics[topic] = (count, record_bytes_max, time.monotonic())

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.unit.sdk.fakes import FakeNodes
 from weir.aio import consumer as consumer_module
 from weir.aio.consumer import Consumer
 from weir.v1 import broker_pb2, records_pb2
@@ -76,13 +77,8 @@ class FakeConsumeCall:
         return self._done
 
 
-class FakeChannel:
-    async def close(self) -> None:
-        pass
-
-
 def install(monkeypatch: pytest.MonkeyPatch, call: FakeConsumeCall) -> None:
-    monkeypatch.setattr(consumer_module, "open_channel", lambda bootstrap: FakeChannel())
+    FakeNodes({"fake:1": True}).install(monkeypatch)
     monkeypatch.setattr(consumer_module, "consume_call", lambda channel: call)
 
 

@@ -11,6 +11,8 @@ import grpc
 import pytest
 from google.rpc import code_pb2
 
+from tests.unit.sdk.fakes import FakeChannel, FakeNodes
+from weir._failover import Connection
 from weir._retry import Backoff
 from weir.aio import sender as sender_module
 from weir.aio.accumulator import Accumulator
@@ -25,7 +27,8 @@ pytestmark = pytest.mark.timeout(10)
 class FakeCall:
     """A Produce call: records writes, answers from a script."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: str = "") -> None:
+        self.address = address
         self.written: list[broker_pb2.ProduceRequest] = []
         self.responses: asyncio.Queue[Any] = asyncio.Queue(maxsize=100)
         self.cancelled = False
@@ -71,24 +74,35 @@ def failure(request: broker_pb2.ProduceRequest, **error: Any) -> broker_pb2.Prod
 
 
 class Harness:
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, acks: Acks = Acks.ALL) -> None:
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        acks: Acks = Acks.ALL,
+        *,
+        up: dict[str, bool] | None = None,
+        max_inflight_requests: int = 3,
+        retries: int = 2,
+    ) -> None:
         self.calls: list[FakeCall] = []
+        up = up if up is not None else {"a:1": True}
+        self.nodes = FakeNodes(up).install(monkeypatch)
 
-        def open_call(channel: object) -> FakeCall:
-            call = FakeCall()
+        def open_call(channel: FakeChannel) -> FakeCall:
+            call = FakeCall(channel.address)
             self.calls.append(call)
             return call
 
         monkeypatch.setattr(sender_module, "produce_call", open_call)
         self.acc = Accumulator(batch_bytes_max=1000, buffer_bytes_max=10_000, linger_s=0)
+        self.conn = Connection(list(up), rng=random.Random(0), backoff_ms=1, backoff_max_ms=4)
         self.sender = Sender(
-            channel=object(),  # type: ignore[arg-type]
+            connection=self.conn,
             accumulator=self.acc,
             acks=acks,
-            retries=2,
+            retries=retries,
             backoff=Backoff(1, 4, rng=random.Random(0)),
             request_timeout_s=5.0,
-            max_inflight_requests=3,
+            max_inflight_requests=max_inflight_requests,
         )
 
     async def next_request(self, call_index: int = -1) -> broker_pb2.ProduceRequest:
@@ -136,15 +150,18 @@ def test_retriable_error_retries_and_fatal_error_fails(monkeypatch: pytest.Monke
         await h.calls[0].responses.put(
             failure(first, code=code_pb2.UNAVAILABLE, reason="SHUTTING_DOWN", retriable=True)
         )
-        second = await h.next_request()
+        # UNAVAILABLE leaves the node: the retry goes on a new stream (to the
+        # same node, the only one known).
+        second = await h.next_request(1)
         assert second.request_id != first.request_id
         assert second.batch == first.batch
-        await h.calls[0].responses.put(answer(second, 7))
+        assert h.calls[0].cancelled
+        await h.calls[1].responses.put(answer(second, 7))
         assert (await fut).offset == 7
 
         big = await h.acc.append("t", 0, rec(b"b"), 1.0)
-        third = await h.next_request()
-        await h.calls[0].responses.put(
+        third = await h.next_request(1)
+        await h.calls[1].responses.put(
             failure(third, code=code_pb2.RESOURCE_EXHAUSTED, reason="RECORD_TOO_LARGE")
         )
         with pytest.raises(RecordTooLargeError):
