@@ -13,6 +13,7 @@ from weir.cluster.controller.commands import (
     AddPartitions,
     AssignGroupHome,
     Command,
+    CommitOffsets,
     ConfirmDrops,
     CreateTopic,
     DeleteTopic,
@@ -152,6 +153,13 @@ def command_proto(command: Command) -> pb.ControllerCommand:
             )
         case SetLimits(limits):
             return pb.ControllerCommand(set_limits=pb.SetLimits(limits=_limits(limits)))
+        case CommitOffsets(consumer_group, offsets):
+            return pb.ControllerCommand(
+                commit_offsets=pb.CommitOffsets(
+                    consumer_group=consumer_group,
+                    offsets=[pb.PartitionOffset(group_id=g, offset=o) for g, o in sorted(offsets)],
+                )
+            )
     raise AssertionError(f"unknown controller command {command!r}")
 
 
@@ -179,6 +187,11 @@ def command_of(msg: pb.ControllerCommand) -> Command:
             return AssignGroupHome(msg.assign_group_home.consumer_group)
         case "set_limits":
             return SetLimits(_limits_of(msg.set_limits.limits))
+        case "commit_offsets":
+            commit = msg.commit_offsets
+            return CommitOffsets(
+                commit.consumer_group, tuple((o.group_id, o.offset) for o in commit.offsets)
+            )
     raise AssertionError(f"controller entry without a known command ({kind!r})")
 
 
@@ -212,6 +225,10 @@ def state_proto(state: ControllerState) -> pb.ControllerState:
         offsets_partitions=[_partition(p) for p in state.offsets_partitions()],
         group_homes=[pb.GroupHome(consumer_group=c, group_id=g) for c, g in state.homes()],
         limits=_limits(state.limits),
+        committed_offsets=[
+            pb.CommittedOffset(consumer_group=c, group_id=g, offset=o)
+            for c, g, o in state.committed_offsets()
+        ],
     )
 
 
@@ -231,6 +248,7 @@ def state_of(msg: pb.ControllerState) -> ControllerState:
         ),
         offsets_partitions=tuple(_partition_of(p) for p in msg.offsets_partitions),
         homes=tuple((h.consumer_group, h.group_id) for h in msg.group_homes),
+        committed=tuple((c.consumer_group, c.group_id, c.offset) for c in msg.committed_offsets),
     )
 
 

@@ -82,6 +82,15 @@ class SetLimits:
     limits: Limits
 
 
+@dataclass(frozen=True, slots=True)
+class CommitOffsets:
+    """A consumer group's offsets on partitions of live topics; never moves one backwards."""
+
+    consumer_group: str
+    # (group id, offset) pairs, one per partition.
+    offsets: tuple[tuple[GroupId, int], ...]
+
+
 Command = (
     RegisterNode
     | CreateTopic
@@ -91,6 +100,7 @@ Command = (
     | ConfirmDrops
     | AssignGroupHome
     | SetLimits
+    | CommitOffsets
 )
 
 
@@ -105,6 +115,13 @@ class GroupHome:
     partition: Partition
 
 
+@dataclass(frozen=True, slots=True)
+class OffsetsCommitted:
+    """The stored offset of each partition of a CommitOffsets, after it was applied."""
+
+    offsets: tuple[tuple[GroupId, int], ...]
+
+
 # What `ControllerState.apply` answers: the created/changed value, or the
 # typed error of a command that changed nothing.
-Result = NodeInfo | Topic | GroupHome | Done | ControllerError
+Result = NodeInfo | Topic | GroupHome | OffsetsCommitted | Done | ControllerError

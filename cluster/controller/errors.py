@@ -113,3 +113,8 @@ class TooManyConsumerGroups(ControllerError):
 @dataclass(frozen=True, slots=True)
 class InvalidLimits(ControllerError):
     reason: ClassVar[str] = "INVALID_LIMITS"
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidOffset(ControllerError):
+    reason: ClassVar[str] = "INVALID_OFFSET"

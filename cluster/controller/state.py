@@ -30,11 +30,13 @@ from weir.cluster.controller.commands import (
     AddPartitions,
     AssignGroupHome,
     Command,
+    CommitOffsets,
     ConfirmDrops,
     CreateTopic,
     DeleteTopic,
     Done,
     GroupHome,
+    OffsetsCommitted,
     RegisterNode,
     Result,
     SetLimits,
@@ -43,6 +45,7 @@ from weir.cluster.controller.commands import (
 from weir.cluster.controller.errors import (
     ControllerError,
     InvalidNode,
+    InvalidOffset,
     InvalidPartitionCount,
     InvalidReplicationFactor,
     NoNodes,
@@ -89,6 +92,10 @@ class ControllerState:
         self._homes: dict[str, GroupId] = {}
         # Derived from _homes (never encoded): consumer groups per offsets partition.
         self._home_counts: collections.Counter[GroupId] = collections.Counter()
+        # Committed offsets: (consumer group, partition group id) -> offset.
+        self._committed: dict[tuple[str, GroupId], int] = {}
+        # Derived from _committed (never encoded): partitions per consumer group.
+        self._committed_groups: collections.Counter[str] = collections.Counter()
 
     @classmethod
     def build(
@@ -102,6 +109,7 @@ class ControllerState:
         deleting: tuple[DeletingTopic, ...],
         offsets_partitions: tuple[Partition, ...],
         homes: tuple[tuple[str, GroupId], ...],
+        committed: tuple[tuple[str, GroupId, int], ...] = (),
     ) -> ControllerState:
         """A state from its parts (a decoded snapshot); asserts its invariants."""
         state = cls(limits)
@@ -113,6 +121,8 @@ class ControllerState:
         state._offsets = {p.group_id: p for p in offsets_partitions}
         state._homes = dict(homes)
         state._home_counts = collections.Counter(state._homes.values())
+        state._committed = {(c, g): offset for c, g, offset in committed}
+        state._committed_groups = collections.Counter(c for c, _ in state._committed)
         state.check_invariants()
         return state
 
@@ -142,6 +152,13 @@ class ControllerState:
     def group_home(self, consumer_group: str) -> Partition | None:
         group_id = self._homes.get(consumer_group)
         return None if group_id is None else self._offsets[group_id]
+
+    def committed_offset(self, consumer_group: str, group_id: GroupId) -> int | None:
+        return self._committed.get((consumer_group, group_id))
+
+    def committed_offsets(self) -> tuple[tuple[str, GroupId, int], ...]:
+        """Every committed offset, by consumer group, then group id."""
+        return tuple((c, g, self._committed[(c, g)]) for c, g in sorted(self._committed))
 
     def partitions(self) -> tuple[Partition, ...]:
         """Every group that should be running: live topics' partitions and offsets partitions.
@@ -176,6 +193,7 @@ class ControllerState:
             self.deleting(),
             self.offsets_partitions(),
             self.homes(),
+            self.committed_offsets(),
         )
 
     def __repr__(self) -> str:
@@ -207,6 +225,8 @@ class ControllerState:
                 result = self._assign_group_home(command)
             case SetLimits():
                 result = self._set_limits(command)
+            case CommitOffsets():
+                result = self._commit_offsets(command)
             case _:
                 raise AssertionError(f"unknown controller command {command!r}")
         assert self.version in (before, before + 1)
@@ -312,6 +332,7 @@ class ControllerState:
         assert deleting.key not in self._deleting, "group ids are never reused"
         del self._topics[topic.name]
         self._deleting[deleting.key] = deleting
+        self._forget_offsets(frozenset(topic.group_ids))
         self.version += 1
         return topic
 
@@ -407,6 +428,52 @@ class ControllerState:
         self.version += 1
         return GroupHome(name, self._offsets[home])
 
+    def _commit_offsets(self, command: CommitOffsets) -> Result:
+        name = command.consumer_group
+        if (error := check_group_name(name)) is not None:
+            return error
+        live = {p.group_id: t.name for t in self._topics.values() for p in t.partitions}
+        for group_id, offset in command.offsets:
+            if group_id not in live:
+                return TopicNotFound.of(
+                    f"partition group {group_id} belongs to no live topic", group_id=group_id
+                )
+            if offset < 0:
+                return InvalidOffset.of(f"offset {offset} is negative", group_id=group_id)
+        if (
+            name not in self._committed_groups
+            and len(self._committed_groups) >= self.limits.consumer_groups_max
+        ):
+            return TooManyConsumerGroups.of(
+                f"the cluster holds at most {self.limits.consumer_groups_max} consumer groups",
+                limit=self.limits.consumer_groups_max,
+            )
+        stored: dict[GroupId, int] = {}
+        changed = False
+        for group_id, offset in command.offsets:
+            key = (name, group_id)
+            current = self._committed.get(key)
+            # Invariant 4: a lower commit leaves the stored offset in place.
+            if current is not None and current >= offset:
+                stored[group_id] = current
+                continue
+            if current is None:
+                self._committed_groups[name] += 1
+            self._committed[key] = offset
+            stored[group_id] = offset
+            changed = True
+        if changed:
+            self.version += 1
+        return OffsetsCommitted(tuple(sorted(stored.items())))
+
+    def _forget_offsets(self, group_ids: frozenset[GroupId]) -> None:
+        """Drops every consumer group's offsets on deleted partitions (ids are never reused)."""
+        for key in [k for k in self._committed if k[1] in group_ids]:
+            del self._committed[key]
+            self._committed_groups[key[0]] -= 1
+            if not self._committed_groups[key[0]]:
+                del self._committed_groups[key[0]]
+
     def _set_limits(self, command: SetLimits) -> Result:
         if (error := command.limits.check()) is not None:
             return error
@@ -452,3 +519,7 @@ class ControllerState:
             assert all(n in self._nodes for n in partition.replicas)
         assert all(g in self._offsets for g in self._homes.values())
         assert self._home_counts == collections.Counter(self._homes.values())
+        live = {p.group_id for t in self._topics.values() for p in t.partitions}
+        for (_, group_id), offset in self._committed.items():
+            assert group_id in live and offset >= 0, (group_id, offset)
+        assert self._committed_groups == collections.Counter(c for c, _ in self._committed)

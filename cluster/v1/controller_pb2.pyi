@@ -97,7 +97,7 @@ class ControllerLimits(_message.Message):
     def __init__(self, nodes_max: _Optional[int] = ..., topics_max: _Optional[int] = ..., partitions_max: _Optional[int] = ..., partitions_total_max: _Optional[int] = ..., record_bytes_max_limit: _Optional[int] = ..., consumer_groups_max: _Optional[int] = ..., offsets_partition_count: _Optional[int] = ...) -> None: ...
 
 class ControllerState(_message.Message):
-    __slots__ = ("version", "nodes", "topics", "deleting_topics", "next_group_id", "offsets_partitions", "group_homes", "limits")
+    __slots__ = ("version", "nodes", "topics", "deleting_topics", "next_group_id", "offsets_partitions", "group_homes", "limits", "committed_offsets")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     TOPICS_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class ControllerState(_message.Message):
     OFFSETS_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     GROUP_HOMES_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_OFFSETS_FIELD_NUMBER: _ClassVar[int]
     version: int
     nodes: _containers.RepeatedCompositeFieldContainer[ControllerNode]
     topics: _containers.RepeatedCompositeFieldContainer[ControllerTopic]
@@ -114,7 +115,26 @@ class ControllerState(_message.Message):
     offsets_partitions: _containers.RepeatedCompositeFieldContainer[PartitionAssignment]
     group_homes: _containers.RepeatedCompositeFieldContainer[GroupHome]
     limits: ControllerLimits
-    def __init__(self, version: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[ControllerNode, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[ControllerTopic, _Mapping]]] = ..., deleting_topics: _Optional[_Iterable[_Union[DeletingTopic, _Mapping]]] = ..., next_group_id: _Optional[int] = ..., offsets_partitions: _Optional[_Iterable[_Union[PartitionAssignment, _Mapping]]] = ..., group_homes: _Optional[_Iterable[_Union[GroupHome, _Mapping]]] = ..., limits: _Optional[_Union[ControllerLimits, _Mapping]] = ...) -> None: ...
+    committed_offsets: _containers.RepeatedCompositeFieldContainer[CommittedOffset]
+    def __init__(self, version: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[ControllerNode, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[ControllerTopic, _Mapping]]] = ..., deleting_topics: _Optional[_Iterable[_Union[DeletingTopic, _Mapping]]] = ..., next_group_id: _Optional[int] = ..., offsets_partitions: _Optional[_Iterable[_Union[PartitionAssignment, _Mapping]]] = ..., group_homes: _Optional[_Iterable[_Union[GroupHome, _Mapping]]] = ..., limits: _Optional[_Union[ControllerLimits, _Mapping]] = ..., committed_offsets: _Optional[_Iterable[_Union[CommittedOffset, _Mapping]]] = ...) -> None: ...
+
+class CommittedOffset(_message.Message):
+    __slots__ = ("consumer_group", "group_id", "offset")
+    CONSUMER_GROUP_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    consumer_group: str
+    group_id: int
+    offset: int
+    def __init__(self, consumer_group: _Optional[str] = ..., group_id: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class PartitionOffset(_message.Message):
+    __slots__ = ("group_id", "offset")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    group_id: int
+    offset: int
+    def __init__(self, group_id: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class RegisterNode(_message.Message):
     __slots__ = ("node",)
@@ -176,8 +196,16 @@ class SetLimits(_message.Message):
     limits: ControllerLimits
     def __init__(self, limits: _Optional[_Union[ControllerLimits, _Mapping]] = ...) -> None: ...
 
+class CommitOffsets(_message.Message):
+    __slots__ = ("consumer_group", "offsets")
+    CONSUMER_GROUP_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    consumer_group: str
+    offsets: _containers.RepeatedCompositeFieldContainer[PartitionOffset]
+    def __init__(self, consumer_group: _Optional[str] = ..., offsets: _Optional[_Iterable[_Union[PartitionOffset, _Mapping]]] = ...) -> None: ...
+
 class ControllerCommand(_message.Message):
-    __slots__ = ("register_node", "create_topic", "delete_topic", "add_partitions", "update_topic_config", "confirm_drops", "assign_group_home", "set_limits")
+    __slots__ = ("register_node", "create_topic", "delete_topic", "add_partitions", "update_topic_config", "confirm_drops", "assign_group_home", "set_limits", "commit_offsets")
     REGISTER_NODE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TOPIC_FIELD_NUMBER: _ClassVar[int]
     DELETE_TOPIC_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +214,7 @@ class ControllerCommand(_message.Message):
     CONFIRM_DROPS_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_GROUP_HOME_FIELD_NUMBER: _ClassVar[int]
     SET_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_OFFSETS_FIELD_NUMBER: _ClassVar[int]
     register_node: RegisterNode
     create_topic: CreateTopic
     delete_topic: DeleteTopic
@@ -194,4 +223,5 @@ class ControllerCommand(_message.Message):
     confirm_drops: ConfirmDrops
     assign_group_home: AssignGroupHome
     set_limits: SetLimits
-    def __init__(self, register_node: _Optional[_Union[RegisterNode, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., add_partitions: _Optional[_Union[AddPartitions, _Mapping]] = ..., update_topic_config: _Optional[_Union[UpdateTopicConfig, _Mapping]] = ..., confirm_drops: _Optional[_Union[ConfirmDrops, _Mapping]] = ..., assign_group_home: _Optional[_Union[AssignGroupHome, _Mapping]] = ..., set_limits: _Optional[_Union[SetLimits, _Mapping]] = ...) -> None: ...
+    commit_offsets: CommitOffsets
+    def __init__(self, register_node: _Optional[_Union[RegisterNode, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., add_partitions: _Optional[_Union[AddPartitions, _Mapping]] = ..., update_topic_config: _Optional[_Union[UpdateTopicConfig, _Mapping]] = ..., confirm_drops: _Optional[_Union[ConfirmDrops, _Mapping]] = ..., assign_group_home: _Optional[_Union[AssignGroupHome, _Mapping]] = ..., set_limits: _Optional[_Union[SetLimits, _Mapping]] = ..., commit_offsets: _Optional[_Union[CommitOffsets, _Mapping]] = ...) -> None: ...
