@@ -58,6 +58,7 @@ from weir.server.errors import (
     BrokerError,
     abort,
     invalid,
+    replica_not_available,
     shutting_down,
     storage_error,
     topic_not_found,
@@ -71,7 +72,7 @@ from weir.server.limits import (
 )
 from weir.server.naming import check_group_name
 from weir.server.offsets import GroupOffsets
-from weir.server.replicator import Replicator
+from weir.server.replicator import NotHostedError, Replicator
 from weir.server.topics import Topic, TopicRegistry
 from weir.v1 import broker_pb2
 
@@ -320,7 +321,10 @@ class _Stream:
             if commit.offsets:
                 self._check_topic_live()
             for item in commit.offsets:
-                log = self._path.replicator.log(self._topic.group_id(item.partition))
+                try:
+                    log = self._path.replicator.log(self._topic.group_id(item.partition))
+                except NotHostedError:
+                    raise replica_not_available(self._topic.name, item.partition) from None
                 end_offset = log.end_offset
                 if not 0 <= item.offset <= end_offset:
                     raise out_of_range(item.partition, item.offset, 0, end_offset)

@@ -13,9 +13,9 @@ import grpc
 
 from weir.cluster.storage import PartitionLog
 from weir.server.consume_cursor import Partition
-from weir.server.errors import BrokerError, invalid
+from weir.server.errors import BrokerError, invalid, replica_not_available
 from weir.server.offsets import GroupOffsets
-from weir.server.replicator import Replicator
+from weir.server.replicator import NotHostedError, Replicator
 from weir.server.topics import Topic
 from weir.v1 import broker_pb2
 
@@ -82,7 +82,12 @@ def start_positions(
     replicator: Replicator,
     offsets: GroupOffsets,
 ) -> list[Partition]:
-    """The subscribed partitions, each at the offset its stream starts from."""
+    """The subscribed partitions, each at the offset its stream starts from.
+
+    In a cluster each log is this node's replica, leader or follower: its
+    end offset is what this node applied, so nothing uncommitted is served.
+    A partition with no replica here is REPLICA_NOT_AVAILABLE (retriable).
+    """
     numbers = partition_numbers(topic, subscribe)
     start = subscribe.start
     if start.kind not in broker_pb2.StartKind.values():
@@ -91,7 +96,10 @@ def start_positions(
         raise invalid("INVALID_START", "the start timestamp is negative")
     result = []
     for number in numbers:
-        log = replicator.log(topic.group_id(number))
+        try:
+            log = replicator.log(topic.group_id(number))
+        except NotHostedError:
+            raise replica_not_available(topic.name, number) from None
         result.append(Partition(number, log, _start_of(topic, subscribe, number, log, offsets)))
     return result
 

@@ -10,13 +10,22 @@ gRPC status that ends the call. Broken invariants are assertions instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from weir.cluster.host import (
+    GroupNotFoundError,
+    HostError,
+    HostStoppedError,
+    NotLeaderError,
+    NotWrittenError,
+    OutcomeUnknownError,
+    ProposalDroppedError,
+)
 from weir.cluster.storage import CorruptEntryError, StorageError, StorageFullError
 from weir.v1 import errors_pb2
 
@@ -106,6 +115,113 @@ def storage_error(exc: StorageError, what: str = "the request") -> BrokerError:
         )
     return BrokerError(
         grpc.StatusCode.UNAVAILABLE, "STORAGE_ERROR", f"{what} failed in storage: {exc}"
+    )
+
+
+def not_leader(topic: str, partition: int, leader_id: int, leader_address: str) -> BrokerError:
+    """This node does not lead the partition: the answer names the leader.
+
+    `leader_id` "0" and `leader_address` "" mean no leader is known yet (an
+    election runs, or the partition has no replica here): back off, retry.
+    """
+    known = f"node {leader_id} at {leader_address or 'an unknown address'}"
+    return BrokerError(
+        grpc.StatusCode.UNAVAILABLE,
+        "NOT_LEADER",
+        f"this node does not lead partition {partition} of topic {topic!r}; "
+        + (f"the leader is {known}" if leader_id else "no leader is known yet, retry shortly"),
+        {
+            "topic": topic,
+            "partition": partition,
+            "leader_id": leader_id,
+            "leader_address": leader_address,
+        },
+    )
+
+
+def replica_not_available(topic: str, partition: int) -> BrokerError:
+    """No replica of the partition runs on this node (for a read): try another node."""
+    return BrokerError(
+        grpc.StatusCode.UNAVAILABLE,
+        "REPLICA_NOT_AVAILABLE",
+        f"partition {partition} of topic {topic!r} has no replica running on this node",
+        {"topic": topic, "partition": partition},
+    )
+
+
+def replication_error(
+    exc: HostError,
+    topic: str,
+    partition: int,
+    leader_address: Callable[[int], str],
+) -> BrokerError:
+    """The one translation of a Raft host's outcome for a produce request.
+
+    Every case is retriable except a bug; what a retry risks differs:
+    NOT_LEADER, PROPOSAL_DROPPED and NOT_WRITTEN promise that nothing was
+    written; OUTCOME_UNKNOWN may have written (a retry may duplicate until
+    the idempotent producer lands).
+    """
+    if isinstance(exc, NotLeaderError):
+        leader = exc.leader_id
+        return not_leader(topic, partition, leader, leader_address(leader) if leader else "")
+    if isinstance(exc, GroupNotFoundError):
+        return not_leader(topic, partition, 0, "")
+    if isinstance(exc, ProposalDroppedError):
+        return BrokerError(
+            grpc.StatusCode.UNAVAILABLE,
+            "PROPOSAL_DROPPED",
+            f"the leader of partition {partition} of topic {topic!r} refused the batch for now "
+            f"({exc.reason}); nothing was written, retry shortly",
+            {
+                "topic": topic,
+                "partition": partition,
+                "cause": exc.reason,
+            },
+        )
+    if isinstance(exc, NotWrittenError):
+        return BrokerError(
+            grpc.StatusCode.UNAVAILABLE,
+            "NOT_WRITTEN",
+            f"the batch for partition {partition} of topic {topic!r} lost its place in the log "
+            "to a new leader; nothing was written, safe to retry",
+            {"topic": topic, "partition": partition},
+        )
+    if isinstance(exc, OutcomeUnknownError):
+        code = (
+            grpc.StatusCode.DEADLINE_EXCEEDED
+            if exc.reason == "deadline passed"
+            else grpc.StatusCode.UNAVAILABLE
+        )
+        return outcome_unknown(topic, partition, exc.reason, code)
+    if isinstance(exc, HostStoppedError):
+        return shutting_down()
+    raise AssertionError(f"unexpected host error {exc!r}")
+
+
+def outcome_unknown(
+    topic: str, partition: int, cause: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+) -> BrokerError:
+    """The batch may or may not be written; a retry may write it twice."""
+    return BrokerError(
+        code,
+        "OUTCOME_UNKNOWN",
+        f"the outcome of the batch for partition {partition} of topic {topic!r} is unknown "
+        f"({cause}); it may have been written, and a retry may write it twice",
+        {"topic": topic, "partition": partition, "cause": cause},
+    )
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_proto(error: errors_pb2.Error) -> BrokerError:
+    """A `weir.v1.Error` another node answered, passed on as it came."""
+    return BrokerError(
+        _CODES.get(error.code, grpc.StatusCode.UNKNOWN),
+        error.reason,
+        error.message,
+        dict(error.metadata),
     )
 
 

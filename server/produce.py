@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -47,18 +48,22 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from weir.cluster.storage import AppendTicket, LogClosedError, StorageError
+from weir.cluster.host import HostError, NotLeaderError
+from weir.cluster.storage import LogClosedError, StorageError
 from weir.partitioner import murmur2
 from weir.server.config import PARSED_RECORD_BYTES
 from weir.server.errors import (
     BrokerError,
     abort,
     invalid,
+    not_leader,
+    replication_error,
     shutting_down,
     storage_error,
     topic_not_found,
 )
 from weir.server.limits import Lease, MemoryBudget
+from weir.server.produce_forward import FORWARDED_KEY, Forwarder
 from weir.server.replicator import Replicator
 from weir.server.topics import Topic, TopicRegistry
 from weir.v1 import broker_pb2, records_pb2
@@ -374,12 +379,29 @@ def _route(batch: records_pb2.RecordBatch, plan: _Plan) -> list[_Part]:
 # -- the stream ----------------------------------------------------------------------
 
 
+def _is_forwarded(context: Context) -> bool:
+    return any(key == FORWARDED_KEY for key, _ in context.invocation_metadata() or ())
+
+
 @dataclasses.dataclass(slots=True)
 class _Placed:
+    """One part of a request, appended here or forwarded to its partition's leader."""
+
     partition: int
-    ticket: AppendTicket
     record_count: int
     record_indexes: list[int]
+    # None for a forwarded part until the leader's answer carries it.
+    base_offset: int | None
+    # What the answer waits for: the acks level's future of a local append
+    # (resolving to anything), or the leader's answer (the base offset).
+    answered: asyncio.Future[Any]
+    # Done once the request's bytes may go back to the budget: the leader's
+    # own copy is durable (or failed), or the leader answered.
+    held: asyncio.Future[Any]
+
+
+# Translates a Raft host's outcome for (partition, error) into an answer.
+HostErrorMapper = Callable[[int, HostError], BrokerError]
 
 
 @dataclasses.dataclass(slots=True)
@@ -390,6 +412,7 @@ class _Pending:
     silent: bool  # acks=NONE: answer only errors
     placed: list[_Placed]
     error: BrokerError | None = None
+    host_error: HostErrorMapper | None = None
 
     def release_when_durable(self, lease: Lease) -> None:
         """Give `lease` back once every append is durable or failed (now if there are none).
@@ -409,15 +432,25 @@ class _Pending:
                 lease.close()
 
         for placed in self.placed:
-            placed.ticket.durable.add_done_callback(on_done)
+            placed.held.add_done_callback(on_done)
 
     async def response(self) -> broker_pb2.ProduceResponse | None:
         if self.error is None:
-            try:
-                for placed in self.placed:
-                    await placed.ticket.durable
-            except StorageError as exc:
-                self.error = storage_error(exc, "the append")
+            for placed in self.placed:
+                try:
+                    value = await placed.answered
+                except StorageError as exc:
+                    self.error = storage_error(exc, "the append")
+                except HostError as exc:
+                    assert self.host_error is not None, "a Raft outcome needs its mapper"
+                    self.error = self.host_error(placed.partition, exc)
+                except BrokerError as exc:
+                    self.error = exc  # a forwarded part: the leader's answer
+                else:
+                    if placed.base_offset is None:
+                        placed.base_offset = value
+                    continue
+                break
         if self.error is not None:
             return broker_pb2.ProduceResponse(
                 request_id=self.request_id, error=self.error.to_proto()
@@ -429,7 +462,7 @@ class _Pending:
             appends=[
                 broker_pb2.PartitionAppend(
                     partition=p.partition,
-                    base_offset=p.ticket.base_offset,
+                    base_offset=p.base_offset,
                     record_count=p.record_count,
                     record_indexes=p.record_indexes,
                 )
@@ -464,8 +497,12 @@ class ProducePath:
         clock_ms: Callable[[], int],
         stopping: asyncio.Event,
         budget: MemoryBudget,
+        forwarder: Forwarder | None = None,
     ) -> None:
+        """`forwarder`: where parts for partitions another node leads go (None: answer
+        NOT_LEADER naming the leader; always so on a single node)."""
         self._topics = topics
+        self._forwarder = forwarder
         self._budget = budget
         self._replicator = replicator
         self._inflight_requests_max = inflight_requests_max
@@ -494,8 +531,11 @@ class ProducePath:
         assert reader is not None
         writer = asyncio.create_task(self._write(context, pending))
         writer.add_done_callback(lambda task: _cancel_reader_if_failed(reader, task))
+        # A stream another node forwards on is never forwarded again: a
+        # leadership change mid-flight answers NOT_LEADER instead of a loop.
+        forwarded = _is_forwarded(context)
         try:
-            end = await self._read(context, pending, reader)
+            end = await self._read(context, pending, reader, forwarded)
             await pending.put(end)
             final = await writer
         except asyncio.CancelledError:
@@ -516,7 +556,11 @@ class ProducePath:
             reader.cancel()
 
     async def _read(
-        self, context: Context, pending: asyncio.Queue[_Pending | _End], reader: asyncio.Task[Any]
+        self,
+        context: Context,
+        pending: asyncio.Queue[_Pending | _End],
+        reader: asyncio.Task[Any],
+        forwarded: bool,
     ) -> _End:
         while True:
             if self._stopping.is_set():
@@ -536,7 +580,7 @@ class ProducePath:
             if request is grpc.aio.EOF:
                 return _End(None)
             assert isinstance(request, Received), request
-            item = await self._admit(request)
+            item = await self._admit(request, forwarded)
             # The parsed request must not outlive its lease: nothing below
             # (a full queue, the next read) may keep it alive.
             del request
@@ -556,7 +600,7 @@ class ProducePath:
             if response is not None:
                 await context.write(response.SerializeToString())
 
-    async def _admit(self, received: Received) -> _Pending | None:
+    async def _admit(self, received: Received, forwarded: bool) -> _Pending | None:
         """Take the request's bytes from the budget, then accept it; None if malformed."""
         request = received.message
         if isinstance(request, TooManyRecords):
@@ -568,22 +612,30 @@ class ProducePath:
         # NodeConfig keeps the largest request under half the budget.
         lease = await self._budget.acquire(held_bytes)
         try:
-            item = await self._accept(request)
+            item = await self._accept(request, forwarded)
         except BaseException:
             lease.close()
             raise
         item.release_when_durable(lease)
         return item
 
-    async def _accept(self, request: broker_pb2.ProduceRequest) -> _Pending:
+    async def _accept(self, request: broker_pb2.ProduceRequest, forwarded: bool) -> _Pending:
         silent = request.acks == broker_pb2.ACKS_NONE
         try:
-            placed = await self._append(request)
+            placed = await self._append(request, forwarded)
         except BrokerError as error:
             return _Pending(request.request_id, silent, [], error)
-        return _Pending(request.request_id, silent, placed)
+        return _Pending(
+            request.request_id,
+            silent,
+            placed,
+            host_error=functools.partial(self._host_error, request.topic),
+        )
 
-    async def _append(self, request: broker_pb2.ProduceRequest) -> list[_Placed]:
+    def _host_error(self, topic: str, partition: int, exc: HostError) -> BrokerError:
+        return replication_error(exc, topic, partition, self._replicator.node_address)
+
+    async def _append(self, request: broker_pb2.ProduceRequest, forwarded: bool) -> list[_Placed]:
         """Validate everything first, so a bad request changes nothing."""
         if self._stopping.is_set():
             raise shutting_down()
@@ -598,7 +650,7 @@ class ProducePath:
         for part in parts:
             group_id = topic.group_ids[part.partition]
             try:
-                ticket = await self._replicator.append(
+                appended = await self._replicator.append(
                     group_id, part.payload, part.record_count, max_timestamp_ms
                 )
             except LogClosedError:
@@ -606,8 +658,39 @@ class ProducePath:
                 raise topic_not_found(topic.name) from None
             except StorageError as exc:
                 raise storage_error(exc, "the append") from exc
-            placed.append(_Placed(part.partition, ticket, part.record_count, part.record_indexes))
+            except NotLeaderError as exc:
+                placed.append(
+                    await self._forward(topic.name, part, request.acks, exc.leader_id, forwarded)
+                )
+                continue
+            except HostError as exc:
+                raise self._host_error(topic.name, part.partition, exc) from None
+            placed.append(
+                _Placed(
+                    part.partition,
+                    part.record_count,
+                    part.record_indexes,
+                    appended.base_offset,
+                    appended.acknowledged(request.acks),
+                    appended.leader_durable,
+                )
+            )
         return placed
+
+    async def _forward(
+        self, topic: str, part: _Part, acks: broker_pb2.Acks, leader_id: int, forwarded: bool
+    ) -> _Placed:
+        """Sends `part` to its partition's leader, or answers NOT_LEADER naming it.
+
+        Waits only for room on the link to the leader; the answer comes later.
+        """
+        address = self._replicator.node_address(leader_id) if leader_id else ""
+        if self._forwarder is None or forwarded or not address:
+            raise not_leader(topic, part.partition, leader_id, address)
+        answer = await self._forwarder.submit(
+            leader_id, address, topic, part.partition, acks, part.payload
+        )
+        return _Placed(part.partition, part.record_count, part.record_indexes, None, answer, answer)
 
     async def _prepare(
         self, topic: Topic, request: broker_pb2.ProduceRequest

@@ -97,7 +97,7 @@ class Node:
         group_id = self.topics.get(topic).group_id(partition)
         payload = records_pb2.RecordBatch(records=records).SerializeToString()
         ticket = await self.replicator.append(group_id, payload, len(records), T0_MS)
-        await ticket.durable
+        await ticket.committed
 
 
 @asynccontextmanager
