@@ -5,16 +5,20 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 
+from weir.cluster.host import HostError
 from weir.cluster.storage import LogClosedError, StorageError
 from weir.server.config import NodeConfig
 from weir.server.errors import BrokerError, abort, internal_error, storage_error, topic_not_found
 from weir.server.replicator import Replicator
-from weir.server.topics import ConfigPatch, Topic, TopicRegistry
+from weir.server.topics import ConfigPatch, Topic
 from weir.v1 import admin_pb2, admin_pb2_grpc
+
+if TYPE_CHECKING:
+    from weir.server.cluster_node import ClusterView
 
 # One source of truth for the version: the installed distribution (pyproject.toml).
 VERSION = importlib.metadata.version("weir")
@@ -23,6 +27,22 @@ Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 log = logging.getLogger("weir.server.admin")
+
+
+class Topics(Protocol):
+    """What the admin service needs of a topic registry (single node or cluster)."""
+
+    def get(self, name: str) -> Topic: ...
+
+    def all(self) -> list[Topic]: ...
+
+    async def create(
+        self, name: str, partition_count: int, replication_factor: int, patch: ConfigPatch
+    ) -> Topic: ...
+
+    async def delete(self, name: str) -> None: ...
+
+    async def update_config(self, name: str, patch: ConfigPatch) -> Topic: ...
 
 
 def _patch(config: admin_pb2.TopicConfig) -> ConfigPatch:
@@ -74,12 +94,14 @@ async def _guard(context: Context, method: str, call: Awaitable[Resp], topic: st
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
         self,
-        topics: TopicRegistry,
+        topics: Topics,
         replicator: Replicator,
         config: NodeConfig,
         cluster_id: Callable[[], str],
         address: Callable[[], str],
+        cluster: ClusterView | None = None,
     ) -> None:
+        self._cluster = cluster
         self._topics = topics
         self._replicator = replicator
         self._config = config
@@ -122,6 +144,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.DescribeTopicResponse:
         async def run() -> admin_pb2.DescribeTopicResponse:
             topic = self._topics.get(request.name)
+            if self._cluster is not None:
+                return self._describe_clustered(topic)
             partitions = []
             for number, group_id in enumerate(topic.group_ids):
                 log = self._replicator.log(group_id)
@@ -139,6 +163,37 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
         return await _guard(context, "DescribeTopic", run(), request.name)
 
+    def _describe_clustered(self, topic: Topic) -> admin_pb2.DescribeTopicResponse:
+        assert self._cluster is not None
+        partitions = []
+        views = self._cluster.partitions(topic.name)
+        for number, (group_id, view) in enumerate(zip(topic.group_ids, views, strict=True)):
+            info = admin_pb2.PartitionInfo(
+                partition=number,
+                leader_id=view.leader_id,
+                leader_address=view.leader_address,
+                replica_ids=[r.node_id for r in view.replicas],
+                replicas=[
+                    admin_pb2.ReplicaInfo(
+                        node_id=r.node_id,
+                        address=r.address,
+                        alive=r.alive,
+                        lag_entries=r.lag_entries,
+                    )
+                    for r in view.replicas
+                ],
+            )
+            try:
+                # This node's replica, if it holds one: committed records it applied.
+                log = self._replicator.log(group_id)
+                info.start_offset = log.start_offset
+                info.end_offset = log.end_offset
+                info.size_bytes = log.size_bytes
+            except (HostError, StorageError, BrokerError):
+                pass
+            partitions.append(info)
+        return admin_pb2.DescribeTopicResponse(topic=topic_proto(topic), partitions=partitions)
+
     async def UpdateTopicConfig(
         self, request: admin_pb2.UpdateTopicConfigRequest, context: Context
     ) -> admin_pb2.UpdateTopicConfigResponse:
@@ -152,13 +207,28 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.DescribeClusterRequest, context: Context
     ) -> admin_pb2.DescribeClusterResponse:
         async def run() -> admin_pb2.DescribeClusterResponse:
-            return admin_pb2.DescribeClusterResponse(
-                cluster_id=self._cluster_id(),
-                nodes=[
+            if self._cluster is None:
+                nodes = [
                     admin_pb2.Node(
                         node_id=self._config.node_id, address=self._address(), alive=True
                     )
-                ],
+                ]
+                controller_id = self._config.node_id
+            else:
+                nodes = [
+                    admin_pb2.Node(
+                        node_id=n.node_id,
+                        address=n.address,
+                        alive=n.alive,
+                        leader_count=n.leader_count,
+                    )
+                    for n in self._cluster.nodes()
+                ]
+                controller_id = self._cluster.controller_id()
+            return admin_pb2.DescribeClusterResponse(
+                cluster_id=self._cluster_id(),
+                nodes=nodes,
+                controller_id=controller_id,
                 node_id=self._config.node_id,
                 version=VERSION,
                 durability=str(self._config.durability),

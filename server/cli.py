@@ -14,7 +14,7 @@ from pathlib import Path
 
 from weir.cluster.storage import Durability
 from weir.server.cli_client import add_client_commands
-from weir.server.config import DEFAULT_CLUSTER_ID, NodeConfig, format_peers, parse_peers
+from weir.server.config import DEFAULT_CLUSTER_ID, NodeConfig, parse_peers
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:7070"
 SWITCH_INTERVAL_S = 0.0005
@@ -138,25 +138,15 @@ def _serve(args: argparse.Namespace) -> int:
         level=os.environ.get("WEIR_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if config.clustered:
-        # TODO(issue 6, host wiring): remove this once Node runs the
-        # multi-Raft host from config.peers; until then a node given peers
-        # must not pretend to be part of a cluster.
-        logging.getLogger("weir.server").warning(
-            "clustering is not wired into this node yet: node %d of cluster %r with peers %s "
-            "serves alone and does not listen on %s",
-            config.node_id,
-            config.cluster_id,
-            format_peers(config.peers),
-            config.peer_listen,
-        )
 
     def ready(node: Node) -> None:
         host = config.listen.rsplit(":", 1)[0]
         # The first stdout line is machine-readable: tests and scripts wait for it.
+        peers = f", peers on {config.peer_listen}" if config.clustered else ""
         print(
             f"weir serve: listening on {host}:{node.port} "
-            f"(node {config.node_id}, data {config.data_dir}, durability {config.durability})",
+            f"(node {config.node_id}, data {config.data_dir}, durability {config.durability}"
+            f"{peers})",
             flush=True,
         )
 

@@ -15,6 +15,7 @@ with its name and stops the node the same graceful way, then `run` raises
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -38,13 +39,15 @@ from weir.cluster.storage import (
     StorageFullError,
 )
 from weir.server import limits
-from weir.server.admin import AdminServicer
+from weir.server.admin import AdminServicer, Topics
+from weir.server.cluster_node import ClusterRuntime, ClusterView
+from weir.server.cluster_topics import ClusterOffsets
 from weir.server.config import NodeConfig
 from weir.server.consume import ConsumePath
 from weir.server.errors import abort, malformed
 from weir.server.offsets import GroupOffsets
 from weir.server.produce import ProducePath
-from weir.server.replicator import LocalReplicator
+from weir.server.replicator import LocalReplicator, Replicator
 from weir.server.topics import TopicRegistry
 from weir.v1 import admin_pb2, broker_pb2
 
@@ -260,12 +263,23 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@dataclasses.dataclass(slots=True)
+class _Parts:
+    """What differs between a single node and a clustered one."""
+
+    topics: Topics
+    offsets: GroupOffsets | ClusterOffsets
+    replicator: Replicator
+    background: list[tuple[str, Coroutine[Any, Any, None]]]
+
+
 class Node:
     def __init__(self, config: NodeConfig, clock_ms: Callable[[], int] = wall_clock_ms) -> None:
         self.config = config
         self._clock_ms = clock_ms
         self._stopping = asyncio.Event()
         self._cluster_id = ""
+        self._cluster: ClusterRuntime | None = None
         self.port = 0
         self._produce: ProducePath
 
@@ -288,56 +302,91 @@ class Node:
             clock_ms=self._clock_ms,
         )
         async with NodeStorage(storage_config) as storage:
-            topics = TopicRegistry(storage, self.config)
-            await topics.load()
-            offsets = GroupOffsets(storage.meta, topics)
-            await offsets.load()
             await self._load_cluster_id(storage)
-            replicator = LocalReplicator(storage)
-            # One budget for the request and response bytes of every call.
-            budget = limits.MemoryBudget(self.config.inflight_bytes_max)
-            produce = ProducePath(
-                topics,
-                replicator,
-                self.config.produce_inflight_requests_max,
-                self._clock_ms,
-                self._stopping,
-                budget,
-            )
-            consume = ConsumePath(topics, replicator, offsets, self.config, self._stopping, budget)
-            server = grpc.aio.server(
-                options=[
-                    ("grpc.max_receive_message_length", self.config.request_bytes_max),
-                    ("grpc.max_send_message_length", self.config.request_bytes_max),
-                    ("grpc.so_reuseport", 0),
-                    # Connections, streams per connection, fixed windows.
-                    *limits.grpc_options(self.config),
-                    # Ping idle clients so that a vanished consumer's stream
-                    # is noticed and closed; accept clients' own keepalive
-                    # pings down to a 10 s interval instead of answering them
-                    # with GOAWAY.
-                    ("grpc.keepalive_time_ms", 30_000),
-                    ("grpc.keepalive_timeout_ms", 10_000),
-                    ("grpc.keepalive_permit_without_calls", 1),
-                    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-                ],
-                maximum_concurrent_rpcs=self.config.calls_max,
-            )
-            health = NodeHealth()
-            self._produce = produce
-            self._add_services(server, produce, consume, topics, replicator, health)
-            try:
-                self.port = server.add_insecure_port(self.config.listen)
-            except RuntimeError as exc:
-                raise StartError(f"cannot listen on {self.config.listen}: {exc}") from None
-            await server.start()
-            await health.set_serving(True)
-            if on_ready is not None:
-                on_ready(self)
-            try:
-                await self._serve(stop, server, health, storage, topics, offsets)
-            finally:
-                limits.log_budget(budget)
+            if not self.config.clustered:
+                topics = TopicRegistry(storage, self.config)
+                await topics.load()
+                offsets = GroupOffsets(storage.meta, topics)
+                await offsets.load()
+                parts = _Parts(
+                    topics,
+                    offsets,
+                    LocalReplicator(storage),
+                    [
+                        ("retention", self._retention_loop(storage, topics)),
+                        ("topic data drops", topics.drop_deleted_data(offsets.forget_log)),
+                    ],
+                )
+                await self._run_parts(stop, on_ready, storage, parts)
+                return
+            # Cluster mode: topics, offsets and data live in Raft groups.
+            self._cluster_id = self.config.cluster_id
+            async with ClusterRuntime(self.config, storage, self.address) as cluster:
+                self._cluster = cluster
+                parts = _Parts(
+                    cluster.topics, cluster.offsets, cluster.replicator, cluster.background()
+                )
+                await self._run_parts(stop, on_ready, storage, parts, cluster.view)
+
+    async def _run_parts(
+        self,
+        stop: asyncio.Event,
+        on_ready: Callable[[Node], None] | None,
+        storage: NodeStorage,
+        parts: _Parts,
+        cluster: ClusterView | None = None,
+    ) -> None:
+        # One budget for the request and response bytes of every call.
+        budget = limits.MemoryBudget(self.config.inflight_bytes_max)
+        produce = ProducePath(
+            parts.topics,  # type: ignore[arg-type]
+            parts.replicator,
+            self.config.produce_inflight_requests_max,
+            self._clock_ms,
+            self._stopping,
+            budget,
+        )
+        consume = ConsumePath(
+            parts.topics,  # type: ignore[arg-type]
+            parts.replicator,
+            parts.offsets,  # type: ignore[arg-type]
+            self.config,
+            self._stopping,
+            budget,
+        )
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.config.request_bytes_max),
+                ("grpc.max_send_message_length", self.config.request_bytes_max),
+                ("grpc.so_reuseport", 0),
+                # Connections, streams per connection, fixed windows.
+                *limits.grpc_options(self.config),
+                # Ping idle clients so that a vanished consumer's stream
+                # is noticed and closed; accept clients' own keepalive
+                # pings down to a 10 s interval instead of answering them
+                # with GOAWAY.
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+            maximum_concurrent_rpcs=self.config.calls_max,
+        )
+        health = NodeHealth()
+        self._produce = produce
+        self._add_services(server, produce, consume, parts, health, cluster)
+        try:
+            self.port = server.add_insecure_port(self.config.listen)
+        except RuntimeError as exc:
+            raise StartError(f"cannot listen on {self.config.listen}: {exc}") from None
+        await server.start()
+        await health.set_serving(True)
+        if on_ready is not None:
+            on_ready(self)
+        try:
+            await self._serve(stop, server, health, storage, parts.background)
+        finally:
+            limits.log_budget(budget)
 
     async def _serve(
         self,
@@ -345,8 +394,7 @@ class Node:
         server: grpc.aio.Server,
         health: NodeHealth,
         storage: NodeStorage,
-        topics: TopicRegistry,
-        offsets: GroupOffsets,
+        work: list[tuple[str, Coroutine[Any, Any, None]]],
     ) -> None:
         """Runs the background tasks until `stop` is set or one of them fails, then stops."""
         failure: Exception | None = None
@@ -354,11 +402,7 @@ class Node:
             async with asyncio.TaskGroup() as tasks:
                 background = [
                     tasks.create_task(_owned(name, work), name=name)
-                    for name, work in (
-                        ("retention", self._retention_loop(storage, topics)),
-                        ("topic data drops", topics.drop_deleted_data(offsets.forget_log)),
-                        ("storage health", health.follow(storage)),
-                    )
+                    for name, work in (*work, ("storage health", health.follow(storage)))
                 ]
                 # A failing task cancels this wait through the task group.
                 await stop.wait()
@@ -376,9 +420,9 @@ class Node:
         server: grpc.aio.Server,
         produce: ProducePath,
         consume: ConsumePath,
-        topics: TopicRegistry,
-        replicator: LocalReplicator,
+        parts: _Parts,
         health: NodeHealth,
+        cluster: ClusterView | None,
     ) -> None:
         async def produce_handler(_requests: object, context: Any) -> None:
             await produce.serve(context)
@@ -405,7 +449,12 @@ class Node:
         )
         server.add_generic_rpc_handlers((broker,))
         admin = AdminServicer(
-            topics, replicator, self.config, lambda: self._cluster_id, self.address
+            parts.topics,
+            parts.replicator,
+            self.config,
+            lambda: self._cluster_id,
+            self.address,
+            cluster,
         )
         server.add_generic_rpc_handlers(
             (_unary_handlers(admin_pb2.DESCRIPTOR, "AdminService", admin),)

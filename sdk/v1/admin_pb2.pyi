@@ -29,20 +29,36 @@ class Topic(_message.Message):
     def __init__(self, name: _Optional[str] = ..., partition_count: _Optional[int] = ..., replication_factor: _Optional[int] = ..., config: _Optional[_Union[TopicConfig, _Mapping]] = ...) -> None: ...
 
 class PartitionInfo(_message.Message):
-    __slots__ = ("partition", "start_offset", "end_offset", "size_bytes", "leader_id", "replica_ids")
+    __slots__ = ("partition", "start_offset", "end_offset", "size_bytes", "leader_id", "replica_ids", "leader_address", "replicas")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     START_OFFSET_FIELD_NUMBER: _ClassVar[int]
     END_OFFSET_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICA_IDS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     partition: int
     start_offset: int
     end_offset: int
     size_bytes: int
     leader_id: int
     replica_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, partition: _Optional[int] = ..., start_offset: _Optional[int] = ..., end_offset: _Optional[int] = ..., size_bytes: _Optional[int] = ..., leader_id: _Optional[int] = ..., replica_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    leader_address: str
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaInfo]
+    def __init__(self, partition: _Optional[int] = ..., start_offset: _Optional[int] = ..., end_offset: _Optional[int] = ..., size_bytes: _Optional[int] = ..., leader_id: _Optional[int] = ..., replica_ids: _Optional[_Iterable[int]] = ..., leader_address: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ...) -> None: ...
+
+class ReplicaInfo(_message.Message):
+    __slots__ = ("node_id", "address", "alive", "lag_entries")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
+    LAG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    address: str
+    alive: bool
+    lag_entries: int
+    def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ..., alive: _Optional[bool] = ..., lag_entries: _Optional[int] = ...) -> None: ...
 
 class CreateTopicRequest(_message.Message):
     __slots__ = ("name", "partition_count", "replication_factor", "config")
@@ -115,17 +131,19 @@ class DescribeClusterRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("node_id", "address", "alive")
+    __slots__ = ("node_id", "address", "alive", "leader_count")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ALIVE_FIELD_NUMBER: _ClassVar[int]
+    LEADER_COUNT_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     address: str
     alive: bool
-    def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ..., alive: _Optional[bool] = ...) -> None: ...
+    leader_count: int
+    def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ..., alive: _Optional[bool] = ..., leader_count: _Optional[int] = ...) -> None: ...
 
 class DescribeClusterResponse(_message.Message):
-    __slots__ = ("cluster_id", "nodes", "node_id", "version", "durability", "request_bytes_max", "record_bytes_max_limit")
+    __slots__ = ("cluster_id", "nodes", "node_id", "version", "durability", "request_bytes_max", "record_bytes_max_limit", "controller_id")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +151,7 @@ class DescribeClusterResponse(_message.Message):
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_BYTES_MAX_FIELD_NUMBER: _ClassVar[int]
     RECORD_BYTES_MAX_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_ID_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     node_id: int
@@ -140,4 +159,5 @@ class DescribeClusterResponse(_message.Message):
     durability: str
     request_bytes_max: int
     record_bytes_max_limit: int
-    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., node_id: _Optional[int] = ..., version: _Optional[str] = ..., durability: _Optional[str] = ..., request_bytes_max: _Optional[int] = ..., record_bytes_max_limit: _Optional[int] = ...) -> None: ...
+    controller_id: int
+    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., node_id: _Optional[int] = ..., version: _Optional[str] = ..., durability: _Optional[str] = ..., request_bytes_max: _Optional[int] = ..., record_bytes_max_limit: _Optional[int] = ..., controller_id: _Optional[int] = ...) -> None: ...

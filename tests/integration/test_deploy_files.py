@@ -10,10 +10,10 @@ ports, data folders become temporary ones, and the `weir` executable is this
 checkout's. Then every node must have parsed its configuration (node id,
 peers, advertised address) and must answer gRPC health SERVING.
 
-The nodes form a real Raft cluster only once the multi-Raft host is wired
-into server/ (issue 6). Until then a node given peers logs that clustering
-is not wired and serves alone; `CLUSTER_WIRED` marks where the tests then
-assert that `weir cluster status` shows all three nodes.
+The nodes form a real Raft cluster (issue 6): every node must then report,
+through `weir cluster status`, all three nodes alive at the addresses they
+advertise. `CLUSTER_WIRED` keeps the older check (each node said it served
+alone) readable next to the new one.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-# Set to True once the multi-Raft host is wired into `weir serve` (issue 6):
-# the tests then also require every node to report all three nodes alive.
-CLUSTER_WIRED = False
+# The multi-Raft host is wired into `weir serve` (issue 6): the tests also
+# require every node to report all three nodes alive.
+CLUSTER_WIRED = True
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -1,0 +1,186 @@
+"""Topics and group offsets in cluster mode, backed by the controller (group 0).
+
+`ClusterTopics` has the interface the produce, consume and admin paths use
+of `TopicRegistry`: reads come from this node's applied copy of the
+controller state; create, delete, config updates and added partitions are
+controller proposals (`ControlProposer`), answered once this node applied
+them, so a client sees its own change on the node it talks to. Topics are
+handed out as the single node's `Topic` values (group ids, replication
+factor, config), so the data path does not know which mode it runs in.
+
+`ClusterOffsets` is `GroupOffsets`' twin: committed offsets are replicated
+through group 0 for now (`CommitOffsets`, never backwards), read from the
+applied state.
+
+Deleted topics' data is dropped by reconcile (server/cluster_node.py), not
+here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+
+from weir.cluster import controller as ctl
+from weir.cluster.controller.model import REPLICATION_FACTOR_DEFAULT, merge_config
+from weir.server.cluster_meta import ClusterMetadata, ControlProposer
+from weir.server.config import NodeConfig
+from weir.server.errors import invalid, topic_not_found
+from weir.server.naming import check_topic_name
+from weir.server.topics import ConfigPatch, Topic, TopicConfig
+
+# How long a topic creation with the default replication factor waits for the
+# founding members to register (each does so within a second of starting).
+REGISTRATION_WAIT_S = 5.0
+
+
+def topic_of(topic: ctl.Topic) -> Topic:
+    config = topic.config
+    return Topic(
+        name=topic.name,
+        group_ids=topic.group_ids,
+        replication_factor=topic.replication_factor,
+        config=TopicConfig(
+            retention_bytes=config.retention_bytes,
+            retention_ms=config.retention_ms,
+            record_bytes_max=config.record_bytes_max,
+        ),
+    )
+
+
+def _patch(patch: ConfigPatch) -> ctl.ConfigPatch:
+    return ctl.ConfigPatch(
+        retention_bytes=patch.retention_bytes,
+        retention_ms=patch.retention_ms,
+        record_bytes_max=patch.record_bytes_max,
+    )
+
+
+class ClusterTopics:
+    """The topic registry of a clustered node: the controller's topics, as this node applied them."""
+
+    def __init__(
+        self, metadata: ClusterMetadata, proposer: ControlProposer, config: NodeConfig
+    ) -> None:
+        self._metadata = metadata
+        self._proposer = proposer
+        self._config = config
+        # Converted values, reused while the controller's value is the same object.
+        self._cache: dict[str, tuple[ctl.Topic, Topic]] = {}
+
+    def _convert(self, topic: ctl.Topic) -> Topic:
+        cached = self._cache.get(topic.name)
+        if cached is not None and cached[0] is topic:
+            return cached[1]
+        converted = topic_of(topic)
+        self._cache[topic.name] = (topic, converted)
+        return converted
+
+    def get(self, name: str) -> Topic:
+        check_topic_name(name)
+        topic = self._metadata.state.topic(name)
+        if topic is None:
+            raise topic_not_found(name)
+        return self._convert(topic)
+
+    def controller_topic(self, name: str) -> ctl.Topic:
+        """The controller's own value: partitions with their replicas."""
+        check_topic_name(name)
+        topic = self._metadata.state.topic(name)
+        if topic is None:
+            raise topic_not_found(name)
+        return topic
+
+    def all(self) -> list[Topic]:
+        topics = self._metadata.state.topics()
+        live = {t.name for t in topics}
+        for name in [n for n in self._cache if n not in live]:
+            del self._cache[name]
+        return [self._convert(t) for t in topics]
+
+    def is_live(self, topic: Topic) -> bool:
+        current = self._metadata.state.topic(topic.name)
+        return current is not None and current.group_ids[:1] == topic.group_ids[:1]
+
+    def group_ids_in_use(self) -> set[int]:
+        state = self._metadata.state
+        ids = {p.group_id for p in state.partitions()}
+        ids.update(p.group_id for d in state.deleting() for p in d.topic.partitions)
+        return ids
+
+    @property
+    def pending_deletes(self) -> int:
+        return len(self._metadata.state.deleting())
+
+    async def create(
+        self, name: str, partition_count: int, replication_factor: int, patch: ConfigPatch
+    ) -> Topic:
+        check_topic_name(name)
+        if replication_factor == 0:
+            # The default counts registered nodes when applied; right after
+            # the cluster starts, some founding members may not have
+            # registered yet, and the topic would get fewer copies for good.
+            replication_factor = min(REPLICATION_FACTOR_DEFAULT, len(self._config.peers))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REGISTRATION_WAIT_S):
+                    await self._metadata.wait_for(
+                        lambda state: len(state.nodes()) >= replication_factor
+                    )
+        base = ctl.TopicConfig(record_bytes_max=self._config.record_bytes_max_default)
+        config = merge_config(base, _patch(patch))
+        result = await self._proposer.propose(
+            ctl.CreateTopic(name, partition_count, replication_factor, config)
+        )
+        assert isinstance(result, ctl.Topic), result
+        return self._convert(result)
+
+    async def update_config(self, name: str, patch: ConfigPatch) -> Topic:
+        check_topic_name(name)
+        result = await self._proposer.propose(ctl.UpdateTopicConfig(name, _patch(patch)))
+        assert isinstance(result, ctl.Topic), result
+        return self._convert(result)
+
+    async def add_partitions(self, name: str, partition_count: int) -> Topic:
+        check_topic_name(name)
+        result = await self._proposer.propose(ctl.AddPartitions(name, partition_count))
+        assert isinstance(result, ctl.Topic), result
+        return self._convert(result)
+
+    async def delete(self, name: str) -> None:
+        check_topic_name(name)
+        await self._proposer.propose(ctl.DeleteTopic(name))
+
+
+class ClusterOffsets:
+    """Consumer groups' committed offsets, replicated through the controller."""
+
+    def __init__(self, metadata: ClusterMetadata, proposer: ControlProposer) -> None:
+        self._metadata = metadata
+        self._proposer = proposer
+
+    def get(self, group: str, topic: Topic, partition: int) -> int | None:
+        return self._metadata.state.committed_offset(group, topic.group_ids[partition])
+
+    async def commit(self, group: str, topic: Topic, offsets: Mapping[int, int]) -> dict[int, int]:
+        """Stores offsets that move forward; returns the stored offset of each partition."""
+        if not offsets:
+            return {}
+        for partition in offsets:
+            if not 0 <= partition < topic.partition_count:
+                raise invalid(
+                    "PARTITION_OUT_OF_RANGE",
+                    f"topic {topic.name!r} has no partition {partition}",
+                    topic=topic.name,
+                    partition=partition,
+                )
+        by_group = {topic.group_ids[p]: o for p, o in offsets.items()}
+        result = await self._proposer.propose(
+            ctl.CommitOffsets(group, tuple(sorted(by_group.items())))
+        )
+        assert isinstance(result, ctl.OffsetsCommitted), result
+        stored = dict(result.offsets)
+        return {p: stored[topic.group_ids[p]] for p in offsets}
+
+    async def forget_log(self, group_id: int) -> None:
+        """Nothing to do: the controller forgets a deleted topic's offsets itself."""
