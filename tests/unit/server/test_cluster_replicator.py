@@ -271,7 +271,12 @@ def test_a_follower_serves_exactly_what_it_applied(tmp_path: pathlib.Path) -> No
             leader = await cluster.leader(1)
             follower = (await cluster.followers(1))[0]
             rep = replicator(leader)
+            # A consumer on the follower is woken by its applies (log listeners).
+            woken = asyncio.Event()
+            replicator(follower).log(1).add_listener(woken.set)
             pending = [await rep.append(1, batch([b"%d" % i]), 1, 1000) for i in range(50)]
+            async with asyncio.timeout(10):
+                await woken.wait()
             # While the batches travel, the follower's high watermark is what it
             # applied, and a read there returns nothing past it.
             log = replicator(follower).log(1)
