@@ -16,7 +16,7 @@ The broker's resident set (VmRSS from /proc/PID/status, sampled every
 50 ms) must stay under the bound that docs/operations.md states and
 `weir.server.limits.rss_bound` computes from the node's settings; meanwhile a
 well-behaved producer and consumer must keep their throughput within 2x of
-what they got on the same node before the attack (best of three rounds
+what they got on the same node before the attack (best of five rounds
 each, so that another process's burst on this shared machine does not
 decide the result).
 
@@ -71,7 +71,7 @@ BULK_BYTES = 8 * MiB  # per stalled consumer: more than loopback's socket buffer
 GOOD_REQUESTS = 400
 GOOD_RECORDS = 16
 GOOD_VALUE = b"g" * 1024
-ROUNDS = 3
+ROUNDS = 5
 ATTACK_SETUP_S = 40.0
 
 
