@@ -47,6 +47,7 @@ from weir.server.consume import ConsumePath
 from weir.server.errors import abort, malformed
 from weir.server.offsets import GroupOffsets
 from weir.server.produce import ProducePath
+from weir.server.produce_forward import Forwarder
 from weir.server.replicator import LocalReplicator, Replicator
 from weir.server.topics import TopicRegistry
 from weir.v1 import admin_pb2, broker_pb2
@@ -321,12 +322,17 @@ class Node:
                 return
             # Cluster mode: topics, offsets and data live in Raft groups.
             self._cluster_id = self.config.cluster_id
-            async with ClusterRuntime(self.config, storage, self.address) as cluster:
+            # The forwarder hands produce work for partitions this node does
+            # not lead to their leaders, so any node accepts any call.
+            async with (
+                ClusterRuntime(self.config, storage, self.address) as cluster,
+                Forwarder() as forwarder,
+            ):
                 self._cluster = cluster
                 parts = _Parts(
                     cluster.topics, cluster.offsets, cluster.replicator, cluster.background()
                 )
-                await self._run_parts(stop, on_ready, storage, parts, cluster.view)
+                await self._run_parts(stop, on_ready, storage, parts, cluster.view, forwarder)
 
     async def _run_parts(
         self,
@@ -335,6 +341,7 @@ class Node:
         storage: NodeStorage,
         parts: _Parts,
         cluster: ClusterView | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         # One budget for the request and response bytes of every call.
         budget = limits.MemoryBudget(self.config.inflight_bytes_max)
@@ -345,6 +352,7 @@ class Node:
             self._clock_ms,
             self._stopping,
             budget,
+            forwarder,
         )
         consume = ConsumePath(
             parts.topics,  # type: ignore[arg-type]
