@@ -31,17 +31,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..raft.rawnode import RawNode, Ready
-from ..raft.types import Entry, EntryType, Message, MessageType, NodeId
+from ..raft.types import Entry, EntryType, Message, NodeId
 from ..storage.errors import StorageError
 from ..storage.node import NodeStorage
 from ..transport.transport import PeerTransport
 from .config import HostStats
 from .group import Group
+from .policy import POLICY
 
 logger = logging.getLogger(__name__)
-
-# Messages that promise nothing about the sender's disk: sent before the fsync.
-_EARLY = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT, MessageType.TIMEOUT_NOW)
 
 LeaderListener = Callable[[int, NodeId], None]
 
@@ -90,9 +88,7 @@ class Driver:
 
     def wake(self, group: Group) -> None:
         """Tick `group` again (it had quiesced, or must not)."""
-        if group.quiesced:
-            group.quiesced = False
-        group.settled_ticks = 0
+        POLICY.wake(group)
         if not group.stopped:
             self.active[group] = None
 
@@ -125,8 +121,7 @@ class Driver:
                 continue
             self.healthy(group)
             group.raw.step(message)
-            group.on_message(message)
-            if group.quiesced and not group.quiet_ok(alive):
+            if group.on_message(message, alive):
                 self.wake(group)
             self.dirty[group] = None
         self.wake_event.set()
@@ -136,12 +131,8 @@ class Driver:
         del alive
         is_alive = self._transport.peer_alive
         for group in self.groups.values():
-            if node in group.members():
-                if group.raw.raft.leader == node:
-                    # Stay awake until the leader is heard again (it may have restarted).
-                    group.heard_leader = False
-                if group.quiesced and not group.quiet_ok(is_alive):
-                    self.wake(group)
+            if group.on_liveness(node, is_alive):
+                self.wake(group)
         self.wake_event.set()
 
     def tick(self, now_ms: float) -> None:
@@ -183,7 +174,7 @@ class Driver:
                 if work is not None:
                     works.append(work)
                     for message in work.ready.messages:
-                        if message.type in _EARLY:
+                        if POLICY.sent_before_durable(message):
                             early.setdefault(message.to, []).append((group.group_id, message))
                         else:
                             work.late.append(message)

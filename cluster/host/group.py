@@ -4,19 +4,10 @@ The host keeps a `Group` per running group. Everything here runs on the
 event loop and is touched by the host's driver, its receive callback and
 its API calls, never concurrently (one thread, no awaits inside).
 
-Quiescence (DESIGN §4 "Idle groups are free", after CockroachDB): the host
-stops ticking a group that has nothing to do. A leader goes quiet when every
-member holds its whole log, everything is committed and applied, no transfer
-runs and every member's node is alive, and this has held for
-`quiesce_after_ticks` ticks (so followers heard the final commit index on a
-heartbeat). A follower goes quiet when it knows a leader on a live node and
-has heard from that leader since it last woke. A quiet group wakes (is
-ticked again) when a proposal or transfer arrives, when a message arrives
-that a quiet group would not expect (anything but the leader's traffic to a
-follower, or acknowledgements of a fully replicated log to a leader), and
-when a member's node changes liveness, which is how a quiet follower whose
-leader's node died starts its election timer. The core needs no change: a
-group that is not ticked has no timers.
+Quiescence (DESIGN §4 "Idle groups are free"): the host stops ticking a
+group that has nothing to do. The rules (when a group may go quiet, what
+wakes it) are in `policy.py`, shared with the simulator; a `Group` holds the
+state they read and write (`quiesced`, `settled_ticks`, `heard_leader`).
 """
 
 from __future__ import annotations
@@ -25,16 +16,15 @@ import random
 from collections.abc import Callable
 
 from ..raft.rawnode import RawNode, Ready
-from ..raft.types import NONE, Config, Entry, Message, MessageType, NodeId, Role
+from ..raft.types import NONE, Config, Entry, Message, NodeId, Role
 from ..storage.codec import entry_next_offset
 from ..storage.log import PartitionLog
 from ..storage.raft_storage import LmdbRaftStorage
+from .policy import LEADER_TRAFFIC, POLICY, Alive
 from .tickets import Waiters
 
 ApplyCallback = Callable[[Entry], object]
 SnapshotCallback = Callable[[bytes], None]
-
-LEADER_TRAFFIC = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
 
 
 class Group:
@@ -144,48 +134,25 @@ class Group:
     def proposed(self, index: int, next_offset: int) -> None:
         self.tail_index, self.tail_offset = index, next_offset
 
-    # ---- quiescence --------------------------------------------------------------------
+    # ---- quiescence (the rules live in policy.py) ---------------------------------------
 
-    def on_message(self, message: Message) -> None:
-        """Bookkeeping after `message` was stepped: did we hear our leader?"""
-        raft = self.raw.raft
-        if message.type in LEADER_TRAFFIC:
-            self.heard_leader = raft.leader == message.frm
-        elif raft.role is not Role.LEADER:
-            # Someone else campaigns or answers: stay awake until the leader speaks.
-            self.heard_leader = False
+    def on_message(self, message: Message, alive: Alive) -> bool:
+        """`message` was stepped: returns whether this quiet group must wake."""
+        return POLICY.after_message(self, self.raw, message, alive)
 
-    def quiet_ok(self, alive: Callable[[NodeId], bool]) -> bool:
-        """Whether this group may stay quiet (the cheap part of `can_quiesce`)."""
-        raft = self.raw.raft
-        me = raft.id
-        if raft.role is Role.FOLLOWER:
-            leader = raft.leader
-            return leader not in (NONE, me) and self.heard_leader and alive(leader)
-        if raft.role is not Role.LEADER or raft.lead_transferee != NONE:
-            return False
-        log = raft.log
-        last = log.last_index()
-        if log.committed != last:
-            return False
-        for node, progress in raft.progress.items():
-            if progress.match != last or (node != me and not alive(node)):
-                return False
-        return True
+    def on_liveness(self, node: NodeId, alive: Alive) -> bool:
+        """`node`'s liveness changed: returns whether this quiet group must wake."""
+        return POLICY.after_liveness(self, self.raw, node, alive)
 
-    def can_quiesce(self, alive: Callable[[NodeId], bool]) -> bool:
+    def can_quiesce(self, alive: Alive) -> bool:
         """Checked at each tick of an awake group."""
-        if self.ready is not None or not self.quiet_ok(alive):
-            self.settled_ticks = 0
-            return False
-        raft = self.raw.raft
-        if raft.role is Role.FOLLOWER:
-            return True
-        if raft.log.applied != raft.log.committed or self.raw.has_ready():
-            self.settled_ticks = 0
-            return False
-        self.settled_ticks += 1
-        return self.settled_ticks >= self._quiesce_after_ticks
+        return POLICY.can_quiesce(
+            self,
+            self.raw,
+            alive,
+            ready_out=self.ready is not None,
+            after_ticks=self._quiesce_after_ticks,
+        )
 
 
 __all__ = ["LEADER_TRAFFIC", "ApplyCallback", "Group", "SnapshotCallback"]

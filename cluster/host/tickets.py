@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..raft.types import Entry
 from .errors import HostError, NotWrittenError, OutcomeUnknownError
+from .policy import POLICY, Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,7 @@ class Waiters:
         if waiters is None:
             return
         for waiter in waiters:
-            if waiter.term == entry.term:
+            if POLICY.outcome(waiter.term, entry.term) is Outcome.COMMITTED:
                 _set_durable(waiter)
                 if not waiter.committed.done():
                     value = waiter.base_offset if waiter.base_offset is not None else result

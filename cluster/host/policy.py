@@ -1,0 +1,156 @@
+"""The host's decisions about a group, with no I/O: quiescence, send order, outcomes.
+
+The driver (asyncio, LMDB, gRPC) and the deterministic simulator
+(`tests/sim/host.py`) both call this module, so the seeds exercise the very
+rules the real node follows. Nothing here imports asyncio, grpc, lmdb or
+`time`; node liveness comes in as a function.
+
+Quiescence (DESIGN §4 "Idle groups are free", after CockroachDB): the host
+stops ticking a group that has nothing to do; a group that is not ticked has
+no timers, so the core needs no change.
+
+- A leader may go quiet when every member holds its whole log, everything is
+  committed and applied, no transfer runs, every member's node is alive, and
+  this has held for `quiesce_after_ticks` ticks (so the followers heard the
+  final commit index on a heartbeat).
+- A follower may go quiet when it knows a leader on a live node and has heard
+  from that leader since it last woke.
+- A quiet group wakes when a message arrives after which it may no longer be
+  quiet (a campaign, a follower's rejection, a new leader's traffic...), and
+  when the liveness of a member's node changes: a follower then forgets that
+  it heard its leader if that leader lives on the node, so it stays awake
+  until the leader speaks again, or campaigns after an election timeout.
+  Proposals and transfers wake a group too (the host does that directly).
+
+Send order: a leader's appends, heartbeats, snapshots and TimeoutNow promise
+nothing about its own disk and go out before its fsync (thesis §10.2.1: the
+core counts the leader's own copy only once `advance()` reports it durable).
+Everything else (vote requests and grants, acknowledgements) promises a
+durable state and goes after.
+
+Outcome of a proposal (DESIGN §4 "Offsets at propose time"): decided only by
+applying its index: the same term means committed, another term means not
+written, so the proposer may retry safely.
+
+`HostPolicy` is a class so that the simulator can run deliberately broken
+variants (tests/sim/broken.py); the host uses `POLICY`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Protocol
+
+from ..raft.rawnode import RawNode
+from ..raft.types import NONE, Message, MessageType, NodeId, Role
+
+LEADER_TRAFFIC = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
+SENT_BEFORE_DURABLE = (*LEADER_TRAFFIC, MessageType.TIMEOUT_NOW)
+
+Alive = Callable[[NodeId], bool]
+
+
+class Quiet(Protocol):
+    """A group's quiescence state, as the host and the simulator keep it."""
+
+    quiesced: bool
+    settled_ticks: int
+    heard_leader: bool
+
+
+class Outcome(enum.Enum):
+    COMMITTED = "committed"
+    NOT_WRITTEN = "not written"
+
+
+class HostPolicy:
+    """The rules; each method reads the core's state and mutates only `Quiet`."""
+
+    # ---- send order -------------------------------------------------------------------
+
+    def sent_before_durable(self, message: Message) -> bool:
+        """Whether `message` may leave before this node's writes of its Ready are durable."""
+        return message.type in SENT_BEFORE_DURABLE
+
+    # ---- outcomes ---------------------------------------------------------------------
+
+    def outcome(self, proposal_term: int, applied_term: int) -> Outcome:
+        """A proposal made in `proposal_term`, its index applied with `applied_term`."""
+        return Outcome.COMMITTED if proposal_term == applied_term else Outcome.NOT_WRITTEN
+
+    # ---- quiescence -------------------------------------------------------------------
+
+    def quiet_ok(self, quiet: Quiet, raw: RawNode, alive: Alive) -> bool:
+        """Whether the group may be (or stay) quiet now, apart from settling time."""
+        raft = raw.raft
+        me = raft.id
+        if raft.role is Role.FOLLOWER:
+            leader = raft.leader
+            return leader not in (NONE, me) and quiet.heard_leader and alive(leader)
+        if raft.role is not Role.LEADER or raft.lead_transferee != NONE:
+            return False
+        log = raft.log
+        last = log.last_index()
+        if log.committed != last:
+            return False
+        for node, progress in raft.progress.items():
+            if progress.match != last or (node != me and not alive(node)):
+                return False
+        return True
+
+    def can_quiesce(
+        self, quiet: Quiet, raw: RawNode, alive: Alive, *, ready_out: bool, after_ticks: int
+    ) -> bool:
+        """Asked at each tick of an awake group, before ticking it: go quiet now?
+
+        `ready_out`: a Ready of the group is taken and not advanced yet.
+        """
+        if ready_out or not self.quiet_ok(quiet, raw, alive):
+            quiet.settled_ticks = 0
+            return False
+        raft = raw.raft
+        if raft.role is Role.FOLLOWER:
+            return True
+        if raft.log.applied != raft.log.committed or raw.has_ready():
+            quiet.settled_ticks = 0
+            return False
+        quiet.settled_ticks += 1
+        return quiet.settled_ticks >= after_ticks
+
+    def after_message(self, quiet: Quiet, raw: RawNode, message: Message, alive: Alive) -> bool:
+        """`message` was stepped into the group: returns whether a quiet group must wake."""
+        raft = raw.raft
+        if message.type in LEADER_TRAFFIC:
+            quiet.heard_leader = raft.leader == message.frm
+        elif raft.role is not Role.LEADER:
+            # Someone else campaigns or answers: stay awake until the leader speaks.
+            quiet.heard_leader = False
+        return quiet.quiesced and not self.quiet_ok(quiet, raw, alive)
+
+    def after_liveness(self, quiet: Quiet, raw: RawNode, node: NodeId, alive: Alive) -> bool:
+        """`node`'s liveness changed: returns whether this (quiet) group must wake."""
+        raft = raw.raft
+        if node not in raft.conf.members():
+            return False
+        if raft.leader == node:
+            # Stay awake until the leader is heard again (it may have restarted).
+            quiet.heard_leader = False
+        return quiet.quiesced and not self.quiet_ok(quiet, raw, alive)
+
+    def wake(self, quiet: Quiet) -> None:
+        quiet.quiesced = False
+        quiet.settled_ticks = 0
+
+
+POLICY = HostPolicy()
+
+__all__ = [
+    "LEADER_TRAFFIC",
+    "POLICY",
+    "SENT_BEFORE_DURABLE",
+    "Alive",
+    "HostPolicy",
+    "Outcome",
+    "Quiet",
+]

@@ -1,0 +1,136 @@
+"""The host's pure decisions (cluster/host/policy.py): quiescence, send order, outcomes."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import weir.cluster.host.policy as policy_module
+from weir.cluster.host.policy import POLICY, Outcome
+from weir.cluster.raft import Message, MessageType, NodeId, Role
+
+from ..raft.env import Env
+
+pytestmark = pytest.mark.timeout(10)
+
+AFTER_TICKS = 3
+
+
+@dataclass
+class Quiet:
+    quiesced: bool = False
+    settled_ticks: int = 0
+    heard_leader: bool = False
+
+
+def everyone(node: NodeId) -> bool:
+    return True
+
+
+def settled_env() -> Env:
+    env = Env(election_ticks=10, heartbeat_ticks=2)
+    env.campaign(1)
+    env.nodes[1].propose(b"x")
+    env.stabilize()
+    env.tick(1, 2)  # a heartbeat carries the final commit index
+    env.stabilize()
+    return env
+
+
+def test_the_policy_does_no_io() -> None:
+    tree = ast.parse(Path(policy_module.__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            assert name.split(".")[0] not in {"asyncio", "grpc", "lmdb", "time", "random"}, name
+
+
+def test_only_a_leaders_traffic_goes_before_the_local_fsync() -> None:
+    early = {t for t in MessageType if POLICY.sent_before_durable(Message(t, 1, 2, 1))}
+    assert early == {
+        MessageType.APPEND,
+        MessageType.HEARTBEAT,
+        MessageType.SNAPSHOT,
+        MessageType.TIMEOUT_NOW,
+    }
+
+
+def test_outcome_is_decided_by_the_term_applied_at_the_index() -> None:
+    assert POLICY.outcome(3, 3) is Outcome.COMMITTED
+    assert POLICY.outcome(3, 4) is Outcome.NOT_WRITTEN
+
+
+def test_a_settled_leader_goes_quiet_after_its_settling_ticks() -> None:
+    env = settled_env()
+    quiet = Quiet()
+    for _ in range(AFTER_TICKS - 1):
+        assert not POLICY.can_quiesce(
+            quiet, env.nodes[1], everyone, ready_out=False, after_ticks=AFTER_TICKS
+        )
+    assert not POLICY.can_quiesce(quiet, env.nodes[1], everyone, ready_out=True, after_ticks=1)
+    assert quiet.settled_ticks == 0  # a Ready in flight starts the count again
+    for _ in range(AFTER_TICKS - 1):
+        assert not POLICY.can_quiesce(
+            quiet, env.nodes[1], everyone, ready_out=False, after_ticks=AFTER_TICKS
+        )
+    assert POLICY.can_quiesce(
+        quiet, env.nodes[1], everyone, ready_out=False, after_ticks=AFTER_TICKS
+    )
+
+
+def test_a_leader_with_a_lagging_follower_or_a_dead_member_stays_awake() -> None:
+    env = settled_env()
+    raw = env.nodes[1]
+    quiet = Quiet()
+    assert POLICY.quiet_ok(quiet, raw, everyone)
+    assert not POLICY.quiet_ok(quiet, raw, lambda n: n != 3)
+    env.isolate(3)
+    raw.propose(b"y")
+    env.stabilize()
+    assert raw.raft.progress[3].match < raw.raft.log.last_index()
+    assert not POLICY.quiet_ok(quiet, raw, everyone)
+
+
+def test_a_follower_goes_quiet_once_it_hears_its_live_leader() -> None:
+    env = settled_env()
+    raw = env.nodes[2]
+    quiet = Quiet()
+    assert not POLICY.can_quiesce(quiet, raw, everyone, ready_out=False, after_ticks=AFTER_TICKS)
+    heartbeat = Message(MessageType.HEARTBEAT, 2, 1, raw.raft.term, commit=raw.raft.log.committed)
+    raw.step(heartbeat)
+    assert not POLICY.after_message(quiet, raw, heartbeat, everyone)
+    assert quiet.heard_leader
+    assert POLICY.can_quiesce(quiet, raw, everyone, ready_out=False, after_ticks=AFTER_TICKS)
+    assert not POLICY.quiet_ok(quiet, raw, lambda n: n != 1)
+
+
+def test_a_quiet_follower_wakes_when_its_leaders_node_changes_liveness() -> None:
+    env = settled_env()
+    raw = env.nodes[2]
+    quiet = Quiet(quiesced=True, heard_leader=True)
+    assert not POLICY.after_liveness(quiet, raw, 3, everyone)  # not the leader's node
+    assert quiet.heard_leader
+    # Back alive (a fast restart) or dead: either way wait to hear the leader again.
+    assert POLICY.after_liveness(quiet, raw, 1, everyone)
+    assert not quiet.heard_leader
+    POLICY.wake(quiet)
+    assert (quiet.quiesced, quiet.settled_ticks) == (False, 0)
+    assert not POLICY.after_liveness(Quiet(), raw, 9, everyone)  # not a member
+
+
+def test_a_campaign_wakes_a_quiet_follower() -> None:
+    env = settled_env()
+    raw = env.nodes[2]
+    quiet = Quiet(quiesced=True, heard_leader=True)
+    request = Message(MessageType.PRE_VOTE, 2, 3, raw.raft.term + 1, index=1, log_term=1)
+    raw.step(request)
+    assert POLICY.after_message(quiet, raw, request, everyone)
+    assert raw.raft.role is Role.FOLLOWER and not quiet.heard_leader
