@@ -15,7 +15,16 @@ Its background tasks, owned by the node's TaskGroup:
 - *reconcile*: after every change of the controller state (coalesced: one
   round covers every change applied before it starts), `reconcile(...)`
   and carry out its actions on the host: start hosted partition groups,
-  stop and wipe groups this node no longer hosts, confirm drops.
+  stop and wipe groups this node no longer hosts (handing their leadership
+  off first), confirm drops;
+- *leader balancing* (`LeaderBalancer`, server/cluster_leaders.py): moves
+  leaderships of the groups this node leads so live nodes lead evenly;
+- *retention*: every replica trims its own copy of each partition by its
+  topic's retention (`host.compact_partition`), as a single node does.
+
+On the way out the runtime hands the leadership of every group it leads to
+a caught-up voter (bounded), so the others do not wait for an election
+timeout, then stops the host.
 
 `ClusterView` answers the admin questions about the cluster as this node
 sees it (nodes and liveness, the controller, leaders, replicas and lag).
@@ -37,8 +46,9 @@ import grpc.aio
 
 from weir.cluster import controller as ctl
 from weir.cluster.host import HostConfig, HostError, RaftHost
-from weir.cluster.storage import NodeStorage, StorageError
+from weir.cluster.storage import LogClosedError, NodeStorage, StorageError, StorageFullError
 from weir.cluster.transport.service import server_options
+from weir.server.cluster_leaders import LeaderBalancer, LeaderWatch
 from weir.server.cluster_meta import ClusterMetadata, ControlProposer, describe_leader
 from weir.server.cluster_replicator import RaftReplicator
 from weir.server.cluster_topics import ClusterOffsets, ClusterTopics
@@ -110,7 +120,9 @@ class ClusterRuntime:
             peers,
             random.Random(self._rng.getrandbits(64)),
         )
-        self.topics = ClusterTopics(self.metadata, self.proposer, config)
+        self.watch = LeaderWatch(self.host)
+        self.balancer = LeaderBalancer(self.host, self.metadata, self.watch)
+        self.topics = ClusterTopics(self.metadata, self.proposer, config, self.watch.wait_led)
         self.offsets = ClusterOffsets(self.metadata, self.proposer)
         self.replicator = RaftReplicator(self.host, self.metadata.node_address)
         self.view = ClusterView(self)
@@ -144,6 +156,7 @@ class ClusterRuntime:
             self._server = server
             stack.push_async_callback(server.stop, PEER_SERVER_GRACE_S)
             await stack.enter_async_context(self.host)
+            stack.callback(self.host.add_leader_listener(self.watch.on_leader))
             stack.push_async_callback(self.proposer.close)
             self.host.start_group(
                 ctl.CONTROLLER_GROUP,
@@ -172,6 +185,10 @@ class ClusterRuntime:
         tb: TracebackType | None,
     ) -> None:
         assert self._stack is not None
+        if exc_type is None:
+            # A clean stop: the followers of our groups take over at once
+            # instead of after an election timeout.
+            await self.balancer.hand_off(self.balancer.led_groups())
         await self._stack.__aexit__(exc_type, exc, tb)
 
     def client_address(self) -> str:
@@ -181,6 +198,8 @@ class ClusterRuntime:
         return [
             ("cluster registration", self._register()),
             ("cluster reconcile", self._reconcile_loop()),
+            ("cluster leader balancing", self.balancer.run()),
+            ("cluster retention", self._retention_loop()),
         ]
 
     # -- registration ---------------------------------------------------------------
@@ -236,6 +255,11 @@ class ClusterRuntime:
     async def _carry_out(self, action: ctl.Action) -> None:
         match action:
             case ctl.StopGroup(group_id):
+                if group_id not in self._deleted_groups():
+                    # Moved off this node: its other replicas go on serving.
+                    # (A deleted topic's groups stop on every replica alike,
+                    # so a transfer would only land on a replica being dropped.)
+                    await self.balancer.hand_off([group_id])
                 self.host.stop_group(group_id)
                 log.info("stopped group %d", group_id)
             case ctl.DeleteGroupData(group_id):
@@ -243,11 +267,77 @@ class ClusterRuntime:
                 self._dropped.add(group_id)
                 log.info("dropped the data of group %d", group_id)
             case ctl.StartGroup(group_id, voters):
-                self.host.start_group(group_id, sorted(voters), partition=True)
+                # A new partition's preferred leader campaigns at once, so it
+                # leads from the start (and the creation answers sooner).
+                preferred = self.balancer.preferred_leader(group_id)
+                self.host.start_group(
+                    group_id,
+                    sorted(voters),
+                    partition=True,
+                    campaign=preferred == self.node_id,
+                )
                 log.info("started group %d with voters %s", group_id, sorted(voters))
             case ctl.ConfirmDropped(group_ids):
                 await self.proposer.propose(ctl.ConfirmDrops(self.node_id, group_ids))
                 log.info("confirmed the drop of groups %s", list(group_ids))
+
+    def _deleted_groups(self) -> set[int]:
+        return {p.group_id for d in self.metadata.state.deleting() for p in d.topic.partitions}
+
+    # -- retention ----------------------------------------------------------------------
+
+    async def _retention_loop(self) -> None:
+        """Trims this node's replica of every partition whose topic has a retention limit.
+
+        Each replica trims its own copy, as Raft nodes compact their logs
+        independently: every replica holds the same entries with the same
+        append times, so each cuts at the same entry boundaries once it has
+        applied them. A damaged partition is skipped with a WARNING until
+        restart, as on a single node; a full storage is retried next round;
+        a dead storage writer ends the task and stops the node.
+        """
+        interval_s = self.config.retention_check_interval_ms / 1000
+        damaged: set[int] = set()
+        while True:
+            await asyncio.sleep(interval_s)
+            running = set(self.host.groups())
+            for topic in self.metadata.state.topics():
+                config = topic.config
+                if config.retention_bytes < 0 and config.retention_ms < 0:
+                    continue
+                for number, group_id in enumerate(topic.group_ids):
+                    if group_id in damaged or group_id not in running:
+                        continue
+                    try:
+                        self.host.compact_partition(
+                            group_id,
+                            None if config.retention_bytes < 0 else config.retention_bytes,
+                            None if config.retention_ms < 0 else config.retention_ms,
+                        )
+                    except (HostError, LogClosedError):
+                        continue  # stopped or deleted while this round ran
+                    except StorageFullError as exc:
+                        log.warning(
+                            "retention of partition %d of topic %r failed, storage is full: %s",
+                            number,
+                            topic.name,
+                            exc,
+                        )
+                    except StorageError as exc:
+                        if self._storage.write_error is not None and not isinstance(
+                            self._storage.write_error, StorageFullError
+                        ):
+                            raise
+                        damaged.add(group_id)
+                        log.warning(
+                            "retention skips partition %d of topic %r until restart: "
+                            "damaged data: %s",
+                            number,
+                            topic.name,
+                            exc,
+                        )
+                # Many partitions: let the loop serve others between topics.
+                await asyncio.sleep(0)
 
 
 class ClusterView:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from weir.cluster import controller as ctl
 from weir.cluster.controller.model import REPLICATION_FACTOR_DEFAULT, merge_config
@@ -33,6 +33,13 @@ from weir.server.topics import ConfigPatch, Topic, TopicConfig
 # How long a topic creation with the default replication factor waits for the
 # founding members to register (each does so within a second of starting).
 REGISTRATION_WAIT_S = 5.0
+# How long a creation waits, after it was applied here, for every new
+# partition to have a leader known here, so that a producer that follows at
+# once is not told NOT_LEADER with no leader to go to. Elections take about
+# one election timeout (1-2 s); past the bound the topic is answered anyway.
+LEADERS_WAIT_S = 5.0
+
+WaitLed = Callable[[Iterable[int], float], Awaitable[bool]]
 
 
 def topic_of(topic: ctl.Topic) -> Topic:
@@ -61,8 +68,13 @@ class ClusterTopics:
     """The topic registry of a clustered node: the controller's topics, as this node applied them."""
 
     def __init__(
-        self, metadata: ClusterMetadata, proposer: ControlProposer, config: NodeConfig
+        self,
+        metadata: ClusterMetadata,
+        proposer: ControlProposer,
+        config: NodeConfig,
+        wait_led: WaitLed | None = None,
     ) -> None:
+        self._wait_led = wait_led
         self._metadata = metadata
         self._proposer = proposer
         self._config = config
@@ -133,6 +145,8 @@ class ClusterTopics:
             ctl.CreateTopic(name, partition_count, replication_factor, config)
         )
         assert isinstance(result, ctl.Topic), result
+        if self._wait_led is not None:
+            await self._wait_led(result.group_ids, LEADERS_WAIT_S)
         return self._convert(result)
 
     async def update_config(self, name: str, patch: ConfigPatch) -> Topic:
@@ -145,6 +159,8 @@ class ClusterTopics:
         check_topic_name(name)
         result = await self._proposer.propose(ctl.AddPartitions(name, partition_count))
         assert isinstance(result, ctl.Topic), result
+        if self._wait_led is not None:
+            await self._wait_led(result.group_ids, LEADERS_WAIT_S)
         return self._convert(result)
 
     async def delete(self, name: str) -> None:

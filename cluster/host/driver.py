@@ -209,6 +209,9 @@ class Driver:
             group.waiters.on_durable(work.ready.entries)
             group.raw.advance(work.ready)
             group.ready = None
+            if group.campaign_pending and not group.raw.raft.has_unapplied_conf():
+                group.campaign_pending = False
+                group.raw.campaign()
             for entry, result in work.applied:
                 group.waiters.on_applied(entry, result)
             if group.raw.has_ready():

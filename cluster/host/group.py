@@ -50,6 +50,8 @@ class Group:
         self._rng = rng
         self._quiesce_after_ticks = quiesce_after_ticks
         self.stopped = False
+        # Campaign once the founding configuration is applied (start_group).
+        self.campaign_pending = False
         # The Ready taken from the RawNode and not advanced yet (at most one),
         # and the writer budget already reserved for it.
         self.ready: Ready | None = None

@@ -184,8 +184,14 @@ class RaftHost:
         partition: bool,
         on_apply: ApplyCallback | None = None,
         on_snapshot: SnapshotCallback | None = None,
+        campaign: bool = False,
     ) -> None:
         """Runs `group_id` on this node; a brand-new group is bootstrapped with `voters`.
+
+        `campaign`: if the group is brand-new here, this node campaigns as
+        soon as the founding configuration is applied (its first turn), so a
+        new partition's preferred leader leads at once instead of whoever's
+        random election timer fires first.
 
         Every founding member must pass the same voters, so all start from
         identical logs. A node that is not among `voters` (a replica being
@@ -200,6 +206,7 @@ class RaftHost:
         if group_id in self._driver.groups:
             raise ValueError(f"group {group_id} already runs")
         storage = self._storage.raft_storage(group_id, partition=partition)
+        bootstrapped = False
         if (
             self.node_id in voters
             and storage.last_index() == 0
@@ -207,6 +214,7 @@ class RaftHost:
             and storage.hard_state() == HardState()
         ):
             bootstrap(storage, sorted(set(voters)))
+            bootstrapped = True
         group = Group(
             group_id,
             self._raft_config,
@@ -218,6 +226,7 @@ class RaftHost:
             on_snapshot=on_snapshot,
             quiesce_after_ticks=self.config.quiesce_after_ticks,
         )
+        group.campaign_pending = campaign and bootstrapped
         self._driver.groups[group_id] = group
         self._driver.wake(group)
         self._driver.mark(group)
