@@ -62,7 +62,12 @@ REGISTER_RETRY_MAX_S = 2.0
 # A reconcile round that could not finish (no controller to confirm a drop,
 # a storage error) is tried again after this long.
 RECONCILE_RETRY_S = 1.0
-PEER_SERVER_GRACE_S = 1.0
+# The peer server stops after the host, so nothing it serves is still
+# useful: inbound Raft streams belong to the stopped transport, and a
+# forwarded controller proposal cannot be answered any more. A peer that is
+# paused or cut off never ends its inbound stream, and a grace period would
+# only be waited out in full (1 s per stop before), so there is none.
+PEER_SERVER_GRACE_S = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,3 +187,18 @@ def test_retention_trims_every_replica(make_cluster: object) -> None:
         )
         for partition in describe(cluster, node, "logs").partitions:
             assert partition.size_bytes <= 2_000 + 4_096, (node, partition)
+
+
+def test_a_node_exits_promptly_while_a_peer_is_frozen(cluster: ClusterProcess) -> None:
+    """A paused peer never ends its inbound Raft stream; the stop must not wait for it."""
+    cluster.wait_converged()
+    cluster.pause(3)
+    time.sleep(1.0)
+    started = time.monotonic()
+    assert cluster.terminate(2) == 0
+    exit_s = time.monotonic() - started
+    print(f"node 2 exited {exit_s:.2f} s after SIGTERM with node 3 paused")
+    # Generous bound (it takes ~0.1 s; it took 1.1 s before, and a stuck
+    # stop would take the 10 s shutdown grace or more).
+    assert exit_s < 5.0, exit_s
+    cluster.resume(3)
