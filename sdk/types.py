@@ -204,8 +204,20 @@ class TopicConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaInfo:
+    """One replica of a partition, as the answering node sees it."""
+
+    node_id: int
+    address: str
+    alive: bool
+    # Raft log entries behind the leader; -1 when the answering node does
+    # not lead the partition (only the leader knows).
+    lag_entries: int
+
+
+@dataclass(frozen=True, slots=True)
 class PartitionInfo:
-    """The state of one partition."""
+    """The state of one partition (offsets and size of the answering node's replica)."""
 
     partition: int
     start_offset: int
@@ -213,6 +225,9 @@ class PartitionInfo:
     size_bytes: int
     leader_id: int
     replica_ids: tuple[int, ...]
+    # The leader's client address; empty while no leader is known.
+    leader_address: str = ""
+    replicas: tuple[ReplicaInfo, ...] = ()
 
     @classmethod
     def from_proto(cls, info: admin_pb2.PartitionInfo) -> PartitionInfo:
@@ -224,6 +239,10 @@ class PartitionInfo:
             size_bytes=info.size_bytes,
             leader_id=info.leader_id,
             replica_ids=tuple(info.replica_ids),
+            leader_address=info.leader_address,
+            replicas=tuple(
+                ReplicaInfo(r.node_id, r.address, r.alive, r.lag_entries) for r in info.replicas
+            ),
         )
 
 
@@ -260,6 +279,8 @@ class NodeInfo:
     node_id: int
     address: str
     alive: bool
+    # Partitions it leads, as far as the answering node knows.
+    leader_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,16 +294,21 @@ class ClusterInfo:
     durability: str
     request_bytes_max: int
     record_bytes_max_limit: int
+    # The node that leads the controller (cluster metadata); 0 while unknown.
+    controller_id: int = 0
 
     @classmethod
     def from_proto(cls, response: admin_pb2.DescribeClusterResponse) -> ClusterInfo:
         """Build from the wire message."""
         return cls(
             cluster_id=response.cluster_id,
-            nodes=tuple(NodeInfo(n.node_id, n.address, n.alive) for n in response.nodes),
+            nodes=tuple(
+                NodeInfo(n.node_id, n.address, n.alive, n.leader_count) for n in response.nodes
+            ),
             node_id=response.node_id,
             version=response.version,
             durability=response.durability,
             request_bytes_max=response.request_bytes_max,
             record_bytes_max_limit=response.record_bytes_max_limit,
+            controller_id=response.controller_id,
         )

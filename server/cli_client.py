@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import json
 import os
 import sys
@@ -114,6 +115,71 @@ def _limit(value: int) -> str:
     return "unlimited" if value < 0 else str(value)
 
 
+def _replica_dict(replica: weir.ReplicaInfo) -> dict[str, Any]:
+    return {
+        "node_id": replica.node_id,
+        "address": replica.address,
+        "alive": replica.alive,
+        "lag_entries": replica.lag_entries,
+    }
+
+
+def _replicas_cell(partition: weir.PartitionInfo) -> str:
+    """`1:0,2:3,3:dead`: each replica with its lag in entries (`?` unknown, `dead`)."""
+    if not partition.replicas:
+        return ",".join(str(n) for n in partition.replica_ids)
+    cells = []
+    for replica in partition.replicas:
+        if not replica.alive:
+            state = "dead"
+        elif replica.lag_entries < 0:
+            state = "?"
+        else:
+            state = str(replica.lag_entries)
+        cells.append(f"{replica.node_id}:{state}")
+    return ",".join(cells)
+
+
+# A replica further behind its leader than this counts as under-replicated
+# (the caught-up bound leader balancing uses, docs/cluster.md).
+LAG_ENTRIES_UNDER_REPLICATED = 64
+
+
+def _under_replicated(partition: weir.PartitionInfo) -> bool:
+    """Seen from its leader: a replica not alive, or lagging; no leader counts too."""
+    if partition.leader_id == 0:
+        return True
+    return any(
+        not r.alive or r.lag_entries > LAG_ENTRIES_UNDER_REPLICATED for r in partition.replicas
+    )
+
+
+def _from_leaders(topic: weir.TopicInfo) -> weir.TopicInfo:
+    """The topic with each partition's replicas as its leader sees them (lag known).
+
+    Only a partition's leader knows how far behind each replica is, so the
+    partitions the answering node does not lead are asked of their leaders;
+    a leader that cannot be reached leaves what the first node said.
+    """
+    by_leader: dict[str, list[int]] = {}
+    for p in topic.partitions:
+        if p.leader_address and any(r.lag_entries < 0 and r.alive for r in p.replicas):
+            by_leader.setdefault(p.leader_address, []).append(p.partition)
+    partitions = list(topic.partitions)
+    for address, numbers in by_leader.items():
+        try:
+            with weir.Admin(address) as admin:
+                seen = admin.describe_topic(topic.name)
+        except WeirError:
+            continue
+        for number in numbers:
+            theirs = seen.partitions[number] if number < len(seen.partitions) else None
+            mine = partitions[number]
+            if theirs is not None and theirs.leader_id == mine.leader_id:
+                partitions[number] = dataclasses.replace(mine, replicas=theirs.replicas)
+    return dataclasses.replace(topic, partitions=tuple(partitions))
+
+
 def _topic_dict(topic: weir.TopicInfo, with_partitions: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": topic.name,
@@ -131,7 +197,10 @@ def _topic_dict(topic: weir.TopicInfo, with_partitions: bool = False) -> dict[st
                 "end_offset": p.end_offset,
                 "size_bytes": p.size_bytes,
                 "leader_id": p.leader_id,
+                "leader_address": p.leader_address,
                 "replica_ids": list(p.replica_ids),
+                "replicas": [_replica_dict(r) for r in p.replicas],
+                "under_replicated": _under_replicated(p) if p.replicas else False,
             }
             for p in topic.partitions
         ]
@@ -186,6 +255,7 @@ def _topic_list(args: argparse.Namespace) -> int:
 def _topic_describe(args: argparse.Namespace) -> int:
     with weir.Admin(_bootstrap(args)) as admin:
         topic = admin.describe_topic(args.name)
+    topic = _from_leaders(topic)
     if _json(args):
         _emit_json(_topic_dict(topic, with_partitions=True))
         return EXIT_OK
@@ -198,10 +268,22 @@ def _topic_describe(args: argparse.Namespace) -> int:
     print(f"record bytes max:   {config.record_bytes_max}")
     print()
     rows = [
-        (p.partition, p.start_offset, p.end_offset, p.size_bytes, p.leader_id, p.replica_ids)
+        (
+            p.partition,
+            p.start_offset,
+            p.end_offset,
+            p.size_bytes,
+            p.leader_id or "-",
+            p.leader_address or "-",
+            _replicas_cell(p),
+        )
         for p in topic.partitions
     ]
-    print(_table(("PARTITION", "START", "END", "SIZE_BYTES", "LEADER", "REPLICAS"), rows))
+    headers = ("PARTITION", "START", "END", "SIZE_BYTES", "LEADER", "LEADER_ADDRESS", "REPLICAS")
+    print(_table(headers, rows))
+    if any(p.replicas for p in topic.partitions):
+        print()
+        print("REPLICAS: node:lag in Raft entries behind the leader (? unknown, dead: not alive)")
     return EXIT_OK
 
 
@@ -218,9 +300,44 @@ def _topic_delete(args: argparse.Namespace) -> int:
 # -- cluster -----------------------------------------------------------------
 
 
+def _under_replicated_partitions(
+    cluster: weir.ClusterInfo, topics: Sequence[weir.TopicInfo]
+) -> list[tuple[str, weir.PartitionInfo]]:
+    """Every partition whose leader sees a replica dead or lagging, or with no leader.
+
+    Each live node is asked about the partitions it leads (only a leader
+    knows its replicas' lag); a partition no reachable node leads is listed
+    with leader 0.
+    """
+    led: dict[tuple[str, int], weir.PartitionInfo] = {}
+    for node in cluster.nodes:
+        if not node.alive or not node.address:
+            continue
+        try:
+            with weir.Admin(node.address) as admin:
+                for topic in topics:
+                    for p in admin.describe_topic(topic.name).partitions:
+                        if p.leader_id == node.node_id:
+                            led[(topic.name, p.partition)] = p
+        except WeirError:
+            continue
+    found = []
+    for topic in topics:
+        for number in range(topic.partition_count):
+            partition = led.get((topic.name, number))
+            if partition is None:
+                partition = weir.PartitionInfo(number, 0, 0, 0, 0, ())
+            if _under_replicated(partition):
+                found.append((topic.name, partition))
+    return found
+
+
 def _cluster_status(args: argparse.Namespace) -> int:
     with weir.Admin(_bootstrap(args)) as admin:
         cluster = admin.describe_cluster()
+        topics = admin.list_topics()
+    clustered = len(cluster.nodes) > 1
+    under = _under_replicated_partitions(cluster, topics) if clustered else []
     if _json(args):
         _emit_json(
             {
@@ -230,18 +347,48 @@ def _cluster_status(args: argparse.Namespace) -> int:
                 "durability": cluster.durability,
                 "request_bytes_max": cluster.request_bytes_max,
                 "record_bytes_max_limit": cluster.record_bytes_max_limit,
+                "controller_id": cluster.controller_id,
                 "nodes": [
-                    {"node_id": n.node_id, "address": n.address, "alive": n.alive}
+                    {
+                        "node_id": n.node_id,
+                        "address": n.address,
+                        "alive": n.alive,
+                        "leader_count": n.leader_count,
+                    }
                     for n in cluster.nodes
+                ],
+                "under_replicated": [
+                    {
+                        "topic": name,
+                        "partition": p.partition,
+                        "leader_id": p.leader_id,
+                        "replicas": [_replica_dict(r) for r in p.replicas],
+                    }
+                    for name, p in under
                 ],
             }
         )
         return EXIT_OK
+    controller = cluster.controller_id or "none known"
     print(f"cluster:    {cluster.cluster_id}")
     print(f"answered:   node {cluster.node_id} (weir {cluster.version}, {cluster.durability})")
+    print(f"controller: node {controller}")
     print()
-    rows = [(n.node_id, n.address, n.alive) for n in cluster.nodes]
-    print(_table(("NODE", "ADDRESS", "ALIVE"), rows))
+    rows = [
+        (n.node_id, n.address or "-", n.alive, n.leader_count, n.node_id == cluster.controller_id)
+        for n in cluster.nodes
+    ]
+    print(_table(("NODE", "ADDRESS", "ALIVE", "LEADERS", "CONTROLLER"), rows))
+    if clustered:
+        print()
+        if not under:
+            print("under-replicated partitions: none")
+        else:
+            print(f"under-replicated partitions: {len(under)}")
+            under_rows = [
+                (name, p.partition, p.leader_id or "-", _replicas_cell(p)) for name, p in under
+            ]
+            print(_table(("TOPIC", "PARTITION", "LEADER", "REPLICAS"), under_rows))
     return EXIT_OK
 
 
