@@ -12,6 +12,7 @@ BENCHES = [
     "bench.storage",
     "bench.broker",
     "bench.sdk",
+    "bench.cluster",
 ]
 
 
