@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -13,6 +13,7 @@ from weir.cluster.host import HostError
 from weir.cluster.storage import LogClosedError, StorageError
 from weir.server.config import NodeConfig
 from weir.server.errors import BrokerError, abort, internal_error, storage_error, topic_not_found
+from weir.server.registry import Topics
 from weir.server.replicator import Replicator
 from weir.server.topics import ConfigPatch, Topic
 from weir.v1 import admin_pb2, admin_pb2_grpc
@@ -27,22 +28,6 @@ Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 log = logging.getLogger("weir.server.admin")
-
-
-class Topics(Protocol):
-    """What the admin service needs of a topic registry (single node or cluster)."""
-
-    def get(self, name: str) -> Topic: ...
-
-    def all(self) -> list[Topic]: ...
-
-    async def create(
-        self, name: str, partition_count: int, replication_factor: int, patch: ConfigPatch
-    ) -> Topic: ...
-
-    async def delete(self, name: str) -> None: ...
-
-    async def update_config(self, name: str, patch: ConfigPatch) -> Topic: ...
 
 
 def _patch(config: admin_pb2.TopicConfig) -> ConfigPatch:

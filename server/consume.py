@@ -71,9 +71,9 @@ from weir.server.limits import (
     consume_share_bytes,
 )
 from weir.server.naming import check_group_name
-from weir.server.offsets import GroupOffsets
+from weir.server.registry import Offsets, TopicSource
 from weir.server.replicator import NotHostedError, Replicator
-from weir.server.topics import Topic, TopicRegistry
+from weir.server.topics import Topic
 from weir.v1 import broker_pb2
 
 # Requests may be MALFORMED (see node._parser), hence Any.
@@ -105,9 +105,9 @@ def storage_failure(exc: StorageError, topic: str) -> BrokerError:
 class ConsumePath:
     def __init__(
         self,
-        topics: TopicRegistry,
+        topics: TopicSource,
         replicator: Replicator,
-        offsets: GroupOffsets,
+        offsets: Offsets,
         config: NodeConfig,
         stopping: asyncio.Event,
         budget: MemoryBudget | None = None,

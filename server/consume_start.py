@@ -14,7 +14,7 @@ import grpc
 from weir.cluster.storage import PartitionLog
 from weir.server.consume_cursor import Partition
 from weir.server.errors import BrokerError, invalid, replica_not_available
-from weir.server.offsets import GroupOffsets
+from weir.server.registry import Offsets
 from weir.server.replicator import NotHostedError, Replicator
 from weir.server.topics import Topic
 from weir.v1 import broker_pb2
@@ -80,7 +80,7 @@ def start_positions(
     topic: Topic,
     subscribe: broker_pb2.Subscribe,
     replicator: Replicator,
-    offsets: GroupOffsets,
+    offsets: Offsets,
 ) -> list[Partition]:
     """The subscribed partitions, each at the offset its stream starts from.
 
@@ -109,7 +109,7 @@ def _start_of(
     subscribe: broker_pb2.Subscribe,
     partition: int,
     log: PartitionLog,
-    offsets: GroupOffsets,
+    offsets: Offsets,
 ) -> int:
     start_offset, end_offset = log.start_offset, log.end_offset
     explicit = subscribe.offsets.get(partition)

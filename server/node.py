@@ -39,15 +39,15 @@ from weir.cluster.storage import (
     StorageFullError,
 )
 from weir.server import limits
-from weir.server.admin import AdminServicer, Topics
+from weir.server.admin import AdminServicer
 from weir.server.cluster_node import ClusterRuntime, ClusterView
-from weir.server.cluster_topics import ClusterOffsets
 from weir.server.config import NodeConfig
 from weir.server.consume import ConsumePath
 from weir.server.errors import abort, malformed
 from weir.server.offsets import GroupOffsets
 from weir.server.produce import ProducePath
 from weir.server.produce_forward import Forwarder
+from weir.server.registry import Offsets, Topics
 from weir.server.replicator import LocalReplicator, Replicator
 from weir.server.topics import TopicRegistry
 from weir.v1 import admin_pb2, broker_pb2
@@ -269,7 +269,7 @@ class _Parts:
     """What differs between a single node and a clustered one."""
 
     topics: Topics
-    offsets: GroupOffsets | ClusterOffsets
+    offsets: Offsets
     replicator: Replicator
     background: list[tuple[str, Coroutine[Any, Any, None]]]
 
@@ -346,7 +346,7 @@ class Node:
         # One budget for the request and response bytes of every call.
         budget = limits.MemoryBudget(self.config.inflight_bytes_max)
         produce = ProducePath(
-            parts.topics,  # type: ignore[arg-type]
+            parts.topics,
             parts.replicator,
             self.config.produce_inflight_requests_max,
             self._clock_ms,
@@ -355,9 +355,9 @@ class Node:
             forwarder,
         )
         consume = ConsumePath(
-            parts.topics,  # type: ignore[arg-type]
+            parts.topics,
             parts.replicator,
-            parts.offsets,  # type: ignore[arg-type]
+            parts.offsets,
             self.config,
             self._stopping,
             budget,

@@ -64,8 +64,9 @@ from weir.server.errors import (
 )
 from weir.server.limits import Lease, MemoryBudget
 from weir.server.produce_forward import FORWARDED_KEY, Forwarder
+from weir.server.registry import TopicSource
 from weir.server.replicator import Replicator
-from weir.server.topics import Topic, TopicRegistry
+from weir.server.topics import Topic
 from weir.v1 import broker_pb2, records_pb2
 
 # Requests are what `request_parser` returns, hence Any.
@@ -491,7 +492,7 @@ def _cancel_reader_if_failed(reader: asyncio.Task[Any], writer: asyncio.Task[Any
 class ProducePath:
     def __init__(
         self,
-        topics: TopicRegistry,
+        topics: TopicSource,
         replicator: Replicator,
         inflight_requests_max: int,
         clock_ms: Callable[[], int],
