@@ -130,15 +130,15 @@ class ClusterTopics:
     ) -> Topic:
         check_topic_name(name)
         if replication_factor == 0:
-            # The default counts registered nodes when applied; right after
-            # the cluster starts, some founding members may not have
-            # registered yet, and the topic would get fewer copies for good.
             replication_factor = min(REPLICATION_FACTOR_DEFAULT, len(self._config.peers))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(REGISTRATION_WAIT_S):
-                    await self._metadata.wait_for(
-                        lambda state: len(state.nodes()) >= replication_factor
-                    )
+        # The controller checks the factor against registered nodes; right
+        # after the cluster starts some founding members may not have
+        # registered yet: a default factor would get fewer copies for good,
+        # an explicit one would be refused. Wait for them, bounded.
+        wanted = min(replication_factor, len(self._config.peers))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REGISTRATION_WAIT_S):
+                await self._metadata.wait_for(lambda state: len(state.nodes()) >= wanted)
         base = ctl.TopicConfig(record_bytes_max=self._config.record_bytes_max_default)
         config = merge_config(base, _patch(patch))
         result = await self._proposer.propose(

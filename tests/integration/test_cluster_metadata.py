@@ -190,3 +190,24 @@ def test_topics_survive_the_loss_of_the_controller_leader_and_a_restart(
             lambda node=node: "later" in topic_names(cluster, node),
             what=f"node {node} seeing the topic made on the restarted node",
         )
+
+
+def test_an_explicit_replication_factor_is_accepted_right_after_start(
+    cluster: ClusterProcess,
+) -> None:
+    """Founding members register a second or so after they meet; a create
+    naming the full factor must not be refused as larger than the cluster
+    in that window."""
+    cluster.wait_converged()
+    channel, stub = _admin(cluster, 1)
+    with channel:
+        retry(
+            lambda: stub.CreateTopic(
+                admin_pb2.CreateTopicRequest(name="early", partition_count=3, replication_factor=3),
+                timeout=CALL_TIMEOUT_S,
+            ),
+            timeout_s=30,
+        )
+    described = describe_topic(cluster, 2, "early")
+    assert described.topic.replication_factor == 3
+    assert all(sorted(p.replica_ids) == [1, 2, 3] for p in described.partitions)
