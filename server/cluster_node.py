@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -54,6 +54,7 @@ from weir.server.cluster_replicator import RaftReplicator
 from weir.server.cluster_topics import ClusterOffsets, ClusterTopics
 from weir.server.config import NodeConfig
 from weir.server.errors import BrokerError
+from weir.server.produce import ProducePath
 
 log = logging.getLogger("weir.server.cluster")
 
@@ -94,6 +95,10 @@ class PartitionView:
     replicas: tuple[ReplicaView, ...]
 
 
+def _identity(raw: bytes) -> bytes:
+    return raw
+
+
 class ClusterRuntime:
     """The cluster half of a node; see the module docstring."""
 
@@ -112,6 +117,7 @@ class ClusterRuntime:
         founders = dict(config.peers)
         self._voters = sorted(founders)
         peers = {n: a for n, a in founders.items() if n != config.node_id}
+        self._peer_addresses = peers
         self.host = RaftHost(
             HostConfig(node_id=config.node_id, cluster_id=config.cluster_id, peers=peers),
             storage,
@@ -133,6 +139,10 @@ class ClusterRuntime:
         self.view = ClusterView(self)
         self._server: grpc.aio.Server | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        # The node's produce handler, served on the peer port too, so that
+        # work forwarded between nodes travels the peer network; bound once
+        # the node has built its produce path (`serve_forwarded_produce`).
+        self._produce: Callable[[Any], Awaitable[None]] | None = None
         # Groups whose data this process dropped (reconcile's `stored` is
         # what is pending on us minus these; a restart drops them again,
         # which is idempotent, then confirms).
@@ -151,6 +161,7 @@ class ClusterRuntime:
             )
             self.host.add_peer_service(server)
             server.add_generic_rpc_handlers((self.proposer.handlers(),))
+            server.add_generic_rpc_handlers((self._forwarded_produce_handlers(),))
             try:
                 self.peer_port = server.add_insecure_port(self.config.peer_listen)
             except RuntimeError as exc:
@@ -198,6 +209,36 @@ class ClusterRuntime:
 
     def client_address(self) -> str:
         return self._address()
+
+    def serve_forwarded_produce(self, handler: Callable[[Any], Awaitable[None]]) -> None:
+        """Serves `handler` (the node's Produce handler) on the peer port."""
+        self._produce = handler
+
+    def forward_address(self, node_id: int) -> str:
+        """Where this node forwards produce work for `node_id`: its peer address."""
+        return self._peer_addresses.get(node_id, "")
+
+    def _forwarded_produce_handlers(self) -> grpc.GenericRpcHandler:
+        async def produce(_requests: object, context: Any) -> None:
+            if self._produce is None:
+                # The node has not finished starting; the forwarder answers
+                # its client NOT_LEADER and the client retries.
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "this node is starting")
+                return
+            await self._produce(context)
+
+        return grpc.method_handlers_generic_handler(
+            "weir.v1.BrokerService",
+            {
+                "Produce": grpc.stream_stream_rpc_method_handler(
+                    produce,
+                    request_deserializer=ProducePath.request_parser(
+                        self.config.produce_request_records_max
+                    ),
+                    response_serializer=_identity,
+                )
+            },
+        )
 
     def background(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
         return [

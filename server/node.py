@@ -326,7 +326,7 @@ class Node:
             # not lead to their leaders, so any node accepts any call.
             async with (
                 ClusterRuntime(self.config, storage, self.address) as cluster,
-                Forwarder() as forwarder,
+                Forwarder(dial_address=cluster.forward_address) as forwarder,
             ):
                 self._cluster = cluster
                 parts = _Parts(
@@ -354,6 +354,9 @@ class Node:
             budget,
             forwarder,
         )
+        if self._cluster is not None:
+            # Other nodes forward produce work here over the peer port.
+            self._cluster.serve_forwarded_produce(produce.serve)
         consume = ConsumePath(
             parts.topics,
             parts.replicator,

@@ -3,7 +3,8 @@
 When a produce request (or one routed part of it) belongs to a partition
 this node does not lead, the produce path hands it to the `Forwarder`,
 which sends it, with `partition` set, over one long-lived pipelined Produce
-stream per leader node (a `_Link`) to that node's client address, and
+stream per leader node (a `_Link`) to that node's peer address (in a
+cluster; its Produce service is served on the peer port too), and
 passes the leader's answer (its offsets, or its typed error) back as the
 answer to the client.
 
@@ -38,6 +39,7 @@ import dataclasses
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -123,9 +125,14 @@ class _Waiter:
 class _Link:
     """One pipelined Produce stream to one leader node, reconnected on demand."""
 
-    def __init__(self, node_id: int, address: str, config: ForwardConfig) -> None:
+    def __init__(
+        self, node_id: int, address: str, dial_address: str, config: ForwardConfig
+    ) -> None:
         self.node_id = node_id
+        # `address` is the leader's client address (named in NOT_LEADER for
+        # clients); `dial_address` is where this node reaches it.
         self.address = address
+        self.dial_address = dial_address
         self._config = config
         self._ids = itertools.count(1)
         # Unanswered requests by id, in submission order (dicts keep it).
@@ -222,7 +229,7 @@ class _Link:
         ]
         while True:
             await self._work.wait()
-            async with grpc.aio.insecure_channel(self.address, options=options) as channel:
+            async with grpc.aio.insecure_channel(self.dial_address, options=options) as channel:
                 # Connected first: a write gRPC buffers before the connection
                 # exists would otherwise count as sent (outcome unknown).
                 try:
@@ -310,8 +317,16 @@ class _Link:
 class Forwarder:
     """Links to the leaders this node forwards to; an async context manager owns their tasks."""
 
-    def __init__(self, config: ForwardConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: ForwardConfig | None = None,
+        dial_address: Callable[[int], str] | None = None,
+    ) -> None:
         self._config = config or ForwardConfig()
+        # Where to reach a leader: a cluster forwards over the peer port, so
+        # node-to-node traffic stays on the peer network (and its limits);
+        # without a resolver, the leader's client address.
+        self._dial_address = dial_address
         self._links: dict[int, _Link] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
@@ -353,12 +368,13 @@ class Forwarder:
         """
         if self._group is None:
             raise not_leader(topic, partition, leader_id, address)
+        dial = (self._dial_address(leader_id) if self._dial_address else "") or address
         link = self._links.get(leader_id)
-        if link is None or link.address != address:
+        if link is None or link.address != address or link.dial_address != dial:
             if link is not None:
                 self._tasks.pop(leader_id).cancel()
-                link.fail_all(f"node {leader_id} moved to {address}")
-            link = self._links[leader_id] = _Link(leader_id, address, self._config)
+                link.fail_all(f"node {leader_id} moved to {dial}")
+            link = self._links[leader_id] = _Link(leader_id, address, dial, self._config)
             self._tasks[leader_id] = self._group.create_task(
                 link.run(), name=f"forward-to-{leader_id}"
             )
