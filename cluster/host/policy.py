@@ -13,10 +13,12 @@ no timers, so the core needs no change.
   committed and applied, no transfer runs, every member's node is alive, and
   this has held for `quiesce_after_ticks` ticks (so the followers heard the
   final commit index on a heartbeat).
-- A follower may go quiet when it knows a leader on a live node and has heard
-  from that leader since it last woke.
+- A follower may go quiet when it knows a leader on a live node, has heard
+  from that leader since it last woke, and its log is committed to its end.
 - A quiet group wakes when a message arrives after which it may no longer be
-  quiet (a campaign, a follower's rejection, a new leader's traffic...), and
+  quiet: for a follower anything but its leader's traffic, for a leader
+  anything but acknowledgements of its fully replicated log (so a campaign
+  wakes everybody, the leader included), and
   when the liveness of a member's node changes: a follower then forgets that
   it heard its leader if that leader lives on the node, so it stays awake
   until the leader speaks again, or campaigns after an election timeout.
@@ -47,6 +49,7 @@ from ..raft.types import NONE, Message, MessageType, NodeId, Role
 
 LEADER_TRAFFIC = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
 SENT_BEFORE_DURABLE = (*LEADER_TRAFFIC, MessageType.TIMEOUT_NOW)
+ACKNOWLEDGEMENTS = (MessageType.APPEND_RESP, MessageType.HEARTBEAT_RESP)
 
 Alive = Callable[[NodeId], bool]
 
@@ -87,7 +90,13 @@ class HostPolicy:
         me = raft.id
         if raft.role is Role.FOLLOWER:
             leader = raft.leader
-            return leader not in (NONE, me) and quiet.heard_leader and alive(leader)
+            # A leader goes quiet only with its whole log committed. A follower
+            # whose commit index lags its log missed the final heartbeat
+            # (dropped): it stays awake, so its election timer fires and the
+            # campaign wakes the leader, whose next heartbeat carries the commit
+            # index (simulator seed 5009).
+            committed = raft.log.committed == raft.log.last_index()
+            return leader not in (NONE, me) and quiet.heard_leader and alive(leader) and committed
         if raft.role is not Role.LEADER or raft.lead_transferee != NONE:
             return False
         log = raft.log
@@ -126,6 +135,14 @@ class HostPolicy:
         elif raft.role is not Role.LEADER:
             # Someone else campaigns or answers: stay awake until the leader speaks.
             quiet.heard_leader = False
+        elif message.type not in ACKNOWLEDGEMENTS:
+            # A quiet leader expects acknowledgements only. A (pre-)vote comes
+            # from a member that lost track of it (restarted faster than the
+            # liveness window, or timed out while the leader's traffic was
+            # lost): the leader's lease rejects it, so unless the leader wakes
+            # and heartbeats, that member campaigns in vain until a rival
+            # election deposes a healthy leader (simulator seed 2067).
+            return quiet.quiesced
         return quiet.quiesced and not self.quiet_ok(quiet, raw, alive)
 
     def after_liveness(self, quiet: Quiet, raw: RawNode, node: NodeId, alive: Alive) -> bool:
@@ -146,6 +163,7 @@ class HostPolicy:
 POLICY = HostPolicy()
 
 __all__ = [
+    "ACKNOWLEDGEMENTS",
     "LEADER_TRAFFIC",
     "POLICY",
     "SENT_BEFORE_DURABLE",

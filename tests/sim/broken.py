@@ -1,12 +1,15 @@
-"""Deliberately broken Raft variants: the simulator must catch each one.
+"""Deliberately broken Raft variants and host policies: the simulator must catch each one.
 
 Each subclass reintroduces one classic mistake (a one-line change in the
 real code), so a test can show that the checker and the fault mix are
-strong enough to notice it. docs/raft.md lists the first seed catching each.
+strong enough to notice it. `Raft` subclasses run in tests/sim/cluster.py,
+`HostPolicy` subclasses in the multi-group hosts of tests/sim/host.py.
+docs/raft.md lists the first seed catching each.
 """
 
 from __future__ import annotations
 
+from weir.cluster.host.policy import Alive, HostPolicy, Quiet
 from weir.cluster.raft import (
     NONE,
     ConfChange,
@@ -14,7 +17,9 @@ from weir.cluster.raft import (
     HardState,
     Message,
     MessageType,
+    NodeId,
     Raft,
+    RawNode,
     Role,
 )
 
@@ -90,3 +95,37 @@ class TransferNeverAbandoned(Raft):
         super()._tick_leader()
         if self.role is Role.LEADER:
             self.lead_transferee = transferee
+
+
+# -- the host's policy (cluster/host/policy.py), run by tests/sim/host.py ------------------
+
+
+class FollowerIgnoresLeaderDeath(HostPolicy):
+    """A quiet follower trusts a leader it once heard, even when the leader's node dies."""
+
+    def quiet_ok(self, quiet: Quiet, raw: RawNode, alive: Alive) -> bool:
+        raft = raw.raft
+        if raft.role is Role.FOLLOWER:
+            return raft.leader not in (NONE, raft.id) and quiet.heard_leader
+        return super().quiet_ok(quiet, raw, alive)
+
+    def after_liveness(self, quiet: Quiet, raw: RawNode, node: NodeId, alive: Alive) -> bool:
+        return quiet.quiesced and not self.quiet_ok(quiet, raw, alive)
+
+
+class LeaderQuiescesWhileFollowerLags(HostPolicy):
+    """A leader goes quiet once its log is committed, though a follower lacks part of it."""
+
+    def quiet_ok(self, quiet: Quiet, raw: RawNode, alive: Alive) -> bool:
+        raft = raw.raft
+        if raft.role is Role.LEADER and raft.lead_transferee == NONE:
+            log = raft.log
+            return log.committed == log.last_index() and all(alive(n) for n in raft.progress)
+        return super().quiet_ok(quiet, raw, alive)
+
+
+class VoteSentBeforeDurable(HostPolicy):
+    """Vote grants leave with the leader's traffic, before the vote is fsynced."""
+
+    def sent_before_durable(self, message: Message) -> bool:
+        return message.type is MessageType.VOTE_RESP or super().sent_before_durable(message)

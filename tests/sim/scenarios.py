@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .cluster import Scenario
+from .host import HostScenario
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
@@ -103,4 +104,52 @@ SCENARIOS: tuple[Scenario, ...] = (
         down_ticks_max=12,
     ),
     Scenario("no_prevote", pre_vote=False, check_quorum=False, partition=0.04, crash=0.02),
+)
+
+# Multi-group hosts (tests/sim/host.py): the host's quiescence, send order and
+# outcome rules under faults; seed N runs HOST_SCENARIOS[N % len(HOST_SCENARIOS)].
+HOST_SCENARIOS: tuple[HostScenario, ...] = (
+    # Mostly idle groups that go quiet, leaders' nodes cut off or crashed,
+    # and often a leader's node gone for good at heal.
+    HostScenario(
+        "host_quiet",
+        propose=0.1,
+        crash=0.02,
+        partition=0.03,
+        isolate_leader=0.03,
+        defer_turn=0.3,
+        keep_leader_down=0.6,
+    ),
+    # Five nodes, four groups with different voter sets, storage faults.
+    HostScenario(
+        "host_five",
+        nodes=5,
+        groups=4,
+        crash=0.03,
+        partition=0.04,
+        isolate_leader=0.02,
+        defer_turn=0.3,
+        write_fail=0.01,
+        crash_in_turn=0.01,
+        compact=0.02,
+        keep_leader_down=0.5,
+    ),
+    # Four nodes, groups of three: slow fsyncs, failed writes, crashes inside
+    # turns, transfers and compaction.
+    HostScenario(
+        "host_storage",
+        nodes=4,
+        groups=3,
+        drop=0.08,
+        duplicate=0.05,
+        crash=0.02,
+        partition=0.02,
+        defer_turn=0.6,
+        defer_ticks_max=4,
+        write_fail=0.02,
+        crash_in_turn=0.02,
+        transfer=0.03,
+        compact=0.03,
+        keep_leader_down=0.3,
+    ),
 )

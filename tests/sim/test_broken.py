@@ -9,6 +9,8 @@ from .test_sim import ONE_SEED
 
 # The CI budget, whatever WEIR_SIM_SEEDS says: a sweep stops at the first catch.
 CI_SEEDS = 10_000
+# The same for the multi-group hosts (test_sim.py runs this many host seeds).
+HOST_CI_SEEDS = 1_500
 
 
 @pytest.mark.sim
@@ -42,6 +44,33 @@ def test_broken_variant_is_caught(variant: str, scenario: str | None, expect: st
     else:
         seeds = f"{CI_SEEDS} seeds"
         failures = sweep(range(CI_SEEDS), variant, scenario, stop_at_first=True)
+    assert failures, f"{variant} survived {seeds}"
+    assert expect in failures[0]
+    assert "reproduce: WEIR_SIM_SEED=" in failures[0]
+
+
+@pytest.mark.sim
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("variant", "expect"),
+    [
+        # DESIGN §4: a quiet follower campaigns when its leader's node is dead.
+        ("FollowerIgnoresLeaderDeath", "liveness"),
+        # A leader goes quiet only once every member holds its whole log.
+        ("LeaderQuiescesWhileFollowerLags", "idle groups are free"),
+        # Only a leader's traffic may leave before the local fsync (thesis §10.2.1).
+        ("VoteSentBeforeDurable", "restarted"),
+    ],
+)
+def test_broken_host_policy_is_caught(variant: str, expect: str) -> None:
+    """Caught within the host seeds CI runs."""
+    if ONE_SEED is not None:
+        seeds = f"seed {ONE_SEED}"
+        failures = run_chunk([int(ONE_SEED)], variant, None, host=True)
+        print("\n".join(failures))
+    else:
+        seeds = f"{HOST_CI_SEEDS} host seeds"
+        failures = sweep(range(HOST_CI_SEEDS), variant, None, stop_at_first=True, host=True)
     assert failures, f"{variant} survived {seeds}"
     assert expect in failures[0]
     assert "reproduce: WEIR_SIM_SEED=" in failures[0]

@@ -134,3 +134,30 @@ def test_a_campaign_wakes_a_quiet_follower() -> None:
     raw.step(request)
     assert POLICY.after_message(quiet, raw, request, everyone)
     assert raw.raft.role is Role.FOLLOWER and not quiet.heard_leader
+
+
+def test_a_campaign_wakes_a_quiet_leader_although_its_lease_rejects_it() -> None:
+    """Simulator seed 2067: a member that lost track of a quiet leader must hear from it."""
+    env = settled_env()
+    raw = env.nodes[1]
+    quiet = Quiet(quiesced=True)
+    assert POLICY.quiet_ok(quiet, raw, everyone)
+    request = Message(MessageType.PRE_VOTE, 1, 3, raw.raft.term + 1, index=1, log_term=1)
+    raw.step(request)
+    assert raw.raft.role is Role.LEADER  # the lease rejected it
+    assert POLICY.after_message(quiet, raw, request, everyone)
+    ack = Message(MessageType.HEARTBEAT_RESP, 1, 2, raw.raft.term)
+    raw.step(ack)
+    assert not POLICY.after_message(quiet, raw, ack, everyone)
+
+
+def test_a_follower_that_missed_the_final_commit_index_stays_awake() -> None:
+    """Simulator seed 5009: the quiet leader will not send it again; a campaign will fetch it."""
+    env = settled_env()
+    env.nodes[1].propose(b"y")
+    env.flush()
+    env.deliver(MessageType.APPEND)  # the entry arrives; the commit index that follows will not
+    env.flush()
+    raw = env.nodes[2]
+    assert raw.raft.log.committed < raw.raft.log.last_index()
+    assert not POLICY.quiet_ok(Quiet(heard_leader=True), raw, everyone)
