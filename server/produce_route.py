@@ -1,0 +1,285 @@
+"""Produce validation and routing: check a request, make its batch canonical, place its parts.
+
+What is stored is Weir's own encoding of a batch, never the client's bytes:
+the broker parses the records, drops unknown fields at every level and
+serializes them again, so nothing a producer sends can reach a consumer as
+a field of the consume response (DESIGN §4). A record's size is the size of
+that stored `weir.v1.Record` encoding, with the timestamp the broker fills
+in; it is checked here against the topic's `record_bytes_max`, and the
+consume path charges byte credit by the same measure.
+
+`Router.append` validates everything before it appends anything, so a bad
+request changes nothing. Records are routed by murmur2 of the key, or to one
+sticky partition per request for records without a key; each part goes to
+the local replicator or, for a partition another node leads, to the
+forwarder. Requests with many records are validated and serialized on a
+worker thread so the event loop keeps serving everyone else meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from weir.cluster.host import HostError, NotLeaderError
+from weir.cluster.storage import LogClosedError, StorageError
+from weir.partitioner import murmur2
+from weir.server.errors import (
+    BrokerError,
+    invalid,
+    not_leader,
+    replication_error,
+    shutting_down,
+    storage_error,
+    topic_not_found,
+)
+from weir.server.produce_forward import Forwarder
+from weir.server.registry import TopicSource
+from weir.server.replicator import Replicator
+from weir.server.topics import Topic
+from weir.v1 import broker_pb2, records_pb2
+
+# Requests with more records than this are validated and serialized on a
+# worker thread: below it the work takes about a millisecond, less than the
+# hop to a thread and back.
+INLINE_RECORDS_MAX = 2048
+# Worker threads busy with large requests at once, node-wide. Each holds one
+# parsed request, so this also bounds the memory of that work; two matches
+# the cores of the machines Weir is measured on.
+WORKERS_MAX = 2
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Part:
+    """The stored bytes of the records of one request that go to one partition."""
+
+    partition: int
+    payload: bytes
+    record_count: int
+    record_indexes: list[int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    """What the event loop decided about a request before its records are touched."""
+
+    topic: str
+    record_bytes_max: int
+    now_ms: int
+    partition: int | None  # named by the request; None: route every record
+    partition_count: int
+    sticky: int  # where keyless records go when routing
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def record_too_large(topic: str, index: int, size: int, limit: int) -> BrokerError:
+    return BrokerError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "RECORD_TOO_LARGE",
+        f"record {index} is {size} bytes; topic {topic!r} accepts at most {limit}",
+        {"topic": topic, "index": index, "size": size, "limit": limit},
+    )
+
+
+def prepare(batch: records_pb2.RecordBatch, plan: Plan) -> tuple[list[Part], int]:
+    """Make `batch` canonical, stamp and check its records, split it; returns (parts, max timestamp).
+
+    Pure apart from mutating `batch`, which nothing else touches meanwhile,
+    so it may run on a worker thread. Raises BrokerError; nothing is
+    appended before it returns.
+    """
+    # Unknown fields at every level go, and repeated fields were already
+    # merged by the parse: what is serialized below is Weir's own encoding.
+    batch.DiscardUnknownFields()
+    records = batch.records
+    limit = plan.record_bytes_max
+    now_ms = plan.now_ms
+    # A record grows only by the timestamp the broker fills in, so a batch
+    # that is small enough even with one more timestamp cannot hold a record
+    # over the limit, and its records need not be measured one by one.
+    measure = batch.ByteSize() + 1 + _varint_size(now_ms) > limit
+    max_timestamp_ms = 0
+    for index, record in enumerate(records):
+        timestamp_ms = record.timestamp_ms
+        if timestamp_ms == 0:
+            record.timestamp_ms = timestamp_ms = now_ms
+        elif timestamp_ms < 0:
+            raise invalid(
+                "INVALID_TIMESTAMP", f"record {index} has a negative timestamp", index=index
+            )
+        if timestamp_ms > max_timestamp_ms:
+            max_timestamp_ms = timestamp_ms
+        if measure:
+            size = record.ByteSize()
+            if size > limit:
+                raise record_too_large(plan.topic, index, size, limit)
+    if plan.partition is not None:
+        return [Part(plan.partition, batch.SerializeToString(), len(records), [])], (
+            max_timestamp_ms
+        )
+    return _route(batch, plan), max_timestamp_ms
+
+
+def _route(batch: records_pb2.RecordBatch, plan: Plan) -> list[Part]:
+    """Split a batch by partition: murmur2 of the key, or one sticky partition for no key."""
+    count = plan.partition_count
+    sticky = plan.sticky
+    partitions = [
+        (murmur2(record.key) & 0x7FFFFFFF) % count if record.HasField("key") else sticky
+        for record in batch.records
+    ]
+    if len(set(partitions)) == 1:
+        # The common case (one key, or no keys): the batch stays whole.
+        n = len(partitions)
+        return [Part(partitions[0], batch.SerializeToString(), n, list(range(n)))]
+    split: dict[int, tuple[records_pb2.RecordBatch, list[int]]] = {}
+    for index, (partition, record) in enumerate(zip(partitions, batch.records, strict=True)):
+        part_batch, indexes = split.setdefault(partition, (records_pb2.RecordBatch(), []))
+        part_batch.records.append(record)
+        indexes.append(index)
+    return [
+        Part(partition, part_batch.SerializeToString(), len(indexes), indexes)
+        for partition, (part_batch, indexes) in split.items()
+    ]
+
+
+@dataclasses.dataclass(slots=True)
+class Placed:
+    """One part of a request, appended here or forwarded to its partition's leader."""
+
+    partition: int
+    record_count: int
+    record_indexes: list[int]
+    # None for a forwarded part until the leader's answer carries it.
+    base_offset: int | None
+    # What the answer waits for: the acks level's future of a local append
+    # (resolving to anything), or the leader's answer (the base offset).
+    answered: asyncio.Future[Any]
+    # Done once the request's bytes may go back to the budget: the leader's
+    # own copy is durable (or failed), or the leader answered.
+    held: asyncio.Future[Any]
+
+
+class Router:
+    """Validates produce requests and places their parts: appended here or forwarded."""
+
+    def __init__(
+        self,
+        topics: TopicSource,
+        replicator: Replicator,
+        clock_ms: Callable[[], int],
+        stopping: asyncio.Event,
+        forwarder: Forwarder | None = None,
+    ) -> None:
+        """`forwarder`: where parts for partitions another node leads go (None: answer
+        NOT_LEADER naming the leader; always so on a single node)."""
+        self._topics = topics
+        self._forwarder = forwarder
+        self._replicator = replicator
+        self._clock_ms = clock_ms
+        self._stopping = stopping
+        self._workers = asyncio.Semaphore(WORKERS_MAX)
+        # Sticky round-robin for records without a key: one counter per
+        # topic, advanced once per request.
+        self._round_robin: dict[str, itertools.count[int]] = {}
+
+    def host_error(self, topic: str, partition: int, exc: HostError) -> BrokerError:
+        return replication_error(exc, topic, partition, self._replicator.node_address)
+
+    async def append(self, request: broker_pb2.ProduceRequest, forwarded: bool) -> list[Placed]:
+        """Validate everything first, so a bad request changes nothing."""
+        if self._stopping.is_set():
+            raise shutting_down()
+        if request.acks not in broker_pb2.Acks.values():
+            raise invalid("INVALID_ACKS", f"unknown acks value {request.acks}")
+        topic = self._topics.get(request.topic)
+        count = len(request.batch.records)
+        if not count:
+            raise invalid("EMPTY_BATCH", "a produce request needs at least one record")
+        parts, max_timestamp_ms = await self._prepare(topic, request)
+        placed = []
+        for part in parts:
+            group_id = topic.group_ids[part.partition]
+            try:
+                appended = await self._replicator.append(
+                    group_id, part.payload, part.record_count, max_timestamp_ms
+                )
+            except LogClosedError:
+                # The topic was deleted while this request waited for room.
+                raise topic_not_found(topic.name) from None
+            except StorageError as exc:
+                raise storage_error(exc, "the append") from exc
+            except NotLeaderError as exc:
+                placed.append(
+                    await self._forward(topic.name, part, request.acks, exc.leader_id, forwarded)
+                )
+                continue
+            except HostError as exc:
+                raise self.host_error(topic.name, part.partition, exc) from None
+            placed.append(
+                Placed(
+                    part.partition,
+                    part.record_count,
+                    part.record_indexes,
+                    appended.base_offset,
+                    appended.acknowledged(request.acks),
+                    appended.leader_durable,
+                )
+            )
+        return placed
+
+    async def _forward(
+        self, topic: str, part: Part, acks: broker_pb2.Acks, leader_id: int, forwarded: bool
+    ) -> Placed:
+        """Sends `part` to its partition's leader, or answers NOT_LEADER naming it.
+
+        Waits only for room on the link to the leader; the answer comes later.
+        """
+        address = self._replicator.node_address(leader_id) if leader_id else ""
+        if self._forwarder is None or forwarded or not address:
+            raise not_leader(topic, part.partition, leader_id, address)
+        answer = await self._forwarder.submit(
+            leader_id, address, topic, part.partition, acks, part.payload
+        )
+        return Placed(part.partition, part.record_count, part.record_indexes, None, answer, answer)
+
+    async def _prepare(
+        self, topic: Topic, request: broker_pb2.ProduceRequest
+    ) -> tuple[list[Part], int]:
+        if request.HasField("partition"):
+            topic.group_id(request.partition)  # PARTITION_OUT_OF_RANGE before any work
+            partition: int | None = request.partition
+            sticky = 0
+        else:
+            partition = None
+            counter = self._round_robin.setdefault(topic.name, itertools.count())
+            sticky = next(counter) % topic.partition_count
+        plan = Plan(
+            topic=topic.name,
+            record_bytes_max=topic.config.record_bytes_max,
+            now_ms=self._clock_ms(),
+            partition=partition,
+            partition_count=topic.partition_count,
+            sticky=sticky,
+        )
+        if len(request.batch.records) <= INLINE_RECORDS_MAX:
+            return prepare(request.batch, plan)
+        async with self._workers:
+            job = asyncio.get_running_loop().run_in_executor(None, prepare, request.batch, plan)
+            try:
+                return await asyncio.shield(job)
+            except asyncio.CancelledError:
+                # A thread cannot be stopped: its slot stays taken until it
+                # has finished, so at most WORKERS_MAX ever run.
+                with contextlib.suppress(Exception):
+                    await job
+                raise
