@@ -115,6 +115,10 @@ class _Plan:
             self.preferred[group] = partition.preferred_leader
             self.original[group] = leader
         self.current = dict(self.original)
+        # Groups whose leader in `current` differs from `original`, kept by
+        # move(): counting them afresh at every step made a plan quadratic
+        # in the groups (1,000 idle partitions cost a node 8 % of a core).
+        self._changed = 0
         self.counts = _counts(self.current, live)
         self.led: dict[NodeId, set[GroupId]] = collections.defaultdict(set)
         for group, node in self.current.items():
@@ -123,6 +127,8 @@ class _Plan:
     def move(self, group: GroupId, to: NodeId) -> None:
         assert to in self.allowed[group], (group, to)
         frm = self.current[group]
+        original = self.original[group]
+        self._changed += (to != original) - (frm != original)
         self.counts[frm] -= 1
         self.counts[to] += 1
         self.led[frm].discard(group)
@@ -130,7 +136,7 @@ class _Plan:
         self.current[group] = to
 
     def changed(self) -> int:
-        return sum(1 for g, n in self.current.items() if self.original[g] != n)
+        return self._changed
 
     def spread(self) -> int:
         return max(self.counts.values()) - min(self.counts.values()) if self.counts else 0
