@@ -34,86 +34,33 @@ leader a NOT_LEADER error names), at once within a round of the addresses
 and after a backoff once every node failed. It resumes each partition at the
 offset after the last record the application took, so the SDK neither skips
 nor repeats a record across the move.
+
+One stream and its reader live in `_consumer_stream`, the choice of the next
+node in `_consumer_failover`; this module keeps positions and credit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
 
-import grpc
-import grpc.aio
-
-from weir._conn import ConsumeCall, consume_call, from_error_proto, from_rpc_error
-from weir._failover import Connection, connection_lost
+from weir._conn import consume_call, from_error_proto
+from weir._failover import Connection
 from weir._nodes import Bootstrap
-from weir._wire import RecordFields, batch_record_sizes, decode_batch_response
-from weir.errors import ClosedError, UnavailableError, WeirError, WeirTimeoutError
+from weir._wire import RecordFields
+from weir.aio import _consumer_stream as stream
+from weir.aio._consumer_failover import Failover
+from weir.aio._consumer_stream import Batch, Subscription, record_bytes
+from weir.errors import ClosedError, WeirError, WeirTimeoutError
 from weir.types import ConsumedRecord, StartSpec, make_consumed_record, start_position
 from weir.v1 import broker_pb2
 
 __all__ = ["Consumer"]
 
 MIB = 1024 * 1024
-
-
-def _record_bytes(framed: int) -> int:
-    """A record's byte credit from its framed size in a batch.
-
-    The broker charges a record its `Record` encoding: the framed size less
-    the field's tag (one byte) and the varint of the length. The framed
-    size grows strictly with the length, so exactly one length fits.
-    """
-    if framed < 130:  # a length below 128 takes one varint byte
-        return framed - 2
-    length = framed - 2
-    while 1 + (length.bit_length() + 6) // 7 + length > framed:
-        length -= 1
-    return length
-
-
-class _Batch:
-    """A received batch, decoded once; the iterator takes its records in order."""
-
-    __slots__ = ("base_offset", "next_index", "partition", "records", "sizes", "topic")
-
-    def __init__(
-        self,
-        topic: str,
-        partition: int,
-        base_offset: int,
-        records: list[RecordFields],
-        sizes: list[int],
-    ) -> None:
-        self.topic = topic
-        self.partition = partition
-        self.base_offset = base_offset
-        self.records = records
-        # sizes[i]: record i's framed size in the batch (tag, length, record),
-        # as the scanner in weir._wire measures it; see `_record_bytes`.
-        self.sizes = sizes
-        self.next_index = 0
-
-
-@dataclass(eq=False)
-class _Subscription:
-    """One Consume stream and what arrived on it."""
-
-    call: ConsumeCall
-    address: str
-    # Batches with records not yet taken; `buffered` counts those records.
-    buffer: collections.deque[_Batch] = field(default_factory=collections.deque)
-    buffered: int = 0
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    commits: dict[int, asyncio.Future[broker_pb2.CommitResult]] = field(default_factory=dict)
-    error: WeirError | None = None
-    ended: bool = False
-    reader: asyncio.Task[None] | None = None
 
 
 class Consumer:
@@ -175,15 +122,14 @@ class Consumer:
         self._window_messages = max_outstanding_messages
         self._window_bytes = max_outstanding_bytes
         self._request_timeout_s = request_timeout_ms / 1000.0
-        self._reconnect_attempts = reconnect_attempts
         self._positions: dict[int, int] = {}
         self._yielded: set[int] = set()
         self._end_offsets: dict[int, int] = {}
         self._taken_messages = 0
         self._taken_bytes = 0
         self._next_commit_id = 1
-        self._failures = 0
-        self._sub: _Subscription | None = None
+        self._failover = Failover(self._conn, reconnect_attempts)
+        self._sub: Subscription | None = None
         self._write_lock = asyncio.Lock()
         self._started = False
         self._closed = False
@@ -225,7 +171,7 @@ class Consumer:
             return
         self._started = True
         try:
-            await self._subscribe_with_failover({})
+            await self._failover.subscribe(lambda address: self._subscribe(address, {}))
         except BaseException:
             await self.close()
             raise
@@ -330,7 +276,7 @@ class Consumer:
             return
         self._closed = True
         if self._sub is not None:
-            await self._end_subscription(self._sub, ClosedError("the consumer is closed"))
+            await stream.end(self._sub, ClosedError("the consumer is closed"))
             self._sub = None
         if self._started:
             await self._conn.close()
@@ -343,7 +289,7 @@ class Consumer:
         if self._closed:
             raise ClosedError("the consumer is closed")
 
-    def _require_sub(self) -> _Subscription:
+    def _require_sub(self) -> Subscription:
         sub = self._sub
         if sub is None or sub.error is not None or sub.ended:
             raise (sub.error if sub is not None and sub.error else ClosedError("not subscribed"))
@@ -395,7 +341,7 @@ class Consumer:
             or self._taken_bytes * 2 >= self._window_bytes
         )
 
-    def _take(self, sub: _Subscription) -> ConsumedRecord:
+    def _take(self, sub: Subscription) -> ConsumedRecord:
         batch = sub.buffer[0]
         index = batch.next_index
         batch.next_index = index + 1
@@ -408,13 +354,13 @@ class Consumer:
         offset = batch.base_offset + index
         self._positions[partition] = offset + 1
         self._taken_messages += 1
-        self._taken_bytes += _record_bytes(batch.sizes[index])
+        self._taken_bytes += record_bytes(batch.sizes[index])
         key, value, headers, timestamp_ms = batch.records[index]
         return make_consumed_record(
             batch.topic, partition, offset, key, value, headers, timestamp_ms
         )
 
-    async def _replenish(self, sub: _Subscription) -> None:
+    async def _replenish(self, sub: Subscription) -> None:
         """Give the credit of taken records back to the broker."""
         if sub.error is not None or sub.ended:
             return
@@ -425,47 +371,23 @@ class Consumer:
             # A failed write shows up as the reader's error; nothing to add here.
             await self._write(sub, broker_pb2.ConsumeRequest(credit=credit))
 
-    async def _recover(self, sub: _Subscription) -> None:
+    async def _recover(self, sub: Subscription) -> None:
         """After a stream error: re-subscribe on another node if retriable and attempts remain."""
         error = sub.error
         assert error is not None
-        await self._move_on(sub.address, error)
+        await self._failover.move_on(sub.address, error)
         await self._resubscribe(dict(self._positions))
-
-    async def _move_on(self, address: str, error: WeirError) -> None:
-        """Leave the node at `address` after `error`, or raise it if that is not allowed.
-
-        Every retriable error moves: a stream that died or a subscribe that
-        failed on one node is worth trying on the next.
-        """
-        attempts_max = self._reconnect_attempts * self._conn.address_count
-        if not error.retriable or self._failures >= attempts_max:
-            raise error
-        self._failures += 1
-        await asyncio.sleep(self._conn.leave(address, error))
 
     async def _resubscribe(self, offsets: dict[int, int]) -> None:
         old = self._sub
         self._sub = None
         if old is not None:
-            await self._end_subscription(old, ClosedError("the subscription was replaced"))
-        await self._subscribe_with_failover(offsets)
-
-    async def _subscribe_with_failover(self, offsets: dict[int, int]) -> None:
-        """Subscribe on the node in use, moving on through the nodes after retriable failures."""
-        while True:
-            address = self._conn.address
-            try:
-                if not await self._conn.connect():
-                    raise UnavailableError(f"cannot connect to {address}")
-                await self._subscribe(address, offsets)
-                return
-            except WeirError as exc:
-                await self._move_on(address, exc)
+            await stream.end(old, ClosedError("the subscription was replaced"))
+        await self._failover.subscribe(lambda address: self._subscribe(address, offsets))
 
     async def _subscribe(self, address: str, offsets: dict[int, int]) -> None:
         call = consume_call(self._conn.channel(address))
-        sub = _Subscription(call=call, address=address)
+        sub = Subscription(call=call, address=address)
         self._taken_messages = self._taken_bytes = 0
         subscribe = broker_pb2.Subscribe(
             topic=self.topic,
@@ -475,31 +397,7 @@ class Consumer:
             offsets=offsets,
             credit=broker_pb2.Credit(messages=self._window_messages, bytes=self._window_bytes),
         )
-        try:
-            async with asyncio.timeout(self._request_timeout_s):
-                await call.write(broker_pb2.ConsumeRequest(subscribe=subscribe))
-                response = await call.read()
-        except TimeoutError:
-            call.cancel()
-            # A subscribe changes nothing on the broker: safe to try elsewhere.
-            raise WeirTimeoutError(
-                f"no answer to subscribe from {address} within {self._request_timeout_s:.3f}s",
-                retriable=True,
-            ) from None
-        except grpc.RpcError as exc:
-            call.cancel()
-            raise connection_lost(from_rpc_error(exc)) from None
-        except BaseException:
-            call.cancel()
-            raise
-        if not isinstance(response, bytes):
-            call.cancel()
-            raise UnavailableError("the broker ended the consume stream before subscribing")
-        response = broker_pb2.ConsumeResponse.FromString(response)
-        if response.WhichOneof("kind") != "subscribed":
-            call.cancel()
-            raise UnavailableError("the broker's first consume response was not 'subscribed'")
-        subscribed = response.subscribed
+        subscribed = await stream.handshake(call, address, subscribe, self._request_timeout_s)
         for start in subscribed.partitions:
             self._positions[start.partition] = start.offset
             self._end_offsets[start.partition] = start.end_offset
@@ -508,61 +406,14 @@ class Consumer:
             # A record of record_bytes_max must always fit into the credit.
             self._window_bytes = subscribed.record_bytes_max
             await self._write(sub, broker_pb2.ConsumeRequest(credit=broker_pb2.Credit(bytes=extra)))
-        sub.reader = asyncio.create_task(self._read(sub), name="weir-consumer-reader")
+        sub.reader = asyncio.create_task(
+            stream.read(sub, self._on_batch), name="weir-consumer-reader"
+        )
         self._sub = sub
-
-    async def _read(self, sub: _Subscription) -> None:
-        try:
-            while True:
-                raw = await sub.call.read()
-                if not isinstance(raw, bytes):  # grpc.aio.EOF
-                    sub.ended = True
-                    break
-                decoded = decode_batch_response(raw)
-                if decoded is not None:
-                    topic, partition, base_offset, end_offset, records, sizes = decoded
-                    self._on_batch(sub, topic, partition, base_offset, end_offset, records, sizes)
-                    continue
-                response = broker_pb2.ConsumeResponse.FromString(raw)
-                kind = response.WhichOneof("kind")
-                if kind == "batch":
-                    batch = response.batch
-                    self._on_batch(
-                        sub,
-                        batch.topic,
-                        batch.partition,
-                        batch.base_offset,
-                        batch.end_offset,
-                        [
-                            (
-                                record.key if record.HasField("key") else None,
-                                record.value,
-                                dict(record.headers),
-                                record.timestamp_ms,
-                            )
-                            for record in batch.records
-                        ],
-                        batch_record_sizes(raw),
-                    )
-                elif kind == "commit":
-                    fut = sub.commits.get(response.commit.commit_id)
-                    if fut is not None and not fut.done():
-                        fut.set_result(response.commit)
-        except grpc.RpcError as exc:
-            sub.error = connection_lost(from_rpc_error(exc))
-        except Exception as exc:
-            sub.error = ClosedError(f"the consumer's reader died: {exc!r}")
-            raise
-        finally:
-            failure = sub.error or UnavailableError("the consume stream ended")
-            for fut in sub.commits.values():
-                if not fut.done():
-                    fut.set_exception(failure)
-            sub.arrived.set()
 
     def _on_batch(
         self,
-        sub: _Subscription,
+        sub: Subscription,
         topic: str,
         partition: int,
         base_offset: int,
@@ -570,12 +421,10 @@ class Consumer:
         records: list[RecordFields],
         sizes: list[int],
     ) -> None:
-        if self._failures:
-            self._failures = 0
-            self._conn.succeeded(sub.address)
+        self._failover.succeeded(sub.address)
         assert len(sizes) == len(records), "record scan disagrees with the parser"
         if records:
-            sub.buffer.append(_Batch(topic or self.topic, partition, base_offset, records, sizes))
+            sub.buffer.append(Batch(topic or self.topic, partition, base_offset, records, sizes))
             sub.buffered += len(records)
         self._end_offsets[partition] = end_offset
         # The broker may only send what credit allowed; more is its bug, but
@@ -583,29 +432,6 @@ class Consumer:
         assert sub.buffered <= self._window_messages, "broker exceeded message credit"
         sub.arrived.set()
 
-    async def _write(self, sub: _Subscription, request: broker_pb2.ConsumeRequest) -> None:
+    async def _write(self, sub: Subscription, request: broker_pb2.ConsumeRequest) -> None:
         async with self._write_lock:
-            try:
-                await sub.call.write(request)
-            except grpc.RpcError as exc:
-                raise connection_lost(from_rpc_error(exc)) from None
-            except asyncio.InvalidStateError:
-                raise UnavailableError("the consume stream has ended") from None
-
-    async def _end_subscription(self, sub: _Subscription, error: WeirError) -> None:
-        if sub.error is None:
-            sub.error = error
-        for fut in sub.commits.values():
-            if not fut.done():
-                fut.set_exception(error)
-        if not sub.call.done():
-            with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError, TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await sub.call.done_writing()
-        sub.call.cancel()
-        if sub.reader is not None:
-            sub.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sub.reader
-        sub.buffer.clear()
-        sub.buffered = 0
+            await stream.write(sub, request)
