@@ -185,7 +185,7 @@ class Driver:
             if deferred:
                 await self._wait_for_budget(deferred[0])
             return
-        outcomes = await asyncio.gather(*(w.durable for w in works), return_exceptions=True)
+        outcomes = await self._durable(works)
         commits = self._storage.writer_stats()["writer_commits"] - commits_before
         stats.turns += 1
         stats.turn_groups += len(works)
@@ -217,6 +217,25 @@ class Driver:
             if group.raw.has_ready():
                 self.dirty[group] = None
         self._send(late)
+
+    async def _durable(self, works: list[_Work]) -> list[BaseException | None]:
+        """Waits until this turn's writes are durable: each work's outcome (None: durable).
+
+        Usually one future resolved where the writer completes its turn, so
+        the driver wakes one loop iteration after the commit; awaiting every
+        group's own future (each a callback chained on the writer's) cost
+        three iterations, ~0.7 ms at p50 and 2.5 ms at p90 on a leader whose
+        loop also serves clients. Only when some write failed are the groups'
+        own futures asked which of them did.
+        """
+        try:
+            await self._storage.writes_done()
+        except StorageError:
+            pass
+        else:
+            return [None] * len(works)
+        outcomes = await asyncio.gather(*(w.durable for w in works), return_exceptions=True)
+        return [o if isinstance(o, BaseException) else None for o in outcomes]
 
     def _persist(self, group: Group, deferred: list[Group]) -> _Work | None:
         """Step 1 for one group: take its Ready, reserve, submit its writes."""

@@ -261,6 +261,11 @@ class NodeStorage:
         with writer.hold():
             yield
 
+    def writes_done(self) -> asyncio.Future[None]:
+        """Resolves once every write submitted so far is committed (see `GroupCommitWriter.barrier`)."""
+        _, writer = self._open_parts()
+        return writer.barrier()
+
     async def drop_partition_log(self, group_id: int) -> None:
         _, writer = self._open_parts()
         dropped = LogClosedError(f"partition log of group {group_id} was dropped")

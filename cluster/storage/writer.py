@@ -181,6 +181,11 @@ class GroupCommitWriter:
             collections.deque()
         )
         self._idle_waiters: list[asyncio.Future[None]] = []
+        # Ops submitted and ops whose turn ended (committed or failed), in
+        # submission order (turns are FIFO), and the barriers waiting on them.
+        self._ops_submitted = 0
+        self._ops_ended = 0
+        self._barriers: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._failed: StorageError | None = None
         self._failure_listeners: list[Callable[[StorageError], None]] = []
         # Non-fatal write failures (storage full): the latest one while writes
@@ -291,7 +296,39 @@ class GroupCommitWriter:
             self.release(op.size_bytes)
             raise fatal
         self._outstanding_ops += 1
+        self._ops_submitted += 1
         return future
+
+    def barrier(self) -> asyncio.Future[None]:
+        """A future that resolves once every op submitted so far has committed.
+
+        It fails (with the first error seen) if any op still pending now
+        fails. It is resolved directly where the writer's turn completes, so
+        its awaiter wakes one loop iteration after the commit; the Raft host
+        waits on it once per turn rather than on a chain of per-group futures.
+        The future belongs to its caller: cancelling it touches no op.
+        """
+        future: asyncio.Future[None] = self._loop.create_future()
+        if self._failed is not None:
+            future.set_exception(self._failed)
+        elif self._ops_ended >= self._ops_submitted:
+            future.set_result(None)
+        else:
+            self._barriers.append((self._ops_submitted, future))
+        return future
+
+    def _end_ops(self, count: int, error: StorageError | None) -> None:
+        """`count` more ops ended: settle the barriers they complete (all of them on error)."""
+        self._ops_ended += count
+        barriers = self._barriers
+        while barriers and (error is not None or barriers[0][0] <= self._ops_ended):
+            _, future = barriers.popleft()
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
@@ -394,6 +431,7 @@ class GroupCommitWriter:
                     future.set_result(None)
             elif not future.done():
                 future.set_exception(error)
+        self._end_ops(len(ops), error)
         self._grant_space()
         self._check_idle()
         if error is None and self._failing is not None:
@@ -416,6 +454,7 @@ class GroupCommitWriter:
         with self._cond:
             if self._rejecting is error:
                 self._rejecting = None
+        self._end_ops(len(ops), error)
         self._set_failing(error)
         self._grant_space()
         self._check_idle()

@@ -203,6 +203,46 @@ def test_writer_death_fails_every_waiter(tmp_path: pathlib.Path) -> None:
     run(main)
 
 
+def test_barrier_resolves_after_every_earlier_op_and_fails_with_them(
+    tmp_path: pathlib.Path,
+) -> None:
+    async def main() -> None:
+        async with storage(tmp_path) as s:
+            writer = _writer(s)
+            assert writer.barrier().done()  # nothing pending
+            blocker = BlockingOp()
+            blocked = asyncio.create_task(writer.run(blocker))
+            await asyncio.to_thread(blocker.entered.wait, STEP_TIMEOUT_S)
+            ticket = await s.partition_log(GROUP).append(b"p", 1, 1)
+            barrier = s.writes_done()
+            later = await s.partition_log(GROUP + 1).append(b"q", 1, 1)
+            await asyncio.sleep(0.01)
+            assert not barrier.done()
+            blocker.release.set()
+            await barrier
+            # Everything submitted before the barrier committed before it resolved.
+            assert blocked.done() or await blocked is None
+            assert s.partition_log(GROUP).end_offset == 1
+            await asyncio.gather(ticket.durable, later.durable)
+            # A failure of an op the barrier covers fails the barrier.
+            blocker = BlockingOp()
+            blocked = asyncio.create_task(writer.run(blocker))
+            await asyncio.to_thread(blocker.entered.wait, STEP_TIMEOUT_S)
+            exploded = asyncio.create_task(writer.run(ExplodingOp()))
+            await asyncio.sleep(0)
+            barrier = writer.barrier()
+            blocker.release.set()
+            with pytest.raises(StorageError):
+                await barrier
+            with pytest.raises(StorageError):
+                await exploded
+            await blocked
+            with pytest.raises(StorageError):
+                await writer.barrier()
+
+    run(main)
+
+
 def test_drop_partition_log_removes_every_row(tmp_path: pathlib.Path) -> None:
     async def main() -> None:
         async with storage(tmp_path) as s:
