@@ -1,0 +1,238 @@
+"""`weir topic create | list | describe | delete`, and how topics and replicas print.
+
+`describe` asks each partition's leader for its replicas' lag (only a
+leader knows it); `cluster status` uses the same replica cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+import weir
+from weir.errors import WeirError
+from weir.server.cli_common import (
+    EXIT_OK,
+    add_command,
+    bootstrap,
+    emit_json,
+    table,
+    wants_json,
+)
+
+
+def limit(value: int) -> str:
+    return "unlimited" if value < 0 else str(value)
+
+
+def replica_dict(replica: weir.ReplicaInfo) -> dict[str, Any]:
+    return {
+        "node_id": replica.node_id,
+        "address": replica.address,
+        "alive": replica.alive,
+        "lag_entries": replica.lag_entries,
+    }
+
+
+def replicas_cell(partition: weir.PartitionInfo) -> str:
+    """`1:0,2:3,3:dead`: each replica with its lag in entries (`?` unknown, `dead`)."""
+    if not partition.replicas:
+        return ",".join(str(n) for n in partition.replica_ids)
+    cells = []
+    for replica in partition.replicas:
+        if not replica.alive:
+            state = "dead"
+        elif replica.lag_entries < 0:
+            state = "?"
+        else:
+            state = str(replica.lag_entries)
+        cells.append(f"{replica.node_id}:{state}")
+    return ",".join(cells)
+
+
+# A replica further behind its leader than this counts as under-replicated
+# (the caught-up bound leader balancing uses, docs/cluster.md).
+LAG_ENTRIES_UNDER_REPLICATED = 64
+
+
+def under_replicated(partition: weir.PartitionInfo) -> bool:
+    """Seen from its leader: a replica not alive, or lagging; no leader counts too."""
+    if partition.leader_id == 0:
+        return True
+    return any(
+        not r.alive or r.lag_entries > LAG_ENTRIES_UNDER_REPLICATED for r in partition.replicas
+    )
+
+
+def _from_leaders(topic: weir.TopicInfo) -> weir.TopicInfo:
+    """The topic with each partition's replicas as its leader sees them (lag known).
+
+    Only a partition's leader knows how far behind each replica is, so the
+    partitions the answering node does not lead are asked of their leaders;
+    a leader that cannot be reached leaves what the first node said.
+    """
+    by_leader: dict[str, list[int]] = {}
+    for p in topic.partitions:
+        if p.leader_address and any(r.lag_entries < 0 and r.alive for r in p.replicas):
+            by_leader.setdefault(p.leader_address, []).append(p.partition)
+    partitions = list(topic.partitions)
+    for address, numbers in by_leader.items():
+        try:
+            with weir.Admin(address) as admin:
+                seen = admin.describe_topic(topic.name)
+        except WeirError:
+            continue
+        for number in numbers:
+            theirs = seen.partitions[number] if number < len(seen.partitions) else None
+            mine = partitions[number]
+            if theirs is not None and theirs.leader_id == mine.leader_id:
+                partitions[number] = dataclasses.replace(mine, replicas=theirs.replicas)
+    return dataclasses.replace(topic, partitions=tuple(partitions))
+
+
+def _topic_dict(topic: weir.TopicInfo, with_partitions: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": topic.name,
+        "partitions": topic.partition_count,
+        "replication_factor": topic.replication_factor,
+        "retention_bytes": topic.config.retention_bytes,
+        "retention_ms": topic.config.retention_ms,
+        "record_bytes_max": topic.config.record_bytes_max,
+    }
+    if with_partitions:
+        out["partition_states"] = [
+            {
+                "partition": p.partition,
+                "start_offset": p.start_offset,
+                "end_offset": p.end_offset,
+                "size_bytes": p.size_bytes,
+                "leader_id": p.leader_id,
+                "leader_address": p.leader_address,
+                "replica_ids": list(p.replica_ids),
+                "replicas": [replica_dict(r) for r in p.replicas],
+                "under_replicated": under_replicated(p) if p.replicas else False,
+            }
+            for p in topic.partitions
+        ]
+    return out
+
+
+def _topic_create(args: argparse.Namespace) -> int:
+    with weir.Admin(bootstrap(args)) as admin:
+        topic = admin.create_topic(
+            args.name,
+            args.partitions,
+            args.replication_factor,
+            retention_bytes=args.retention_bytes,
+            retention_ms=args.retention_ms,
+            record_bytes_max=args.record_bytes_max,
+        )
+    if wants_json(args):
+        emit_json(_topic_dict(topic))
+    else:
+        print(
+            f"created topic {topic.name} ({topic.partition_count} partitions, "
+            f"replication factor {topic.replication_factor})"
+        )
+    return EXIT_OK
+
+
+def _topic_list(args: argparse.Namespace) -> int:
+    with weir.Admin(bootstrap(args)) as admin:
+        topics = admin.list_topics()
+    if wants_json(args):
+        emit_json([_topic_dict(t) for t in topics])
+        return EXIT_OK
+    rows = [
+        (
+            t.name,
+            t.partition_count,
+            t.replication_factor,
+            limit(t.config.retention_bytes),
+            limit(t.config.retention_ms),
+            t.config.record_bytes_max,
+        )
+        for t in topics
+    ]
+    headers = ("TOPIC", "PARTITIONS", "RF", "RETENTION_BYTES", "RETENTION_MS", "RECORD_BYTES_MAX")
+    print(table(headers, rows))
+    return EXIT_OK
+
+
+def _topic_describe(args: argparse.Namespace) -> int:
+    with weir.Admin(bootstrap(args)) as admin:
+        topic = admin.describe_topic(args.name)
+    topic = _from_leaders(topic)
+    if wants_json(args):
+        emit_json(_topic_dict(topic, with_partitions=True))
+        return EXIT_OK
+    config = topic.config
+    print(f"topic:              {topic.name}")
+    print(f"partitions:         {topic.partition_count}")
+    print(f"replication factor: {topic.replication_factor}")
+    print(f"retention bytes:    {limit(config.retention_bytes)}")
+    print(f"retention ms:       {limit(config.retention_ms)}")
+    print(f"record bytes max:   {config.record_bytes_max}")
+    print()
+    rows = [
+        (
+            p.partition,
+            p.start_offset,
+            p.end_offset,
+            p.size_bytes,
+            p.leader_id or "-",
+            p.leader_address or "-",
+            replicas_cell(p),
+        )
+        for p in topic.partitions
+    ]
+    headers = ("PARTITION", "START", "END", "SIZE_BYTES", "LEADER", "LEADER_ADDRESS", "REPLICAS")
+    print(table(headers, rows))
+    if any(p.replicas for p in topic.partitions):
+        print()
+        print("REPLICAS: node:lag in Raft entries behind the leader (? unknown, dead: not alive)")
+    return EXIT_OK
+
+
+def _topic_delete(args: argparse.Namespace) -> int:
+    with weir.Admin(bootstrap(args)) as admin:
+        admin.delete_topic(args.name)
+    if wants_json(args):
+        emit_json({"deleted": args.name})
+    else:
+        print(f"deleted topic {args.name}")
+    return EXIT_OK
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def add_topic_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `topic` and its subcommands."""
+    topic = subparsers.add_parser("topic", help="create, list, describe and delete topics")
+    topic_commands = topic.add_subparsers(dest="topic_command", required=True)
+
+    create = add_command(topic_commands, "create", "create a topic", _topic_create)
+    create.add_argument("name")
+    create.add_argument("--partitions", type=int, default=1, help="default %(default)s")
+    create.add_argument(
+        "--replication-factor", type=_non_negative, default=0, help="0: the cluster's default"
+    )
+    create.add_argument("--retention-bytes", type=int, help="per partition; -1: unlimited")
+    create.add_argument("--retention-ms", type=int, help="-1: unlimited")
+    create.add_argument("--record-bytes-max", type=int, help="largest record accepted")
+
+    add_command(topic_commands, "list", "list topics", _topic_list)
+
+    describe = add_command(
+        topic_commands, "describe", "a topic and its partitions", _topic_describe
+    )
+    describe.add_argument("name")
+
+    delete = add_command(topic_commands, "delete", "delete a topic and its records", _topic_delete)
+    delete.add_argument("name")
