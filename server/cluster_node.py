@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -46,7 +46,7 @@ import grpc.aio
 
 from weir.cluster import controller as ctl
 from weir.cluster.host import HostConfig, HostError, RaftHost
-from weir.cluster.storage import LogClosedError, NodeStorage, StorageError, StorageFullError
+from weir.cluster.storage import NodeStorage, StorageError
 from weir.cluster.transport.service import server_options
 from weir.server.cluster_leaders import LeaderBalancer, LeaderWatch
 from weir.server.cluster_meta import ClusterMetadata, ControlProposer, describe_leader
@@ -55,6 +55,7 @@ from weir.server.cluster_topics import ClusterOffsets, ClusterTopics
 from weir.server.config import NodeConfig
 from weir.server.errors import BrokerError
 from weir.server.produce import ProducePath
+from weir.server.retention import SkipPartition, Target, retention_limits, retention_loop
 
 log = logging.getLogger("weir.server.cluster")
 
@@ -333,57 +334,30 @@ class ClusterRuntime:
     # -- retention ----------------------------------------------------------------------
 
     async def _retention_loop(self) -> None:
-        """Trims this node's replica of every partition whose topic has a retention limit.
+        """Trims this node's replica of every partition whose topic has a retention limit."""
+        await retention_loop(
+            self._storage,
+            self._retention_targets,
+            self._trim,
+            self.config.retention_check_interval_ms / 1000,
+        )
 
-        Each replica trims its own copy, as Raft nodes compact their logs
-        independently: every replica holds the same entries with the same
-        append times, so each cuts at the same entry boundaries once it has
-        applied them. A damaged partition is skipped with a WARNING until
-        restart, as on a single node; a full storage is retried next round;
-        a dead storage writer ends the task and stops the node.
-        """
-        interval_s = self.config.retention_check_interval_ms / 1000
-        damaged: set[int] = set()
-        while True:
-            await asyncio.sleep(interval_s)
-            running = set(self.host.groups())
-            for topic in self.metadata.state.topics():
-                config = topic.config
-                if config.retention_bytes < 0 and config.retention_ms < 0:
-                    continue
+    def _retention_targets(self) -> Iterator[Target]:
+        running = set(self.host.groups())
+        for topic in self.metadata.state.topics():
+            bounds = retention_limits(topic.config.retention_bytes, topic.config.retention_ms)
+            if bounds is not None:
                 for number, group_id in enumerate(topic.group_ids):
-                    if group_id in damaged or group_id not in running:
-                        continue
-                    try:
-                        self.host.compact_partition(
-                            group_id,
-                            None if config.retention_bytes < 0 else config.retention_bytes,
-                            None if config.retention_ms < 0 else config.retention_ms,
-                        )
-                    except (HostError, LogClosedError):
-                        continue  # stopped or deleted while this round ran
-                    except StorageFullError as exc:
-                        log.warning(
-                            "retention of partition %d of topic %r failed, storage is full: %s",
-                            number,
-                            topic.name,
-                            exc,
-                        )
-                    except StorageError as exc:
-                        if self._storage.write_error is not None and not isinstance(
-                            self._storage.write_error, StorageFullError
-                        ):
-                            raise
-                        damaged.add(group_id)
-                        log.warning(
-                            "retention skips partition %d of topic %r until restart: "
-                            "damaged data: %s",
-                            number,
-                            topic.name,
-                            exc,
-                        )
-                # Many partitions: let the loop serve others between topics.
-                await asyncio.sleep(0)
+                    if group_id in running:
+                        yield (topic.name, number, group_id, *bounds)
+
+    async def _trim(
+        self, group_id: int, retention_bytes: int | None, retention_ms: int | None
+    ) -> None:
+        try:
+            self.host.compact_partition(group_id, retention_bytes, retention_ms)
+        except HostError as exc:
+            raise SkipPartition(str(exc)) from exc
 
 
 class ClusterView:

@@ -76,7 +76,7 @@ from weir.server.replicator import NotHostedError, Replicator
 from weir.server.topics import Topic
 from weir.v1 import broker_pb2
 
-# Requests may be MALFORMED (see node._parser), hence Any.
+# Requests may be MALFORMED (see services.py), hence Any.
 Context = grpc.aio.ServicerContext[Any, bytes]
 
 # Commits a stream may have read but not yet answered. The reader stops

@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -38,7 +38,7 @@ from weir.server.produce import ProducePath
 from weir.server.produce_forward import Forwarder
 from weir.server.registry import Offsets, Topics
 from weir.server.replicator import LocalReplicator, Replicator
-from weir.server.retention import retention_loop
+from weir.server.retention import Target, retention_limits, retention_loop
 from weir.server.services import (
     BROKER_SERVICE,
     HEALTH_SERVICE,
@@ -47,7 +47,7 @@ from weir.server.services import (
     add_services,
     writer_died,
 )
-from weir.server.topics import TopicRegistry
+from weir.server.topics import Topic, TopicRegistry
 
 # Names that lived here before the service wiring moved to `services`.
 __all__ = [
@@ -169,7 +169,10 @@ class Node:
                         (
                             "retention",
                             retention_loop(
-                                storage, topics, self.config.retention_check_interval_ms / 1000
+                                storage,
+                                lambda: _retention_targets(topics.all()),
+                                storage.enforce_retention,
+                                self.config.retention_check_interval_ms / 1000,
                             ),
                         ),
                         ("topic data drops", topics.drop_deleted_data(offsets.forget_log)),
@@ -289,3 +292,12 @@ class Node:
         self._produce.stop()
         await health.shutdown()
         await server.stop(self.config.shutdown_grace_ms / 1000)
+
+
+def _retention_targets(topics: Iterable[Topic]) -> Iterator[Target]:
+    for topic in topics:
+        config = topic.config
+        bounds = retention_limits(config.retention_bytes, config.retention_ms)
+        if bounds is not None:
+            for partition, group_id in enumerate(topic.group_ids):
+                yield (topic.name, partition, group_id, *bounds)
