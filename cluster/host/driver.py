@@ -13,10 +13,14 @@ Each turn (DESIGN §4):
    its own fsync (thesis §10.2.1; the core counts the leader's copy only
    once `advance()` reports it durable);
 3. apply committed entries (the partition's index rows join the same
-   writer turn; `on_apply` for opaque groups);
+   writer turn; `on_apply` for opaque groups). A partition's committed entry
+   whose log row is already committed here is visible to readers from this
+   moment and its tickets resolve now, without waiting for this turn's fsync
+   (DESIGN §4 "Committed-only reads": visibility follows the commit; the
+   index rows written on apply do not gate it);
 4. await durability, then send the rest (vote grants, append
    acknowledgements and everything else that promises a durable state),
-   resolve tickets and `advance()`.
+   resolve the remaining tickets and `advance()`.
 
 Messages, ticks and proposals that arrive while a turn waits for the disk
 are stepped into the RawNodes at once (the core allows input while a Ready
@@ -288,13 +292,18 @@ class Driver:
                 group.on_snapshot(ready.snapshot.data)
             group.app_applied = max(group.app_applied, index)
         on_apply = group.on_apply
+        # Committed and readable here (partitions only): decide its tickets now.
+        visible = group.storage.visible_index if group.partition else 0
         for entry in ready.committed_entries:
             if entry.index <= group.app_applied:
                 continue
             result: object = None
             if entry.type is EntryType.NORMAL and on_apply is not None:
                 result = on_apply(entry)
-            work.applied.append((entry, result))
+            if entry.index <= visible:
+                group.waiters.on_applied(entry, result)
+            else:
+                work.applied.append((entry, result))
             group.app_applied = entry.index
 
     def _send(self, batches: dict[NodeId, list[tuple[int, Message]]]) -> None:

@@ -373,7 +373,7 @@ class RaftHost:
     # ---- reads and status ---------------------------------------------------------------
 
     def partition_log(self, group_id: int) -> PartitionLog:
-        """The group's applied-only offset view (any replica serves reads from it)."""
+        """The group's committed-only offset view (any replica serves reads from it)."""
         log = self._group(group_id).partition_log
         assert log is not None, f"group {group_id} is not a partition"
         return log
@@ -401,7 +401,8 @@ class RaftHost:
         return self._group(group_id).raw.raft.log.committed
 
     def applied_index(self, group_id: int) -> int:
-        """The highest index applied here (for a partition: visible to readers)."""
+        """The highest index whose apply is durable here (a partition's readers may
+        see further: committed entries are visible before their apply is durable)."""
         group = self._group(group_id)
         if group.partition:
             return group.storage.applied_index

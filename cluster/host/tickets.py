@@ -1,9 +1,12 @@
 """What a proposer holds while its entry travels: tickets, and the group's waiters.
 
 A proposal is identified by (index, term). Its outcome is decided only by
-applying (DESIGN §4 "Offsets at propose time"): the entry at its index
-applied with the same term means committed, with another term means not
-written (safe to retry). A deadline, or the group or host stopping, leaves
+the committed entry at its index (DESIGN §4 "Offsets at propose time"): the
+same term means committed, another term means not written (safe to retry);
+committed entries are final. The driver decides a partition's waiters as
+soon as the entry is committed and readable on this node, before the apply
+(index rows, applied index) is durable; an opaque group's once its apply is
+durable. A deadline, or the group or host stopping, leaves
 the outcome unknown. Nothing else resolves a waiter early: a leader that
 steps down keeps its waiters, because the new leader's log soon tells
 whether the entry survived.
@@ -24,8 +27,9 @@ class AppendTicket:
     """A record batch proposed to a partition group.
 
     `leader_durable` resolves (to `base_offset`) once the leader's own copy
-    is durable (acks=LEADER); `committed` once the entry is applied with the
-    proposal's term (acks=ALL). Both fail with a `HostError`.
+    is durable (acks=LEADER); `committed` once the entry is committed with the
+    proposal's term and readable on this node (acks=ALL). Both fail with a
+    `HostError`.
     """
 
     group_id: int
@@ -108,7 +112,8 @@ class Waiters:
                     _set_durable(waiter)
 
     def on_applied(self, entry: Entry, result: object) -> None:
-        """`entry` was applied (its index rows are durable): decide every waiter at its index."""
+        """`entry` is committed (for a partition: readable here, for an opaque group:
+        its apply durable): decide every waiter at its index."""
         waiters = self._by_index.pop(entry.index, None)
         if waiters is None:
             return

@@ -2,9 +2,11 @@
 
 The Raft log is the partition log: a RECORDS batch is the data of a NORMAL
 Raft entry (codec.py). Offsets become visible to readers when their entry is
-*applied*: its offset and time index rows are written then, and
-`end_offset` (the high watermark) follows the applied index, never the local
-fsync (DESIGN §4 "Committed-only reads").
+known *committed* and its log row is committed on this node
+(`on_committed`), never on the local fsync alone (DESIGN §4 "Committed-only
+reads"). Its offset and time index rows are written when it is applied, in
+the same or a later writer turn (`on_applied`); until then `read()` finds
+the entry through a small in-memory map of the visible but unindexed tail.
 
 Two writers feed it. A Raft group's `LmdbRaftStorage` appends entries and
 applies them as Raft commits them. The single-node path (`append()`, used by
@@ -17,11 +19,12 @@ verify every entry's checksums.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..raft.types import EntryType
@@ -124,6 +127,15 @@ class PartitionLog:
         self._listeners: list[Callable[[], None]] = []
         self._closed: StorageError | None = None
         self._truncating = False
+        # Visibility runs ahead of the index rows (on_committed): the highest
+        # visible Raft index, the offset after the last indexed (applied)
+        # batch, and (base_offset, raft index) of every visible batch whose
+        # index rows are not committed yet, oldest first. The map holds at
+        # most the committed entries of the writer turns in flight, which the
+        # apply budget and the writer's queue bound.
+        self._visible_index = state.applied_index
+        self._indexed_end_offset = state.end_offset
+        self._unindexed: list[tuple[int, int]] = []
 
     @property
     def start_offset(self) -> int:
@@ -131,7 +143,7 @@ class PartitionLog:
 
     @property
     def end_offset(self) -> int:
-        """The high watermark: the offset after the last applied (committed) batch."""
+        """The high watermark: the offset after the last visible (committed) batch."""
         return self._state.end_offset
 
     @property
@@ -227,8 +239,29 @@ class PartitionLog:
         state.last_term = SINGLE_NODE_TERM
         return AppendTicket(base_offset, durable)
 
+    def on_committed(self, entries: Sequence[tuple[int, int]]) -> None:
+        """Entries `(raft index, offset after it)`, oldest first, continuing the visible
+        ones, are committed and their log rows are committed here: readers may see them.
+
+        Their index rows may not be written yet; `read()` finds them through
+        the unindexed map until `on_applied` covers them.
+        """
+        if not entries:
+            return
+        state = self._state
+        end = state.end_offset
+        for raft_index, next_offset in entries:
+            assert raft_index > self._visible_index, "visibility moves forward only"
+            if next_offset > end:
+                self._unindexed.append((end, raft_index))
+                end = next_offset
+            self._visible_index = raft_index
+        if end > state.end_offset:
+            state.end_offset = end
+            self._wake_data_waiters()
+
     def on_applied(self, applied_index: int, end_offset: int) -> None:
-        """The index rows up to `applied_index` are committed: readers may see them.
+        """The index rows up to `applied_index` are committed (and the entries visible).
 
         Called on the loop by the commit callbacks of the log's writers; turns
         complete in FIFO order, so these only move forward.
@@ -236,6 +269,14 @@ class PartitionLog:
         state = self._state
         if applied_index > state.applied_index:
             state.applied_index = applied_index
+        self._visible_index = max(self._visible_index, applied_index)
+        self._indexed_end_offset = max(self._indexed_end_offset, end_offset)
+        unindexed = self._unindexed
+        cut = 0
+        while cut < len(unindexed) and unindexed[cut][1] <= applied_index:
+            cut += 1
+        if cut:
+            del unindexed[:cut]
         if end_offset > state.end_offset:
             state.end_offset = end_offset
             self._wake_data_waiters()
@@ -262,20 +303,26 @@ class PartitionLog:
         group_id = self.group_id
         batches: list[StoredBatch] = []
         total_bytes = 0
+        unindexed = self._unindexed
         with self._env.read() as txn:
-            row = txn.floor(
-                Db.OFFSET_INDEX, keys.offset_key(group_id, offset), keys.group_key(group_id)
-            )
-            if row is None:
-                raise CorruptEntryError(
-                    f"group {group_id}: no offset index row at or below {offset}"
+            if unindexed and offset >= unindexed[0][0]:
+                # Visible, but its index rows are not written yet.
+                at = bisect.bisect_right(unindexed, offset, key=lambda row: row[0]) - 1
+                first_index = unindexed[at][1]
+            else:
+                row = txn.floor(
+                    Db.OFFSET_INDEX, keys.offset_key(group_id, offset), keys.group_key(group_id)
                 )
-            first_index = keys.unpack_u64(bytes(row[1]))
-            # Committed-only reads: never past the applied index.
+                if row is None:
+                    raise CorruptEntryError(
+                        f"group {group_id}: no offset index row at or below {offset}"
+                    )
+                first_index = keys.unpack_u64(bytes(row[1]))
+            # Committed-only reads: never past the visible (committed) index.
             scan = txn.iterate(
                 Db.LOG,
                 keys.log_key(group_id, first_index),
-                keys.log_key(group_id, state.applied_index + 1),
+                keys.log_key(group_id, self._visible_index + 1),
             )
             for visited, (_, value) in enumerate(scan):
                 row_header = decode_row_header(value)
@@ -326,7 +373,9 @@ class PartitionLog:
             )
         state = self._state
         if row is None:
-            return state.end_offset
+            # The answer may be in the visible tail whose time index rows are
+            # not written yet: start there (earlier, never later, than exact).
+            return min(self._indexed_end_offset, state.end_offset)
         _, _, base_offset = keys.parse_time_key(row[0])
         if base_offset >= state.end_offset:
             return state.end_offset

@@ -4,7 +4,11 @@ The Raft log is the partition log (no second copy): entry rows in `log`, hard
 state in `hardstate`, first index, applied index and the snapshot (with its
 configuration) in `group_meta`. For a partition group the group's
 `PartitionLog` shares the rows and the numbers (`LogState`); its offsets
-become visible to readers when `apply_entries()` has written their index rows.
+become visible to readers as soon as their entries are known committed
+(`apply_entries()`) and their log rows are committed on this node, which
+for a leader is usually at once and for a follower at the latest when the
+turn that wrote them commits. The index rows and the applied index follow
+in the writer turn `apply_entries()` joins.
 
 Writes are asynchronous. The protocol's writes (`append`, `set_hard_state`,
 `truncate_prefix`, `apply_snapshot`) are synchronous calls made by the host
@@ -26,6 +30,7 @@ Restart reads O(1) rows (`state.load_group`), and the term cache answers
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 from collections.abc import Sequence
 
@@ -116,6 +121,14 @@ class LmdbRaftStorage:
             self._terms.append(state.next_index - 1, state.last_term)
         # The offset after the newest entry submitted for applying.
         self._applied_next_offset = state.end_offset
+        # Entries submitted for applying (so committed) whose log rows are not
+        # committed here yet, (index, offset after it), oldest first; and the
+        # highest index made visible to readers. A leader may count a quorum
+        # of followers before its own write lands, and a follower may learn
+        # that entries are committed in the Ready that writes them: neither
+        # becomes visible before its row can be read back.
+        self._unrevealed: collections.deque[tuple[int, int]] = collections.deque()
+        self._visible_index = state.applied_index
         self._credit_bytes = 0
         self._last_future: asyncio.Future[None] | None = None
         self._failed: StorageError | None = None
@@ -310,6 +323,8 @@ class LmdbRaftStorage:
         state.applied_submitted = index
         self._applied_next_offset = next_offset
         self._pending.clear()
+        self._unrevealed.clear()
+        self._visible_index = max(self._visible_index, index)
         self._terms.reset(index + 1)
         self._snapshot = snapshot
         if self._log is not None:
@@ -336,6 +351,12 @@ class LmdbRaftStorage:
         """The highest index handed to `apply_entries` (durable or not): a new
         RawNode over this storage resumes after it (`RawNode(applied=...)`)."""
         return self._state.applied_submitted
+
+    @property
+    def visible_index(self) -> int:
+        """The highest index visible to readers: committed, its log row committed
+        here; its apply (index rows, applied index) may not be durable yet."""
+        return self._visible_index
 
     @property
     def next_offset(self) -> int:
@@ -424,9 +445,13 @@ class LmdbRaftStorage:
         the applied index in one writer turn.
 
         `entries` continue the applied index (a Ready's `committed_entries`).
-        When the turn commits, the PartitionLog's `end_offset` (the high
-        watermark) moves past them and waiting consumers wake; the returned
-        future resolves then.
+        They are committed, so each becomes visible (the PartitionLog's
+        `end_offset`, the high watermark, moves past it and waiting consumers
+        wake) as soon as its log row is committed here: at once for rows
+        written in an earlier turn, else when their turn commits. The index
+        rows do not gate visibility: a crash before they are durable loses
+        nothing, since a restart re-applies the durable log to the same
+        offsets. The returned future resolves when the apply is durable.
         """
         self._check()
         done: asyncio.Future[None] = self._loop.create_future()
@@ -450,9 +475,11 @@ class LmdbRaftStorage:
                         IndexRow(entry.index, batch.base_offset, batch.max_timestamp_ms)
                     )
                     next_offset = batch.next_offset
+            self._unrevealed.append((entry.index, next_offset))
         applied = entries[-1].index
         state.applied_submitted = applied
         self._applied_next_offset = next_offset
+        self._reveal()
         op = LogWriteOp(
             self.group_id,
             (),
@@ -471,7 +498,21 @@ class LmdbRaftStorage:
 
     # ---- internals ------------------------------------------------------------------
 
+    def _reveal(self) -> None:
+        """Makes the committed entries whose log rows are committed here visible."""
+        unrevealed = self._unrevealed
+        stored_hi = self._pending_lo()
+        if not unrevealed or unrevealed[0][0] >= stored_hi:
+            return
+        revealed: list[tuple[int, int]] = []
+        while unrevealed and unrevealed[0][0] < stored_hi:
+            revealed.append(unrevealed.popleft())
+        self._visible_index = revealed[-1][0]
+        if self._log is not None:
+            self._log.on_committed(revealed)
+
     def _on_applied(self, applied: int, end_offset: int) -> None:
+        self._visible_index = max(self._visible_index, applied)
         if self._log is not None:
             self._log.on_applied(applied, end_offset)
         else:
@@ -514,6 +555,7 @@ class LmdbRaftStorage:
             cut += 1
         if cut:
             del pending[:cut]
+            self._reveal()
 
     def _on_op_done(self, future: asyncio.Future[None]) -> None:
         _retrieve(future)

@@ -32,9 +32,11 @@ class LogState:
 
     `first_index`/`start_offset` move when a prefix truncation is submitted;
     `next_index`/`next_offset`/`size_bytes`/`last_term` follow the tail as
-    written (including writes the writer has not committed yet); and
-    `applied_index`/`end_offset` move when the offset index rows of applied
-    entries are committed: `end_offset` is the high watermark readers see.
+    written (including writes the writer has not committed yet);
+    `applied_index` moves when the offset index rows of applied entries are
+    committed; and `end_offset`, the high watermark readers see, moves when
+    entries are known committed and their log rows are committed here (for a
+    Raft group, possibly before their index rows: see `PartitionLog`).
     `first_index - 1 <= applied_index <= applied_submitted < next_index`.
     """
 

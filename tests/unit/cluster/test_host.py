@@ -1,8 +1,9 @@
 """RaftHost on one node (a one-voter group, real LMDB in tmp_path, no peers).
 
 What needs no network: a failed write reopens the group, a dead driver fails
-every waiter and its owner sees it, retention compacts through Raft, a
-stopped host refuses work. Three-node behaviour is in
+every waiter and its owner sees it, a committed record is readable and
+acknowledged before its apply is durable, retention compacts through Raft,
+a stopped host refuses work. Three-node behaviour is in
 tests/integration/test_host_cluster.py.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import random
+import threading
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -24,6 +26,8 @@ from weir.cluster.host import (
 )
 from weir.cluster.raft.types import Entry
 from weir.cluster.storage import NodeStorage, StorageConfig, StorageError
+from weir.cluster.storage.ops import LogWriteOp
+from weir.cluster.storage.writer import WriteOp
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -113,6 +117,56 @@ def test_a_dead_driver_fails_every_waiter_and_its_owner_sees_it(tmp_path: pathli
                 host.submit(0, b"after")
 
     run(main)
+
+
+def test_a_committed_record_is_read_and_acknowledged_before_its_apply_is_durable(
+    tmp_path: pathlib.Path,
+) -> None:
+    # DESIGN §4 "Committed-only reads": visibility follows the commit, and
+    # the index rows written on apply do not gate it. The writer is held at
+    # the first turn that writes index rows, so the apply cannot be durable.
+    held = threading.Event()
+    release = threading.Event()
+
+    async def main() -> None:
+        async with (
+            NodeStorage(StorageConfig(path=tmp_path)) as storage,
+            RaftHost(config(), storage, random.Random(1)) as host,
+        ):
+            _, writer = storage._open_parts()
+            commit = writer._commit
+
+            def held_commit(ops: list[WriteOp]) -> None:
+                if any(isinstance(op, LogWriteOp) and op.index_rows for op in ops):
+                    held.set()
+                    release.wait(20)
+                commit(ops)
+
+            host.start_group(1, [1], partition=True)
+            await eventually(lambda: host.is_leader(1))
+            writer._commit = held_commit  # type: ignore[method-assign]
+            log = host.partition_log(1)
+            try:
+                ticket = host.append_batch(1, b"early", 2, 0)
+                assert await ticket.committed == 0
+                assert await ticket.leader_durable == 0
+                raft = storage.raft_storage(1)
+                assert raft.applied_index < ticket.index <= raft.visible_index
+                # The apply's turn reaches the writer, which holds it: the
+                # reads below run while the index rows cannot be committed.
+                assert await asyncio.to_thread(held.wait, 5)
+                assert raft.applied_index < ticket.index
+                assert log.end_offset == 2
+                assert [(b.base_offset, b.payload) for b in log.read(0, 1 << 20)] == [(0, b"early")]
+            finally:
+                release.set()
+            await eventually(lambda: host.applied_index(1) >= ticket.index)
+            assert [b.base_offset for b in log.read(1, 1 << 20)] == [0]
+
+    try:
+        run(main)
+    finally:
+        release.set()
 
 
 def test_retention_compacts_through_raft(tmp_path: pathlib.Path) -> None:

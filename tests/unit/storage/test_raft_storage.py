@@ -1,6 +1,6 @@
 """LmdbRaftStorage beyond the conformance suite: reopen, crashes, suffix
 truncation, compaction, the term cache, bounded reads, O(1) loading, and the
-apply path that moves a partition's high watermark."""
+apply path (the high watermark moves when entries are known committed)."""
 
 from __future__ import annotations
 
@@ -277,7 +277,7 @@ def test_loading_a_large_log_reads_a_constant_number_of_rows(env: LoopStorage) -
     assert again.partition_log is not None and again.partition_log.end_offset == 4000
 
 
-def test_high_watermark_follows_apply_not_fsync(env: LoopStorage) -> None:
+def test_high_watermark_follows_commit_not_fsync(env: LoopStorage) -> None:
     storage = env.node.raft_storage(GROUP)
     log = storage.partition_log
     assert log is not None
@@ -289,9 +289,10 @@ def test_high_watermark_follows_apply_not_fsync(env: LoopStorage) -> None:
     env.settle()
     assert not waiter.done()
     applied = storage.apply_entries(storage.entries(1, 3, 1 << 20))
-    assert log.end_offset == 0  # moves when the index rows commit
-    env.wait(applied)
+    # Committed, rows durable: visible at once, before the index rows commit.
+    assert (log.end_offset, storage.applied_index) == (2, 0)
     env.wait(waiter)
+    env.wait(applied)
     assert (log.end_offset, storage.applied_index) == (2, 2)
     assert [b.payload for b in log.read(0, 1 << 20)] == [bytes([1]) * 10, bytes([2]) * 10]
     with pytest.raises(StorageError):
