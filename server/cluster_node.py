@@ -54,8 +54,8 @@ from weir.server.cluster_replicator import RaftReplicator
 from weir.server.cluster_topics import ClusterOffsets, ClusterTopics
 from weir.server.config import NodeConfig
 from weir.server.errors import BrokerError
-from weir.server.produce import ProducePath
 from weir.server.retention import SkipPartition, Target, retention_limits, retention_loop
+from weir.server.services import BROKER_SERVICE, produce_method
 
 log = logging.getLogger("weir.server.cluster")
 
@@ -94,10 +94,6 @@ class PartitionView:
     leader_id: int
     leader_address: str
     replicas: tuple[ReplicaView, ...]
-
-
-def _identity(raw: bytes) -> bytes:
-    return raw
 
 
 class ClusterRuntime:
@@ -220,7 +216,7 @@ class ClusterRuntime:
         return self._peer_addresses.get(node_id, "")
 
     def _forwarded_produce_handlers(self) -> grpc.GenericRpcHandler:
-        async def produce(_requests: object, context: Any) -> None:
+        async def produce(context: Any) -> None:
             if self._produce is None:
                 # The node has not finished starting; the forwarder answers
                 # its client NOT_LEADER and the client retries.
@@ -229,16 +225,8 @@ class ClusterRuntime:
             await self._produce(context)
 
         return grpc.method_handlers_generic_handler(
-            "weir.v1.BrokerService",
-            {
-                "Produce": grpc.stream_stream_rpc_method_handler(
-                    produce,
-                    request_deserializer=ProducePath.request_parser(
-                        self.config.produce_request_records_max
-                    ),
-                    response_serializer=_identity,
-                )
-            },
+            BROKER_SERVICE,
+            {"Produce": produce_method(produce, self.config.produce_request_records_max)},
         )
 
     def background(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:

@@ -47,6 +47,7 @@ import grpc
 import grpc.aio
 
 from weir.server.errors import from_proto, not_leader, outcome_unknown
+from weir.server.wire import encode_varint, identity
 from weir.v1 import broker_pb2
 
 logger = logging.getLogger(__name__)
@@ -73,18 +74,6 @@ class ForwardConfig:
     message_bytes_max: int = 64 << 20
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def encode_request(
     request_id: int, topic: str, partition: int, acks: broker_pb2.Acks, batch: bytes
 ) -> bytes:
@@ -95,11 +84,7 @@ def encode_request(
         partition=partition,
         acks=acks,
     ).SerializeToString()
-    return head + _BATCH_TAG + _varint(len(batch)) + batch
-
-
-def _identity(raw: bytes) -> bytes:
-    return raw
+    return head + _BATCH_TAG + encode_varint(len(batch)) + batch
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -240,7 +225,7 @@ class _Link:
                 else:
                     call = channel.stream_stream(
                         PRODUCE_METHOD,
-                        request_serializer=_identity,
+                        request_serializer=identity,
                         response_deserializer=broker_pb2.ProduceResponse.FromString,
                     )(metadata=((FORWARDED_KEY, "1"),))
                     cause = await self._serve(call)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -29,6 +29,7 @@ from weir.server.admin import AdminServicer
 from weir.server.consume import ConsumePath
 from weir.server.errors import abort, malformed
 from weir.server.produce import ProducePath
+from weir.server.wire import identity
 from weir.v1 import admin_pb2, broker_pb2
 
 log = logging.getLogger("weir.server")
@@ -60,10 +61,6 @@ def _parser(message_type: Any) -> Callable[[bytes], object]:
             return MALFORMED
 
     return parse
-
-
-def _identity(raw: bytes) -> bytes:
-    return raw
 
 
 def _serialize(message: Message) -> bytes:
@@ -216,6 +213,25 @@ def writer_died(storage: NodeStorage) -> bool:
     return error is not None and not isinstance(error, StorageFullError)
 
 
+def produce_method(
+    serve: Callable[[Any], Awaitable[None]], records_max: int
+) -> grpc.RpcMethodHandler[Any, bytes]:
+    """The Produce method: our own request parser in front of `serve(context)`.
+
+    Served on the client port, and in a cluster on the peer port too (work
+    other nodes forward here).
+    """
+
+    async def handler(_requests: object, context: Any) -> None:
+        await serve(context)
+
+    return grpc.stream_stream_rpc_method_handler(
+        handler,
+        request_deserializer=ProducePath.request_parser(records_max),
+        response_serializer=identity,
+    )
+
+
 def add_services(
     server: grpc.aio.Server,
     produce: ProducePath,
@@ -226,24 +242,17 @@ def add_services(
 ) -> None:
     """Add the broker, admin, health and reflection services to `server`."""
 
-    async def produce_handler(_requests: object, context: Any) -> None:
-        await produce.serve(context)
-
     async def consume_handler(_requests: object, context: Any) -> None:
         await consume.serve(context)
 
     broker = grpc.method_handlers_generic_handler(
         BROKER_SERVICE,
         {
-            "Produce": grpc.stream_stream_rpc_method_handler(
-                produce_handler,
-                request_deserializer=produce.request_parser(produce_request_records_max),
-                response_serializer=_identity,
-            ),
+            "Produce": produce_method(produce.serve, produce_request_records_max),
             "Consume": grpc.stream_stream_rpc_method_handler(
                 consume_handler,
                 request_deserializer=_parser(broker_pb2.ConsumeRequest),
-                response_serializer=_identity,
+                response_serializer=identity,
             ),
         },
     )

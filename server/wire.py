@@ -24,6 +24,11 @@ _END_OFFSET_TAG = b"\x28"  # ConsumedBatch.end_offset (field 5)
 _RESPONSE_BATCH_TAG = b"\x12"  # ConsumeResponse.batch (field 2)
 
 
+def identity(raw: bytes) -> bytes:
+    """A gRPC (de)serializer for messages the broker encodes or decodes itself."""
+    return raw
+
+
 def encode_varint(value: int) -> bytes:
     assert value >= 0, value
     if value < 0x80:
