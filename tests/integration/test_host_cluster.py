@@ -7,17 +7,16 @@ grpc.aio server on a free loopback port. Waits have deadlines
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import pathlib
 import random
-import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import grpc.aio
 import pytest
 
+from tests.support.aio import eventually, free_port, run
 from weir.cluster.host import (
     HostConfig,
     NotLeaderError,
@@ -45,28 +44,6 @@ FAST_HOST: dict[str, Any] = {
     "heartbeat_ticks": 2,
     "quiesce_after_ticks": 5,
 }
-
-
-def run(main: Callable[[], Awaitable[None]], timeout_s: float = 80) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(timeout_s):
-            await main()
-
-    asyncio.run(bounded())
-
-
-async def eventually(predicate: Callable[[], bool], timeout_s: float = 20) -> None:
-    async with asyncio.timeout(timeout_s):
-        # Polling is the point: the predicates read state that nothing signals.
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Node:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 import pytest
 
+from tests.support import aio
+from tests.support.aio import free_port
 from weir.cluster.raft.types import Entry, Message, MessageType
 from weir.cluster.transport import (
     PeerTransport,
@@ -28,6 +30,10 @@ from weir.cluster.transport import (
     server_options,
 )
 from weir.cluster.v1 import peer_pb2 as pb
+
+# This module's deadlines.
+run = functools.partial(aio.run, timeout_s=45)
+eventually = functools.partial(aio.eventually, timeout_s=15)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,28 +47,6 @@ FAST: dict[str, Any] = {
     "close_timeout_ms": 1000,
 }
 EXCHANGE = "/weir.cluster.v1.PeerService/Exchange"
-
-
-def run(main: Callable[[], Awaitable[None]], timeout_s: float = 45) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(timeout_s):
-            await main()
-
-    asyncio.run(bounded())
-
-
-async def eventually(predicate: Callable[[], bool], timeout_s: float = 15) -> None:
-    async with asyncio.timeout(timeout_s):
-        # Polling is the point: the predicates read counters that nothing signals.
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Node:

@@ -10,13 +10,14 @@ tests/integration/test_host_cluster.py.
 from __future__ import annotations
 
 import asyncio
+import functools
 import pathlib
 import random
 import threading
-from collections.abc import Awaitable, Callable
 
 import pytest
 
+from tests.support import aio
 from weir.cluster.host import (
     HostConfig,
     HostStoppedError,
@@ -28,6 +29,10 @@ from weir.cluster.raft.types import Entry
 from weir.cluster.storage import NodeStorage, StorageConfig, StorageError
 from weir.cluster.storage.ops import LogWriteOp
 from weir.cluster.storage.writer import WriteOp
+
+# This module's deadlines.
+run = functools.partial(aio.run, timeout_s=25)
+eventually = functools.partial(aio.eventually, timeout_s=10, interval_s=0.005)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -41,21 +46,6 @@ def config() -> HostConfig:
         heartbeat_ticks=1,
         quiesce_after_ticks=3,
     )
-
-
-def run(main: Callable[[], Awaitable[None]]) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(25):
-            await main()
-
-    asyncio.run(bounded())
-
-
-async def eventually(predicate: Callable[[], bool]) -> None:
-    async with asyncio.timeout(10):
-        # Polling is the point: the predicates read state that nothing signals.
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
 
 
 def test_a_failed_write_reopens_the_group_from_disk(tmp_path: pathlib.Path) -> None:

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import pathlib
 import random
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -28,6 +27,7 @@ from tests.integration.test_host_cluster import (
     eventually,
     free_port,
 )
+from tests.support.aio import run
 from weir.cluster.host import HostConfig, NotLeaderError, RaftHost
 from weir.cluster.storage import NodeStorage, StorageConfig
 from weir.cluster.transport import TransportConfig, server_options
@@ -44,14 +44,6 @@ pytestmark = pytest.mark.timeout(90)
 
 TOPIC = "events"
 GROUPS = (1, 2, 3)
-
-
-def run(main: Callable[[], Awaitable[None]], timeout_s: float = 80) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(timeout_s):
-            await main()
-
-    asyncio.run(bounded())
 
 
 class FixedTopics:
