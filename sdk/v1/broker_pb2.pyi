@@ -183,11 +183,13 @@ class CommitResult(_message.Message):
     def __init__(self, commit_id: _Optional[int] = ..., offsets: _Optional[_Iterable[_Union[PartitionOffset, _Mapping]]] = ..., error: _Optional[_Union[_errors_pb2.Error, _Mapping]] = ...) -> None: ...
 
 class ConsumeResponse(_message.Message):
-    __slots__ = ("subscribed", "batch", "commit")
+    __slots__ = ("subscribed", "batch", "commit", "notice")
     SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
     subscribed: Subscribed
     batch: ConsumedBatch
     commit: CommitResult
-    def __init__(self, subscribed: _Optional[_Union[Subscribed, _Mapping]] = ..., batch: _Optional[_Union[ConsumedBatch, _Mapping]] = ..., commit: _Optional[_Union[CommitResult, _Mapping]] = ...) -> None: ...
+    notice: _errors_pb2.Error
+    def __init__(self, subscribed: _Optional[_Union[Subscribed, _Mapping]] = ..., batch: _Optional[_Union[ConsumedBatch, _Mapping]] = ..., commit: _Optional[_Union[CommitResult, _Mapping]] = ..., notice: _Optional[_Union[_errors_pb2.Error, _Mapping]] = ...) -> None: ...
