@@ -22,6 +22,7 @@ class ProgressState(enum.Enum):
 
 class Progress:
     __slots__ = (
+        "heard_tick",
         "inflight",
         "inflight_max",
         "is_learner",
@@ -29,7 +30,6 @@ class Progress:
         "next",
         "paused",
         "pending_snapshot",
-        "recent_active",
         "snapshot_elapsed",
         "state",
     )
@@ -45,8 +45,10 @@ class Progress:
         self.inflight_max = inflight_max
         self.pending_snapshot = 0
         self.snapshot_elapsed = 0
-        # Heard from since the last CheckQuorum round.
-        self.recent_active = False
+        # The leader's tick (`Raft.leader_ticks`) when this member last
+        # answered; CheckQuorum's sliding window reads it. 0, the tick the
+        # leader took office, gives a new member one window of grace.
+        self.heard_tick = 0
         self.is_learner = is_learner
 
     def __repr__(self) -> str:

@@ -70,6 +70,9 @@ class Raft:
         self.votes: dict[NodeId, bool] = {}
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
+        # Leader: ticks since it took office, the clock of CheckQuorum (each
+        # Progress records the value when its member last answered).
+        self.leader_ticks = 0
         self.randomized_timeout = config.election_ticks
         self.lead_transferee = NONE
         # Leader: ticks since the transfer started; its own clock, so that a
@@ -119,6 +122,7 @@ class Raft:
         self.leader = NONE
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
+        self.leader_ticks = 0
         # §5.2: randomized timeouts in [T, 2T) make split votes rare.
         election_ticks = self.config.election_ticks
         self.randomized_timeout = election_ticks + self.rng.randrange(election_ticks)
@@ -182,7 +186,6 @@ class Raft:
             )
         me = self.progress[self.id]
         me.become_replicate()
-        me.recent_active = True
         # Only what the host has persisted counts towards our own vote in commits.
         me.maybe_update(self.log.unstable_offset - 1)
         # §5.4.2/§8: an entry of our term lets us commit (and learn) earlier ones.
@@ -300,13 +303,12 @@ class Raft:
             self.campaign(pre_vote=self.config.pre_vote)
 
     def _tick_leader(self) -> None:
+        # A leader's election_elapsed stays 0, so in_lease() holds while it leads.
         self.heartbeat_elapsed += 1
-        self.election_elapsed += 1
-        if self.election_elapsed >= self.config.election_ticks:
-            self.election_elapsed = 0
-            if self.config.check_quorum and not self._quorum_active():
-                self.become_follower(self.term, NONE)
-                return
+        self.leader_ticks += 1
+        if self.config.check_quorum and not self._quorum_active():
+            self.become_follower(self.term, NONE)
+            return
         if self.lead_transferee != NONE:
             self.transfer_elapsed += 1
             if self.transfer_elapsed >= self.config.election_ticks:
@@ -322,15 +324,35 @@ class Raft:
             self.heartbeat_elapsed = 0
             self.bcast_heartbeat()
 
+    def check_quorum_ticks(self) -> int:
+        """CheckQuorum's window: a quorum must have answered within this many ticks.
+
+        One tick less than the election timeout T, checked at every tick: a
+        sliding window, where one verdict per T over the activity of the
+        last T ends a cut-off leadership only 1-2 T after the cut. An answer
+        arrives at or after the tick it is stamped with (`leader_ticks` at
+        receipt), so a leader cut off from its quorum steps down at most
+        T - 1 of its ticks after the cut; the tick left over covers a late
+        tick and the host's turn that reports the change, keeping the end
+        within T. While the quorum is reachable, answers to heartbeats sent
+        every `heartbeat_ticks` (< T - 1 by default) keep it well inside.
+        """
+        return self.config.election_ticks - 1
+
+    def heard_recently(self, pr: Progress) -> bool:
+        """Leader: whether the member of `pr` answered within the CheckQuorum window."""
+        return self.leader_ticks - pr.heard_tick < self.check_quorum_ticks()
+
     def _quorum_active(self) -> bool:
-        """CheckQuorum (thesis §6.2): did a majority answer during the last timeout?"""
+        """CheckQuorum (thesis §6.2): has a quorum of voters, us included, answered lately?"""
         active = 0
-        for node, pr in self.progress.items():
+        for node in self.conf.voters:
             if node == self.id:
-                pr.recent_active = True
-            if pr.recent_active and node in self.conf.voters:
                 active += 1
-            pr.recent_active = node == self.id
+            else:
+                pr = self.progress.get(node)
+                if pr is not None and self.heard_recently(pr):
+                    active += 1
         return active >= self.quorum()
 
     # -- requests from the host (through RawNode) --------------------------------------
@@ -483,7 +505,7 @@ class Raft:
 
     def _send_snapshot(self, to: NodeId, pr: Progress) -> bool:
         # Only to a follower that answers: a snapshot can be large.
-        if not pr.recent_active:
+        if not self.heard_recently(pr):
             return False
         try:
             snapshot = self.log.storage.snapshot()
@@ -573,7 +595,7 @@ class Raft:
             pr = self.progress.get(node)
             if pr is None:
                 pr = Progress(self.log.last_index() + 1, self.config.inflight_messages_max, False)
-                pr.recent_active = True  # give it a timeout's grace before CheckQuorum
+                pr.heard_tick = self.leader_ticks  # a window's grace before CheckQuorum
                 self.progress[node] = pr
                 self.send_append(node)
             pr.is_learner = node in self.conf.learners

@@ -21,13 +21,13 @@ def step_leader(r: Raft, m: Message) -> None:
     if pr is None:
         return  # not (or no longer) a member
     if m.type is MessageType.APPEND_RESP:
-        pr.recent_active = True
+        pr.heard_tick = r.leader_ticks
         if m.reject:
             _on_append_rejected(r, m)
         else:
             _on_append_acked(r, m)
     elif m.type is MessageType.HEARTBEAT_RESP:
-        pr.recent_active = True
+        pr.heard_tick = r.leader_ticks
         # Appends or their answers may have been lost; a heartbeat answer shows
         # the follower is reachable, so open the window by one to retry.
         pr.heard_from()

@@ -6,7 +6,8 @@ A script is a sequence of blocks:
     ----
     expected output lines
 
-Commands drive an `Env` (see `run_command`); the output is the trace of every
+Commands drive an `Env` (see `run_command`; `tick N K` ticks node N K
+times and then delivers, `elapse N K` delivers after each tick); the output is the trace of every
 message exchanged until the cluster is quiet, then anything the command
 reports. Set `WEIR_REWRITE=1` to rewrite the expected outputs from the
 current behaviour and review the change as a diff.
@@ -61,6 +62,15 @@ def run_command(env: Env, words: list[str]) -> list[str]:
         out.append(f"result: {env.nodes[int(args[0])].propose(str(args[1]).encode())}")
     elif name == "tick":
         env.tick(int(args[0]), int(args[1]) if len(args) > 1 else 1)
+    elif name == "elapse":
+        # Ticks one node repeatedly, delivering everything after each tick.
+        trace: list[str] = []
+        for _ in range(int(args[1])):
+            env.tick(int(args[0]))
+            trace += [format_message(m) for m in env.stabilize()]
+            trace += [f"dropped {format_message(m)}" for m in env.dropped]
+            env.dropped.clear()
+        return trace
     elif name == "isolate":
         env.isolate(int(args[0]))
     elif name == "heal":
