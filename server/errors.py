@@ -31,6 +31,8 @@ from weir.v1 import errors_pb2
 
 ERROR_DOMAIN = "weir"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# The ErrorInfo metadata key that carries `BrokerError.retriable` in a trailer.
+RETRIABLE_KEY = "retriable"
 
 _RETRIABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
@@ -65,9 +67,15 @@ class BrokerError(Exception):
         )
 
     def status_trailer(self) -> tuple[tuple[str, bytes]]:
-        """The `grpc-status-details-bin` trailer: google.rpc.Status + ErrorInfo."""
+        """The `grpc-status-details-bin` trailer: google.rpc.Status + ErrorInfo.
+
+        ErrorInfo has no field for "retry may succeed", so the trailer carries
+        it as metadata `retriable` ("true"/"false"): a client that only sees
+        the status then decides as one that reads `weir.v1.Error.retriable`.
+        """
+        metadata = {**self.metadata, RETRIABLE_KEY: "true" if self.retriable else "false"}
         info = error_details_pb2.ErrorInfo(
-            reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+            reason=self.reason, domain=ERROR_DOMAIN, metadata=metadata
         )
         detail = any_pb2.Any()
         detail.Pack(info)

@@ -45,10 +45,35 @@ def test_error_trailer_carries_error_info() -> None:
         grpc.StatusCode.NOT_FOUND.value[0],
         "TOPIC_NOT_FOUND",
         "weir",
-        {"topic": "t"},
+        {"topic": "t", "retriable": "false"},
     )
     assert not error.retriable
     assert BrokerError(grpc.StatusCode.UNAVAILABLE, "X", "y").retriable
+
+
+@pytest.mark.parametrize(
+    ("code", "retriable"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, "true"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "true"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "false"),
+        (grpc.StatusCode.OUT_OF_RANGE, "false"),
+    ],
+)
+def test_error_trailer_says_whether_a_retry_may_succeed(
+    code: grpc.StatusCode, retriable: str
+) -> None:
+    """The trailer's ErrorInfo carries `retriable`, as the in-stream weir.v1.Error does."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    error = BrokerError(code, "R", "m", {"partition": 1})
+    ((_, raw),) = error.status_trailer()
+    info = error_details_pb2.ErrorInfo()
+    assert status_pb2.Status.FromString(raw).details[0].Unpack(info)
+    assert info.metadata["retriable"] == retriable
+    assert error.to_proto().retriable == (retriable == "true")
+    # The in-stream Error has a field of its own; its metadata stays as given.
+    assert dict(error.to_proto().metadata) == {"partition": "1"}
 
 
 @pytest.mark.parametrize(
