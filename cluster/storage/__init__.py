@@ -29,6 +29,14 @@ from .errors import (
 from .log import AppendTicket, PartitionLog, RetentionPlan, StoredBatch
 from .meta import MetaStore
 from .node import Durability, NodeStorage, StorageConfig
+from .producers import (
+    OutOfOrderSequenceError,
+    ProducerError,
+    ProducerFencedError,
+    ProducerFields,
+    ProducerTable,
+    UnknownProducerIdError,
+)
 from .raft_storage import LmdbRaftStorage
 
 __all__ = [
@@ -46,13 +54,19 @@ __all__ = [
     "MetaStore",
     "NodeStorage",
     "OffsetOutOfRangeError",
+    "OutOfOrderSequenceError",
     "PartitionLog",
+    "ProducerError",
+    "ProducerFencedError",
+    "ProducerFields",
+    "ProducerTable",
     "RetentionPlan",
     "StorageConfig",
     "StorageError",
     "StorageFullError",
     "StoredBatch",
     "UnavailableError",
+    "UnknownProducerIdError",
     "decode_partition_snapshot",
     "decode_row",
     "encode_batch",

@@ -17,9 +17,17 @@ computed before the put and checked after the get (DESIGN §8).
 
 In a partition group the `data` of every NORMAL entry is a batch:
 
-    batch  = kind u8 (RECORDS=1, CONTROL=2) | flags u8 (0) | reserved u16 (0) |
+    batch  = kind u8 (RECORDS=1, CONTROL=2) | flags u8 | reserved u16 (0) |
              record_count u32 | base_offset u64 | max_timestamp_ms i64 |
-             append_time_ms i64 | payload
+             append_time_ms i64 | [producer] | payload
+    producer = producer_id u64 | epoch u32 | first_sequence u32 |
+             expiry_ms u64 | producers_max u32 | reserved u32 (0)
+
+`producer` is present when flag PRODUCER (0x01) is set: the batch came from
+an idempotent producer (producers.py). It carries the leader's expiry and
+eviction bounds too, so applying it is the same on every replica. The
+payload (the stored `RecordBatch`) stays Weir's canonical encoding either
+way, so consumers are served the same bytes.
 
 The leader decides `base_offset` (and the append time) when it proposes
 (DESIGN §4 "Offsets at propose time"), so the entry carries everything a
@@ -36,6 +44,7 @@ from dataclasses import dataclass
 
 from ..raft.types import ConfState, Entry, EntryType, HardState, NodeId, SnapshotMeta
 from .errors import CorruptEntryError
+from .producers import ProducerFields
 
 # Version 2: rows are Raft entries (raft EntryType numbers) with batches in `data`.
 ENTRY_FORMAT_VERSION = 2
@@ -50,6 +59,9 @@ _ROW_CHECKED_BYTES = ROW_HEADER_BYTES - 4
 
 _BATCH = struct.Struct(">BBHIQqq")
 BATCH_HEADER_BYTES = _BATCH.size
+BATCH_FLAG_PRODUCER = 0x01
+_PRODUCER = struct.Struct(">QIIQII")
+PRODUCER_HEADER_BYTES = _PRODUCER.size
 # Where a batch's payload starts inside a stored row.
 ROW_PAYLOAD_START = ROW_HEADER_BYTES + BATCH_HEADER_BYTES
 
@@ -82,6 +94,14 @@ class BatchHeader:
     base_offset: int
     max_timestamp_ms: int
     append_time_ms: int
+    producer: ProducerFields | None = None
+
+    @property
+    def header_bytes(self) -> int:
+        """Where the payload starts in the batch (the header with its producer part)."""
+        if self.producer is None:
+            return BATCH_HEADER_BYTES
+        return BATCH_HEADER_BYTES + PRODUCER_HEADER_BYTES
 
     @property
     def takes_offsets(self) -> bool:
@@ -159,13 +179,36 @@ def encode_batch(
     max_timestamp_ms: int,
     append_time_ms: int,
     payload: bytes,
+    producer: ProducerFields | None = None,
 ) -> bytes:
     """The `Entry.data` of a NORMAL entry in a partition group."""
     if kind is BatchKind.CONTROL and record_count != 0:
         raise ValueError("only RECORDS batches carry records")
     if kind is BatchKind.RECORDS and record_count <= 0:
         raise ValueError(f"a batch holds at least one record, got {record_count}")
-    head = _BATCH.pack(int(kind), 0, 0, record_count, base_offset, max_timestamp_ms, append_time_ms)
+    if producer is None:
+        head = _BATCH.pack(
+            int(kind), 0, 0, record_count, base_offset, max_timestamp_ms, append_time_ms
+        )
+        return head + payload
+    if kind is not BatchKind.RECORDS:
+        raise ValueError("only RECORDS batches carry producer fields")
+    head = _BATCH.pack(
+        int(kind),
+        BATCH_FLAG_PRODUCER,
+        0,
+        record_count,
+        base_offset,
+        max_timestamp_ms,
+        append_time_ms,
+    ) + _PRODUCER.pack(
+        producer.producer_id,
+        producer.epoch,
+        producer.first_sequence,
+        producer.expiry_ms,
+        producer.producers_max,
+        0,
+    )
     return head + payload
 
 
@@ -178,13 +221,23 @@ def decode_batch_header(data: bytes | memoryview, at: int = 0) -> BatchHeader:
     """The batch header at `at` in `data` (an Entry's data, or a row at ROW_HEADER_BYTES)."""
     if len(data) - at < BATCH_HEADER_BYTES:
         raise CorruptEntryError(f"batch of {len(data) - at} bytes is shorter than its header")
-    raw_kind, _flags, _reserved, count, base, max_ts, append_ms = _BATCH.unpack_from(data, at)
+    raw_kind, flags, _reserved, count, base, max_ts, append_ms = _BATCH.unpack_from(data, at)
     kind = _BATCH_KINDS.get(raw_kind)
     if kind is None:
         raise CorruptEntryError(f"unknown batch kind {raw_kind}")
     if (kind is BatchKind.RECORDS) != (count > 0):
         raise CorruptEntryError(f"{kind.name} batch with {count} records")
-    return BatchHeader(kind, count, base, max_ts, append_ms)
+    if not flags:
+        return BatchHeader(kind, count, base, max_ts, append_ms)
+    if flags != BATCH_FLAG_PRODUCER or kind is not BatchKind.RECORDS:
+        raise CorruptEntryError(f"{kind.name} batch with unknown flags {flags:#04x}")
+    if len(data) - at < BATCH_HEADER_BYTES + PRODUCER_HEADER_BYTES:
+        raise CorruptEntryError("batch is shorter than its producer header")
+    pid, epoch, first_sequence, expiry_ms, producers_max, _ = _PRODUCER.unpack_from(
+        data, at + BATCH_HEADER_BYTES
+    )
+    producer = ProducerFields(pid, epoch, first_sequence, expiry_ms, producers_max)
+    return BatchHeader(kind, count, base, max_ts, append_ms, producer)
 
 
 def entry_next_offset(entry: Entry, previous_next_offset: int) -> int:
@@ -212,7 +265,7 @@ def payload_bytes_of(entry_type: EntryType, data: bytes | memoryview, at: int = 
     batch = decode_batch_header(data, at)
     if not batch.takes_offsets:
         return 0
-    return len(data) - at - BATCH_HEADER_BYTES
+    return len(data) - at - batch.header_bytes
 
 
 # ---- group metadata -------------------------------------------------------------
@@ -314,23 +367,56 @@ def decode_snapshot(value: bytes | memoryview) -> tuple[SnapshotMeta, bytes]:
 # The application bytes of a partition group's snapshot start with the offset
 # that follows the snapshot's index: a follower that installs the snapshot has
 # none of the rows before it, so this is how it learns where its offsets go on.
+# Version 2 adds the partition's producer table (producers.py), which the
+# follower takes over as it is; version 1 (no producers) still decodes.
 _PARTITION_SNAPSHOT = struct.Struct(">BQ")
-PARTITION_SNAPSHOT_FORMAT_VERSION = 1
+_PRODUCER_TABLE_BYTES = struct.Struct(">I")
+PARTITION_SNAPSHOT_FORMAT_VERSION = 2
 
 
-def encode_partition_snapshot(next_offset: int, app_state: bytes = b"") -> bytes:
-    """`Snapshot.data` for a partition group (what the host passes to `RawNode.compact`)."""
-    return _PARTITION_SNAPSHOT.pack(PARTITION_SNAPSHOT_FORMAT_VERSION, next_offset) + app_state
+def encode_partition_snapshot(
+    next_offset: int, app_state: bytes = b"", producers: bytes = b""
+) -> bytes:
+    """`Snapshot.data` for a partition group (what the host passes to `RawNode.compact`).
+
+    `producers` is `producers.encode_table` of the partition's table, or
+    empty for none.
+    """
+    return (
+        _PARTITION_SNAPSHOT.pack(PARTITION_SNAPSHOT_FORMAT_VERSION, next_offset)
+        + _PRODUCER_TABLE_BYTES.pack(len(producers))
+        + producers
+        + app_state
+    )
+
+
+def _split_partition_snapshot(data: bytes) -> tuple[int, bytes, bytes]:
+    if len(data) < _PARTITION_SNAPSHOT.size:
+        raise CorruptEntryError(f"partition snapshot of {len(data)} bytes is too short")
+    version, next_offset = _PARTITION_SNAPSHOT.unpack_from(data)
+    at = _PARTITION_SNAPSHOT.size
+    if version == 1:
+        return next_offset, b"", data[at:]
+    if version != PARTITION_SNAPSHOT_FORMAT_VERSION:
+        raise CorruptEntryError(f"unknown partition snapshot format version {version}")
+    if len(data) < at + _PRODUCER_TABLE_BYTES.size:
+        raise CorruptEntryError("partition snapshot is too short for its producer table")
+    (size,) = _PRODUCER_TABLE_BYTES.unpack_from(data, at)
+    at += _PRODUCER_TABLE_BYTES.size
+    if len(data) < at + size:
+        raise CorruptEntryError("partition snapshot's producer table is truncated")
+    return next_offset, data[at : at + size], data[at + size :]
 
 
 def decode_partition_snapshot(data: bytes) -> tuple[int, bytes]:
     """Returns (next offset, application state) of a partition group's snapshot data."""
-    if len(data) < _PARTITION_SNAPSHOT.size:
-        raise CorruptEntryError(f"partition snapshot of {len(data)} bytes is too short")
-    version, next_offset = _PARTITION_SNAPSHOT.unpack_from(data)
-    if version != PARTITION_SNAPSHOT_FORMAT_VERSION:
-        raise CorruptEntryError(f"unknown partition snapshot format version {version}")
-    return next_offset, data[_PARTITION_SNAPSHOT.size :]
+    next_offset, _, app_state = _split_partition_snapshot(data)
+    return next_offset, app_state
+
+
+def partition_snapshot_producers(data: bytes) -> bytes:
+    """The encoded producer table of a partition snapshot (empty: none)."""
+    return _split_partition_snapshot(data)[1]
 
 
 # ---- hard state -------------------------------------------------------------------

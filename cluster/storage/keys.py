@@ -12,6 +12,8 @@ the Raft host will write the same keys with real terms and indexes.
     offset_index  group u32 | base_offset u64             -> raft index u64
     time_index    group u32 | max_ts (i64 as u64) | base_offset u64 -> raft index u64
     meta          len(namespace) u8 | namespace | key     -> value
+    producers     group u32 | producer id u64             -> producer state (producers.py)
+    producers     group u32 | 0 (u64)                     -> offset the table covers, u64
 """
 
 from __future__ import annotations
@@ -56,6 +58,17 @@ def parse_log_key(key: bytes) -> tuple[int, int]:
     """Returns (group id, raft index)."""
     group_id, raft_index = _GROUP_U64.unpack(key)
     return group_id, raft_index
+
+
+def producer_key(group_id: int, producer_id: int) -> bytes:
+    """A producer's row; producer id 0 (never handed out) holds the table's covered offset."""
+    return _GROUP_U64.pack(group_id, producer_id)
+
+
+def parse_producer_key(key: bytes) -> tuple[int, int]:
+    """Returns (group id, producer id)."""
+    group_id, producer_id = _GROUP_U64.unpack(key)
+    return group_id, producer_id
 
 
 def offset_key(group_id: int, base_offset: int) -> bytes:

@@ -21,7 +21,7 @@ import lmdb
 
 from .errors import StorageError, StorageFullError
 
-# Room for the six databases below plus a few more before a format change.
+# Room for the seven databases below plus a few more before a format change.
 DATABASES_MAX = 16
 # Concurrent read transactions: the event loop, the bench, the writer's reads.
 READERS_MAX = 126
@@ -47,6 +47,7 @@ class Db(enum.Enum):
     OFFSET_INDEX = b"offset_index"
     TIME_INDEX = b"time_index"
     META = b"meta"
+    PRODUCERS = b"producers"
 
 
 def translate_error(exc: lmdb.Error) -> StorageError:

@@ -32,6 +32,7 @@ from . import keys
 from .codec import (
     BATCH_HEADER_BYTES,
     GROUP_META_BYTES,
+    PRODUCER_HEADER_BYTES,
     ROW_HEADER_BYTES,
     BatchKind,
     decode_batch_header,
@@ -44,7 +45,23 @@ from .codec import (
 )
 from .errors import CorruptEntryError, OffsetOutOfRangeError, StorageError
 from .lmdbenv import Db, LmdbEnv
-from .ops import INDEX_ROW_BYTES, IndexRow, LogWriteOp, TruncatePrefixOp
+from .ops import (
+    INDEX_ROW_BYTES,
+    PRODUCER_KEY_BYTES,
+    IndexRow,
+    LogWriteOp,
+    TruncatePrefixOp,
+)
+from .producers import (
+    ENTRY_BYTES_MAX,
+    EVICTIONS_PER_APPLY_MAX,
+    Changes,
+    Duplicate,
+    ProducerError,
+    ProducerFields,
+    decide,
+    encode_entry,
+)
 from .state import FIRST_RAFT_INDEX, LogState
 from .writer import GroupCommitWriter, WriteOp
 
@@ -61,6 +78,11 @@ READ_ENTRIES_MAX = 4096
 RETENTION_ENTRIES_MAX = 10_000
 # Term of the single-node path: a one-member group whose only term is 1.
 SINGLE_NODE_TERM = 1
+# What applying one idempotent batch may write to `producers`: its producer's
+# row and the deletes of the producers it expires or evicts.
+PRODUCER_APPLY_BYTES_MAX = (
+    PRODUCER_KEY_BYTES + ENTRY_BYTES_MAX + EVICTIONS_PER_APPLY_MAX * PRODUCER_KEY_BYTES
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +158,8 @@ class PartitionLog:
         self._visible_index = state.applied_index
         self._indexed_end_offset = state.end_offset
         self._unindexed: list[tuple[int, int]] = []
+        # The single-node path's newest append: a retried batch waits for it.
+        self._last_durable: asyncio.Future[None] | None = None
 
     @property
     def start_offset(self) -> int:
@@ -164,12 +188,25 @@ class PartitionLog:
         return self._state.applied_index
 
     async def append(
-        self, payload: bytes, record_count: int, max_timestamp_ms: int
+        self,
+        payload: bytes,
+        record_count: int,
+        max_timestamp_ms: int,
+        producer: ProducerFields | None = None,
     ) -> AppendTicket:
-        """Single-node path: writes a RECORDS batch and applies it in the same turn."""
+        """Single-node path: writes a RECORDS batch and applies it in the same turn.
+
+        With `producer` (an idempotent producer's batch) the producer check
+        runs first (producers.py): a retry of a remembered batch answers the
+        original offsets (its future resolves once everything this log
+        submitted so far is durable, the original included) and appends
+        nothing; a refused batch raises a `ProducerError`.
+        """
         if record_count <= 0:
             raise ValueError(f"a batch holds at least one record, got {record_count}")
-        return await self._append(EntryType.NORMAL, payload, record_count, max_timestamp_ms)
+        return await self._append(
+            EntryType.NORMAL, payload, record_count, max_timestamp_ms, producer
+        )
 
     async def append_control(
         self, entry_type: EntryType = EntryType.NORMAL, payload: bytes = b""
@@ -182,13 +219,21 @@ class PartitionLog:
         return await self._append(entry_type, payload, 0, 0)
 
     async def _append(
-        self, entry_type: EntryType, payload: bytes, record_count: int, max_timestamp_ms: int
+        self,
+        entry_type: EntryType,
+        payload: bytes,
+        record_count: int,
+        max_timestamp_ms: int,
+        producer: ProducerFields | None = None,
     ) -> AppendTicket:
         self._check_open()
         if self.raft_owned:
             raise StorageError(f"group {self.group_id} is replicated by Raft: propose through it")
         data_bytes = len(payload) + (BATCH_HEADER_BYTES if entry_type is EntryType.NORMAL else 0)
         index_bytes = INDEX_ROW_BYTES if record_count else 0
+        if producer is not None:
+            data_bytes += PRODUCER_HEADER_BYTES
+            index_bytes += PRODUCER_APPLY_BYTES_MAX
         reserved = WriteOp.reserved_bytes(ROW_HEADER_BYTES + data_bytes + index_bytes)
         await self._writer.reserve(reserved)
         # Nothing below awaits, so offsets are assigned in submission order.
@@ -196,20 +241,35 @@ class PartitionLog:
             self._writer.release(reserved)
             raise self._closed
         state = self._state
+        if producer is not None:
+            try:
+                decision = decide(
+                    state.producers.get(producer.producer_id), (), producer, record_count
+                )
+            except ProducerError:
+                self._writer.release(reserved)
+                raise
+            if isinstance(decision, Duplicate):
+                self._writer.release(reserved)
+                return AppendTicket(decision.base_offset, self._durable_so_far())
         raft_index = state.next_index
         base_offset = state.next_offset
         next_offset = base_offset + record_count
         index_rows: tuple[IndexRow, ...] = ()
+        changes: Changes | None = None
         if record_count:
+            append_time_ms = self._clock_ms()
             data = encode_batch(
                 BatchKind.RECORDS,
                 base_offset,
                 record_count,
                 max_timestamp_ms,
-                self._clock_ms(),
+                append_time_ms,
                 payload,
+                producer,
             )
             index_rows = (IndexRow(raft_index, base_offset, max_timestamp_ms),)
+            changes = state.producers.apply(producer, base_offset, record_count, append_time_ms)
         elif entry_type is EntryType.NORMAL:
             data = encode_control(payload)
         else:
@@ -225,19 +285,51 @@ class PartitionLog:
             [(raft_index, encode_row(entry_type, SINGLE_NODE_TERM, next_offset, data))],
             index_rows=index_rows,
             group_meta=encode_group_meta(meta),
+            producer_rows=[
+                (pid, None if entry is None else encode_entry(entry))
+                for pid, entry in (changes.rows.items() if changes else ())
+            ],
             on_commit=functools.partial(self.on_applied, raft_index, next_offset),
             on_fail=functools.partial(
-                self._on_append_failed, raft_index, record_count, size_after - state.size_bytes
+                self._on_append_failed,
+                raft_index,
+                record_count,
+                size_after - state.size_bytes,
+                changes,
             ),
         )
-        assert op.size_bytes == reserved
+        assert op.size_bytes <= reserved
+        if op.size_bytes < reserved:
+            self._writer.release(reserved - op.size_bytes)
         durable = self._writer.submit(op)
         durable.add_done_callback(_retrieve_exception)
+        self._last_durable = durable
         state.next_index = raft_index + 1
         state.next_offset = next_offset
         state.size_bytes = size_after
         state.last_term = SINGLE_NODE_TERM
         return AppendTicket(base_offset, durable)
+
+    def _durable_so_far(self) -> asyncio.Future[None]:
+        """Resolves once every append this log submitted so far is durable (ops commit FIFO)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieve_exception)
+        last = self._last_durable
+        if last is None or (last.done() and not last.cancelled() and last.exception() is None):
+            done.set_result(None)
+        else:
+
+            def copy(source: asyncio.Future[None]) -> None:
+                if done.done():
+                    return
+                error = None if source.cancelled() else source.exception()
+                if source.cancelled() or error is not None:
+                    done.set_exception(error or StorageError("the original append was cancelled"))
+                else:
+                    done.set_result(None)
+
+            last.add_done_callback(copy)
+        return done
 
     def on_committed(self, entries: Sequence[tuple[int, int]]) -> None:
         """Entries `(raft index, offset after it)`, oldest first, continuing the visible
@@ -281,10 +373,14 @@ class PartitionLog:
             state.end_offset = end_offset
             self._wake_data_waiters()
 
-    def _on_append_failed(self, raft_index: int, record_count: int, payload_bytes: int) -> None:
+    def _on_append_failed(
+        self, raft_index: int, record_count: int, payload_bytes: int, changes: Changes | None
+    ) -> None:
         # The writer undoes failed ops newest first and refuses submissions
         # until it has, so this entry is the newest one this log assigned.
         state = self._state
+        if changes is not None:
+            state.producers.undo(changes)
         assert state.next_index == raft_index + 1, (state.next_index, raft_index)
         state.next_index = raft_index
         state.applied_submitted = raft_index - 1
@@ -342,7 +438,7 @@ class PartitionLog:
                         f"group {group_id}: offset index points at batch {header.base_offset}"
                         f"+{header.record_count}, which does not contain offset {offset}"
                     )
-                payload_bytes = row_header.data_bytes - BATCH_HEADER_BYTES
+                payload_bytes = row_header.data_bytes - header.header_bytes
                 if batches and total_bytes + payload_bytes > bytes_max:
                     break
                 data = verify_row_data(value)
@@ -352,7 +448,7 @@ class PartitionLog:
                         header.record_count,
                         header.max_timestamp_ms,
                         header.append_time_ms,
-                        bytes(data[BATCH_HEADER_BYTES:]),
+                        bytes(data[header.header_bytes :]),
                     )
                 )
                 total_bytes += payload_bytes
@@ -490,7 +586,7 @@ class PartitionLog:
                 deleted += raft_index + 1 - first_index
                 first_index = raft_index + 1
                 start_offset = batch.next_offset
-                size_bytes -= row.data_bytes - BATCH_HEADER_BYTES
+                size_bytes -= row.data_bytes - batch.header_bytes
         if deleted == 0:
             return None
         return RetentionPlan(first_index, start_offset, state.size_bytes - size_bytes, deleted)

@@ -51,7 +51,7 @@ class LogWriteOp(WriteOp):
     op's value wins, which is the newest state because ops keep FIFO order.
     """
 
-    __slots__ = ("group_id", "group_meta", "index_rows", "rows", "truncate_from")
+    __slots__ = ("group_id", "group_meta", "index_rows", "producer_rows", "rows", "truncate_from")
 
     def __init__(
         self,
@@ -61,16 +61,23 @@ class LogWriteOp(WriteOp):
         truncate_from: int | None = None,
         index_rows: Sequence[IndexRow] = (),
         group_meta: bytes | None,
+        producer_rows: Sequence[tuple[int, bytes | None]] = (),
         on_commit: Callable[[], None] | None = None,
         on_fail: Callable[[], None] | None = None,
     ) -> None:
-        size = sum(len(row) for _, row in rows) + INDEX_ROW_BYTES * len(index_rows)
+        size = (
+            sum(len(row) for _, row in rows)
+            + INDEX_ROW_BYTES * len(index_rows)
+            + producer_rows_bytes(producer_rows)
+        )
         super().__init__(size, on_commit, on_fail=on_fail)
         self.group_id = group_id
         self.rows = rows
         self.truncate_from = truncate_from
         self.index_rows = index_rows
         self.group_meta = group_meta
+        # (producer id, encoded state or None to delete) of applied entries.
+        self.producer_rows = producer_rows
 
     def apply(self, turn: Turn) -> None:
         group_id = self.group_id
@@ -92,6 +99,12 @@ class LogWriteOp(WriteOp):
                     index_value,
                 )
                 turn.set_time_head(group_id, max_timestamp_ms)
+        for producer_id, value in self.producer_rows:
+            key = keys.producer_key(group_id, producer_id)
+            if value is None:
+                turn.delete(Db.PRODUCERS, key)
+            else:
+                turn.put(Db.PRODUCERS, key, value)
         if self.group_meta is not None:
             turn.put(Db.GROUP_META, keys.group_key(group_id), self.group_meta)
 
@@ -114,6 +127,12 @@ class LogWriteOp(WriteOp):
 
 # An offset index row and maybe a time index row (keys and values).
 INDEX_ROW_BYTES = 64
+# A producer row's key and what a deleted row is charged.
+PRODUCER_KEY_BYTES = 12
+
+
+def producer_rows_bytes(rows: Sequence[tuple[int, bytes | None]]) -> int:
+    return sum(PRODUCER_KEY_BYTES + (0 if value is None else len(value)) for _, value in rows)
 
 
 class MetaWriteOp(WriteOp):
@@ -197,7 +216,14 @@ class DropGroupOp(WriteOp):
 
 
 # Index rows first, the rows that recovery reads (last log entry, meta) last.
-_DROP_ORDER = (Db.OFFSET_INDEX, Db.TIME_INDEX, Db.LOG, Db.HARDSTATE, Db.GROUP_META)
+_DROP_ORDER = (
+    Db.OFFSET_INDEX,
+    Db.TIME_INDEX,
+    Db.PRODUCERS,
+    Db.LOG,
+    Db.HARDSTATE,
+    Db.GROUP_META,
+)
 
 
 def _group_has_rows(txn: WriteTxn, start: bytes, end: bytes | None) -> bool:
@@ -314,14 +340,16 @@ class TruncatePrefixOp(WriteOp):
 class InstallSnapshotOp(WriteOp):
     """Replaces a group's whole log by a snapshot received from its leader.
 
-    Deletes every log, offset index and time index row of the group and
-    writes group_meta and the snapshot row, in one transaction: a crash
+    Deletes every log, offset index, time index and producer row of the
+    group and writes group_meta, the snapshot row and the producer rows the
+    snapshot carries (`producer_rows`, with the offset the table covers under
+    producer id 0), in one transaction: a crash
     leaves either the old log or the snapshot, never a mix. (Bounded by the
     group's log, which a follower far enough behind to need a snapshot
     usually has little of; see docs/storage.md.)
     """
 
-    __slots__ = ("group_id", "group_meta", "snapshot")
+    __slots__ = ("group_id", "group_meta", "producer_rows", "snapshot")
 
     heavy = True
 
@@ -331,20 +359,29 @@ class InstallSnapshotOp(WriteOp):
         group_meta: bytes,
         snapshot: bytes,
         *,
+        producer_rows: Sequence[tuple[int, bytes | None]] = (),
         on_commit: Callable[[], None] | None = None,
         on_fail: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(len(group_meta) + len(snapshot), on_commit, on_fail=on_fail)
+        super().__init__(
+            len(group_meta) + len(snapshot) + producer_rows_bytes(producer_rows),
+            on_commit,
+            on_fail=on_fail,
+        )
         self.group_id = group_id
         self.group_meta = group_meta
         self.snapshot = snapshot
+        self.producer_rows = producer_rows
 
     def apply(self, turn: Turn) -> None:
         turn.barrier()
         group_id = self.group_id
         start, end = keys.group_key(group_id), keys.group_end(group_id)
-        for db in (Db.OFFSET_INDEX, Db.TIME_INDEX, Db.LOG):
+        for db in (Db.OFFSET_INDEX, Db.TIME_INDEX, Db.PRODUCERS, Db.LOG):
             turn.txn.delete_range(db, start, end)
         turn.set_time_head(group_id, None)
         turn.put(Db.GROUP_META, start, self.group_meta)
         turn.put(Db.GROUP_META, keys.snapshot_key(group_id), self.snapshot)
+        for producer_id, value in self.producer_rows:
+            if value is not None:
+                turn.put(Db.PRODUCERS, keys.producer_key(group_id, producer_id), value)

@@ -51,18 +51,26 @@ from .codec import (
     encode_row,
     encode_snapshot,
     entry_next_offset,
+    partition_snapshot_producers,
     payload_bytes_of,
 )
 from .errors import CompactedError, CorruptEntryError, StorageError, UnavailableError
 from .lmdbenv import Db, LmdbEnv
-from .log import PartitionLog
+from .log import PRODUCER_APPLY_BYTES_MAX, PartitionLog
 from .ops import (
     INDEX_ROW_BYTES,
+    PRODUCER_KEY_BYTES,
     HardStateOp,
     IndexRow,
     InstallSnapshotOp,
     LogWriteOp,
     TruncatePrefixOp,
+)
+from .producers import (
+    ProducerEntry,
+    ProducerTable,
+    decode_table,
+    encode_entry,
 )
 from .state import LoadedGroup, LogState
 from .termcache import TermCache
@@ -306,12 +314,24 @@ class LmdbRaftStorage:
         assert index >= state.first_index - 1, "snapshot older than ours"
         assert index >= state.applied_submitted, "snapshot behind the applied index"
         next_offset = 0
+        producer_rows: list[tuple[int, bytes | None]] = []
         if state.partition:
             next_offset = decode_partition_snapshot(snapshot.data)[0]
             assert next_offset >= state.end_offset, "snapshot moves the high watermark back"
+            encoded = partition_snapshot_producers(snapshot.data)
+            table = decode_table(encoded) if encoded else ProducerTable((), next_offset)
+            # The leader's table may be newer than the snapshot's index: the
+            # entries between are replayed onto it and change nothing.
+            table.applied_next_offset = max(table.applied_next_offset, next_offset)
+            state.producers.replace(table)
+            producer_rows = [(pid, encode_entry(entry)) for pid, entry in table.items()]
+            producer_rows.append((0, keys.pack_u64(table.applied_next_offset)))
         meta = GroupMeta(index + 1, next_offset, 0, index, state.partition)
         op = InstallSnapshotOp(
-            self.group_id, encode_group_meta(meta), encode_snapshot(snapshot.meta, snapshot.data)
+            self.group_id,
+            encode_group_meta(meta),
+            encode_snapshot(snapshot.meta, snapshot.data),
+            producer_rows=producer_rows,
         )
         self._submit(op)
         # Nothing below the snapshot is readable any more (its rows are going),
@@ -342,6 +362,11 @@ class LmdbRaftStorage:
         return self._log
 
     @property
+    def producers(self) -> ProducerTable:
+        """The partition's producer table as of `applied_submitted` (producers.py)."""
+        return self._state.producers
+
+    @property
     def applied_index(self) -> int:
         """The highest index whose apply is durable (pass it to `RawNode(applied=...)`)."""
         return self._state.applied_index
@@ -351,6 +376,11 @@ class LmdbRaftStorage:
         """The highest index handed to `apply_entries` (durable or not): a new
         RawNode over this storage resumes after it (`RawNode(applied=...)`)."""
         return self._state.applied_submitted
+
+    @property
+    def rows_committed_index(self) -> int:
+        """The highest index whose log row is committed here (readable by others)."""
+        return self._pending_lo() - 1
 
     @property
     def visible_index(self) -> int:
@@ -382,13 +412,17 @@ class LmdbRaftStorage:
             total += _snapshot_op_bytes(ready.truncate)
         if ready.committed_entries:
             index_rows = 0
+            producer_bytes = 0
             if self._state.partition:
-                index_rows = sum(
-                    1
-                    for e in ready.committed_entries
-                    if e.type is EntryType.NORMAL and decode_batch_header(e.data).takes_offsets
-                )
-            total += WriteOp.reserved_bytes(INDEX_ROW_BYTES * index_rows)
+                for e in ready.committed_entries:
+                    if e.type is not EntryType.NORMAL:
+                        continue
+                    batch = decode_batch_header(e.data)
+                    if batch.takes_offsets:
+                        index_rows += 1
+                        if batch.producer is not None:
+                            producer_bytes += PRODUCER_APPLY_BYTES_MAX
+            total += WriteOp.reserved_bytes(INDEX_ROW_BYTES * index_rows + producer_bytes)
         return total
 
     async def reserve(self, size_bytes: int) -> None:
@@ -462,6 +496,8 @@ class LmdbRaftStorage:
         assert entries[0].index == state.applied_submitted + 1, "applying out of order"
         assert entries[-1].index < state.next_index, "applying entries that are not stored"
         index_rows: list[IndexRow] = []
+        producers = state.producers
+        changed: dict[int, ProducerEntry | None] = {}
         next_offset = self._applied_next_offset
         expected = entries[0].index
         for entry in entries:
@@ -475,6 +511,14 @@ class LmdbRaftStorage:
                         IndexRow(entry.index, batch.base_offset, batch.max_timestamp_ms)
                     )
                     next_offset = batch.next_offset
+                    changes = producers.apply(
+                        batch.producer,
+                        batch.base_offset,
+                        batch.record_count,
+                        batch.append_time_ms,
+                    )
+                    if changes:
+                        changed.update(changes.rows)
             self._unrevealed.append((entry.index, next_offset))
         applied = entries[-1].index
         state.applied_submitted = applied
@@ -485,6 +529,10 @@ class LmdbRaftStorage:
             (),
             index_rows=index_rows,
             group_meta=encode_group_meta(state.group_meta()),
+            producer_rows=[
+                (pid, None if entry is None else encode_entry(entry))
+                for pid, entry in changed.items()
+            ],
             on_commit=lambda: self._on_applied(applied, next_offset),
         )
         self._submit(op)
@@ -627,7 +675,10 @@ class LmdbRaftStorage:
 
 def _snapshot_op_bytes(snapshot: Snapshot) -> int:
     body = 21 + 4 * len(snapshot.meta.conf.members()) + len(snapshot.data) + 4
-    return WriteOp.reserved_bytes(GROUP_META_BYTES + body)
+    # Installing a partition snapshot also writes its producer table as rows,
+    # a little larger than their encoding inside the snapshot: charged twice.
+    producer_rows = 2 * len(snapshot.data) + 2 * PRODUCER_KEY_BYTES
+    return WriteOp.reserved_bytes(GROUP_META_BYTES + body + producer_rows)
 
 
 def _copy_outcome(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:

@@ -8,7 +8,7 @@ on the event loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..raft.types import SnapshotMeta
 from . import keys
@@ -20,7 +20,8 @@ from .codec import (
     verify_row_data,
 )
 from .errors import CorruptEntryError, StorageError
-from .lmdbenv import Db, LmdbEnv
+from .lmdbenv import Db, LmdbEnv, ReadTxn
+from .producers import ProducerTable, decode_entry
 
 # Raft indexes start at 1; 0 means "no entry" in the Raft paper.
 FIRST_RAFT_INDEX = 1
@@ -53,6 +54,10 @@ class LogState:
     # every later op writes to group_meta, since it commits in a later or
     # the same turn as the index rows of those entries.
     applied_submitted: int = 0
+    # The partition's idempotent producers as of `applied_submitted`
+    # (producers.py): updated where entries are applied, persisted in the
+    # same writer op as their index rows.
+    producers: ProducerTable = field(default_factory=ProducerTable)
 
     def __post_init__(self) -> None:
         self.applied_submitted = max(self.applied_submitted, self.applied_index)
@@ -112,6 +117,8 @@ def load_group(env: LmdbEnv, group_id: int, partition: bool) -> LoadedGroup:
                 meta.first_offset,
                 snapshot_term,
             )
+            if partition:
+                state.producers = _load_producers(txn, group_id, state.end_offset)
             return LoadedGroup(state, snapshot)
         _, last_index = keys.parse_log_key(last[0])
         header = decode_row_header(last[1])
@@ -134,6 +141,7 @@ def load_group(env: LmdbEnv, group_id: int, partition: bool) -> LoadedGroup:
             if row is None:
                 raise CorruptEntryError(f"group {group_id}: applied entry {applied} is missing")
             end_offset = decode_row_header(row).next_offset
+        producers = _load_producers(txn, group_id, end_offset) if partition else None
     state = LogState(
         partition,
         meta.first_index,
@@ -145,4 +153,22 @@ def load_group(env: LmdbEnv, group_id: int, partition: bool) -> LoadedGroup:
         end_offset,
         header.term,
     )
+    if producers is not None:
+        state.producers = producers
     return LoadedGroup(state, snapshot)
+
+
+def _load_producers(txn: ReadTxn, group_id: int, applied_end_offset: int) -> ProducerTable:
+    """The group's producer rows (bounded by producers_per_partition_max)."""
+    entries = []
+    covered = applied_end_offset
+    for key, value in txn.iterate(
+        Db.PRODUCERS, keys.producer_key(group_id, 0), keys.group_end(group_id)
+    ):
+        _, producer_id = keys.parse_producer_key(key)
+        if producer_id == 0:
+            # Written when a snapshot brought a table newer than its index.
+            covered = max(covered, keys.unpack_u64(bytes(value)))
+            continue
+        entries.append((producer_id, decode_entry(value)))
+    return ProducerTable(entries, covered)
