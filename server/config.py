@@ -144,6 +144,20 @@ class NodeConfig:
     # How long SIGTERM waits for in-flight calls before cancelling them.
     shutdown_grace_ms: int = 10_000
 
+    # HTTP/2 keepalive (weir.server.limits.grpc_options, docs/operations.md).
+    # A client may ping every keepalive_client_ping_interval_ms_min or less
+    # often, with or without calls open; a ping sooner than that after the
+    # previous one is a strike, and one strike more than
+    # keepalive_client_ping_strikes_max while the node has sent no data
+    # closes the connection with GOAWAY ENHANCE_YOUR_CALM "too_many_pings".
+    keepalive_client_ping_interval_ms_min: int = 5_000
+    keepalive_client_ping_strikes_max: int = 2
+    # The node's own pings on every connection, so that the calls of a client
+    # that vanished without closing its connection end (and free their share
+    # of calls_max and the budget) within interval + timeout.
+    keepalive_ping_interval_ms: int = 60_000
+    keepalive_ping_timeout_ms: int = 20_000
+
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)

@@ -104,6 +104,35 @@ def grpc_options(config: NodeConfig) -> list[tuple[str, int]]:
         # A fixed per-stream receive window: no BDP-driven growth.
         ("grpc.http2.bdp_probe", 0),
         ("grpc.http2.lookahead_bytes", config.stream_window_bytes),
+        *keepalive_options(config),
+    ]
+
+
+def keepalive_options(config: NodeConfig) -> list[tuple[str, int]]:
+    """The node's HTTP/2 keepalive policy: which client pings it accepts, and its own pings.
+
+    gRPC's server defaults accept a client ping at most every 5 minutes
+    while a call is open (every 2 hours without one) and close the
+    connection on the third ping sooner than that: a client pinging every
+    5 s saw its idle consume stream die after 25 s (UNAVAILABLE "Too many
+    pings" in C-core clients, RESOURCE_EXHAUSTED "Bandwidth exhausted" in
+    grpc-js). Clients need keepalive to keep idle streams through NATs and
+    load balancers and to notice a dead connection, so the policy here
+    accepts pings as often as every `keepalive_client_ping_interval_ms_min`,
+    calls open or not; what a client sees beyond that is in docs/errors.md.
+    """
+    return [
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            config.keepalive_client_ping_interval_ms_min,
+        ),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", config.keepalive_client_ping_strikes_max),
+        ("grpc.keepalive_time_ms", config.keepalive_ping_interval_ms),
+        ("grpc.keepalive_timeout_ms", config.keepalive_ping_timeout_ms),
+        # Without this, gRPC sends at most two pings while no data goes out,
+        # so on an idle stream its keepalive stops after the second ping.
+        ("grpc.http2.max_pings_without_data", 0),
     ]
 
 
