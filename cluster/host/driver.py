@@ -24,7 +24,19 @@ Each turn (DESIGN §4):
 
 Messages, ticks and proposals that arrive while a turn waits for the disk
 are stepped into the RawNodes at once (the core allows input while a Ready
-is outstanding) and are served by the next turn.
+is outstanding) and are served by the next turn, with two exceptions that
+keep a record's path from waiting for an fsync it does not depend on:
+
+- a leader's new appends (a proposal, or a follower's acknowledgement that
+  opens its window) leave at the next loop iteration (`RawNode.take_messages`
+  with the same send-order rule as step 2), so followers start writing
+  while our turn's fsync runs;
+- a partition whose commit index moved (a follower's acknowledgement on the
+  leader, the leader's commit index on a follower) reveals the committed
+  entries whose log rows are already committed here at once
+  (`_apply_committed`): they become visible and their tickets resolve
+  without waiting for the turn in flight. The Ready that later carries them
+  writes their index rows as usual.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..raft.rawnode import RawNode, Ready
+from ..raft.storage import CompactedError, UnavailableError
 from ..raft.types import Entry, EntryType, Message, NodeId
 from ..storage.errors import StorageError
 from ..storage.node import NodeStorage
@@ -82,6 +95,12 @@ class Driver:
         self.waiting: dict[Group, None] = {}
         self.wake_event = asyncio.Event()
         self.leader_listeners: list[LeaderListener] = []
+        # While a turn waits for the disk: groups whose leader messages leave
+        # at the next loop iteration (one send per iteration, however many
+        # proposals and acknowledgements it stepped).
+        self._in_flight = False
+        self._early: dict[Group, None] = {}
+        self._early_scheduled = False
 
     # ---- inputs (called on the loop by the host, the transport and the timer) ---------
 
@@ -89,6 +108,8 @@ class Driver:
         """`group` may have a Ready: serve it next turn."""
         self.dirty[group] = None
         self.wake_event.set()
+        if self._in_flight:
+            self._send_soon(group)
 
     def wake(self, group: Group) -> None:
         """Tick `group` again (it had quiesced, or must not)."""
@@ -117,6 +138,7 @@ class Driver:
         """The transport's callback: step each message at once (no queue, no await)."""
         alive = self._transport.peer_alive
         stats = self.stats
+        stepped: dict[Group, None] = {}
         for group_id, message in messages:
             stats.messages_received += 1
             group = self.groups.get(group_id)
@@ -128,15 +150,28 @@ class Driver:
             if group.on_message(message, alive):
                 self.wake(group)
             self.dirty[group] = None
+            if group.partition:
+                stepped[group] = None
         self.wake_event.set()
+        for group in stepped:
+            self._apply_committed(group)
+            if self._in_flight:
+                self._send_soon(group)
 
     def on_liveness(self, node: NodeId, alive: bool) -> None:
-        """A node's liveness changed: wake the quiet groups it is a member of."""
+        """A node's liveness changed: wake the quiet groups it is a member of.
+
+        A leader whose voters' nodes no longer make a quorum steps down in
+        `group.on_liveness` (policy.py); its Ready reports the new soft state
+        (leader listeners, DescribeTopic), so the next turn serves it.
+        """
         del alive
         is_alive = self._transport.peer_alive
         for group in self.groups.values():
             if group.on_liveness(node, is_alive):
                 self.wake(group)
+            if group.raw.has_ready():
+                self.dirty[group] = None
         self.wake_event.set()
 
     def tick(self, now_ms: float) -> None:
@@ -189,7 +224,11 @@ class Driver:
             if deferred:
                 await self._wait_for_budget(deferred[0])
             return
-        outcomes = await self._durable(works)
+        self._in_flight = True
+        try:
+            outcomes = await self._durable(works)
+        finally:
+            self._in_flight = False
         commits = self._storage.writer_stats()["writer_commits"] - commits_before
         stats.turns += 1
         stats.turn_groups += len(works)
@@ -305,6 +344,59 @@ class Driver:
             else:
                 work.applied.append((entry, result))
             group.app_applied = entry.index
+
+    def _send_soon(self, group: Group) -> None:
+        self._early[group] = None
+        if not self._early_scheduled:
+            self._early_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_early)
+
+    def _send_early(self) -> None:
+        """Sends what the groups marked during the turn in flight may send already."""
+        self._early_scheduled = False
+        groups, self._early = self._early, {}
+        batches: dict[NodeId, list[tuple[int, Message]]] = {}
+        for group in groups:
+            if group.stopped:
+                continue
+            for message in group.raw.take_messages(POLICY.sent_before_durable):
+                batches.setdefault(message.to, []).append((group.group_id, message))
+                self.stats.messages_sent_early += 1
+        self._send(batches)
+
+    def _apply_committed(self, group: Group) -> None:
+        """Reveals a partition's committed entries whose log rows are committed here.
+
+        Called when a message moved the commit index outside a turn: the
+        entries become visible to readers and their tickets resolve now. Their
+        index rows are written when a turn's Ready applies them (step 3),
+        inside that turn's writer commit, so this adds no fsync. Entries a
+        snapshot replaces, and opaque groups (their `on_apply` follows the
+        Ready), are left to the turn.
+        """
+        if group.stopped or not group.partition or group.on_apply is not None:
+            return
+        log = group.raw.raft.log
+        if log.pending_snapshot is not None or (
+            group.ready is not None and group.ready.snapshot is not None
+        ):
+            return
+        storage = group.storage
+        lo = storage.visible_index + 1
+        # Below `unstable_offset` the core's log is what storage was given (a
+        # newer suffix that replaces rows is still unstable); below
+        # `rows_committed_index` those rows are committed and readable.
+        hi = min(log.committed, log.unstable_offset - 1, storage.rows_committed_index)
+        if hi < lo or lo != storage.applied_submitted + 1:
+            return
+        try:
+            entries = log.entries(lo, hi + 1, group.raw.raft.config.apply_bytes_max)
+            storage.reveal_committed(entries)
+        except (CompactedError, UnavailableError, StorageError):
+            return  # the turn finds the same entries, or reopens the group
+        self.stats.early_applies += 1
+        for entry in entries:
+            group.waiters.on_applied(entry, None)
 
     def _send(self, batches: dict[NodeId, list[tuple[int, Message]]]) -> None:
         send = self._transport.send

@@ -519,7 +519,8 @@ class LmdbRaftStorage:
                     )
                     if changes:
                         changed.update(changes.rows)
-            self._unrevealed.append((entry.index, next_offset))
+            if entry.index > self._visible_index:  # else revealed early (reveal_committed)
+                self._unrevealed.append((entry.index, next_offset))
         applied = entries[-1].index
         state.applied_submitted = applied
         self._applied_next_offset = next_offset
@@ -539,6 +540,30 @@ class LmdbRaftStorage:
         assert op.future is not None
         op.future.add_done_callback(lambda f: _copy_outcome(f, done))
         return done
+
+    def reveal_committed(self, entries: Sequence[Entry]) -> None:
+        """Makes committed `entries` visible now, before `apply_entries` gets them.
+
+        The host calls it when it learns of a commit while the Ready that
+        will apply these entries is not taken yet. `entries` continue the
+        applied ones with nothing waiting to be revealed, and their log rows
+        are committed here; `apply_entries` later writes their index rows
+        without revealing them again.
+        """
+        state = self._state
+        if self._log is None or not entries:
+            return
+        assert not self._unrevealed, "entries are waiting to be revealed"
+        assert entries[0].index == state.applied_submitted + 1 == self._visible_index + 1
+        assert entries[-1].index <= self.rows_committed_index, "revealing rows not committed"
+        revealed: list[tuple[int, int]] = []
+        next_offset = self._applied_next_offset
+        for entry in entries:
+            if entry.type is EntryType.NORMAL:
+                next_offset = entry_next_offset(entry, next_offset)
+            revealed.append((entry.index, next_offset))
+        self._visible_index = entries[-1].index
+        self._log.on_committed(revealed)
 
     def close(self, error: StorageError) -> None:
         """Stops this storage object: later calls raise `error`."""

@@ -7,6 +7,7 @@ grpc.aio server on a free loopback port. Waits have deadlines
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import pathlib
 import random
@@ -203,6 +204,39 @@ def test_acks_leader_resolves_no_later_than_commit(tmp_path: pathlib.Path) -> No
                 offset = await ticket.committed
                 assert ticket.leader_durable.done()
                 assert ticket.leader_durable.result() == offset == ticket.base_offset
+
+    run(main)
+
+
+def test_proposals_and_commits_do_not_wait_for_the_turn_in_flight(
+    tmp_path: pathlib.Path,
+) -> None:
+    # A steady trickle of proposals: each arrives while the leader's turn
+    # for the previous one waits for its fsync. Its appends leave at once
+    # (messages_sent_early), and commits learned between turns are revealed
+    # at once (early_applies), on the leader and on the followers; the
+    # records are the same everywhere, at the same offsets.
+    async def main() -> None:
+        async with Cluster(tmp_path) as cluster:
+            cluster.start_groups([1])
+            leader = await cluster.leader(1)
+            before = {n.node_id: n.host.stats() for n in cluster.running()}
+            tickets = []
+            for i in range(200):
+                tickets.append(leader.host.append_batch(1, b"t%d" % i, 1, 0))
+                await asyncio.sleep(0)
+            offsets = [await t.committed for t in tickets]
+            assert offsets == list(range(200))
+            await eventually(
+                lambda: all(n.host.partition_log(1).end_offset == 200 for n in cluster.running())
+            )
+            expected = records(leader, 1)
+            for node in cluster.running():
+                assert records(node, 1) == expected
+            after = {n.node_id: n.host.stats() for n in cluster.running()}
+            early_sent = after[leader.node_id].messages_sent_early
+            assert early_sent > before[leader.node_id].messages_sent_early
+            assert sum(after[n].early_applies - before[n].early_applies for n in after) > 0
 
     run(main)
 

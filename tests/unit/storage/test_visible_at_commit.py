@@ -139,3 +139,39 @@ def test_a_crash_before_the_apply_is_durable_rereads_the_same_records(
         assert log.end_offset == 3
     finally:
         env.close()
+
+
+def test_entries_revealed_early_are_readable_and_applied_later_without_a_second_reveal(
+    env: LoopStorage,
+) -> None:
+    # The host reveals entries it learns are committed while their Ready is
+    # not taken yet (driver._apply_committed); the Ready's apply then writes
+    # their index rows and must neither reveal them twice nor move offsets.
+    storage = env.node.raft_storage(GROUP)
+    log = storage.partition_log
+    assert log is not None
+    storage.append(batch_entries(1, 6))
+    env.wait(storage.sync())
+    assert storage.rows_committed_index == 5
+    waiter = env.loop.create_task(log.wait_for_data(0))
+    storage.reveal_committed(storage.entries(1, 4, 1 << 20))
+    env.settle()
+    assert waiter.done()
+    assert (log.end_offset, storage.visible_index, storage.applied_index) == (3, 3, 0)
+    assert [b.base_offset for b in log.read(0, 1 << 20)] == [0, 1, 2]
+    assert _index_rows(env) == []
+    env.wait(storage.apply_entries(storage.entries(1, 5, 1 << 20)))
+    assert (log.end_offset, storage.visible_index, storage.applied_index) == (4, 4, 4)
+    assert _index_rows(env) == [1, 2, 3, 4]
+    assert [b.base_offset for b in log.read(0, 1 << 20)] == [0, 1, 2, 3]
+
+
+def test_only_entries_whose_rows_are_committed_can_be_revealed_early(env: LoopStorage) -> None:
+    storage = env.node.raft_storage(GROUP)
+    with env.node.hold_writes():
+        storage.append(batch_entries(1, 3))
+        assert storage.rows_committed_index == 0
+        with pytest.raises(AssertionError, match="rows not committed"):
+            storage.reveal_committed(storage.entries(1, 2, 1 << 20))
+    env.wait(storage.sync())
+    assert storage.rows_committed_index == 2
