@@ -33,6 +33,7 @@ __all__ = [
     "OffsetOutOfRangeError",
     "RecordTooLargeError",
     "ResourceExhaustedError",
+    "TooManyPingsError",
     "TopicExistsError",
     "TopicNotFoundError",
     "UnavailableError",
@@ -185,6 +186,32 @@ class NotLeaderError(UnavailableError):
         return self.metadata.get("leader_address") or None
 
 
+class TooManyPingsError(WeirError):
+    """The broker closed the connection: this client's keepalive pings came too often.
+
+    The broker's keepalive policy (docs/operations.md, Keepalive) accepts a
+    client's HTTP/2 ping every 5 s or less often by default; gRPC reports a
+    connection it closed for more as UNAVAILABLE "Too many pings" (reason
+    TOO_MANY_PINGS here). Not retriable: the same setting would be cut off
+    again. Raise the client's `keepalive_time_ms`.
+    """
+
+    default_code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "TOO_MANY_PINGS"
+
+
+# What gRPC C-core reports for a connection the server closed with GOAWAY
+# ENHANCE_YOUR_CALM "too_many_pings" (grpc 1.85; grpc-js clients see
+# RESOURCE_EXHAUSTED "Bandwidth exhausted or memory limit exceeded").
+_GRPC_TOO_MANY_PINGS = "Too many pings"
+TOO_MANY_PINGS_MESSAGE = (
+    "the broker closed the connection because this client sent HTTP/2 keepalive pings "
+    "more often than the broker's keepalive policy allows (gRPC: 'Too many pings'): "
+    "set keepalive_time_ms to at least the broker's --keepalive-client-ping-interval-ms-min "
+    "(5000 by default), or None; see docs/errors.md"
+)
+
+
 class WeirTimeoutError(WeirError):
     """An operation did not finish within its deadline."""
 
@@ -315,6 +342,8 @@ def from_rpc_error(exc: grpc.RpcError) -> WeirError:
                 reason = info.reason
                 metadata = dict(info.metadata)
                 break
+    if code is grpc.StatusCode.UNAVAILABLE and not reason and message == _GRPC_TOO_MANY_PINGS:
+        return TooManyPingsError(TOO_MANY_PINGS_MESSAGE, retriable=False)
     retriable: bool | None = None
     if metadata.get("retriable") in ("true", "false"):
         retriable = metadata["retriable"] == "true"

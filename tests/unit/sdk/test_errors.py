@@ -132,3 +132,16 @@ def test_client_side_errors_have_codes_and_reasons() -> None:
     assert errors.WeirTimeoutError("late").code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert errors.ClosedError("closed").code is grpc.StatusCode.CANCELLED
     assert isinstance(errors.RecordTooLargeError("big"), errors.WeirError)
+
+
+def test_too_many_pings_is_typed_and_says_what_to_change() -> None:
+    # What gRPC C-core raises after the broker's GOAWAY "too_many_pings".
+    error = errors.from_rpc_error(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "Too many pings"))
+    assert isinstance(error, errors.TooManyPingsError)
+    assert error.code is grpc.StatusCode.UNAVAILABLE
+    assert error.reason == "TOO_MANY_PINGS"
+    assert not error.retriable
+    assert "keepalive_time_ms" in error.message
+    # Any other UNAVAILABLE stays a retriable UnavailableError.
+    other = errors.from_rpc_error(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "Socket closed"))
+    assert type(other) is errors.UnavailableError and other.retriable
