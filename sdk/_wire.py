@@ -1,20 +1,21 @@
-"""Record sizes read from the raw bytes of a ConsumeResponse.
+"""Hand-built wire encoding for the SDK's hot paths, and a record's byte credit.
 
-The broker charges byte credit for each record as stored: the record's
-`RecordBatch` field exactly as the producer encoded it (tag, length, body).
-A record parsed and re-measured with `ByteSize()` can differ from that when
-the producer's encoder was not canonical (another language writing default
-values, say), and any difference would make the consumer's credit drift until
-the stream stalls. So the consumer measures the records in the bytes it
-received, with this small scanner, and gives back exactly what was charged.
+Byte credit, the one definition on the client side (`credit_bytes`, as
+`Credit` in broker.proto says): a record costs its content size, the bytes
+of its key, its value and its header names (UTF-8) and values. The broker
+computes the same from the stored bytes (`take_records` in
+weir/server/wire.py); a consumer computes it from the decoded record, so
+any client in any language can give back exactly what was charged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 __all__ = [
     "VALUE_ONLY_SMALL_MAX",
     "RecordFields",
-    "batch_record_sizes",
+    "credit_bytes",
     "decode_batch_response",
     "framed_record",
     "produce_request",
@@ -23,9 +24,6 @@ __all__ = [
     "value_only_framed",
     "varint",
 ]
-
-_BATCH_FIELD = 2  # ConsumeResponse.batch
-_RECORDS_FIELD = 1  # ConsumedBatch.records
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -42,45 +40,20 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(data: bytes, start: int, end: int) -> list[tuple[int, int, int, int, int]]:
-    """(field, wire_type, field_start, value_start, value_end) of each field in [start, end)."""
-    out: list[tuple[int, int, int, int, int]] = []
-    pos = start
-    while pos < end:
-        field_start = pos
-        key, pos = _varint(data, pos)
-        field, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            _, value_end = _varint(data, pos)
-        elif wire_type == 1:
-            value_end = pos + 8
-        elif wire_type == 2:
-            length, pos = _varint(data, pos)
-            value_end = pos + length
-        elif wire_type == 5:
-            value_end = pos + 4
-        else:
-            raise ValueError(f"unsupported wire type {wire_type}")
-        if value_end > end:
-            raise ValueError("field runs past the end of its message")
-        out.append((field, wire_type, field_start, pos, value_end))
-        pos = value_end
-    return out
+def credit_bytes(key: bytes | None, value: bytes, headers: Mapping[str, bytes]) -> int:
+    """A record's cost in byte credit: its content size.
 
-
-def batch_record_sizes(raw: bytes) -> list[int]:
-    """Encoded size (tag + length + body) of each record of the batch in `raw`.
-
-    `raw` is a serialized ConsumeResponse; returns [] when it holds no batch.
+    len(key) + len(value) + the sum over headers of the UTF-8 length of the
+    name plus the length of the value; an absent key counts 0. Never more
+    than the record's encoded size, which produce checks against the
+    topic's `record_bytes_max`.
     """
-    sizes: list[int] = []
-    for field, wire_type, _, start, end in _fields(raw, 0, len(raw)):
-        if field != _BATCH_FIELD or wire_type != 2:
-            continue
-        for inner, inner_type, field_start, _, value_end in _fields(raw, start, end):
-            if inner == _RECORDS_FIELD and inner_type == 2:
-                sizes.append(value_end - field_start)
-    return sizes
+    total = len(value)
+    if key is not None:
+        total += len(key)
+    for name, header_value in headers.items():
+        total += len(name.encode()) + len(header_value)
+    return total
 
 
 # -- producer side: hand-encoded records and requests ----------------------
@@ -196,13 +169,12 @@ def topic_field(topic: str) -> bytes:
 # -- consumer side: one pass over a received batch -------------------------
 #
 # Parsing a ConsumeResponse with protobuf is quick, but then every field of
-# every record is one more call into it (about 1.5 us a record here), and
-# the credit sizes need a scan of the bytes anyway. So the consumer reads a
-# batch in one Python pass that finds each record's span (its size for the
-# credit) and, for the usual record that has a value and nothing else, slices
-# the value out there and then. Any other record is parsed by protobuf from
-# its span; anything unexpected in the batch itself falls back to protobuf
-# for the whole message.
+# every record is one more call into it (about 1.5 us a record here). So the
+# consumer reads a batch in one Python pass that finds each record's span
+# and, for the usual record that has a value (and maybe a key) and nothing
+# else, slices them out there and then. Any other record is parsed by
+# protobuf from its span; anything unexpected in the batch itself falls back
+# to protobuf for the whole message.
 
 # (key, value, headers, timestamp_ms) of one record.
 RecordFields = tuple[bytes | None, bytes, dict[str, bytes], int]
@@ -223,12 +195,12 @@ def _record_fields(body: bytes) -> RecordFields:
 def decode_batch_response(
     raw: bytes,
 ) -> tuple[str, int, int, int, list[RecordFields], list[int]] | None:
-    """(topic, partition, base_offset, end_offset, records, sizes) of a batch response.
+    """(topic, partition, base_offset, end_offset, records, charges) of a batch response.
 
-    `raw` is a serialized ConsumeResponse. `sizes[i]` is record i's encoded
-    size inside the batch (tag + length + body), what the broker charged.
-    None when `raw` is not a lone `batch` field, or not in the shape this
-    fast reader handles: the caller then uses protobuf and `batch_record_sizes`.
+    `raw` is a serialized ConsumeResponse. `charges[i]` is record i's byte
+    credit, `credit_bytes` of its fields. None when `raw` is not a lone
+    `batch` field, or not in the shape this fast reader handles: the caller
+    then uses protobuf and `credit_bytes`.
     """
     size = len(raw)
     if size < 2 or raw[0] != 0x12:
@@ -239,15 +211,14 @@ def decode_batch_response(
     topic = ""
     partition = base_offset = end_offset = 0
     records: list[RecordFields] = []
-    sizes: list[int] = []
+    charges: list[int] = []
     append_record = records.append
-    append_size = sizes.append
+    append_charge = charges.append
     last_stamp = b""
     last_timestamp_ms = 0
     while pos < size:
         tag = raw[pos]
         if tag == 0x0A:  # records
-            start = pos
             length = raw[pos + 1]
             if length < 0x80:
                 pos += 2
@@ -256,7 +227,6 @@ def decode_batch_response(
             end = pos + length
             if end > size:
                 raise ValueError("record runs past the end of its batch")
-            append_size(end - start)
             # Key, value and timestamp are read here, in field order (the
             # broker stamps a timestamp on every record that had none);
             # headers or anything else go to protobuf.
@@ -291,8 +261,12 @@ def decode_batch_response(
                         last_stamp, last_timestamp_ms = stamp, timestamp_ms
             if field_pos == end:
                 append_record((key, value, {}, timestamp_ms))
+                # credit_bytes of a record without headers.
+                append_charge(len(value) if key is None else len(key) + len(value))
             else:
-                append_record(_record_fields(raw[pos:end]))
+                fields = _record_fields(raw[pos:end])
+                append_record(fields)
+                append_charge(credit_bytes(fields[0], fields[1], fields[2]))
             pos = end
         elif tag == 0x12:  # topic
             length, pos = _varint(raw, pos + 1)
@@ -308,4 +282,4 @@ def decode_batch_response(
             return None  # a field this reader does not know: let protobuf do it
     if pos != size or base_offset >= 1 << 63 or end_offset >= 1 << 63:
         return None
-    return topic, partition, base_offset, end_offset, records, sizes
+    return topic, partition, base_offset, end_offset, records, charges

@@ -1,10 +1,15 @@
 """The consume path: one subscription per stream, flow-controlled by credit.
 
 The client grants credit in records and bytes; the broker subtracts what
-it sends and never sends past it. A record costs one message and the size
-of its `weir.v1.Record` encoding in bytes (what any client can compute from
-the record it decoded, and what produce checks against record_bytes_max),
-so `record_bytes_max` of byte credit always lets the next record through.
+it sends and never sends past it. A record costs one message and its
+content size in bytes (key, value, header names and values: what any
+client computes from the record it decoded; `wire.take_records` reads it
+from the stored bytes). That is never more than the record's encoding,
+which produce checks against record_bytes_max, so `record_bytes_max` of
+byte credit always lets the next record through. When byte credit stops a
+partition while message credit remains, the stream says so once with a
+CREDIT_TOO_SMALL notice (again only after the partition moved on) instead
+of going quiet; the stream goes on.
 
 Records are read from the log only when credit allows, straight into the
 response being written, so a consumer that stops reading costs the broker
@@ -27,7 +32,10 @@ response, records and commit answers alike, and the final status is sent
 only after it returned, so an abort never meets a write in flight. A
 reader task parses requests (credit, commits) and a committer task stores
 commits; both hand their results to the writer and wake it through one
-event. Partition logs wake a stream through listeners registered once per
+event. The committer stores every commit waiting at once in one write (one
+replication round in a cluster), so a client that commits after each
+record is not held to one commit per round trip of the offsets' storage,
+and the credit it sends after a commit is applied at once either way. Partition logs wake a stream through listeners registered once per
 stream and partition; the writer then looks only at the partitions that
 grew, so idle partitions cost nothing per append.
 """
@@ -86,6 +94,7 @@ COMMITS_INFLIGHT_MAX = 16
 # A pending commit answer waits behind at most this many record responses,
 # so a steady flow of records cannot starve it.
 ANSWER_DELAY_RESPONSES_MAX = 16
+CREDIT_TOO_SMALL = "CREDIT_TOO_SMALL"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,6 +102,25 @@ class _CommitWork:
     commit_id: int
     offsets: dict[int, int]
     error: BrokerError | None
+
+
+def credit_too_small(p: Partition, record_bytes: int, credit_bytes: int) -> BrokerError:
+    """The notice for a partition whose next record costs more byte credit than remains."""
+    needed = record_bytes - credit_bytes
+    return BrokerError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        CREDIT_TOO_SMALL,
+        f"the record at offset {p.position} of partition {p.partition} costs {record_bytes}"
+        f" bytes of credit and {credit_bytes} remain: grant at least {needed} more bytes"
+        " (byte credit counts key, value, header names and header values)",
+        {
+            "partition": p.partition,
+            "offset": p.position,
+            "record_bytes": record_bytes,
+            "credit_bytes": credit_bytes,
+            "needed_bytes": needed,
+        },
+    )
 
 
 def storage_failure(exc: StorageError, topic: str) -> BrokerError:
@@ -342,28 +370,46 @@ class _Stream:
             raise topic_not_found(self._topic.name)
 
     async def _commit_loop(self) -> None:
-        """Store commits in order; their answers go to the writer."""
+        """Store commits in order, all that wait in one write; answers go to the writer.
+
+        Offsets never move backwards, so storing the highest offset of each
+        partition among the waiting commits leaves the group where storing
+        them one by one would; each commit is answered with the group's
+        offsets of its partitions after that write.
+        """
         while True:
-            work = await self._commits.get()
-            result = broker_pb2.CommitResult(commit_id=work.commit_id)
+            works = [await self._commits.get()]
+            while not self._commits.empty():
+                works.append(self._commits.get_nowait())
+            merged: dict[int, int] = {}
+            for work in works:
+                if work.error is None:
+                    for partition, offset in work.offsets.items():
+                        merged[partition] = max(offset, merged.get(partition, 0))
+            stored: dict[int, int] = {}
+            failure: BrokerError | None = None
             try:
-                if work.error is not None:
-                    raise work.error
                 # Checked again after the wait in the queue; offsets.commit
                 # checks once more under its lock, which deletes also take.
-                if work.offsets:
+                if merged:
                     self._check_topic_live()
-                stored = await self._path.offsets.commit(self._group, self._topic, work.offsets)
+                    self._stats.commit_writes += 1
+                    stored = await self._path.offsets.commit(self._group, self._topic, merged)
             except BrokerError as error:
-                result.error.CopyFrom(error.to_proto())
+                failure = error
             except StorageError as exc:
-                result.error.CopyFrom(storage_failure(exc, self._topic.name).to_proto())
-            else:
-                result.offsets.extend(
-                    broker_pb2.PartitionOffset(partition=p, offset=o)
-                    for p, o in sorted(stored.items())
-                )
-            self._answers.append(broker_pb2.ConsumeResponse(commit=result).SerializeToString())
+                failure = storage_failure(exc, self._topic.name)
+            for work in works:
+                result = broker_pb2.CommitResult(commit_id=work.commit_id)
+                refused = work.error or (failure if work.offsets else None)
+                if refused is not None:
+                    result.error.CopyFrom(refused.to_proto())
+                else:
+                    result.offsets.extend(
+                        broker_pb2.PartitionOffset(partition=p, offset=stored[p])
+                        for p in sorted(work.offsets)
+                    )
+                self._answers.append(broker_pb2.ConsumeResponse(commit=result).SerializeToString())
             self._wake.set()
 
     # -- the writer --------------------------------------------------------
@@ -442,7 +488,20 @@ class _Stream:
                 built = self._build(p, framed_bytes_max)
             response = built.response
             if response is None:
+                if built.blocked_bytes >= 0 and not p.notified:
+                    # Byte credit stops this partition while message credit
+                    # remains: say so once rather than go quiet. The notice
+                    # is small, within the floor every stream has.
+                    if lease is not None:
+                        lease.close()
+                    p.notified = True
+                    notice = credit_too_small(p, built.blocked_bytes, self._credit.bytes)
+                    self._stats.notices += 1
+                    await self._write(
+                        broker_pb2.ConsumeResponse(notice=notice.to_proto()).SerializeToString()
+                    )
                 return False
+            p.notified = False
             if lease is not None:
                 # Hold only what this response takes above the floor.
                 lease.shrink(min(lease.nbytes, max(0, len(response) - RESPONSE_FLOOR_BYTES)))

@@ -1,6 +1,13 @@
 """A subscribed partition's cursor (the next offset to send and the stored batch it is in),
 and building a response from it within credit and a size.
 
+Reads are bounded by the credit, not only by a response's size: a read asks
+for about as many stored bytes as the records the message credit still
+allows take (the partition's recent stored bytes per record times that
+count), so a consumer with a credit of 1 reads and checksums one stored
+batch per response, not thousands (issue 7). Storage reads at least one
+batch, so the estimate only has to be small enough, never exact.
+
 Stored batches are kept between responses so that a batch read in many
 small steps is read and checksummed once (reading it again for every
 response made consuming a batch of tiny records quadratic, issue 9). What
@@ -51,6 +58,11 @@ class Partition:
     batch_pos: int = 0
     payload: bytes | None = None
     kept_bytes: int = 0
+    # Stored bytes per record in this partition's last read, to size the
+    # next read by the message credit (0 before the first read).
+    stored_bytes_per_record: int = 0
+    # A CREDIT_TOO_SMALL notice was sent and no record since.
+    notified: bool = False
 
     def __call__(self) -> None:
         if self.stream is not None:
@@ -119,6 +131,8 @@ class ConsumeStats:
     writer_turns: int = 0  # iterations of every stream's writer loop
     responses: int = 0  # ConsumeResponses written
     budget_waits: int = 0  # responses that waited for budget (a record over the floor)
+    notices: int = 0  # CREDIT_TOO_SMALL notices written
+    commit_writes: int = 0  # offsets.commit calls (each stores every commit waiting)
 
 
 @dataclasses.dataclass(slots=True)
@@ -128,7 +142,9 @@ class Credit:
 
     @property
     def usable(self) -> bool:
-        return self.messages > 0 and self.bytes > 0
+        # A record may cost no bytes (no key, empty value, no headers), so
+        # only message credit decides whether anything can be sent at all.
+        return self.messages > 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -139,6 +155,9 @@ class Built:
     # When only the response's size kept its first record out: that record's
     # bytes in the response (else 0).
     first_record_bytes: int
+    # When byte credit kept the first record out: its cost in byte credit
+    # (else -1).
+    blocked_bytes: int = -1
 
 
 def build_response(
@@ -164,14 +183,19 @@ def build_response(
     end_offset = p.log.end_offset
     parts: list[bytes | memoryview] = []
     messages = charged = framed = first_record_bytes = 0
+    blocked_bytes = -1
     fetched: collections.deque[tuple[int, int, bytes]] = collections.deque()
     while p.position < end_offset and messages < credit.messages:
         if p.payload is None:
             if not fetched:
-                room = min(credit.bytes - charged, framed_bytes_max - framed)
-                for batch in p.log.read(p.position, max(room, 1)):
-                    stats.stored_bytes_read += len(batch.payload)
-                    fetched.append((batch.base_offset, batch.record_count, batch.payload))
+                _read(
+                    p,
+                    credit.messages - messages,
+                    credit.bytes - charged,
+                    framed_bytes_max - framed,
+                    fetched,
+                    stats,
+                )
             stats.records_scanned += cursors.load(p, *fetched.popleft())
         payload = p.payload
         assert payload is not None
@@ -195,6 +219,8 @@ def build_response(
             # Only the response's size stopped the first record: say how big it is.
             first_record_bytes = wire.take_records(payload, start, 1, NO_LIMIT, NO_LIMIT).end
             first_record_bytes -= start
+        elif not framed:
+            blocked_bytes = taken.blocked_bytes
         if taken.end < len(payload):
             break  # a limit stopped it inside this batch; the cursor stays
         if p.position != p.batch_base + p.batch_records:
@@ -207,8 +233,35 @@ def build_response(
     if p.payload is not None and not p.kept_bytes:
         cursors.keep(p)
     if messages == 0:
-        return Built(None, first_record_bytes)
+        return Built(None, first_record_bytes, blocked_bytes)
     credit.messages -= messages
     credit.bytes -= charged
     response = wire.consume_batch_response(topic_field, p.partition, base_offset, end_offset, parts)
     return Built(response, 0)
+
+
+def _read(
+    p: Partition,
+    messages: int,
+    charge_room: int,
+    framed_room: int,
+    fetched: collections.deque[tuple[int, int, bytes]],
+    stats: ConsumeStats,
+) -> None:
+    """Read the stored batches from `p.position` that credit and response size may use.
+
+    A record's charge is never more than its stored bytes, so byte credit
+    and the response's room bound the bytes worth reading; message credit
+    bounds them through the partition's stored bytes per record (1 before
+    the first read, so the first read is small and teaches the next).
+    """
+    per_record = p.stored_bytes_per_record or 1
+    bytes_max = min(charge_room, framed_room, messages * per_record)
+    payload_bytes = records = 0
+    for batch in p.log.read(p.position, max(bytes_max, 1)):
+        payload_bytes += len(batch.payload)
+        records += batch.record_count
+        fetched.append((batch.base_offset, batch.record_count, batch.payload))
+    stats.stored_bytes_read += payload_bytes
+    if records:
+        p.stored_bytes_per_record = max(1, payload_bytes // records)

@@ -5,8 +5,9 @@ Stored batches are `weir.v1.RecordBatch` in wire form: a run of
 `records` at field 1 too, so the broker builds a response by writing the
 few header fields itself and appending stored bytes unchanged: no record is
 decoded or re-encoded on the way out (DESIGN §4). `take_records` finds
-record boundaries by reading only the length prefixes, and says what the
-records taken cost in credit.
+record boundaries and each record's byte credit (its content size) by
+reading only tags and length prefixes, and says what the records taken
+cost.
 """
 
 from __future__ import annotations
@@ -57,10 +58,41 @@ class Taken:
 
     end: int  # byte position after the last record taken
     count: int  # records taken
-    charged_bytes: int  # their credit: the sum of their Record encodings
-    # The credit the next record needs when byte credit stopped the scan
-    # (its Record encoding), else -1.
+    charged_bytes: int  # their byte credit: the sum of their content sizes
+    # The byte credit the next record needs when byte credit stopped the
+    # scan (its content size), else -1.
     blocked_bytes: int = -1
+
+
+def _varint_at(payload: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """(value, position after it) of the varint at `pos`; IndexError past the end."""
+    value = 0
+    shift = 0
+    while True:
+        byte = payload[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise MalformedBatchError(f"varint longer than ten bytes before byte {pos}")
+
+
+def _header_entry_bytes(payload: bytes | memoryview, at: int) -> tuple[int, int]:
+    """(position after it, content size) of the header entry field at `at`."""
+    n, at = _varint_at(payload, at + 1)
+    entry_end = at + n
+    content = 0
+    while at < entry_end:
+        if payload[at] != 0x0A and payload[at] != 0x12:
+            raise MalformedBatchError(f"unexpected header field at byte {at}")
+        n, at = _varint_at(payload, at + 1)
+        at += n
+        content += n
+    if at != entry_end:
+        raise MalformedBatchError(f"header entry at byte {at} overruns")
+    return at, content
 
 
 def take_records(
@@ -73,12 +105,20 @@ def take_records(
     """Takes whole records from `payload[start:]` while all three limits hold.
 
     Each record is one `0x0A <varint length> <Record>` field. A record is
-    charged its Record encoding (`length`, without tag and length prefix):
-    the size any client can compute from the decoded record, and the size
-    the produce path checks against record_bytes_max. `framed_bytes_max`
-    bounds the bytes the taken records occupy in the response (a caller
-    whose response is still empty passes no real bound, so that one record
-    larger than a response's usual size still goes).
+    charged its content size, the definition of byte credit (`Credit` in
+    broker.proto, `credit_bytes` in the SDK):
+
+        len(key) + len(value) + sum of (len(name) + len(value)) over headers
+
+    (lengths in bytes, a name's as UTF-8), which any client computes from the
+    record it decoded. It is read from the encoding's length prefixes: the
+    lengths of `key` and `value` and of each header entry's two fields; the
+    timestamp's varint is skipped. It is never more than the `Record`
+    encoding, which produce checks against record_bytes_max, so that much
+    credit always lets a record through. `framed_bytes_max` bounds the bytes
+    the taken records occupy in the response (a caller whose response is
+    still empty passes no real bound, so that one record larger than a
+    response's usual size still goes).
 
     Only the records taken (and at most one more) are read, so a caller
     that resumes from `Taken.end` scans every stored byte once.
@@ -88,32 +128,81 @@ def take_records(
     count = 0
     charged = 0
     blocked = -1
-    while count < count_max and pos < size:
-        if payload[pos] != _RECORDS_TAG:
-            raise MalformedBatchError(f"unexpected tag {payload[pos]:#x} at byte {pos}")
-        body = pos + 1
-        length = 0
-        shift = 0
-        while True:
-            if body >= size or shift > 63:
-                raise MalformedBatchError(f"bad record length at byte {pos}")
-            byte = payload[body]
-            body += 1
-            length |= (byte & 0x7F) << shift
-            if byte < 0x80:
+    try:
+        while count < count_max and pos < size:
+            if payload[pos] != _RECORDS_TAG:
+                raise MalformedBatchError(f"unexpected tag {payload[pos]:#x} at byte {pos}")
+            length = payload[pos + 1]
+            if length < 0x80:
+                body = pos + 2
+            else:
+                length, body = _varint_at(payload, pos + 1)
+            end = body + length
+            if end > size:
+                raise MalformedBatchError(f"record at byte {pos} runs past the end of its batch")
+            # Its content size, from the length prefixes. Stored records are
+            # the broker's own encoding (produce re-serializes every batch):
+            # fields in number order, each at most once, so key, value,
+            # header entries and the timestamp last. Lengths below 128 (one
+            # varint byte) are read inline, the common case.
+            charge = 0
+            at = body
+            tag = payload[at] if at < end else 0
+            if tag == 0x0A:  # Record.key
+                n = payload[at + 1]
+                if n < 0x80:
+                    at += 2 + n
+                else:
+                    n, at = _varint_at(payload, at + 1)
+                    at += n
+                charge = n
+                tag = payload[at] if at < end else 0
+            if tag == 0x12:  # Record.value
+                n = payload[at + 1]
+                if n < 0x80:
+                    at += 2 + n
+                else:
+                    n, at = _varint_at(payload, at + 1)
+                    at += n
+                charge += n
+                tag = payload[at] if at < end else 0
+            while tag == 0x1A:  # one Record.headers entry: name (1), value (2)
+                n = payload[at + 1]
+                name = at + 4 + payload[at + 3]  # where the value field starts
+                if (
+                    n < 0x80
+                    and payload[at + 2] == 0x0A
+                    and payload[name] == 0x12
+                    and name + 2 + payload[name + 1] == at + 2 + n
+                ):
+                    # Name and value fields, as the broker writes them, each
+                    # length one byte (the entry is under 128): all but the
+                    # two tags and two lengths count.
+                    at += 2 + n
+                    charge += n - 4
+                else:
+                    at, n = _header_entry_bytes(payload, at)
+                    charge += n
+                tag = payload[at] if at < end else 0
+            if tag == 0x20:  # Record.timestamp_ms, the last field: costs nothing
+                # Not decoded: only its last byte is checked. A field after it
+                # would go unseen, but the broker's encoding never has one, and
+                # the stored bytes are checksummed.
+                if payload[end - 1] >= 0x80 or end - at > 11:
+                    raise MalformedBatchError(f"bad timestamp at byte {at}")
+                at = end
+            if at != end:
+                raise MalformedBatchError(f"record at byte {pos} is not in canonical field order")
+            if charged + charge > charged_bytes_max:
+                blocked = charge
                 break
-            shift += 7
-        end = body + length
-        if end > size:
-            raise MalformedBatchError(f"record at byte {pos} runs past the end of its batch")
-        if charged + length > charged_bytes_max:
-            blocked = length
-            break
-        if end - start > framed_bytes_max:
-            break
-        charged += length
-        count += 1
-        pos = end
+            if end - start > framed_bytes_max:
+                break
+            charged += charge
+            count += 1
+            pos = end
+    except IndexError:
+        raise MalformedBatchError(f"a record at byte {pos} is cut off") from None
     return Taken(pos, count, charged, blocked)
 
 

@@ -6,6 +6,10 @@ that owns the receiving side: records go into the buffer (through the
 consumer's `on_batch`), commit answers to their waiters, so `commit()` from
 another task never waits behind an iterator that has nothing to read.
 Errors are translated here: no `grpc.RpcError` leaves this module.
+
+Each record comes with its byte credit, `weir._wire.credit_bytes` of its
+fields (its content size, as the broker charged it), which the consumer
+gives back once the application has taken the record.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,24 +25,16 @@ import grpc
 
 from weir._conn import ConsumeCall, from_rpc_error
 from weir._failover import connection_lost
-from weir._wire import RecordFields, batch_record_sizes, decode_batch_response
+from weir._wire import RecordFields, credit_bytes, decode_batch_response
 from weir.errors import ClosedError, UnavailableError, WeirError, WeirTimeoutError
 from weir.v1 import broker_pb2
 
+_log = logging.getLogger("weir.consumer")
 
-def record_bytes(framed: int) -> int:
-    """A record's byte credit from its framed size in a batch.
 
-    The broker charges a record its `Record` encoding: the framed size less
-    the field's tag (one byte) and the varint of the length. The framed
-    size grows strictly with the length, so exactly one length fits.
-    """
-    if framed < 130:  # a length below 128 takes one varint byte
-        return framed - 2
-    length = framed - 2
-    while 1 + (length.bit_length() + 6) // 7 + length > framed:
-        length -= 1
-    return length
+def record_bytes(charge: int) -> int:
+    """A record's byte credit from its entry in `Batch.sizes`, which already holds it."""
+    return charge
 
 
 class Batch:
@@ -57,8 +54,7 @@ class Batch:
         self.partition = partition
         self.base_offset = base_offset
         self.records = records
-        # sizes[i]: record i's framed size in the batch (tag, length, record),
-        # as the scanner in weir._wire measures it; see `record_bytes`.
+        # sizes[i]: record i's byte credit, `credit_bytes` of its fields.
         self.sizes = sizes
         self.next_index = 0
 
@@ -80,7 +76,7 @@ class Subscription:
 
 
 # What `read` hands each received batch to: (subscription, topic, partition,
-# base offset, end offset, records, their framed sizes).
+# base offset, end offset, records, their byte credit).
 OnBatch = Callable[[Subscription, str, int, int, int, list[RecordFields], list[int]], None]
 
 
@@ -135,27 +131,34 @@ async def read(sub: Subscription, on_batch: OnBatch) -> None:
             kind = response.WhichOneof("kind")
             if kind == "batch":
                 batch = response.batch
+                fields: list[RecordFields] = [
+                    (
+                        record.key if record.HasField("key") else None,
+                        record.value,
+                        dict(record.headers),
+                        record.timestamp_ms,
+                    )
+                    for record in batch.records
+                ]
                 on_batch(
                     sub,
                     batch.topic,
                     batch.partition,
                     batch.base_offset,
                     batch.end_offset,
-                    [
-                        (
-                            record.key if record.HasField("key") else None,
-                            record.value,
-                            dict(record.headers),
-                            record.timestamp_ms,
-                        )
-                        for record in batch.records
-                    ],
-                    batch_record_sizes(raw),
+                    fields,
+                    [credit_bytes(key, value, headers) for key, value, headers, _ in fields],
                 )
             elif kind == "commit":
                 fut = sub.commits.get(response.commit.commit_id)
                 if fut is not None and not fut.done():
                     fut.set_result(response.commit)
+            elif kind == "notice":
+                # CREDIT_TOO_SMALL: the broker waits for byte credit. The
+                # consumer's window is never below record_bytes_max, so the
+                # credit comes back as the application takes what it holds.
+                notice = response.notice
+                _log.debug("consume notice %s: %s", notice.reason, notice.message)
     except grpc.RpcError as exc:
         sub.error = connection_lost(from_rpc_error(exc))
     except Exception as exc:

@@ -404,7 +404,11 @@ def test_no_records_without_both_kinds_of_credit(client: RawClient) -> None:
         stream.close()
     stream, _ = open_stream(client, subscribe("c", messages=10, nbytes=0))
     try:
-        assert settle(stream, 1) == [], "messages alone do not let records through"
+        assert settle(stream, 1) == [], "messages alone do not let records with values through"
+        # ... and the broker says so instead of going quiet.
+        assert [(n.reason, n.metadata["needed_bytes"]) for n in stream.notices] == [
+            ("CREDIT_TOO_SMALL", str(len(value(0, 0))))
+        ]
         stream.credit(0, BIG_BYTES)
         assert offsets_of(read_batches(stream, 3)) == [(0, 0), (0, 1), (0, 2)]
     finally:
@@ -416,11 +420,9 @@ def test_byte_credit_smaller_than_a_record_stalls_until_more_bytes(client: RawCl
     client.create_topic("b")
     produce(client, "b", 0, 4, payload=b"z" * 100)
     produce(client, "b", 0, 4, payload=b"z" * 100)
-    # A record's bytes are its Record encoding (ByteSize, without the batch's
-    # tag and length). Values are b"p0-o<n>" plus 100 bytes, so every record
-    # here has the same size.
-    record = records_pb2.Record(value=value(0, 0) + b"z" * 100, timestamp_ms=T0_MS)
-    size = record.ByteSize()
+    # A record's byte credit is its content: here only its value, b"p0-o<n>"
+    # plus 100 bytes, the same for every record here.
+    size = len(value(0, 0) + b"z" * 100)
 
     stream, _ = open_stream(client, subscribe("b", messages=100, nbytes=size - 1))
     try:

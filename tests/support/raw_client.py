@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 import grpc
 from grpc_status import rpc_status
 
-from weir.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, records_pb2
+from weir.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, errors_pb2, records_pb2
 
 CALL_TIMEOUT_S = 60.0
 
@@ -96,6 +96,8 @@ class ConsumeStream:
         self._requests.put(broker_pb2.ConsumeRequest(subscribe=subscribe))
         self.call = client.broker.Consume(self._iterate(), timeout=timeout_s)
         self._lock = threading.Lock()
+        # `ConsumeResponse.notice`s that `ping` and `read_batches` read past.
+        self.notices: list[errors_pb2.Error] = []
 
     def _iterate(self) -> Iterator[broker_pb2.ConsumeRequest]:
         while (item := self._requests.get()) is not None:
@@ -158,6 +160,9 @@ def ping(stream: ConsumeStream, commit_id: int) -> list[broker_pb2.ConsumedBatch
     stream.send(broker_pb2.ConsumeRequest(commit=broker_pb2.Commit(commit_id=commit_id)))
     batches = []
     while (response := stream.next()).WhichOneof("kind") != "commit":
+        if response.WhichOneof("kind") == "notice":
+            stream.notices.append(response.notice)
+            continue
         assert response.WhichOneof("kind") == "batch", response
         batches.append(response.batch)
     assert response.commit.commit_id == commit_id, response
@@ -187,6 +192,9 @@ def read_batches(stream: ConsumeStream, records: int) -> list[broker_pb2.Consume
     seen = 0
     while seen < records:
         response = stream.next()
+        if response.WhichOneof("kind") == "notice":
+            stream.notices.append(response.notice)
+            continue
         assert response.WhichOneof("kind") == "batch", response
         batches.append(response.batch)
         seen += len(response.batch.records)

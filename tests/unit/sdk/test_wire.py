@@ -1,43 +1,83 @@
-"""The consumer measures records exactly as the broker charged them."""
+"""The consumer counts byte credit as `Credit` in broker.proto defines it: a record's content."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from weir._wire import batch_record_sizes
-from weir.aio.accumulator import framed_size
+from weir import _wire
+from weir._wire import credit_bytes
 from weir.v1 import broker_pb2, records_pb2
 
 pytestmark = pytest.mark.timeout(10)
 
 
-def test_sizes_are_framed_record_sizes() -> None:
-    records = [
-        records_pb2.Record(value=b"x" * n, key=b"k" if n % 2 else None, headers={"h": b"v"})
-        for n in (0, 1, 127, 128, 300, 20_000)
-    ]
-    response = broker_pb2.ConsumeResponse(
-        batch=broker_pb2.ConsumedBatch(
-            records=records, topic="t", partition=3, base_offset=10, end_offset=99
-        )
+def random_record(rng: random.Random) -> records_pb2.Record:
+    record = records_pb2.Record(
+        value=rng.randbytes(rng.choice([0, 1, 100, 127, 128, 300, 20_000])),
+        timestamp_ms=rng.choice([1, 1_764_300_000_000, 1 << 62]),
+        headers={
+            rng.choice(["", "h", "trace-id", "größe", "名前" * 50]) + str(j): rng.randbytes(
+                rng.choice([0, 3, 200])
+            )
+            for j in range(rng.choice([0, 0, 1, 3]))
+        },
     )
-    sizes = batch_record_sizes(response.SerializeToString())
-    assert sizes == [framed_size(r.ByteSize()) for r in records]
+    if rng.random() < 0.5:
+        record.key = rng.randbytes(rng.choice([0, 16, 200]))
+    return record
 
 
-def test_non_canonical_encoding_is_measured_as_sent() -> None:
-    # A record whose encoder wrote timestamp_ms=0 explicitly (field 4, varint 0):
-    # ByteSize() of the parsed record is 2 bytes smaller than what was sent.
-    body = b"\x12\x01v" + b"\x20\x00"
-    record_field = b"\x0a" + bytes([len(body)]) + body
-    batch = record_field + b"\x12\x01t" + b"\x18\x01"
-    raw = b"\x12" + bytes([len(batch)]) + batch
-    parsed = broker_pb2.ConsumeResponse.FromString(raw)
-    assert parsed.batch.records[0].ByteSize() == 3
-    assert batch_record_sizes(raw) == [len(record_field)]
+def fields_of(record: records_pb2.Record) -> _wire.RecordFields:
+    return (
+        record.key if record.HasField("key") else None,
+        record.value,
+        dict(record.headers),
+        record.timestamp_ms,
+    )
 
 
-def test_non_batch_responses_have_no_records() -> None:
-    response = broker_pb2.ConsumeResponse(commit=broker_pb2.CommitResult(commit_id=1))
-    assert batch_record_sizes(response.SerializeToString()) == []
-    assert framed_size(127) == 129 and framed_size(128) == 131
+def test_credit_bytes_counts_key_value_header_names_and_values() -> None:
+    assert credit_bytes(None, b"", {}) == 0
+    assert credit_bytes(b"", b"", {}) == 0
+    assert credit_bytes(b"key", b"value", {}) == 8
+    # Names count as UTF-8: "größe" is 7 bytes, "名" 3.
+    assert credit_bytes(None, b"v", {"größe": b"12", "名": b""}) == 1 + 7 + 2 + 3
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_credit_bytes_is_never_more_than_the_record_encoding(seed: int) -> None:
+    """So record_bytes_max (checked on the encoding at produce) always covers a record."""
+    rng = random.Random(seed)
+    for _ in range(50):
+        record = random_record(rng)
+        key, value, headers, _ = fields_of(record)
+        assert credit_bytes(key, value, headers) <= record.ByteSize()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_batch_reader_charges_credit_bytes_and_agrees_with_protobuf(seed: int) -> None:
+    rng = random.Random(seed)
+    records = [random_record(rng) for _ in range(30)]
+    records += [
+        records_pb2.Record(),
+        records_pb2.Record(key=b""),
+        records_pb2.Record(value=b"x", timestamp_ms=3),
+    ]
+    raw = broker_pb2.ConsumeResponse(
+        batch=broker_pb2.ConsumedBatch(
+            records=records, topic="t", partition=3, base_offset=5, end_offset=1000
+        )
+    ).SerializeToString()
+    decoded = _wire.decode_batch_response(raw)
+    assert decoded is not None
+    topic, partition, base_offset, end_offset, fields, charges = decoded
+    assert (topic, partition, base_offset, end_offset) == ("t", 3, 5, 1000)
+    assert fields == [fields_of(r) for r in records]
+    assert charges == [credit_bytes(k, v, h) for k, v, h, _ in fields]
+
+
+def test_batch_reader_declines_a_notice() -> None:
+    notice = broker_pb2.ConsumeResponse(notice={"reason": "CREDIT_TOO_SMALL"})
+    assert _wire.decode_batch_response(notice.SerializeToString()) is None

@@ -84,7 +84,7 @@ def test_batch_reader_agrees_with_protobuf() -> None:
         (r.key if r.HasField("key") else None, r.value, dict(r.headers), r.timestamp_ms)
         for r in records
     ]
-    assert sizes == _wire.batch_record_sizes(raw)
+    assert sizes == [_wire.credit_bytes(k, v, h) for k, v, h, _ in fields]
 
 
 def test_batch_reader_declines_other_responses() -> None:

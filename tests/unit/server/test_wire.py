@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from weir._wire import credit_bytes
 from weir.cluster.storage import CorruptEntryError
 from weir.server import wire
 from weir.v1 import broker_pb2, records_pb2
@@ -57,13 +58,21 @@ def test_take_records_splits_exactly_at_record_boundaries(seed: int) -> None:
     assert record_ends(payload, 2) == ends[:2]
 
 
+def charges_of(batch: records_pb2.RecordBatch) -> list[int]:
+    """Each record's byte credit as the SDK computes it from the decoded record."""
+    return [
+        credit_bytes(r.key if r.HasField("key") else None, r.value, dict(r.headers))
+        for r in batch.records
+    ]
+
+
 @pytest.mark.parametrize("seed", range(20))
-def test_take_records_charges_each_record_its_byte_size(seed: int) -> None:
-    """The credit of a record is Record.ByteSize(), what any client can compute."""
+def test_take_records_charges_each_record_its_content_size(seed: int) -> None:
+    """The broker's charge, read from stored bytes, is the SDK's `credit_bytes` of the record."""
     rng = random.Random(seed)
     batch = random_batch(rng, rng.randrange(1, 30))
     payload = batch.SerializeToString()
-    sizes = [r.ByteSize() for r in batch.records]
+    sizes = charges_of(batch)
     taken = wire.take_records(payload, 0, len(sizes), sum(sizes), 1 << 62)
     assert (taken.end, taken.count, taken.charged_bytes, taken.blocked_bytes) == (
         len(payload),
@@ -71,8 +80,13 @@ def test_take_records_charges_each_record_its_byte_size(seed: int) -> None:
         sum(sizes),
         -1,
     )
-    # One byte short of the k-th record: k-1 records, and the k-th's size is reported.
+    # One byte short of the k-th record: k-1 records, and the k-th's charge is
+    # reported (unless it costs nothing: then it goes too).
     k = rng.randrange(1, len(sizes) + 1)
+    while k <= len(sizes) and sizes[k - 1] == 0:
+        k += 1
+    if k > len(sizes):
+        return
     taken = wire.take_records(payload, 0, len(sizes), sum(sizes[:k]) - 1, 1 << 62)
     assert taken.count == k - 1
     assert taken.charged_bytes == sum(sizes[: k - 1])
@@ -101,6 +115,11 @@ def test_take_records_bounds_the_response_but_not_below_one_record() -> None:
         b"\x0a",  # no length at all
         b"\x0a\xff\xff",  # unterminated length
         b"\x0a\x00\x0b",  # a good record, then a wrong tag
+        b"\x0a\x04\x12\x00\x0a\x00",  # a key after the value: not the broker's order
+        b"\x0a\x03\x12\x05ab",  # a value running past its record
+        b"\x0a\x04\x28\x01\x12\x00",  # a field Record does not have
+        b"\x0a\x04\x1a\x02\x18\x00",  # a header entry with a foreign field
+        b"\x0a\x03\x20\x80\x80",  # an unterminated timestamp
     ],
 )
 def test_damaged_stored_bytes_are_corruption_not_an_assertion(payload: bytes) -> None:
@@ -137,3 +156,37 @@ def test_consume_response_matches_protobuf_encoding(seed: int) -> None:
 def test_varint_matches_protobuf(value: int) -> None:
     encoded = broker_pb2.PartitionStart(offset=value).SerializeToString()
     assert encoded == b"\x10" + wire.encode_varint(value)
+
+
+def headers_record(rng: random.Random) -> records_pb2.Record:
+    """Header entries of every shape the broker stores: empty, short, long names and values."""
+    return records_pb2.Record(
+        key=rng.randbytes(rng.choice([0, 5, 300])),
+        value=rng.randbytes(rng.choice([0, 1, 127, 128, 70_000])),
+        headers={
+            "n" * rng.choice([0, 1, 60, 130]) + str(j): rng.randbytes(rng.choice([0, 1, 60, 200]))
+            for j in range(rng.randrange(6))
+        },
+        timestamp_ms=rng.randrange(1, 1 << 63),
+    )
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_content_size_of_long_headers_and_fields(seed: int) -> None:
+    rng = random.Random(seed)
+    batch = records_pb2.RecordBatch(records=[headers_record(rng) for _ in range(40)])
+    payload = batch.SerializeToString()
+    taken = wire.take_records(payload, 0, 1 << 62, 1 << 62, 1 << 62)
+    assert (taken.count, taken.end) == (40, len(payload))
+    assert taken.charged_bytes == sum(charges_of(batch))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_record_of_record_bytes_max_fits_in_that_much_byte_credit(seed: int) -> None:
+    """The guarantee: a record produce accepts (encoding <= record_bytes_max) costs no more."""
+    rng = random.Random(seed)
+    for _ in range(200):
+        record = headers_record(rng)
+        limit = record.ByteSize()  # the largest record a topic with this limit accepts
+        payload = records_pb2.RecordBatch(records=[record]).SerializeToString()
+        assert wire.take_records(payload, 0, 1, limit, 1 << 62).count == 1
