@@ -1,200 +1,35 @@
-"""The `weir` command line: `serve` runs a node; the client commands live in cli_client."""
+"""The `weir` command line: the top-level parser, `--version`, and where each command lives.
+
+`serve` (server/cli_serve.py) runs a node and needs the broker's
+dependencies, installed by the `server` extra; the client commands
+(server/cli_client.py) need only the SDK. Without the extra, `weir serve`
+says which extra to install in one line instead of failing on an import.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
-import logging
+import importlib.util
 import os
-import signal
 import sys
-from collections.abc import Mapping
-from pathlib import Path
 
-from weir.cluster.storage import Durability
 from weir.server.cli_client import add_client_commands
-from weir.server.config import DEFAULT_CLUSTER_ID, NodeConfig, parse_peers
+from weir.server.cli_common import DEFAULT_BOOTSTRAP, EXIT_ERROR, package_version
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:7070"
-SWITCH_INTERVAL_S = 0.0005
-
-
-ENV_PREFIX = "WEIR_"
-
-
-class SettingError(ValueError):
-    """A `weir serve` setting from a flag or the environment that cannot be used."""
+# The extra of the `weir` distribution that installs the broker, and the
+# top-level modules its packages provide (pyproject.toml lists the packages).
+SERVER_EXTRA = "server"
+SERVER_EXTRA_MODULES = ("lmdb", "grpc_health", "grpc_reflection")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ServeSetting:
-    """One setting of `weir serve`: a flag, and the environment variable of the same name.
-
-    The flag `--peer-listen` is also `WEIR_PEER_LISTEN`; a flag given on the
-    command line wins over the environment, which wins over the default. An
-    empty environment variable counts as unset.
-    """
-
-    name: str
-    default: str | int
-    help: str
-    choices: tuple[str, ...] = ()
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    @property
-    def env(self) -> str:
-        return ENV_PREFIX + self.name.upper()
-
-    def parse(self, raw: str, source: str) -> str | int:
-        if isinstance(self.default, int):
-            try:
-                return int(raw.strip())
-            except ValueError:
-                raise SettingError(f"{source} must be an integer, not {raw!r}") from None
-        if self.choices and raw not in self.choices:
-            raise SettingError(f"{source} must be one of {', '.join(self.choices)}, not {raw!r}")
-        return raw
-
-
-def serve_settings() -> list[ServeSetting]:
-    """Every setting of `weir serve`, in the order `--help` lists them."""
-    defaults = NodeConfig(data_dir=Path("."))
-    settings = [
-        ServeSetting("data_dir", "./data", "where this node's LMDB files live"),
-        ServeSetting(
-            "listen", DEFAULT_BOOTSTRAP, "HOST:PORT where clients connect (port 0: any free)"
-        ),
-        ServeSetting(
-            "advertised_address", "", "HOST:PORT clients are told to use (default: --listen)"
-        ),
-        ServeSetting("node_id", 1, "this node's id (>= 1), one of --peers"),
-        ServeSetting(
-            "peers",
-            "",
-            "founding members' peer addresses, this node's own included: "
-            "'1=HOST:PORT,2=HOST:PORT,3=HOST:PORT', the same on every node "
-            "(empty: run alone)",
-        ),
-        ServeSetting(
-            "peer_listen",
-            "",
-            "HOST:PORT where this node accepts other nodes (default: its own entry in --peers)",
-        ),
-        ServeSetting("cluster_id", DEFAULT_CLUSTER_ID, "cluster name; the same on every node"),
-        ServeSetting(
-            "durability",
-            Durability.SYNC.value,
-            "sync: fsync before acknowledging; async: fsync every few ms",
-            tuple(d.value for d in Durability),
-        ),
-    ]
-    settings += [ServeSetting(name, getattr(defaults, name), "") for name in _limit_fields()]
-    return settings
-
-
-def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> NodeConfig:
-    """The node's configuration: flags first, then WEIR_* variables, then defaults.
-
-    Raises SettingError (a ValueError) naming the flag or variable at fault,
-    or ValueError from NodeConfig's own checks.
-    """
-    values: dict[str, str | int] = {}
-    sources: dict[str, str] = {}
-    for setting in serve_settings():
-        value = getattr(args, setting.name)
-        source = setting.flag
-        if value is None:
-            raw = environ.get(setting.env, "")
-            source = setting.env
-            value = setting.parse(raw, source) if raw != "" else setting.default
-        values[setting.name] = value
-        sources[setting.name] = source
-    try:
-        peers = parse_peers(str(values.pop("peers")))
-    except ValueError as exc:
-        raise SettingError(f"{sources['peers']}: {exc}") from None
-    return NodeConfig(
-        data_dir=Path(str(values.pop("data_dir"))),
-        durability=Durability(str(values.pop("durability"))),
-        peers=peers,
-        **values,  # type: ignore[arg-type]
-    )
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from weir.cluster.storage import StorageError
-    from weir.server.node import Node, NodeFailedError, StartError
-
-    try:
-        config = serve_config(args, os.environ)
-    except ValueError as exc:
-        print(f"error: invalid setting: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=os.environ.get("WEIR_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-    def ready(node: Node) -> None:
-        host = config.listen.rsplit(":", 1)[0]
-        # The first stdout line is machine-readable: tests and scripts wait for it.
-        peers = f", peers on {config.peer_listen}" if config.clustered else ""
-        print(
-            f"weir serve: listening on {host}:{node.port} "
-            f"(node {config.node_id}, data {config.data_dir}, durability {config.durability}"
-            f"{peers})",
-            flush=True,
-        )
-
-    # The storage writer thread hands each commit back to the event loop; with
-    # the default 5 ms switch interval a busy loop can make it wait that long
-    # for the GIL, which would be added to every acknowledgement (DESIGN §8).
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await Node(config).run(stop, ready)
-
-    try:
-        asyncio.run(main())
-    except NodeFailedError as exc:
-        # It served, then stopped on its own: say so rather than "cannot serve".
-        print(f"error: stopped: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, StartError, StorageError) as exc:
-        print(f"error: cannot serve: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _limit_fields() -> list[str]:
-    """Every integer setting of NodeConfig except the node id gets its own flag."""
-    return [
-        f.name
-        for f in dataclasses.fields(NodeConfig)
-        if f.type in (int, "int") and f.name != "node_id"
-    ]
-
-
-_METAVARS = {
-    "data_dir": "DIR",
-    "listen": "HOST:PORT",
-    "advertised_address": "HOST:PORT",
-    "peers": "ID=HOST:PORT,...",
-    "peer_listen": "HOST:PORT",
-    "cluster_id": "NAME",
-}
+def missing_server_modules() -> list[str]:
+    """The modules of the `server` extra that cannot be imported here."""
+    return [name for name in SERVER_EXTRA_MODULES if importlib.util.find_spec(name) is None]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weir", description="Weir message broker")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument(
         "--bootstrap",
         "-b",
@@ -203,36 +38,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser(
-        "serve",
-        help="run a broker node",
-        description="Run a broker node. Every flag can also be set by the environment "
-        "variable WEIR_<FLAG> (e.g. --peer-listen: WEIR_PEER_LISTEN); a flag on the "
-        "command line wins over the environment.",
-    )
-    for setting in serve_settings():
-        # No argparse default: None means "not on the command line", so that
-        # serve_config can fall back to the environment, then the default.
-        parts = [setting.help] if setting.help else []
-        parts.append(f"env {setting.env}")
-        if setting.default != "":
-            parts.append(f"default {setting.default}")
-        is_int = isinstance(setting.default, int)
-        serve.add_argument(
-            setting.flag,
-            type=int if is_int else str,
-            choices=setting.choices or None,
-            default=None,
-            metavar="N" if is_int else _METAVARS.get(setting.name),
-            help="; ".join(parts).replace("%", "%%"),
-        )
-    serve.set_defaults(func=_serve)
+    missing = missing_server_modules()
+    if missing:
+        _add_serve_without_server(commands, missing)
+    else:
+        from weir.server.cli_serve import add_serve_command
+
+        add_serve_command(commands)
     add_client_commands(commands)
     return parser
 
 
+def _add_serve_without_server(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    missing: list[str],
+) -> None:
+    """`serve` that only says which extra to install; it takes any arguments (and no --help)."""
+    serve = commands.add_parser(
+        "serve",
+        help=f"run a broker node (needs the '{SERVER_EXTRA}' extra)",
+        add_help=False,
+    )
+
+    def refuse(args: argparse.Namespace) -> int:
+        print(
+            f"error: weir serve needs the broker's dependencies, which are not installed "
+            f"(no module {', '.join(missing)}): install weir with the '{SERVER_EXTRA}' "
+            f"extra, e.g. pip install './weir[{SERVER_EXTRA}]' from a clone of the repository",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+
+    serve.set_defaults(func=refuse, takes_any_arguments=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "takes_any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     code: int = args.func(args)
     return code
 

@@ -9,6 +9,7 @@ or JSON for scripts (`emit_json`).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -23,6 +24,16 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 Handler = Callable[[argparse.Namespace], int]
+DISTRIBUTION = "weir"
+
+
+def package_version() -> str:
+    """The installed `weir` distribution's version, from its package metadata."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        # Run from a source tree that was never installed (no metadata to read).
+        return "unknown (not installed)"
 
 
 def bootstrap(args: argparse.Namespace) -> str:

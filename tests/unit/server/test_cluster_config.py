@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from weir.cluster.storage import Durability
-from weir.server.cli import ServeSetting, build_parser, serve_config, serve_settings
+from weir.server.cli import build_parser
+from weir.server.cli_serve import ServeSetting, serve_config, serve_settings
 from weir.server.config import NodeConfig, format_peers, parse_peers
 
 PEERS = "1=10.0.0.1:7170,2=10.0.0.2:7170,3=10.0.0.3:7170"
