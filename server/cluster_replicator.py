@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 
 from weir.cluster.host import GroupNotFoundError, ProposalDroppedError, RaftHost
-from weir.cluster.storage import PartitionLog
+from weir.cluster.storage import PartitionLog, ProducerFields
 from weir.server.replicator import Appended, NotHostedError
 
 # The Raft core's reason for a proposal refused by its uncommitted limits
@@ -59,12 +59,19 @@ class RaftReplicator:
         return self._host.node_id
 
     async def append(
-        self, group_id: int, payload: bytes, record_count: int, max_timestamp_ms: int
+        self,
+        group_id: int,
+        payload: bytes,
+        record_count: int,
+        max_timestamp_ms: int,
+        producer: ProducerFields | None = None,
     ) -> Appended:
         deadline = time.monotonic() + self._room_wait_ms_max / 1000
         while True:
             try:
-                ticket = self._host.append_batch(group_id, payload, record_count, max_timestamp_ms)
+                ticket = self._host.append_batch(
+                    group_id, payload, record_count, max_timestamp_ms, producer
+                )
             except ProposalDroppedError as exc:
                 remaining_s = deadline - time.monotonic()
                 if exc.reason != UNCOMMITTED_FULL_REASON or remaining_s <= 0:

@@ -130,6 +130,14 @@ class NodeConfig:
     # with TOO_MANY_RECORDS before they are parsed. The SDK's batches stay
     # under the default.
     produce_request_records_max: int = 100_000
+    # Idempotent producers (docs/operations.md): a partition forgets a
+    # producer that has not written to it for this long (by the leader's
+    # clock), and remembers at most this many producers, forgetting the one
+    # that wrote least recently first. The leader stamps both into each
+    # idempotent batch, so every replica forgets alike; set them the same on
+    # every node.
+    producer_id_expiry_ms: int = 7 * 24 * 3600 * 1000
+    producers_per_partition_max: int = 1_000
     # Consume: the most record bytes in one ConsumeResponse.
     consume_response_bytes_max: int = 1 * MiB
     # Credit a client may accumulate; more is clamped (the broker holds no

@@ -36,6 +36,7 @@ from weir.server.consume import ConsumePath
 from weir.server.offsets import GroupOffsets
 from weir.server.produce import ProducePath
 from weir.server.produce_forward import Forwarder
+from weir.server.producer_ids import ClusterProducerIds, LocalProducerIds, ProducerIds
 from weir.server.registry import Offsets, Topics
 from weir.server.replicator import LocalReplicator, Replicator
 from weir.server.retention import Target, retention_limits, retention_loop
@@ -102,6 +103,7 @@ class _Parts:
     offsets: Offsets
     replicator: Replicator
     background: list[tuple[str, Coroutine[Any, Any, None]]]
+    producer_ids: ProducerIds
 
 
 def _grpc_server(config: NodeConfig) -> grpc.aio.Server:
@@ -177,6 +179,7 @@ class Node:
                         ),
                         ("topic data drops", topics.drop_deleted_data(offsets.forget_log)),
                     ],
+                    LocalProducerIds(storage.meta),
                 )
                 await self._run_parts(stop, on_ready, storage, parts)
                 return
@@ -190,7 +193,11 @@ class Node:
             ):
                 self._cluster = cluster
                 parts = _Parts(
-                    cluster.topics, cluster.offsets, cluster.replicator, cluster.background()
+                    cluster.topics,
+                    cluster.offsets,
+                    cluster.replicator,
+                    cluster.background(),
+                    ClusterProducerIds(cluster.proposer),
                 )
                 await self._run_parts(stop, on_ready, storage, parts, cluster.view, forwarder)
 
@@ -213,6 +220,8 @@ class Node:
             self._stopping,
             budget,
             forwarder,
+            producer_id_expiry_ms=self.config.producer_id_expiry_ms,
+            producers_per_partition_max=self.config.producers_per_partition_max,
         )
         if self._cluster is not None:
             # Other nodes forward produce work here over the peer port.
@@ -237,7 +246,13 @@ class Node:
             cluster,
         )
         add_services(
-            server, produce, self.config.produce_request_records_max, consume, admin, health
+            server,
+            produce,
+            self.config.produce_request_records_max,
+            consume,
+            admin,
+            health,
+            parts.producer_ids,
         )
         try:
             self.port = server.add_insecure_port(self.config.listen)

@@ -37,6 +37,10 @@ import grpc
 
 from weir.cluster.host import HostError
 from weir.cluster.storage import StorageError
+from weir.cluster.storage.producers import (
+    PRODUCER_ID_EXPIRY_MS_DEFAULT,
+    PRODUCERS_PER_PARTITION_MAX_DEFAULT,
+)
 from weir.server.config import PARSED_RECORD_BYTES
 from weir.server.errors import BrokerError, abort, shutting_down, storage_error
 from weir.server.limits import Lease, MemoryBudget
@@ -191,10 +195,21 @@ class ProducePath:
         stopping: asyncio.Event,
         budget: MemoryBudget,
         forwarder: Forwarder | None = None,
+        *,
+        producer_id_expiry_ms: int = PRODUCER_ID_EXPIRY_MS_DEFAULT,
+        producers_per_partition_max: int = PRODUCERS_PER_PARTITION_MAX_DEFAULT,
     ) -> None:
         """`forwarder`: where parts for partitions another node leads go (None: answer
         NOT_LEADER naming the leader; always so on a single node)."""
-        self._router = Router(topics, replicator, clock_ms, stopping, forwarder)
+        self._router = Router(
+            topics,
+            replicator,
+            clock_ms,
+            stopping,
+            forwarder,
+            producer_id_expiry_ms=producer_id_expiry_ms,
+            producers_per_partition_max=producers_per_partition_max,
+        )
         self._budget = budget
         self._inflight_requests_max = inflight_requests_max
         self._stopping = stopping

@@ -46,6 +46,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from weir.cluster.storage import ProducerFields
 from weir.server.errors import from_proto, not_leader, outcome_unknown
 from weir.server.wire import encode_varint, identity
 from weir.v1 import broker_pb2
@@ -75,15 +76,25 @@ class ForwardConfig:
 
 
 def encode_request(
-    request_id: int, topic: str, partition: int, acks: broker_pb2.Acks, batch: bytes
+    request_id: int,
+    topic: str,
+    partition: int,
+    acks: broker_pb2.Acks,
+    batch: bytes,
+    producer: ProducerFields | None = None,
 ) -> bytes:
-    """A ProduceRequest around already serialized RecordBatch bytes, without re-parsing them."""
-    head = broker_pb2.ProduceRequest(
-        request_id=request_id,
-        topic=topic,
-        partition=partition,
-        acks=acks,
-    ).SerializeToString()
+    """A ProduceRequest around already serialized RecordBatch bytes, without re-parsing them.
+
+    An idempotent producer's fields travel with it: the leader checks them.
+    """
+    request = broker_pb2.ProduceRequest(
+        request_id=request_id, topic=topic, partition=partition, acks=acks
+    )
+    if producer is not None:
+        request.producer_id = producer.producer_id
+        request.producer_epoch = producer.epoch
+        request.first_sequence = producer.first_sequence
+    head = request.SerializeToString()
     return head + _BATCH_TAG + encode_varint(len(batch)) + batch
 
 
@@ -137,7 +148,12 @@ class _Link:
         return not self._waiters or self._inflight_bytes + nbytes <= config.inflight_bytes_max
 
     async def submit(
-        self, topic: str, partition: int, acks: broker_pb2.Acks, payload: bytes
+        self,
+        topic: str,
+        partition: int,
+        acks: broker_pb2.Acks,
+        payload: bytes,
+        producer: ProducerFields | None = None,
     ) -> asyncio.Future[int]:
         if time.monotonic() < self._down_until:
             raise not_leader(topic, partition, self.node_id, self.address)
@@ -155,7 +171,7 @@ class _Link:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         future.add_done_callback(_retrieve)
-        raw = encode_request(request_id, topic, partition, acks, payload)
+        raw = encode_request(request_id, topic, partition, acks, payload, producer)
         waiter = _Waiter(topic, partition, nbytes, raw, future)
         waiter.timer = loop.call_later(
             self._config.answer_timeout_ms / 1000, self._expire, request_id
@@ -345,6 +361,7 @@ class Forwarder:
         partition: int,
         acks: broker_pb2.Acks,
         payload: bytes,
+        producer: ProducerFields | None = None,
     ) -> asyncio.Future[int]:
         """Queues one batch for `leader_id`; the future resolves to its base offset.
 
@@ -363,7 +380,7 @@ class Forwarder:
             self._tasks[leader_id] = self._group.create_task(
                 link.run(), name=f"forward-to-{leader_id}"
             )
-        return await link.submit(topic, partition, acks, payload)
+        return await link.submit(topic, partition, acks, payload, producer)
 
     def stats(self) -> dict[int, tuple[int, int]]:
         """(requests sent, broken streams) per leader node."""

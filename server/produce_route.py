@@ -28,7 +28,13 @@ from typing import Any
 import grpc
 
 from weir.cluster.host import HostError, NotLeaderError
-from weir.cluster.storage import LogClosedError, StorageError
+from weir.cluster.storage import LogClosedError, ProducerError, ProducerFields, StorageError
+from weir.cluster.storage.producers import (
+    PRODUCER_ID_EXPIRY_MS_DEFAULT,
+    PRODUCER_ID_MAX,
+    PRODUCERS_PER_PARTITION_MAX_DEFAULT,
+    SEQUENCE_MODULUS,
+)
 from weir.partitioner import murmur2
 from weir.server.errors import (
     BrokerError,
@@ -79,6 +85,54 @@ class Plan:
 
 def _varint_size(value: int) -> int:
     return max(1, (value.bit_length() + 6) // 7)
+
+
+def producer_refused(topic: str, partition: int, exc: ProducerError) -> BrokerError:
+    """An idempotent producer's batch refused by the partition's producer check."""
+    return BrokerError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        exc.reason,
+        str(exc),
+        {"topic": topic, "partition": partition, **exc.metadata},
+    )
+
+
+def producer_fields(
+    request: broker_pb2.ProduceRequest, expiry_ms: int, producers_max: int
+) -> ProducerFields | None:
+    """The request's idempotent producer fields, checked; None when it has none."""
+    if not request.producer_id:
+        if request.producer_epoch or request.first_sequence:
+            raise invalid(
+                "INVALID_PRODUCER_FIELDS",
+                "producer_epoch and first_sequence need a producer_id (from InitProducer)",
+            )
+        return None
+    if request.producer_id > PRODUCER_ID_MAX:
+        raise invalid(
+            "INVALID_PRODUCER_FIELDS",
+            f"producer_id {request.producer_id} is not one InitProducer hands out",
+            field="producer_id",
+        )
+    if request.first_sequence >= SEQUENCE_MODULUS:
+        raise invalid(
+            "INVALID_PRODUCER_FIELDS",
+            f"first_sequence must be at most {SEQUENCE_MODULUS - 1}",
+            field="first_sequence",
+        )
+    if not request.HasField("partition"):
+        raise invalid(
+            "PARTITION_REQUIRED",
+            "a request with a producer_id must set partition: sequence numbers count "
+            "per (producer, partition)",
+        )
+    return ProducerFields(
+        request.producer_id,
+        request.producer_epoch,
+        request.first_sequence,
+        expiry_ms,
+        producers_max,
+    )
 
 
 def record_too_large(topic: str, index: int, size: int, limit: int) -> BrokerError:
@@ -179,9 +233,16 @@ class Router:
         clock_ms: Callable[[], int],
         stopping: asyncio.Event,
         forwarder: Forwarder | None = None,
+        *,
+        producer_id_expiry_ms: int = PRODUCER_ID_EXPIRY_MS_DEFAULT,
+        producers_per_partition_max: int = PRODUCERS_PER_PARTITION_MAX_DEFAULT,
     ) -> None:
         """`forwarder`: where parts for partitions another node leads go (None: answer
-        NOT_LEADER naming the leader; always so on a single node)."""
+        NOT_LEADER naming the leader; always so on a single node). The producer
+        bounds are stamped into every idempotent batch this node leads."""
+        # Stored as u64 and u32 in each batch header.
+        self._producer_id_expiry_ms = min(producer_id_expiry_ms, 2**63 - 1)
+        self._producers_per_partition_max = min(producers_per_partition_max, 2**32 - 1)
         self._topics = topics
         self._forwarder = forwarder
         self._replicator = replicator
@@ -205,14 +266,19 @@ class Router:
         count = len(request.batch.records)
         if not count:
             raise invalid("EMPTY_BATCH", "a produce request needs at least one record")
+        producer = producer_fields(
+            request, self._producer_id_expiry_ms, self._producers_per_partition_max
+        )
         parts, max_timestamp_ms = await self._prepare(topic, request)
         placed = []
         for part in parts:
             group_id = topic.group_ids[part.partition]
             try:
                 appended = await self._replicator.append(
-                    group_id, part.payload, part.record_count, max_timestamp_ms
+                    group_id, part.payload, part.record_count, max_timestamp_ms, producer
                 )
+            except ProducerError as exc:
+                raise producer_refused(topic.name, part.partition, exc) from None
             except LogClosedError:
                 # The topic was deleted while this request waited for room.
                 raise topic_not_found(topic.name) from None
@@ -220,7 +286,9 @@ class Router:
                 raise storage_error(exc, "the append") from exc
             except NotLeaderError as exc:
                 placed.append(
-                    await self._forward(topic.name, part, request.acks, exc.leader_id, forwarded)
+                    await self._forward(
+                        topic.name, part, request.acks, exc.leader_id, forwarded, producer
+                    )
                 )
                 continue
             except HostError as exc:
@@ -238,7 +306,13 @@ class Router:
         return placed
 
     async def _forward(
-        self, topic: str, part: Part, acks: broker_pb2.Acks, leader_id: int, forwarded: bool
+        self,
+        topic: str,
+        part: Part,
+        acks: broker_pb2.Acks,
+        leader_id: int,
+        forwarded: bool,
+        producer: ProducerFields | None = None,
     ) -> Placed:
         """Sends `part` to its partition's leader, or answers NOT_LEADER naming it.
 
@@ -248,7 +322,7 @@ class Router:
         if self._forwarder is None or forwarded or not address:
             raise not_leader(topic, part.partition, leader_id, address)
         answer = await self._forwarder.submit(
-            leader_id, address, topic, part.partition, acks, part.payload
+            leader_id, address, topic, part.partition, acks, part.payload, producer
         )
         return Placed(part.partition, part.record_count, part.record_indexes, None, answer, answer)
 

@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 from typing import Any, Protocol
 
-from weir.cluster.storage import NodeStorage, PartitionLog
+from weir.cluster.storage import NodeStorage, PartitionLog, ProducerFields
 from weir.v1 import broker_pb2
 
 
@@ -56,13 +56,25 @@ class Appended:
 
 class Replicator(Protocol):
     async def append(
-        self, group_id: int, payload: bytes, record_count: int, max_timestamp_ms: int
+        self,
+        group_id: int,
+        payload: bytes,
+        record_count: int,
+        max_timestamp_ms: int,
+        producer: ProducerFields | None = None,
     ) -> Appended:
         """Queue one batch on this node (which must lead the group).
 
         Waits only for room (storage queue space, Raft's uncommitted limit);
         nothing awaits between assigning the offset and returning, so
         batches of one caller get offsets in call order.
+
+        `producer`: an idempotent producer's batch. The partition's producer
+        state decides first (the same code on one node and in a cluster,
+        weir.cluster.storage.producers): a retry of a remembered batch gets
+        the original `base_offset` (its futures resolve once that batch is
+        durable or committed) and appends nothing; a refused batch raises a
+        `weir.cluster.storage.ProducerError`.
         """
         ...
 
@@ -82,10 +94,15 @@ class LocalReplicator:
         self._storage = storage
 
     async def append(
-        self, group_id: int, payload: bytes, record_count: int, max_timestamp_ms: int
+        self,
+        group_id: int,
+        payload: bytes,
+        record_count: int,
+        max_timestamp_ms: int,
+        producer: ProducerFields | None = None,
     ) -> Appended:
         ticket = await self._storage.partition_log(group_id).append(
-            payload, record_count, max_timestamp_ms
+            payload, record_count, max_timestamp_ms, producer
         )
         return Appended(ticket.base_offset, ticket.durable, ticket.durable)
 

@@ -29,6 +29,7 @@ from weir.server.admin import AdminServicer
 from weir.server.consume import ConsumePath
 from weir.server.errors import abort, malformed
 from weir.server.produce import ProducePath
+from weir.server.producer_ids import ProducerIds, serve_init_producer
 from weir.server.wire import identity
 from weir.v1 import admin_pb2, broker_pb2
 
@@ -239,8 +240,12 @@ def add_services(
     consume: ConsumePath,
     admin: AdminServicer,
     health: NodeHealth,
+    producer_ids: ProducerIds,
 ) -> None:
     """Add the broker, admin, health and reflection services to `server`."""
+
+    async def init_producer(request: Any, context: Any) -> broker_pb2.InitProducerResponse:
+        return await serve_init_producer(producer_ids, request, context)
 
     async def consume_handler(_requests: object, context: Any) -> None:
         await consume.serve(context)
@@ -253,6 +258,11 @@ def add_services(
                 consume_handler,
                 request_deserializer=_parser(broker_pb2.ConsumeRequest),
                 response_serializer=identity,
+            ),
+            "InitProducer": grpc.unary_unary_rpc_method_handler(
+                _reject_malformed(init_producer, "InitProducerRequest"),
+                request_deserializer=_parser(broker_pb2.InitProducerRequest),
+                response_serializer=_serialize,
             ),
         },
     )

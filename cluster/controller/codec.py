@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from weir.cluster.controller.commands import (
     AddPartitions,
+    AllocateProducerIds,
     AssignGroupHome,
     Command,
     CommitOffsets,
     ConfirmDrops,
     CreateTopic,
     DeleteTopic,
+    InitNamedProducer,
     RegisterNode,
     SetLimits,
     UpdateTopicConfig,
@@ -160,6 +162,12 @@ def command_proto(command: Command) -> pb.ControllerCommand:
                     offsets=[pb.PartitionOffset(group_id=g, offset=o) for g, o in sorted(offsets)],
                 )
             )
+        case AllocateProducerIds(count):
+            return pb.ControllerCommand(allocate_producer_ids=pb.AllocateProducerIds(count=count))
+        case InitNamedProducer(name):
+            return pb.ControllerCommand(
+                init_named_producer=pb.InitNamedProducer(producer_name=name)
+            )
     raise AssertionError(f"unknown controller command {command!r}")
 
 
@@ -192,6 +200,10 @@ def command_of(msg: pb.ControllerCommand) -> Command:
             return CommitOffsets(
                 commit.consumer_group, tuple((o.group_id, o.offset) for o in commit.offsets)
             )
+        case "allocate_producer_ids":
+            return AllocateProducerIds(msg.allocate_producer_ids.count)
+        case "init_named_producer":
+            return InitNamedProducer(msg.init_named_producer.producer_name)
     raise AssertionError(f"controller entry without a known command ({kind!r})")
 
 
@@ -229,6 +241,11 @@ def state_proto(state: ControllerState) -> pb.ControllerState:
             pb.CommittedOffset(consumer_group=c, group_id=g, offset=o)
             for c, g, o in state.committed_offsets()
         ],
+        next_producer_id=state.next_producer_id,
+        named_producers=[
+            pb.NamedProducer(producer_name=n, producer_id=pid, producer_epoch=e)
+            for n, pid, e in state.producer_names()
+        ],
     )
 
 
@@ -249,6 +266,10 @@ def state_of(msg: pb.ControllerState) -> ControllerState:
         offsets_partitions=tuple(_partition_of(p) for p in msg.offsets_partitions),
         homes=tuple((h.consumer_group, h.group_id) for h in msg.group_homes),
         committed=tuple((c.consumer_group, c.group_id, c.offset) for c in msg.committed_offsets),
+        next_producer_id=msg.next_producer_id,
+        producer_names=tuple(
+            (p.producer_name, p.producer_id, p.producer_epoch) for p in msg.named_producers
+        ),
     )
 
 

@@ -91,6 +91,20 @@ class CommitOffsets:
     offsets: tuple[tuple[GroupId, int], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class AllocateProducerIds:
+    """A block of `count` producer ids for one node to hand out (never reused)."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class InitNamedProducer:
+    """The named producer's id (the same every time) with its epoch raised by one."""
+
+    producer_name: str
+
+
 Command = (
     RegisterNode
     | CreateTopic
@@ -101,6 +115,8 @@ Command = (
     | AssignGroupHome
     | SetLimits
     | CommitOffsets
+    | AllocateProducerIds
+    | InitNamedProducer
 )
 
 
@@ -122,6 +138,29 @@ class OffsetsCommitted:
     offsets: tuple[tuple[GroupId, int], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ProducerIdBlock:
+    """Producer ids [first, first + count), for the proposing node alone."""
+
+    first: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerIdentity:
+    producer_id: int
+    epoch: int
+
+
 # What `ControllerState.apply` answers: the created/changed value, or the
 # typed error of a command that changed nothing.
-Result = NodeInfo | Topic | GroupHome | OffsetsCommitted | Done | ControllerError
+Result = (
+    NodeInfo
+    | Topic
+    | GroupHome
+    | OffsetsCommitted
+    | ProducerIdBlock
+    | ProducerIdentity
+    | Done
+    | ControllerError
+)

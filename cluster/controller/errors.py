@@ -118,3 +118,14 @@ class InvalidLimits(ControllerError):
 @dataclass(frozen=True, slots=True)
 class InvalidOffset(ControllerError):
     reason: ClassVar[str] = "INVALID_OFFSET"
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidProducerName(ControllerError):
+    reason: ClassVar[str] = "INVALID_PRODUCER_NAME"
+
+
+@dataclass(frozen=True, slots=True)
+class TooManyProducerNames(ControllerError):
+    code: ClassVar[str] = "RESOURCE_EXHAUSTED"
+    reason: ClassVar[str] = "TOO_MANY_PRODUCER_NAMES"

@@ -28,6 +28,7 @@ import dataclasses
 
 from weir.cluster.controller.commands import (
     AddPartitions,
+    AllocateProducerIds,
     AssignGroupHome,
     Command,
     CommitOffsets,
@@ -36,7 +37,10 @@ from weir.cluster.controller.commands import (
     DeleteTopic,
     Done,
     GroupHome,
+    InitNamedProducer,
     OffsetsCommitted,
+    ProducerIdBlock,
+    ProducerIdentity,
     RegisterNode,
     Result,
     SetLimits,
@@ -47,11 +51,13 @@ from weir.cluster.controller.errors import (
     InvalidNode,
     InvalidOffset,
     InvalidPartitionCount,
+    InvalidProducerName,
     InvalidReplicationFactor,
     NoNodes,
     TooManyConsumerGroups,
     TooManyNodes,
     TooManyPartitions,
+    TooManyProducerNames,
     TooManyTopics,
     TopicExists,
     TopicNotFound,
@@ -76,6 +82,27 @@ from weir.cluster.controller.model import (
 )
 from weir.cluster.controller.placement import place_partitions
 
+# Producer ids: 0 means "not idempotent" on the wire, so ids start at 1 and
+# stay below 2**63 (the storage and most languages' signed 64-bit integers).
+FIRST_PRODUCER_ID = 1
+PRODUCER_ID_MAX = 2**63 - 1
+PRODUCER_EPOCH_MAX = 2**32 - 1
+# A block is at most this many ids; named producers at most this many (each
+# one row of group 0's state, kept forever like Kafka's transactional ids
+# until expiry, which Weir does not have yet).
+PRODUCER_ID_BLOCK_MAX = 100_000
+PRODUCER_NAMES_MAX = 100_000
+PRODUCER_NAME_CHARS_MAX = 255
+
+
+def check_producer_name(name: str) -> str | None:
+    """Why `name` is not a valid producer name, or None."""
+    if not 1 <= len(name) <= PRODUCER_NAME_CHARS_MAX:
+        return f"a producer name has 1 to {PRODUCER_NAME_CHARS_MAX} characters"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return "a producer name has no control characters"
+    return None
+
 
 class ControllerState:
     """Nodes, topics, deleted topics still being dropped, offsets partitions and limits."""
@@ -96,6 +123,9 @@ class ControllerState:
         self._committed: dict[tuple[str, GroupId], int] = {}
         # Derived from _committed (never encoded): partitions per consumer group.
         self._committed_groups: collections.Counter[str] = collections.Counter()
+        self.next_producer_id = FIRST_PRODUCER_ID
+        # Producer name -> (producer id, epoch).
+        self._producer_names: dict[str, tuple[int, int]] = {}
 
     @classmethod
     def build(
@@ -110,6 +140,8 @@ class ControllerState:
         offsets_partitions: tuple[Partition, ...],
         homes: tuple[tuple[str, GroupId], ...],
         committed: tuple[tuple[str, GroupId, int], ...] = (),
+        next_producer_id: int = FIRST_PRODUCER_ID,
+        producer_names: tuple[tuple[str, int, int], ...] = (),
     ) -> ControllerState:
         """A state from its parts (a decoded snapshot); asserts its invariants."""
         state = cls(limits)
@@ -123,6 +155,8 @@ class ControllerState:
         state._home_counts = collections.Counter(state._homes.values())
         state._committed = {(c, g): offset for c, g, offset in committed}
         state._committed_groups = collections.Counter(c for c, _ in state._committed)
+        state.next_producer_id = max(FIRST_PRODUCER_ID, next_producer_id)
+        state._producer_names = {name: (pid, epoch) for name, pid, epoch in producer_names}
         state.check_invariants()
         return state
 
@@ -160,6 +194,10 @@ class ControllerState:
         """Every committed offset, by consumer group, then group id."""
         return tuple((c, g, self._committed[(c, g)]) for c, g in sorted(self._committed))
 
+    def producer_names(self) -> tuple[tuple[str, int, int], ...]:
+        """(name, producer id, epoch) of every named producer, by name."""
+        return tuple((n, pid, e) for n, (pid, e) in sorted(self._producer_names.items()))
+
     def partitions(self) -> tuple[Partition, ...]:
         """Every group that should be running: live topics' partitions and offsets partitions.
 
@@ -194,6 +232,8 @@ class ControllerState:
             self.offsets_partitions(),
             self.homes(),
             self.committed_offsets(),
+            self.next_producer_id,
+            self.producer_names(),
         )
 
     def __repr__(self) -> str:
@@ -227,6 +267,10 @@ class ControllerState:
                 result = self._set_limits(command)
             case CommitOffsets():
                 result = self._commit_offsets(command)
+            case AllocateProducerIds():
+                result = self._allocate_producer_ids(command)
+            case InitNamedProducer():
+                result = self._init_named_producer(command)
             case _:
                 raise AssertionError(f"unknown controller command {command!r}")
         assert self.version in (before, before + 1)
@@ -484,6 +528,34 @@ class ControllerState:
 
     # -- invariants ----------------------------------------------------------
 
+    def _allocate_producer_ids(self, command: AllocateProducerIds) -> Result:
+        count = min(max(1, command.count), PRODUCER_ID_BLOCK_MAX)
+        first = self.next_producer_id
+        assert first + count - 1 <= PRODUCER_ID_MAX, "producer ids exhausted"
+        self.next_producer_id = first + count
+        self.version += 1
+        return ProducerIdBlock(first, count)
+
+    def _init_named_producer(self, command: InitNamedProducer) -> Result:
+        name = command.producer_name
+        problem = check_producer_name(name)
+        if problem is not None:
+            return InvalidProducerName.of(problem)
+        known = self._producer_names.get(name)
+        if known is None and len(self._producer_names) >= PRODUCER_NAMES_MAX:
+            return TooManyProducerNames.of(
+                f"the cluster holds {PRODUCER_NAMES_MAX} producer names already"
+            )
+        if known is None or known[1] >= PRODUCER_EPOCH_MAX:
+            # A new name, or one whose epochs ran out: a new id at epoch 0.
+            identity = (self.next_producer_id, 0)
+            self.next_producer_id += 1
+        else:
+            identity = (known[0], known[1] + 1)
+        self._producer_names[name] = identity
+        self.version += 1
+        return ProducerIdentity(*identity)
+
     def check_invariants(self) -> None:
         """Asserts what every reachable state satisfies; tests call it after each command."""
         assert self.version >= 0
@@ -523,3 +595,6 @@ class ControllerState:
         for (_, group_id), offset in self._committed.items():
             assert group_id in live and offset >= 0, (group_id, offset)
         assert self._committed_groups == collections.Counter(c for c, _ in self._committed)
+        assert FIRST_PRODUCER_ID <= self.next_producer_id <= PRODUCER_ID_MAX + 1
+        for pid, _ in self._producer_names.values():
+            assert FIRST_PRODUCER_ID <= pid < self.next_producer_id

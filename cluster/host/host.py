@@ -29,6 +29,7 @@ from ..raft.types import HardState, Message, NodeId, NotLeader, ProposalDropped,
 from ..storage.codec import BatchKind, encode_batch, encode_partition_snapshot
 from ..storage.log import PartitionLog, RetentionPlan
 from ..storage.node import NodeStorage
+from ..storage.producers import Duplicate, InFlight, ProducerFields, TailBatch, decide, encode_table
 from ..transport.service import add_peer_service
 from ..transport.transport import PeerTransport
 from .config import HostConfig, HostStats
@@ -42,6 +43,7 @@ from .errors import (
     ProposalDroppedError,
 )
 from .group import ApplyCallback, Group, SnapshotCallback
+from .producers import ProducerTail, tail_of
 from .tickets import AppendTicket, ProposalTicket, Waiters
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,8 @@ class RaftHost:
         self._task: asyncio.Task[None] | None = None
         self._running = False
         self._failure: BaseException | None = None
+        # Idempotent producers' batches beyond each led group's applied index.
+        self._producer_tails: dict[int, ProducerTail] = {}
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -235,6 +239,7 @@ class RaftHost:
         """Stops running `group_id` here (its data stays); its waiters resolve unknown."""
         driver = self._driver
         group = driver.groups.pop(group_id, None)
+        self._producer_tails.pop(group_id, None)
         if group is None:
             return
         group.stopped = True
@@ -278,13 +283,25 @@ class RaftHost:
         return result, group.raw.raft.term
 
     def append_batch(
-        self, group_id: int, payload: bytes, record_count: int, max_timestamp_ms: int
+        self,
+        group_id: int,
+        payload: bytes,
+        record_count: int,
+        max_timestamp_ms: int,
+        producer: ProducerFields | None = None,
     ) -> AppendTicket:
         """Proposes one record batch to a partition group this node leads.
 
         `base_offset` follows the leader's whole log tail, proposed entries
         included. Raises `NotLeaderError` / `ProposalDroppedError` at once;
         the ticket's futures carry the outcome (see `AppendTicket`).
+
+        With `producer` (an idempotent producer's batch) the producer check
+        runs first, against the applied producer table and this leader's
+        log tail: a retry of an applied batch gets a ticket already resolved
+        to the original base offset; a retry of a batch in the tail gets a
+        ticket on that entry (committed with its offsets, or not written);
+        a refused batch raises a `ProducerError`. Nothing is proposed then.
         """
         assert record_count > 0, "a record batch holds at least one record"
         self._check_running()
@@ -293,6 +310,25 @@ class RaftHost:
         self._driver.healthy(group)
         if group.role is not Role.LEADER:
             raise NotLeaderError(group_id, group.leader)
+        deadline = self._clock_ms() + self.config.proposal_timeout_ms
+        tail: ProducerTail | None = None
+        if producer is not None:
+            applied = group.storage.applied_submitted
+            tail = tail_of(self._producer_tails.get(group_id), group.raw, applied)
+            self._producer_tails[group_id] = tail
+            decision = decide(
+                group.storage.producers.get(producer.producer_id),
+                tail.batches(producer.producer_id, applied),
+                producer,
+                record_count,
+            )
+            if isinstance(decision, Duplicate):
+                return self._answered(group_id, decision.base_offset, record_count)
+            if isinstance(decision, InFlight):
+                batch = decision.batch
+                return group.waiters.add_append(
+                    batch.index, batch.term, batch.base_offset, record_count, deadline
+                )
         base_offset = group.next_offset()
         data = encode_batch(
             BatchKind.RECORDS,
@@ -301,11 +337,33 @@ class RaftHost:
             max_timestamp_ms,
             self._wall_clock_ms(),
             payload,
+            producer,
         )
         index, term = self._propose(group, data)
         group.proposed(index, base_offset + record_count)
-        deadline = self._clock_ms() + self.config.proposal_timeout_ms
+        if producer is not None and tail is not None:
+            tail.add(
+                producer,
+                TailBatch(
+                    producer.epoch,
+                    producer.first_sequence,
+                    record_count,
+                    base_offset,
+                    index,
+                    term,
+                ),
+                group.storage.applied_submitted,
+            )
         return group.waiters.add_append(index, term, base_offset, record_count, deadline)
+
+    def _answered(self, group_id: int, base_offset: int, record_count: int) -> AppendTicket:
+        """A ticket for a batch that is applied already (a producer's retry)."""
+        loop = asyncio.get_running_loop()
+        durable: asyncio.Future[int] = loop.create_future()
+        committed: asyncio.Future[int] = loop.create_future()
+        durable.set_result(base_offset)
+        committed.set_result(base_offset)
+        return AppendTicket(group_id, 0, 0, base_offset, record_count, durable, committed)
 
     def submit(
         self, group_id: int, data: bytes, *, timeout_ms: int | None = None
@@ -365,8 +423,16 @@ class RaftHost:
         plan = log.plan_retention(retention_bytes, retention_ms)
         if plan is None:
             return None
+        # The producer table as applied now, which may be ahead of the
+        # snapshot's index: a follower that installs it replays the entries
+        # between without effect (see ProducerTable.apply).
+        producers = group.storage.producers
         self.compact(
-            group_id, plan.first_index - 1, encode_partition_snapshot(plan.start_offset, app_state)
+            group_id,
+            plan.first_index - 1,
+            encode_partition_snapshot(
+                plan.start_offset, app_state, encode_table(producers) if len(producers) else b""
+            ),
         )
         return plan
 

@@ -97,7 +97,7 @@ class ControllerLimits(_message.Message):
     def __init__(self, nodes_max: _Optional[int] = ..., topics_max: _Optional[int] = ..., partitions_max: _Optional[int] = ..., partitions_total_max: _Optional[int] = ..., record_bytes_max_limit: _Optional[int] = ..., consumer_groups_max: _Optional[int] = ..., offsets_partition_count: _Optional[int] = ...) -> None: ...
 
 class ControllerState(_message.Message):
-    __slots__ = ("version", "nodes", "topics", "deleting_topics", "next_group_id", "offsets_partitions", "group_homes", "limits", "committed_offsets")
+    __slots__ = ("version", "nodes", "topics", "deleting_topics", "next_group_id", "offsets_partitions", "group_homes", "limits", "committed_offsets", "next_producer_id", "named_producers")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     TOPICS_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,8 @@ class ControllerState(_message.Message):
     GROUP_HOMES_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMED_PRODUCERS_FIELD_NUMBER: _ClassVar[int]
     version: int
     nodes: _containers.RepeatedCompositeFieldContainer[ControllerNode]
     topics: _containers.RepeatedCompositeFieldContainer[ControllerTopic]
@@ -116,7 +118,9 @@ class ControllerState(_message.Message):
     group_homes: _containers.RepeatedCompositeFieldContainer[GroupHome]
     limits: ControllerLimits
     committed_offsets: _containers.RepeatedCompositeFieldContainer[CommittedOffset]
-    def __init__(self, version: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[ControllerNode, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[ControllerTopic, _Mapping]]] = ..., deleting_topics: _Optional[_Iterable[_Union[DeletingTopic, _Mapping]]] = ..., next_group_id: _Optional[int] = ..., offsets_partitions: _Optional[_Iterable[_Union[PartitionAssignment, _Mapping]]] = ..., group_homes: _Optional[_Iterable[_Union[GroupHome, _Mapping]]] = ..., limits: _Optional[_Union[ControllerLimits, _Mapping]] = ..., committed_offsets: _Optional[_Iterable[_Union[CommittedOffset, _Mapping]]] = ...) -> None: ...
+    next_producer_id: int
+    named_producers: _containers.RepeatedCompositeFieldContainer[NamedProducer]
+    def __init__(self, version: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[ControllerNode, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[ControllerTopic, _Mapping]]] = ..., deleting_topics: _Optional[_Iterable[_Union[DeletingTopic, _Mapping]]] = ..., next_group_id: _Optional[int] = ..., offsets_partitions: _Optional[_Iterable[_Union[PartitionAssignment, _Mapping]]] = ..., group_homes: _Optional[_Iterable[_Union[GroupHome, _Mapping]]] = ..., limits: _Optional[_Union[ControllerLimits, _Mapping]] = ..., committed_offsets: _Optional[_Iterable[_Union[CommittedOffset, _Mapping]]] = ..., next_producer_id: _Optional[int] = ..., named_producers: _Optional[_Iterable[_Union[NamedProducer, _Mapping]]] = ...) -> None: ...
 
 class CommittedOffset(_message.Message):
     __slots__ = ("consumer_group", "group_id", "offset")
@@ -205,7 +209,7 @@ class CommitOffsets(_message.Message):
     def __init__(self, consumer_group: _Optional[str] = ..., offsets: _Optional[_Iterable[_Union[PartitionOffset, _Mapping]]] = ...) -> None: ...
 
 class ControllerCommand(_message.Message):
-    __slots__ = ("register_node", "create_topic", "delete_topic", "add_partitions", "update_topic_config", "confirm_drops", "assign_group_home", "set_limits", "commit_offsets")
+    __slots__ = ("register_node", "create_topic", "delete_topic", "add_partitions", "update_topic_config", "confirm_drops", "assign_group_home", "set_limits", "commit_offsets", "allocate_producer_ids", "init_named_producer")
     REGISTER_NODE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TOPIC_FIELD_NUMBER: _ClassVar[int]
     DELETE_TOPIC_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +219,8 @@ class ControllerCommand(_message.Message):
     ASSIGN_GROUP_HOME_FIELD_NUMBER: _ClassVar[int]
     SET_LIMITS_FIELD_NUMBER: _ClassVar[int]
     COMMIT_OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATE_PRODUCER_IDS_FIELD_NUMBER: _ClassVar[int]
+    INIT_NAMED_PRODUCER_FIELD_NUMBER: _ClassVar[int]
     register_node: RegisterNode
     create_topic: CreateTopic
     delete_topic: DeleteTopic
@@ -224,4 +230,28 @@ class ControllerCommand(_message.Message):
     assign_group_home: AssignGroupHome
     set_limits: SetLimits
     commit_offsets: CommitOffsets
-    def __init__(self, register_node: _Optional[_Union[RegisterNode, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., add_partitions: _Optional[_Union[AddPartitions, _Mapping]] = ..., update_topic_config: _Optional[_Union[UpdateTopicConfig, _Mapping]] = ..., confirm_drops: _Optional[_Union[ConfirmDrops, _Mapping]] = ..., assign_group_home: _Optional[_Union[AssignGroupHome, _Mapping]] = ..., set_limits: _Optional[_Union[SetLimits, _Mapping]] = ..., commit_offsets: _Optional[_Union[CommitOffsets, _Mapping]] = ...) -> None: ...
+    allocate_producer_ids: AllocateProducerIds
+    init_named_producer: InitNamedProducer
+    def __init__(self, register_node: _Optional[_Union[RegisterNode, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., add_partitions: _Optional[_Union[AddPartitions, _Mapping]] = ..., update_topic_config: _Optional[_Union[UpdateTopicConfig, _Mapping]] = ..., confirm_drops: _Optional[_Union[ConfirmDrops, _Mapping]] = ..., assign_group_home: _Optional[_Union[AssignGroupHome, _Mapping]] = ..., set_limits: _Optional[_Union[SetLimits, _Mapping]] = ..., commit_offsets: _Optional[_Union[CommitOffsets, _Mapping]] = ..., allocate_producer_ids: _Optional[_Union[AllocateProducerIds, _Mapping]] = ..., init_named_producer: _Optional[_Union[InitNamedProducer, _Mapping]] = ...) -> None: ...
+
+class AllocateProducerIds(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class InitNamedProducer(_message.Message):
+    __slots__ = ("producer_name",)
+    PRODUCER_NAME_FIELD_NUMBER: _ClassVar[int]
+    producer_name: str
+    def __init__(self, producer_name: _Optional[str] = ...) -> None: ...
+
+class NamedProducer(_message.Message):
+    __slots__ = ("producer_name", "producer_id", "producer_epoch")
+    PRODUCER_NAME_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    producer_name: str
+    producer_id: int
+    producer_epoch: int
+    def __init__(self, producer_name: _Optional[str] = ..., producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ...) -> None: ...

@@ -33,19 +33,39 @@ START_KIND_LATEST: StartKind
 START_KIND_OFFSET: StartKind
 START_KIND_TIMESTAMP: StartKind
 
+class InitProducerRequest(_message.Message):
+    __slots__ = ("producer_name",)
+    PRODUCER_NAME_FIELD_NUMBER: _ClassVar[int]
+    producer_name: str
+    def __init__(self, producer_name: _Optional[str] = ...) -> None: ...
+
+class InitProducerResponse(_message.Message):
+    __slots__ = ("producer_id", "producer_epoch")
+    PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    producer_id: int
+    producer_epoch: int
+    def __init__(self, producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ...) -> None: ...
+
 class ProduceRequest(_message.Message):
-    __slots__ = ("request_id", "topic", "partition", "batch", "acks")
+    __slots__ = ("request_id", "topic", "partition", "batch", "acks", "producer_id", "producer_epoch", "first_sequence")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     ACKS_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     topic: str
     partition: int
     batch: _records_pb2.RecordBatch
     acks: Acks
-    def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., batch: _Optional[_Union[_records_pb2.RecordBatch, _Mapping]] = ..., acks: _Optional[_Union[Acks, str]] = ...) -> None: ...
+    producer_id: int
+    producer_epoch: int
+    first_sequence: int
+    def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., batch: _Optional[_Union[_records_pb2.RecordBatch, _Mapping]] = ..., acks: _Optional[_Union[Acks, str]] = ..., producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ..., first_sequence: _Optional[int] = ...) -> None: ...
 
 class PartitionAppend(_message.Message):
     __slots__ = ("partition", "base_offset", "record_count", "record_indexes")

@@ -45,6 +45,11 @@ class BrokerServiceStub:
                 request_serializer=weir_dot_v1_dot_broker__pb2.ConsumeRequest.SerializeToString,
                 response_deserializer=weir_dot_v1_dot_broker__pb2.ConsumeResponse.FromString,
                 _registered_method=True)
+        self.InitProducer = channel.unary_unary(
+                '/weir.v1.BrokerService/InitProducer',
+                request_serializer=weir_dot_v1_dot_broker__pb2.InitProducerRequest.SerializeToString,
+                response_deserializer=weir_dot_v1_dot_broker__pb2.InitProducerResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServiceServicer:
@@ -73,6 +78,16 @@ class BrokerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InitProducer(self, request, context):
+        """Obtain a producer id and epoch for idempotent producing (see
+        `ProduceRequest.producer_id`). Without a name every call gets a fresh
+        id at epoch 0; with `producer_name` the same name keeps its id and gets
+        the next epoch, which fences the previous holder of the name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -85,6 +100,11 @@ def add_BrokerServiceServicer_to_server(servicer, server):
                     servicer.Consume,
                     request_deserializer=weir_dot_v1_dot_broker__pb2.ConsumeRequest.FromString,
                     response_serializer=weir_dot_v1_dot_broker__pb2.ConsumeResponse.SerializeToString,
+            ),
+            'InitProducer': grpc.unary_unary_rpc_method_handler(
+                    servicer.InitProducer,
+                    request_deserializer=weir_dot_v1_dot_broker__pb2.InitProducerRequest.FromString,
+                    response_serializer=weir_dot_v1_dot_broker__pb2.InitProducerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -142,6 +162,33 @@ class BrokerService:
             '/weir.v1.BrokerService/Consume',
             weir_dot_v1_dot_broker__pb2.ConsumeRequest.SerializeToString,
             weir_dot_v1_dot_broker__pb2.ConsumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InitProducer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weir.v1.BrokerService/InitProducer',
+            weir_dot_v1_dot_broker__pb2.InitProducerRequest.SerializeToString,
+            weir_dot_v1_dot_broker__pb2.InitProducerResponse.FromString,
             options,
             channel_credentials,
             insecure,
