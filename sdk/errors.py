@@ -121,7 +121,7 @@ class FailedPreconditionError(InvalidArgumentError):
 
 
 class ResourceExhaustedError(WeirError):
-    """A limit was exceeded (RESOURCE_EXHAUSTED), e.g. STORAGE_FULL."""
+    """A limit was exceeded (RESOURCE_EXHAUSTED), e.g. TOO_MANY_TOPICS."""
 
     default_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
