@@ -135,6 +135,9 @@ def take_records(
             length = payload[pos + 1]
             if length < 0x80:
                 body = pos + 2
+            elif payload[pos + 2] < 0x80:  # two bytes: records up to 16 KiB
+                length = (length & 0x7F) | (payload[pos + 2] << 7)
+                body = pos + 3
             else:
                 length, body = _varint_at(payload, pos + 1)
             end = body + length
@@ -161,6 +164,9 @@ def take_records(
                 n = payload[at + 1]
                 if n < 0x80:
                     at += 2 + n
+                elif payload[at + 2] < 0x80:
+                    n = (n & 0x7F) | (payload[at + 2] << 7)
+                    at += 3 + n
                 else:
                     n, at = _varint_at(payload, at + 1)
                     at += n
@@ -168,16 +174,10 @@ def take_records(
                 tag = payload[at] if at < end else 0
             while tag == 0x1A:  # one Record.headers entry: name (1), value (2)
                 n = payload[at + 1]
-                name = at + 4 + payload[at + 3]  # where the value field starts
-                if (
-                    n < 0x80
-                    and payload[at + 2] == 0x0A
-                    and payload[name] == 0x12
-                    and name + 2 + payload[name + 1] == at + 2 + n
-                ):
-                    # Name and value fields, as the broker writes them, each
-                    # length one byte (the entry is under 128): all but the
-                    # two tags and two lengths count.
+                if n < 0x80 and n >= 4 and payload[at + 2] == 0x0A:
+                    # The broker writes both fields of an entry, name first;
+                    # under 128 bytes each length takes one byte, so all but
+                    # the two tags and two lengths count.
                     at += 2 + n
                     charge += n - 4
                 else:
