@@ -13,6 +13,7 @@ BENCHES = [
     "bench.broker",
     "bench.sdk",
     "bench.cluster",
+    "bench.consume_single",
 ]
 
 
