@@ -19,6 +19,7 @@ from weir.errors import WeirError, from_error_proto, from_rpc_error
 from weir.v1 import admin_pb2_grpc, broker_pb2
 
 __all__ = [
+    "KEEPALIVE_TIME_MS_DEFAULT",
     "StreamCall",
     "admin_stub",
     "consume_call",
@@ -93,26 +94,49 @@ RECONNECT_BACKOFF_MS_MIN = 100
 RECONNECT_BACKOFF_MS_MAX = 1_000
 
 
-def open_channel(bootstrap: str) -> grpc.aio.Channel:
+# HTTP/2 keepalive. An idle consume stream sends nothing for as long as no
+# record arrives, so without pings a NAT or load balancer on the way may drop
+# the connection silently, and a dead one is only found when the next write
+# fails. Weir's nodes accept a ping every 5 s or less often
+# (docs/operations.md, Keepalive); gRPC's own server default (5 minutes)
+# would cut this client off, so a non-Weir server behind the same address
+# needs `keepalive_time_ms=None`.
+KEEPALIVE_TIME_MS_DEFAULT = 30_000
+# An unanswered ping closes the connection after this: its streams fail with
+# UNAVAILABLE and the clients move to another node.
+KEEPALIVE_TIMEOUT_MS = 20_000
+
+
+def open_channel(
+    bootstrap: str, *, keepalive_time_ms: int | None = KEEPALIVE_TIME_MS_DEFAULT
+) -> grpc.aio.Channel:
     """Open an insecure grpc.aio channel to `bootstrap` ("host:port").
 
-    Must be called with a running event loop; the caller owns the channel and
-    must `await channel.close()`.
+    `keepalive_time_ms` is the interval of HTTP/2 keepalive pings while a
+    call is open (None: no pings). Must be called with a running event loop;
+    the caller owns the channel and must `await channel.close()`.
     """
     if not bootstrap or ":" not in bootstrap:
         raise ValueError(f"bootstrap must be 'host:port', got {bootstrap!r}")
-    return grpc.aio.insecure_channel(
-        bootstrap,
-        options=[
-            ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
-            ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
-            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MIN),
-            ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MIN),
-            ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MAX),
-            # No client keepalive: a gRPC server's default policy answers pings
-            # more often than every 5 minutes with GOAWAY "too_many_pings".
-        ],
-    )
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+        ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MIN),
+        ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MIN),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS_MAX),
+    ]
+    if keepalive_time_ms is not None:
+        options += [
+            ("grpc.keepalive_time_ms", keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            # Only while calls are open: an idle channel may as well reconnect.
+            ("grpc.keepalive_permit_without_calls", 0),
+            # gRPC sends at most two pings while no data goes out unless told
+            # otherwise, so on an idle stream its keepalive stops after the
+            # second ping (measured, grpc 1.85).
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+    return grpc.aio.insecure_channel(bootstrap, options=options)
 
 
 @asynccontextmanager

@@ -102,6 +102,7 @@ class Connection:
         backoff_ms / backoff_max_ms: The wait after the first full round of
             failed nodes, doubling up to the cap (with +-20% jitter).
         connect_timeout_s: The longest wait for one node's connect.
+        keepalive_time_ms: HTTP/2 keepalive interval of the channels (None: none).
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class Connection:
         backoff_ms: int = 100,
         backoff_max_ms: int = 5_000,
         connect_timeout_s: float = CONNECT_TIMEOUT_S_MAX,
+        keepalive_time_ms: int | None = _conn.KEEPALIVE_TIME_MS_DEFAULT,
     ) -> None:
         rng = rng if rng is not None else random.Random()
         self.nodes = Nodes(
@@ -120,6 +122,7 @@ class Connection:
             rng=rng,
         )
         self._connect_timeout_s = min(connect_timeout_s, CONNECT_TIMEOUT_S_MAX)
+        self._keepalive_time_ms = keepalive_time_ms
         self._channels: dict[str, grpc.aio.Channel] = {}
         # Channels of learned addresses that `Nodes` forgot; closed at the
         # next await, so they are bounded by ADDRESSES_MAX as well.
@@ -144,7 +147,9 @@ class Connection:
         channel = self._channels.get(address)
         if channel is None:
             # Looked up at call time so unit tests can script the channels.
-            channel = self._channels[address] = _conn.open_channel(address)
+            channel = self._channels[address] = _conn.open_channel(
+                address, keepalive_time_ms=self._keepalive_time_ms
+            )
         return channel
 
     async def connect(self) -> bool:

@@ -34,7 +34,7 @@ class FakeNodes:
         self.channels: list[FakeChannel] = []
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeNodes:
-        def open_channel(address: str) -> FakeChannel:
+        def open_channel(address: str, **options: object) -> FakeChannel:
             channel = FakeChannel(address)
             self.channels.append(channel)
             return channel
