@@ -4,8 +4,12 @@
   is refused with PARTITION_OUT_OF_RANGE within its deadline, while health
   checks on the same node keep being answered (validation is linear).
 - A record of exactly `record_bytes_max` reaches a consumer that granted
-  exactly that many bytes of credit: byte credit is the record's
-  `weir.v1.Record` encoding, which any client can compute (raw gRPC and SDK).
+  exactly that many bytes of credit: byte credit is the record's content
+  (key, value, header names and values), never more than its encoding
+  (raw gRPC and SDK).
+- A client that gives back only value bytes for records with keys and
+  headers gets a CREDIT_TOO_SMALL notice naming the bytes it needs, not a
+  silent stall, and goes on once it grants them.
 - A commit on a stream whose topic was deleted never succeeds.
 - Many concurrent streams mixing valid credits and commits with malformed and
   invalid requests, half-closes and cancellations all end with a status
@@ -170,6 +174,57 @@ def test_sdk_consumer_with_the_smallest_window_never_stalls(
     # max_outstanding_bytes=1: the window is widened to record_bytes_max and
     # every record of that size must still come through.
     assert asyncio.run(consume(broker.address)) == [r.value for r in records]
+
+
+@pytest.mark.timeout(60)
+def test_a_client_counting_only_values_is_told_what_it_needs(client: RawClient) -> None:
+    client.create_topic("drift")
+    records = [
+        records_pb2.Record(key=b"order-%04d" % i, value=b"v" * 50, headers={"trace": b"t" * 16})
+        for i in range(200)
+    ]
+    response = client.produce_one(
+        broker_pb2.ProduceRequest(
+            request_id=1, topic="drift", partition=0, batch=records_pb2.RecordBatch(records=records)
+        )
+    )
+    assert not response.HasField("error"), response
+    cost = 10 + 50 + len("trace") + 16
+    window = 20
+    stream, _ = open_stream(
+        client,
+        broker_pb2.Subscribe(
+            topic="drift",
+            start=start_at(EARLIEST),
+            credit=broker_pb2.Credit(messages=window, bytes=window * cost),
+        ),
+    )
+    try:
+        # Record by record, one message and only the value's bytes go back:
+        # the credit drifts down by the key and header bytes of each.
+        received = 0
+        while True:
+            answer = stream.next()
+            if answer.WhichOneof("kind") == "notice":
+                notice = answer.notice
+                break
+            assert answer.WhichOneof("kind") == "batch", answer
+            for record in answer.batch.records:
+                assert record.key == b"order-%04d" % received
+                received += 1
+                stream.credit(1, len(record.value))
+        assert received < len(records), "the drift stops the stream before the end"
+        assert (notice.reason, notice.code) == ("CREDIT_TOO_SMALL", 8)
+        assert notice.metadata["record_bytes"] == str(cost)
+        assert notice.metadata["offset"] == str(received)
+        needed = int(notice.metadata["needed_bytes"])
+        assert 0 < needed <= cost
+        stream.credit(0, needed)
+        answer = stream.next()
+        assert answer.WhichOneof("kind") == "batch", answer
+        assert answer.batch.base_offset == received
+    finally:
+        stream.close()
 
 
 # -- 5. commits on a deleted topic ---------------------------------------------
