@@ -35,6 +35,17 @@ and after a backoff once every node failed. It resumes each partition at the
 offset after the last record the application took, so the SDK neither skips
 nor repeats a record across the move.
 
+Stopping. Cancelling the task that iterates (or a deadline around `async
+for`), `break`, and `stop()` from another task all leave the stream open:
+`commit()` then stores the positions of the records the application took,
+and iterating again continues after them. gRPC's asyncio API cancels the
+whole call when a task awaiting one of its writes is cancelled, so every
+write on the stream (credit, commits) runs in a task of its own that the
+caller only waits for; a cancelled caller leaves its request to go out and
+the next write waits for it. A task cancelled while it replaced the stream
+(a reconnect or `seek()`) leaves none, and the next call subscribes again
+from the positions; such a `seek()` did not happen.
+
 One stream and its reader live in `_consumer_stream`, the choice of the next
 node in `_consumer_failover`; this module keeps positions and credit.
 """
@@ -47,7 +58,7 @@ import random
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 
-from weir._conn import consume_call, from_error_proto
+from weir._conn import KEEPALIVE_TIME_MS_DEFAULT, consume_call, from_error_proto
 from weir._failover import Connection
 from weir._nodes import Bootstrap
 from weir._wire import RecordFields
@@ -61,13 +72,20 @@ from weir.v1 import broker_pb2
 __all__ = ["Consumer"]
 
 MIB = 1024 * 1024
+# How long ending a stream waits for a write that a cancelled caller left
+# running (a write waits only for HTTP/2 flow control: a broker that stopped
+# reading would hold it for ever). After that the call is cancelled.
+WRITE_DRAIN_S_MAX = 1.0
 
 
 class Consumer:
     """Reads one topic as an async iterator of `ConsumedRecord`.
 
     Iterate (and `seek()`) from one task at a time; `commit()` may run in
-    another task while the iterator waits.
+    another task while the iterator waits. To stop reading, `break`,
+    cancel the iterating task, or call `stop()` from another task (or a
+    signal handler): the stream stays open for `commit()`, and `close()`
+    (leaving `async with`) ends it.
 
     Args:
         bootstrap: "host:port" of any broker node, or several: a sequence
@@ -90,6 +108,10 @@ class Consumer:
         retry_backoff_ms: The wait after a full round of failed nodes; it
             doubles up to 5 s, with +-20% jitter.
         rng: Randomness for the first node and the backoff jitter.
+        keepalive_time_ms: Interval of HTTP/2 keepalive pings while the
+            stream is open (None: no pings). Weir's nodes accept every 5 s
+            or less often by default; sooner ends the stream with
+            `TooManyPingsError` (docs/errors.md).
     """
 
     def __init__(
@@ -106,14 +128,18 @@ class Consumer:
         reconnect_attempts: int = 5,
         retry_backoff_ms: int = 100,
         rng: random.Random | None = None,
+        keepalive_time_ms: int | None = KEEPALIVE_TIME_MS_DEFAULT,
     ) -> None:
         if max_outstanding_messages < 1 or max_outstanding_bytes < 1:
             raise ValueError("the outstanding windows must be positive")
+        if keepalive_time_ms is not None and keepalive_time_ms < 1:
+            raise ValueError("keepalive_time_ms must be positive (None: no keepalive)")
         self._conn = Connection(
             bootstrap,
             rng=rng,
             backoff_ms=retry_backoff_ms,
             connect_timeout_s=request_timeout_ms / 1000.0,
+            keepalive_time_ms=keepalive_time_ms,
         )
         self.topic = topic
         self._group = group or ""
@@ -130,8 +156,11 @@ class Consumer:
         self._next_commit_id = 1
         self._failover = Failover(self._conn, reconnect_attempts)
         self._sub: Subscription | None = None
-        self._write_lock = asyncio.Lock()
+        # The last write on the stream, which may outlive a cancelled caller.
+        self._writing: asyncio.Task[None] | None = None
+        self._subscribe_lock = asyncio.Lock()
         self._started = False
+        self._stopped = False
         self._closed = False
 
     async def __aenter__(self) -> Consumer:
@@ -156,6 +185,7 @@ class Consumer:
         if (
             sub is not None
             and sub.buffer
+            and not self._stopped
             and self._taken_messages * 2 < self._window_messages
             and self._taken_bytes * 2 < self._window_bytes
         ):
@@ -175,6 +205,18 @@ class Consumer:
         except BaseException:
             await self.close()
             raise
+
+    def stop(self) -> None:
+        """End iteration for good; the stream stays open for `commit()` until `close()`.
+
+        Safe from another task or a signal handler (`loop.add_signal_handler(
+        signal.SIGTERM, consumer.stop)`): a waiting `async for` ends once its
+        current record is handled, and from then on the iterator ends at once,
+        `poll()` returns None and `poll_batch()` an empty list.
+        """
+        self._stopped = True
+        if self._sub is not None:
+            self._sub.arrived.set()
 
     async def poll(self, timeout_s: float | None = None) -> ConsumedRecord | None:
         """The next record, or None if none arrives within `timeout_s`."""
@@ -242,7 +284,7 @@ class Consumer:
             offsets = {p: self._positions[p] for p in sorted(self._yielded)}
         if not offsets:
             return {}
-        sub = self._require_sub()
+        sub = await self._current_sub()
         commit_id = self._next_commit_id
         self._next_commit_id += 1
         fut: asyncio.Future[broker_pb2.CommitResult] = asyncio.get_running_loop().create_future()
@@ -276,8 +318,8 @@ class Consumer:
             return
         self._closed = True
         if self._sub is not None:
-            await stream.end(self._sub, ClosedError("the consumer is closed"))
-            self._sub = None
+            sub, self._sub = self._sub, None
+            await self._end(sub, ClosedError("the consumer is closed"))
         if self._started:
             await self._conn.close()
 
@@ -289,10 +331,14 @@ class Consumer:
         if self._closed:
             raise ClosedError("the consumer is closed")
 
-    def _require_sub(self) -> Subscription:
+    async def _current_sub(self) -> Subscription:
+        """The stream in use; a new one if a cancelled task left none (see the module doc)."""
+        if self._sub is None:
+            await self._resubscribe(dict(self._positions), replace=False)
         sub = self._sub
-        if sub is None or sub.error is not None or sub.ended:
-            raise (sub.error if sub is not None and sub.error else ClosedError("not subscribed"))
+        assert sub is not None
+        if sub.error is not None or sub.ended:
+            raise sub.error or ClosedError("the consume stream has ended")
         return sub
 
     async def _next(self, timeout_s: float | None) -> ConsumedRecord | None:
@@ -306,9 +352,13 @@ class Consumer:
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         while True:
+            if self._stopped:
+                return None
             sub = self._sub
             if sub is None:
-                raise ClosedError("not subscribed")
+                self._check_usable()  # close() from another task leaves none either
+                await self._resubscribe(dict(self._positions), replace=False)
+                continue
             if sub.buffer:
                 if self._replenish_due():
                     await self._replenish(sub)
@@ -325,7 +375,7 @@ class Consumer:
             # Clear, then look again without an await in between: a batch that
             # arrived during the awaits above must not be waited for.
             sub.arrived.clear()
-            if sub.buffer or sub.error is not None or sub.ended:
+            if sub.buffer or sub.error is not None or sub.ended or self._stopped:
                 continue
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
@@ -378,12 +428,21 @@ class Consumer:
         await self._failover.move_on(sub.address, error)
         await self._resubscribe(dict(self._positions))
 
-    async def _resubscribe(self, offsets: dict[int, int]) -> None:
-        old = self._sub
-        self._sub = None
-        if old is not None:
-            await stream.end(old, ClosedError("the subscription was replaced"))
-        await self._failover.subscribe(lambda address: self._subscribe(address, offsets))
+    async def _resubscribe(self, offsets: dict[int, int], *, replace: bool = True) -> None:
+        """Replace the stream with one from `offsets` (`replace=False`: only if there is none).
+
+        Serialized: `commit()` may find the stream missing while the
+        iterating task subscribes again.
+        """
+        async with self._subscribe_lock:
+            self._check_usable()
+            old = self._sub
+            if old is not None and not replace:
+                return
+            self._sub = None
+            if old is not None:
+                await self._end(old, ClosedError("the subscription was replaced"))
+            await self._failover.subscribe(lambda address: self._subscribe(address, offsets))
 
     async def _subscribe(self, address: str, offsets: dict[int, int]) -> None:
         call = consume_call(self._conn.channel(address))
@@ -398,14 +457,20 @@ class Consumer:
             credit=broker_pb2.Credit(messages=self._window_messages, bytes=self._window_bytes),
         )
         subscribed = await stream.handshake(call, address, subscribe, self._request_timeout_s)
+        try:
+            extra = subscribed.record_bytes_max - self._window_bytes
+            if extra > 0:
+                # A record of record_bytes_max must always fit into the credit.
+                credit = broker_pb2.Credit(bytes=extra)
+                await self._write(sub, broker_pb2.ConsumeRequest(credit=credit))
+                self._window_bytes = subscribed.record_bytes_max
+        except BaseException:
+            # Cancelled or failed before the stream was in use: nothing may outlive it.
+            call.cancel()
+            raise
         for start in subscribed.partitions:
             self._positions[start.partition] = start.offset
             self._end_offsets[start.partition] = start.end_offset
-        extra = subscribed.record_bytes_max - self._window_bytes
-        if extra > 0:
-            # A record of record_bytes_max must always fit into the credit.
-            self._window_bytes = subscribed.record_bytes_max
-            await self._write(sub, broker_pb2.ConsumeRequest(credit=broker_pb2.Credit(bytes=extra)))
         sub.reader = asyncio.create_task(
             stream.read(sub, self._on_batch), name="weir-consumer-reader"
         )
@@ -433,5 +498,50 @@ class Consumer:
         sub.arrived.set()
 
     async def _write(self, sub: Subscription, request: broker_pb2.ConsumeRequest) -> None:
-        async with self._write_lock:
-            await stream.write(sub, request)
+        """Write one request on `sub`, after every earlier write.
+
+        The write runs in a task of its own, made before the first await:
+        grpc.aio cancels the whole call when a task awaiting `write()` is
+        cancelled, and the caller may be cancelled (its task, a deadline
+        around `async for` or `commit()`). The request then still goes out
+        (credit already counted as returned is not lost), and the writes
+        stay in order because each task waits for the one before it.
+        """
+        write = asyncio.create_task(
+            _write_after(self._writing, sub, request), name="weir-consumer-write"
+        )
+        # A cancelled caller never looks at the outcome; a failed write shows
+        # up as the reader's error anyway.
+        write.add_done_callback(_consume_outcome)
+        self._writing = write
+        await asyncio.shield(write)
+
+    async def _end(self, sub: Subscription, error: WeirError) -> None:
+        """End `sub` (see `stream.end`) once a write left running by a cancelled caller is done."""
+        try:
+            writing = self._writing
+            if writing is not None and not writing.done():
+                _, pending = await asyncio.wait([writing], timeout=WRITE_DRAIN_S_MAX)
+                if pending:
+                    sub.call.cancel()
+            await stream.end(sub, error)
+        except asyncio.CancelledError:
+            # Cancelled half way: stop the stream at once, so that neither its
+            # call nor its reader outlives it.
+            sub.call.cancel()
+            if sub.reader is not None:
+                sub.reader.cancel()
+            raise
+
+
+async def _write_after(
+    previous: asyncio.Task[None] | None, sub: Subscription, request: broker_pb2.ConsumeRequest
+) -> None:
+    if previous is not None and not previous.done():
+        await asyncio.wait([previous])
+    await stream.write(sub, request)
+
+
+def _consume_outcome(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
