@@ -10,11 +10,18 @@ so records cross over in chunks (`poll_batch`) of at most `CHUNK_RECORDS` into
 a local queue. The chunk has left the async consumer's window (its credit
 went back to the broker), so this layer keeps its own positions: `commit()`
 and `position()` speak of records this iterator has actually yielded.
+
+Stopping: `break` out of the loop, or `stop()` from another thread (or a
+signal handler) ends it; either way `commit()` and `close()` still work. A
+wait interrupted by an exception (Ctrl-C's KeyboardInterrupt) leaves its
+fetch running in the loop thread: its records land here all the same and
+the next `poll()` yields them, so none is skipped.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -47,6 +54,8 @@ class Consumer:
             raise
         self._local: collections.deque[ConsumedRecord] = collections.deque()
         self._positions: dict[int, int] = {}
+        # The fetch of the last wait, kept when that wait was interrupted.
+        self._fetching: concurrent.futures.Future[None] | None = None
 
     @staticmethod
     async def _make(bootstrap: Bootstrap, topic: str, options: dict[str, Any]) -> AsyncConsumer:
@@ -76,14 +85,50 @@ class Consumer:
 
     def poll(self, timeout_s: float | None = None) -> ConsumedRecord | None:
         """The next record, or None if none arrives within `timeout_s`."""
-        if not self._local:
-            chunk = self._thread.run(self._consumer.poll_batch(CHUNK_RECORDS, timeout_s))
-            if not chunk:
-                return None
-            self._local.extend(chunk)
+        if not self._local and not self._fetch(timeout_s):
+            return None
         record = self._local.popleft()
         self._positions[record.partition] = record.offset + 1
         return record
+
+    def _fetch(self, timeout_s: float | None) -> bool:
+        """Wait for the next chunk to land in `_local`; False if none did within `timeout_s`.
+
+        A fetch whose wait was interrupted is waited for first.
+        """
+        while True:
+            fetching = self._fetching
+            earlier = fetching is not None
+            if fetching is None:
+                # poll_batch keeps the deadline itself.
+                fetching = self._fetching = self._thread.submit(self._fetch_into_local(timeout_s))
+            try:
+                fetching.result(timeout_s if earlier else None)
+            except concurrent.futures.TimeoutError:
+                # An earlier, longer wait is still on its way: it stays for
+                # the next poll.
+                return False
+            except BaseException:
+                # An interruption leaves the fetch on its way; a failure ends it.
+                if fetching.done():
+                    self._fetching = None
+                raise
+            self._fetching = None
+            # An earlier wait that found nothing says nothing about this
+            # one's deadline.
+            if self._local or not earlier:
+                return bool(self._local)
+
+    async def _fetch_into_local(self, timeout_s: float | None) -> None:
+        """Runs in the loop thread: records cross into `_local` there, so that
+        none is lost when the waiting thread gives up (interrupted) or the
+        fetch is cancelled (`seek()`, `close()`): poll_batch takes records
+        only after its last await."""
+        self._local.extend(await self._consumer.poll_batch(CHUNK_RECORDS, timeout_s))
+
+    def stop(self) -> None:
+        """End iteration for good (see `weir.aio.Consumer.stop`); safe from any thread."""
+        self._thread.loop.call_soon_threadsafe(self._consumer.stop)
 
     def commit(self, offsets: Mapping[int, int] | None = None) -> dict[int, int]:
         """Commit the positions of records yielded so far (or `offsets`)."""
@@ -95,17 +140,26 @@ class Consumer:
 
     def seek(self, partition: int, offset: int) -> None:
         """Continue `partition` from `offset`."""
+        fetching, self._fetching = self._fetching, None
+        if fetching is not None:
+            # An interrupted wait's fetch must not run beside the seek. Its
+            # cancellation reaches the loop before the seek does; if it
+            # finished first, its records are in `_local` already.
+            fetching.cancel()
         self._thread.run(self._consumer.seek(partition, offset))
         # The other partitions' records already here stay valid: the async
         # consumer re-subscribed them after these.
-        self._local = collections.deque(r for r in self._local if r.partition != partition)
+        kept = [r for r in self._local if r.partition != partition]
+        self._local.clear()
+        self._local.extend(kept)
         self._positions[partition] = offset
 
     def position(self, partition: int) -> int:
         """The next offset to be yielded from `partition`."""
         if partition in self._positions:
             return self._positions[partition]
-        for record in self._local:
+        # A copy: an interrupted wait's fetch may still add to `_local`.
+        for record in list(self._local):
             if record.partition == partition:
                 return record.offset
         return self._consumer.position(partition)

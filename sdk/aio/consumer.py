@@ -241,10 +241,10 @@ class Consumer:
             return []
         out = [first]
         sub = self._sub
-        while sub is not None and sub is self._sub and sub.buffer and len(out) < max_records:
+        # No await from here on: a cancellation would lose the records in `out`.
+        while sub is not None and sub.buffer and len(out) < max_records:
             if self._replenish_due():
-                await self._replenish(sub)
-                continue  # re-check: a seek may have replaced the subscription
+                self._replenish_soon(sub)
             out.append(self._take(sub))
         return out
 
@@ -412,14 +412,20 @@ class Consumer:
 
     async def _replenish(self, sub: Subscription) -> None:
         """Give the credit of taken records back to the broker."""
+        write = self._replenish_soon(sub)
+        if write is not None:
+            with contextlib.suppress(WeirError):
+                # A failed write shows up as the reader's error; nothing to add here.
+                await asyncio.shield(write)
+
+    def _replenish_soon(self, sub: Subscription) -> asyncio.Task[None] | None:
+        """Start giving the credit of taken records back, without waiting for it."""
         if sub.error is not None or sub.ended:
-            return
+            return None
         messages, nbytes = self._taken_messages, self._taken_bytes
         self._taken_messages = self._taken_bytes = 0
         credit = broker_pb2.Credit(messages=messages, bytes=nbytes)
-        with contextlib.suppress(WeirError):
-            # A failed write shows up as the reader's error; nothing to add here.
-            await self._write(sub, broker_pb2.ConsumeRequest(credit=credit))
+        return self._start_write(sub, broker_pb2.ConsumeRequest(credit=credit))
 
     async def _recover(self, sub: Subscription) -> None:
         """After a stream error: re-subscribe on another node if retriable and attempts remain."""
@@ -507,6 +513,12 @@ class Consumer:
         (credit already counted as returned is not lost), and the writes
         stay in order because each task waits for the one before it.
         """
+        await asyncio.shield(self._start_write(sub, request))
+
+    def _start_write(
+        self, sub: Subscription, request: broker_pb2.ConsumeRequest
+    ) -> asyncio.Task[None]:
+        """The task that writes `request` once every earlier write is done (see `_write`)."""
         write = asyncio.create_task(
             _write_after(self._writing, sub, request), name="weir-consumer-write"
         )
@@ -514,7 +526,7 @@ class Consumer:
         # up as the reader's error anyway.
         write.add_done_callback(_consume_outcome)
         self._writing = write
-        await asyncio.shield(write)
+        return write
 
     async def _end(self, sub: Subscription, error: WeirError) -> None:
         """End `sub` (see `stream.end`) once a write left running by a cancelled caller is done."""

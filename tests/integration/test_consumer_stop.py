@@ -16,6 +16,9 @@ one of its writes is cancelled, which is what used to end the stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import threading
 
 import pytest
 
@@ -129,6 +132,14 @@ def test_a_deadline_around_async_for_keeps_the_stream(broker: BrokerProcess) -> 
                     taken.append(record.offset)
         assert taken == list(range(RECORDS))
         assert await c.commit() == {0: RECORDS}
+        # A commit cancelled while it writes does not end the stream either.
+        for _ in range(3):
+            cancelled = asyncio.create_task(c.commit())
+            await asyncio.sleep(0)  # into its write
+            cancelled.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cancelled
+        assert await c.commit() == {0: RECORDS}
         await continues_after(c, broker.address, RECORDS)
 
     run(main, timeout_s=100)
@@ -183,3 +194,75 @@ def test_stop_ends_async_for_from_another_task(broker: BrokerProcess) -> None:
         assert await committed(broker.address) == RECORDS
 
     run(main, timeout_s=100)
+
+
+# -- the blocking consumer ----------------------------------------------------
+
+
+class Interrupted(Exception):
+    """Raised in the main thread by a signal, as Ctrl-C raises KeyboardInterrupt."""
+
+
+def blocking_consumer(address: str) -> weir.Consumer:
+    return weir.Consumer(
+        address,
+        TOPIC,
+        group=GROUP,
+        start="earliest",
+        max_outstanding_messages=WINDOW_MESSAGES,
+        request_timeout_ms=WAIT_S * 1000,
+    )
+
+
+def test_blocking_consumer_break_stop_and_an_interrupted_wait(broker: BrokerProcess) -> None:
+    create(broker.address)
+    asyncio.run(produce(broker.address, 0, RECORDS))
+    with blocking_consumer(broker.address) as c:
+        # break, then commit.
+        taken = []
+        for record in c:
+            taken.append(record.offset)
+            if record.offset == 9:
+                break
+        assert c.commit() == {0: 10}
+
+        # A wait for records that do not come, interrupted by an exception
+        # (as Ctrl-C interrupts it), leaves no hole: the records that arrive
+        # afterwards come with the next poll, in order.
+        for _ in range(RECORDS - 10):
+            record = c.poll(WAIT_S)
+            assert record is not None
+            taken.append(record.offset)
+
+        def interrupt(signum: int, frame: object) -> None:
+            raise Interrupted
+
+        previous = signal.signal(signal.SIGUSR1, interrupt)
+        timer = threading.Timer(
+            0.5, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR1)
+        )
+        try:
+            timer.start()
+            with pytest.raises(Interrupted):
+                for record in c:
+                    taken.append(record.offset)
+        finally:
+            timer.cancel()
+            signal.signal(signal.SIGUSR1, previous)
+        asyncio.run(produce(broker.address, RECORDS, 3))
+        for _ in range(3):
+            record = c.poll(WAIT_S)
+            assert record is not None
+            taken.append(record.offset)
+        assert taken == list(range(RECORDS + 3))
+        assert c.commit() == {0: RECORDS + 3}
+
+        # stop() from another thread ends a waiting loop; commit still works.
+        stopper = threading.Timer(0.5, c.stop)
+        stopper.start()
+        try:
+            assert list(c) == []
+        finally:
+            stopper.cancel()
+        assert c.commit() == {0: RECORDS + 3}
+    assert asyncio.run(committed(broker.address)) == RECORDS + 3
