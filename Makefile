@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# The Node.js client of tests/integration/test_node_client.py (clients/node/README.md).
+NODE_CLIENT := clients/node
+NODE_STAMP := $(NODE_CLIENT)/node_modules/.installed-stamp
 PORT ?= 7070
 DATA ?= ./data
 SEEDS ?= 50000
@@ -11,7 +14,7 @@ PEER_PORT ?= 7170
 # Runs a local cluster (see the top of the script for its settings).
 CLUSTER := NODES=$(NODES) DATA=$(DATA) CLIENT_PORT=$(PORT) PEER_PORT=$(PEER_PORT) WEIR=$(VENV)/bin/weir deploy/local/weir-cluster
 
-.PHONY: help venv run stop test test-unit test-sim test-integration sim lint typecheck proto proto-check buf-lint wheel-check bench check clean
+.PHONY: help venv node-client run stop test test-unit test-sim test-integration sim lint typecheck proto proto-check buf-lint wheel-check bench check clean
 
 help:
 	@echo "make run [NODES=1] | stop | test | check | lint | typecheck | proto | bench | sim SEEDS=N"
@@ -23,6 +26,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+## npm ci from the committed lock, again only when the lock changes; npm's cache
+## (--prefer-offline) serves a reinstall. Without npm it says so and goes on:
+## tests/integration/test_node_client.py then fails with the same message.
+$(NODE_STAMP): $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(NODE_CLIENT) && npm ci --prefer-offline --no-audit --no-fund --silent && touch node_modules/.installed-stamp; \
+	else \
+		echo "npm not found: install Node.js 20 and npm; tests/integration/test_node_client.py will fail" >&2; \
+	fi
+
+node-client: $(NODE_STAMP)
 
 ## Start a local three-node cluster: data under ./data/node-1..3, clients on
 ## 127.0.0.1:7070-7072, peers on 127.0.0.1:7170-7172; Ctrl-C stops all three
@@ -39,7 +54,7 @@ stop:
 	$(CLUSTER) stop
 
 ## Every test: unit + simulation (with coverage of the Raft core), then integration.
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m coverage erase
 	$(PY) -m coverage run --branch --include='cluster/raft/*' -m pytest -q tests/unit tests/sim
 	$(PY) -m coverage report --show-missing --fail-under=95
@@ -48,7 +63,7 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q tests/integration
 
 ## More simulation seeds than CI runs: make sim SEEDS=20000
