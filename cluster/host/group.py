@@ -143,7 +143,11 @@ class Group:
         return POLICY.after_message(self, self.raw, message, alive)
 
     def on_liveness(self, node: NodeId, alive: Alive) -> bool:
-        """`node`'s liveness changed: returns whether this quiet group must wake."""
+        """`node`'s liveness changed: returns whether this quiet group must wake.
+
+        A leader that lost the nodes of its quorum steps down here; the
+        caller serves the Ready that reports it.
+        """
         return POLICY.after_liveness(self, self.raw, node, alive)
 
     def can_quiesce(self, alive: Alive) -> bool:

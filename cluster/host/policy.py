@@ -24,6 +24,15 @@ no timers, so the core needs no change.
   until the leader speaks again, or campaigns after an election timeout.
   Proposals and transfers wake a group too (the host does that directly).
 
+Step-down on liveness: when the nodes of a quorum of a leader group's
+voters are dead (this node counted alive), the leader steps down at once,
+quiet or not, keeping its term. No answer can reach it, and the core's
+CheckQuorum (one election timeout) runs only while the group is ticked: a
+quiet leader would otherwise lead until liveness woke it and a whole
+CheckQuorum window then passed. A false "dead" (a stalled event loop) costs
+at most that step-down and the election that follows; safety never rests on
+liveness.
+
 Send order: a leader's appends, heartbeats, snapshots and TimeoutNow promise
 nothing about its own disk and go out before its fsync (thesis §10.2.1: the
 core counts the leader's own copy only once `advance()` reports it durable).
@@ -145,14 +154,28 @@ class HostPolicy:
             return quiet.quiesced
         return quiet.quiesced and not self.quiet_ok(quiet, raw, alive)
 
+    def quorum_alive(self, raw: RawNode, alive: Alive) -> bool:
+        """Whether the nodes of a quorum of the group's voters are alive, this one counted."""
+        raft = raw.raft
+        me = raft.id
+        live = sum(1 for voter in raft.conf.voters if voter == me or alive(voter))
+        return live >= raft.quorum()
+
     def after_liveness(self, quiet: Quiet, raw: RawNode, node: NodeId, alive: Alive) -> bool:
-        """`node`'s liveness changed: returns whether this (quiet) group must wake."""
+        """`node`'s liveness changed: returns whether this (quiet) group must wake.
+
+        A leader whose voters' nodes no longer make a quorum steps down here
+        (see the module docstring); the caller must then serve the group's
+        Ready, which reports the new soft state (`raw.has_ready()`).
+        """
         raft = raw.raft
         if node not in raft.conf.members():
             return False
         if raft.leader == node:
             # Stay awake until the leader is heard again (it may have restarted).
             quiet.heard_leader = False
+        if raft.role is Role.LEADER and not self.quorum_alive(raw, alive):
+            raw.step_down()
         return quiet.quiesced and not self.quiet_ok(quiet, raw, alive)
 
     def wake(self, quiet: Quiet) -> None:

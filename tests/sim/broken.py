@@ -77,6 +77,16 @@ class NoCheckQuorumStepDown(Raft):
         return True
 
 
+class ChecksQuorumOncePerTimeout(Raft):
+    """Thesis §6.2 checked once per election timeout over the last one: a cut-off leader leads 1-2 timeouts."""
+
+    def check_quorum_ticks(self) -> int:
+        return self.config.election_ticks + 1  # answers since the previous check count
+
+    def _quorum_active(self) -> bool:
+        return self.leader_ticks % self.config.election_ticks != 0 or super()._quorum_active()
+
+
 class ConfigAppliedAtAppend(Raft):
     """The leader switches configuration when it appends the change, not when it applies it."""
 
@@ -110,6 +120,9 @@ class FollowerIgnoresLeaderDeath(HostPolicy):
         return super().quiet_ok(quiet, raw, alive)
 
     def after_liveness(self, quiet: Quiet, raw: RawNode, node: NodeId, alive: Alive) -> bool:
+        heard_leader = quiet.heard_leader
+        super().after_liveness(quiet, raw, node, alive)
+        quiet.heard_leader = heard_leader  # the bug: a dead leader's node changes nothing
         return quiet.quiesced and not self.quiet_ok(quiet, raw, alive)
 
 
@@ -122,6 +135,13 @@ class LeaderQuiescesWhileFollowerLags(HostPolicy):
             log = raft.log
             return log.committed == log.last_index() and all(alive(n) for n in raft.progress)
         return super().quiet_ok(quiet, raw, alive)
+
+
+class LeaderIgnoresLiveness(HostPolicy):
+    """A leader stays leader when its node sees its quorum's nodes dead (it only wakes)."""
+
+    def quorum_alive(self, raw: RawNode, alive: Alive) -> bool:
+        return True
 
 
 class VoteSentBeforeDurable(HostPolicy):

@@ -117,6 +117,8 @@ class HostNode:
     dirty: dict[int, None] = field(default_factory=dict)
     active: dict[int, None] = field(default_factory=dict)
     turn: Turn | None = None
+    # The tick of the latest frame delivered from each peer node.
+    frame_heard: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.liveness = Liveness(self.dead_after_ticks)
@@ -187,6 +189,7 @@ class HostCluster:
         node.up = True
         node.turn = None
         node.liveness = Liveness(self.scenario.dead_after_ticks)
+        node.frame_heard.clear()
         node.dirty.clear()
         node.active.clear()
         for g, rep in node.replicas.items():
@@ -255,6 +258,7 @@ class HostCluster:
             node = self.nodes[to]
             if not node.up or (frm, to) in self.blocked:
                 continue
+            node.frame_heard[frm] = self.now
             if node.liveness.heard(frm, self.now):
                 self.on_liveness(node, frm)
             if m is None:
@@ -273,10 +277,13 @@ class HostCluster:
             node.dirty[g] = None
 
     def on_liveness(self, node: HostNode, peer: int) -> None:
-        for rep in node.replicas.values():
+        for g, rep in node.replicas.items():
             assert rep.raw is not None
             if self.policy.after_liveness(rep, rep.raw, peer, node.alive):
                 self.wake(node, rep)
+            if rep.raw.has_ready():
+                # A leader stepped down (its quorum's nodes are dead): report it.
+                node.dirty[g] = None
 
     def heartbeats(self) -> None:
         if self.now % self.scenario.node_heartbeat_ticks:
@@ -578,18 +585,41 @@ class HostCluster:
             for node, rep in self._replicas(g):
                 r = _raft(rep)
                 rafts[node.id] = r
-                if rep.quiesced and r.role is Role.LEADER:
-                    # Quiescence rests on node liveness: a quiet leader has heard
-                    # (through its node) every member its node sees alive.
+                if r.role is Role.LEADER and rep.quiesced:
+                    self._check_nobody_left_behind(g, node, r)
+                if r.role is Role.LEADER:
+                    # Quiescence rests on node liveness: a leader has also heard a
+                    # member when its node received a frame from the member's node
+                    # (not for as long as liveness says alive, which outlasts a cut
+                    # by dead_after_ticks). Awake or not: a leader woken by a
+                    # liveness change counts its quiet time by frames too, and for
+                    # an awake one frames only add to what its group heard.
                     heard = props.heard_peers.setdefault((node.id, r.term), {})
                     for v in r.conf.voters:
-                        if node.alive(v):
-                            heard[v] = self.now
+                        at = node.frame_heard.get(v)
+                        if at is not None and at > heard.get(v, 0):
+                            heard[v] = at
                 if rep.ready is None and g not in node.dirty and _rawnode(rep).has_ready():
                     raise InvariantViolation(
                         f"lost work: group {g} on node {node.id} has a Ready nobody will serve"
                     )
             props.end_of_tick(rafts)
+
+    def _check_nobody_left_behind(self, g: int, node: HostNode, leader: Raft) -> None:
+        """A quiet leader sends nothing more: every live member of its term holds its whole log.
+
+        Read from the members' own logs (durable up to what they acknowledged),
+        not from the leader's progress, which is what the policy reads.
+        """
+        last = leader.log.last_index()
+        for member, rep in self._replicas(g):
+            r = _raft(rep)
+            if r.term == leader.term and r.log.last_index() < last:
+                raise InvariantViolation(
+                    f"quiescence: group {g}'s leader {node.id} (term {leader.term}) is quiet"
+                    f" with its log up to {last}, but member {member.id} holds only up to"
+                    f" {r.log.last_index()} and nothing will send it the rest"
+                )
 
     def _replicas(self, g: int) -> list[tuple[HostNode, Replica]]:
         out = []

@@ -11,7 +11,9 @@ the node's state right after it:
   the election timeout, or leads, grants no vote or pre-vote for a higher
   term, unless the request comes from a leadership transfer.
 - CheckQuorum (thesis §6.2): a leader that has not heard from a quorum of
-  voters for two election timeouts has stepped down.
+  voters (itself counted) for one election timeout has stepped down. The
+  core checks a window of `election_ticks - 1` at every tick; the host steps
+  a quiet leader down when its node sees the quorum's nodes dead.
 - Configuration (thesis §4.1, our apply-time rule): every node's
   configuration equals its snapshot's configuration replayed with the CONFIG
   entries of its log up to its applied index, and a compaction records the
@@ -236,7 +238,7 @@ class Properties:
         heard = self.heard_peers.get(key, {})
         times = sorted((self.now if v == node else heard.get(v, 0) for v in voters), reverse=True)
         last = max(since, times[len(voters) // 2])
-        if self.now - last >= 2 * self.election_ticks:
+        if self.now - last >= self.election_ticks:
             self.fail(
                 f"check quorum: node {node} still leads term {r.term} at tick {self.now}"
                 f" but a quorum of {sorted(r.conf.voters)} was last heard at tick {last}"

@@ -126,6 +126,35 @@ def test_a_quiet_follower_wakes_when_its_leaders_node_changes_liveness() -> None
     assert not POLICY.after_liveness(Quiet(), raw, 9, everyone)  # not a member
 
 
+def test_a_leader_steps_down_when_the_nodes_of_its_quorum_are_dead() -> None:
+    """Quiet or not, at once, keeping its term: the core's CheckQuorum runs only on ticks."""
+    env = settled_env()
+    raw = env.nodes[1]
+    # One of three voters' nodes dead: a quorum is alive, the leader stays (awake).
+    assert POLICY.after_liveness(Quiet(quiesced=True), raw, 3, lambda n: n != 3)
+    assert raw.raft.role is Role.LEADER and not raw.has_ready()
+    # Both peers dead: no quorum can answer. It wakes, so its election timer runs.
+    assert POLICY.after_liveness(Quiet(quiesced=True), raw, 2, lambda n: n == 1)
+    assert (raw.raft.role, raw.raft.term, raw.raft.leader) == (Role.FOLLOWER, 1, 0)
+    # The host must serve the Ready that reports the new soft state.
+    assert raw.has_ready()
+    soft = raw.ready().soft_state
+    assert soft is not None and soft.role is Role.FOLLOWER
+
+
+def test_the_quorum_counts_voters_only_and_this_node_alive() -> None:
+    env = Env(ids=(1, 2, 3, 4, 5))
+    env.campaign(1)
+    raw = env.nodes[1]
+    # Two of four peers alive, this node counted: three of five.
+    assert POLICY.quorum_alive(raw, lambda n: n in (2, 3))
+    assert not POLICY.quorum_alive(raw, lambda n: n == 2)
+    assert not POLICY.after_liveness(Quiet(), raw, 4, lambda n: n in (2, 3))
+    assert raw.raft.role is Role.LEADER
+    assert not POLICY.after_liveness(Quiet(), raw, 3, lambda n: n == 2)
+    assert raw.raft.role is Role.FOLLOWER
+
+
 def test_a_campaign_wakes_a_quiet_follower() -> None:
     env = settled_env()
     raw = env.nodes[2]
