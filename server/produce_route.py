@@ -5,8 +5,10 @@ the broker parses the records, drops unknown fields at every level and
 serializes them again, so nothing a producer sends can reach a consumer as
 a field of the consume response (DESIGN §4). A record's size is the size of
 that stored `weir.v1.Record` encoding, with the timestamp the broker fills
-in; it is checked here against the topic's `record_bytes_max`, and the
-consume path charges byte credit by the same measure.
+in; it is checked here against the topic's `record_bytes_max`. Byte credit
+on the consume path is a record's content size instead (key, value, header
+names and values; docs/sdk.md "Flow control: the credit model"), never more
+than this size, so `record_bytes_max` of credit always lets a record through.
 
 `Router.append` validates everything before it appends anything, so a bad
 request changes nothing. Records are routed by murmur2 of the key, or to one
