@@ -32,11 +32,6 @@ from weir.v1 import broker_pb2
 _log = logging.getLogger("weir.consumer")
 
 
-def record_bytes(charge: int) -> int:
-    """A record's byte credit from its entry in `Batch.sizes`, which already holds it."""
-    return charge
-
-
 class Batch:
     """A received batch, decoded once; the iterator takes its records in order."""
 

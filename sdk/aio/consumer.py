@@ -9,16 +9,18 @@
 The credit model. The consumer grants the broker a window of
 `max_outstanding_messages` records and `max_outstanding_bytes` bytes in
 `Subscribe`, widened to the topic's `record_bytes_max` if that is larger.
-A record costs the size of its `weir.v1.Record` encoding (`ByteSize()`,
-without the framing around it in the batch), the size produce checks
-against `record_bytes_max`; so a window of `record_bytes_max` always lets
-the largest record through. A record is
-outstanding from the moment it arrives until the application takes it from
-the iterator; the credit of taken records goes back to the broker in chunks,
-once half of either window has been taken or when the application waits on
-an empty buffer. So the broker never holds more credit than the window, and
-the consumer's buffer never holds more than the window: a slow application
-slows the broker down instead of growing memory anywhere.
+A record costs one message and its content size in bytes: the lengths of
+its key, value, header names (UTF-8) and header values
+(`weir._wire.credit_bytes`, what the broker charges). That is never more
+than the record's encoding, which produce checks against
+`record_bytes_max`, so a window of `record_bytes_max` always lets the
+largest record through. A record is outstanding from the moment it arrives
+until the application takes it from the iterator; the credit of taken
+records goes back to the broker in chunks, once half of either window has
+been taken or when the application waits on an empty buffer. So the broker
+never holds more credit than the window, and the consumer's buffer never
+holds more than the window: a slow application slows the broker down
+instead of growing memory anywhere.
 
 A reader task owns the receiving side of the stream (records go into the
 bounded buffer, commit answers to their waiters), so `commit()` from another
@@ -64,7 +66,7 @@ from weir._nodes import Bootstrap
 from weir._wire import RecordFields
 from weir.aio import _consumer_stream as stream
 from weir.aio._consumer_failover import Failover
-from weir.aio._consumer_stream import Batch, Subscription, record_bytes
+from weir.aio._consumer_stream import Batch, Subscription
 from weir.errors import ClosedError, WeirError, WeirTimeoutError
 from weir.types import ConsumedRecord, StartSpec, make_consumed_record, start_position
 from weir.v1 import broker_pb2
@@ -404,7 +406,7 @@ class Consumer:
         offset = batch.base_offset + index
         self._positions[partition] = offset + 1
         self._taken_messages += 1
-        self._taken_bytes += record_bytes(batch.sizes[index])
+        self._taken_bytes += batch.sizes[index]
         key, value, headers, timestamp_ms = batch.records[index]
         return make_consumed_record(
             batch.topic, partition, offset, key, value, headers, timestamp_ms
