@@ -84,6 +84,7 @@ def sent_bytes(proxy: FaultProxy) -> int:
     return proxy.stats().bytes_forward
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(IDLE_S + 120)
 def test_idle_consume_streams_with_keepalive_survive_two_minutes(broker: BrokerProcess) -> None:
     create(broker.address)
