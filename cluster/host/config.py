@@ -103,6 +103,8 @@ class HostStats:
     messages_sent_early: int = 0
     early_applies: int = 0
     proposals: int = 0
+    # Appends proposed in an entry together with an earlier one (coalesce.py).
+    appends_merged: int = 0
     proposals_committed: int = 0
     proposals_not_written: int = 0
     proposals_unknown: int = 0

@@ -82,8 +82,12 @@ class Driver:
         stats: HostStats,
         *,
         quiesce: bool,
+        flush: Callable[[], None] = lambda: None,
     ) -> None:
+        """`flush`: proposes the appends waiting to be merged (the host's
+        coalescing); called before every turn and every early send."""
         self.node_id = node_id
+        self._flush = flush
         self._storage = storage
         self._transport = transport
         self.stats = stats
@@ -200,6 +204,7 @@ class Driver:
     # ---- the turn ------------------------------------------------------------------
 
     async def turn(self) -> None:
+        self._flush()
         groups = [g for g in self.dirty if not g.stopped]
         self.dirty.clear()
         stats = self.stats
@@ -353,6 +358,9 @@ class Driver:
 
     def _send_early(self) -> None:
         """Sends what the groups marked during the turn in flight may send already."""
+        # Proposed first, while `_early_scheduled` still says a send is due,
+        # so the groups they mark join this send rather than scheduling one.
+        self._flush()
         self._early_scheduled = False
         groups, self._early = self._early, {}
         batches: dict[NodeId, list[tuple[int, Message]]] = {}

@@ -32,6 +32,7 @@ from ..storage.node import NodeStorage
 from ..storage.producers import Duplicate, InFlight, ProducerFields, TailBatch, decide, encode_table
 from ..transport.service import add_peer_service
 from ..transport.transport import PeerTransport
+from .coalesce import Pending
 from .config import HostConfig, HostStats
 from .driver import Driver, LeaderListener
 from .errors import (
@@ -44,7 +45,7 @@ from .errors import (
 )
 from .group import ApplyCallback, Group, SnapshotCallback
 from .producers import ProducerTail, tail_of
-from .tickets import AppendTicket, ProposalTicket, Waiters
+from .tickets import AppendTicket, ProposalTicket, Waiters, fail_ticket
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,12 @@ class RaftHost:
             clock_ms=clock_ms,
         )
         self._driver = Driver(
-            config.node_id, storage, self._transport, self._stats, quiesce=config.quiesce
+            config.node_id,
+            storage,
+            self._transport,
+            self._stats,
+            quiesce=config.quiesce,
+            flush=self._flush_pending,
         )
         self._stack: contextlib.AsyncExitStack | None = None
         self._task: asyncio.Task[None] | None = None
@@ -91,6 +97,9 @@ class RaftHost:
         self._failure: BaseException | None = None
         # Idempotent producers' batches beyond each led group's applied index.
         self._producer_tails: dict[int, ProducerTail] = {}
+        # Appends waiting to be proposed as one entry per group (coalesce.py).
+        self._pending: dict[int, Pending] = {}
+        self._append_bytes_max = self._raft_config.append_bytes_max
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -160,6 +169,11 @@ class RaftHost:
             raise
 
     def _fail_all(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for item in pending.values():
+            error = OutcomeUnknownError(item.group.group_id, reason)
+            for ticket, _ in item.tickets:
+                fail_ticket(ticket, error)
         for group in self._driver.groups.values():
             group.waiters.fail_all(OutcomeUnknownError(group.group_id, reason))
         self._driver.waiting.clear()
@@ -240,6 +254,10 @@ class RaftHost:
         driver = self._driver
         group = driver.groups.pop(group_id, None)
         self._producer_tails.pop(group_id, None)
+        pending = self._pending.pop(group_id, None)
+        if pending is not None:
+            for ticket, _ in pending.tickets:
+                fail_ticket(ticket, OutcomeUnknownError(group_id, "group stopped"))
         if group is None:
             return
         group.stopped = True
@@ -302,6 +320,11 @@ class RaftHost:
         to the original base offset; a retry of a batch in the tail gets a
         ticket on that entry (committed with its offsets, or not written);
         a refused batch raises a `ProducerError`. Nothing is proposed then.
+
+        Without `producer` the batch is merged with the group's other
+        appends waiting for the driver (coalesce.py): it is proposed, with
+        them, before the driver's next turn or early send, and the ticket's
+        `index` and `term` are set then.
         """
         assert record_count > 0, "a record batch holds at least one record"
         self._check_running()
@@ -311,6 +334,10 @@ class RaftHost:
         if group.role is not Role.LEADER:
             raise NotLeaderError(group_id, group.leader)
         deadline = self._clock_ms() + self.config.proposal_timeout_ms
+        if producer is None:
+            return self._coalesce(group, payload, record_count, max_timestamp_ms, deadline)
+        # What is pending for the group is older: it takes its offsets first.
+        self._propose_pending(group_id)
         tail: ProducerTail | None = None
         if producer is not None:
             applied = group.storage.applied_submitted
@@ -355,6 +382,94 @@ class RaftHost:
                 group.storage.applied_submitted,
             )
         return group.waiters.add_append(index, term, base_offset, record_count, deadline)
+
+    def _coalesce(
+        self,
+        group: Group,
+        payload: bytes,
+        record_count: int,
+        max_timestamp_ms: int,
+        deadline_ms: float,
+    ) -> AppendTicket:
+        """Adds a batch to the group's pending appends; refuses it as `propose` would."""
+        raft = group.raw.raft
+        pending = self._pending.get(group.group_id)
+        if pending is not None and (
+            pending.term != raft.term
+            or pending.payload_bytes + len(payload) > self._append_bytes_max
+        ):
+            self._propose_pending(group.group_id)
+            pending = None
+        # The Raft core's own refusals, checked now so that the caller hears
+        # them at once (the replicator waits for room on a full group).
+        if raft.lead_transferee:
+            raise ProposalDroppedError(group.group_id, "leadership transfer in progress")
+        config = raft.config
+        pending_bytes = pending.payload_bytes if pending is not None else 0
+        if raft.uncommitted and (
+            len(raft.uncommitted) >= config.uncommitted_entries_max
+            or raft.uncommitted_bytes + pending_bytes + len(payload) > config.uncommitted_bytes_max
+        ):
+            raise ProposalDroppedError(group.group_id, "too many uncommitted proposals")
+        if pending is None:
+            offset = group.next_offset()
+            pending = Pending(group, raft.term, offset, offset)
+            self._pending[group.group_id] = pending
+            # The driver proposes it before its next turn, or at its next
+            # early send if a turn is in flight.
+            self._driver.mark(group)
+        else:
+            self._stats.appends_merged += 1
+        return pending.add(
+            asyncio.get_running_loop(), payload, record_count, max_timestamp_ms, deadline_ms
+        )
+
+    def _flush_pending(self) -> None:
+        """The driver's call before a turn and before an early send: propose what waits."""
+        if not self._pending:
+            return
+        for group_id in list(self._pending):
+            self._propose_pending(group_id)
+
+    def _propose_pending(self, group_id: int) -> None:
+        """Proposes the group's pending appends as one entry, or fails their tickets."""
+        pending = self._pending.pop(group_id, None)
+        if pending is None:
+            return
+        group = pending.group
+        try:
+            self._check_running()
+            if not group.stopped:
+                self._driver.healthy(group)
+            if (
+                group.stopped
+                or group.role is not Role.LEADER
+                or group.raw.raft.term != pending.term
+            ):
+                raise NotLeaderError(group_id, group.leader)
+            if group.next_offset() != pending.base_offset:
+                # Cannot happen within one term of one RawNode; refuse rather
+                # than store offsets that overlap.
+                raise ProposalDroppedError(group_id, "the log tail moved before the proposal")
+            data = encode_batch(
+                BatchKind.RECORDS,
+                pending.base_offset,
+                pending.record_count,
+                pending.max_timestamp_ms,
+                self._wall_clock_ms(),
+                pending.payload(),
+                None,
+            )
+            index, term = self._propose(group, data)
+        except HostError as exc:
+            # Nothing was proposed: every append of it may be retried.
+            for ticket, _ in pending.tickets:
+                fail_ticket(ticket, exc)
+            return
+        group.proposed(index, pending.next_offset)
+        waiters = group.waiters
+        for ticket, deadline_ms in pending.tickets:
+            waiters.adopt(ticket, index, term, deadline_ms)
 
     def _answered(self, group_id: int, base_offset: int, record_count: int) -> AppendTicket:
         """A ticket for a batch that is applied already (a producer's retry)."""

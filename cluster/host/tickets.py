@@ -22,14 +22,16 @@ from .errors import HostError, NotWrittenError, OutcomeUnknownError
 from .policy import POLICY, Outcome
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AppendTicket:
     """A record batch proposed to a partition group.
 
     `leader_durable` resolves (to `base_offset`) once the leader's own copy
     is durable (acks=LEADER); `committed` once the entry is committed with the
     proposal's term and readable on this node (acks=ALL). Both fail with a
-    `HostError`.
+    `HostError`. `index` and `term` are the entry's: 0 until an append
+    merged with others (coalesce.py) is proposed, which happens before the
+    driver's next turn; several tickets may share an entry.
     """
 
     group_id: int
@@ -67,6 +69,25 @@ def _quiet(future: asyncio.Future[object] | asyncio.Future[int]) -> None:
         future.exception()
 
 
+def new_append_ticket(
+    loop: asyncio.AbstractEventLoop, group_id: int, base_offset: int, record_count: int
+) -> AppendTicket:
+    """A ticket whose entry is not proposed yet (`Waiters.adopt` gives it one)."""
+    durable: asyncio.Future[int] = loop.create_future()
+    committed: asyncio.Future[int] = loop.create_future()
+    durable.add_done_callback(_quiet)
+    committed.add_done_callback(_quiet)
+    return AppendTicket(group_id, 0, 0, base_offset, record_count, durable, committed)
+
+
+def fail_ticket(ticket: AppendTicket, error: HostError) -> None:
+    """Fails a ticket that never became a waiter (its entry was not proposed)."""
+    if not ticket.leader_durable.done():
+        ticket.leader_durable.set_exception(error)
+    if not ticket.committed.done():
+        ticket.committed.set_exception(error)
+
+
 class Waiters:
     """The open proposals of one group, by index (several terms may share an index)."""
 
@@ -84,15 +105,17 @@ class Waiters:
     def add_append(
         self, index: int, term: int, base_offset: int, record_count: int, deadline_ms: float
     ) -> AppendTicket:
-        durable: asyncio.Future[int] = self._loop.create_future()
-        committed: asyncio.Future[int] = self._loop.create_future()
-        durable.add_done_callback(_quiet)
-        committed.add_done_callback(_quiet)
-        waiter = _Waiter(term, deadline_ms, durable, committed, base_offset)
-        self._by_index.setdefault(index, []).append(waiter)
-        return AppendTicket(
-            self.group_id, index, term, base_offset, record_count, durable, committed
+        ticket = new_append_ticket(self._loop, self.group_id, base_offset, record_count)
+        self.adopt(ticket, index, term, deadline_ms)
+        return ticket
+
+    def adopt(self, ticket: AppendTicket, index: int, term: int, deadline_ms: float) -> None:
+        """`ticket`'s batch is (part of) the entry proposed at (index, term)."""
+        ticket.index, ticket.term = index, term
+        waiter = _Waiter(
+            term, deadline_ms, ticket.leader_durable, ticket.committed, ticket.base_offset
         )
+        self._by_index.setdefault(index, []).append(waiter)
 
     def add_proposal(self, index: int, term: int, deadline_ms: float) -> ProposalTicket:
         committed: asyncio.Future[object] = self._loop.create_future()
@@ -170,4 +193,4 @@ def _fail(waiter: _Waiter, error: HostError) -> None:
         waiter.committed.set_exception(error)
 
 
-__all__ = ["AppendTicket", "ProposalTicket", "Waiters"]
+__all__ = ["AppendTicket", "ProposalTicket", "Waiters", "fail_ticket", "new_append_ticket"]
