@@ -40,16 +40,16 @@ nor repeats a record across the move.
 Stopping. Cancelling the task that iterates (or a deadline around `async
 for`), `break`, and `stop()` from another task all leave the stream open:
 `commit()` then stores the positions of the records the application took,
-and iterating again continues after them. gRPC's asyncio API cancels the
-whole call when a task awaiting one of its writes is cancelled, so every
-write on the stream (credit, commits) runs in a task of its own that the
-caller only waits for; a cancelled caller leaves its request to go out and
-the next write waits for it. A task cancelled while it replaced the stream
-(a reconnect or `seek()`) leaves none, and the next call subscribes again
-from the positions; such a `seek()` did not happen.
+and iterating again continues after them: the writes on the stream
+(credit, commits) are made safe to cancel in `_consumer_writer`, and
+`poll_batch()` takes records without an await in between. A task cancelled
+while it replaced the stream (a reconnect or `seek()`) leaves none, and the
+next call subscribes again from the positions; such a `seek()` did not
+happen.
 
-One stream and its reader live in `_consumer_stream`, the choice of the next
-node in `_consumer_failover`; this module keeps positions and credit.
+One stream and its reader live in `_consumer_stream`, its writes in
+`_consumer_writer`, the choice of the next node in `_consumer_failover`;
+this module keeps positions and credit.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ from weir._wire import RecordFields
 from weir.aio import _consumer_stream as stream
 from weir.aio._consumer_failover import Failover
 from weir.aio._consumer_stream import Batch, Subscription
+from weir.aio._consumer_writer import Writer
 from weir.errors import ClosedError, WeirError, WeirTimeoutError
 from weir.types import ConsumedRecord, StartSpec, make_consumed_record, start_position
 from weir.v1 import broker_pb2
@@ -158,8 +159,7 @@ class Consumer:
         self._next_commit_id = 1
         self._failover = Failover(self._conn, reconnect_attempts)
         self._sub: Subscription | None = None
-        # The last write on the stream, which may outlive a cancelled caller.
-        self._writing: asyncio.Task[None] | None = None
+        self._writer = Writer()
         self._subscribe_lock = asyncio.Lock()
         self._started = False
         self._stopped = False
@@ -427,7 +427,7 @@ class Consumer:
         messages, nbytes = self._taken_messages, self._taken_bytes
         self._taken_messages = self._taken_bytes = 0
         credit = broker_pb2.Credit(messages=messages, bytes=nbytes)
-        return self._start_write(sub, broker_pb2.ConsumeRequest(credit=credit))
+        return self._writer.start(sub, broker_pb2.ConsumeRequest(credit=credit))
 
     async def _recover(self, sub: Subscription) -> None:
         """After a stream error: re-subscribe on another node if retriable and attempts remain."""
@@ -506,38 +506,13 @@ class Consumer:
         sub.arrived.set()
 
     async def _write(self, sub: Subscription, request: broker_pb2.ConsumeRequest) -> None:
-        """Write one request on `sub`, after every earlier write.
-
-        The write runs in a task of its own, made before the first await:
-        grpc.aio cancels the whole call when a task awaiting `write()` is
-        cancelled, and the caller may be cancelled (its task, a deadline
-        around `async for` or `commit()`). The request then still goes out
-        (credit already counted as returned is not lost), and the writes
-        stay in order because each task waits for the one before it.
-        """
-        await asyncio.shield(self._start_write(sub, request))
-
-    def _start_write(
-        self, sub: Subscription, request: broker_pb2.ConsumeRequest
-    ) -> asyncio.Task[None]:
-        """The task that writes `request` once every earlier write is done (see `_write`)."""
-        write = asyncio.create_task(
-            _write_after(self._writing, sub, request), name="weir-consumer-write"
-        )
-        # A cancelled caller never looks at the outcome; a failed write shows
-        # up as the reader's error anyway.
-        write.add_done_callback(_consume_outcome)
-        self._writing = write
-        return write
+        await self._writer.write(sub, request)
 
     async def _end(self, sub: Subscription, error: WeirError) -> None:
         """End `sub` (see `stream.end`) once a write left running by a cancelled caller is done."""
         try:
-            writing = self._writing
-            if writing is not None and not writing.done():
-                _, pending = await asyncio.wait([writing], timeout=WRITE_DRAIN_S_MAX)
-                if pending:
-                    sub.call.cancel()
+            if not await self._writer.drain(WRITE_DRAIN_S_MAX):
+                sub.call.cancel()
             await stream.end(sub, error)
         except asyncio.CancelledError:
             # Cancelled half way: stop the stream at once, so that neither its
@@ -546,16 +521,3 @@ class Consumer:
             if sub.reader is not None:
                 sub.reader.cancel()
             raise
-
-
-async def _write_after(
-    previous: asyncio.Task[None] | None, sub: Subscription, request: broker_pb2.ConsumeRequest
-) -> None:
-    if previous is not None and not previous.done():
-        await asyncio.wait([previous])
-    await stream.write(sub, request)
-
-
-def _consume_outcome(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()
