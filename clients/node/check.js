@@ -52,6 +52,9 @@ function parseArgs(argv) {
   return args;
 }
 
+// Each phase's figures on stderr, so a failed run shows how far it got.
+const progress = (phase, data) => console.error(`node client: ${phase} ${JSON.stringify(data)}`);
+
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // A unary call as a promise; a failure becomes a WeirCallError with the trailer's ErrorInfo.
@@ -270,12 +273,12 @@ async function checkIdempotence(brokers, identity, batches, expected, producerNa
   );
 
   // The same name again: same id, next epoch; once it wrote to partition 1 the old epoch is fenced there.
-  const successor = await unaryRetrying(brokers[0], "InitProducer", { producer_name: producerName });
+  const successor = await unaryRetrying(brokers[brokers.length - 1], "InitProducer", { producer_name: producerName });
   assert.equal(String(successor.producer_id), String(identity.producer_id));
   assert.equal(successor.producer_epoch, identity.producer_epoch + 1);
   const successorIdentity = { ...identity, ...successor };
   const record = makeRecord(11);
-  const written = await produceOnceRetrying(brokers[0], producerRequest(successorIdentity, 1, 0, [record], 103));
+  const written = await produceOnceRetrying(brokers[brokers.length - 1], producerRequest(successorIdentity, 1, 0, [record], 103));
   assert.equal(written.error, null, JSON.stringify(written.error));
   expected[1][Number(written.appends[0].base_offset)] = record;
   const oldSequence = batches.filter((b) => b.partition === 1).reduce((n, b) => Math.max(n, b.firstSequence + b.count), 0);
@@ -404,6 +407,7 @@ async function main() {
 
   await createTopic(admins[0], args.topic, figures);
   await checkRefusals(admins, brokers, args.topic, figures);
+  progress("refusals decoded", figures.refusals);
 
   const producerName = `${args.topic}-producer`;
   const init = await unaryRetrying(brokers[1 % brokers.length], "InitProducer", { producer_name: producerName });
@@ -418,8 +422,11 @@ async function main() {
   });
   const { expected, batches } = await produceAll(producer, args.records, figures);
   await producer.close();
+  progress("produced", figures.produce);
   await checkIdempotence(brokers, identity, batches, expected, producerName, figures);
+  progress("idempotence", figures.idempotence);
   await probeCredit(brokers[2 % brokers.length], args.topic, expected, figures);
+  progress("credit probe", figures.credit_probe);
   await consumeAll(brokers[brokers.length - 1], args.topic, expected, figures);
 
   for (const client of [...admins, ...brokers]) client.close();

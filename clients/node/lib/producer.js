@@ -12,7 +12,8 @@
 // for all its answers, backs off, and resends every unanswered request in
 // sequence order with the same sequences, so nothing is written twice or out
 // of order. NOT_LEADER naming a leader we know moves the partition's route
-// to that node.
+// to that node; a node that stops or cannot be reached (UNAVAILABLE without
+// NOT_LEADER) moves it to the next address of the list.
 
 const { callError, streamError, WeirCallError } = require("./errors");
 
@@ -25,6 +26,7 @@ class IdempotentProducer {
   // clients: Map address -> BrokerService client; route(partition) -> address.
   constructor({ clients, topic, producerId, producerEpoch, route }) {
     this.clients = clients;
+    this.addresses = [...clients.keys()];
     this.topic = topic;
     this.producerId = producerId;
     this.producerEpoch = producerEpoch;
@@ -165,10 +167,8 @@ class IdempotentProducer {
     } else if (error.retriable || (state.rewinding && error.reason === "OUT_OF_ORDER_SEQUENCE")) {
       const reason = error.reason || `code ${error.code}`;
       this.stats.retry_reasons[reason] = (this.stats.retry_reasons[reason] || 0) + 1;
-      const leader = error.metadata ? error.metadata.leader_address : undefined;
-      if (error.reason === "NOT_LEADER" && this.clients.has(leader) && leader !== state.address) {
-        state.address = leader;
-        this.stats.route_changes += 1;
+      if (!state.rewinding) {
+        this.reroute(state, error);
       }
       state.rewinding = true;
       state.redo.push(entry);
@@ -177,6 +177,24 @@ class IdempotentProducer {
     }
     this.resumeWhenAnswered(state);
     this.pump(state);
+  }
+
+  // Where a partition goes after the first retriable error of a round.
+  reroute(state, error) {
+    let address = state.address;
+    if (error.reason === "NOT_LEADER") {
+      const leader = error.metadata.leader_address;
+      if (this.clients.has(leader)) {
+        address = leader;
+      }
+    } else if (error.code === 14 && (error.reason === "" || error.reason === "SHUTTING_DOWN")) {
+      const i = this.addresses.indexOf(state.address);
+      address = this.addresses[(i + 1) % this.addresses.length];
+    }
+    if (address !== state.address) {
+      state.address = address;
+      this.stats.route_changes += 1;
+    }
   }
 
   resumeWhenAnswered(state) {
