@@ -134,6 +134,11 @@ class Connection:
         return self.nodes.current
 
     @property
+    def connect_timeout_s(self) -> float:
+        """The longest wait for one node's connect."""
+        return self._connect_timeout_s
+
+    @property
     def address_count(self) -> int:
         """How many addresses the client knows."""
         return len(self.nodes.addresses)

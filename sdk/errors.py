@@ -31,12 +31,15 @@ __all__ = [
     "InvalidArgumentError",
     "NotLeaderError",
     "OffsetOutOfRangeError",
+    "OutOfOrderSequenceError",
+    "ProducerFencedError",
     "RecordTooLargeError",
     "ResourceExhaustedError",
     "TooManyPingsError",
     "TopicExistsError",
     "TopicNotFoundError",
     "UnavailableError",
+    "UnknownProducerIdError",
     "WeirError",
     "WeirTimeoutError",
     "from_error_proto",
@@ -137,6 +140,50 @@ class BufferFullError(WeirError):
 
     default_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "BUFFER_FULL"
+
+
+class OutOfOrderSequenceError(FailedPreconditionError):
+    """An idempotent producer's batch does not continue its partition's sequence.
+
+    The SDK retries a partition's batches in sequence order, so it sees this
+    reason as an answer to a later batch while an earlier one is being
+    retried, and then simply sends the later one again after it. Raised to
+    the application only when no earlier batch of the partition is pending:
+    the partition's producer state is not what this producer wrote (another
+    process used the same producer id). Not retriable; the metadata has the
+    broker's `expected_sequence`. Close the producer and create a new one,
+    which starts with a fresh producer id.
+    """
+
+    default_reason = "OUT_OF_ORDER_SEQUENCE"
+
+
+class ProducerFencedError(FailedPreconditionError):
+    """A newer producer with the same `producer_name` took over (PRODUCER_FENCED).
+
+    Another `InitProducer` with this producer's name raised the epoch, so the
+    broker refuses this producer's batches on every partition the newer one
+    wrote to. Not retriable, and final for the producer: every record not
+    yet written fails with this error and `send()` refuses new ones. Close
+    this producer; only the newest instance of a named producer may write.
+    """
+
+    default_reason = "PRODUCER_FENCED"
+
+
+class UnknownProducerIdError(FailedPreconditionError):
+    """The partition forgot this producer id (UNKNOWN_PRODUCER_ID).
+
+    The broker drops a producer id that has not written to a partition for
+    `producer_id_expiry_ms`, or evicts it when a partition holds more than
+    `producers_per_partition_max` producers. The SDK recovers by itself when
+    nothing of the partition is pending: it starts the partition's sequence
+    again at 0 and resends. Raised to the application only when that is not
+    possible; not retriable: close the producer and create a new one (a new
+    producer id), or produce more often than the expiry.
+    """
+
+    default_reason = "UNKNOWN_PRODUCER_ID"
 
 
 class OffsetOutOfRangeError(WeirError):
@@ -242,6 +289,9 @@ _BY_REASON: dict[str, type[WeirError]] = {
     "SHUTTING_DOWN": UnavailableError,
     "NOT_LEADER": NotLeaderError,
     "DATA_CORRUPTED": DataCorruptedError,
+    "OUT_OF_ORDER_SEQUENCE": OutOfOrderSequenceError,
+    "PRODUCER_FENCED": ProducerFencedError,
+    "UNKNOWN_PRODUCER_ID": UnknownProducerIdError,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[WeirError]] = {

@@ -9,6 +9,13 @@ have lingered long enough, or a flush asked for them, and gives them back with
 to the budget only when a batch is settled (answered, failed, or written with
 acks="none"), so `buffer_bytes_max` bounds everything not yet acknowledged.
 
+An idempotent producer's accumulator numbers each partition's records:
+a batch gets its `first_sequence` when it is sealed (full, or taken by the
+sender), which is also its place in the partition's queue, so sequences
+follow the order records were sent in. A retried batch keeps its number and
+goes back into its queue in creation order (`ProducerBatch.serial`), ahead
+of every later batch of the partition.
+
 Nothing here does I/O; the sender is the only other party, and it is woken
 through `wakeup` whenever the set of ready batches may have changed.
 """
@@ -24,13 +31,23 @@ from weir._wire import framed_record
 from weir.aio.batch import ProducerBatch, RecordFuture
 from weir.errors import BufferFullError, ClosedError, RecordTooLargeError, WeirError
 
-__all__ = ["BATCH_RECORDS_MAX", "Accumulator", "ByteBudget", "ProducerBatch", "framed_size"]
+__all__ = [
+    "BATCH_RECORDS_MAX",
+    "SEQUENCE_MAX",
+    "Accumulator",
+    "ByteBudget",
+    "ProducerBatch",
+    "framed_size",
+]
 
 # Records in one batch, at most: the broker's default
 # `produce_request_records_max`, which refuses a request with more. Without
 # it a batch of tiny records fills up to `batch_bytes_max` (half a million
 # empty records in 1 MiB).
 BATCH_RECORDS_MAX = 100_000
+# Sequence numbers run from 0 to SEQUENCE_MAX and then wrap to 0
+# (ProduceRequest.first_sequence).
+SEQUENCE_MAX = (1 << 31) - 1
 
 
 def framed_size(record_bytes: int) -> int:
@@ -143,6 +160,7 @@ class Accumulator:
         linger_s: float,
         on_batch_closed: Callable[[str, int], None] | None = None,
         batch_records_max: int = BATCH_RECORDS_MAX,
+        idempotent: bool = False,
     ) -> None:
         if batch_bytes_max <= 0 or batch_records_max <= 0:
             raise ValueError("batch_bytes_max and batch_records_max must be positive")
@@ -166,6 +184,9 @@ class Accumulator:
         self._flushing = 0
         self._drain_start = 0
         self._closed_error: WeirError | None = None
+        self._next_serial = 0
+        # The next sequence number per partition, for an idempotent producer.
+        self._sequences: dict[tuple[str, int], int] | None = {} if idempotent else None
 
     # -- the application side ---------------------------------------------
 
@@ -218,7 +239,8 @@ class Accumulator:
             batch = None
         if batch is None:
             loop = asyncio.get_running_loop()
-            batch = ProducerBatch(topic, partition, loop.time(), loop)
+            self._next_serial += 1
+            batch = ProducerBatch(topic, partition, loop.time(), loop, self._next_serial)
             queue = self._queues.get(key)
             if queue is None:
                 queue = self._queues[key] = collections.deque()
@@ -259,8 +281,18 @@ class Accumulator:
         """True while any batch waits in a queue (not in flight)."""
         return any(self._queues.values())
 
-    def drain(self, now_s: float, limit: int) -> list[ProducerBatch]:
-        """Take up to `limit` ready batches, oldest first within each partition."""
+    def drain(
+        self,
+        now_s: float,
+        limit: int,
+        take: Callable[[ProducerBatch], bool] | None = None,
+    ) -> list[ProducerBatch]:
+        """Take up to `limit` ready batches, oldest first within each partition.
+
+        `take`, if given, is asked about each ready head of a queue before it
+        is taken (the sender checks its node's and partition's in-flight
+        limits there); a False leaves that partition's queue as it is.
+        """
         out: list[ProducerBatch] = []
         flushing = self._flushing > 0 or self._closed_error is not None
         queues = list(self._queues.values())
@@ -270,13 +302,36 @@ class Accumulator:
         self._drain_start = start + 1
         for queue in queues[start:] + queues[:start]:
             while queue and len(out) < limit and queue[0].ready(now_s, self.linger_s, flushing):
-                batch = queue.popleft()
-                if not batch.closed:
-                    self._close(batch)
-                out.append(batch)
+                head = queue[0]
+                if not head.closed:
+                    # Sealed before `take` sees it: it needs its sequence number.
+                    self._close(head)
+                if take is not None and not take(head):
+                    break
+                out.append(queue.popleft())
             if len(out) >= limit:
                 break
         return out
+
+    def queued(self, topic: str, partition: int) -> list[ProducerBatch]:
+        """The batches waiting in a partition's queue, in order."""
+        return list(self._queues.get((topic, partition), ()))
+
+    def resequence(self, topic: str, partition: int) -> None:
+        """Number a partition's queued batches again from 0 (the broker forgot the producer).
+
+        Only for batches never written: the sender calls it when none of the
+        partition's batches is in flight.
+        """
+        assert self._sequences is not None
+        key = (topic, partition)
+        sequence = 0
+        for batch in self._queues.get(key, ()):
+            if batch.first_sequence < 0:
+                break  # the open batch, and only it, has no number yet
+            batch.first_sequence = sequence
+            sequence = (sequence + batch.count) & SEQUENCE_MAX
+        self._sequences[key] = sequence
 
     def next_ready_s(self) -> float | None:
         """Loop time at which the next queued batch becomes ready, if any is queued."""
@@ -295,12 +350,15 @@ class Accumulator:
         return best
 
     def requeue(self, batches: Iterable[ProducerBatch], retry_at_s: float) -> None:
-        """Put batches back at the front of their queues, keeping their order."""
-        for batch in reversed(list(batches)):
+        """Put batches back into their queues in creation order, ahead of later batches."""
+        for batch in batches:
             batch.retry_at_s = retry_at_s
-            self._queues.setdefault((batch.topic, batch.partition), collections.deque()).appendleft(
-                batch
-            )
+            queue = self._queues.setdefault((batch.topic, batch.partition), collections.deque())
+            # Retries come back near the front: scan from there.
+            index = 0
+            while index < len(queue) and queue[index].serial < batch.serial:
+                index += 1
+            queue.insert(index, batch)
         self.wakeup.set()
 
     def complete(self, batch: ProducerBatch, offsets: Sequence[int], partition: int) -> None:
@@ -315,10 +373,16 @@ class Accumulator:
             batch.settle((), batch.partition, exc)
         self._settle(batch)
 
-    def close(self, exc: WeirError | None = None) -> None:
-        """Refuse new records; queued batches still go out unless `exc` fails them."""
+    def close(self, exc: WeirError | None = None, *, final: bool = False) -> None:
+        """Refuse new records; queued batches still go out unless `exc` fails them.
+
+        With `final`, new records are refused with `exc` itself.
+        """
         if self._closed_error is None:
-            self._closed_error = ClosedError("the producer is closed")
+            # A final error (PRODUCER_FENCED) is what send() raises from now on.
+            self._closed_error = (
+                exc if final and exc is not None else ClosedError("the producer is closed")
+            )
         if exc is not None:
             self.budget.fail_waiters(exc)
             for batch in list(self._unsettled):
@@ -329,6 +393,14 @@ class Accumulator:
             self.budget.fail_waiters(self._closed_error)
         self.wakeup.set()
 
+    def fail_unsettled(self, exc: WeirError) -> None:
+        """Fail every batch not yet settled (they waited their retries' worth); stay open."""
+        for batch in list(self._unsettled):
+            self.fail(batch, exc)
+        for queue in self._queues.values():
+            queue.clear()
+        self._open.clear()
+
     # -- internals ---------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -337,6 +409,11 @@ class Accumulator:
 
     def _close(self, batch: ProducerBatch) -> None:
         batch.closed = True
+        if self._sequences is not None and batch.first_sequence < 0:
+            key = (batch.topic, batch.partition)
+            sequence = self._sequences.get(key, 0)
+            batch.first_sequence = sequence
+            self._sequences[key] = (sequence + batch.count) & SEQUENCE_MAX
         key = (batch.topic, batch.partition)
         if self._open.get(key) is batch:
             del self._open[key]

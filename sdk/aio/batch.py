@@ -41,24 +41,37 @@ class ProducerBatch:
         "count",
         "created_s",
         "error",
+        "first_sequence",
         "loop",
         "offsets",
         "partition",
         "payload",
         "result_partition",
         "retry_at_s",
+        "serial",
         "settled",
         "size_bytes",
         "topic",
     )
 
     def __init__(
-        self, topic: str, partition: int, created_s: float, loop: asyncio.AbstractEventLoop
+        self,
+        topic: str,
+        partition: int,
+        created_s: float,
+        loop: asyncio.AbstractEventLoop,
+        serial: int = 0,
     ) -> None:
         self.topic = topic
         self.partition = partition
         self.created_s = created_s
         self.loop = loop
+        # Creation order among the producer's batches: a partition's queue is
+        # kept in this order, retries included, so batches go out in order.
+        self.serial = serial
+        # The idempotent producer's sequence number of the first record,
+        # given when the batch is sealed and kept across retries (-1: none).
+        self.first_sequence = -1
         # The body of a RecordBatch: each record as a `records` field. Its
         # length is what batch_bytes_max bounds.
         self.payload = bytearray()

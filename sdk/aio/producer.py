@@ -9,6 +9,13 @@ buffer space, and on first use of a topic for its partition count); the
 future resolves when the broker answers that batch. Keyed records go to
 murmur2(key) % partitions, keyless records to a sticky partition that
 rotates when its batch is sent, and an explicit `partition` wins over both.
+
+The producer is idempotent by default: at start it asks the cluster for a
+producer id (`InitProducer`), numbers each partition's records, and a retry
+(after a failover, a lost answer, a timeout) resends the same numbered
+batch, which the broker answers with the original offsets instead of
+writing it twice. Batches go straight to their partition's leader (see
+weir/aio/sender.py and weir/aio/metadata.py).
 """
 
 from __future__ import annotations
@@ -36,11 +43,18 @@ from weir._wire import (
 )
 from weir.aio.accumulator import BATCH_RECORDS_MAX, Accumulator
 from weir.aio.batch import RecordFuture
-from weir.aio.sender import Sender
-from weir.errors import ClosedError, InvalidArgumentError, RecordTooLargeError, WeirTimeoutError
+from weir.aio.metadata import MetadataCache
+from weir.aio.sender import AttemptHook, Sender
+from weir.errors import (
+    ClosedError,
+    InvalidArgumentError,
+    RecordTooLargeError,
+    WeirError,
+    WeirTimeoutError,
+)
 from weir.partitioner import StickyPartitioner, partition_for_key
 from weir.types import Acks
-from weir.v1 import admin_pb2
+from weir.v1 import admin_pb2, broker_pb2
 
 __all__ = ["Producer"]
 
@@ -89,13 +103,26 @@ class Producer:
             `retry_backoff_max_ms`, with +-20% jitter.
         request_timeout_ms: How long a request may go unanswered before the
             stream is considered broken and its batches are retried.
-        max_inflight_requests: Unanswered requests on the stream at once.
-            With more than one, a batch retried after a per-request error
-            may land after a later batch of the same partition; use 1 for
-            strict order across retries. A broken stream (a failover)
-            resends all its batches in order, which keeps per-partition
-            order except where one was appended and the next was not.
-        metadata_max_age_ms: How long a topic's partition count is cached.
+        max_inflight_requests: Unanswered requests per node at once (the
+            producer keeps one stream per node it sends to). A partition's
+            batches go out in order and a retry never overtakes a later
+            batch, so with idempotence (the default) per-partition order
+            holds across retries whatever this is; an idempotent producer
+            keeps at most 5 requests of one partition unanswered. Without
+            idempotence a retried batch may be stored twice, and after one
+            that was not written, the next may already be.
+        metadata_max_age_ms: How long a topic's partitions and leaders are
+            cached (NOT_LEADER and failures refresh them sooner).
+        idempotence: Number each partition's records so that retries never
+            write twice (docs/sdk.md, "Idempotent producing"). On by
+            default; off with acks="none", which gets no answers to retry by.
+        producer_name: A stable name for an idempotent producer: a new
+            producer with the same name fences this one (its batches then
+            fail with `ProducerFencedError`). None: an anonymous producer id.
+        on_attempt: Called on the event loop with a `ProduceAttempt` each
+            time an attempt to send a batch ends (acknowledged, refused, or
+            of unknown outcome): a history for tests and metrics. Must not
+            block.
         rng: Randomness for the backoff jitter and the first node (seed it
             for reproducible tests).
     """
@@ -116,6 +143,9 @@ class Producer:
         request_timeout_ms: float = 30_000,
         max_inflight_requests: int = 5,
         metadata_max_age_ms: float = 300_000,
+        idempotence: bool = True,
+        producer_name: str | None = None,
+        on_attempt: AttemptHook | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if retries < 0:
@@ -148,9 +178,16 @@ class Producer:
             backoff_max_ms=retry_backoff_max_ms,
             connect_timeout_s=self._request_timeout_s,
         )
-        # topic -> (partition count, record_bytes_max, time.monotonic() fetched)
-        self._topics: dict[str, tuple[int, int, float]] = {}
-        self._metadata_locks: dict[str, asyncio.Lock] = {}
+        self._idempotent = idempotence and self._acks is not Acks.NONE
+        self._producer_name = producer_name or ""
+        self._on_attempt = on_attempt
+        self._metadata = MetadataCache(
+            self._describe,
+            max_age_s=self._metadata_max_age_s,
+            refresh_interval_s=retry_backoff_ms / 1000.0,
+        )
+        # (producer id, epoch) once InitProducer answered.
+        self.producer_identity: tuple[int, int] | None = None
         self._started = False
         self._closed = False
 
@@ -176,7 +213,9 @@ class Producer:
             buffer_bytes_max=self._buffer_bytes_max,
             linger_s=self._linger_s,
             on_batch_closed=self._on_batch_closed,
+            idempotent=self._idempotent,
         )
+        self._metadata.on_change = self._accumulator.wakeup.set
         self._sender = Sender(
             connection=self._conn,
             accumulator=self._accumulator,
@@ -185,6 +224,10 @@ class Producer:
             backoff=self._backoff,
             request_timeout_s=self._request_timeout_s,
             max_inflight_requests=self._max_inflight_requests,
+            metadata=self._metadata,
+            idempotent=self._idempotent,
+            producer_identity=self._init_producer if self._idempotent else None,
+            on_attempt=self._on_attempt,
         )
         self._sender_task = asyncio.create_task(self._sender.run(), name="weir-producer-sender")
         self._started = True
@@ -219,10 +262,11 @@ class Producer:
             if not isinstance(key, bytes | bytearray | memoryview):
                 raise TypeError("key must be bytes or None")
             key = bytes(key)
-        cached = self._topics.get(topic)
-        if cached is None or time.monotonic() - cached[2] >= self._metadata_max_age_s:
+        cached = self._metadata.cached(topic)
+        if cached is None:
             return await self._send_slow(topic, value, key, headers, partition, timestamp_ms)
-        count, record_bytes_max, _ = cached
+        count = cached.partition_count
+        record_bytes_max = cached.record_bytes_max
         if partition is None:
             if key is not None:
                 partition = partition_for_key(key, count)
@@ -327,6 +371,7 @@ class Producer:
             # Its failure, if any, was reported to every waiter.
             with contextlib.suppress(BaseException):
                 await self._sender_task
+            await self._metadata.close()
             await self._conn.close()
 
     async def partitions_for(self, topic: str) -> int:
@@ -346,30 +391,59 @@ class Producer:
             raise ClosedError("the producer's sender has stopped")
 
     def _on_batch_closed(self, topic: str, partition: int) -> None:
-        cached = self._topics.get(topic)
+        cached = self._metadata.cached(topic)
         if cached is not None:
-            self._sticky.batch_sent(topic, partition, cached[0])
+            self._sticky.batch_sent(topic, partition, cached.partition_count)
 
     async def _topic_meta(self, topic: str, *, refresh: bool = False) -> tuple[int, int]:
         """(partition count, record_bytes_max), cached for `metadata_max_age_ms`."""
-        now = time.monotonic()
-        cached = self._topics.get(topic)
-        if cached is not None and not refresh and now - cached[2] < self._metadata_max_age_s:
-            return cached[0], cached[1]
-        lock = self._metadata_locks.setdefault(topic, asyncio.Lock())
-        async with lock:
-            cached = self._topics.get(topic)
-            if cached is not None and cached[2] > now:
-                return cached[0], cached[1]  # another task fetched it while this one waited
-            request = admin_pb2.DescribeTopicRequest(name=topic)
+        meta = await self._metadata.get(topic, refresh=refresh)
+        return meta.partition_count, meta.record_bytes_max
 
-            def describe(channel: grpc.aio.Channel) -> Any:
-                return admin_stub(channel).DescribeTopic(request, timeout=self._request_timeout_s)
+    async def _describe(self, topic: str) -> admin_pb2.DescribeTopicResponse:
+        request = admin_pb2.DescribeTopicRequest(name=topic)
 
-            response: admin_pb2.DescribeTopicResponse = await call_unary(
-                self._conn, describe, attempts_per_address=self._retries + 1
+        def describe(channel: grpc.aio.Channel) -> Any:
+            return admin_stub(channel).DescribeTopic(request, timeout=self._request_timeout_s)
+
+        response: admin_pb2.DescribeTopicResponse = await call_unary(
+            self._conn, describe, attempts_per_address=self._retries + 1
+        )
+        return response
+
+    async def _init_producer(self) -> tuple[int, int]:
+        """A producer id and epoch from any node, retried until one answers.
+
+        Records wait in their batches meanwhile; when a whole round of
+        attempts fails, those waiting fail with the error (as a batch does
+        after its retries) and the producer goes on trying for later ones.
+        """
+        request = broker_pb2.InitProducerRequest(producer_name=self._producer_name)
+
+        def init(channel: grpc.aio.Channel) -> Any:
+            method = channel.unary_unary(
+                "/weir.v1.BrokerService/InitProducer",
+                request_serializer=broker_pb2.InitProducerRequest.SerializeToString,
+                response_deserializer=broker_pb2.InitProducerResponse.FromString,
             )
-            count = response.topic.partition_count
-            record_bytes_max = response.topic.config.record_bytes_max
-            self._topics[topic] = (count, record_bytes_max, time.monotonic())
-            return count, record_bytes_max
+            return method(request, timeout=self._request_timeout_s)
+
+        round_ = 0
+        while True:
+            try:
+                response: broker_pb2.InitProducerResponse = await call_unary(
+                    self._conn, init, attempts_per_address=self._retries + 1
+                )
+            except WeirError as error:
+                if not error.retriable:
+                    raise
+                round_ += 1
+                self._accumulator.fail_unsettled(error)
+                if self._closed:
+                    # Closing, and nothing is left to send: the sender ends
+                    # without a producer id (0 is none).
+                    return 0, 0
+                await asyncio.sleep(self._backoff.delay_s(round_))
+                continue
+            self.producer_identity = (response.producer_id, response.producer_epoch)
+            return self.producer_identity

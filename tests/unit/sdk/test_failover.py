@@ -198,7 +198,8 @@ def test_a_dead_stream_moves_to_the_next_node_and_resends_in_order(
         assert [(await f).offset for f in first] == [10, 11]
         assert (await second).offset == 12
         # A late answer from the old stream settles nothing twice.
-        h.sender._on_response(h.sender._stream, answer(r1, 99))  # type: ignore[arg-type]
+        await h.calls[0].responses.put(answer(r1, 99))
+        await asyncio.sleep(0.01)
         assert [(await f).offset for f in first] == [10, 11]
         h.acc.close()
         h.sender.stop()
@@ -270,7 +271,7 @@ def test_every_node_down_costs_attempts_per_round_and_then_fails(
     run(body)
 
 
-def test_not_leader_waits_for_the_other_answers_then_goes_to_the_leader(
+def test_not_leader_naming_the_leader_retries_there_at_once_and_keeps_the_stream(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def body() -> None:
@@ -288,15 +289,14 @@ def test_not_leader_waits_for_the_other_answers_then_goes_to_the_leader(
                 metadata={"leader_id": "9", "leader_address": "leader:9"},
             )
         )
-        # The stream stays open for r2's answer: nothing new goes out on it,
-        # and r2 is not resent (it was not in doubt).
-        await asyncio.sleep(0.05)
-        assert len(h.calls) == 1 and not h.calls[0].written and not h.calls[0].cancelled
-        await h.calls[0].responses.put(answer(r2, 3))
-        assert (await other).offset == 3
+        # The refused batch goes to the leader at once, while the first
+        # stream stays open for r2's answer (r2 was not in doubt: not resent).
         retried = await h.next_request(1)
         assert h.calls[1].address == "leader:9"
         assert retried.batch == r1.batch
+        assert not h.calls[0].cancelled and not h.calls[0].written
+        await h.calls[0].responses.put(answer(r2, 3))
+        assert (await other).offset == 3
         await h.calls[1].responses.put(answer(retried, 0))
         assert (await refused).offset == 0
         assert "leader:9" in h.conn.nodes.addresses

@@ -16,7 +16,8 @@ from weir._failover import Connection
 from weir._retry import Backoff
 from weir.aio import sender as sender_module
 from weir.aio.accumulator import Accumulator
-from weir.aio.sender import Sender
+from weir.aio.metadata import MetadataCache
+from weir.aio.sender import ProduceAttempt, Sender
 from weir.errors import ClosedError, RecordTooLargeError, UnavailableError
 from weir.types import Acks
 from weir.v1 import broker_pb2, errors_pb2, records_pb2
@@ -82,6 +83,9 @@ class Harness:
         up: dict[str, bool] | None = None,
         max_inflight_requests: int = 3,
         retries: int = 2,
+        idempotent: bool = False,
+        metadata: MetadataCache | None = None,
+        request_timeout_s: float = 5.0,
     ) -> None:
         self.calls: list[FakeCall] = []
         up = up if up is not None else {"a:1": True}
@@ -93,7 +97,14 @@ class Harness:
             return call
 
         monkeypatch.setattr(sender_module, "produce_call", open_call)
-        self.acc = Accumulator(batch_bytes_max=1000, buffer_bytes_max=10_000, linger_s=0)
+        self.acc = Accumulator(
+            batch_bytes_max=1000, buffer_bytes_max=10_000, linger_s=0, idempotent=idempotent
+        )
+        self.attempts: list[ProduceAttempt] = []
+
+        async def identity() -> tuple[int, int]:
+            return 77, 3
+
         self.conn = Connection(list(up), rng=random.Random(0), backoff_ms=1, backoff_max_ms=4)
         self.sender = Sender(
             connection=self.conn,
@@ -101,8 +112,12 @@ class Harness:
             acks=acks,
             retries=retries,
             backoff=Backoff(1, 4, rng=random.Random(0)),
-            request_timeout_s=5.0,
+            request_timeout_s=request_timeout_s,
             max_inflight_requests=max_inflight_requests,
+            metadata=metadata,
+            idempotent=idempotent,
+            producer_identity=identity if idempotent else None,
+            on_attempt=self.attempts.append,
         )
 
     async def next_request(self, call_index: int = -1) -> broker_pb2.ProduceRequest:
