@@ -27,9 +27,14 @@ class TransportConfig:
     queue_messages_max: int = 8192
     # Node-level liveness: a heartbeat goes out on a stream that sent
     # nothing for this long, and a peer not heard from for
-    # `peer_dead_after_ms` is reported dead.
+    # `peer_dead_after_ms` is reported dead (checked every heartbeat
+    # interval). A leader whose quorum's nodes are dead steps down then, the
+    # only way a quiet leader ends (cluster/host/policy.py): 650 ms, plus a
+    # check, plus a turn, ends it within the default election timeout (1 s),
+    # while six heartbeats in a row must go missing first. A false "dead"
+    # (a stalled event loop) costs a step-down and an election, never safety.
     heartbeat_interval_ms: int = 100
-    peer_dead_after_ms: int = 1000
+    peer_dead_after_ms: int = 650
     # Reconnect backoff (exponential, with jitter from the injected RNG).
     reconnect_initial_ms: int = 50
     reconnect_max_ms: int = 2000
