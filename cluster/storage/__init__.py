@@ -26,7 +26,7 @@ from .errors import (
     StorageFullError,
     UnavailableError,
 )
-from .log import AppendTicket, PartitionLog, RetentionPlan, StoredBatch
+from .log import AppendTicket, PartitionLog, RetentionPlan, StoredBatch, StoredRun
 from .meta import MetaStore
 from .node import Durability, NodeStorage, StorageConfig
 from .producers import (
@@ -65,6 +65,7 @@ __all__ = [
     "StorageError",
     "StorageFullError",
     "StoredBatch",
+    "StoredRun",
     "UnavailableError",
     "UnknownProducerIdError",
     "decode_partition_snapshot",

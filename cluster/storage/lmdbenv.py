@@ -287,6 +287,13 @@ class _Txn:
             return None
         return found, cursor.value()
 
+    def scan(self, db: Db, start: bytes) -> ValueScan | None:
+        """A scan from the first row with key >= start; None if there is none."""
+        cursor = self._txn.cursor(self._dbs[db])
+        if not cursor.set_range(start):
+            return None
+        return ValueScan(cursor, self._reads)
+
     def iterate(self, db: Db, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, Value]]:
         """Rows with start <= key < end in key order; the caller bounds how many it takes."""
         cursor = self._txn.cursor(self._dbs[db])
@@ -299,6 +306,30 @@ class _Txn:
                 return
             reads.rows += 1
             yield key_bytes, value
+
+
+class ValueScan:
+    """Values of consecutive rows from a start key (`Txn.scan`), and the key of the last one.
+
+    The caller bounds the scan (by a count of rows it knows exist) and then
+    checks with `key()` where it stopped, instead of copying and comparing
+    every row's key; it adds the rows it visited to the read counter.
+    """
+
+    __slots__ = ("_cursor", "reads")
+
+    def __init__(self, cursor: lmdb.Cursor[Any], reads: ReadCounter) -> None:
+        self._cursor = cursor
+        self.reads = reads
+
+    def values(self) -> Iterator[Value]:
+        """The rows' values in key order, from the start row on."""
+        values: Iterator[Value] = self._cursor.iternext(keys=False, values=True)
+        return values
+
+    def key(self) -> bytes:
+        """The key of the row `values()` yielded last (b"" once it ran past the end)."""
+        return bytes(self._cursor.key())
 
 
 class ReadTxn(_Txn):

@@ -12,8 +12,8 @@ Two writers feed it. A Raft group's `LmdbRaftStorage` appends entries and
 applies them as Raft commits them. The single-node path (`append()`, used by
 `LocalReplicator`) is the special case of a one-member group: entries get
 term 1 and are applied in the same writer turn that writes them. Reads run on
-the loop in short read transactions (mmap reads, bounded by bytes) and
-verify every entry's checksums.
+the loop in short read transactions (mmap reads, bounded by bytes and by
+records, one cursor walk per read) and verify every entry's checksums.
 """
 
 from __future__ import annotations
@@ -24,16 +24,23 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from ..raft.types import EntryType
 from . import keys
 from .codec import (
+    BATCH_FLAG_PRODUCER,
     BATCH_HEADER_BYTES,
+    ENTRY_FORMAT_VERSION,
     GROUP_META_BYTES,
     PRODUCER_HEADER_BYTES,
+    ROW_BATCH_CHECKED,
+    ROW_CHECKED_BYTES,
     ROW_HEADER_BYTES,
+    ROW_PAYLOAD_START,
     BatchKind,
     decode_batch_header,
     decode_row_header,
@@ -44,7 +51,7 @@ from .codec import (
     verify_row_data,
 )
 from .errors import CorruptEntryError, OffsetOutOfRangeError, StorageError
-from .lmdbenv import Db, LmdbEnv
+from .lmdbenv import Db, LmdbEnv, ReadTxn, Value
 from .ops import (
     INDEX_ROW_BYTES,
     PRODUCER_KEY_BYTES,
@@ -67,8 +74,22 @@ from .writer import GroupCommitWriter, WriteOp
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FIRST_RAFT_INDEX", "AppendTicket", "PartitionLog", "RetentionPlan", "StoredBatch"]
+__all__ = [
+    "FIRST_RAFT_INDEX",
+    "AppendTicket",
+    "PartitionLog",
+    "RetentionPlan",
+    "StoredBatch",
+    "StoredRun",
+]
 
+# Raw values the read path compares with, so a row costs no enum lookup.
+_NORMAL = int(EntryType.NORMAL)
+_OFFSETLESS_ENTRY_TYPES = (int(EntryType.NOOP), int(EntryType.CONFIG))
+_RECORDS = int(BatchKind.RECORDS)
+_CONTROL = int(BatchKind.CONTROL)
+# `read`'s default records_max: no bound but the others.
+READ_RECORDS_UNBOUNDED = 1 << 62
 # Entries one read visits at most (control entries carry no payload, so the
 # byte bound alone would not stop a scan over many of them).
 READ_ENTRIES_MAX = 4096
@@ -92,6 +113,34 @@ class StoredBatch:
     max_timestamp_ms: int
     append_time_ms: int
     payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """Consecutive stored batches read at once (`PartitionLog.read_run`).
+
+    `payload` is their payloads joined, itself a run of `RecordBatch.records`
+    fields; offsets are dense, so it holds the records `base_offset` ..
+    `base_offset + record_count - 1` in order.
+    """
+
+    base_offset: int
+    record_count: int
+    payload: bytes
+
+
+def _raise_damaged(value: Value) -> NoReturn:
+    """Raise the decoders' own error for a row the read path's quick checks refused."""
+    row = decode_row_header(value)
+    if row.entry_type is EntryType.NORMAL:
+        header = decode_batch_header(value, ROW_HEADER_BYTES)
+        if header.takes_offsets and row.next_offset != header.next_offset:
+            raise CorruptEntryError(
+                f"entry says the next offset is {row.next_offset}, its batch ends at "
+                f"{header.next_offset}"
+            )
+    verify_row_data(value)
+    raise CorruptEntryError("entry failed the read path's checks")
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,60 +437,23 @@ class PartitionLog:
         state.size_bytes -= payload_bytes
         assert state.next_offset >= state.end_offset
 
-    def read(self, offset: int, bytes_max: int) -> list[StoredBatch]:
-        self._check_open()
-        state = self._state
-        start, end = state.start_offset, state.end_offset
-        if offset < start or offset > end:
-            raise OffsetOutOfRangeError(start, end, offset)
-        if offset == end:
+    def read(
+        self, offset: int, bytes_max: int, records_max: int = READ_RECORDS_UNBOUNDED
+    ) -> list[StoredBatch]:
+        """The committed batches from the one containing `offset` on, each payload copied once.
+
+        Bounded by `bytes_max` of payload (at least one batch), by
+        `records_max` records counted from `offset` (exact: the batch that
+        reaches it is the last) and by READ_ENTRIES_MAX entries.
+        `OffsetOutOfRangeError` outside `[start_offset, end_offset]`; `[]` at
+        `end_offset`.
+        """
+        if self._at_end(offset):
             return []
-        group_id = self.group_id
-        batches: list[StoredBatch] = []
-        total_bytes = 0
-        unindexed = self._unindexed
         with self._env.read() as txn:
-            if unindexed and offset >= unindexed[0][0]:
-                # Visible, but its index rows are not written yet.
-                at = bisect.bisect_right(unindexed, offset, key=lambda row: row[0]) - 1
-                first_index = unindexed[at][1]
-            else:
-                row = txn.floor(
-                    Db.OFFSET_INDEX, keys.offset_key(group_id, offset), keys.group_key(group_id)
-                )
-                if row is None:
-                    raise CorruptEntryError(
-                        f"group {group_id}: no offset index row at or below {offset}"
-                    )
-                first_index = keys.unpack_u64(bytes(row[1]))
-            # Committed-only reads: never past the visible (committed) index.
-            scan = txn.iterate(
-                Db.LOG,
-                keys.log_key(group_id, first_index),
-                keys.log_key(group_id, self._visible_index + 1),
-            )
-            for visited, (_, value) in enumerate(scan):
-                row_header = decode_row_header(value)
-                header = None
-                if row_header.entry_type is EntryType.NORMAL:
-                    header = decode_batch_header(value, ROW_HEADER_BYTES)
-                if header is None or not header.takes_offsets:
-                    if visited >= READ_ENTRIES_MAX:
-                        break
-                    continue
-                if header.base_offset >= end:
-                    break
-                if not batches and not (
-                    header.base_offset <= offset < header.base_offset + header.record_count
-                ):
-                    raise CorruptEntryError(
-                        f"group {group_id}: offset index points at batch {header.base_offset}"
-                        f"+{header.record_count}, which does not contain offset {offset}"
-                    )
-                payload_bytes = row_header.data_bytes - header.header_bytes
-                if batches and total_bytes + payload_bytes > bytes_max:
-                    break
-                data = verify_row_data(value)
+            batches = []
+            for data in self._scan(txn, offset, bytes_max, records_max, whole_batches=True)[0]:
+                header = decode_batch_header(data)
                 batches.append(
                     StoredBatch(
                         header.base_offset,
@@ -451,12 +463,144 @@ class PartitionLog:
                         bytes(data[header.header_bytes :]),
                     )
                 )
-                total_bytes += payload_bytes
-                if total_bytes >= bytes_max or visited >= READ_ENTRIES_MAX:
-                    break
-        if not batches:
+            return batches
+
+    def read_run(self, offset: int, bytes_max: int, records_max: int) -> StoredRun | None:
+        """What `read` returns, as one run: the payloads joined in one copy (None at the end).
+
+        Offsets are dense, so record i of the run is offset `base_offset + i`;
+        the consume path serves slices of it without a Python object per
+        stored batch. Same bounds and errors as `read`.
+        """
+        if self._at_end(offset):
+            return None
+        with self._env.read() as txn:
+            payloads, base_offset, next_offset = self._scan(txn, offset, bytes_max, records_max)
+            payload = b"".join(payloads)
+        return StoredRun(base_offset, next_offset - base_offset, payload)
+
+    def _at_end(self, offset: int) -> bool:
+        self._check_open()
+        state = self._state
+        start, end = state.start_offset, state.end_offset
+        if offset < start or offset > end:
+            raise OffsetOutOfRangeError(start, end, offset)
+        return offset == end
+
+    def _scan(
+        self,
+        txn: ReadTxn,
+        offset: int,
+        bytes_max: int,
+        records_max: int,
+        whole_batches: bool = False,
+    ) -> tuple[list[Value], int, int]:
+        """Views of the payloads `read` returns (valid inside `txn`; with
+        `whole_batches` each batch with its header), their first base offset
+        and the offset after them.
+
+        One cursor walk, one unpack and two checksums per row. The walk is
+        bounded by a count of rows instead of a key compared per row: the
+        rows from the first one read to the visible index all exist (Raft
+        indexes are dense), and the last row's key is checked once at the
+        end. Consecutive batches must continue each other's offsets.
+        """
+        group_id = self.group_id
+        end = self._state.end_offset
+        first_index = self._first_index(txn, offset)
+        rows_max = min(self._visible_index + 1 - first_index, READ_ENTRIES_MAX)
+        assert rows_max > 0, (first_index, self._visible_index)
+        scan = txn.scan(Db.LOG, keys.log_key(group_id, first_index))
+        if scan is None:
+            raise CorruptEntryError(f"group {group_id}: no log row at index {first_index}")
+        unpack = ROW_BATCH_CHECKED.unpack_from
+        crc32 = zlib.crc32
+        views: list[Value] = []
+        base_offset = -1
+        next_offset = offset
+        total_bytes = visited = 0
+        for value in scan.values():
+            visited += 1
+            size = len(value)
+            # Short rows are no-ops or configurations (or damage).
+            if size >= ROW_PAYLOAD_START:
+                (version, raw_type, row_next, data_bytes, data_crc, header_crc,
+                 kind, flags, count, base) = unpack(value)  # fmt: skip
+                if (
+                    crc32(value[:ROW_CHECKED_BYTES]) != header_crc
+                    or version != ENTRY_FORMAT_VERSION
+                    or data_bytes != size - ROW_HEADER_BYTES
+                ):
+                    _raise_damaged(value)
+                if raw_type == _NORMAL:
+                    if kind != _RECORDS or count <= 0 or row_next != base + count:
+                        if kind != _CONTROL or count != 0 or flags != 0:
+                            _raise_damaged(value)
+                    else:
+                        payload_start = ROW_PAYLOAD_START
+                        if flags:
+                            payload_start += PRODUCER_HEADER_BYTES
+                            if flags != BATCH_FLAG_PRODUCER or size < payload_start:
+                                _raise_damaged(value)
+                        if base >= end:
+                            break
+                        if base_offset < 0:
+                            if not base <= offset < base + count:
+                                raise CorruptEntryError(
+                                    f"group {group_id}: offset index points at batch {base}"
+                                    f"+{count}, which does not contain offset {offset}"
+                                )
+                            base_offset = base
+                        elif base != next_offset:
+                            raise CorruptEntryError(
+                                f"group {group_id}: batch {base}+{count} follows the batch"
+                                f" that ends at {next_offset}"
+                            )
+                        payload_bytes = size - payload_start
+                        if views and total_bytes + payload_bytes > bytes_max:
+                            break
+                        data = value[ROW_HEADER_BYTES:]
+                        if crc32(data) != data_crc:
+                            _raise_damaged(value)
+                        views.append(data if whole_batches else value[payload_start:])
+                        next_offset = base + count
+                        total_bytes += payload_bytes
+                        if total_bytes >= bytes_max or next_offset - offset >= records_max:
+                            break
+                elif raw_type not in _OFFSETLESS_ENTRY_TYPES:
+                    _raise_damaged(value)
+            elif decode_row_header(value).entry_type is EntryType.NORMAL:
+                decode_batch_header(value, ROW_HEADER_BYTES)  # raises: too short for a batch
+            if visited == rows_max:
+                break
+        else:
+            raise CorruptEntryError(
+                f"group {group_id}: log rows {first_index}..{first_index + rows_max - 1}"
+                f" end after {visited}"
+            )
+        scan.reads.rows += visited
+        if scan.key() != keys.log_key(group_id, first_index + visited - 1):
+            raise CorruptEntryError(
+                f"group {group_id}: log rows from index {first_index} are not consecutive"
+            )
+        if not views:
             raise CorruptEntryError(f"group {group_id}: no committed batch holds offset {offset}")
-        return batches
+        return views, base_offset, next_offset
+
+    def _first_index(self, txn: ReadTxn, offset: int) -> int:
+        """The Raft index of the visible batch that holds `offset`."""
+        unindexed = self._unindexed
+        if unindexed and offset >= unindexed[0][0]:
+            # Visible, but its index rows are not written yet.
+            at = bisect.bisect_right(unindexed, offset, key=lambda row: row[0]) - 1
+            return unindexed[at][1]
+        group_id = self.group_id
+        row = txn.floor(
+            Db.OFFSET_INDEX, keys.offset_key(group_id, offset), keys.group_key(group_id)
+        )
+        if row is None:
+            raise CorruptEntryError(f"group {group_id}: no offset index row at or below {offset}")
+        return keys.unpack_u64(bytes(row[1]))
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int:
         self._check_open()

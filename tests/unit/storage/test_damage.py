@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pathlib
 
+import lmdb
 import pytest
 
-from weir.cluster.storage import CorruptEntryError, StorageError, keys
+from weir.cluster.storage import CorruptEntryError, EntryType, StorageError, keys
 
 from .helpers import flip_byte, payload_for, run, storage
 
@@ -112,5 +113,89 @@ def test_damaged_entry_fails_reads_of_its_group_only(tmp_path: pathlib.Path) -> 
             await (await healthy.append(b"later", 1, 9)).durable
             assert damaged.read(3, 1 << 20)[0].payload == b"later"
             assert s.write_error is None
+
+    run(check)
+
+
+def _fill_small(path: pathlib.Path) -> None:
+    async def main() -> None:
+        async with storage(path) as s:
+            log = s.partition_log(GROUP)
+            tickets = [await log.append(payload_for(i, 50), 1, i) for i in range(6)]
+            for ticket in tickets:
+                await ticket.durable
+
+    run(main)
+
+
+@pytest.mark.parametrize("position", [5, 20, 40, -1], ids=["term", "offset", "batch", "payload"])
+def test_damage_inside_a_run_fails_the_read(tmp_path: pathlib.Path, position: int) -> None:
+    """Every row a run covers is checksum-verified, not only the first."""
+    _fill_small(tmp_path)
+    flip_byte(tmp_path, b"log", keys.log_key(GROUP, 3), position)
+
+    async def check() -> None:
+        async with storage(tmp_path) as s:
+            log = s.partition_log(GROUP)
+            run_ = log.read_run(0, 1 << 20, 2)  # stops before the damaged row
+            assert run_ is not None and run_.record_count == 2
+            with pytest.raises(CorruptEntryError):
+                log.read_run(0, 1 << 20, 100)
+            with pytest.raises(CorruptEntryError):
+                log.read(1, 1 << 20)
+
+    run(check)
+
+
+def _delete_log_row(path: pathlib.Path, group: int, index: int) -> None:
+    env = lmdb.open(str(path), max_dbs=16)
+    try:
+        db = env.open_db(b"log", create=False)
+        with env.begin(write=True, db=db) as txn:
+            assert txn.delete(keys.log_key(group, index))
+    finally:
+        env.close()
+
+
+def test_a_missing_log_row_fails_the_read(tmp_path: pathlib.Path) -> None:
+    """Reads walk a count of rows, not keys: a gap in the rows is damage, not a shortcut."""
+    _fill_small(tmp_path)
+    _delete_log_row(tmp_path, GROUP, 3)  # offset 2
+
+    async def check() -> None:
+        async with storage(tmp_path) as s:
+            log = s.partition_log(GROUP)
+            assert log.read_run(0, 1 << 20, 2) is not None  # before the gap
+            with pytest.raises(CorruptEntryError):
+                log.read_run(0, 1 << 20, 100)
+            with pytest.raises(CorruptEntryError):
+                log.read(1, 1 << 20)
+
+    run(check)
+
+
+def test_a_read_never_walks_into_the_next_group(tmp_path: pathlib.Path) -> None:
+    """A missing row (a no-op) would take the walk into the next group's rows:
+    the key of the last row visited is checked."""
+
+    async def fill() -> None:
+        async with storage(tmp_path) as s:
+            log = s.partition_log(GROUP)
+            other = s.partition_log(GROUP + 1)
+            tickets = [await other.append_control(EntryType.NOOP)]
+            tickets += [await log.append(payload_for(i, 50), 1, i) for i in range(6)]
+            tickets.append(await log.append_control(EntryType.NOOP))
+            tickets.append(await log.append_control(EntryType.NOOP))
+            for ticket in tickets:
+                await ticket.durable
+
+    run(fill)
+    _delete_log_row(tmp_path, GROUP, 7)  # the no-op after offset 5
+
+    async def check() -> None:
+        async with storage(tmp_path) as s:
+            log = s.partition_log(GROUP)
+            with pytest.raises(CorruptEntryError, match="not consecutive"):
+                log.read_run(5, 1 << 20, 100)
 
     run(check)

@@ -98,6 +98,79 @@ def test_bytes_max_is_respected_but_one_batch_always_returned(tmp_path: pathlib.
     run(main)
 
 
+def test_records_max_is_exact(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        async with storage(tmp_path) as s:
+            log = s.partition_log(GROUP)
+            await _append_batches(log, [5] * 10, size=300)
+            noop = await log.append_control(EntryType.NOOP)
+            await noop.durable
+            await _append_batches(log, [1] * 10, size=300)
+
+            def bases(offset: int, records_max: int, bytes_max: int = 10**9) -> list[int]:
+                return [b.base_offset for b in log.read(offset, bytes_max, records_max)]
+
+            assert bases(0, 1) == [0]
+            assert bases(0, 5) == [0]
+            assert bases(0, 6) == [0, 5]
+            # Counted from the offset asked for, not from its batch's start.
+            assert bases(3, 2) == [0]
+            assert bases(3, 3) == [0, 5]
+            assert bases(48, 3) == [45, 50]  # 48, 49, then 50 across the no-op
+            assert bases(48, 4) == [45, 50, 51]
+            assert bases(50, 4) == [50, 51, 52, 53]
+            assert bases(0, 10**6) == bases(0, 10**6, 10**9) == [*range(0, 50, 5), *range(50, 60)]
+            # bytes_max still bounds it, and one batch is always returned.
+            assert bases(0, 100, 600) == [0, 5]
+            assert bases(0, 100, 1) == [0]
+
+    run(main)
+
+
+def test_read_run_joins_payloads_of_consecutive_batches(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        async with storage(tmp_path) as s:
+            log = s.partition_log(GROUP)
+            first = await log.append(b"a" * 10, 3, 1)
+            noop = await log.append_control(EntryType.NOOP)
+            control = await log.append_control(EntryType.NORMAL, b"commit")
+            second = await log.append(b"b" * 7, 1, 2)
+            third = await log.append(b"c" * 5, 4, 3)
+            await asyncio.gather(*(t.durable for t in (first, noop, control, second, third)))
+
+            run_ = log.read_run(1, 10**6, 100)
+            assert run_ is not None
+            assert (run_.base_offset, run_.record_count) == (0, 8)
+            assert run_.payload == b"a" * 10 + b"b" * 7 + b"c" * 5
+            run_ = log.read_run(3, 10**6, 1)
+            assert run_ is not None
+            assert (run_.base_offset, run_.record_count, run_.payload) == (3, 1, b"b" * 7)
+            run_ = log.read_run(4, 1, 100)
+            assert run_ is not None
+            assert (run_.base_offset, run_.record_count, run_.payload) == (4, 4, b"c" * 5)
+            assert log.read_run(8, 100, 100) is None
+            with pytest.raises(OffsetOutOfRangeError):
+                log.read_run(9, 100, 100)
+
+    run(main)
+
+
+def test_a_read_visits_rows_once(tmp_path: pathlib.Path) -> None:
+    """One cursor walk per read: the rows counted are the rows the read covers."""
+
+    async def main() -> None:
+        async with storage(tmp_path) as s:
+            log = s.partition_log(GROUP)
+            await _append_batches(log, [1] * 1000, size=100)
+            env_reads = s.stats()["env_rows_read"]
+            run_ = log.read_run(10, 10**9, 1000 - 10)
+            assert run_ is not None and run_.record_count == 990
+            # One index lookup and the 990 rows.
+            assert s.stats()["env_rows_read"] - env_reads == 1 + 990
+
+    run(main)
+
+
 def test_out_of_range_offsets(tmp_path: pathlib.Path) -> None:
     async def main() -> None:
         async with storage(tmp_path) as s:
