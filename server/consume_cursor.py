@@ -1,29 +1,35 @@
-"""A subscribed partition's cursor (the next offset to send and the stored batch it is in),
+"""A subscribed partition's cursor (the next offset to send and the stored run it is in),
 and building a response from it within credit and a size.
 
-Reads are bounded by the credit, not only by a response's size: a read asks
-for about as many stored bytes as the records the message credit still
-allows take (the partition's recent stored bytes per record times that
-count), so a consumer with a credit of 1 reads and checksums one stored
-batch per response, not thousands (issue 7). Storage reads at least one
-batch, so the estimate only has to be small enough, never exact.
+Reads are bounded by the credit, not only by a response's size: a read
+asks storage for exactly the records the message credit still allows
+(`records_max`: the stored batch holding the last of them is the last one
+read), and for no more stored bytes than the byte credit plus a record's
+framing per record, and the response's room. A consumer with a credit of 1
+reads and checksums one stored batch per response, not thousands (issue 7),
+and one with a credit of 1,000 over single-record batches reads its
+response's 1,000 batches in one read transaction and one cursor walk.
 
-Stored batches are kept between responses so that a batch read in many
-small steps is read and checksummed once (reading it again for every
-response made consuming a batch of tiny records quadratic, issue 9). What
-is kept has two limits in bytes, per stream and node-wide; past either, a
-cursor keeps only the batch's base offset and the byte position of its
-next record, and reads the batch again (its cost per record stays linear
-in the records scanned, it only checksums again).
+Storage hands back a read as one run: the stored batches' payloads joined
+in one copy (offsets are dense, so the run is the records from its base
+offset on, in order). A response is a slice of the run behind a few header
+fields, so there is no Python object per stored batch on the way out.
+
+A run that a response leaves partly sent is kept for the next response, so
+that a batch read in many small steps is read and checksummed once (reading
+it again for every response made consuming a batch of tiny records
+quadratic, issue 9). What is kept has two limits in bytes, per stream and
+node-wide; past either, a cursor keeps only the run's base offset and the
+byte position of its next record, and reads again (its cost per record stays
+linear in the records scanned, it only checksums again).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from typing import Protocol
 
-from weir.cluster.storage import PartitionLog
+from weir.cluster.storage import PartitionLog, StoredRun
 from weir.server import wire
 
 MiB = 1024 * 1024
@@ -31,6 +37,10 @@ CURSOR_STREAM_BYTES_MAX = 16 * MiB
 CURSOR_NODE_BYTES_MAX = 64 * MiB
 # A limit `wire.take_records` never reaches.
 NO_LIMIT = 1 << 62
+# Stored bytes of a record beyond its byte credit, without headers: its
+# field tag and length (3), key and value tags and lengths (6) and its
+# timestamp (11). Sizes a read by the byte credit (see `_read`).
+RECORD_FRAMING_BYTES = 20
 
 
 class Listener(Protocol):
@@ -50,17 +60,15 @@ class Partition:
     position: int  # the next offset to send
     stream: Listener | None = None
     queued: bool = False  # in the stream's ready queue
-    # Cursor: the stored batch holding `position` (base offset, or -1 when
-    # unknown), the byte position of record `position` in its payload, and
-    # the payload while it is kept (`kept_bytes` charged to the limits).
-    batch_base: int = -1
-    batch_records: int = 0
-    batch_pos: int = 0
+    # Cursor: the stored run holding `position` (its base offset, or -1 when
+    # unknown, and its record count), the byte position of record `position`
+    # in its payload, and the payload while it is kept (`kept_bytes` charged
+    # to the limits).
+    run_base: int = -1
+    run_records: int = 0
+    run_pos: int = 0
     payload: bytes | None = None
     kept_bytes: int = 0
-    # Stored bytes per record in this partition's last read, to size the
-    # next read by the message credit (0 before the first read).
-    stored_bytes_per_record: int = 0
     # A CREDIT_TOO_SMALL notice was sent and no record since.
     notified: bool = False
 
@@ -83,24 +91,29 @@ class StreamCursors:
         self._pool = pool
         self.kept_bytes = 0
 
-    def load(self, p: Partition, base: int, record_count: int, payload: bytes) -> int:
-        """Point `p` at its record in `payload`; returns how many records were scanned."""
+    def load(self, p: Partition, run: StoredRun) -> int:
+        """Point `p` at its record in `run`; returns how many records were scanned."""
+        base, record_count = run.base_offset, run.record_count
         if not base <= p.position < base + record_count:
             raise wire.MalformedBatchError(
-                f"partition {p.partition}: read batch {base}+{record_count} for offset {p.position}"
+                f"partition {p.partition}: read run {base}+{record_count} for offset {p.position}"
             )
         skip = 0
-        if base != p.batch_base:
-            # First visit of this batch: find the position's byte offset once.
+        if base != p.run_base:
+            # First visit of a run from this batch: find the position's byte
+            # offset once. (A run read again from the same first batch has
+            # the same bytes up to the position, so the old one holds.)
             skip = p.position - base
-            p.batch_pos = wire.take_records(payload, 0, skip, NO_LIMIT, NO_LIMIT).end if skip else 0
-            p.batch_base = base
-        p.payload = payload
-        p.batch_records = record_count
+            p.run_pos = (
+                wire.take_records(run.payload, 0, skip, NO_LIMIT, NO_LIMIT).end if skip else 0
+            )
+            p.run_base = base
+        p.payload = run.payload
+        p.run_records = record_count
         return skip
 
     def keep(self, p: Partition) -> None:
-        """Keep `p`'s partly sent batch for the next response if both limits allow."""
+        """Keep `p`'s partly sent run for the next response if both limits allow."""
         assert p.payload is not None
         size = len(p.payload)
         pool = self._pool
@@ -109,11 +122,11 @@ class StreamCursors:
             self.kept_bytes += size
             p.kept_bytes = size
         else:
-            # Over a limit: keep only the batch's base offset and byte position.
+            # Over a limit: keep only the run's base offset and byte position.
             p.payload = None
 
     def drop(self, p: Partition) -> None:
-        """Forget `p`'s batch payload (its base offset and byte position stay)."""
+        """Forget `p`'s run payload (its base offset and byte position stay)."""
         p.payload = None
         if p.kept_bytes:
             self._pool.bytes_free += p.kept_bytes
@@ -170,36 +183,33 @@ def build_response(
 ) -> Built:
     """One response of records from `p` within credit and `framed_bytes_max`.
 
-    Synchronous, so the stored batches it reads are dropped (except a
-    kept cursor) before the response is written.
+    Synchronous, so the stored runs it reads are dropped (except a kept
+    cursor) before the response is written.
     """
     if p.position < p.log.start_offset:
         # Retention deleted records this consumer had not read yet; it
         # sees the gap in the next batch's base_offset.
         p.position = p.log.start_offset
         cursors.drop(p)
-        p.batch_base = -1
+        p.run_base = -1
     base_offset = p.position
     end_offset = p.log.end_offset
     parts: list[bytes | memoryview] = []
     messages = charged = framed = first_record_bytes = 0
     blocked_bytes = -1
-    fetched: collections.deque[tuple[int, int, bytes]] = collections.deque()
     while p.position < end_offset and messages < credit.messages:
         if p.payload is None:
-            if not fetched:
-                _read(
-                    p,
-                    credit.messages - messages,
-                    credit.bytes - charged,
-                    framed_bytes_max - framed,
-                    fetched,
-                    stats,
-                )
-            stats.records_scanned += cursors.load(p, *fetched.popleft())
+            run = _read(
+                p,
+                credit.messages - messages,
+                credit.bytes - charged,
+                framed_bytes_max - framed,
+                stats,
+            )
+            stats.records_scanned += cursors.load(p, run)
         payload = p.payload
         assert payload is not None
-        start = p.batch_pos
+        start = p.run_pos
         taken = wire.take_records(
             payload,
             start,
@@ -214,7 +224,7 @@ def build_response(
             charged += taken.charged_bytes
             framed += taken.end - start
             p.position += taken.count
-            p.batch_pos = taken.end
+            p.run_pos = taken.end
         elif not framed and taken.blocked_bytes < 0 and taken.end < len(payload):
             # Only the response's size stopped the first record: say how big it is.
             first_record_bytes = wire.take_records(payload, start, 1, NO_LIMIT, NO_LIMIT).end
@@ -222,14 +232,14 @@ def build_response(
         elif not framed:
             blocked_bytes = taken.blocked_bytes
         if taken.end < len(payload):
-            break  # a limit stopped it inside this batch; the cursor stays
-        if p.position != p.batch_base + p.batch_records:
+            break  # a limit stopped it inside this run; the cursor stays
+        if p.position != p.run_base + p.run_records:
             raise wire.MalformedBatchError(
-                f"partition {p.partition}: batch {p.batch_base} holds "
-                f"{p.position - p.batch_base} records, its header says {p.batch_records}"
+                f"partition {p.partition}: run {p.run_base} holds "
+                f"{p.position - p.run_base} records, its batch headers say {p.run_records}"
             )
         cursors.drop(p)
-        p.batch_base = -1
+        p.run_base = -1
     if p.payload is not None and not p.kept_bytes:
         cursors.keep(p)
     if messages == 0:
@@ -245,23 +255,22 @@ def _read(
     messages: int,
     charge_room: int,
     framed_room: int,
-    fetched: collections.deque[tuple[int, int, bytes]],
     stats: ConsumeStats,
-) -> None:
-    """Read the stored batches from `p.position` that credit and response size may use.
+) -> StoredRun:
+    """The stored run from `p.position` that credit and the response's room may use.
 
-    A record's charge is never more than its stored bytes, so byte credit
-    and the response's room bound the bytes worth reading; message credit
-    bounds them through the partition's stored bytes per record (1 before
-    the first read, so the first read is small and teaches the next).
+    Exact in records. In bytes, the response's room bounds the stored bytes
+    taken exactly; byte credit bounds them only up to each record's framing
+    (a record's charge is its content, what is stored adds its tag, lengths
+    and timestamp), so a read may take RECORD_FRAMING_BYTES per record on
+    top of the byte credit, but never more than twice the byte credit. A
+    bound that falls short costs one more read for the same response;
+    storage reads at least one batch.
     """
-    per_record = p.stored_bytes_per_record or 1
-    bytes_max = min(charge_room, framed_room, messages * per_record)
-    payload_bytes = records = 0
-    for batch in p.log.read(p.position, max(bytes_max, 1)):
-        payload_bytes += len(batch.payload)
-        records += batch.record_count
-        fetched.append((batch.base_offset, batch.record_count, batch.payload))
-    stats.stored_bytes_read += payload_bytes
-    if records:
-        p.stored_bytes_per_record = max(1, payload_bytes // records)
+    framing = min(messages * RECORD_FRAMING_BYTES, charge_room)
+    bytes_max = min(framed_room, charge_room + framing)
+    run = p.log.read_run(p.position, max(bytes_max, 1), messages)
+    # The caller reads below the end offset, which only grows.
+    assert run is not None, (p.partition, p.position)
+    stats.stored_bytes_read += len(run.payload)
+    return run

@@ -123,20 +123,25 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
 
 
 class ReadCounter:
-    """Counts the payload bytes PartitionLog.read hands out (the real read runs)."""
+    """Counts the payload bytes the consume path's reads (`PartitionLog.read_run`) hand out
+    and the stored batches they visit (the real read runs)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.bytes = 0
         self.calls = 0
-        real = PartitionLog.read
+        self.batches = 0
+        real = PartitionLog.read_run
 
-        def counting(log: PartitionLog, offset: int, bytes_max: int) -> Any:
-            batches = real(log, offset, bytes_max)
+        def counting(log: PartitionLog, offset: int, bytes_max: int, records_max: int) -> Any:
+            run = real(log, offset, bytes_max, records_max)
             self.calls += 1
-            self.bytes += sum(len(b.payload) for b in batches)
-            return batches
+            if run is not None:
+                self.bytes += len(run.payload)
+                # Offsets are dense: the run covers these offsets, in whole batches.
+                self.batches += len(log.read(run.base_offset, len(run.payload), run.record_count))
+            return run
 
-        monkeypatch.setattr(PartitionLog, "read", counting)
+        monkeypatch.setattr(PartitionLog, "read_run", counting)
 
 
 # -- no rescans -----------------------------------------------------------------

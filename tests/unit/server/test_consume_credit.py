@@ -201,9 +201,45 @@ def test_a_credit_window_reads_about_what_it_can_send(
                 sizes.append(context.records - seen)
                 context.credit(context.records - seen, 0)
             print(f"responses of {sizes[:8]}...; read {reads.bytes} B in {reads.calls} reads")
-            assert reads.bytes <= stored_bytes + stored_bytes // SINGLE_BATCHES * len(sizes)
-            # A few reads per window, not one per batch.
-            assert reads.calls <= 3 * len(sizes)
+            # Each response reads exactly the batches its message credit
+            # allows, in one read (one transaction, one cursor walk).
+            assert reads.bytes == stored_bytes
+            assert reads.calls == len(sizes)
+            assert reads.batches == SINGLE_BATCHES
+
+    run(body)
+
+
+def test_byte_credit_bounds_what_is_read(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plenty of message credit, little byte credit: a read takes at most about
+    twice the byte credit, not a response's worth of batches."""
+    reads = ReadCounter(monkeypatch)
+    credit_bytes_step = 250  # two records of 100 content bytes, not three
+
+    async def body() -> None:
+        async with node(tmp_path) as n:
+            await n.topics.create("b", 1, 0, ConfigPatch())
+            for i in range(SINGLE_BATCHES):
+                record = records_pb2.Record(value=b"x" * 100, timestamp_ms=T0_MS + i)
+                await n.append("b", 0, [record])
+            stored_record_bytes = records_pb2.RecordBatch(records=[record]).ByteSize()
+            reads.bytes = reads.calls = 0
+            context = n.subscribe(
+                broker_pb2.Subscribe(
+                    topic="b",
+                    start=EARLIEST,
+                    credit=broker_pb2.Credit(messages=1000, bytes=credit_bytes_step),
+                )
+            )
+            await context.until(lambda: context.records == 2)
+            assert reads.calls == 1
+            assert reads.bytes <= 2 * credit_bytes_step + stored_record_bytes
+            # 50 bytes were left over: with 250 more, three records go.
+            context.credit(0, credit_bytes_step)
+            await context.until(lambda: context.records == 5)
+            assert reads.bytes <= 2 * (2 * credit_bytes_step + stored_record_bytes)
 
     run(body)
 
