@@ -1,4 +1,4 @@
-"""The produce stream: read pipelined requests, hold their bytes, answer them in order.
+"""The produce stream: read pipelined requests, hold their bytes, answer them per partition.
 
 A request is parsed by the method's deserializer (`produce_parse`), then
 validated, routed and appended or forwarded (`produce_route`); this module
@@ -7,8 +7,9 @@ owns the stream around them.
 One stream carries many pipelined requests. A reader (the handler's own
 task) validates each request and queues its append (this awaits only storage
 queue space, so offsets are assigned in arrival order); one writer task per
-stream owns every write on the call: it answers requests in arrival order
-as their appends commit and, when the reader meets an error that ends the
+stream owns every write on the call: it answers each request once its
+parts are done, in order within a partition but not across partitions
+(`produce_answers`), and, when the reader meets an error that ends the
 stream (a malformed message, a stopping node), first writes every answer it
 still owes and only then lets the call end with that status. Two tasks
 writing to one call at once (an answer and an abort) is what once left
@@ -44,6 +45,7 @@ from weir.cluster.storage.producers import (
 from weir.server.config import PARSED_RECORD_BYTES
 from weir.server.errors import BrokerError, abort, shutting_down, storage_error
 from weir.server.limits import Lease, MemoryBudget
+from weir.server.produce_answers import AnswerOrder, Key
 from weir.server.produce_forward import FORWARDED_KEY, Forwarder
 from weir.server.produce_parse import (
     MALFORMED,
@@ -110,6 +112,20 @@ class _Pending:
     placed: list[Placed]
     error: BrokerError | None = None
     host_error: HostErrorMapper | None = None
+    # The partition an early refusal counts under (see produce_answers).
+    named: Key | None = None
+    # AnswerOrder's bookkeeping.
+    waiting: int = 0
+    followers: list[Any] | None = None
+    queued: bool = False
+
+    def parts(self) -> list[asyncio.Future[Any]]:
+        return [placed.answered for placed in self.placed]
+
+    def keys(self, topic: str) -> list[Key]:
+        if self.placed:
+            return [(topic, placed.partition) for placed in self.placed]
+        return [self.named] if self.named is not None else []
 
     def release_when_durable(self, lease: Lease) -> None:
         """Give `lease` back once every append is durable or failed (now if there are none).
@@ -131,11 +147,12 @@ class _Pending:
         for placed in self.placed:
             placed.held.add_done_callback(on_done)
 
-    async def response(self) -> broker_pb2.ProduceResponse | None:
+    def response(self) -> broker_pb2.ProduceResponse | None:
+        """The answer, once every part is done."""
         if self.error is None:
             for placed in self.placed:
                 try:
-                    value = await placed.answered
+                    value = placed.answered.result()
                 except StorageError as exc:
                     self.error = storage_error(exc, "the append")
                 except HostError as exc:
@@ -170,7 +187,7 @@ class _Pending:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _End:
-    """The reader is done: the writer ends the call once everything before this is written.
+    """The reader is done: the call ends once every answer it owes is written.
 
     `error` is the status the call ends with; None ends it with OK.
     """
@@ -227,18 +244,19 @@ class ProducePath:
         return parse
 
     async def serve(self, context: Context) -> None:
-        pending: asyncio.Queue[_Pending | _End] = asyncio.Queue(self._inflight_requests_max)
+        order = AnswerOrder(self._inflight_requests_max)
         reader = asyncio.current_task()
         assert reader is not None
-        writer = asyncio.create_task(self._write(context, pending))
+        writer = asyncio.create_task(self._write(context, order))
         writer.add_done_callback(lambda task: _cancel_reader_if_failed(reader, task))
         # A stream another node forwards on is never forwarded again: a
         # leadership change mid-flight answers NOT_LEADER instead of a loop.
         forwarded = _is_forwarded(context)
         try:
-            end = await self._read(context, pending, reader, forwarded)
-            await pending.put(end)
-            final = await writer
+            end = await self._read(context, order, reader, forwarded)
+            order.end()
+            await writer
+            final = end.error
         except asyncio.CancelledError:
             # Cancelled by a failed writer: its error is the one to report.
             failure = writer.exception() if writer.done() and not writer.cancelled() else None
@@ -259,7 +277,7 @@ class ProducePath:
     async def _read(
         self,
         context: Context,
-        pending: asyncio.Queue[_Pending | _End],
+        order: AnswerOrder,
         reader: asyncio.Task[Any],
         forwarded: bool,
     ) -> _End:
@@ -283,30 +301,36 @@ class ProducePath:
             assert isinstance(request, Received), request
             item = await self._admit(request, forwarded)
             # The parsed request must not outlive its lease: nothing below
-            # (a full queue, the next read) may keep it alive.
+            # (a full window, the next read) may keep it alive.
             del request
             if item is None:
                 return _End(malformed_produce())
-            await pending.put(item)
+            pending, topic = item
+            order.add(pending, pending.keys(topic))
+            del item, pending
+            await order.room()
 
-    async def _write(
-        self, context: Context, pending: asyncio.Queue[_Pending | _End]
-    ) -> BrokerError | None:
-        """Answer requests in order; return the status the call ends with."""
+    async def _write(self, context: Context, order: AnswerOrder) -> None:
+        """Answer requests as `order` allows, until the reader ended and all are answered."""
         while True:
-            item = await pending.get()
-            if isinstance(item, _End):
-                return item.error
-            response = await item.response()
+            item = await order.next()
+            if item is None:
+                return
+            assert isinstance(item, _Pending)
+            response = item.response()
             if response is not None:
                 await context.write(response.SerializeToString())
+            order.written(item)
 
-    async def _admit(self, received: Received, forwarded: bool) -> _Pending | None:
-        """Take the request's bytes from the budget, then accept it; None if malformed."""
+    async def _admit(self, received: Received, forwarded: bool) -> tuple[_Pending, str] | None:
+        """Take the request's bytes from the budget, then accept it; None if malformed.
+
+        Returns the request's answer-to-be and its topic.
+        """
         request = received.message
         if isinstance(request, TooManyRecords):
             # Refused before parsing: nothing of it is held.
-            return _Pending(request.request_id, False, [], request.error())
+            return _Pending(request.request_id, False, [], request.error()), ""
         if not isinstance(request, broker_pb2.ProduceRequest):
             return None
         held_bytes = received.raw_bytes + len(request.batch.records) * PARSED_RECORD_BYTES
@@ -318,14 +342,15 @@ class ProducePath:
             lease.close()
             raise
         item.release_when_durable(lease)
-        return item
+        return item, request.topic
 
     async def _accept(self, request: broker_pb2.ProduceRequest, forwarded: bool) -> _Pending:
         silent = request.acks == broker_pb2.ACKS_NONE
         try:
             placed = await self._router.append(request, forwarded)
         except BrokerError as error:
-            return _Pending(request.request_id, silent, [], error)
+            named = (request.topic, request.partition) if request.HasField("partition") else None
+            return _Pending(request.request_id, silent, [], error, named=named)
         return _Pending(
             request.request_id,
             silent,

@@ -58,11 +58,18 @@ class BrokerServiceServicer:
 
     def Produce(self, request_iterator, context):
         """Append record batches. Requests are pipelined: send many without waiting.
-        Each request gets at most one response carrying its `request_id`; the
-        responses for one partition come back in the order the requests were
-        sent. A failed request is answered with `ProduceResponse.error` and the
-        stream goes on. Requests whose `acks` is ACKS_NONE get no response when
-        they succeed.
+        Each request gets at most one response carrying its `request_id`: match
+        responses to requests by that id. Responses keep the order of the
+        requests within a partition, not across partitions: a request is
+        answered once it is done and every earlier request for one of its
+        partitions was answered, so a slow partition (an election, a stalled
+        leader) does not hold back the answers for the others. A request
+        without `partition` whose records went to several partitions is
+        answered once all of them are done. A request refused before its
+        records were placed counts under the partition it named, if any. A
+        failed request is answered with `ProduceResponse.error` and the stream
+        goes on. Requests whose `acks` is ACKS_NONE get no response when they
+        succeed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
