@@ -19,6 +19,15 @@ A `FaultProxy` can:
 - `block(Direction.FORWARD)` (or `BACKWARD`): hold the bytes of one direction
   of every connection while the other direction flows.
 - `delay(ms)`: deliver every chunk `ms` milliseconds after it was read.
+- `reset_connections()`: reset every open connection on both sides at once
+  (RST, as a crashed middlebox or a dropped NAT entry does) and go on
+  accepting new ones.
+- `stall()`: stop forwarding in both directions, on open connections and
+  new ones (held, not refused) until `heal()`: a peer that went silent.
+
+Between a client and a node's client port the same proxy works as is: start
+the node with `--advertised-address` set to the proxy's address, so the
+leader addresses the cluster hands out lead through the proxy too.
 
 Everything runs on one asyncio loop in one background thread
 (`ProxyLoop`), owned by the test; every control call returns only once the
@@ -222,6 +231,14 @@ class FaultProxy:
     def delay(self, ms: float) -> None:
         self._loop.run(self._set_delay(ms / 1000.0))
 
+    def reset_connections(self) -> int:
+        """Reset every open connection (both sides); new ones are accepted. Returns how many."""
+        return self._loop.run(self._reset_open())
+
+    def stall(self) -> None:
+        """Forward nothing, either way, on any connection until `heal()`."""
+        self._loop.run(self._set_cut(Cut.BLACKHOLE))
+
     def stats(self) -> ProxyStats:
         return self._loop.run(self._stats())
 
@@ -263,6 +280,11 @@ class FaultProxy:
             connections_refused=self._refused,
             connections_open=len(self._connections),
         )
+
+    async def _reset_open(self) -> int:
+        count = len(self._connections)
+        await self._reset_all()
+        return count
 
     async def _reset_all(self) -> None:
         for writers in self._writers.values():

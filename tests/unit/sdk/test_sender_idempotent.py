@@ -326,3 +326,53 @@ def test_idempotent_requests_carry_the_producer_fields_protobuf_reads() -> None:
         first_sequence=(1 << 31) - 1,
     )
     assert raw == expected.SerializeToString()
+
+
+def test_idempotence_refusals_are_typed_and_not_retriable() -> None:
+    from weir.errors import (
+        FailedPreconditionError,
+        OutOfOrderSequenceError,
+        UnknownProducerIdError,
+        from_error_proto,
+    )
+    from weir.v1 import errors_pb2
+
+    for reason, cls in [
+        ("OUT_OF_ORDER_SEQUENCE", OutOfOrderSequenceError),
+        ("PRODUCER_FENCED", ProducerFencedError),
+        ("UNKNOWN_PRODUCER_ID", UnknownProducerIdError),
+    ]:
+        error = from_error_proto(
+            errors_pb2.Error(
+                code=code_pb2.FAILED_PRECONDITION, reason=reason, metadata={"topic": "t"}
+            )
+        )
+        assert type(error) is cls and isinstance(error, FailedPreconditionError)
+        assert not error.retriable and error.metadata == {"topic": "t"}
+        assert cls.__doc__ is not None and ("producer" in cls.__doc__.lower())
+
+
+def test_a_refresh_does_not_overwrite_a_newer_not_leader_hint() -> None:
+    async def body() -> None:
+        gate = asyncio.Event()
+        script = ScriptedMetadata({0: (1, "a:1")})
+
+        async def slow_describe(topic: str) -> admin_pb2.DescribeTopicResponse:
+            response = await script.describe(topic)
+            await gate.wait()
+            return response
+
+        cache = MetadataCache(script.describe, max_age_s=60, refresh_interval_s=0)
+        await cache.get("t")
+        cache._describe = slow_describe  # the next fetch answers with the old leader, late
+        refresh = asyncio.create_task(cache.get("t", refresh=True))
+        await asyncio.sleep(0)
+        cache.set_leader("t", 0, 2, "b:2")
+        gate.set()
+        await refresh
+        leader = cache.leader("t", 0)
+        assert leader is not None and (leader.leader_id, leader.address) == (2, "b:2")
+        assert leader.epoch == 1
+        await cache.close()
+
+    run(body)
