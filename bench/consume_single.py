@@ -14,7 +14,12 @@ value) per record. Two credit windows:
 - 1 message: a round trip per record (target: >= 1,000 records/s).
 
 The consumer reads from the partition's leader; the client shares the
-machine's cores with the three nodes. `WEIR_BENCH_SINGLE_RECORDS` (default
+machine's cores with the three nodes, so each case also reports the CPU the
+client process and the leader spent per record (`client_cpu_us_per_record`,
+`leader_cpu_us_per_record`): whichever is near the wall time per record is
+the bottleneck. A third case reads the same records with the SDK's async
+consumer (`weir.aio.Consumer`, a window of 1,000 messages), which decodes
+batches with its own one-pass reader. `WEIR_BENCH_SINGLE_RECORDS` (default
 50,000) and `WEIR_BENCH_SINGLE_CREDIT1_RECORDS` (default 5,000) set the
 records read per case; `python -m bench consume_single` runs only this.
 """
@@ -33,7 +38,8 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cluster import READY_TIMEOUT_S, create_led_topic, describe, wait_ready
+import weir.aio
+from bench.cluster import READY_TIMEOUT_S, cpu_s, create_led_topic, describe, wait_ready
 from tests.support.cluster_process import ClusterProcess
 from weir.v1 import broker_pb2, records_pb2
 
@@ -130,6 +136,27 @@ async def consume(address: str, records: int, window: int) -> float:
         return elapsed
 
 
+async def consume_sdk(address: str, records: int, window: int) -> float:
+    """Seconds for the SDK's async consumer to yield `records` from the earliest offset."""
+    async with weir.aio.Consumer(
+        address,
+        TOPIC,
+        start="earliest",
+        max_outstanding_messages=window,
+        max_outstanding_bytes=window * VALUE_BYTES,
+    ) as consumer:
+        received = 0
+        started = 0.0
+        async for _ in consumer:
+            if received == 0:
+                # As for the generated client: from the first record on.
+                started = time.perf_counter()
+            received += 1
+            if received == records:
+                break
+        return time.perf_counter() - started
+
+
 def main() -> None:
     total = max(RECORDS, CREDIT1_RECORDS)
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,11 +173,18 @@ def main() -> None:
                 READY_TIMEOUT_S,
                 "every single-record batch committed",
             )
-            for window in WINDOWS:
+            leader_pid = cluster.node(leader).pid
+            cases = [("generated", window) for window in WINDOWS] + [("sdk", WINDOWS[0])]
+            for client, window in cases:
                 records = RECORDS if window > 1 else CREDIT1_RECORDS
-                elapsed = asyncio.run(consume(address, records, window))
+                reader = consume if client == "generated" else consume_sdk
+                client_cpu_s, leader_cpu_s = time.process_time(), cpu_s(leader_pid)
+                elapsed = asyncio.run(reader(address, records, window))
+                client_cpu_s = time.process_time() - client_cpu_s
+                leader_cpu_s = cpu_s(leader_pid) - leader_cpu_s
                 emit(
                     bench="cluster_consume_single_record_batches",
+                    client=client,
                     nodes=3,
                     replication_factor=3,
                     record_bytes=VALUE_BYTES,
@@ -158,7 +192,11 @@ def main() -> None:
                     records=records,
                     records_per_s=round(records / elapsed),
                     target_records_per_s=100_000 if window > 1 else 1_000,
+                    # Over the whole case, subscribe and close included.
+                    client_cpu_us_per_record=round(client_cpu_s / records * 1e6, 1),
+                    leader_cpu_us_per_record=round(leader_cpu_s / records * 1e6, 1),
                     fill_records_per_s=round(total / fill_s),
+                    load_avg_1m=os.getloadavg()[0],
                 )
         finally:
             cluster.stop()
