@@ -108,11 +108,12 @@ class Driver:
 
     # ---- inputs (called on the loop by the host, the transport and the timer) ---------
 
-    def mark(self, group: Group) -> None:
-        """`group` may have a Ready: serve it next turn."""
+    def mark(self, group: Group, *, send_early: bool = True) -> None:
+        """`group` may have a Ready: serve it next turn (and send early if one is
+        in flight, unless `send_early` is False)."""
         self.dirty[group] = None
         self.wake_event.set()
-        if self._in_flight:
+        if self._in_flight and send_early:
             self._send_soon(group)
 
     def wake(self, group: Group) -> None:

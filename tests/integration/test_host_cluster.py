@@ -218,7 +218,9 @@ def test_proposals_and_commits_do_not_wait_for_the_turn_in_flight(
     # for the previous one waits for its fsync. Its appends leave at once
     # (messages_sent_early), and commits learned between turns are revealed
     # at once (early_applies), on the leader and on the followers; the
-    # records are the same everywhere, at the same offsets.
+    # records are the same everywhere, at the same offsets. Appends that
+    # arrive while earlier ones are not yet acknowledged wait for the
+    # acknowledgement (or the next turn) and share an entry.
     async def main() -> None:
         async with Cluster(tmp_path) as cluster:
             cluster.start_groups([1])
@@ -240,6 +242,10 @@ def test_proposals_and_commits_do_not_wait_for_the_turn_in_flight(
             early_sent = after[leader.node_id].messages_sent_early
             assert early_sent > before[leader.node_id].messages_sent_early
             assert sum(after[n].early_applies - before[n].early_applies for n in after) > 0
+            merged = after[leader.node_id].appends_merged - before[leader.node_id].appends_merged
+            proposals = after[leader.node_id].proposals - before[leader.node_id].proposals
+            print(f"200 appends in {proposals} entries")
+            assert merged > 0 and proposals + merged == 200
 
     run(main)
 
