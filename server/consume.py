@@ -11,11 +11,12 @@ partition while message credit remains, the stream says so once with a
 CREDIT_TOO_SMALL notice (again only after the partition moved on) instead
 of going quiet; the stream goes on.
 
-Records are read from the log only when credit allows, straight into the
-response being written, so a consumer that stops reading costs the broker
-its position, the stored batch it is in the middle of (within the cursor
-limits of consume_cursor.py) and the one response being written: no buffer
-grows (DESIGN §6, invariant 5). gRPC's own write buffer is bounded by the
+Records are read from the log only when credit allows, exactly the records
+the message credit allows, in one read per response (consume_cursor.py),
+so a consumer that stops reading costs the broker its position, the stored
+run it is in the middle of (within the cursor limits of consume_cursor.py)
+and the one response being written: no buffer grows (DESIGN §6,
+invariant 5). gRPC's own write buffer is bounded by the
 credit too, since nothing is written without it.
 
 A response holds bytes of the node's `MemoryBudget` from when it is built
