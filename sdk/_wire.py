@@ -214,8 +214,9 @@ def decode_batch_response(
     charges: list[int] = []
     append_record = records.append
     append_charge = charges.append
-    last_stamp = b""
-    last_timestamp_ms = 0
+    # None matches no stamp, not even an empty one (a cut-off varint).
+    last_stamp: bytes | None = None
+    last_timestamp_high = 0
     while pos < size:
         tag = raw[pos]
         if tag == 0x0A:  # records
@@ -248,17 +249,21 @@ def decode_batch_response(
                 field_pos += length
             if field_pos < end and raw[field_pos] == 0x20:
                 # A timestamp is a six-byte varint that takes longer to decode
-                # than all the rest; records appended together share it.
-                stamp = raw[field_pos + 1 : end]
-                if stamp == last_stamp:
-                    timestamp_ms = last_timestamp_ms
+                # than all the rest. Records appended within the same 128 ms
+                # share all its bytes but the first (the lowest seven bits),
+                # so the value of the others is kept from the last record:
+                # stored one per batch, records rarely share a whole stamp.
+                at = field_pos + 1
+                stamp = raw[at + 1 : end]
+                if stamp == last_stamp and raw[at] >= 0x80:
+                    timestamp_ms = last_timestamp_high | (raw[at] & 0x7F)
                     field_pos = end
                 else:
-                    timestamp_ms, field_pos = _varint(raw, field_pos + 1)
+                    timestamp_ms, field_pos = _varint(raw, at)
                     if timestamp_ms >= 1 << 63:
                         timestamp_ms -= 1 << 64
-                    if field_pos == end:
-                        last_stamp, last_timestamp_ms = stamp, timestamp_ms
+                    if field_pos == end and raw[at] >= 0x80:
+                        last_stamp, last_timestamp_high = stamp, timestamp_ms & ~0x7F
             if field_pos == end:
                 append_record((key, value, {}, timestamp_ms))
                 # credit_bytes of a record without headers.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from google.protobuf.message import DecodeError
 
 from weir import _wire
 from weir._wire import credit_bytes
@@ -81,3 +82,24 @@ def test_batch_reader_charges_credit_bytes_and_agrees_with_protobuf(seed: int) -
 def test_batch_reader_declines_a_notice() -> None:
     notice = broker_pb2.ConsumeResponse(notice={"reason": "CREDIT_TOO_SMALL"})
     assert _wire.decode_batch_response(notice.SerializeToString()) is None
+
+
+def test_batch_reader_decodes_timestamps_that_share_their_high_bytes() -> None:
+    """Timestamps a millisecond apart (records stored one per batch), across a
+    128 ms step, negative ones, one-byte ones and a cut-off varint."""
+    stamps = [1_764_300_000_000 + i for i in range(-3, 300, 7)]
+    stamps += [1_764_300_000_127, 1_764_300_000_128, 1_764_300_000_127, -1, -2, -129, -128]
+    stamps += [127, 5, 128, 1 << 62, (1 << 62) + 1, 1_764_300_000_000]
+    records = [records_pb2.Record(value=b"v", timestamp_ms=t) for t in stamps]
+    raw = broker_pb2.ConsumeResponse(
+        batch=broker_pb2.ConsumedBatch(records=records, topic="t", base_offset=1)
+    ).SerializeToString()
+    decoded = _wire.decode_batch_response(raw)
+    assert decoded is not None
+    assert [fields[3] for fields in decoded[4]] == stamps
+
+    # A record whose timestamp varint is cut off after its first byte is
+    # damage (protobuf says so), never a timestamp taken from an earlier one.
+    cut = b"\x0a\x02\x20\x80" + b"\x0a\x03\x12\x01v"
+    with pytest.raises(DecodeError):
+        _wire.decode_batch_response(b"\x12" + bytes([len(cut)]) + cut)
