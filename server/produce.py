@@ -90,6 +90,9 @@ __all__ = [
 ]
 
 _BadWire = BadWire
+# Answers in one combined response at most: each is a few dozen bytes (an
+# error a few hundred), far below a gRPC message's limit.
+COMBINED_ANSWERS_MAX = 1024
 _Plan = Plan
 
 # Requests are what `request_parser` returns, hence Any.
@@ -112,6 +115,8 @@ class _Pending:
     placed: list[Placed]
     error: BrokerError | None = None
     host_error: HostErrorMapper | None = None
+    # The client reads combined answers (ProduceRequest.combine_answers).
+    combine: bool = False
     # The partition an early refusal counts under (see produce_answers).
     named: Key | None = None
     # AnswerOrder's bookkeeping.
@@ -311,16 +316,38 @@ class ProducePath:
             await order.room()
 
     async def _write(self, context: Context, order: AnswerOrder) -> None:
-        """Answer requests as `order` allows, until the reader ended and all are answered."""
+        """Answer requests as `order` allows, until the reader ended and all are answered.
+
+        Takes every answer that is ready at once. Those of requests that
+        asked for combined answers go out as one response (the first, with
+        the others in `more`, in order); each other answer is a response of
+        its own, written where it falls in the order.
+        """
         while True:
-            item = await order.next()
-            if item is None:
+            first = await order.next()
+            if first is None:
                 return
-            assert isinstance(item, _Pending)
-            response = item.response()
-            if response is not None:
-                await context.write(response.SerializeToString())
-            order.written(item)
+            items = [first]
+            order.take_ready(items, COMBINED_ANSWERS_MAX - 1)
+            combined: broker_pb2.ProduceResponse | None = None
+            for item in items:
+                assert isinstance(item, _Pending)
+                response = item.response()
+                if response is None:
+                    continue
+                if not item.combine:
+                    if combined is not None:
+                        await context.write(combined.SerializeToString())
+                        combined = None
+                    await context.write(response.SerializeToString())
+                elif combined is None:
+                    combined = response
+                else:
+                    combined.more.append(response)
+            if combined is not None:
+                await context.write(combined.SerializeToString())
+            for item in items:
+                order.written(item)
 
     async def _admit(self, received: Received, forwarded: bool) -> tuple[_Pending, str] | None:
         """Take the request's bytes from the budget, then accept it; None if malformed.
@@ -346,14 +373,16 @@ class ProducePath:
 
     async def _accept(self, request: broker_pb2.ProduceRequest, forwarded: bool) -> _Pending:
         silent = request.acks == broker_pb2.ACKS_NONE
+        combine = request.combine_answers
         try:
             placed = await self._router.append(request, forwarded)
         except BrokerError as error:
             named = (request.topic, request.partition) if request.HasField("partition") else None
-            return _Pending(request.request_id, silent, [], error, named=named)
+            return _Pending(request.request_id, silent, [], error, named=named, combine=combine)
         return _Pending(
             request.request_id,
             silent,
             placed,
             host_error=functools.partial(self._router.host_error, request.topic),
+            combine=combine,
         )

@@ -112,6 +112,13 @@ class AnswerOrder:
             await self._ready_event.wait()
         return self._ready.popleft()
 
+    def take_ready(self, into: list[Answer], count_max: int) -> None:
+        """Moves up to `count_max` more writable answers into `into`, without waiting."""
+        ready = self._ready
+        while ready and count_max > 0:
+            into.append(ready.popleft())
+            count_max -= 1
+
     def written(self, answer: Answer) -> None:
         """`answer` (from `next`) was written or needed no write."""
         del answer

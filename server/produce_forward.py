@@ -87,8 +87,10 @@ def encode_request(
 
     An idempotent producer's fields travel with it: the leader checks them.
     """
+    # The link reads combined answers (`ProduceResponse.more`): one stream
+    # message for every answer the leader has ready, not one per request.
     request = broker_pb2.ProduceRequest(
-        request_id=request_id, topic=topic, partition=partition, acks=acks
+        request_id=request_id, topic=topic, partition=partition, acks=acks, combine_answers=True
     )
     if producer is not None:
         request.producer_id = producer.producer_id
@@ -282,6 +284,8 @@ class _Link:
             if response is grpc.aio.EOF:
                 return
             self._answer(response)
+            for more in response.more:
+                self._answer(more)
 
     async def _send(self, call: Any) -> None:
         # Sends unsent waiters in submission order; dicts keep insertion order,

@@ -61,6 +61,8 @@ INLINE_RECORDS_MAX = 2048
 # parsed request, so this also bounds the memory of that work; two matches
 # the cores of the machines Weir is measured on.
 WORKERS_MAX = 2
+# Checked for every request: the enum's values() builds a list each call.
+_ACKS_VALUES = frozenset(broker_pb2.Acks.values())
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -262,7 +264,7 @@ class Router:
         """Validate everything first, so a bad request changes nothing."""
         if self._stopping.is_set():
             raise shutting_down()
-        if request.acks not in broker_pb2.Acks.values():
+        if request.acks not in _ACKS_VALUES:
             raise invalid("INVALID_ACKS", f"unknown acks value {request.acks}")
         topic = self._topics.get(request.topic)
         count = len(request.batch.records)

@@ -48,7 +48,7 @@ class InitProducerResponse(_message.Message):
     def __init__(self, producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ...) -> None: ...
 
 class ProduceRequest(_message.Message):
-    __slots__ = ("request_id", "topic", "partition", "batch", "acks", "producer_id", "producer_epoch", "first_sequence")
+    __slots__ = ("request_id", "topic", "partition", "batch", "acks", "producer_id", "producer_epoch", "first_sequence", "combine_answers")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class ProduceRequest(_message.Message):
     PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    COMBINE_ANSWERS_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     topic: str
     partition: int
@@ -65,7 +66,8 @@ class ProduceRequest(_message.Message):
     producer_id: int
     producer_epoch: int
     first_sequence: int
-    def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., batch: _Optional[_Union[_records_pb2.RecordBatch, _Mapping]] = ..., acks: _Optional[_Union[Acks, str]] = ..., producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ..., first_sequence: _Optional[int] = ...) -> None: ...
+    combine_answers: bool
+    def __init__(self, request_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., batch: _Optional[_Union[_records_pb2.RecordBatch, _Mapping]] = ..., acks: _Optional[_Union[Acks, str]] = ..., producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ..., first_sequence: _Optional[int] = ..., combine_answers: _Optional[bool] = ...) -> None: ...
 
 class PartitionAppend(_message.Message):
     __slots__ = ("partition", "base_offset", "record_count", "record_indexes")
@@ -80,14 +82,16 @@ class PartitionAppend(_message.Message):
     def __init__(self, partition: _Optional[int] = ..., base_offset: _Optional[int] = ..., record_count: _Optional[int] = ..., record_indexes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ProduceResponse(_message.Message):
-    __slots__ = ("request_id", "appends", "error")
+    __slots__ = ("request_id", "appends", "error", "more")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     APPENDS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     appends: _containers.RepeatedCompositeFieldContainer[PartitionAppend]
     error: _errors_pb2.Error
-    def __init__(self, request_id: _Optional[int] = ..., appends: _Optional[_Iterable[_Union[PartitionAppend, _Mapping]]] = ..., error: _Optional[_Union[_errors_pb2.Error, _Mapping]] = ...) -> None: ...
+    more: _containers.RepeatedCompositeFieldContainer[ProduceResponse]
+    def __init__(self, request_id: _Optional[int] = ..., appends: _Optional[_Iterable[_Union[PartitionAppend, _Mapping]]] = ..., error: _Optional[_Union[_errors_pb2.Error, _Mapping]] = ..., more: _Optional[_Iterable[_Union[ProduceResponse, _Mapping]]] = ...) -> None: ...
 
 class StartPosition(_message.Message):
     __slots__ = ("kind", "offset", "timestamp_ms")

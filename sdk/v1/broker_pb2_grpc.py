@@ -69,7 +69,8 @@ class BrokerServiceServicer:
         records were placed counts under the partition it named, if any. A
         failed request is answered with `ProduceResponse.error` and the stream
         goes on. Requests whose `acks` is ACKS_NONE get no response when they
-        succeed.
+        succeed. Requests that set `combine_answers` may be answered several in
+        one response (`ProduceResponse.more`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

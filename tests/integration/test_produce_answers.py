@@ -1,4 +1,4 @@
-"""Produce answers per partition, with real processes (DESIGN §4 "Answers per partition").
+"""Produce answers per partition, and combined answers, with real processes.
 
 Three `weir serve` processes. A generated client's stream goes to the node
 leading partition B; its first request is for partition A, whose leader is
@@ -6,7 +6,11 @@ another node, stopped with SIGSTOP, so that request's forwarded part cannot
 be answered. The requests for B sent after it on the same stream are
 answered meanwhile, in their order; once the stopped node runs again the
 request for A is answered too (whatever its outcome), and the stream ends
-cleanly.
+cleanly (DESIGN §4 "Answers per partition").
+
+A client that sets `combine_answers` gets several answers in one response
+(`ProduceResponse.more`), each complete and in order within its partition;
+requests without it on the same stream are answered one per response.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from tests.integration.test_cluster_replication import (
     wait_led_by,
     wait_ready,
 )
+from tests.support.broker_process import BrokerProcess
 from tests.support.cluster_process import ClusterProcess
+from tests.support.raw_client import RawClient
 from weir.v1 import broker_pb2, broker_pb2_grpc, records_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -100,3 +106,40 @@ def test_a_stalled_partition_does_not_hold_back_the_answers_of_another(
             assert await call.code() == grpc.StatusCode.OK
 
     asyncio.run(main())
+
+
+def test_combined_answers_carry_every_answer_in_order(broker: BrokerProcess) -> None:
+    with RawClient(broker.address) as client:
+        client.create_topic(TOPIC, partitions=2)
+    requests = 600
+
+    async def main() -> list[broker_pb2.ProduceResponse]:
+        async with grpc.aio.insecure_channel(broker.address) as channel:
+            call = broker_pb2_grpc.BrokerServiceStub(channel).Produce()
+            for i in range(requests):
+                message = request(i, i % 2)
+                # Every tenth request reads plain answers; one is refused.
+                message.combine_answers = i % 10 != 0
+                if i == 7:
+                    message.topic = "missing"
+                await call.write(message)
+            await call.done_writing()
+            return [r async for r in call]
+
+    responses = asyncio.run(main())
+    answers = []
+    for response in responses:
+        # Only combining requests are combined, and never nested.
+        combined = [response, *response.more]
+        if len(combined) > 1:
+            assert all(r.request_id % 10 != 0 for r in combined)
+        assert all(not r.more for r in response.more)
+        answers.extend(combined)
+    assert len(responses) < requests, "some answers were combined"
+    assert sorted(a.request_id for a in answers) == list(range(requests))
+    (refused,) = [a for a in answers if a.HasField("error")]
+    assert refused.request_id == 7 and refused.error.reason == "TOPIC_NOT_FOUND"
+    for partition in (0, 1):
+        mine = [a for a in answers if a.request_id % 2 == partition and a.request_id != 7]
+        assert [a.request_id for a in mine] == sorted(a.request_id for a in mine)
+        assert [a.appends[0].base_offset for a in mine] == list(range(len(mine)))
