@@ -14,6 +14,7 @@ BENCHES = [
     "bench.sdk",
     "bench.cluster",
     "bench.consume_single",
+    "bench.produce_single",
 ]
 
 
