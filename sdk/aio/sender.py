@@ -365,7 +365,7 @@ class Sender:
                     else:
                         error = UnavailableError("produce stream ended")
                     if self._acks is Acks.NONE:
-                        self._retry_or_fail([batch], error, outcome=AttemptOutcome.UNKNOWN)
+                        self._attempt_failed([batch], error, outcome=AttemptOutcome.UNKNOWN)
                     self._break(stream, error)
                     return
                 if self._acks is Acks.NONE:
@@ -484,16 +484,16 @@ class Sender:
                 self._metadata.set_leader(
                     batch.topic, batch.partition, error.leader_id or 0, error.leader_address
                 )
-                self._retry_or_fail([batch], error, now, outcome=outcome)
+                self._attempt_failed([batch], error, now, outcome=outcome)
                 return
             if error.leader_address and stream.address == self._conn.address:
                 # Without a metadata cache the default node follows the leader.
                 self._conn.leave(stream.address, error)
-                self._retry_or_fail([batch], error, now, outcome=outcome)
+                self._attempt_failed([batch], error, now, outcome=outcome)
                 return
             if self._metadata is not None:
                 self._metadata.forget(batch.topic, batch.partition)
-            self._retry_or_fail([batch], error, outcome=outcome)
+            self._attempt_failed([batch], error, outcome=outcome)
             return
         if isinstance(error, OutOfOrderSequenceError | UnknownProducerIdError):
             if self._earlier_pending(batch):
@@ -508,9 +508,9 @@ class Sender:
                 # pending: start its sequence again at 0.
                 _log.info("%s: numbering %s/%d from 0", error, batch.topic, batch.partition)
                 self._reset_pending.add((batch.topic, batch.partition))
-                self._retry_or_fail([batch], _retriable(error), now, outcome=outcome)
+                self._attempt_failed([batch], _retriable(error), now, outcome=outcome)
                 return
-            self._retry_or_fail([batch], error, outcome=outcome)
+            self._attempt_failed([batch], error, outcome=outcome)
             return
         if isinstance(error, ProducerFencedError):
             self._report(batch, outcome, error=error)
@@ -528,11 +528,11 @@ class Sender:
                 stream.leaving = error
                 if self._metadata is not None:
                     self._metadata.forget_address(stream.address)
-            self._retry_or_fail([batch], error, outcome=outcome)
+            self._attempt_failed([batch], error, outcome=outcome)
             return
         if stream.address == self._conn.address:
             self._conn.succeeded(stream.address)
-        self._retry_or_fail([batch], error, outcome=outcome)
+        self._attempt_failed([batch], error, outcome=outcome)
 
     def _earlier_pending(self, batch: ProducerBatch) -> bool:
         """Whether an earlier batch of the same partition is not settled yet."""
@@ -544,21 +544,23 @@ class Sender:
             for b in self._acc.queued(batch.topic, batch.partition)
         )
 
-    def _retry_or_fail(
+    def _attempt_failed(
         self,
         batches: list[ProducerBatch],
         error: WeirError,
         at_s: float | None = None,
         *,
-        outcome: AttemptOutcome | None = None,
+        outcome: AttemptOutcome,
     ) -> None:
-        """Requeue the batches `error` allows to retry (at `at_s`, or after a backoff); fail the rest.
+        """Report the batches' attempt as ended with `outcome`, then retry or fail them."""
+        for batch in batches:
+            self._report(batch, outcome, error=error)
+        self._retry_or_fail(batches, error, at_s)
 
-        `outcome` is how their attempt ended (None: no attempt was made).
-        """
-        if outcome is not None:
-            for batch in batches:
-                self._report(batch, outcome, error=error)
+    def _retry_or_fail(
+        self, batches: list[ProducerBatch], error: WeirError, at_s: float | None = None
+    ) -> None:
+        """Requeue the batches `error` allows to retry (at `at_s`, or after a backoff); fail the rest."""
         retry = [b for b in batches if error.retriable and b.attempts <= self._retries]
         for batch in batches:
             if batch not in retry:
@@ -669,7 +671,7 @@ class Sender:
         at_s = self._node_failed(stream.address, error)
         self._cancel(stream)
         if batches:
-            self._retry_or_fail(batches, error, at_s, outcome=AttemptOutcome.UNKNOWN)
+            self._attempt_failed(batches, error, at_s, outcome=AttemptOutcome.UNKNOWN)
         self._acc.wakeup.set()
 
     def _cancel(self, stream: _Stream) -> None:
@@ -696,7 +698,7 @@ class Sender:
             for entry in expired:
                 del stream.inflight[entry.request_id]
                 self._unlink_one(entry)
-            self._retry_or_fail([e.batch for e in expired], error, outcome=AttemptOutcome.UNKNOWN)
+            self._attempt_failed([e.batch for e in expired], error, outcome=AttemptOutcome.UNKNOWN)
 
     async def _sleep_until_next(self, now: float) -> None:
         """Wait for a wakeup, or until the next linger, retry, reconnect or request deadline."""
