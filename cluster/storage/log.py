@@ -509,7 +509,12 @@ class PartitionLog:
         end = self._state.end_offset
         first_index = self._first_index(txn, offset)
         rows_max = min(self._visible_index + 1 - first_index, READ_ENTRIES_MAX)
-        assert rows_max > 0, (first_index, self._visible_index)
+        if rows_max <= 0:
+            # Index rows carry no checksum of their own: damage shows here.
+            raise CorruptEntryError(
+                f"group {group_id}: offset {offset} maps to index {first_index},"
+                f" past the visible index {self._visible_index}"
+            )
         scan = txn.scan(Db.LOG, keys.log_key(group_id, first_index))
         if scan is None:
             raise CorruptEntryError(f"group {group_id}: no log row at index {first_index}")

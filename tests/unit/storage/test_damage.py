@@ -199,3 +199,27 @@ def test_a_read_never_walks_into_the_next_group(tmp_path: pathlib.Path) -> None:
                 log.read_run(5, 1 << 20, 100)
 
     run(check)
+
+
+@pytest.mark.parametrize("index", [999, 1], ids=["past_the_log", "another_batch"])
+def test_a_damaged_offset_index_row_fails_the_read(tmp_path: pathlib.Path, index: int) -> None:
+    """Index rows have no checksum of their own: where one points is checked."""
+    _fill_small(tmp_path)
+    env = lmdb.open(str(tmp_path), max_dbs=16)
+    try:
+        db = env.open_db(b"offset_index", create=False)
+        with env.begin(write=True, db=db) as txn:
+            assert txn.replace(keys.offset_key(GROUP, 4), index.to_bytes(8, "big")) is not None
+    finally:
+        env.close()
+
+    async def check() -> None:
+        async with storage(tmp_path) as s:
+            log = s.partition_log(GROUP)
+            with pytest.raises(CorruptEntryError):
+                log.read_run(4, 1 << 20, 100)
+            with pytest.raises(CorruptEntryError):
+                log.read(4, 1 << 20)
+            assert [b.base_offset for b in log.read(0, 1 << 20, 4)] == [0, 1, 2, 3]
+
+    run(check)
