@@ -20,7 +20,7 @@ shares the machine's cores with the three nodes.
   topic, with a generated Consume stream on the leader (credit window
   1,000); end-to-end p50 and p99 from the request's write to the consumer
   receiving the record (target p99 <= 20 ms), and p50 and p99 of the
-  produce answer.
+  produce answer; plain, then with `combine_answers`.
 
 `python -m bench produce_single` runs only this.
 """
@@ -94,7 +94,7 @@ async def throughput(address: str, topic: str, records: int, combine: bool) -> d
     return {"seconds": elapsed}
 
 
-async def latency(address: str, topic: str, seconds: float) -> dict[str, object]:
+async def latency(address: str, topic: str, seconds: float, combine: bool) -> dict[str, object]:
     """LATENCY_RATE_PER_S requests a second for `seconds`; e2e and answer latencies."""
     total = int(LATENCY_RATE_PER_S * seconds)
     sent_at = [0.0] * total
@@ -142,8 +142,10 @@ async def latency(address: str, topic: str, seconds: float) -> dict[str, object]
             while len(answer_s) < total:
                 response = await produce.read()
                 assert response is not grpc.aio.EOF, "the produce stream ended early"
-                assert not response.HasField("error"), response.error
-                answer_s.append(time.perf_counter() - sent_at[response.request_id])
+                now = time.perf_counter()
+                for answer in (response, *response.more):
+                    assert not answer.HasField("error"), answer.error
+                    answer_s.append(now - sent_at[answer.request_id])
 
         receiving = asyncio.create_task(receive())
         answering = asyncio.create_task(answers())
@@ -154,7 +156,7 @@ async def latency(address: str, topic: str, seconds: float) -> dict[str, object]
             if delay > 0:
                 await asyncio.sleep(delay)
             sent_at[i] = time.perf_counter()
-            await produce.write(_request(i, topic, b"%012d" % i + pad))
+            await produce.write(_request(i, topic, b"%012d" % i + pad, combine))
         await produce.done_writing()
         await asyncio.wait_for(asyncio.gather(receiving, answering), 60)
         consume.cancel()
@@ -180,7 +182,7 @@ def client() -> None:
     if mode.startswith("throughput"):
         result = asyncio.run(throughput(address, topic, int(amount), mode.endswith("combined")))
     else:
-        result = asyncio.run(latency(address, topic, float(amount)))
+        result = asyncio.run(latency(address, topic, float(amount), mode.endswith("combined")))
     print(json.dumps(result), flush=True)
 
 
@@ -233,16 +235,20 @@ def main() -> None:
                     target_broker_cpu_us_per_record=60,
                     broker_cpu_s_per_node={n: round(after[n] - before[n], 2) for n in after},
                 )
-            create_led_topic(cluster, "single_latency", 1)
-            leader = describe(cluster, "single_latency").partitions[0].leader_id
-            result = run_client("latency", cluster.address(leader), "single_latency", LATENCY_S)
-            emit(
-                bench="cluster_produce_single_record_latency",
-                rate_per_s=LATENCY_RATE_PER_S,
-                consumer_on="leader",
-                target_e2e_p99_ms=20,
-                **result,
-            )
+            for combined in (False, True):
+                topic = "latency_combined" if combined else "latency"
+                create_led_topic(cluster, topic, 1)
+                leader = describe(cluster, topic).partitions[0].leader_id
+                mode = "latency_combined" if combined else "latency"
+                result = run_client(mode, cluster.address(leader), topic, LATENCY_S)
+                emit(
+                    bench="cluster_produce_single_record_latency",
+                    combine_answers=combined,
+                    rate_per_s=LATENCY_RATE_PER_S,
+                    consumer_on="leader",
+                    target_e2e_p99_ms=20,
+                    **result,
+                )
         finally:
             cluster.stop()
 

@@ -191,6 +191,12 @@ def _route(batch: records_pb2.RecordBatch, plan: Plan) -> list[Part]:
     """Split a batch by partition: murmur2 of the key, or one sticky partition for no key."""
     count = plan.partition_count
     sticky = plan.sticky
+    records = batch.records
+    if len(records) == 1:
+        # A client that sends one record per request: no split to consider.
+        record = records[0]
+        partition = (murmur2(record.key) & 0x7FFFFFFF) % count if record.HasField("key") else sticky
+        return [Part(partition, batch.SerializeToString(), 1, [0])]
     partitions = [
         (murmur2(record.key) & 0x7FFFFFFF) % count if record.HasField("key") else sticky
         for record in batch.records

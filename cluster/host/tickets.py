@@ -63,10 +63,12 @@ class _Waiter:
     base_offset: int | None
 
 
-def _quiet(future: asyncio.Future[object] | asyncio.Future[int]) -> None:
-    # A producer with acks=NONE or LEADER may never await `committed`.
-    if not future.cancelled():
-        future.exception()
+def _set_exception(future: asyncio.Future[object] | asyncio.Future[int], error: HostError) -> None:
+    """Fails `future` and marks its error as seen: a producer with acks=NONE or
+    LEADER may never await `committed`. (Done here rather than by a done
+    callback on every ticket, which cost two loop callbacks per append.)"""
+    future.set_exception(error)
+    future.exception()
 
 
 def new_append_ticket(
@@ -75,17 +77,15 @@ def new_append_ticket(
     """A ticket whose entry is not proposed yet (`Waiters.adopt` gives it one)."""
     durable: asyncio.Future[int] = loop.create_future()
     committed: asyncio.Future[int] = loop.create_future()
-    durable.add_done_callback(_quiet)
-    committed.add_done_callback(_quiet)
     return AppendTicket(group_id, 0, 0, base_offset, record_count, durable, committed)
 
 
 def fail_ticket(ticket: AppendTicket, error: HostError) -> None:
     """Fails a ticket that never became a waiter (its entry was not proposed)."""
     if not ticket.leader_durable.done():
-        ticket.leader_durable.set_exception(error)
+        _set_exception(ticket.leader_durable, error)
     if not ticket.committed.done():
-        ticket.committed.set_exception(error)
+        _set_exception(ticket.committed, error)
 
 
 class Waiters:
@@ -119,7 +119,6 @@ class Waiters:
 
     def add_proposal(self, index: int, term: int, deadline_ms: float) -> ProposalTicket:
         committed: asyncio.Future[object] = self._loop.create_future()
-        committed.add_done_callback(_quiet)
         self._by_index.setdefault(index, []).append(
             _Waiter(term, deadline_ms, None, committed, None)
         )
@@ -188,9 +187,9 @@ def _set_durable(waiter: _Waiter) -> None:
 
 def _fail(waiter: _Waiter, error: HostError) -> None:
     if waiter.durable is not None and not waiter.durable.done():
-        waiter.durable.set_exception(error)
+        _set_exception(waiter.durable, error)
     if not waiter.committed.done():
-        waiter.committed.set_exception(error)
+        _set_exception(waiter.committed, error)
 
 
 __all__ = ["AppendTicket", "ProposalTicket", "Waiters", "fail_ticket", "new_append_ticket"]
