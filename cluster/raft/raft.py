@@ -345,15 +345,19 @@ class Raft:
 
     def _quorum_active(self) -> bool:
         """CheckQuorum (thesis §6.2): has a quorum of voters, us included, answered lately?"""
-        active = 0
-        for node in self.conf.voters:
-            if node == self.id:
-                active += 1
-            else:
-                pr = self.progress.get(node)
-                if pr is not None and self.heard_recently(pr):
-                    active += 1
-        return active >= self.quorum()
+        # Runs at every leader tick of every group: stop at the first quorum.
+        missing = self.quorum() - 1  # we count ourselves
+        if missing <= 0:
+            return True
+        stale = self.leader_ticks - self.check_quorum_ticks()
+        voters = self.conf.voters
+        me = self.id
+        for node, pr in self.progress.items():
+            if pr.heard_tick > stale and node != me and node in voters:
+                missing -= 1
+                if not missing:
+                    return True
+        return False
 
     # -- requests from the host (through RawNode) --------------------------------------
 
