@@ -147,12 +147,13 @@ class OutOfOrderSequenceError(FailedPreconditionError):
 
     The SDK retries a partition's batches in sequence order, so it sees this
     reason as an answer to a later batch while an earlier one is being
-    retried, and then simply sends the later one again after it. Raised to
-    the application only when no earlier batch of the partition is pending:
-    the partition's producer state is not what this producer wrote (another
-    process used the same producer id). Not retriable; the metadata has the
-    broker's `expected_sequence`. Close the producer and create a new one,
-    which starts with a fresh producer id.
+    retried, and then simply sends the later one again after it; with
+    nothing earlier pending (an earlier batch failed for good) it numbers
+    the partition's waiting batches from the broker's `expected_sequence`.
+    Raised to the application only when that does not help within the
+    batch's retries: the partition's producer state is not what this
+    producer wrote (another process used the same producer id). Not
+    retriable; close the producer and create a new one (a fresh producer id).
     """
 
     default_reason = "OUT_OF_ORDER_SEQUENCE"

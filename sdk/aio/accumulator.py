@@ -317,15 +317,15 @@ class Accumulator:
         """The batches waiting in a partition's queue, in order."""
         return list(self._queues.get((topic, partition), ()))
 
-    def resequence(self, topic: str, partition: int) -> None:
-        """Number a partition's queued batches again from 0 (the broker forgot the producer).
+    def resequence(self, topic: str, partition: int, start: int = 0) -> None:
+        """Number a partition's queued batches again from `start` (the broker's next sequence).
 
         Only for batches never written: the sender calls it when none of the
         partition's batches is in flight.
         """
         assert self._sequences is not None
         key = (topic, partition)
-        sequence = 0
+        sequence = start
         for batch in self._queues.get(key, ()):
             if batch.first_sequence < 0:
                 break  # the open batch, and only it, has no number yet

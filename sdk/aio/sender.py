@@ -40,8 +40,11 @@ Failures, each confined to what it concerns:
 - a node that cannot be connected to costs no attempt (nothing was sent):
   its batches go to the default node, and a full round of the bootstrap
   list without a connect costs each waiting batch one attempt;
-- an idempotent producer's UNKNOWN_PRODUCER_ID for a partition with nothing
-  earlier pending numbers the partition's batches again from 0 and resends;
+- an idempotent producer's UNKNOWN_PRODUCER_ID or OUT_OF_ORDER_SEQUENCE for
+  a partition with nothing earlier pending (the broker forgot the producer,
+  or a batch failed for good and left a gap) numbers the partition's
+  waiting batches again from the broker's next sequence (0 for a forgotten
+  producer) and resends;
   PRODUCER_FENCED fails every record and the producer refuses new ones;
 - if the sender itself dies, every waiter fails with `ClosedError` and the
   producer refuses new records: no future is ever left hanging.
@@ -198,7 +201,7 @@ class Sender:
         self._partitions: dict[tuple[str, int], list[_Inflight]] = {}
         # Partitions whose producer state the broker forgot: their batches
         # are numbered again from 0 once none of them is in flight.
-        self._reset_pending: set[tuple[str, int]] = set()
+        self._reset_pending: dict[tuple[str, int], int] = {}
         self._acks_proto = int(acks.to_proto())
         self._topic_fields: dict[str, bytes] = {}
         self._producer_fields = b""
@@ -281,8 +284,7 @@ class Sender:
         if key in self._reset_pending:
             if inflight:
                 return False
-            self._acc.resequence(batch.topic, batch.partition)
-            self._reset_pending.discard(key)
+            self._acc.resequence(batch.topic, batch.partition, self._reset_pending.pop(key))
         address = self._route(batch, now)
         if address is None:
             return False
@@ -484,7 +486,14 @@ class Sender:
                 self._metadata.set_leader(
                     batch.topic, batch.partition, error.leader_id or 0, error.leader_address
                 )
-                self._attempt_failed([batch], error, now, outcome=outcome)
+                # At once to a leader this sender can use; a hint that leads
+                # back here, or to a node it just saw fail, waits a backoff
+                # (else nodes pointing at each other burn every retry at once).
+                usable = (
+                    error.leader_address != stream.address
+                    and self._down_until.get(error.leader_address, 0.0) <= now
+                )
+                self._attempt_failed([batch], error, now if usable else None, outcome=outcome)
                 return
             if error.leader_address and stream.address == self._conn.address:
                 # Without a metadata cache the default node follows the leader.
@@ -496,6 +505,7 @@ class Sender:
             self._attempt_failed([batch], error, outcome=outcome)
             return
         if isinstance(error, OutOfOrderSequenceError | UnknownProducerIdError):
+            key = (batch.topic, batch.partition)
             if self._earlier_pending(batch):
                 # An earlier batch of the partition is being retried: this one
                 # goes again after it. Its attempt is the earlier one's doing.
@@ -503,11 +513,16 @@ class Sender:
                 self._report(batch, AttemptOutcome.FAILED, error=error)
                 self._acc.requeue([batch], now)
                 return
-            if isinstance(error, UnknownProducerIdError):
-                # The partition forgot this producer and nothing of it is
-                # pending: start its sequence again at 0.
-                _log.info("%s: numbering %s/%d from 0", error, batch.topic, batch.partition)
-                self._reset_pending.add((batch.topic, batch.partition))
+            expected = error.metadata.get("expected_sequence", "")
+            if isinstance(error, UnknownProducerIdError) or expected.isdigit():
+                # Nothing earlier of the partition is pending, so the broker's
+                # next sequence is the truth: the partition forgot this
+                # producer (start again at 0), or an earlier batch failed for
+                # good and left a gap (or was written after all). Number the
+                # waiting batches from there once none is in flight.
+                start = 0 if isinstance(error, UnknownProducerIdError) else int(expected)
+                _log.info("%s: numbering %s/%d from %d", error, key[0], key[1], start)
+                self._reset_pending[key] = start
                 self._attempt_failed([batch], _retriable(error), now, outcome=outcome)
                 return
             self._attempt_failed([batch], error, outcome=outcome)

@@ -16,7 +16,7 @@ from google.rpc import code_pb2
 from tests.unit.sdk.test_sender import Harness, answer, failure, rec, run
 from weir.aio.metadata import MetadataCache
 from weir.aio.sender import AttemptOutcome
-from weir.errors import ProducerFencedError
+from weir.errors import ProducerFencedError, WeirError
 from weir.v1 import admin_pb2, broker_pb2
 
 pytestmark = pytest.mark.timeout(10)
@@ -374,5 +374,40 @@ def test_a_refresh_does_not_overwrite_a_newer_not_leader_hint() -> None:
         assert leader is not None and (leader.leader_id, leader.address) == (2, "b:2")
         assert leader.epoch == 1
         await cache.close()
+
+    run(body)
+
+
+def test_a_gap_left_by_a_failed_batch_is_closed_from_the_expected_sequence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def body() -> None:
+        h = Harness(monkeypatch, idempotent=True)
+        task = asyncio.create_task(h.sender.run())
+        lost = await h.acc.append("t", 0, rec(b"a"), 1.0)
+        r1 = await h.next_request(0)
+        await h.calls[0].responses.put(
+            failure(r1, code=code_pb2.RESOURCE_EXHAUSTED, reason="RECORD_TOO_LARGE")
+        )
+        with pytest.raises(WeirError):
+            await lost
+        later = await h.acc.append("t", 0, rec(b"b"), 1.0)
+        r2 = await h.next_request(0)
+        assert r2.first_sequence == 1
+        await h.calls[0].responses.put(
+            failure(
+                r2,
+                code=code_pb2.FAILED_PRECONDITION,
+                reason="OUT_OF_ORDER_SEQUENCE",
+                metadata={"expected_sequence": "0"},
+            )
+        )
+        r3 = await h.next_request(0)
+        assert r3.first_sequence == 0 and r3.batch == r2.batch
+        await h.calls[0].responses.put(answer(r3, 0))
+        assert (await later).offset == 0
+        h.acc.close()
+        h.sender.stop()
+        await task
 
     run(body)
