@@ -4,19 +4,21 @@ and building a response from it within credit and a size.
 Reads are bounded by the credit, not only by a response's size: a read
 asks storage for exactly the records the message credit still allows
 (`records_max`: the stored batch holding the last of them is the last one
-read), and for no more stored bytes than the byte credit plus a record's
-framing per record, and the response's room. A consumer with a credit of 1
-reads and checksums one stored batch per response, not thousands (issue 7),
-and one with a credit of 1,000 over single-record batches reads its
-response's 1,000 batches in one read transaction and one cursor walk.
+read), and for no more stored bytes than the response's room and the byte
+credit plus a record's framing per record (at most twice the byte credit).
+A consumer with a credit of 1 reads and checksums one stored batch per
+response, not thousands (issue 7), and one with a credit of 1,000 over
+single-record batches reads its response's 1,000 batches in one read
+transaction and one cursor walk.
 
 Storage hands back a read as one run: the stored batches' payloads joined
 in one copy (offsets are dense, so the run is the records from its base
 offset on, in order). A response is a slice of the run behind a few header
 fields, so there is no Python object per stored batch on the way out.
 
-A run that a response leaves partly sent is kept for the next response, so
-that a batch read in many small steps is read and checksummed once (reading
+A run that a response leaves partly sent is kept for the next response
+(only its last batch when the records left are all in it), so that a batch
+read in many small steps is read and checksummed once (reading
 it again for every response made consuming a batch of tiny records
 quadratic, issue 9). What is kept has two limits in bytes, per stream and
 node-wide; past either, a cursor keeps only the run's base offset and the
@@ -69,6 +71,10 @@ class Partition:
     run_pos: int = 0
     payload: bytes | None = None
     kept_bytes: int = 0
+    # Where the run's last stored batch starts: its base offset and its byte
+    # position in `payload` (0 once the run is that batch alone).
+    last_base: int = -1
+    last_start: int = 0
     # A CREDIT_TOO_SMALL notice was sent and no record since.
     notified: bool = False
 
@@ -110,11 +116,25 @@ class StreamCursors:
             p.run_base = base
         p.payload = run.payload
         p.run_records = record_count
+        p.last_base = run.last_base_offset
+        p.last_start = run.last_start
         return skip
 
     def keep(self, p: Partition) -> None:
-        """Keep `p`'s partly sent run for the next response if both limits allow."""
+        """Keep `p`'s partly sent run for the next response if both limits allow.
+
+        When only its last stored batch has records left (message credit
+        stopped inside a batch of many records), that batch alone is kept,
+        as a copy: a cursor holds at most one stored batch, or the rest of
+        one response's read.
+        """
         assert p.payload is not None
+        if 0 < p.last_start <= p.run_pos:
+            p.payload = p.payload[p.last_start :]
+            p.run_pos -= p.last_start
+            p.run_records -= p.last_base - p.run_base
+            p.run_base = p.last_base
+            p.last_start = 0
         size = len(p.payload)
         pool = self._pool
         if self.kept_bytes + size <= CURSOR_STREAM_BYTES_MAX and pool.bytes_free >= size:

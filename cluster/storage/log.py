@@ -121,12 +121,15 @@ class StoredRun:
 
     `payload` is their payloads joined, itself a run of `RecordBatch.records`
     fields; offsets are dense, so it holds the records `base_offset` ..
-    `base_offset + record_count - 1` in order.
+    `base_offset + record_count - 1` in order. Its last batch starts at
+    offset `last_base_offset` and byte `last_start` of `payload`.
     """
 
     base_offset: int
     record_count: int
     payload: bytes
+    last_base_offset: int
+    last_start: int
 
 
 def _raise_damaged(value: Value) -> NoReturn:
@@ -475,9 +478,12 @@ class PartitionLog:
         if self._at_end(offset):
             return None
         with self._env.read() as txn:
-            payloads, base_offset, next_offset = self._scan(txn, offset, bytes_max, records_max)
+            payloads, base_offset, last_base, next_offset = self._scan(
+                txn, offset, bytes_max, records_max
+            )
             payload = b"".join(payloads)
-        return StoredRun(base_offset, next_offset - base_offset, payload)
+        last_start = len(payload) - len(payloads[-1])
+        return StoredRun(base_offset, next_offset - base_offset, payload, last_base, last_start)
 
     def _at_end(self, offset: int) -> bool:
         self._check_open()
@@ -494,10 +500,10 @@ class PartitionLog:
         bytes_max: int,
         records_max: int,
         whole_batches: bool = False,
-    ) -> tuple[list[Value], int, int]:
+    ) -> tuple[list[Value], int, int, int]:
         """Views of the payloads `read` returns (valid inside `txn`; with
-        `whole_batches` each batch with its header), their first base offset
-        and the offset after them.
+        `whole_batches` each batch with its header), the base offsets of the
+        first and the last of them and the offset after them.
 
         One cursor walk, one unpack and two checksums per row. The walk is
         bounded by a count of rows instead of a key compared per row: the
@@ -521,7 +527,7 @@ class PartitionLog:
         unpack = ROW_BATCH_CHECKED.unpack_from
         crc32 = zlib.crc32
         views: list[Value] = []
-        base_offset = -1
+        base_offset = last_base = -1
         next_offset = offset
         total_bytes = visited = 0
         for value in scan.values():
@@ -568,6 +574,7 @@ class PartitionLog:
                         if crc32(data) != data_crc:
                             _raise_damaged(value)
                         views.append(data if whole_batches else value[payload_start:])
+                        last_base = base
                         next_offset = base + count
                         total_bytes += payload_bytes
                         if total_bytes >= bytes_max or next_offset - offset >= records_max:
@@ -590,7 +597,7 @@ class PartitionLog:
             )
         if not views:
             raise CorruptEntryError(f"group {group_id}: no committed batch holds offset {offset}")
-        return views, base_offset, next_offset
+        return views, base_offset, last_base, next_offset
 
     def _first_index(self, txn: ReadTxn, offset: int) -> int:
         """The Raft index of the visible batch that holds `offset`."""

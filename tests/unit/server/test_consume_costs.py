@@ -28,6 +28,7 @@ import pytest
 from weir.cluster.storage import NodeStorage, PartitionLog, StorageConfig
 from weir.server.config import NodeConfig
 from weir.server.consume import ConsumePath
+from weir.server.consume_cursor import CURSOR_NODE_BYTES_MAX
 from weir.server.offsets import GroupOffsets
 from weir.server.replicator import LocalReplicator
 from weir.server.topics import ConfigPatch, TopicRegistry
@@ -194,6 +195,43 @@ def test_a_batch_of_tiny_records_read_with_small_credit_is_scanned_once(
             if stats is not None:
                 # One scan per record, plus at most one blocked look per response.
                 assert stats.records_scanned <= TINY_RECORDS + len(delivered)
+
+    run(body)
+
+
+def test_a_cursor_keeps_only_the_batch_its_records_are_left_in(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of several batches for one response keeps, of what is left,
+    only the last batch (one stored batch per cursor), and the next response
+    is served from it without reading again."""
+    reads = ReadCounter(monkeypatch)
+
+    async def body() -> None:
+        async with node(tmp_path) as n:
+            await n.topics.create("ten", 1, 0, ConfigPatch())
+            batch = [records_pb2.Record(value=b"v" * 100, timestamp_ms=T0_MS)] * 10
+            for _ in range(10):
+                await n.append("ten", 0, batch)
+            batch_bytes = records_pb2.RecordBatch(records=batch).ByteSize()
+            reads.bytes = reads.calls = 0
+            context = n.subscribe(
+                broker_pb2.Subscribe(
+                    topic="ten",
+                    start=broker_pb2.StartPosition(kind=broker_pb2.START_KIND_EARLIEST),
+                    credit=broker_pb2.Credit(messages=25, bytes=1 << 30),
+                )
+            )
+            await context.until(lambda: context.records == 25)
+            assert (reads.calls, reads.bytes) == (1, 3 * batch_bytes)
+            kept = CURSOR_NODE_BYTES_MAX - n.path.cursors.bytes_free
+            assert kept == batch_bytes
+            context.credit(5)
+            await context.until(lambda: context.records == 30)
+            assert reads.calls == 1
+            last = context.responses[-1].batch
+            assert (last.base_offset, len(last.records)) == (25, 5)
+            assert n.path.cursors.bytes_free == CURSOR_NODE_BYTES_MAX
 
     run(body)
 
