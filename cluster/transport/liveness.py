@@ -12,11 +12,20 @@ from weir.cluster.raft.types import NodeId
 
 
 class Liveness:
-    def __init__(self, dead_after_ms: float) -> None:
+    def __init__(self, dead_after_ms: float, stalled_after_ms: float | None = None) -> None:
+        """`stalled_after_ms`: a gap between two `expire()` calls longer than this
+        means our own event loop was held up (a long turn, a paused process),
+        so frames from peers may be waiting unread: that round judges nobody.
+        Without it, one stall of the loop longer than `dead_after_ms` would
+        report every peer dead at once and step down every leader here.
+        """
         assert dead_after_ms > 0
         self.dead_after_ms = dead_after_ms
+        self.stalled_after_ms = stalled_after_ms
         self._heard_ms: dict[NodeId, float] = {}
         self._alive: set[NodeId] = set()
+        self._checked_ms: float | None = None
+        self.stalls = 0
 
     def heard(self, node_id: NodeId, now_ms: float) -> bool:
         """Records a frame from `node_id`; True when this makes it alive."""
@@ -28,6 +37,14 @@ class Liveness:
 
     def expire(self, now_ms: float) -> list[NodeId]:
         """Marks dead every alive node not heard from in time; returns them."""
+        checked, self._checked_ms = self._checked_ms, now_ms
+        if (
+            self.stalled_after_ms is not None
+            and checked is not None
+            and now_ms - checked > self.stalled_after_ms
+        ):
+            self.stalls += 1
+            return []
         dead = [
             node
             for node in sorted(self._alive)

@@ -95,7 +95,9 @@ class PeerTransport:
         self._links: dict[NodeId, PeerLink] = {}
         self._link_tasks: dict[NodeId, asyncio.Task[None]] = {}
         self._stats: dict[NodeId, PeerStats] = {}
-        self._liveness = Liveness(config.peer_dead_after_ms)
+        self._liveness = Liveness(
+            config.peer_dead_after_ms, stalled_after_ms=2 * config.heartbeat_interval_ms
+        )
         self._listeners: list[LivenessListener] = []
         self._drops_unknown_peer = 0
         self._streams_refused = 0

@@ -91,6 +91,20 @@ def test_liveness_flips_on_heard_and_on_silence() -> None:
     assert live.heard(2, now_ms=5000)
 
 
+def test_liveness_judges_nobody_in_a_round_after_its_own_loop_stalled() -> None:
+    # A loop held up for 900 ms must not report a peer dead whose frames are
+    # waiting unread; the next round, 100 ms later, judges on fresh reads.
+    live = Liveness(dead_after_ms=650, stalled_after_ms=200)
+    live.heard(2, now_ms=0)
+    live.heard(3, now_ms=0)
+    assert live.expire(now_ms=100) == []
+    assert live.expire(now_ms=1000) == []  # 900 ms since the last round: a stall
+    assert live.stalls == 1
+    live.heard(2, now_ms=1050)  # its queued frames are read after the stall
+    assert live.expire(now_ms=1100) == [3]  # node 3 really is silent
+    assert live.alive(2)
+
+
 def test_liveness_forgets_removed_peers() -> None:
     live = Liveness(dead_after_ms=100)
     live.heard(3, 0)
