@@ -1,4 +1,4 @@
-"""The host's decisions about a group, with no I/O: quiescence, send order, outcomes.
+"""The host's decisions about a group, with no I/O: quiescence, sends, reveals, outcomes.
 
 The driver (asyncio, LMDB, gRPC) and the deterministic simulator
 (`tests/sim/host.py`) both call this module, so the seeds exercise the very
@@ -39,6 +39,18 @@ core counts the leader's own copy only once `advance()` reports it durable).
 Everything else (vote requests and grants, acknowledgements) promises a
 durable state and goes after.
 
+While a turn waits for the disk, a group that receives a message or a
+proposal sends what `sent_early` allows at once (`RawNode.take_messages`):
+the same rule, so a leader's new appends leave before its in-flight turn
+ends and nothing that promises a durable state does.
+
+Early reveal: when a message moves a partition's commit index outside a
+turn, the committed entries whose log rows this node has committed, and
+that no newer suffix of the core's log replaces, become visible to readers
+and decide their proposals at once (`reveal_upto`), instead of waiting for
+the turn in flight and the next one. The turn that later applies them
+writes their index rows as usual.
+
 Outcome of a proposal (DESIGN §4 "Offsets at propose time"): decided only by
 applying its index: the same term means committed, another term means not
 written, so the proposer may retry safely.
@@ -53,7 +65,7 @@ import enum
 from collections.abc import Callable
 from typing import Protocol
 
-from ..raft.rawnode import RawNode
+from ..raft.rawnode import RawNode, Ready
 from ..raft.types import NONE, Message, MessageType, NodeId, Role
 
 LEADER_TRAFFIC = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
@@ -84,6 +96,66 @@ class HostPolicy:
     def sent_before_durable(self, message: Message) -> bool:
         """Whether `message` may leave before this node's writes of its Ready are durable."""
         return message.type in SENT_BEFORE_DURABLE
+
+    def sent_early(self, message: Message) -> bool:
+        """Whether `message` may leave while a turn of this node waits for the disk.
+
+        The driver passes this to `RawNode.take_messages` for a group that
+        received a proposal or a message during a turn. It is the rule of
+        `sent_before_durable` (the messages taken early are the next Ready's,
+        whose writes have not even started); a method of its own so that the
+        simulator can break the early path alone (tests/sim/broken.py).
+        """
+        return self.sent_before_durable(message)
+
+    # ---- early reveal -----------------------------------------------------------------
+
+    def reveal_upto(
+        self,
+        raw: RawNode,
+        *,
+        visible_index: int,
+        applied_submitted: int,
+        rows_committed_index: int,
+        ready: Ready | None,
+    ) -> int:
+        """The highest index a partition may make visible now, outside a turn.
+
+        Asked when a message moved the group's commit index: the entries
+        after `visible_index` up to the returned index (`visible_index`
+        itself when there are none) become visible to readers and their
+        proposals are decided as committed. Readers read this node's stored
+        log rows, so each such row must be the committed entry, and stay:
+
+        - at most `log.committed`: Raft never replaces a committed entry;
+        - below `log.unstable_offset`: from there on the core holds entries
+          storage has not been given yet. On a follower they may replace
+          rows storage holds (a new leader's suffix, still unstable): those
+          rows are readable and committed here, but they are not the
+          committed entries, and the next turn overwrites them (storage
+          asserts "replacing an applied entry"; simulator variant
+          `RevealsReplacedRows`);
+        - at most `rows_committed_index`, the last log row committed to this
+          node's disk: a row written by the turn in flight is readable too,
+          but a crash or a failed write loses it, and a consumer would have
+          read a record this node no longer has (`RevealsBeforeDurable`).
+          Today the core marks entries stable only in `advance()`, after the
+          writer's commit, so the bound above implies this one; the rule
+          does not rely on it.
+
+        Nothing is revealed while entries handed to the application wait to
+        be revealed or were revealed ahead of it (`applied_submitted !=
+        visible_index`: storage computes offsets from the applied ones), nor
+        while a snapshot is received (`pending_snapshot`) or in the
+        outstanding `ready`: the turns serve those.
+        """
+        log = raw.raft.log
+        if applied_submitted != visible_index or log.pending_snapshot is not None:
+            return visible_index
+        if ready is not None and ready.snapshot is not None:
+            return visible_index
+        hi = min(log.committed, log.unstable_offset - 1, rows_committed_index)
+        return max(hi, visible_index)
 
     # ---- outcomes ---------------------------------------------------------------------
 

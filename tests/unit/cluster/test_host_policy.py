@@ -10,7 +10,7 @@ import pytest
 
 import weir.cluster.host.policy as policy_module
 from weir.cluster.host.policy import POLICY, Outcome
-from weir.cluster.raft import Message, MessageType, NodeId, Role
+from weir.cluster.raft import Message, MessageType, NodeId, Ready, Role
 
 from ..raft.env import Env
 
@@ -190,3 +190,102 @@ def test_a_follower_that_missed_the_final_commit_index_stays_awake() -> None:
     raw = env.nodes[2]
     assert raw.raft.log.committed < raw.raft.log.last_index()
     assert not POLICY.quiet_ok(Quiet(heard_leader=True), raw, everyone)
+
+
+# ---- early sends and reveals ------------------------------------------------------------
+
+
+def test_the_early_send_follows_the_send_order_rule() -> None:
+    for kind in MessageType:
+        message = Message(kind, 1, 2, 1)
+        assert POLICY.sent_early(message) is POLICY.sent_before_durable(message), kind
+
+
+def reveal_upto(env: Env, i: int, *, rows: int | None = None, ready: Ready | None = None) -> int:
+    """Asks the policy as the driver does for node `i`, whose application is caught up."""
+    raw = env.nodes[i]
+    applied = len(env.applied[i])  # every index of these logs is applied in order
+    rows_committed = env.storages[i].last_index() if rows is None else rows
+    return POLICY.reveal_upto(
+        raw,
+        visible_index=applied,
+        applied_submitted=applied,
+        rows_committed_index=rows_committed,
+        ready=ready,
+    )
+
+
+def test_a_leader_reveals_its_stored_entries_once_acknowledged_not_its_new_ones() -> None:
+    env = Env(election_ticks=10, heartbeat_ticks=2)
+    env.campaign(1)
+    visible = len(env.applied[1])
+    env.nodes[1].propose(b"a")
+    env.handle(1)  # stored on the leader; appends to both followers
+    env.deliver()
+    env.flush()  # stored on the followers
+    env.nodes[1].propose(b"b")  # unstable: its turn waits for the disk
+    env.deliver()  # the followers' acknowledgements commit "a"
+    log = env.raft(1).log
+    assert log.committed == visible + 1 and log.unstable_offset == visible + 2
+    assert reveal_upto(env, 1) == visible + 1
+    # Only rows committed to this node's disk are revealed.
+    assert reveal_upto(env, 1, rows=visible) == visible
+
+
+def test_a_follower_does_not_reveal_stored_rows_that_a_new_leaders_suffix_replaces() -> None:
+    env = Env(election_ticks=10, heartbeat_ticks=2)
+    env.campaign(1)
+    env.isolate(1)
+    env.nodes[1].propose(b"stale")
+    env.flush()  # stored on node 1 only
+    stale = env.raft(1).log.last_index()
+    env.tick(3, 10)  # node 3's lease on leader 1 runs out
+    env.campaign(2)
+    env.nodes[2].propose(b"fresh")
+    env.stabilize()
+    assert env.raft(2).log.committed >= stale
+    env.heal()
+    for _ in range(20):  # until node 1 holds the new leader's suffix, unstable
+        env.nodes[2].tick()
+        for node in (2, 3):
+            env.handle(node)
+        env.deliver()
+        log = env.raft(1).log
+        if log.unstable_offset <= env.storages[1].last_index():
+            break
+        env.handle(1)
+    else:
+        raise AssertionError("node 1 never received the replacing suffix")
+    assert log.committed >= stale  # committed, and the stored row there is another one
+    assert env.storages[1].term(stale) != log.term(stale)
+    assert reveal_upto(env, 1) == log.unstable_offset - 1 < stale
+
+
+def test_nothing_is_revealed_while_entries_wait_or_a_snapshot_is_in_the_way() -> None:
+    env = Env(election_ticks=10, heartbeat_ticks=2)
+    env.campaign(1)
+    env.nodes[1].propose(b"a")
+    env.handle(1)
+    env.deliver()
+    env.flush()
+    env.deliver()  # acknowledgements: "a" is committed, not applied yet
+    raw = env.nodes[1]
+    visible = len(env.applied[1])
+    rows = env.storages[1].last_index()
+
+    def ask(applied_submitted: int, ready: Ready | None = None) -> int:
+        return POLICY.reveal_upto(
+            raw,
+            visible_index=visible,
+            applied_submitted=applied_submitted,
+            rows_committed_index=rows,
+            ready=ready,
+        )
+
+    assert ask(visible) == visible + 1
+    # Applied, waiting for their turn's commit to become visible (or revealed ahead).
+    assert ask(visible + 1) == visible
+    assert ask(visible - 1) == visible
+    # A snapshot in the outstanding Ready replaces the log; the turn serves it.
+    snapshot = env.storages[1].snapshot()
+    assert ask(visible, Ready(None, None, (), snapshot, None, (), ())) == visible
