@@ -368,7 +368,7 @@ class Driver:
         for group in groups:
             if group.stopped:
                 continue
-            for message in group.raw.take_messages(POLICY.sent_before_durable):
+            for message in group.raw.take_messages(POLICY.sent_early):
                 batches.setdefault(message.to, []).append((group.group_id, message))
                 self.stats.messages_sent_early += 1
         self._send(batches)
@@ -385,21 +385,20 @@ class Driver:
         """
         if group.stopped or not group.partition or group.on_apply is not None:
             return
-        log = group.raw.raft.log
-        if log.pending_snapshot is not None or (
-            group.ready is not None and group.ready.snapshot is not None
-        ):
-            return
         storage = group.storage
         lo = storage.visible_index + 1
-        # Below `unstable_offset` the core's log is what storage was given (a
-        # newer suffix that replaces rows is still unstable); below
-        # `rows_committed_index` those rows are committed and readable.
-        hi = min(log.committed, log.unstable_offset - 1, storage.rows_committed_index)
-        if hi < lo or lo != storage.applied_submitted + 1:
+        # The rule (and why each bound) is the policy's, shared with the simulator.
+        hi = POLICY.reveal_upto(
+            group.raw,
+            visible_index=storage.visible_index,
+            applied_submitted=storage.applied_submitted,
+            rows_committed_index=storage.rows_committed_index,
+            ready=group.ready,
+        )
+        if hi < lo:
             return
         try:
-            entries = log.entries(lo, hi + 1, group.raw.raft.config.apply_bytes_max)
+            entries = group.raw.raft.log.entries(lo, hi + 1, group.raw.raft.config.apply_bytes_max)
             storage.reveal_committed(entries)
         except (CompactedError, UnavailableError, StorageError):
             return  # the turn finds the same entries, or reopens the group
