@@ -24,15 +24,19 @@ CHUNK_SEEDS = 50
 
 
 def run_chunk(
-    seeds: list[int], variant: str | None, scenario: str | None, host: bool = False
+    seeds: list[int],
+    variant: str | None,
+    scenario: str | None,
+    host: bool = False,
+    stop_at_first: bool = False,
 ) -> list[str]:
-    """Runs `seeds`; returns one report per failing seed.
+    """Runs `seeds`; returns one report per failing seed (only the first if `stop_at_first`).
 
     `host`: the multi-group hosts of host.py; `variant` then names a broken
     `HostPolicy` instead of a broken `Raft`.
     """
     if host:
-        return _run_host_chunk(seeds, variant, scenario)
+        return _run_host_chunk(seeds, variant, scenario, stop_at_first)
     raft_class = getattr(broken, variant) if variant else Raft
     chosen = next((s for s in SCENARIOS if s.name == scenario), None)
     pytest_args = "tests/sim/test_sim.py::test_seeds"
@@ -44,10 +48,14 @@ def run_chunk(
             run_seed(seed, chosen, raft_class, pytest_args)
         except SimulationFailure as exc:
             failures.append(str(exc))
+            if stop_at_first:
+                break
     return failures
 
 
-def _run_host_chunk(seeds: list[int], variant: str | None, scenario: str | None) -> list[str]:
+def _run_host_chunk(
+    seeds: list[int], variant: str | None, scenario: str | None, stop_at_first: bool
+) -> list[str]:
     policy: HostPolicy = getattr(broken, variant)() if variant else POLICY
     chosen = next((s for s in HOST_SCENARIOS if s.name == scenario), None)
     pytest_args = "tests/sim/test_sim.py::test_host_seeds"
@@ -59,6 +67,8 @@ def _run_host_chunk(seeds: list[int], variant: str | None, scenario: str | None)
             run_host_seed(seed, chosen, policy, pytest_args)
         except SimulationFailure as exc:
             failures.append(str(exc))
+            if stop_at_first:
+                break
     return failures
 
 
@@ -72,12 +82,19 @@ def sweep(
     """Runs every seed (or until the first failure) on all cores; returns failure reports."""
     chunks = [list(seeds[i : i + CHUNK_SEEDS]) for i in range(0, len(seeds), CHUNK_SEEDS)]
     workers = max(1, min(os.cpu_count() or 1, len(chunks)))
-    if workers == 1:
-        return [f for chunk in chunks for f in run_chunk(chunk, variant, scenario, host)]
     failures: list[str] = []
+    if workers == 1:
+        for chunk in chunks:
+            failures.extend(run_chunk(chunk, variant, scenario, host, stop_at_first))
+            if failures and stop_at_first:
+                break
+        return failures
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [pool.submit(run_chunk, chunk, variant, scenario, host) for chunk in chunks]
+        futures = [
+            pool.submit(run_chunk, chunk, variant, scenario, host, stop_at_first)
+            for chunk in chunks
+        ]
         for future in futures:
             failures.extend(future.result())
             if failures and stop_at_first:
