@@ -20,6 +20,7 @@ from weir.cluster.raft import (
     NodeId,
     Raft,
     RawNode,
+    Ready,
     Role,
 )
 
@@ -149,3 +150,67 @@ class VoteSentBeforeDurable(HostPolicy):
 
     def sent_before_durable(self, message: Message) -> bool:
         return message.type is MessageType.VOTE_RESP or super().sent_before_durable(message)
+
+
+class AcknowledgesEarly(HostPolicy):
+    """The early send (while a turn waits for the disk) takes append
+    acknowledgements and vote grants too, before what they promise is written."""
+
+    def sent_early(self, message: Message) -> bool:
+        promises = (MessageType.APPEND_RESP, MessageType.VOTE_RESP)
+        return message.type in promises or super().sent_early(message)
+
+
+def _reveal_allowed(
+    raw: RawNode, visible_index: int, applied_submitted: int, ready: Ready | None
+) -> bool:
+    """`HostPolicy.reveal_upto`'s preconditions, which the variants below keep."""
+    if applied_submitted != visible_index or raw.raft.log.pending_snapshot is not None:
+        return False
+    return ready is None or ready.snapshot is None
+
+
+class RevealsReplacedRows(HostPolicy):
+    """Early reveal without the `unstable_offset` cap: a follower shows readers
+    stored rows that the new leader's suffix, still unstable, replaces."""
+
+    def reveal_upto(
+        self,
+        raw: RawNode,
+        *,
+        visible_index: int,
+        applied_submitted: int,
+        rows_committed_index: int,
+        ready: Ready | None,
+    ) -> int:
+        if not _reveal_allowed(raw, visible_index, applied_submitted, ready):
+            return visible_index
+        return max(visible_index, min(raw.raft.log.committed, rows_committed_index))
+
+
+class RevealsBeforeDurable(HostPolicy):
+    """Early reveal of committed entries whose rows are not on this node's disk
+    yet (as if a row being written were as good as a stored one): a crash then
+    loses records a consumer read here. Rows a newer suffix replaces are still
+    left alone, so this is not `RevealsReplacedRows` again."""
+
+    def reveal_upto(
+        self,
+        raw: RawNode,
+        *,
+        visible_index: int,
+        applied_submitted: int,
+        rows_committed_index: int,
+        ready: Ready | None,
+    ) -> int:
+        log = raw.raft.log
+        upto = super().reveal_upto(
+            raw,
+            visible_index=visible_index,
+            applied_submitted=applied_submitted,
+            rows_committed_index=rows_committed_index,
+            ready=ready,
+        )
+        if upto == visible_index or log.unstable_offset <= rows_committed_index:
+            return upto  # nothing to reveal, or a newer suffix replaces stored rows
+        return max(upto, log.committed)

@@ -10,10 +10,20 @@ node liveness (`cluster/transport/liveness.py`):
   the network's faults hit heartbeats too, and every liveness change goes
   through `after_liveness`, every delivered message through `after_message`;
 - one turn at a time per node: take the Ready of every dirty group, send
-  what `sent_before_durable` allows at once, apply committed entries, and
-  only when the (possibly slow) fsync is done persist, send the rest, decide
-  proposals with `outcome` and `advance`; ticks, messages and proposals keep
-  arriving meanwhile;
+  what `sent_before_durable` allows at once, apply committed entries (those
+  whose rows are on disk here become visible and decide their proposals at
+  once), and only when the (possibly slow) fsync is done persist, send the
+  rest, reveal and decide the other applied entries and `advance`; ticks,
+  messages and proposals keep arriving meanwhile;
+- while a turn is in flight, a group that receives a message or a proposal
+  sends what `sent_early` allows at "the next loop iteration": right away or
+  at a later random moment (before another message, before or after the
+  turn's end is seen), as `Driver._send_early`;
+- every delivered message may move the commit index: the entries
+  `reveal_upto` allows become visible and decide their proposals at once
+  (`Driver._apply_committed`); the simulated storage holds only what is
+  durable (persist runs when the fsync is done), so its last index is the
+  "rows committed here" of the real storage;
 - storage faults: a failed write reopens every group of the turn from disk;
   crashes in the middle of a turn lose what was not durable.
 
@@ -21,10 +31,16 @@ Checked per group: every property of `checker.py` and `properties.py` (a
 quiet leader counts as having heard the members its node sees alive, which
 is what quiescence rests on), no lost work (a group with a Ready is dirty or
 being served), proposal outcomes (committed means that entry was applied at
-its index; not written means it never is). After healing: every group
-converges with no help (proposals go to the first group only, so a group
-left behind by a quiet leader stays behind), and once idle for a while every
-group whose members are all up is quiet everywhere and receives no ticks.
+its index; not written means it never is; a proposal decided when its entry
+was revealed early is decided the same when the turn applies it), and
+visibility: an entry revealed early counts as applied (it must be the entry
+every replica applies there), readers read this node's stored row, which
+must be that entry, and a node keeps every entry it showed readers (no turn
+overwrites it, and a crash or a failed write does not lose it). After
+healing: every group converges with no help (proposals go to the first
+group only, so a group left behind by a quiet leader stays behind), and
+once idle for a while every group whose members are all up is quiet
+everywhere and receives no ticks.
 """
 
 from __future__ import annotations
@@ -35,6 +51,7 @@ from dataclasses import dataclass, field
 
 from weir.cluster.host.policy import POLICY, HostPolicy, Outcome
 from weir.cluster.raft import (
+    CompactedError,
     Config,
     ConfState,
     Entry,
@@ -43,6 +60,7 @@ from weir.cluster.raft import (
     RawNode,
     Ready,
     Role,
+    UnavailableError,
 )
 from weir.cluster.transport.liveness import Liveness
 
@@ -98,10 +116,16 @@ class Replica(SimNode):
         self.heard_leader = False
         self.ready: Ready | None = None
         self.ticks = 0
+        # The highest index visible to readers here (LmdbRaftStorage.visible_index):
+        # `applied` is what was handed to the application (`applied_submitted`).
+        self.visible = 0
 
 
 @dataclass
 class Turn:
+    """A turn waiting for its fsync: per group, the messages and the applied
+    entries (not visible yet) that wait for it."""
+
     due: int
     works: list[tuple[Replica, RawNode, Ready, list[Message], list[Entry]]]
 
@@ -117,6 +141,8 @@ class HostNode:
     dirty: dict[int, None] = field(default_factory=dict)
     active: dict[int, None] = field(default_factory=dict)
     turn: Turn | None = None
+    # Groups whose messages leave at "the next loop iteration" (Driver._send_early).
+    early: dict[int, None] = field(default_factory=dict)
     # The tick of the latest frame delivered from each peer node.
     frame_heard: dict[int, int] = field(default_factory=dict)
 
@@ -133,6 +159,8 @@ class Proposal:
     data: bytes
     node: int
     boots: int
+    # Decided when its index became visible here; applying it must agree.
+    outcome: Outcome | None = None
 
 
 class HostCluster:
@@ -192,6 +220,7 @@ class HostCluster:
         node.frame_heard.clear()
         node.dirty.clear()
         node.active.clear()
+        node.early.clear()
         for g, rep in node.replicas.items():
             self.boot_replica(node, rep)
             node.active[g] = None
@@ -204,6 +233,7 @@ class HostCluster:
         self.props[g].on_boot(node.id)
         snapshot = rep.storage.snapshot()
         rep.restore(snapshot.data, snapshot.meta.index)
+        rep.visible = rep.applied  # a restart re-applies the durable log
         rng = random.Random((self.seed * 1_000_003 + node.id * 1009 + rep.boots) * 31 + g)
         rep.boots += 1
         rep.raw = RawNode(self.config(node.id), rep.storage, rng)
@@ -213,8 +243,11 @@ class HostCluster:
         rep.heard_leader = False
 
     def crash(self, node: HostNode) -> None:
+        for rep in node.replicas.values():
+            self.check_still_held(node, rep, "a crash")
         node.up = False
         node.turn = None
+        node.early.clear()
         for g, rep in node.replicas.items():
             rep.raw = None
             rep.ready = None
@@ -266,6 +299,8 @@ class HostCluster:
             rep = node.replicas.get(g)
             if rep is None or rep.raw is None:
                 continue
+            if node.early and self.rng.random() < 0.5:
+                self.send_early(node)  # a loop iteration before this message's
             r = rep.raw.raft
             props = self.props[g]
             before = props.before(r)
@@ -275,6 +310,8 @@ class HostCluster:
             if self.policy.after_message(rep, rep.raw, m, node.alive):
                 self.wake(node, rep)
             node.dirty[g] = None
+            self.reveal_early(node, rep)
+            self.mark_early(node, g)
 
     def on_liveness(self, node: HostNode, peer: int) -> None:
         for g, rep in node.replicas.items():
@@ -328,10 +365,14 @@ class HostCluster:
         if turn is not None:
             if turn.due > self.now:
                 return
+            if node.early and self.rng.random() < 0.5:
+                self.send_early(node)  # before the turn's completion is seen
             node.turn = None
             self.finish(node, turn)
             if not node.up:
                 return
+        # Or after it: the early send still runs, taking what came since.
+        self.send_early(node)
         groups = list(node.dirty)
         node.dirty.clear()
         works = []
@@ -351,8 +392,8 @@ class HostCluster:
                     self.send(node.id, m.to, g, m)
                 else:
                     late.append(m)
-            applied = self.apply(node, rep, ready)
-            works.append((rep, raw, ready, late, applied))
+            waiting = self.reveal_applied(node, rep, ready, self.apply(node, rep, ready))
+            works.append((rep, raw, ready, late, waiting))
         if not works:
             return
         s = self.scenario
@@ -378,19 +419,26 @@ class HostCluster:
                 raise InvariantViolation(
                     f"group {g}: node {node.id} applied {entry.index} after {rep.applied}"
                 )
-            if entry.data in self.not_written:
-                raise InvariantViolation(
-                    f"outcome: group {g} applied {entry.data!r} at {entry.index}, which a"
-                    " proposer was told was not written"
-                )
             rep.applied = entry.index
             rep.digest = hash((rep.digest, entry.term, entry.data))
             rep.history[entry.index] = rep.digest
-            if entry.data:
-                self.ever_applied.add(entry.data)
-            self.checkers[g].on_apply(node.id, _raft(rep), entry, rep.digest, leaders)
+            self.observe(node, rep, entry, rep.digest, leaders)
             applied.append(entry)
         return applied
+
+    def observe(
+        self, node: HostNode, rep: Replica, entry: Entry, digest: int, leaders: list[Raft]
+    ) -> None:
+        """`entry` is applied, or revealed before it is: it must be the committed one."""
+        g = rep.group_id
+        if entry.data in self.not_written:
+            raise InvariantViolation(
+                f"outcome: group {g} applied {entry.data!r} at {entry.index}, which a"
+                " proposer was told was not written"
+            )
+        if entry.data:
+            self.ever_applied.add(entry.data)
+        self.checkers[g].on_apply(node.id, _raft(rep), entry, digest, leaders)
 
     def finish(self, node: HostNode, turn: Turn) -> None:
         """The fsync is done (or failed): persist, send the rest, decide, advance."""
@@ -402,6 +450,7 @@ class HostCluster:
             return self.crash(node)
         if self.chaos() and s.write_fail and self.rng.random() < s.write_fail:
             for rep, _, _, _, _ in turn.works:
+                self.check_still_held(node, rep, "a failed write")
                 self.boot_replica(node, rep)
                 self.wake(node, rep)
                 node.dirty[rep.group_id] = None
@@ -411,15 +460,17 @@ class HostCluster:
                 self.persist(node, rep, ready)
         if crash_at == 1:
             return self.crash(node)
-        for rep, raw, ready, late, applied in turn.works:
+        for rep, raw, ready, late, waiting in turn.works:
             if rep.raw is not raw:
                 continue
             g = rep.group_id
             for m in late:
                 self.checkers[g].on_send(node.id, m)
                 self.send(node.id, m.to, g, m)
-            for entry in applied:
-                self.decide(node, rep, entry)
+            if ready.snapshot is not None:
+                rep.visible = max(rep.visible, ready.snapshot.meta.index)
+            for entry in waiting:
+                self.reveal(node, rep, entry)
             r = raw.raft
             props = self.props[g]
             before = props.before(r)
@@ -434,6 +485,11 @@ class HostCluster:
 
     def persist(self, node: HostNode, rep: Replica, ready: Ready) -> None:
         storage = rep.storage
+        if ready.entries and ready.entries[0].index <= min(rep.visible, storage.last_index()):
+            raise InvariantViolation(
+                f"visibility: group {rep.group_id} on node {node.id} overwrites its stored"
+                f" rows from {ready.entries[0].index}, but readers saw up to {rep.visible}"
+            )
         if ready.snapshot is not None:
             storage.apply_snapshot(ready.snapshot)
         storage.append(ready.entries)
@@ -446,8 +502,12 @@ class HostCluster:
             rep.history = {i: d for i, d in rep.history.items() if i >= index}
         self.checkers[rep.group_id].on_persist(node.id, storage, ready)
 
-    def decide(self, node: HostNode, rep: Replica, entry: Entry) -> None:
-        """A proposer's ticket, decided by applying its index (policy.outcome)."""
+    def decide(self, node: HostNode, rep: Replica, entry: Entry, *, applied: bool = True) -> None:
+        """A proposer's ticket, decided (policy.outcome) when its index becomes visible here.
+
+        `applied`: the turn applied the index, so this is the last word: a
+        ticket decided earlier (revealed before its turn) must agree with it.
+        """
         g = rep.group_id
         waiting = self.pending[g].get(entry.index)
         if not waiting:
@@ -455,9 +515,20 @@ class HostCluster:
         mine = [p for p in waiting if p.node == node.id and p.boots == rep.boots]
         if not mine:
             return
-        self.pending[g][entry.index] = [p for p in waiting if p not in mine]
+        if applied:
+            self.pending[g][entry.index] = [p for p in waiting if p not in mine]
         for p in mine:
-            if self.policy.outcome(p.term, entry.term) is Outcome.COMMITTED:
+            outcome = self.policy.outcome(p.term, entry.term)
+            if p.outcome is not None:
+                if outcome is not p.outcome:
+                    raise InvariantViolation(
+                        f"outcome: group {g} on node {node.id} decided {p.data!r} at"
+                        f" {entry.index} {p.outcome.value} when revealed, but applying"
+                        f" {entry} there says {outcome.value}"
+                    )
+                continue
+            p.outcome = outcome
+            if outcome is Outcome.COMMITTED:
                 self.checkers[g].on_ack(p.data, entry.index)
                 if not self.faulty:
                     self.acked_after_heal = True
@@ -468,6 +539,106 @@ class HostCluster:
                         " 'not written', but it was applied"
                     )
                 self.not_written.add(p.data)
+
+    # -- between turns: early sends and reveals (Driver._send_early, _apply_committed) --
+
+    def mark_early(self, node: HostNode, g: int) -> None:
+        """`g` got a message or a proposal: while a turn is in flight, its messages
+        leave at the next loop iteration, which may be now or at a later moment."""
+        if node.turn is None:
+            return
+        node.early[g] = None
+        if self.rng.random() < 0.5:
+            self.send_early(node)
+
+    def send_early(self, node: HostNode) -> None:
+        groups = list(node.early)
+        node.early.clear()
+        for g in groups:
+            raw = node.replicas[g].raw
+            assert raw is not None
+            for m in raw.take_messages(self.policy.sent_early):
+                self.checkers[g].on_send(node.id, m)
+                self.send(node.id, m.to, g, m)
+
+    def reveal_early(self, node: HostNode, rep: Replica) -> None:
+        """A message may have moved the commit index: reveal what `reveal_upto` allows.
+
+        The entries count as applied for the properties (this is what readers
+        and proposers see), but the application itself applies them later,
+        in the turn that takes them (`rep.applied` does not move).
+        """
+        raw = rep.raw
+        assert raw is not None
+        hi = self.policy.reveal_upto(
+            raw,
+            visible_index=rep.visible,
+            applied_submitted=rep.applied,
+            # The simulated storage holds only what is durable (persist runs
+            # when the fsync is done), so its rows are all committed here.
+            rows_committed_index=rep.storage.last_index(),
+            ready=rep.ready,
+        )
+        if hi <= rep.visible:
+            return
+        assert rep.visible == rep.applied, "revealing past entries that wait"
+        try:
+            entries = raw.raft.log.entries(rep.visible + 1, hi + 1, raw.raft.config.apply_bytes_max)
+        except (CompactedError, UnavailableError):
+            return  # the turn finds the same entries
+        g = rep.group_id
+        leaders = [_raft(r) for _, r in self._replicas(g) if _raft(r).role is Role.LEADER]
+        digest = rep.digest
+        for entry in entries:
+            digest = hash((digest, entry.term, entry.data))
+            self.observe(node, rep, entry, digest, leaders)
+            self.reveal(node, rep, entry, applied=False)
+
+    def reveal_applied(
+        self, node: HostNode, rep: Replica, ready: Ready, applied: list[Entry]
+    ) -> list[Entry]:
+        """Step 3's visibility: an applied entry whose log row is on disk here, and
+        not replaced by this Ready's entries, is visible at once (its ticket is
+        decided now); returns the others, which wait for the turn's fsync."""
+        bound = rep.storage.last_index()
+        if ready.entries:
+            bound = min(bound, ready.entries[0].index - 1)
+        waiting: list[Entry] = []
+        for entry in applied:
+            if entry.index <= rep.visible:
+                self.decide(node, rep, entry)  # revealed early; applying it decides again
+            elif entry.index <= bound and not waiting:
+                self.reveal(node, rep, entry)
+            else:
+                waiting.append(entry)
+        return waiting
+
+    def reveal(self, node: HostNode, rep: Replica, entry: Entry, *, applied: bool = True) -> None:
+        """Readers see `entry` here from now on: they read its stored row, when this
+        node stores one (else the row being written), which must be `entry`."""
+        storage = rep.storage
+        index = entry.index
+        assert index == rep.visible + 1, "visibility moves one entry at a time"
+        if storage.first_index() <= index <= storage.last_index():
+            term = storage.term(index)
+            if term != entry.term:
+                raise InvariantViolation(
+                    f"visibility: group {rep.group_id} on node {node.id} revealed index"
+                    f" {index}, where readers read its stored row of term {term}, but the"
+                    f" committed entry has term {entry.term}"
+                )
+        rep.visible = index
+        self.decide(node, rep, entry, applied=applied)
+
+    def check_still_held(self, node: HostNode, rep: Replica, cause: str) -> None:
+        """After `cause` a node keeps only its disk: it must still hold every entry
+        it showed readers (a consumer must not have read a record it loses)."""
+        last = rep.storage.last_index()
+        if rep.raw is not None and rep.visible > last:
+            raise InvariantViolation(
+                f"visibility: group {rep.group_id} on node {node.id} showed readers up to"
+                f" {rep.visible}, but after {cause} its disk holds the log up to {last}"
+            )
 
     # -- requests --------------------------------------------------------------------
 
@@ -482,6 +653,9 @@ class HostCluster:
         self.proposals += 1
         props = self.props[g]
         before = props.before(raw.raft)
+        # As RaftHost.append: a proposal asks for an early send only if nothing
+        # is uncommitted; otherwise the acknowledgements of what is send it.
+        send_early = not raw.raft.uncommitted
         index = raw.propose(data)
         props.after_request(node.id, raw.raft, before, "a proposal")
         if isinstance(index, int):
@@ -489,6 +663,8 @@ class HostCluster:
             self.pending[g].setdefault(index, []).append(proposal)
         self.wake(node, rep)
         node.dirty[g] = None
+        if send_early:
+            self.mark_early(node, g)
 
     def transfer(self, g: int) -> None:
         found = self.leader(g)
@@ -505,6 +681,7 @@ class HostCluster:
         props.on_transfer_requested(node.id, raw.raft)
         self.wake(node, rep)
         node.dirty[g] = None
+        self.mark_early(node, g)
 
     def compact(self, node: HostNode, rep: Replica) -> None:
         raw = rep.raw
