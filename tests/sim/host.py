@@ -36,7 +36,8 @@ was revealed early is decided the same when the turn applies it), and
 visibility: an entry revealed early counts as applied (it must be the entry
 every replica applies there), readers read this node's stored row, which
 must be that entry, and a node keeps every entry it showed readers (no turn
-overwrites it, and a crash or a failed write does not lose it). After
+overwrites it, and a crash or a failed write does not lose it: checked at
+each one, and after every early reveal and tick as if one came then). After
 healing: every group converges with no help (proposals go to the first
 group only, so a group left behind by a quiet leader stays behind), and
 once idle for a while every group whose members are all up is quiet
@@ -593,6 +594,7 @@ class HostCluster:
             digest = hash((digest, entry.term, entry.data))
             self.observe(node, rep, entry, digest, leaders)
             self.reveal(node, rep, entry, applied=False)
+        self.check_still_held(node, rep, "a crash now")
 
     def reveal_applied(
         self, node: HostNode, rep: Replica, ready: Ready, applied: list[Entry]
@@ -637,7 +639,8 @@ class HostCluster:
         if rep.raw is not None and rep.visible > last:
             raise InvariantViolation(
                 f"visibility: group {rep.group_id} on node {node.id} showed readers up to"
-                f" {rep.visible}, but after {cause} its disk holds the log up to {last}"
+                f" {rep.visible}, but its disk holds the log only up to {last}, all that"
+                f" {cause} leaves"
             )
 
     # -- requests --------------------------------------------------------------------
@@ -780,6 +783,9 @@ class HostCluster:
                     raise InvariantViolation(
                         f"lost work: group {g} on node {node.id} has a Ready nobody will serve"
                     )
+                # Crashes are rare: what one would lose is checked whenever
+                # visibility moves outside a turn, and at every tick.
+                self.check_still_held(node, rep, "a crash now")
             props.end_of_tick(rafts)
 
     def _check_nobody_left_behind(self, g: int, node: HostNode, leader: Raft) -> None:
