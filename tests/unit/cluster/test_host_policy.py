@@ -289,3 +289,30 @@ def test_nothing_is_revealed_while_entries_wait_or_a_snapshot_is_in_the_way() ->
     # A snapshot in the outstanding Ready replaces the log; the turn serves it.
     snapshot = env.storages[1].snapshot()
     assert ask(visible, Ready(None, None, (), snapshot, None, (), ())) == visible
+
+
+def test_nothing_is_revealed_while_a_received_snapshot_is_not_written() -> None:
+    env = Env(election_ticks=10, heartbeat_ticks=2)
+    env.campaign(1)
+    env.isolate(3)
+    for data in (b"a", b"b", b"c"):
+        env.nodes[1].propose(data)
+    env.stabilize()
+    applied = env.raft(1).log.applied
+    env.nodes[1].compact(applied, b"state")
+    env.stabilize()
+    env.heal()
+    for _ in range(20):  # until node 3 holds the leader's snapshot, not written yet
+        env.nodes[1].tick()
+        for node in (1, 2):
+            env.handle(node)
+        env.deliver()
+        if env.raft(3).log.pending_snapshot is not None:
+            break
+        env.handle(3)
+    else:
+        raise AssertionError("node 3 never received the snapshot")
+    log = env.raft(3).log
+    assert log.committed == applied == log.unstable_offset - 1 > len(env.applied[3])
+    # Whatever rows storage holds: the snapshot replaces them, and its turn serves it.
+    assert reveal_upto(env, 3, rows=applied) == len(env.applied[3])
