@@ -98,9 +98,7 @@ class HostStats:
     readies_deferred: int = 0
     # Groups reopened from disk after a failed write.
     reopens: int = 0
-    # Leader messages sent while a turn waited for the disk, and reveals of
-    # partitions' committed entries outside a turn (driver.py).
-    messages_sent_early: int = 0
+    # Reveals of partitions' committed entries outside a turn (driver.py).
     early_applies: int = 0
     proposals: int = 0
     # Appends proposed in an entry together with an earlier one (coalesce.py).

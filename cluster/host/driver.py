@@ -24,19 +24,22 @@ Each turn (DESIGN §4):
 
 Messages, ticks and proposals that arrive while a turn waits for the disk
 are stepped into the RawNodes at once (the core allows input while a Ready
-is outstanding) and are served by the next turn, with two exceptions that
-keep a record's path from waiting for an fsync it does not depend on:
+is outstanding) and are served by the next turn, which also proposes the
+appends the host merged meanwhile (coalesce.py). One exception keeps a
+record's visibility from waiting for an fsync it does not depend on: a
+partition whose commit index moved (a follower's acknowledgement on the
+leader, the leader's commit index on a follower) reveals the committed
+entries whose log rows are already committed here at once
+(`_apply_committed`, rule in `POLICY.reveal_upto`): they become visible and
+their tickets resolve without waiting for the turn in flight. The Ready that
+later carries them writes their index rows as usual.
 
-- a leader's new appends (a proposal, or a follower's acknowledgement that
-  opens its window) leave at the next loop iteration (`RawNode.take_messages`
-  with the same send-order rule as step 2), so followers start writing
-  while our turn's fsync runs;
-- a partition whose commit index moved (a follower's acknowledgement on the
-  leader, the leader's commit index on a follower) reveals the committed
-  entries whose log rows are already committed here at once
-  (`_apply_committed`): they become visible and their tickets resolve
-  without waiting for the turn in flight. The Ready that later carries them
-  writes their index rows as usual.
+Sending a leader's new appends early too (while its turn's fsync runs,
+without waiting for the next Ready) was built and measured: it made the
+end-to-end latency worse on this 2-core machine (p99 at 2,000 records/s
++2 to +6 ms in alternating runs), the extra, smaller messages costing more
+CPU on every node than the wait they saved (docs/benchmarks.md), so the
+appends wait for the next turn.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ class Driver:
         flush: Callable[[], None] = lambda: None,
     ) -> None:
         """`flush`: proposes the appends waiting to be merged (the host's
-        coalescing); called before every turn and every early send."""
+        coalescing); called before every turn."""
         self.node_id = node_id
         self._flush = flush
         self._storage = storage
@@ -99,22 +102,13 @@ class Driver:
         self.waiting: dict[Group, None] = {}
         self.wake_event = asyncio.Event()
         self.leader_listeners: list[LeaderListener] = []
-        # While a turn waits for the disk: groups whose leader messages leave
-        # at the next loop iteration (one send per iteration, however many
-        # proposals and acknowledgements it stepped).
-        self._in_flight = False
-        self._early: dict[Group, None] = {}
-        self._early_scheduled = False
 
     # ---- inputs (called on the loop by the host, the transport and the timer) ---------
 
-    def mark(self, group: Group, *, send_early: bool = True) -> None:
-        """`group` may have a Ready: serve it next turn (and send early if one is
-        in flight, unless `send_early` is False)."""
+    def mark(self, group: Group) -> None:
+        """`group` may have a Ready: serve it next turn."""
         self.dirty[group] = None
         self.wake_event.set()
-        if self._in_flight and send_early:
-            self._send_soon(group)
 
     def wake(self, group: Group) -> None:
         """Tick `group` again (it had quiesced, or must not)."""
@@ -160,8 +154,6 @@ class Driver:
         self.wake_event.set()
         for group in stepped:
             self._apply_committed(group)
-            if self._in_flight:
-                self._send_soon(group)
 
     def on_liveness(self, node: NodeId, alive: bool) -> None:
         """A node's liveness changed: wake the quiet groups it is a member of.
@@ -230,11 +222,7 @@ class Driver:
             if deferred:
                 await self._wait_for_budget(deferred[0])
             return
-        self._in_flight = True
-        try:
-            outcomes = await self._durable(works)
-        finally:
-            self._in_flight = False
+        outcomes = await self._durable(works)
         commits = self._storage.writer_stats()["writer_commits"] - commits_before
         stats.turns += 1
         stats.turn_groups += len(works)
@@ -350,28 +338,6 @@ class Driver:
             else:
                 work.applied.append((entry, result))
             group.app_applied = entry.index
-
-    def _send_soon(self, group: Group) -> None:
-        self._early[group] = None
-        if not self._early_scheduled:
-            self._early_scheduled = True
-            asyncio.get_running_loop().call_soon(self._send_early)
-
-    def _send_early(self) -> None:
-        """Sends what the groups marked during the turn in flight may send already."""
-        # Proposed first, while `_early_scheduled` still says a send is due,
-        # so the groups they mark join this send rather than scheduling one.
-        self._flush()
-        self._early_scheduled = False
-        groups, self._early = self._early, {}
-        batches: dict[NodeId, list[tuple[int, Message]]] = {}
-        for group in groups:
-            if group.stopped:
-                continue
-            for message in group.raw.take_messages(POLICY.sent_early):
-                batches.setdefault(message.to, []).append((group.group_id, message))
-                self.stats.messages_sent_early += 1
-        self._send(batches)
 
     def _apply_committed(self, group: Group) -> None:
         """Reveals a partition's committed entries whose log rows are committed here.

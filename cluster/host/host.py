@@ -415,14 +415,10 @@ class RaftHost:
             offset = group.next_offset()
             pending = Pending(group, raft.term, offset, offset)
             self._pending[group.group_id] = pending
-            # The driver proposes it before its next turn, or at an early
-            # send while a turn is in flight. That early send is asked for
-            # here only if the group has nothing uncommitted: otherwise the
-            # followers' acknowledgements of what is (each schedules an
-            # early send) or the next turn take it, together with whatever
-            # arrives meanwhile, so a steady stream of requests becomes one
-            # entry per acknowledgement round instead of one per request.
-            self._driver.mark(group, send_early=not raft.uncommitted)
+            # The driver proposes it, with whatever arrives meanwhile, when
+            # its next turn starts: requests that arrive while a turn waits
+            # for the disk become one entry.
+            self._driver.mark(group)
         else:
             self._stats.appends_merged += 1
         return pending.add(

@@ -211,16 +211,14 @@ def test_acks_leader_resolves_no_later_than_commit(tmp_path: pathlib.Path) -> No
     run(main)
 
 
-def test_proposals_and_commits_do_not_wait_for_the_turn_in_flight(
+def test_commits_learned_between_turns_are_revealed_at_once(
     tmp_path: pathlib.Path,
 ) -> None:
-    # A steady trickle of proposals: each arrives while the leader's turn
-    # for the previous one waits for its fsync. Its appends leave at once
-    # (messages_sent_early), and commits learned between turns are revealed
-    # at once (early_applies), on the leader and on the followers; the
-    # records are the same everywhere, at the same offsets. Appends that
-    # arrive while earlier ones are not yet acknowledged wait for the
-    # acknowledgement (or the next turn) and share an entry.
+    # A steady trickle of proposals: acknowledgements arrive while the
+    # leader's next turn waits for its fsync, and followers learn commit
+    # indexes while theirs do. Those commits are revealed at once
+    # (early_applies) rather than by the next turn; the records are the
+    # same everywhere, at the same offsets.
     async def main() -> None:
         async with Cluster(tmp_path) as cluster:
             cluster.start_groups([1])
@@ -239,13 +237,7 @@ def test_proposals_and_commits_do_not_wait_for_the_turn_in_flight(
             for node in cluster.running():
                 assert records(node, 1) == expected
             after = {n.node_id: n.host.stats() for n in cluster.running()}
-            early_sent = after[leader.node_id].messages_sent_early
-            assert early_sent > before[leader.node_id].messages_sent_early
             assert sum(after[n].early_applies - before[n].early_applies for n in after) > 0
-            merged = after[leader.node_id].appends_merged - before[leader.node_id].appends_merged
-            proposals = after[leader.node_id].proposals - before[leader.node_id].proposals
-            print(f"200 appends in {proposals} entries")
-            assert merged > 0 and proposals + merged == 200
 
     run(main)
 
