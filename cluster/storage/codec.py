@@ -17,7 +17,7 @@ computed before the put and checked after the get (DESIGN §8).
 
 In a partition group the `data` of every NORMAL entry is a batch:
 
-    batch  = kind u8 (RECORDS=1, CONTROL=2) | flags u8 | reserved u16 (0) |
+    batch  = kind u8 (RECORDS=1, CONTROL=2, QUEUE_CONTROL=3) | flags u8 | reserved u16 (0) |
              record_count u32 | base_offset u64 | max_timestamp_ms i64 |
              append_time_ms i64 | [producer] | payload
     producer = producer_id u64 | epoch u32 | first_sequence u32 |
@@ -31,8 +31,8 @@ way, so consumers are served the same bytes.
 
 The leader decides `base_offset` (and the append time) when it proposes
 (DESIGN §4 "Offsets at propose time"), so the entry carries everything a
-replica needs to write the identical row. CONTROL batches (offset commits,
-ack state), NOOP and CONFIG entries take no offsets.
+replica needs to write the identical row. CONTROL batches (offset commits),
+QUEUE_CONTROL batches (queue ack state), NOOP and CONFIG entries take no offsets.
 """
 
 from __future__ import annotations
@@ -83,6 +83,9 @@ class BatchKind(enum.IntEnum):
 
     RECORDS = 1
     CONTROL = 2
+    # A queue group's per-partition state (acks, nacks, deliveries:
+    # weir.cluster.queue.codec). Takes no offsets, like CONTROL.
+    QUEUE_CONTROL = 3
 
 
 _BATCH_KINDS = {int(k): k for k in BatchKind}
@@ -191,7 +194,7 @@ def encode_batch(
     producer: ProducerFields | None = None,
 ) -> bytes:
     """The `Entry.data` of a NORMAL entry in a partition group."""
-    if kind is BatchKind.CONTROL and record_count != 0:
+    if kind is not BatchKind.RECORDS and record_count != 0:
         raise ValueError("only RECORDS batches carry records")
     if kind is BatchKind.RECORDS and record_count <= 0:
         raise ValueError(f"a batch holds at least one record, got {record_count}")
