@@ -1,0 +1,60 @@
+"""Queue mode (competing consumers): one queue group's state on one partition, pure.
+
+- `types`: settings, inputs, answers and control records;
+- `state`: the leader's live dispatch state (`QueueDispatch`);
+- `applied`: the replicated state every replica applies (`AppliedQueueState`);
+- `ranges`: acked offsets folding into a low watermark;
+- `codec`: control records as a QUEUE_CONTROL batch payload;
+- `ackid`: the opaque ack id;
+- `errors`: typed refusals.
+
+docs/groups.md "Queue mode: the state machine" describes how they fit.
+"""
+
+from .ackid import AckId, decode_ack_id, encode_ack_id
+from .applied import AppliedQueueState, PendingRecord
+from .codec import decode_control, encode_control
+from .errors import InvalidNackDelay, NotInFlight, QueueError, UnknownAckId
+from .state import QueueDispatch, backoff_ms
+from .types import (
+    Acked,
+    Candidate,
+    ControlRecord,
+    DeadLetter,
+    DeadLettered,
+    Delivered,
+    DeliveredRecord,
+    Delivery,
+    Nacked,
+    Outcome,
+    QueueConfig,
+    Redelivery,
+)
+
+__all__ = [
+    "AckId",
+    "Acked",
+    "AppliedQueueState",
+    "Candidate",
+    "ControlRecord",
+    "DeadLetter",
+    "DeadLettered",
+    "Delivered",
+    "DeliveredRecord",
+    "Delivery",
+    "InvalidNackDelay",
+    "Nacked",
+    "NotInFlight",
+    "Outcome",
+    "PendingRecord",
+    "QueueConfig",
+    "QueueDispatch",
+    "QueueError",
+    "Redelivery",
+    "UnknownAckId",
+    "backoff_ms",
+    "decode_ack_id",
+    "decode_control",
+    "encode_ack_id",
+    "encode_control",
+]

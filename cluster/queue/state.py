@@ -1,0 +1,525 @@
+"""Queue mode's live dispatch state: one queue group on one partition, at the partition's leader.
+
+A synchronous, deterministic state machine (docs/groups.md "Queue mode";
+STYLE: no I/O, time passed in as `now_ms`, backoff jitter from an injected
+seeded `random.Random`). The node feeds it events and does what the answers
+say:
+
+- `deliver(token, limit_records, deadline_ms, now_ms, candidates)` hands out
+  records for one stream within its credit: due redeliveries first, then
+  records of a key that became free (ordered keys), then new records from
+  `cursor` (the caller reads them from the log and passes them as
+  `Candidate`s: offsets from `cursor` on, dense, plus due delayed offsets
+  below it, which the delayed-record index finds). A record whose
+  `deliver_at_ms` is in the future is passed over; the index offers it when
+  due.
+- `ack`, `nack`, `extend` come from consumers (ack ids decoded by ackid.py);
+  `expire(now_ms)` fails records whose deadline passed; `stream_closed`
+  fails a stream's records at once; `dead_letter_written` confirms a
+  `DeadLetter` instruction, after which the record counts as acked.
+- `take_control()` returns the control records to append to the partition
+  log (types.py, codec.py) in the order of the events; every replica applies
+  them (applied.py). A new leader starts from the applied state with
+  `QueueDispatch.become_leader`: records in flight under the old leader go
+  back at once with their attempt counted.
+
+Bounds (named in `QueueConfig`): the state holds the records in flight,
+waiting for redelivery, waiting to be dead-lettered, held back behind an
+earlier record of their key, and the acked ranges above the low watermark.
+Their sum (`size()`) never grows past `queue_pending_max`: at the bound no
+new record is handed out. An ack or a confirmed dead letter removes one
+pending record and adds at most one range, and redeliveries move a record
+from waiting to in flight, so none of these grows the sum. The heaps of due
+times and deadlines drop stale entries and are rebuilt when stale ones
+outnumber live ones. The caller drains `take_control()` every turn; the
+buffer holds that turn's events, merged where consecutive.
+
+Operating conditions (an unknown ack id, a bad nack delay) are answered with
+typed errors (errors.py) and change nothing; misuse by the caller (offsets
+from the log that are not dense, confirming a dead letter never asked for)
+is an assertion.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from dataclasses import dataclass, replace
+
+from .applied import AppliedQueueState
+from .errors import InvalidNackDelay, NotInFlight, QueueError, UnknownAckId
+from .ranges import AckedOffsets
+from .types import (
+    Acked,
+    Candidate,
+    ControlRecord,
+    DeadLetter,
+    DeadLettered,
+    Delivered,
+    DeliveredRecord,
+    Delivery,
+    Nacked,
+    Outcome,
+    QueueConfig,
+    Redelivery,
+)
+
+StreamToken = int
+JITTER_FRACTION = 0.2
+DEADLINE_REASON = "ack deadline exceeded"
+STREAM_CLOSED_REASON = "stream closed"
+LEADER_CHANGED_REASON = "in flight when the partition leader changed"
+# A heap is rebuilt when stale entries outnumber live ones by this much.
+_HEAP_SLACK = 64
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    token: StreamToken
+    deadline_ms: int
+    attempt: int
+    key_hash: int | None
+    last_error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    due_ms: int
+    attempt: int
+    key_hash: int | None
+    last_error: str
+
+
+def backoff_ms(config: QueueConfig, attempt: int, rng: random.Random) -> int:
+    """`min(max, min * 2^(attempt-1))`, then ±20 % jitter."""
+    assert attempt >= 1
+    base = min(config.retry_backoff_ms_max, config.retry_backoff_ms_min << min(attempt - 1, 62))
+    return round(base * rng.uniform(1 - JITTER_FRACTION, 1 + JITTER_FRACTION))
+
+
+class QueueDispatch:
+    """The partition leader's live state of one queue group (see the module docstring)."""
+
+    def __init__(self, config: QueueConfig, rng: random.Random) -> None:
+        self.config = config
+        self._rng = rng
+        self.acked = AckedOffsets()
+        # The next offset never scanned from the log.
+        self.cursor = 0
+        self.in_flight: dict[int, InFlight] = {}
+        self.waiting: dict[int, Waiting] = {}
+        self.dead_lettering: dict[int, DeadLetter] = {}
+        self._dead_key: dict[int, int] = {}  # key hashes of records being dead-lettered
+        self._by_token: dict[StreamToken, set[int]] = {}
+        self._due: list[tuple[int, int]] = []  # (due_ms, offset), stale entries allowed
+        self._deadlines: list[tuple[int, int, int]] = []  # (deadline_ms, offset, attempt)
+        # Ordered keys: per key, pending records (in flight, waiting, dead-lettering,
+        # ready) and the records held back behind them, in offset order.
+        self._key_pending: dict[int, int] = {}
+        self._held: dict[int, deque[int]] = {}
+        self._held_count = 0
+        self._ready: list[tuple[int, int]] = []  # (offset, key_hash): its key became free
+        self._unscanned_min: list[int] = []  # held or ready offsets, stale entries allowed
+        self._recorded_cursor = 0
+        self._out: list[ControlRecord] = []
+        self._out_delivered: list[DeliveredRecord] = []
+        self._out_acked: list[tuple[int, int]] = []
+        self._out_dead: list[tuple[int, int]] = []
+
+    # -- leader change ---------------------------------------------------
+
+    @classmethod
+    def become_leader(
+        cls,
+        applied: AppliedQueueState,
+        config: QueueConfig,
+        rng: random.Random,
+        now_ms: int,
+    ) -> tuple[QueueDispatch, tuple[DeadLetter, ...]]:
+        """The live state of a new leader, from its applied state, and dead letters to write.
+
+        Records in flight under the old leader are failed at once: they wait
+        with their attempt counted, due now (or are dead-lettered if that was
+        their last delivery). Nacked records keep their due time.
+        """
+        self = cls(config, rng)
+        self.acked = AckedOffsets(applied.acked.low_watermark)
+        for first, end in applied.acked.ranges():
+            self.acked.add(first, end)
+        self.cursor = self._recorded_cursor = applied.cursor
+        letters = []
+        for offset, record in sorted(applied.pending.items()):
+            if record.key_hash is not None and config.ordered_keys:
+                self._key_pending[record.key_hash] = self._key_pending.get(record.key_hash, 0) + 1
+            error = record.last_error if record.due_ms is not None else LEADER_CHANGED_REASON
+            if self._is_last(record.attempt):
+                letters.append(self._dead_letter(offset, record.attempt, error, record.key_hash))
+            else:
+                due = now_ms if record.due_ms is None else record.due_ms
+                self._wait(offset, Waiting(due, record.attempt, record.key_hash, error))
+        return self, tuple(letters)
+
+    # -- what the caller asks -------------------------------------------
+
+    def size(self) -> int:
+        """What the state holds, bounded by `queue_pending_max` (module docstring)."""
+        return (
+            len(self.in_flight)
+            + len(self.waiting)
+            + len(self.dead_lettering)
+            + len(self._ready)
+            + self._held_count
+            + len(self.acked)
+        )
+
+    @property
+    def held_count(self) -> int:
+        """Records not yet delivered because an earlier record of their key is out."""
+        return self._held_count + len(self._ready)
+
+    def next_wakeup_ms(self) -> int | None:
+        """When `expire` or `deliver` next has something to do, if nothing else happens."""
+        times = [self._due[0][0]] if self._due else []
+        if self._deadlines:
+            times.append(self._deadlines[0][0])
+        return min(times) if times else None
+
+    def check_invariants(self) -> None:
+        """Every pending record is in exactly one place, and the books agree."""
+        self.acked.check_invariants()
+        places = [
+            set(self.in_flight),
+            set(self.waiting),
+            set(self.dead_lettering),
+            {o for o, _ in self._ready},
+            {o for q in self._held.values() for o in q},
+        ]
+        union: set[int] = set()
+        for place in places:
+            assert not union & place, union & place
+            union |= place
+        assert not any(o in self.acked for o in union)
+        assert self._held_count == len(places[4])
+        assert set(self._dead_key) <= places[2]
+        by_token = {o for offsets in self._by_token.values() for o in offsets}
+        assert by_token == places[0]
+        for token, offsets in self._by_token.items():
+            assert all(self.in_flight[o].token == token for o in offsets)
+        due = set(self._due)
+        assert all((w.due_ms, o) in due for o, w in self.waiting.items())
+        if self.config.ordered_keys:
+            counts: dict[int, int] = {}
+            keyed = [(o, r.key_hash) for o, r in self.in_flight.items()]
+            keyed += [(o, w.key_hash) for o, w in self.waiting.items()]
+            keyed += list(self._dead_key.items()) + self._ready
+            for _, key_hash in keyed:
+                if key_hash is not None:
+                    counts[key_hash] = counts.get(key_hash, 0) + 1
+            assert counts == self._key_pending, (counts, self._key_pending)
+            assert all(self._key_pending.get(k, 0) > 0 for k in self._held)
+        assert self._recorded_cursor <= self.cursor
+
+    # -- dispatch --------------------------------------------------------
+
+    def deliver(
+        self,
+        token: StreamToken,
+        limit_records: int,
+        deadline_ms: int,
+        now_ms: int,
+        candidates: tuple[Candidate, ...] = (),
+    ) -> tuple[Delivery, ...]:
+        """Records to hand to stream `token`, at most `limit_records` (its credit)."""
+        assert limit_records >= 0 and deadline_ms >= now_ms
+        out: list[Delivery] = []
+        while len(out) < limit_records and self._due and self._due[0][0] <= now_ms:
+            due_ms, offset = heapq.heappop(self._due)
+            waiting = self.waiting.get(offset)
+            if waiting is None or waiting.due_ms != due_ms:
+                continue  # stale: acked, or due again at another time
+            del self.waiting[offset]
+            out.append(self._hand_out(token, offset, waiting.attempt + 1, deadline_ms,
+                                      waiting.key_hash, waiting.last_error))  # fmt: skip
+        while len(out) < limit_records and self._ready:
+            offset, key_hash = heapq.heappop(self._ready)
+            out.append(self._hand_out(token, offset, 1, deadline_ms, key_hash, ""))
+        for candidate in candidates:
+            if len(out) >= limit_records or self.size() >= self.config.queue_pending_max:
+                break
+            delivery = self._consider(token, candidate, deadline_ms, now_ms)
+            if delivery is not None:
+                out.append(delivery)
+        self._record_cursor()
+        return tuple(out)
+
+    def _consider(
+        self, token: StreamToken, candidate: Candidate, deadline_ms: int, now_ms: int
+    ) -> Delivery | None:
+        offset, key_hash = candidate.offset, candidate.key_hash
+        scanned = offset >= self.cursor
+        if scanned:
+            assert offset == self.cursor, f"candidates skip from {self.cursor} to {offset}"
+            self.cursor += 1
+        if self._known(offset):
+            return None
+        if candidate.deliver_at_ms is not None and candidate.deliver_at_ms > now_ms:
+            return None  # the delayed-record index offers it when due
+        if self.config.ordered_keys and key_hash is not None and self._key_busy(key_hash):
+            if scanned:
+                self._held.setdefault(key_hash, deque()).append(offset)
+                self._held_count += 1
+                heapq.heappush(self._unscanned_min, offset)
+            # A delayed record of a busy key is offered again by the index.
+            return None
+        if self.config.ordered_keys and key_hash is not None:
+            self._key_pending[key_hash] = self._key_pending.get(key_hash, 0) + 1
+        return self._hand_out(token, offset, 1, deadline_ms, key_hash, "")
+
+    def _known(self, offset: int) -> bool:
+        return (
+            offset in self.acked
+            or offset in self.in_flight
+            or offset in self.waiting
+            or offset in self.dead_lettering
+        )
+
+    def _key_busy(self, key_hash: int) -> bool:
+        return self._key_pending.get(key_hash, 0) > 0 or key_hash in self._held
+
+    def _hand_out(
+        self,
+        token: StreamToken,
+        offset: int,
+        attempt: int,
+        deadline_ms: int,
+        key_hash: int | None,
+        last_error: str,
+    ) -> Delivery:
+        self.in_flight[offset] = InFlight(token, deadline_ms, attempt, key_hash, last_error)
+        self._by_token.setdefault(token, set()).add(offset)
+        heapq.heappush(self._deadlines, (deadline_ms, offset, attempt))
+        self._out_delivered.append(DeliveredRecord(offset, attempt, key_hash))
+        return Delivery(offset, attempt, deadline_ms)
+
+    def _record_cursor(self) -> None:
+        """Records the deliveries of this call, with the cursor a new leader starts from."""
+        while self._unscanned_min and not self._is_unscanned(self._unscanned_min[0]):
+            heapq.heappop(self._unscanned_min)
+        cursor = min(self.cursor, self._unscanned_min[0]) if self._unscanned_min else self.cursor
+        assert cursor >= self._recorded_cursor
+        if not self._out_delivered and cursor == self._recorded_cursor:
+            return
+        self._recorded_cursor = cursor
+        self._flush_acks()
+        if self._out and isinstance(self._out[-1], Delivered):
+            previous = self._out.pop()
+            assert isinstance(previous, Delivered)
+            self._out_delivered[:0] = previous.records
+        self._out.append(Delivered(cursor, tuple(self._out_delivered)))
+        self._out_delivered.clear()
+
+    def _is_unscanned(self, offset: int) -> bool:
+        if offset in self.in_flight or offset in self.acked or offset in self.waiting:
+            return False
+        return offset not in self.dead_lettering
+
+    # -- consumers' answers ----------------------------------------------
+
+    def _attempt_out(self, offset: int) -> int | None:
+        """The attempt last handed out of a pending record, None if never delivered."""
+        if (r := self.in_flight.get(offset)) is not None:
+            return r.attempt
+        if (w := self.waiting.get(offset)) is not None:
+            return w.attempt
+        if (d := self.dead_lettering.get(offset)) is not None:
+            return d.deliveries
+        return None
+
+    def ack(self, offset: int, attempt: int) -> Outcome | UnknownAckId:
+        """Acks the record; any attempt handed out counts (its work was done)."""
+        if offset in self.acked and attempt >= 1:
+            return Outcome.ALREADY_ACKED
+        out = self._attempt_out(offset)
+        if out is None or not 1 <= attempt <= out:
+            return UnknownAckId(f"offset {offset} attempt {attempt} was never delivered")
+        key_hash = self._drop(offset)
+        self.acked.add(offset, offset + 1)
+        self._release_key(key_hash)
+        self._note_range(self._out_acked, offset)
+        return Outcome.ACKED
+
+    def nack(
+        self, offset: int, attempt: int, delay_ms: int | None, reason: str, now_ms: int
+    ) -> Redelivery | DeadLetter | Outcome | QueueError:
+        """Fails the attempt: redelivery after `delay_ms` (None: the backoff), or a dead letter."""
+        if offset in self.acked and attempt >= 1:
+            return Outcome.ALREADY_ACKED
+        out = self._attempt_out(offset)
+        if out is None or not 1 <= attempt <= out:
+            return UnknownAckId(f"offset {offset} attempt {attempt} was never delivered")
+        if delay_ms is not None and not 0 <= delay_ms <= self.config.nack_delay_ms_max:
+            return InvalidNackDelay(
+                f"nack delay {delay_ms} ms is outside 0..{self.config.nack_delay_ms_max}"
+            )
+        record = self.in_flight.get(offset)
+        if record is None or record.attempt != attempt:
+            return Outcome.STALE_ATTEMPT
+        return self._fail(offset, delay_ms, reason, now_ms)
+
+    def extend(
+        self, offset: int, attempt: int, token: StreamToken, deadline_ms: int
+    ) -> Outcome | QueueError:
+        """Moves the deadline of a record in flight on stream `token` (the caller caps it)."""
+        if offset in self.acked and attempt >= 1:
+            return Outcome.ALREADY_ACKED
+        out = self._attempt_out(offset)
+        if out is None or not 1 <= attempt <= out:
+            return UnknownAckId(f"offset {offset} attempt {attempt} was never delivered")
+        record = self.in_flight.get(offset)
+        if record is None or record.attempt != attempt or record.token != token:
+            return NotInFlight(f"offset {offset} attempt {attempt} is not in flight on the stream")
+        self.in_flight[offset] = replace(record, deadline_ms=deadline_ms)
+        heapq.heappush(self._deadlines, (deadline_ms, offset, attempt))
+        self._compact_heaps()
+        return Outcome.EXTENDED
+
+    def expire(self, now_ms: int) -> tuple[Redelivery | DeadLetter, ...]:
+        """Fails every record whose deadline is at or before `now_ms`, as a nack without delay."""
+        out: list[Redelivery | DeadLetter] = []
+        while self._deadlines and self._deadlines[0][0] <= now_ms:
+            deadline_ms, offset, attempt = heapq.heappop(self._deadlines)
+            record = self.in_flight.get(offset)
+            if record is None or (record.deadline_ms, record.attempt) != (deadline_ms, attempt):
+                continue
+            out.append(self._fail(offset, None, DEADLINE_REASON, now_ms))
+        return tuple(out)
+
+    def stream_closed(self, token: StreamToken, now_ms: int) -> tuple[Redelivery | DeadLetter, ...]:
+        """The stream's records go back at once (their attempt counts)."""
+        offsets = sorted(self._by_token.get(token, ()))
+        return tuple(self._fail(o, 0, STREAM_CLOSED_REASON, now_ms) for o in offsets)
+
+    def dead_letter_written(self, offset: int) -> Outcome:
+        """The caller wrote the dead letter asked for: the record counts as acked."""
+        if offset in self.acked:
+            return Outcome.ALREADY_ACKED  # a consumer acked it meanwhile
+        assert offset in self.dead_lettering, f"no dead letter was asked for offset {offset}"
+        key_hash = self._drop(offset)
+        self.acked.add(offset, offset + 1)
+        self._release_key(key_hash)
+        self._note_range(self._out_dead, offset)
+        return Outcome.ACKED
+
+    # -- transitions -----------------------------------------------------
+
+    def _is_last(self, attempt: int) -> bool:
+        return self.config.max_deliveries > 0 and attempt >= self.config.max_deliveries
+
+    def _fail(
+        self, offset: int, delay_ms: int | None, reason: str, now_ms: int
+    ) -> Redelivery | DeadLetter:
+        record = self.in_flight.pop(offset)
+        self._untoken(record.token, offset)
+        error = reason.encode()[: self.config.nack_reason_bytes_max].decode(errors="ignore")
+        if self._is_last(record.attempt):
+            self._emit(Nacked(offset, record.attempt, now_ms, error))
+            return self._dead_letter(offset, record.attempt, error, record.key_hash)
+        if delay_ms is None:
+            delay_ms = backoff_ms(self.config, record.attempt, self._rng)
+        due_ms = now_ms + delay_ms
+        self._wait(offset, Waiting(due_ms, record.attempt, record.key_hash, error))
+        self._emit(Nacked(offset, record.attempt, due_ms, error))
+        return Redelivery(offset, record.attempt, due_ms)
+
+    def _dead_letter(
+        self, offset: int, attempt: int, error: str, key_hash: int | None
+    ) -> DeadLetter:
+        letter = DeadLetter(offset, attempt, error)
+        self.dead_lettering[offset] = letter
+        if key_hash is not None:
+            self._dead_key[offset] = key_hash
+        return letter
+
+    def _wait(self, offset: int, waiting: Waiting) -> None:
+        self.waiting[offset] = waiting
+        heapq.heappush(self._due, (waiting.due_ms, offset))
+        self._compact_heaps()
+
+    def _drop(self, offset: int) -> int | None:
+        """Removes a pending record (it is being acked); returns its key's hash."""
+        if (record := self.in_flight.pop(offset, None)) is not None:
+            self._untoken(record.token, offset)
+            return record.key_hash
+        if (waiting := self.waiting.pop(offset, None)) is not None:
+            return waiting.key_hash
+        del self.dead_lettering[offset]
+        return self._dead_key.pop(offset, None)
+
+    def _untoken(self, token: StreamToken, offset: int) -> None:
+        offsets = self._by_token[token]
+        offsets.discard(offset)
+        if not offsets:
+            del self._by_token[token]
+
+    def _release_key(self, key_hash: int | None) -> None:
+        """A record of `key_hash` is done: the next one held back may go."""
+        if key_hash is None or not self.config.ordered_keys:
+            return
+        left = self._key_pending[key_hash] - 1
+        if left:
+            self._key_pending[key_hash] = left
+            return
+        del self._key_pending[key_hash]
+        held = self._held.get(key_hash)
+        if held:
+            offset = held.popleft()
+            self._held_count -= 1
+            if not held:
+                del self._held[key_hash]
+            self._key_pending[key_hash] = 1
+            heapq.heappush(self._ready, (offset, key_hash))
+
+    def _compact_heaps(self) -> None:
+        if len(self._due) > 2 * len(self.waiting) + _HEAP_SLACK:
+            self._due = [(w.due_ms, o) for o, w in self.waiting.items()]
+            heapq.heapify(self._due)
+        if len(self._deadlines) > 2 * len(self.in_flight) + _HEAP_SLACK:
+            self._deadlines = [(r.deadline_ms, o, r.attempt) for o, r in self.in_flight.items()]
+            heapq.heapify(self._deadlines)
+
+    # -- control records -------------------------------------------------
+
+    def _emit(self, record: ControlRecord) -> None:
+        self._flush_acks()
+        self._record_pending_deliveries()
+        self._out.append(record)
+
+    def _record_pending_deliveries(self) -> None:
+        if self._out_delivered:
+            self._record_cursor()
+
+    def _note_range(self, ranges: list[tuple[int, int]], offset: int) -> None:
+        other = self._out_dead if ranges is self._out_acked else self._out_acked
+        if other:
+            self._flush_acks()
+        self._record_pending_deliveries()
+        if ranges and ranges[-1][1] == offset:
+            ranges[-1] = (ranges[-1][0], offset + 1)
+        else:
+            ranges.append((offset, offset + 1))
+
+    def _flush_acks(self) -> None:
+        if self._out_acked:
+            self._out.append(Acked(tuple(self._out_acked)))
+            self._out_acked.clear()
+        if self._out_dead:
+            self._out.append(DeadLettered(tuple(self._out_dead)))
+            self._out_dead.clear()
+
+    def take_control(self) -> list[ControlRecord]:
+        """The control records of the events since the last call, in order, to replicate."""
+        self._record_pending_deliveries()
+        self._flush_acks()
+        out, self._out = self._out, []
+        return out
