@@ -413,13 +413,16 @@ class StreamGroup:
             for i in range(count)
         }
         assert targeted == expected, "the target does not cover the subscribed partitions"
+        # Balanced: per topic, its subscribers' shares differ by at most one.
+        shares: dict[tuple[str, str], int] = dict.fromkeys(
+            ((t, m.member_id) for m in self._members.values() for t in m.topics), 0
+        )
+        for member in self._members.values():
+            for p in member.target:
+                shares[p.topic, member.member_id] += 1
         for topic in subscribed:
-            shares = [
-                sum(1 for p in m.target if p.topic == topic)
-                for m in self._members.values()
-                if topic in m.topics
-            ]
-            assert max(shares) - min(shares) <= 1, f"{topic}: unbalanced shares {shares}"
+            counts = [n for (t, _), n in shares.items() if t == topic]
+            assert max(counts) - min(counts) <= 1, f"{topic}: unbalanced shares {counts}"
 
 
 @dataclass(slots=True)
