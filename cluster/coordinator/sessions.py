@@ -36,7 +36,11 @@ class Sessions:
                 self._sessions[member_id] = (timeout_ms, self._sessions[member_id][1])
 
     def seen(self, member_id: str, now_ms: int) -> None:
-        """Anything arrived from the member: its session starts over."""
+        """Anything arrived from the member: its session starts over.
+
+        Also call it when a known member reconnects (its `Join`): `sync`
+        keeps a known member's deadline as it was.
+        """
         session = self._sessions.get(member_id)
         if session is not None:
             timeout_ms, deadline_ms = session

@@ -124,9 +124,8 @@ def test_a_fourth_member_takes_only_what_moves_and_all_end_with_three() -> None:
 def test_partitions_that_do_not_move_are_never_revoked() -> None:
     group, before = settled_three()
     stops: list[StopDelivery] = []
-    for now_ms, command in enumerate([join(20, "d", ORDERS), Tick(20 + REBALANCE_MS)]):
+    for command in [join(20, "d", ORDERS), Tick(20 + REBALANCE_MS)]:
         stops += [i for i in group.apply(command) if isinstance(i, StopDelivery)]
-        del now_ms
     stopped = {p for s in stops for p in s.partitions}
     final = owned(group)
     for member_id in "abc":
@@ -204,14 +203,13 @@ def test_a_member_rejoining_within_its_session_keeps_its_partitions() -> None:
 
 
 def test_a_member_rejoining_after_eviction_starts_a_new_membership() -> None:
-    group, before = settled_three()
+    group, _ = settled_three()
     old_generation = group.member("b").generation  # type: ignore[union-attr]
     group.apply(Expire(50, "b"))
     group.apply(join(60, "b", ORDERS))
     assert group.validate_commit("b", old_generation, []) == Reason.STALE_GENERATION
     group.apply(Tick(60 + REBALANCE_MS))
     assert sorted(len(s) for s in owned(group).values()) == [4, 4, 4]
-    del before
 
 
 def test_a_stale_generation_commit_is_refused() -> None:
@@ -232,7 +230,7 @@ def test_a_stale_generation_commit_is_refused() -> None:
 
 
 def test_a_member_may_commit_what_is_being_revoked_until_it_acks() -> None:
-    group, shares = settled_three()
+    group, _ = settled_three()
     before_generation = group.member("a").generation  # type: ignore[union-attr]
     out = group.apply(join(20, "d", ORDERS))
     (revoked,) = [i.partitions for i in out if isinstance(i, StopDelivery) and i.member_id == "a"]
@@ -244,7 +242,6 @@ def test_a_member_may_commit_what_is_being_revoked_until_it_acks() -> None:
     group.apply(AssignmentAck(21, "a", a.generation))
     assert group.validate_commit("a", a.generation, revoked) == Reason.PARTITION_NOT_ASSIGNED
     assert group.validate_commit("a", a.generation, list(a.owned)) is None
-    del shares
 
 
 def test_an_ack_for_an_older_generation_does_not_confirm_a_newer_revocation() -> None:
