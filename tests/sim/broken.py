@@ -152,15 +152,6 @@ class VoteSentBeforeDurable(HostPolicy):
         return message.type is MessageType.VOTE_RESP or super().sent_before_durable(message)
 
 
-class AcknowledgesEarly(HostPolicy):
-    """The early send (while a turn waits for the disk) takes append
-    acknowledgements and vote grants too, before what they promise is written."""
-
-    def sent_early(self, message: Message) -> bool:
-        promises = (MessageType.APPEND_RESP, MessageType.VOTE_RESP)
-        return message.type in promises or super().sent_early(message)
-
-
 def _reveal_allowed(
     raw: RawNode, visible_index: int, applied_submitted: int, ready: Ready | None
 ) -> bool:

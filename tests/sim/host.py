@@ -9,16 +9,17 @@ node liveness (`cluster/transport/liveness.py`):
 - node-level heartbeats (and any frame) keep peers alive within a window;
   the network's faults hit heartbeats too, and every liveness change goes
   through `after_liveness`, every delivered message through `after_message`;
-- one turn at a time per node: take the Ready of every dirty group, send
-  what `sent_before_durable` allows at once, apply committed entries (those
-  whose rows are on disk here become visible and decide their proposals at
-  once), and only when the (possibly slow) fsync is done persist, send the
-  rest, reveal and decide the other applied entries and `advance`; ticks,
-  messages and proposals keep arriving meanwhile;
-- while a turn is in flight, a group that receives a message or a proposal
-  sends what `sent_early` allows at "the next loop iteration": right away or
-  at a later random moment (before another message, before or after the
-  turn's end is seen), as `Driver._send_early`;
+- one turn at a time per node: propose the appends waiting for it, take
+  the Ready of every dirty group, send what `sent_before_durable` allows at
+  once, apply committed entries (those whose rows are on disk here become
+  visible and decide their proposals at once), and only when the (possibly
+  slow) fsync is done persist, send the rest, reveal and decide the other
+  applied entries and `advance`; ticks, messages and appends keep arriving
+  meanwhile, and nothing is sent until the next turn;
+- a client's append to a group's leader waits, merged with the group's other
+  appends on that node, until the node's next turn starts, which proposes
+  them as one entry (`RaftHost._coalesce`, `_flush_pending`): the appends
+  that arrive while a turn waits for the disk share an entry;
 - every delivered message may move the commit index: the entries
   `reveal_upto` allows become visible and decide their proposals at once
   (`Driver._apply_committed`); the simulated storage holds only what is
@@ -132,6 +133,17 @@ class Turn:
 
 
 @dataclass
+class Appends:
+    """A group's appends waiting on one node to be proposed as one entry (coalesce.py)."""
+
+    term: int
+    parts: list[bytes] = field(default_factory=list)
+
+    def data(self) -> bytes:
+        return b"+".join(self.parts)
+
+
+@dataclass
 class HostNode:
     id: int
     replicas: dict[int, Replica]
@@ -142,8 +154,8 @@ class HostNode:
     dirty: dict[int, None] = field(default_factory=dict)
     active: dict[int, None] = field(default_factory=dict)
     turn: Turn | None = None
-    # Groups whose messages leave at "the next loop iteration" (Driver._send_early).
-    early: dict[int, None] = field(default_factory=dict)
+    # Per group, the appends waiting for the next turn (RaftHost._pending).
+    appends: dict[int, Appends] = field(default_factory=dict)
     # The tick of the latest frame delivered from each peer node.
     frame_heard: dict[int, int] = field(default_factory=dict)
 
@@ -156,6 +168,8 @@ class HostNode:
 
 @dataclass
 class Proposal:
+    """A proposed entry's tickets: every append merged into it shares its outcome."""
+
     term: int
     data: bytes
     node: int
@@ -221,7 +235,7 @@ class HostCluster:
         node.frame_heard.clear()
         node.dirty.clear()
         node.active.clear()
-        node.early.clear()
+        node.appends.clear()
         for g, rep in node.replicas.items():
             self.boot_replica(node, rep)
             node.active[g] = None
@@ -248,7 +262,7 @@ class HostCluster:
             self.check_still_held(node, rep, "a crash")
         node.up = False
         node.turn = None
-        node.early.clear()
+        node.appends.clear()
         for g, rep in node.replicas.items():
             rep.raw = None
             rep.ready = None
@@ -300,8 +314,6 @@ class HostCluster:
             rep = node.replicas.get(g)
             if rep is None or rep.raw is None:
                 continue
-            if node.early and self.rng.random() < 0.5:
-                self.send_early(node)  # a loop iteration before this message's
             r = rep.raw.raft
             props = self.props[g]
             before = props.before(r)
@@ -312,7 +324,6 @@ class HostCluster:
                 self.wake(node, rep)
             node.dirty[g] = None
             self.reveal_early(node, rep)
-            self.mark_early(node, g)
 
     def on_liveness(self, node: HostNode, peer: int) -> None:
         for g, rep in node.replicas.items():
@@ -366,14 +377,11 @@ class HostCluster:
         if turn is not None:
             if turn.due > self.now:
                 return
-            if node.early and self.rng.random() < 0.5:
-                self.send_early(node)  # before the turn's completion is seen
             node.turn = None
             self.finish(node, turn)
             if not node.up:
                 return
-        # Or after it: the early send still runs, taking what came since.
-        self.send_early(node)
+        self.flush(node)
         groups = list(node.dirty)
         node.dirty.clear()
         works = []
@@ -541,26 +549,7 @@ class HostCluster:
                     )
                 self.not_written.add(p.data)
 
-    # -- between turns: early sends and reveals (Driver._send_early, _apply_committed) --
-
-    def mark_early(self, node: HostNode, g: int) -> None:
-        """`g` got a message or a proposal: while a turn is in flight, its messages
-        leave at the next loop iteration, which may be now or at a later moment."""
-        if node.turn is None:
-            return
-        node.early[g] = None
-        if self.rng.random() < 0.5:
-            self.send_early(node)
-
-    def send_early(self, node: HostNode) -> None:
-        groups = list(node.early)
-        node.early.clear()
-        for g in groups:
-            raw = node.replicas[g].raw
-            assert raw is not None
-            for m in raw.take_messages(self.policy.sent_early):
-                self.checkers[g].on_send(node.id, m)
-                self.send(node.id, m.to, g, m)
+    # -- between turns: early reveals (Driver._apply_committed) -----------------------
 
     def reveal_early(self, node: HostNode, rep: Replica) -> None:
         """A message may have moved the commit index: reveal what `reveal_upto` allows.
@@ -646,28 +635,67 @@ class HostCluster:
     # -- requests --------------------------------------------------------------------
 
     def propose(self, g: int) -> None:
+        """A client's append to `g`'s leader, as `RaftHost.append_batch` takes one
+        without a producer (`_coalesce`): it waits, merged with the group's other
+        appends, for the node's next turn (`flush`)."""
         found = self.leader(g)
         if found is None:
             return
         node, rep = found
-        raw = rep.raw
-        assert raw is not None
-        data = b"g%dp%d" % (g, self.proposals)
+        raft = _raft(rep)
+        part = b"g%dp%d" % (g, self.proposals)
         self.proposals += 1
+        config = raft.config
+        appends = node.appends.get(g)
+        if appends is not None and (
+            appends.term != raft.term
+            or len(appends.data()) + 1 + len(part) > config.append_bytes_max
+        ):
+            self.propose_appends(node, g)
+            appends = None
+        # The core's own refusals, checked at once as the host does: the append
+        # is refused and nothing waits.
+        waiting_bytes = 0 if appends is None else len(appends.data())
+        if raft.lead_transferee or (
+            raft.uncommitted
+            and (
+                len(raft.uncommitted) >= config.uncommitted_entries_max
+                or raft.uncommitted_bytes + waiting_bytes + len(part) > config.uncommitted_bytes_max
+            )
+        ):
+            return
+        if appends is None:
+            appends = node.appends[g] = Appends(raft.term)
+            node.dirty[g] = None
+        appends.parts.append(part)
+
+    def flush(self, node: HostNode) -> None:
+        """A turn starts: propose every group's waiting appends (`RaftHost._flush_pending`)."""
+        for g in list(node.appends):
+            self.propose_appends(node, g)
+
+    def propose_appends(self, node: HostNode, g: int) -> None:
+        """Proposes `g`'s waiting appends as one entry (`RaftHost._propose_pending`).
+
+        A node that no longer leads in their term proposes nothing: their
+        tickets fail with NOT_LEADER, which promises that nothing was written.
+        """
+        appends = node.appends.pop(g)
+        rep = node.replicas[g]
+        raw = _rawnode(rep)
+        if raw.raft.role is not Role.LEADER or raw.raft.term != appends.term:
+            return
+        data = appends.data()
         props = self.props[g]
         before = props.before(raw.raft)
-        # As RaftHost.append: a proposal asks for an early send only if nothing
-        # is uncommitted; otherwise the acknowledgements of what is send it.
-        send_early = not raw.raft.uncommitted
         index = raw.propose(data)
         props.after_request(node.id, raw.raft, before, "a proposal")
-        if isinstance(index, int):
-            proposal = Proposal(raw.raft.term, data, node.id, rep.boots)
-            self.pending[g].setdefault(index, []).append(proposal)
+        if not isinstance(index, int):
+            return  # refused by the core (ProposalDropped): not written either
+        proposal = Proposal(raw.raft.term, data, node.id, rep.boots)
+        self.pending[g].setdefault(index, []).append(proposal)
         self.wake(node, rep)
         node.dirty[g] = None
-        if send_early:
-            self.mark_early(node, g)
 
     def transfer(self, g: int) -> None:
         found = self.leader(g)
@@ -684,7 +712,6 @@ class HostCluster:
         props.on_transfer_requested(node.id, raw.raft)
         self.wake(node, rep)
         node.dirty[g] = None
-        self.mark_early(node, g)
 
     def compact(self, node: HostNode, rep: Replica) -> None:
         raw = rep.raw

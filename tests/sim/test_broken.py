@@ -64,8 +64,6 @@ def test_broken_variant_is_caught(variant: str, scenario: str | None, expect: st
         ("LeaderIgnoresLiveness", "check quorum:"),
         # Only a leader's traffic may leave before the local fsync (thesis §10.2.1).
         ("VoteSentBeforeDurable", "restarted"),
-        # The same while a turn is in flight: the early send takes no promise.
-        ("AcknowledgesEarly", "restarted"),
         # Early reveal: rows a newer (unstable) suffix replaces are not the committed entries.
         ("RevealsReplacedRows", "readers read its stored row"),
         # Early reveal: only rows on this node's disk, which a crash does not lose.
