@@ -66,13 +66,15 @@ class RaftReplicator:
         max_timestamp_ms: int,
         producer: ProducerFields | None = None,
     ) -> Appended:
-        deadline = time.monotonic() + self._room_wait_ms_max / 1000
+        deadline: float | None = None  # read the clock only when there is no room
         while True:
             try:
                 ticket = self._host.append_batch(
                     group_id, payload, record_count, max_timestamp_ms, producer
                 )
             except ProposalDroppedError as exc:
+                if deadline is None:
+                    deadline = time.monotonic() + self._room_wait_ms_max / 1000
                 remaining_s = deadline - time.monotonic()
                 if exc.reason != UNCOMMITTED_FULL_REASON or remaining_s <= 0:
                     raise

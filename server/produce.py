@@ -142,6 +142,10 @@ class _Pending:
         if not remaining:
             lease.close()
             return
+        if remaining == 1:
+            # The common case (one partition): no counter to keep.
+            self.placed[0].held.add_done_callback(lambda _: lease.close())
+            return
 
         def on_done(_: asyncio.Future[None]) -> None:
             nonlocal remaining
@@ -363,26 +367,26 @@ class ProducePath:
         held_bytes = received.raw_bytes + len(request.batch.records) * PARSED_RECORD_BYTES
         # NodeConfig keeps the largest request under half the budget.
         lease = await self._budget.acquire(held_bytes)
-        try:
-            item = await self._accept(request, forwarded)
-        except BaseException:
-            lease.close()
-            raise
-        item.release_when_durable(lease)
-        return item, request.topic
-
-    async def _accept(self, request: broker_pb2.ProduceRequest, forwarded: bool) -> _Pending:
+        # Accepting is inline rather than a coroutine of its own: this runs
+        # once per request, and a client sending one record per request pays
+        # every layer once per record.
         silent = request.acks == broker_pb2.ACKS_NONE
         combine = request.combine_answers
         try:
             placed = await self._router.append(request, forwarded)
         except BrokerError as error:
             named = (request.topic, request.partition) if request.HasField("partition") else None
-            return _Pending(request.request_id, silent, [], error, named=named, combine=combine)
-        return _Pending(
-            request.request_id,
-            silent,
-            placed,
-            host_error=functools.partial(self._router.host_error, request.topic),
-            combine=combine,
-        )
+            item = _Pending(request.request_id, silent, [], error, named=named, combine=combine)
+        except BaseException:
+            lease.close()
+            raise
+        else:
+            item = _Pending(
+                request.request_id,
+                silent,
+                placed,
+                host_error=functools.partial(self._router.host_error, request.topic),
+                combine=combine,
+            )
+        item.release_when_durable(lease)
+        return item, request.topic

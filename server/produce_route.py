@@ -279,7 +279,12 @@ class Router:
         producer = producer_fields(
             request, self._producer_id_expiry_ms, self._producers_per_partition_max
         )
-        parts, max_timestamp_ms = await self._prepare(topic, request)
+        plan = self._plan(topic, request)
+        if count <= INLINE_RECORDS_MAX:
+            # Most requests: no coroutine layer for the common, inline case.
+            parts, max_timestamp_ms = prepare(request.batch, plan)
+        else:
+            parts, max_timestamp_ms = await self._prepare_on_worker(request.batch, plan)
         placed = []
         for part in parts:
             group_id = topic.group_ids[part.partition]
@@ -336,18 +341,18 @@ class Router:
         )
         return Placed(part.partition, part.record_count, part.record_indexes, None, answer, answer)
 
-    async def _prepare(
-        self, topic: Topic, request: broker_pb2.ProduceRequest
-    ) -> tuple[list[Part], int]:
+    def _plan(self, topic: Topic, request: broker_pb2.ProduceRequest) -> Plan:
         if request.HasField("partition"):
             topic.group_id(request.partition)  # PARTITION_OUT_OF_RANGE before any work
             partition: int | None = request.partition
             sticky = 0
         else:
             partition = None
-            counter = self._round_robin.setdefault(topic.name, itertools.count())
+            counter = self._round_robin.get(topic.name)
+            if counter is None:
+                counter = self._round_robin[topic.name] = itertools.count()
             sticky = next(counter) % topic.partition_count
-        plan = Plan(
+        return Plan(
             topic=topic.name,
             record_bytes_max=topic.config.record_bytes_max,
             now_ms=self._clock_ms(),
@@ -355,10 +360,12 @@ class Router:
             partition_count=topic.partition_count,
             sticky=sticky,
         )
-        if len(request.batch.records) <= INLINE_RECORDS_MAX:
-            return prepare(request.batch, plan)
+
+    async def _prepare_on_worker(
+        self, batch: records_pb2.RecordBatch, plan: Plan
+    ) -> tuple[list[Part], int]:
         async with self._workers:
-            job = asyncio.get_running_loop().run_in_executor(None, prepare, request.batch, plan)
+            job = asyncio.get_running_loop().run_in_executor(None, prepare, batch, plan)
             try:
                 return await asyncio.shield(job)
             except asyncio.CancelledError:
