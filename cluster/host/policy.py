@@ -37,12 +37,9 @@ Send order: a leader's appends, heartbeats, snapshots and TimeoutNow promise
 nothing about its own disk and go out before its fsync (thesis §10.2.1: the
 core counts the leader's own copy only once `advance()` reports it durable).
 Everything else (vote requests and grants, acknowledgements) promises a
-durable state and goes after.
-
-While a turn waits for the disk, a group that receives a message or a
-proposal sends what `sent_early` allows at once (`RawNode.take_messages`):
-the same rule, so a leader's new appends leave before its in-flight turn
-ends and nothing that promises a durable state does.
+durable state and goes after. Nothing is sent while a turn waits for the
+disk: the messages produced meanwhile leave with the next turn (driver.py
+says why).
 
 Early reveal: when a message moves a partition's commit index outside a
 turn, the committed entries whose log rows this node has committed, and
@@ -96,17 +93,6 @@ class HostPolicy:
     def sent_before_durable(self, message: Message) -> bool:
         """Whether `message` may leave before this node's writes of its Ready are durable."""
         return message.type in SENT_BEFORE_DURABLE
-
-    def sent_early(self, message: Message) -> bool:
-        """Whether `message` may leave while a turn of this node waits for the disk.
-
-        The driver passes this to `RawNode.take_messages` for a group that
-        received a proposal or a message during a turn. It is the rule of
-        `sent_before_durable` (the messages taken early are the next Ready's,
-        whose writes have not even started); a method of its own so that the
-        simulator can break the early path alone (tests/sim/broken.py).
-        """
-        return self.sent_before_durable(message)
 
     # ---- early reveal -----------------------------------------------------------------
 

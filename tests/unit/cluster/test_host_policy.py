@@ -192,13 +192,7 @@ def test_a_follower_that_missed_the_final_commit_index_stays_awake() -> None:
     assert not POLICY.quiet_ok(Quiet(heard_leader=True), raw, everyone)
 
 
-# ---- early sends and reveals ------------------------------------------------------------
-
-
-def test_the_early_send_follows_the_send_order_rule() -> None:
-    for kind in MessageType:
-        message = Message(kind, 1, 2, 1)
-        assert POLICY.sent_early(message) is POLICY.sent_before_durable(message), kind
+# ---- early reveals -----------------------------------------------------------------------
 
 
 def reveal_upto(env: Env, i: int, *, rows: int | None = None, ready: Ready | None = None) -> int:
