@@ -52,6 +52,9 @@ class AppliedQueueState:
         self.dead_lettered_total = 0
 
     def apply(self, record: ControlRecord) -> None:
+        # The cursor moves only as recorded: records above it may be pending
+        # (delivered past records held behind their key), and a new leader
+        # scans from it again, skipping what it knows.
         match record:
             case Delivered(cursor, records):
                 self.cursor = max(self.cursor, cursor)
@@ -62,7 +65,6 @@ class AppliedQueueState:
                     error = old.last_error if old is not None else ""
                     attempt = max(r.attempt, old.attempt) if old is not None else r.attempt
                     self.pending[r.offset] = PendingRecord(attempt, r.key_hash, None, error)
-                    self.cursor = max(self.cursor, r.offset + 1)
             case Acked(ranges):
                 self._ack(ranges)
             case DeadLettered(ranges):
@@ -77,7 +79,6 @@ class AppliedQueueState:
                     self.pending[offset] = replace(
                         old, attempt=attempt, due_ms=due_ms, last_error=reason
                     )
-                self.cursor = max(self.cursor, offset + 1)
 
     def _ack(self, ranges: tuple[tuple[int, int], ...]) -> int:
         added = 0

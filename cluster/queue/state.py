@@ -26,10 +26,15 @@ say:
 Bounds (named in `QueueConfig`): the state holds the records in flight,
 waiting for redelivery, waiting to be dead-lettered, held back behind an
 earlier record of their key, and the acked ranges above the low watermark.
-Their sum (`size()`) never grows past `queue_pending_max`: at the bound no
-new record is handed out. An ack or a confirmed dead letter removes one
+Their sum is `size()`. At `queue_pending_max` the cursor stops: no new record
+is scanned or handed out. An ack or a confirmed dead letter removes one
 pending record and adds at most one range, and redeliveries move a record
-from waiting to in flight, so none of these grows the sum. The heaps of due
+from waiting to in flight, so none of these grows the sum. One exception
+keeps the queue live: a due delayed record at the low watermark still goes
+out at the bound, because it is the hole that nothing else fills while the
+cursor is stopped (and its ack folds ranges into the watermark). There is
+at most one such record, so `size()` never exceeds
+`size_max() = queue_pending_max + 1`. The heaps of due
 times and deadlines drop stale entries and are rebuilt when stale ones
 outnumber live ones. The caller drains `take_control()` every turn; the
 buffer holds that turn's events, merged where consecutive.
@@ -173,10 +178,32 @@ class QueueDispatch:
             + len(self.acked)
         )
 
+    def size_max(self) -> int:
+        """The hard bound of `size()` (module docstring, "Bounds")."""
+        return self.config.queue_pending_max + 1
+
     @property
     def held_count(self) -> int:
         """Records not yet delivered because an earlier record of their key is out."""
         return self._held_count + len(self._ready)
+
+    def status(self, offset: int) -> str:
+        """Where a record is: acked, in_flight, waiting, dead_lettering, held, unscanned
+        (at or past the cursor) or passed_over (below it: delayed, never delivered)."""
+        if offset in self.acked:
+            return "acked"
+        for name, place in (
+            ("in_flight", self.in_flight),
+            ("waiting", self.waiting),
+            ("dead_lettering", self.dead_lettering),
+        ):
+            if offset in place:
+                return name
+        if any(o == offset for o, _ in self._ready) or any(
+            offset in q for q in self._held.values()
+        ):
+            return "held"
+        return "unscanned" if offset >= self.cursor else "passed_over"
 
     def next_wakeup_ms(self) -> int | None:
         """When `expire` or `deliver` next has something to do, if nothing else happens."""
@@ -244,9 +271,18 @@ class QueueDispatch:
         while len(out) < limit_records and self._ready:
             offset, key_hash = heapq.heappop(self._ready)
             out.append(self._hand_out(token, offset, 1, deadline_ms, key_hash, ""))
+        full = False
         for candidate in candidates:
-            if len(out) >= limit_records or self.size() >= self.config.queue_pending_max:
+            if len(out) >= limit_records:
                 break
+            # At the bound the cursor stops. A due delayed record at the low
+            # watermark still goes: nothing else would fill that hole, and its
+            # ack folds ranges away (module docstring, "Bounds").
+            full = full or self.size() >= self.config.queue_pending_max
+            if full and (
+                candidate.offset >= self.cursor or candidate.offset != self.acked.low_watermark
+            ):
+                continue
             delivery = self._consider(token, candidate, deadline_ms, now_ms)
             if delivery is not None:
                 out.append(delivery)

@@ -282,6 +282,26 @@ def test_at_queue_pending_max_no_new_record_goes_out_but_redeliveries_do() -> No
     d.check_invariants()
 
 
+def test_at_the_bound_a_due_delayed_record_at_the_low_watermark_still_goes_out() -> None:
+    d = dispatch(queue_pending_max=3)
+    delayed = {0, 2, 4}
+    records = tuple(Candidate(o, None, 100 if o in delayed else None) for o in range(7))
+    assert [x.offset for x in d.deliver(1, 10, DEADLINE_MS, 0, records)] == [1, 3, 5]
+    for offset in (1, 3, 5):
+        d.ack(offset, 1)
+    assert d.size() == 3 and d.cursor == 6  # three ranges, the holes are delayed
+    due = tuple(c for c in records if c.offset in delayed or c.offset >= d.cursor)
+    # Only the hole at the low watermark: its ack folds ranges away.
+    assert [x.offset for x in d.deliver(1, 10, 100 + DEADLINE_MS, 100, due)] == [0]
+    assert d.size() == d.size_max() == 4
+    d.ack(0, 1)
+    assert d.acked.low_watermark == 2
+    assert [x.offset for x in d.deliver(1, 10, 100 + DEADLINE_MS, 100, due)] == [2]
+    d.ack(2, 1)
+    assert [x.offset for x in d.deliver(1, 10, 100 + DEADLINE_MS, 100, due)] == [4, 6]
+    d.check_invariants()
+
+
 def test_control_records_keep_the_order_of_events_and_merge_neighbours() -> None:
     d = dispatch(retry_backoff_ms_min=0, retry_backoff_ms_max=0)
     d.deliver(1, 3, DEADLINE_MS, 0, fresh(d, 3))
