@@ -4,6 +4,7 @@
 - `state`: the leader's live dispatch state (`QueueDispatch`);
 - `applied`: the replicated state every replica applies (`AppliedQueueState`);
 - `ranges`: acked offsets folding into a low watermark;
+- `outbox`: the leader's control records of a turn, merged in event order;
 - `codec`: control records as a QUEUE_CONTROL batch payload;
 - `ackid`: the opaque ack id;
 - `errors`: typed refusals.

@@ -54,14 +54,12 @@ from dataclasses import dataclass, replace
 
 from .applied import AppliedQueueState
 from .errors import InvalidNackDelay, NotInFlight, QueueError, UnknownAckId
+from .outbox import ControlOutbox
 from .ranges import AckedOffsets
 from .types import (
-    Acked,
     Candidate,
     ControlRecord,
     DeadLetter,
-    DeadLettered,
-    Delivered,
     DeliveredRecord,
     Delivery,
     Nacked,
@@ -125,12 +123,10 @@ class QueueDispatch:
         self._held: dict[int, deque[int]] = {}
         self._held_count = 0
         self._ready: list[tuple[int, int]] = []  # (offset, key_hash): its key became free
+        self._held_offsets: set[int] = set()  # held or ready
         self._unscanned_min: list[int] = []  # held or ready offsets, stale entries allowed
         self._recorded_cursor = 0
-        self._out: list[ControlRecord] = []
-        self._out_delivered: list[DeliveredRecord] = []
-        self._out_acked: list[tuple[int, int]] = []
-        self._out_dead: list[tuple[int, int]] = []
+        self._outbox = ControlOutbox()
 
     # -- leader change ---------------------------------------------------
 
@@ -199,9 +195,7 @@ class QueueDispatch:
         ):
             if offset in place:
                 return name
-        if any(o == offset for o, _ in self._ready) or any(
-            offset in q for q in self._held.values()
-        ):
+        if offset in self._held_offsets:
             return "held"
         return "unscanned" if offset >= self.cursor else "passed_over"
 
@@ -228,6 +222,7 @@ class QueueDispatch:
             union |= place
         assert not any(o in self.acked for o in union)
         assert self._held_count == len(places[4])
+        assert self._held_offsets == places[3] | places[4]
         assert set(self._dead_key) <= places[2]
         by_token = {o for offsets in self._by_token.values() for o in offsets}
         assert by_token == places[0]
@@ -270,6 +265,7 @@ class QueueDispatch:
                                       waiting.key_hash, waiting.last_error))  # fmt: skip
         while len(out) < limit_records and self._ready:
             offset, key_hash = heapq.heappop(self._ready)
+            self._held_offsets.remove(offset)
             out.append(self._hand_out(token, offset, 1, deadline_ms, key_hash, ""))
         full = False
         for candidate in candidates:
@@ -286,7 +282,7 @@ class QueueDispatch:
             delivery = self._consider(token, candidate, deadline_ms, now_ms)
             if delivery is not None:
                 out.append(delivery)
-        self._record_cursor()
+        self._record(out)
         return tuple(out)
 
     def _consider(
@@ -305,6 +301,7 @@ class QueueDispatch:
             if scanned:
                 self._held.setdefault(key_hash, deque()).append(offset)
                 self._held_count += 1
+                self._held_offsets.add(offset)
                 heapq.heappush(self._unscanned_min, offset)
             # A delayed record of a busy key is offered again by the index.
             return None
@@ -318,6 +315,7 @@ class QueueDispatch:
             or offset in self.in_flight
             or offset in self.waiting
             or offset in self.dead_lettering
+            or offset in self._held_offsets
         )
 
     def _key_busy(self, key_hash: int) -> bool:
@@ -335,30 +333,24 @@ class QueueDispatch:
         self.in_flight[offset] = InFlight(token, deadline_ms, attempt, key_hash, last_error)
         self._by_token.setdefault(token, set()).add(offset)
         heapq.heappush(self._deadlines, (deadline_ms, offset, attempt))
-        self._out_delivered.append(DeliveredRecord(offset, attempt, key_hash))
         return Delivery(offset, attempt, deadline_ms)
 
-    def _record_cursor(self) -> None:
-        """Records the deliveries of this call, with the cursor a new leader starts from."""
+    def _record(self, out: list[Delivery]) -> None:
+        """Records a call's deliveries, with the cursor a new leader starts from."""
         while self._unscanned_min and not self._is_unscanned(self._unscanned_min[0]):
             heapq.heappop(self._unscanned_min)
         cursor = min(self.cursor, self._unscanned_min[0]) if self._unscanned_min else self.cursor
         assert cursor >= self._recorded_cursor
-        if not self._out_delivered and cursor == self._recorded_cursor:
+        if not out and cursor == self._recorded_cursor:
             return
         self._recorded_cursor = cursor
-        self._flush_acks()
-        if self._out and isinstance(self._out[-1], Delivered):
-            previous = self._out.pop()
-            assert isinstance(previous, Delivered)
-            self._out_delivered[:0] = previous.records
-        self._out.append(Delivered(cursor, tuple(self._out_delivered)))
-        self._out_delivered.clear()
+        records = [
+            DeliveredRecord(x.offset, x.attempt, self.in_flight[x.offset].key_hash) for x in out
+        ]
+        self._outbox.delivered(cursor, records)
 
     def _is_unscanned(self, offset: int) -> bool:
-        if offset in self.in_flight or offset in self.acked or offset in self.waiting:
-            return False
-        return offset not in self.dead_lettering
+        return offset in self._held_offsets
 
     # -- consumers' answers ----------------------------------------------
 
@@ -382,7 +374,8 @@ class QueueDispatch:
         key_hash = self._drop(offset)
         self.acked.add(offset, offset + 1)
         self._release_key(key_hash)
-        self._note_range(self._out_acked, offset)
+        self._compact_heaps()
+        self._outbox.acked(offset)
         return Outcome.ACKED
 
     def nack(
@@ -444,7 +437,8 @@ class QueueDispatch:
         key_hash = self._drop(offset)
         self.acked.add(offset, offset + 1)
         self._release_key(key_hash)
-        self._note_range(self._out_dead, offset)
+        self._compact_heaps()
+        self._outbox.dead_lettered(offset)
         return Outcome.ACKED
 
     # -- transitions -----------------------------------------------------
@@ -459,13 +453,13 @@ class QueueDispatch:
         self._untoken(record.token, offset)
         error = reason.encode()[: self.config.nack_reason_bytes_max].decode(errors="ignore")
         if self._is_last(record.attempt):
-            self._emit(Nacked(offset, record.attempt, now_ms, error))
+            self._outbox.nacked(Nacked(offset, record.attempt, now_ms, error))
             return self._dead_letter(offset, record.attempt, error, record.key_hash)
         if delay_ms is None:
             delay_ms = backoff_ms(self.config, record.attempt, self._rng)
         due_ms = now_ms + delay_ms
         self._wait(offset, Waiting(due_ms, record.attempt, record.key_hash, error))
-        self._emit(Nacked(offset, record.attempt, due_ms, error))
+        self._outbox.nacked(Nacked(offset, record.attempt, due_ms, error))
         return Redelivery(offset, record.attempt, due_ms)
 
     def _dead_letter(
@@ -524,38 +518,6 @@ class QueueDispatch:
             self._deadlines = [(r.deadline_ms, o, r.attempt) for o, r in self.in_flight.items()]
             heapq.heapify(self._deadlines)
 
-    # -- control records -------------------------------------------------
-
-    def _emit(self, record: ControlRecord) -> None:
-        self._flush_acks()
-        self._record_pending_deliveries()
-        self._out.append(record)
-
-    def _record_pending_deliveries(self) -> None:
-        if self._out_delivered:
-            self._record_cursor()
-
-    def _note_range(self, ranges: list[tuple[int, int]], offset: int) -> None:
-        other = self._out_dead if ranges is self._out_acked else self._out_acked
-        if other:
-            self._flush_acks()
-        self._record_pending_deliveries()
-        if ranges and ranges[-1][1] == offset:
-            ranges[-1] = (ranges[-1][0], offset + 1)
-        else:
-            ranges.append((offset, offset + 1))
-
-    def _flush_acks(self) -> None:
-        if self._out_acked:
-            self._out.append(Acked(tuple(self._out_acked)))
-            self._out_acked.clear()
-        if self._out_dead:
-            self._out.append(DeadLettered(tuple(self._out_dead)))
-            self._out_dead.clear()
-
     def take_control(self) -> list[ControlRecord]:
         """The control records of the events since the last call, in order, to replicate."""
-        self._record_pending_deliveries()
-        self._flush_acks()
-        out, self._out = self._out, []
-        return out
+        return self._outbox.take()

@@ -318,3 +318,12 @@ def test_control_records_keep_the_order_of_events_and_merge_neighbours() -> None
 def test_config_asserts_its_bounds() -> None:
     with pytest.raises(AssertionError):
         QueueConfig(retry_backoff_ms_min=10, retry_backoff_ms_max=5)
+
+
+def test_the_deadline_heap_does_not_keep_acked_records() -> None:
+    d = dispatch()
+    for _ in range(100):
+        for x in d.deliver(1, 100, DEADLINE_MS, 0, fresh(d, 100)):
+            d.ack(x.offset, 1)
+    assert d.size() == 0 and d.acked.low_watermark == 10_000
+    assert len(d._deadlines) <= 2 * len(d.in_flight) + 64
