@@ -23,6 +23,11 @@ In a partition group the `data` of every NORMAL entry is a batch:
     producer = producer_id u64 | epoch u32 | first_sequence u32 |
              expiry_ms u64 | producers_max u32 | reserved u32 (0)
 
+Flag DELAYED (0x02) says some record of the payload has a `deliver_at_ms`:
+the produce path knows it while it makes the batch canonical, so apply
+parses the records of flagged batches only (delay index, delays.py) and
+costs batches without delays one flag test.
+
 `producer` is present when flag PRODUCER (0x01) is set: the batch came from
 an idempotent producer (producers.py). It carries the leader's expiry and
 eviction bounds too, so applying it is the same on every replica. The
@@ -60,6 +65,8 @@ _ROW_CHECKED_BYTES = ROW_HEADER_BYTES - 4
 _BATCH = struct.Struct(">BBHIQqq")
 BATCH_HEADER_BYTES = _BATCH.size
 BATCH_FLAG_PRODUCER = 0x01
+BATCH_FLAG_DELAYED = 0x02
+BATCH_FLAGS_KNOWN = BATCH_FLAG_PRODUCER | BATCH_FLAG_DELAYED
 _PRODUCER = struct.Struct(">QIIQII")
 PRODUCER_HEADER_BYTES = _PRODUCER.size
 # Where a batch's payload starts inside a stored row.
@@ -107,6 +114,8 @@ class BatchHeader:
     max_timestamp_ms: int
     append_time_ms: int
     producer: ProducerFields | None = None
+    # Some record of the payload has a deliver_at_ms (BATCH_FLAG_DELAYED).
+    delayed: bool = False
 
     @property
     def header_bytes(self) -> int:
@@ -192,22 +201,29 @@ def encode_batch(
     append_time_ms: int,
     payload: bytes,
     producer: ProducerFields | None = None,
+    *,
+    delayed: bool = False,
 ) -> bytes:
-    """The `Entry.data` of a NORMAL entry in a partition group."""
+    """The `Entry.data` of a NORMAL entry in a partition group.
+
+    `delayed`: some record of `payload` has a `deliver_at_ms` (the caller
+    knows; apply then indexes the batch's delays).
+    """
     if kind is not BatchKind.RECORDS and record_count != 0:
         raise ValueError("only RECORDS batches carry records")
     if kind is BatchKind.RECORDS and record_count <= 0:
         raise ValueError(f"a batch holds at least one record, got {record_count}")
+    if kind is not BatchKind.RECORDS and (producer is not None or delayed):
+        raise ValueError("only RECORDS batches carry producer fields or delays")
+    flags = BATCH_FLAG_DELAYED if delayed else 0
     if producer is None:
         head = _BATCH.pack(
-            int(kind), 0, 0, record_count, base_offset, max_timestamp_ms, append_time_ms
+            int(kind), flags, 0, record_count, base_offset, max_timestamp_ms, append_time_ms
         )
         return head + payload
-    if kind is not BatchKind.RECORDS:
-        raise ValueError("only RECORDS batches carry producer fields")
     head = _BATCH.pack(
         int(kind),
-        BATCH_FLAG_PRODUCER,
+        flags | BATCH_FLAG_PRODUCER,
         0,
         record_count,
         base_offset,
@@ -241,15 +257,18 @@ def decode_batch_header(data: bytes | memoryview, at: int = 0) -> BatchHeader:
         raise CorruptEntryError(f"{kind.name} batch with {count} records")
     if not flags:
         return BatchHeader(kind, count, base, max_ts, append_ms)
-    if flags != BATCH_FLAG_PRODUCER or kind is not BatchKind.RECORDS:
+    if flags & ~BATCH_FLAGS_KNOWN or kind is not BatchKind.RECORDS:
         raise CorruptEntryError(f"{kind.name} batch with unknown flags {flags:#04x}")
+    delayed = bool(flags & BATCH_FLAG_DELAYED)
+    if not flags & BATCH_FLAG_PRODUCER:
+        return BatchHeader(kind, count, base, max_ts, append_ms, None, delayed)
     if len(data) - at < BATCH_HEADER_BYTES + PRODUCER_HEADER_BYTES:
         raise CorruptEntryError("batch is shorter than its producer header")
     pid, epoch, first_sequence, expiry_ms, producers_max, _ = _PRODUCER.unpack_from(
         data, at + BATCH_HEADER_BYTES
     )
     producer = ProducerFields(pid, epoch, first_sequence, expiry_ms, producers_max)
-    return BatchHeader(kind, count, base, max_ts, append_ms, producer)
+    return BatchHeader(kind, count, base, max_ts, append_ms, producer, delayed)
 
 
 def entry_next_offset(entry: Entry, previous_next_offset: int) -> int:

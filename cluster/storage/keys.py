@@ -14,6 +14,9 @@ the Raft host will write the same keys with real terms and indexes.
     meta          len(namespace) u8 | namespace | key     -> value
     producers     group u32 | producer id u64             -> producer state (producers.py)
     producers     group u32 | 0 (u64)                     -> offset the table covers, u64
+    delay_index   group u32 | deliver_at_ms u64 | offset u64 -> empty (delays.py)
+    delay_index   group u32 | 0 (u64) | 0 (u64)           -> rows of the group, u64
+    delay_offsets group u32 | offset u64                  -> deliver_at_ms u64
 """
 
 from __future__ import annotations
@@ -94,6 +97,27 @@ def parse_time_key(key: bytes) -> tuple[int, int, int]:
     """Returns (group id, running max timestamp ms, base offset)."""
     group_id, biased_ms, base_offset = _GROUP_TS_OFFSET.unpack(key)
     return group_id, biased_ms - _TIMESTAMP_BIAS, base_offset
+
+
+def delay_key(group_id: int, deliver_at_ms: int, offset: int) -> bytes:
+    """A delayed record's row: due order, then offset order."""
+    return _GROUP_TS_OFFSET.pack(group_id, deliver_at_ms, offset)
+
+
+def delay_count_key(group_id: int) -> bytes:
+    """The group's row counter in `delay_index` (deliver_at 0 means no delay: never a row)."""
+    return _GROUP_TS_OFFSET.pack(group_id, 0, 0)
+
+
+def parse_delay_key(key: bytes) -> tuple[int, int, int]:
+    """Returns (group id, deliver_at_ms, offset)."""
+    group_id, deliver_at_ms, offset = _GROUP_TS_OFFSET.unpack(key)
+    return group_id, deliver_at_ms, offset
+
+
+def delay_offset_key(group_id: int, offset: int) -> bytes:
+    """A delayed record's row by offset, so retention finds the rows of what it deletes."""
+    return _GROUP_U64.pack(group_id, offset)
 
 
 def pack_u64(value: int) -> bytes:

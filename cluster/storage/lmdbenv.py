@@ -48,6 +48,9 @@ class Db(enum.Enum):
     TIME_INDEX = b"time_index"
     META = b"meta"
     PRODUCERS = b"producers"
+    # Delayed records by due time, and by offset (delays.py).
+    DELAY_INDEX = b"delay_index"
+    DELAY_OFFSETS = b"delay_offsets"
 
 
 def translate_error(exc: lmdb.Error) -> StorageError:

@@ -33,6 +33,7 @@ from ..raft.types import EntryType
 from . import keys
 from .codec import (
     BATCH_FLAG_PRODUCER,
+    BATCH_FLAGS_KNOWN,
     BATCH_HEADER_BYTES,
     ENTRY_FORMAT_VERSION,
     GROUP_META_BYTES,
@@ -49,6 +50,13 @@ from .codec import (
     encode_group_meta,
     encode_row,
     verify_row_data,
+)
+from .delays import (
+    DELAY_ROW_BYTES,
+    DELAY_ROWS_PER_RETENTION_MAX,
+    DUE_DELAYED_LIMIT_MAX,
+    DelayedRecord,
+    batch_delays,
 )
 from .errors import CorruptEntryError, OffsetOutOfRangeError, StorageError
 from .lmdbenv import Db, LmdbEnv, ReadTxn, Value
@@ -245,8 +253,13 @@ class PartitionLog:
         record_count: int,
         max_timestamp_ms: int,
         producer: ProducerFields | None = None,
+        *,
+        delayed: bool = False,
     ) -> AppendTicket:
         """Single-node path: writes a RECORDS batch and applies it in the same turn.
+
+        `delayed`: some record has a deliver_at_ms; the batch is flagged and
+        its delay index rows are written in the same turn (delays.py).
 
         With `producer` (an idempotent producer's batch) the producer check
         runs first (producers.py): a retry of a remembered batch answers the
@@ -257,7 +270,7 @@ class PartitionLog:
         if record_count <= 0:
             raise ValueError(f"a batch holds at least one record, got {record_count}")
         return await self._append(
-            EntryType.NORMAL, payload, record_count, max_timestamp_ms, producer
+            EntryType.NORMAL, payload, record_count, max_timestamp_ms, producer, delayed
         )
 
     async def append_control(
@@ -277,6 +290,7 @@ class PartitionLog:
         record_count: int,
         max_timestamp_ms: int,
         producer: ProducerFields | None = None,
+        delayed: bool = False,
     ) -> AppendTicket:
         self._check_open()
         if self.raft_owned:
@@ -286,6 +300,12 @@ class PartitionLog:
         if producer is not None:
             data_bytes += PRODUCER_HEADER_BYTES
             index_bytes += PRODUCER_APPLY_BYTES_MAX
+        delays: list[DelayedRecord] = []
+        if delayed:
+            # Parsed before the reservation: the rows count against it. The
+            # offsets are relative until the base offset is known.
+            delays = batch_delays(payload, 0, record_count)
+            index_bytes += DELAY_ROW_BYTES * len(delays)
         reserved = WriteOp.reserved_bytes(ROW_HEADER_BYTES + data_bytes + index_bytes)
         await self._writer.reserve(reserved)
         # Nothing below awaits, so offsets are assigned in submission order.
@@ -319,8 +339,16 @@ class PartitionLog:
                 append_time_ms,
                 payload,
                 producer,
+                delayed=delayed,
             )
-            index_rows = (IndexRow(raft_index, base_offset, max_timestamp_ms),)
+            index_rows = (
+                IndexRow(
+                    raft_index,
+                    base_offset,
+                    max_timestamp_ms,
+                    [DelayedRecord(d.deliver_at_ms, base_offset + d.offset) for d in delays],
+                ),
+            )
             changes = state.producers.apply(producer, base_offset, record_count, append_time_ms)
         elif entry_type is EntryType.NORMAL:
             data = encode_control(payload)
@@ -550,8 +578,9 @@ class PartitionLog:
                     else:
                         payload_start = ROW_PAYLOAD_START
                         if flags:
-                            payload_start += PRODUCER_HEADER_BYTES
-                            if flags != BATCH_FLAG_PRODUCER or size < payload_start:
+                            if flags & BATCH_FLAG_PRODUCER:
+                                payload_start += PRODUCER_HEADER_BYTES
+                            if flags & ~BATCH_FLAGS_KNOWN or size < payload_start:
                                 _raise_damaged(value)
                         if base >= end:
                             break
@@ -635,6 +664,51 @@ class PartitionLog:
         # answer is then the start (earlier, never later, than the exact one).
         return max(base_offset, state.start_offset)
 
+    def due_delayed(
+        self, now_ms: int, after: DelayedRecord | None, limit: int
+    ) -> list[DelayedRecord]:
+        """Delayed records due at `now_ms`, in due order (then offset), after `after`.
+
+        At most `limit` (and DUE_DELAYED_LIMIT_MAX) rows, read in one short
+        read transaction; a caller pages on with the last row it got as
+        `after`. Rows exist for applied (committed) records only, and stay
+        until retention deletes their entries: whether a record was already
+        handed out is the queue state's business. Records below the log's
+        start (a retention delete still queued) are skipped.
+        """
+        self._check_open()
+        if limit <= 0:
+            return []
+        limit = min(limit, DUE_DELAYED_LIMIT_MAX)
+        group_id = self.group_id
+        if after is None:
+            start = keys.delay_key(group_id, 1, 0)
+        else:
+            # The row right after `after` in key order.
+            start = keys.delay_key(group_id, after.deliver_at_ms, after.offset + 1)
+        end = keys.delay_key(group_id, now_ms + 1, 0) if now_ms >= 0 else start
+        start_offset = self._state.start_offset
+        due: list[DelayedRecord] = []
+        with self._env.read() as txn:
+            for key, _ in txn.iterate(Db.DELAY_INDEX, start, end):
+                _, deliver_at_ms, offset = keys.parse_delay_key(key)
+                if offset >= start_offset:
+                    due.append(DelayedRecord(deliver_at_ms, offset))
+                    if len(due) == limit:
+                        break
+        return due
+
+    def delayed_count(self) -> int:
+        """Delayed records in the index (due or not), from its count row: one get.
+
+        Counts what is applied and durable; retention's deletes lower it when
+        they commit.
+        """
+        self._check_open()
+        with self._env.read() as txn:
+            value = txn.get(Db.DELAY_INDEX, keys.delay_count_key(self.group_id))
+            return 0 if value is None else keys.unpack_u64(bytes(value))
+
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Calls `callback()` on the loop whenever `end_offset` grows or the log closes.
 
@@ -717,7 +791,7 @@ class PartitionLog:
         size_bytes = state.size_bytes
         first_index = state.first_index
         start_offset = state.start_offset
-        deleted = visited = 0
+        deleted = visited = delay_rows = 0
         with self._env.read() as txn:
             scan = txn.iterate(
                 Db.LOG,
@@ -738,6 +812,11 @@ class PartitionLog:
                 too_old = cutoff_ms is not None and batch.append_time_ms < cutoff_ms
                 if not (over_size or too_old):
                     break
+                if batch.delayed:
+                    # Its records bound its delay rows, which this delete removes too.
+                    delay_rows += batch.record_count
+                    if delay_rows > DELAY_ROWS_PER_RETENTION_MAX and deleted:
+                        break
                 _, raft_index = keys.parse_log_key(key)
                 deleted += raft_index + 1 - first_index
                 first_index = raft_index + 1

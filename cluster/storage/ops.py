@@ -14,6 +14,7 @@ from typing import NamedTuple
 from ..raft.types import EntryType
 from . import keys
 from .codec import ROW_HEADER_BYTES, decode_batch_header, decode_row_header
+from .delays import DELAY_ROW_BYTES, DelayedRecord, delete_delays_below, write_delays
 from .lmdbenv import Db, WriteTxn
 from .writer import Turn, WriteOp
 
@@ -32,11 +33,13 @@ def _load_time_head(group_id: int) -> Callable[[WriteTxn], int | None]:
 
 
 class IndexRow(NamedTuple):
-    """The offset (and maybe time) index rows of one applied RECORDS batch."""
+    """The offset (and maybe time and delay) index rows of one applied RECORDS batch."""
 
     raft_index: int
     base_offset: int
     max_timestamp_ms: int
+    # The batch's records with a deliver_at_ms (only DELAYED batches have any).
+    delays: Sequence[DelayedRecord] = ()
 
 
 class LogWriteOp(WriteOp):
@@ -68,6 +71,7 @@ class LogWriteOp(WriteOp):
         size = (
             sum(len(row) for _, row in rows)
             + INDEX_ROW_BYTES * len(index_rows)
+            + DELAY_ROW_BYTES * sum(len(row.delays) for row in index_rows)
             + producer_rows_bytes(producer_rows)
         )
         super().__init__(size, on_commit, on_fail=on_fail)
@@ -85,7 +89,9 @@ class LogWriteOp(WriteOp):
             self._truncate_suffix(turn, self.truncate_from)
         for raft_index, row in self.rows:
             turn.put(Db.LOG, keys.log_key(group_id, raft_index), row)
-        for raft_index, base_offset, max_timestamp_ms in self.index_rows:
+        for raft_index, base_offset, max_timestamp_ms, delays in self.index_rows:
+            if delays:
+                write_delays(turn, group_id, delays)
             index_value = keys.pack_u64(raft_index)
             turn.put(Db.OFFSET_INDEX, keys.offset_key(group_id, base_offset), index_value)
             head = turn.time_head(group_id, _load_time_head(group_id))
@@ -219,6 +225,8 @@ class DropGroupOp(WriteOp):
 _DROP_ORDER = (
     Db.OFFSET_INDEX,
     Db.TIME_INDEX,
+    Db.DELAY_INDEX,
+    Db.DELAY_OFFSETS,
     Db.PRODUCERS,
     Db.LOG,
     Db.HARDSTATE,
@@ -298,6 +306,8 @@ class TruncatePrefixOp(WriteOp):
                 time_cut = key
                 break
         txn.delete_range(Db.TIME_INDEX, start, time_cut)
+        # The delayed records of the deleted entries (bounded by the plan).
+        delete_delays_below(turn, group_id, self.first_offset)
         if self.repair_time_index:
             self._repair_time_index(turn, survivor)
         turn.put(Db.GROUP_META, start, self.group_meta)
@@ -340,7 +350,7 @@ class TruncatePrefixOp(WriteOp):
 class InstallSnapshotOp(WriteOp):
     """Replaces a group's whole log by a snapshot received from its leader.
 
-    Deletes every log, offset index, time index and producer row of the
+    Deletes every log, offset index, time index, delay index and producer row of the
     group and writes group_meta, the snapshot row and the producer rows the
     snapshot carries (`producer_rows`, with the offset the table covers under
     producer id 0), in one transaction: a crash
@@ -377,7 +387,14 @@ class InstallSnapshotOp(WriteOp):
         turn.barrier()
         group_id = self.group_id
         start, end = keys.group_key(group_id), keys.group_end(group_id)
-        for db in (Db.OFFSET_INDEX, Db.TIME_INDEX, Db.PRODUCERS, Db.LOG):
+        for db in (
+            Db.OFFSET_INDEX,
+            Db.TIME_INDEX,
+            Db.DELAY_INDEX,
+            Db.DELAY_OFFSETS,
+            Db.PRODUCERS,
+            Db.LOG,
+        ):
             turn.txn.delete_range(db, start, end)
         turn.set_time_head(group_id, None)
         turn.put(Db.GROUP_META, start, self.group_meta)

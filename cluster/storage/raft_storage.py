@@ -54,6 +54,7 @@ from .codec import (
     partition_snapshot_producers,
     payload_bytes_of,
 )
+from .delays import DELAY_ROW_BYTES, batch_delays
 from .errors import CompactedError, CorruptEntryError, StorageError, UnavailableError
 from .lmdbenv import Db, LmdbEnv
 from .log import PRODUCER_APPLY_BYTES_MAX, PartitionLog
@@ -422,6 +423,9 @@ class LmdbRaftStorage:
                         index_rows += 1
                         if batch.producer is not None:
                             producer_bytes += PRODUCER_APPLY_BYTES_MAX
+                        if batch.delayed:
+                            # At most one delay row per record (no parse here).
+                            producer_bytes += DELAY_ROW_BYTES * batch.record_count
             total += WriteOp.reserved_bytes(INDEX_ROW_BYTES * index_rows + producer_bytes)
         return total
 
@@ -508,7 +512,19 @@ class LmdbRaftStorage:
                 if batch.takes_offsets:
                     assert batch.base_offset == next_offset, "applied offsets are not dense"
                     index_rows.append(
-                        IndexRow(entry.index, batch.base_offset, batch.max_timestamp_ms)
+                        IndexRow(
+                            entry.index,
+                            batch.base_offset,
+                            batch.max_timestamp_ms,
+                            # Only flagged batches are parsed (delays.py).
+                            batch_delays(
+                                memoryview(entry.data)[batch.header_bytes :],
+                                batch.base_offset,
+                                batch.record_count,
+                            )
+                            if batch.delayed
+                            else (),
+                        )
                     )
                     next_offset = batch.next_offset
                     changes = producers.apply(

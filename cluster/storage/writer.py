@@ -110,6 +110,16 @@ class Turn:
             pending.pop(key, None)
         self.txn.delete(db, key)
 
+    def get(self, db: Db, key: bytes) -> bytes | None:
+        """A row as this turn left it so far: its buffered put, else the transaction's."""
+        pending = self._puts.get(db)
+        if pending is not None:
+            value = pending.get(key)
+            if value is not None:
+                return value
+        found = self.txn.get(db, key)
+        return None if found is None else bytes(found)
+
     def barrier(self) -> None:
         self.flush()
 

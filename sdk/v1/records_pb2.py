@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15weir/v1/records.proto\x12\x07weir.v1\"\xa6\x01\n\x06Record\x12\x10\n\x03key\x18\x01 \x01(\x0cH\x00\x88\x01\x01\x12\r\n\x05value\x18\x02 \x01(\x0c\x12-\n\x07headers\x18\x03 \x03(\x0b\x32\x1c.weir.v1.Record.HeadersEntry\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x06\n\x04_key\"/\n\x0bRecordBatch\x12 \n\x07records\x18\x01 \x03(\x0b\x32\x0f.weir.v1.Recordb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15weir/v1/records.proto\x12\x07weir.v1\"\xbd\x01\n\x06Record\x12\x10\n\x03key\x18\x01 \x01(\x0cH\x00\x88\x01\x01\x12\r\n\x05value\x18\x02 \x01(\x0c\x12-\n\x07headers\x18\x03 \x03(\x0b\x32\x1c.weir.v1.Record.HeadersEntry\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x15\n\rdeliver_at_ms\x18\x05 \x01(\x03\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x06\n\x04_key\"/\n\x0bRecordBatch\x12 \n\x07records\x18\x01 \x03(\x0b\x32\x0f.weir.v1.Recordb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORD_HEADERSENTRY']._loaded_options = None
   _globals['_RECORD_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_RECORD']._serialized_start=35
-  _globals['_RECORD']._serialized_end=201
-  _globals['_RECORD_HEADERSENTRY']._serialized_start=147
-  _globals['_RECORD_HEADERSENTRY']._serialized_end=193
-  _globals['_RECORDBATCH']._serialized_start=203
-  _globals['_RECORDBATCH']._serialized_end=250
+  _globals['_RECORD']._serialized_end=224
+  _globals['_RECORD_HEADERSENTRY']._serialized_start=170
+  _globals['_RECORD_HEADERSENTRY']._serialized_end=216
+  _globals['_RECORDBATCH']._serialized_start=226
+  _globals['_RECORDBATCH']._serialized_end=273
 # @@protoc_insertion_point(module_scope)
