@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable
 
 from .log import RaftLog
 from .progress import Progress, ProgressState
@@ -148,18 +147,6 @@ class Raft:
         """
         if self.role is Role.LEADER:
             self.become_follower(self.term, NONE)
-
-    def take_messages(self, may_send: Callable[[Message], bool]) -> list[Message]:
-        """Removes and returns the queued messages for which `may_send` holds.
-
-        Flushes pending proposals first, so a leader's new appends are among
-        them. The others keep their order and leave with the next Ready.
-        """
-        self.flush()
-        taken = [m for m in self.msgs if may_send(m)]
-        if taken:
-            self.msgs = [m for m in self.msgs if not may_send(m)]
-        return taken
 
     def become_pre_candidate(self) -> None:
         # PreVote (thesis §9.6) keeps our term: losing a pre-election disturbs nobody.

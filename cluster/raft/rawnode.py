@@ -27,7 +27,6 @@ happened for the previous Ready. Breaking the contract is a programmer error.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from .raft import Raft
@@ -139,17 +138,6 @@ class RawNode:
             or r.leader != self._soft_state.leader
             or r.role is not self._soft_state.role
         )
-
-    def take_messages(self, may_send: Callable[[Message], bool]) -> tuple[Message, ...]:
-        """Messages that may leave now, even while a Ready is outstanding.
-
-        `may_send` must only accept messages that promise nothing about this
-        node's disk (a leader's appends and heartbeats, thesis §10.2.1); the
-        rest stay queued for the next Ready, where step 1 precedes them. A
-        leader uses this to send a proposal's entries while its previous
-        Ready's writes are still in flight.
-        """
-        return tuple(self.raft.take_messages(may_send))
 
     def ready(self) -> Ready:
         assert self._outstanding is None, "ready() called again before advance()"
