@@ -65,12 +65,14 @@ class RaftReplicator:
         record_count: int,
         max_timestamp_ms: int,
         producer: ProducerFields | None = None,
+        *,
+        delayed: bool = False,
     ) -> Appended:
         deadline: float | None = None  # read the clock only when there is no room
         while True:
             try:
                 ticket = self._host.append_batch(
-                    group_id, payload, record_count, max_timestamp_ms, producer
+                    group_id, payload, record_count, max_timestamp_ms, producer, delayed=delayed
                 )
             except ProposalDroppedError as exc:
                 if deadline is None:

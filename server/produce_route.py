@@ -73,6 +73,10 @@ class Part:
     payload: bytes
     record_count: int
     record_indexes: list[int]
+    # Some record of the request has a deliver_at_ms: the stored batch gets
+    # the DELAYED flag, so apply indexes its delays (a part of a split
+    # request may have none; that costs its apply one parse, nothing else).
+    delayed: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -85,6 +89,10 @@ class Plan:
     partition: int | None  # named by the request; None: route every record
     partition_count: int
     sticky: int  # where keyless records go when routing
+    # The latest deliver_at_ms the topic's time retention allows (now +
+    # retention_ms): a later one could be deleted before it is due. None:
+    # retention by time is off.
+    deliver_at_ms_max: int | None = None
 
 
 def _varint_size(value: int) -> int:
@@ -148,6 +156,30 @@ def record_too_large(topic: str, index: int, size: int, limit: int) -> BrokerErr
     )
 
 
+def deliver_at_refused(index: int, deliver_at_ms: int, plan: Plan) -> BrokerError:
+    """A record's deliver_at_ms that is negative or beyond the topic's retention."""
+    if deliver_at_ms < 0:
+        return invalid(
+            "INVALID_DELIVER_AT",
+            f"record {index} has a negative deliver_at_ms ({deliver_at_ms}); 0 means no delay",
+            index=index,
+        )
+    assert plan.deliver_at_ms_max is not None
+    return BrokerError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "DELIVER_AT_BEYOND_RETENTION",
+        f"record {index} is due at {deliver_at_ms}, after topic {plan.topic!r} may delete it "
+        f"(retention_ms from now: {plan.deliver_at_ms_max}); lower the delay or raise the "
+        "topic's retention_ms",
+        {
+            "topic": plan.topic,
+            "index": index,
+            "deliver_at_ms": deliver_at_ms,
+            "deliver_at_ms_max": plan.deliver_at_ms_max,
+        },
+    )
+
+
 def prepare(batch: records_pb2.RecordBatch, plan: Plan) -> tuple[list[Part], int]:
     """Make `batch` canonical, stamp and check its records, split it; returns (parts, max timestamp).
 
@@ -166,7 +198,17 @@ def prepare(batch: records_pb2.RecordBatch, plan: Plan) -> tuple[list[Part], int
     # over the limit, and its records need not be measured one by one.
     measure = batch.ByteSize() + 1 + _varint_size(now_ms) > limit
     max_timestamp_ms = 0
+    # Without time retention any delay is allowed: the largest int64.
+    deliver_at_ms_max = plan.deliver_at_ms_max
+    if deliver_at_ms_max is None:
+        deliver_at_ms_max = 2**63 - 1
+    delayed = False
     for index, record in enumerate(records):
+        deliver_at_ms = record.deliver_at_ms
+        if deliver_at_ms:
+            if not 0 < deliver_at_ms <= deliver_at_ms_max:
+                raise deliver_at_refused(index, deliver_at_ms, plan)
+            delayed = True
         timestamp_ms = record.timestamp_ms
         if timestamp_ms == 0:
             record.timestamp_ms = timestamp_ms = now_ms
@@ -181,13 +223,13 @@ def prepare(batch: records_pb2.RecordBatch, plan: Plan) -> tuple[list[Part], int
             if size > limit:
                 raise record_too_large(plan.topic, index, size, limit)
     if plan.partition is not None:
-        return [Part(plan.partition, batch.SerializeToString(), len(records), [])], (
+        return [Part(plan.partition, batch.SerializeToString(), len(records), [], delayed)], (
             max_timestamp_ms
         )
-    return _route(batch, plan), max_timestamp_ms
+    return _route(batch, plan, delayed), max_timestamp_ms
 
 
-def _route(batch: records_pb2.RecordBatch, plan: Plan) -> list[Part]:
+def _route(batch: records_pb2.RecordBatch, plan: Plan, delayed: bool) -> list[Part]:
     """Split a batch by partition: murmur2 of the key, or one sticky partition for no key."""
     count = plan.partition_count
     sticky = plan.sticky
@@ -196,7 +238,7 @@ def _route(batch: records_pb2.RecordBatch, plan: Plan) -> list[Part]:
         # A client that sends one record per request: no split to consider.
         record = records[0]
         partition = (murmur2(record.key) & 0x7FFFFFFF) % count if record.HasField("key") else sticky
-        return [Part(partition, batch.SerializeToString(), 1, [0])]
+        return [Part(partition, batch.SerializeToString(), 1, [0], delayed)]
     partitions = [
         (murmur2(record.key) & 0x7FFFFFFF) % count if record.HasField("key") else sticky
         for record in batch.records
@@ -204,14 +246,14 @@ def _route(batch: records_pb2.RecordBatch, plan: Plan) -> list[Part]:
     if len(set(partitions)) == 1:
         # The common case (one key, or no keys): the batch stays whole.
         n = len(partitions)
-        return [Part(partitions[0], batch.SerializeToString(), n, list(range(n)))]
+        return [Part(partitions[0], batch.SerializeToString(), n, list(range(n)), delayed)]
     split: dict[int, tuple[records_pb2.RecordBatch, list[int]]] = {}
     for index, (partition, record) in enumerate(zip(partitions, batch.records, strict=True)):
         part_batch, indexes = split.setdefault(partition, (records_pb2.RecordBatch(), []))
         part_batch.records.append(record)
         indexes.append(index)
     return [
-        Part(partition, part_batch.SerializeToString(), len(indexes), indexes)
+        Part(partition, part_batch.SerializeToString(), len(indexes), indexes, delayed)
         for partition, (part_batch, indexes) in split.items()
     ]
 
@@ -290,7 +332,12 @@ class Router:
             group_id = topic.group_ids[part.partition]
             try:
                 appended = await self._replicator.append(
-                    group_id, part.payload, part.record_count, max_timestamp_ms, producer
+                    group_id,
+                    part.payload,
+                    part.record_count,
+                    max_timestamp_ms,
+                    producer,
+                    delayed=part.delayed,
                 )
             except ProducerError as exc:
                 raise producer_refused(topic.name, part.partition, exc) from None
@@ -352,13 +399,16 @@ class Router:
             if counter is None:
                 counter = self._round_robin[topic.name] = itertools.count()
             sticky = next(counter) % topic.partition_count
+        now_ms = self._clock_ms()
+        retention_ms = topic.config.retention_ms
         return Plan(
             topic=topic.name,
             record_bytes_max=topic.config.record_bytes_max,
-            now_ms=self._clock_ms(),
+            now_ms=now_ms,
             partition=partition,
             partition_count=topic.partition_count,
             sticky=sticky,
+            deliver_at_ms_max=now_ms + retention_ms if retention_ms >= 0 else None,
         )
 
     async def _prepare_on_worker(

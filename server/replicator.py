@@ -62,8 +62,13 @@ class Replicator(Protocol):
         record_count: int,
         max_timestamp_ms: int,
         producer: ProducerFields | None = None,
+        *,
+        delayed: bool = False,
     ) -> Appended:
         """Queue one batch on this node (which must lead the group).
+
+        `delayed`: some record has a deliver_at_ms (the stored batch is
+        flagged, and apply indexes its delays: docs/storage.md).
 
         Waits only for room (storage queue space, Raft's uncommitted limit);
         nothing awaits between assigning the offset and returning, so
@@ -100,9 +105,11 @@ class LocalReplicator:
         record_count: int,
         max_timestamp_ms: int,
         producer: ProducerFields | None = None,
+        *,
+        delayed: bool = False,
     ) -> Appended:
         ticket = await self._storage.partition_log(group_id).append(
-            payload, record_count, max_timestamp_ms, producer
+            payload, record_count, max_timestamp_ms, producer, delayed=delayed
         )
         return Appended(ticket.base_offset, ticket.durable, ticket.durable)
 

@@ -57,6 +57,8 @@ class Pending:
     payloads: list[bytes] = dataclasses.field(default_factory=list)
     payload_bytes: int = 0
     max_timestamp_ms: int = 0
+    # Some merged append has a record with deliver_at_ms (storage's DELAYED flag).
+    delayed: bool = False
     tickets: list[tuple[AppendTicket, float]] = dataclasses.field(default_factory=list)
 
     def add(
@@ -66,6 +68,7 @@ class Pending:
         record_count: int,
         max_timestamp_ms: int,
         deadline_ms: float,
+        delayed: bool = False,
     ) -> AppendTicket:
         ticket = new_append_ticket(loop, self.group.group_id, self.next_offset, record_count)
         self.payloads.append(payload)
@@ -73,6 +76,7 @@ class Pending:
         self.next_offset += record_count
         if max_timestamp_ms > self.max_timestamp_ms:
             self.max_timestamp_ms = max_timestamp_ms
+        self.delayed = self.delayed or delayed
         self.tickets.append((ticket, deadline_ms))
         return ticket
 

@@ -307,8 +307,13 @@ class RaftHost:
         record_count: int,
         max_timestamp_ms: int,
         producer: ProducerFields | None = None,
+        *,
+        delayed: bool = False,
     ) -> AppendTicket:
         """Proposes one record batch to a partition group this node leads.
+
+        `delayed`: some record has a deliver_at_ms (the stored batch's
+        DELAYED flag, so that apply indexes its delays).
 
         `base_offset` follows the leader's whole log tail, proposed entries
         included. Raises `NotLeaderError` / `ProposalDroppedError` at once;
@@ -335,7 +340,7 @@ class RaftHost:
             raise NotLeaderError(group_id, group.leader)
         deadline = self._clock_ms() + self.config.proposal_timeout_ms
         if producer is None:
-            return self._coalesce(group, payload, record_count, max_timestamp_ms, deadline)
+            return self._coalesce(group, payload, record_count, max_timestamp_ms, deadline, delayed)
         # What is pending for the group is older: it takes its offsets first.
         self._propose_pending(group_id)
         tail: ProducerTail | None = None
@@ -365,6 +370,7 @@ class RaftHost:
             self._wall_clock_ms(),
             payload,
             producer,
+            delayed=delayed,
         )
         index, term = self._propose(group, data)
         group.proposed(index, base_offset + record_count)
@@ -390,6 +396,7 @@ class RaftHost:
         record_count: int,
         max_timestamp_ms: int,
         deadline_ms: float,
+        delayed: bool = False,
     ) -> AppendTicket:
         """Adds a batch to the group's pending appends; refuses it as `propose` would."""
         raft = group.raw.raft
@@ -422,7 +429,12 @@ class RaftHost:
         else:
             self._stats.appends_merged += 1
         return pending.add(
-            asyncio.get_running_loop(), payload, record_count, max_timestamp_ms, deadline_ms
+            asyncio.get_running_loop(),
+            payload,
+            record_count,
+            max_timestamp_ms,
+            deadline_ms,
+            delayed,
         )
 
     def _flush_pending(self) -> None:
@@ -460,6 +472,7 @@ class RaftHost:
                 self._wall_clock_ms(),
                 pending.payload(),
                 None,
+                delayed=pending.delayed,
             )
             index, term = self._propose(group, data)
         except HostError as exc:
