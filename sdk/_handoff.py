@@ -30,8 +30,9 @@ from weir.types import RecordMetadata
 
 __all__ = ["Chunk", "Flush", "Handoff", "SendFuture"]
 
-# A record as `send()` received it: topic, value, key, headers, partition, timestamp_ms.
-Record = tuple[str, bytes, bytes | None, Mapping[str, bytes] | None, int | None, int]
+# A record as `send()` received it: topic, value, key, headers, partition,
+# timestamp_ms, deliver_at_ms.
+Record = tuple[str, bytes, bytes | None, Mapping[str, bytes] | None, int | None, int, int | None]
 
 
 class Chunk:

@@ -70,6 +70,7 @@ _KEY_TAG = b"\x0a"  # Record.key (field 1)
 _VALUE_TAG = b"\x12"  # Record.value (field 2)
 _HEADER_TAG = b"\x1a"  # Record.headers (field 3), one entry each
 _TIMESTAMP_TAG = b"\x20"  # Record.timestamp_ms (field 4)
+_DELIVER_AT_TAG = b"\x28"  # Record.deliver_at_ms (field 5)
 _ENTRY_KEY_TAG = b"\x0a"  # map entry key (field 1)
 _ENTRY_VALUE_TAG = b"\x12"  # map entry value (field 2)
 _RECORD_TAG = b"\x0a"  # RecordBatch.records (field 1)
@@ -100,8 +101,9 @@ def record_body(
     key: bytes | None = None,
     headers: dict[str, bytes] | None = None,
     timestamp_ms: int = 0,
+    deliver_at_ms: int = 0,
 ) -> bytes:
-    """The wire form of `weir.v1.Record(key, value, headers, timestamp_ms)`."""
+    """The wire form of `weir.v1.Record(key, value, headers, timestamp_ms, deliver_at_ms)`."""
     parts: list[bytes] = []
     if key is not None:
         parts += (_KEY_TAG, varint(len(key)), key)
@@ -124,6 +126,8 @@ def record_body(
     if timestamp_ms:
         # int64: a negative value is its two's complement as ten varint bytes.
         parts += (_TIMESTAMP_TAG, varint(timestamp_ms & _UINT64_MASK))
+    if deliver_at_ms:
+        parts += (_DELIVER_AT_TAG, varint(deliver_at_ms & _UINT64_MASK))
     return b"".join(parts)
 
 

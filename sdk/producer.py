@@ -88,11 +88,17 @@ class Producer:
         headers: Mapping[str, bytes] | None = None,
         partition: int | None = None,
         timestamp_ms: int = 0,
+        deliver_at_ms: int | None = None,
     ) -> SendFuture:
-        """Buffer a record; the future resolves to its `RecordMetadata`."""
+        """Buffer a record; the future resolves to its `RecordMetadata`.
+
+        `deliver_at_ms`: delayed delivery, as `weir.aio.Producer.send`.
+        """
         nbytes = len(value) + (len(key) if key else 0)
         added = self._handoff.append(
-            (topic, value, key, headers, partition, timestamp_ms), nbytes, self._wait_timeout_s
+            (topic, value, key, headers, partition, timestamp_ms, deliver_at_ms),
+            nbytes,
+            self._wait_timeout_s,
         )
         if added is None:
             raise BufferFullError(
@@ -178,7 +184,7 @@ class Producer:
         send = self._producer.send
         outcomes = chunk.outcomes
         try:
-            for topic, value, key, headers, partition, timestamp_ms in chunk.records:
+            for topic, value, key, headers, partition, timestamp_ms, deliver_at_ms in chunk.records:
                 try:
                     fut = await send(
                         topic,
@@ -187,6 +193,7 @@ class Producer:
                         headers=headers,
                         partition=partition,
                         timestamp_ms=timestamp_ms,
+                        deliver_at_ms=deliver_at_ms,
                     )
                 except (WeirError, TypeError, ValueError) as exc:
                     outcomes.append(exc)

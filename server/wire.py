@@ -113,7 +113,7 @@ def take_records(
     (lengths in bytes, a name's as UTF-8), which any client computes from the
     record it decoded. It is read from the encoding's length prefixes: the
     lengths of `key` and `value` and of each header entry's two fields; the
-    timestamp's varint is skipped. It is never more than the `Record`
+    timestamp's and deliver_at's varints are skipped. It is never more than the `Record`
     encoding, which produce checks against record_bytes_max, so that much
     credit always lets a record through. `framed_bytes_max` bounds the bytes
     the taken records occupy in the response (a caller whose response is
@@ -184,13 +184,19 @@ def take_records(
                     at, n = _header_entry_bytes(payload, at)
                     charge += n
                 tag = payload[at] if at < end else 0
-            if tag == 0x20:  # Record.timestamp_ms, the last field: costs nothing
-                # Not decoded: only its last byte is checked. A field after it
-                # would go unseen, but the broker's encoding never has one, and
-                # the stored bytes are checksummed.
-                if payload[end - 1] >= 0x80 or end - at > 11:
-                    raise MalformedBatchError(f"bad timestamp at byte {at}")
-                at = end
+            if tag == 0x20:  # Record.timestamp_ms: costs nothing
+                # Usually the last field: then it is not decoded, only its last
+                # byte is checked (the stored bytes are checksummed). A record
+                # with a deliver_at_ms after it takes the walk below.
+                if payload[end - 1] < 0x80 and end - at <= 11:
+                    at = end
+                else:
+                    _, at = _varint_at(payload, at + 1)
+                    if at > end or end - at > 11:
+                        raise MalformedBatchError(f"bad timestamp at byte {at}")
+                    tag = payload[at] if at < end else 0
+            if tag == 0x28 and at < end:  # Record.deliver_at_ms, the last field: costs nothing
+                _, at = _varint_at(payload, at + 1)
             if at != end:
                 raise MalformedBatchError(f"record at byte {pos} is not in canonical field order")
             if charged + charge > charged_bytes_max:

@@ -77,6 +77,16 @@ def stored_record_size(body: bytes, timestamp_ms: int) -> int:
     return len(body) + 1 + len(varint(time.time_ns() // 1_000_000))
 
 
+def check_deliver_at(deliver_at_ms: int) -> None:
+    """Refuses what the broker would refuse for every topic (a negative time)."""
+    if deliver_at_ms < 0:
+        raise InvalidArgumentError(
+            f"deliver_at_ms must be a time in milliseconds since the epoch, got {deliver_at_ms}",
+            reason="INVALID_DELIVER_AT",
+            metadata={"deliver_at_ms": str(deliver_at_ms)},
+        )
+
+
 class Producer:
     """Sends records to a Weir broker, batching per partition.
 
@@ -241,6 +251,7 @@ class Producer:
         headers: Mapping[str, bytes] | None = None,
         partition: int | None = None,
         timestamp_ms: int = 0,
+        deliver_at_ms: int | None = None,
     ) -> RecordFuture:
         """Add a record to its partition's batch and return a future of its metadata.
 
@@ -248,6 +259,13 @@ class Producer:
         of a topic, for its partition count (`TopicNotFoundError` if the topic
         does not exist). The future (a `RecordFuture`, which behaves as an
         `asyncio.Future`) fails with a `WeirError` if the batch does.
+
+        `deliver_at_ms` (milliseconds since the Unix epoch): queue-mode
+        consumers do not get the record before then (delayed delivery);
+        stream-mode consumers read it in offset order regardless. A negative
+        value raises `InvalidArgumentError` here; one beyond the topic's
+        `retention_ms` is refused by the broker (`DELIVER_AT_BEYOND_RETENTION`),
+        which fails the record's whole batch (docs/sdk.md).
         """
         # The fast path below does no await that can suspend: a record that
         # fits the buffer of a topic with fresh metadata costs one encoding
@@ -262,9 +280,15 @@ class Producer:
             if not isinstance(key, bytes | bytearray | memoryview):
                 raise TypeError("key must be bytes or None")
             key = bytes(key)
+        if deliver_at_ms:
+            check_deliver_at(deliver_at_ms)
+        else:
+            deliver_at_ms = 0
         cached = self._metadata.cached(topic)
         if cached is None:
-            return await self._send_slow(topic, value, key, headers, partition, timestamp_ms)
+            return await self._send_slow(
+                topic, value, key, headers, partition, timestamp_ms, deliver_at_ms
+            )
         count = cached.partition_count
         record_bytes_max = cached.record_bytes_max
         if partition is None:
@@ -273,17 +297,29 @@ class Producer:
             else:
                 partition = self._sticky.partition(topic, count)
         elif partition < 0 or partition >= count:
-            return await self._send_slow(topic, value, key, headers, partition, timestamp_ms)
-        if key is None and not headers and not timestamp_ms and len(value) <= VALUE_ONLY_SMALL_MAX:
+            return await self._send_slow(
+                topic, value, key, headers, partition, timestamp_ms, deliver_at_ms
+            )
+        if (
+            key is None
+            and not headers
+            and not timestamp_ms
+            and not deliver_at_ms
+            and len(value) <= VALUE_ONLY_SMALL_MAX
+        ):
             framed = value_only_framed(value)
             body = framed[2:]
         else:
-            body = record_body(value, key, dict(headers) if headers else None, timestamp_ms)
+            body = record_body(
+                value, key, dict(headers) if headers else None, timestamp_ms, deliver_at_ms
+            )
             framed = framed_record(body)
         # The broker may add a timestamp of up to _STAMP_BYTES_MAX bytes; only
         # a record that close to the limit needs the exact size (slow path).
         if record_bytes_max > 0 and len(body) + _STAMP_BYTES_MAX > record_bytes_max:
-            return await self._send_slow(topic, value, key, headers, partition, timestamp_ms)
+            return await self._send_slow(
+                topic, value, key, headers, partition, timestamp_ms, deliver_at_ms
+            )
         accumulator = self._accumulator
         fut = accumulator.try_append(topic, partition, body, framed)
         if fut is None:
@@ -306,6 +342,7 @@ class Producer:
         headers: Mapping[str, bytes] | None,
         partition: int | None,
         timestamp_ms: int,
+        deliver_at_ms: int = 0,
     ) -> RecordFuture:
         """`send()` when metadata must be fetched, or a limit must be checked against it."""
         count, record_bytes_max = await self._topic_meta(topic)
@@ -323,7 +360,9 @@ class Producer:
                     reason="PARTITION_OUT_OF_RANGE",
                     metadata={"topic": topic, "partition": str(partition)},
                 )
-        body = record_body(value, key, dict(headers) if headers else None, timestamp_ms)
+        body = record_body(
+            value, key, dict(headers) if headers else None, timestamp_ms, deliver_at_ms
+        )
         size = stored_record_size(body, timestamp_ms)
         if record_bytes_max > 0 and size > record_bytes_max:
             # Checked here so the broker's rejection does not fail the other

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.timeout(10)
 
 
 def record(value: bytes) -> tuple[str, bytes, None, None, None, int]:
-    return ("t", value, None, None, None, 0)
+    return ("t", value, None, None, None, 0, None)
 
 
 def test_full_chunks_are_queued_and_the_open_one_is_taken_too() -> None:

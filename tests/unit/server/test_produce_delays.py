@@ -1,11 +1,18 @@
-"""Produce validation of `Record.deliver_at_ms` (issue 8, delayed delivery): refusals
-with their reasons, and the DELAYED flag on the parts that carry delays."""
+"""`Record.deliver_at_ms` on the produce and consume paths (issue 8, delayed
+delivery): refusals with their reasons, the DELAYED flag on the parts that
+carry delays, the consume scan over stored records that have one, and the
+SDK's hand encoding of the field."""
 
 from __future__ import annotations
+
+import random
 
 import grpc
 import pytest
 
+from weir import _wire
+from weir._wire import credit_bytes
+from weir.server import wire
 from weir.server.errors import BrokerError
 from weir.server.produce_route import Plan, prepare
 from weir.v1 import records_pb2
@@ -72,3 +79,37 @@ def test_a_delay_beyond_time_retention_is_refused() -> None:
     # Without time retention any delay goes.
     (far,), _ = prepare(batch(2**63 - 1), plan())
     assert far.delayed
+
+
+def test_the_consume_scan_takes_delayed_records_and_charges_their_content() -> None:
+    rng = random.Random(20261201)
+    for _ in range(200):
+        records = [
+            records_pb2.Record(
+                key=rng.choice((None, b"", b"k" * rng.randint(1, 200))),
+                value=rng.randbytes(rng.choice((0, 5, 130, 20_000))),
+                headers={"h": b"x"} if rng.random() < 0.3 else {},
+                timestamp_ms=rng.choice((1, 127, NOW_MS, 2**63 - 1)),
+                deliver_at_ms=rng.choice((0, 1, NOW_MS + DAY_MS, 2**63 - 1)),
+            )
+            for _ in range(rng.randint(1, 5))
+        ]
+        payload = records_pb2.RecordBatch(records=records).SerializeToString()
+        taken = wire.take_records(payload, 0, 1 << 30, 1 << 62, 1 << 62)
+        assert (taken.end, taken.count) == (len(payload), len(records))
+        assert taken.charged_bytes == sum(
+            credit_bytes(r.key if r.HasField("key") else None, r.value, dict(r.headers))
+            for r in records
+        )
+
+
+def test_the_sdk_encodes_deliver_at_byte_for_byte_as_protobuf() -> None:
+    for deliver_at_ms in (0, 1, 127, 128, NOW_MS, 2**63 - 1):
+        for key, ts in ((None, 0), (b"k", NOW_MS)):
+            proto = records_pb2.Record(
+                key=key, value=b"v", timestamp_ms=ts, deliver_at_ms=deliver_at_ms
+            )
+            body = _wire.record_body(b"v", key, {"a": b"b"} if key else None, ts, deliver_at_ms)
+            if key:
+                proto.headers["a"] = b"b"
+            assert body == proto.SerializeToString()
