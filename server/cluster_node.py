@@ -14,13 +14,16 @@ Its background tasks, owned by the node's TaskGroup:
   (NOT_LEADER errors and DescribeCluster carry it);
 - *reconcile*: after every change of the controller state (coalesced: one
   round covers every change applied before it starts), `reconcile(...)`
-  and carry out its actions on the host: start hosted partition groups,
+  and carry out its actions on the host: start hosted partition groups
+  and coordinator groups (`ClusterCoordinators`, server/cluster_coordinator.py),
   stop and wipe groups this node no longer hosts (handing their leadership
   off first), confirm drops;
 - *leader balancing* (`LeaderBalancer`, server/cluster_leaders.py): moves
   leaderships of the groups this node leads so live nodes lead evenly;
 - *retention*: every replica trims its own copy of each partition by its
-  topic's retention (`host.compact_partition`), as a single node does.
+  topic's retention (`host.compact_partition`), as a single node does;
+- *coordinator groups*: creates them once (the controller's leader),
+  compacts their logs, forgets offsets of deleted topics.
 
 On the way out the runtime hands the leadership of every group it leads to
 a caught-up voter (bounded), so the others do not wait for an election
@@ -48,10 +51,11 @@ from weir.cluster import controller as ctl
 from weir.cluster.host import HostConfig, HostError, RaftHost
 from weir.cluster.storage import NodeStorage, StorageError
 from weir.cluster.transport.service import server_options
+from weir.server.cluster_coordinator import ClusterCoordinators, ClusterOffsets
 from weir.server.cluster_leaders import LeaderBalancer, LeaderWatch
 from weir.server.cluster_meta import ClusterMetadata, ControlProposer, describe_leader
 from weir.server.cluster_replicator import RaftReplicator
-from weir.server.cluster_topics import ClusterOffsets, ClusterTopics
+from weir.server.cluster_topics import ClusterTopics
 from weir.server.config import NodeConfig
 from weir.server.errors import BrokerError
 from weir.server.retention import SkipPartition, Target, retention_limits, retention_loop
@@ -131,7 +135,17 @@ class ClusterRuntime:
         self.watch = LeaderWatch(self.host)
         self.balancer = LeaderBalancer(self.host, self.metadata, self.watch)
         self.topics = ClusterTopics(self.metadata, self.proposer, config, self.watch.wait_led)
-        self.offsets = ClusterOffsets(self.metadata, self.proposer)
+        self.coordinators = ClusterCoordinators(
+            self.host,
+            self.metadata,
+            self.proposer,
+            cluster_id=config.cluster_id,
+            peers=peers,
+            founders=len(founders),
+            count=config.coordinator_groups,
+            rng=random.Random(self._rng.getrandbits(64)),
+        )
+        self.offsets = ClusterOffsets(self.coordinators, self.metadata)
         self.replicator = RaftReplicator(self.host, self.metadata.node_address)
         self.view = ClusterView(self)
         self._server: grpc.aio.Server | None = None
@@ -158,6 +172,7 @@ class ClusterRuntime:
             )
             self.host.add_peer_service(server)
             server.add_generic_rpc_handlers((self.proposer.handlers(),))
+            server.add_generic_rpc_handlers((self.coordinators.handlers(),))
             server.add_generic_rpc_handlers((self._forwarded_produce_handlers(),))
             try:
                 self.peer_port = server.add_insecure_port(self.config.peer_listen)
@@ -171,6 +186,7 @@ class ClusterRuntime:
             await stack.enter_async_context(self.host)
             stack.callback(self.host.add_leader_listener(self.watch.on_leader))
             stack.push_async_callback(self.proposer.close)
+            stack.push_async_callback(self.coordinators.close)
             self.host.start_group(
                 ctl.CONTROLLER_GROUP,
                 self._voters,
@@ -235,6 +251,7 @@ class ClusterRuntime:
             ("cluster reconcile", self._reconcile_loop()),
             ("cluster leader balancing", self.balancer.run()),
             ("cluster retention", self._retention_loop()),
+            ("cluster coordinator groups", self.coordinators.run()),
         ]
 
     # -- registration ---------------------------------------------------------------
@@ -296,21 +313,23 @@ class ClusterRuntime:
                     # so a transfer would only land on a replica being dropped.)
                     await self.balancer.hand_off([group_id])
                 self.host.stop_group(group_id)
+                self.coordinators.stopped(group_id)
                 log.info("stopped group %d", group_id)
             case ctl.DeleteGroupData(group_id):
                 await self.host.delete_group(group_id)
+                self.coordinators.stopped(group_id)
                 self._dropped.add(group_id)
                 log.info("dropped the data of group %d", group_id)
-            case ctl.StartGroup(group_id, voters):
-                # A new partition's preferred leader campaigns at once, so it
+            case ctl.StartGroup(group_id, voters, partition):
+                # A new group's preferred leader campaigns at once, so it
                 # leads from the start (and the creation answers sooner).
-                preferred = self.balancer.preferred_leader(group_id)
-                self.host.start_group(
-                    group_id,
-                    sorted(voters),
-                    partition=True,
-                    campaign=preferred == self.node_id,
-                )
+                campaign = self.balancer.preferred_leader(group_id) == self.node_id
+                if partition:
+                    self.host.start_group(
+                        group_id, sorted(voters), partition=True, campaign=campaign
+                    )
+                else:
+                    self.coordinators.start(group_id, voters, campaign)
                 log.info("started group %d with voters %s", group_id, sorted(voters))
             case ctl.ConfirmDropped(group_ids):
                 await self.proposer.propose(ctl.ConfirmDrops(self.node_id, group_ids))

@@ -1,4 +1,4 @@
-"""Topics and group offsets in cluster mode, backed by the controller (group 0).
+"""Topics in cluster mode, backed by the controller (group 0).
 
 `ClusterTopics` has the interface the produce, consume and admin paths use
 of `TopicRegistry`: reads come from this node's applied copy of the
@@ -8,9 +8,7 @@ them, so a client sees its own change on the node it talks to. Topics are
 handed out as the single node's `Topic` values (group ids, replication
 factor, config), so the data path does not know which mode it runs in.
 
-`ClusterOffsets` is `GroupOffsets`' twin: committed offsets are replicated
-through group 0 for now (`CommitOffsets`, never backwards), read from the
-applied state.
+Committed offsets live in the coordinator groups (server/cluster_coordinator.py).
 
 Deleted topics' data is dropped by reconcile (server/cluster_node.py), not
 here.
@@ -20,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 
 from weir.cluster import controller as ctl
 from weir.cluster.controller.model import REPLICATION_FACTOR_DEFAULT, merge_config
 from weir.server.cluster_meta import ClusterMetadata, ControlProposer
 from weir.server.config import NodeConfig
-from weir.server.errors import invalid, topic_not_found
+from weir.server.errors import topic_not_found
 from weir.server.naming import check_topic_name
 from weir.server.topics import ConfigPatch, Topic, TopicConfig
 
@@ -166,37 +164,3 @@ class ClusterTopics:
     async def delete(self, name: str) -> None:
         check_topic_name(name)
         await self._proposer.propose(ctl.DeleteTopic(name))
-
-
-class ClusterOffsets:
-    """Consumer groups' committed offsets, replicated through the controller."""
-
-    def __init__(self, metadata: ClusterMetadata, proposer: ControlProposer) -> None:
-        self._metadata = metadata
-        self._proposer = proposer
-
-    def get(self, group: str, topic: Topic, partition: int) -> int | None:
-        return self._metadata.state.committed_offset(group, topic.group_ids[partition])
-
-    async def commit(self, group: str, topic: Topic, offsets: Mapping[int, int]) -> dict[int, int]:
-        """Stores offsets that move forward; returns the stored offset of each partition."""
-        if not offsets:
-            return {}
-        for partition in offsets:
-            if not 0 <= partition < topic.partition_count:
-                raise invalid(
-                    "PARTITION_OUT_OF_RANGE",
-                    f"topic {topic.name!r} has no partition {partition}",
-                    topic=topic.name,
-                    partition=partition,
-                )
-        by_group = {topic.group_ids[p]: o for p, o in offsets.items()}
-        result = await self._proposer.propose(
-            ctl.CommitOffsets(group, tuple(sorted(by_group.items())))
-        )
-        assert isinstance(result, ctl.OffsetsCommitted), result
-        stored = dict(result.offsets)
-        return {p: stored[topic.group_ids[p]] for p in offsets}
-
-    async def forget_log(self, group_id: int) -> None:
-        """Nothing to do: the controller forgets a deleted topic's offsets itself."""

@@ -89,6 +89,11 @@ class NodeConfig:
     # Every node of a cluster must be given the same id: the peer handshake
     # refuses a node of another cluster.
     cluster_id: str = DEFAULT_CLUSTER_ID
+    # Coordinator groups (docs/groups.md): how many Raft groups hold consumer
+    # groups' state. Used once, when the cluster is created (or first started
+    # after an upgrade); the count in the controller's state is kept for
+    # good, so later changes of this setting have no effect.
+    coordinator_groups: int = 6
 
     # The largest gRPC message a client may send (one ProduceRequest).
     request_bytes_max: int = 8 * MiB

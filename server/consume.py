@@ -62,7 +62,7 @@ from weir.server.consume_cursor import (
     StreamCursors,
     build_response,
 )
-from weir.server.consume_start import out_of_range, start_positions
+from weir.server.consume_start import committed_positions, out_of_range, start_positions
 from weir.server.errors import (
     BrokerError,
     abort,
@@ -177,8 +177,10 @@ class ConsumePath:
             check_group_name(subscribe.group)
         credit = Credit()
         self.add_credit(credit, subscribe.credit)
+        # In a cluster this asks the group's coordinator (maybe on another node).
+        committed = await committed_positions(topic, subscribe, self.offsets)
         try:
-            partitions = start_positions(topic, subscribe, self.replicator, self.offsets)
+            partitions = start_positions(topic, subscribe, self.replicator, committed)
         except StorageError as exc:
             raise storage_failure(exc, topic.name) from None
         subscribed = broker_pb2.Subscribed(

@@ -9,6 +9,8 @@ one pass (issue 9). Nothing here writes to the call; errors are raised as
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import grpc
 
 from weir.cluster.storage import PartitionLog
@@ -80,13 +82,15 @@ def start_positions(
     topic: Topic,
     subscribe: broker_pb2.Subscribe,
     replicator: Replicator,
-    offsets: Offsets,
+    committed: Mapping[int, int],
 ) -> list[Partition]:
     """The subscribed partitions, each at the offset its stream starts from.
 
     In a cluster each log is this node's replica, leader or follower: its
     end offset is what this node applied, so nothing uncommitted is served.
     A partition with no replica here is REPLICA_NOT_AVAILABLE (retriable).
+    `committed`: the subscription's group's committed offsets by partition
+    (empty without a group), fetched by the caller (`committed_positions`).
     """
     numbers = partition_numbers(topic, subscribe)
     start = subscribe.start
@@ -100,16 +104,31 @@ def start_positions(
             log = replicator.log(topic.group_id(number))
         except NotHostedError:
             raise replica_not_available(topic.name, number) from None
-        result.append(Partition(number, log, _start_of(topic, subscribe, number, log, offsets)))
+        result.append(Partition(number, log, _start_of(subscribe, number, log, committed)))
     return result
 
 
+async def committed_positions(
+    topic: Topic, subscribe: broker_pb2.Subscribe, offsets: Offsets
+) -> dict[int, int]:
+    """The group's committed offsets of the partitions that start from them."""
+    if not subscribe.group:
+        return {}
+    explicit_all = subscribe.start.kind in (
+        broker_pb2.START_KIND_OFFSET,
+        broker_pb2.START_KIND_TIMESTAMP,
+    )
+    if explicit_all:
+        return {}
+    numbers = [n for n in partition_numbers(topic, subscribe) if n not in subscribe.offsets]
+    return await offsets.fetch(subscribe.group, topic, numbers)
+
+
 def _start_of(
-    topic: Topic,
     subscribe: broker_pb2.Subscribe,
     partition: int,
     log: PartitionLog,
-    offsets: Offsets,
+    committed: Mapping[int, int],
 ) -> int:
     start_offset, end_offset = log.start_offset, log.end_offset
     explicit = subscribe.offsets.get(partition)
@@ -121,11 +140,9 @@ def _start_of(
         return explicit
     if subscribe.start.kind == broker_pb2.START_KIND_TIMESTAMP:
         return log.offset_for_timestamp(subscribe.start.timestamp_ms)
-    if subscribe.group:
-        committed = offsets.get(subscribe.group, topic, partition)
-        if committed is not None:
-            # Retention may have deleted past the committed offset.
-            return max(committed, start_offset)
+    if partition in committed:
+        # Retention may have deleted past the committed offset.
+        return max(committed[partition], start_offset)
     if subscribe.start.kind == broker_pb2.START_KIND_EARLIEST:
         return start_offset
     return end_offset

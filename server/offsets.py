@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from weir.cluster.storage import MetaStore
 from weir.server.errors import topic_not_found
@@ -87,6 +87,15 @@ class GroupOffsets:
         # A crash before this marker re-runs the (idempotent) indexing.
         puts.append((OFFSET_LAYOUT_NS, _LAYOUT_KEY, _LAYOUT_INDEXED))
         await self._meta.write(puts=puts, deletes=deletes)
+
+    async def fetch(self, group: str, topic: Topic, partitions: Iterable[int]) -> dict[int, int]:
+        """The committed offsets of those partitions that have one."""
+        found = {}
+        for partition in partitions:
+            offset = self.get(group, topic, partition)
+            if offset is not None:
+                found[partition] = offset
+        return found
 
     def get(self, group: str, topic: Topic, partition: int) -> int | None:
         raw = self._meta.get(OFFSET_NS, _key(group, topic.group_ids[partition]))

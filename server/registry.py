@@ -2,14 +2,15 @@
 
 A single node keeps them in its meta-store (`TopicRegistry`, `GroupOffsets`);
 a clustered node reads them from the controller's replicated state and
-changes them by proposals (`ClusterTopics`, `ClusterOffsets`). Both satisfy
+changes them by proposals (`ClusterTopics`; offsets through the coordinator
+groups, `ClusterOffsets`). Both satisfy
 these protocols, so produce, consume and admin do not know which mode they
 run in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from weir.server.topics import ConfigPatch, Topic
@@ -38,7 +39,9 @@ class Topics(TopicSource, Protocol):
 class Offsets(Protocol):
     """Consumer groups' committed offsets (consume)."""
 
-    def get(self, group: str, topic: Topic, partition: int) -> int | None: ...
+    async def fetch(self, group: str, topic: Topic, partitions: Iterable[int]) -> dict[int, int]:
+        """The committed offsets of those partitions that have one."""
+        ...
 
     async def commit(
         self, group: str, topic: Topic, offsets: Mapping[int, int]

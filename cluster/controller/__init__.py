@@ -4,7 +4,7 @@ Pure and deterministic, so the same code runs inside the node's group 0 and
 inside the simulator:
 
 - `ControllerState.apply(command)`: nodes, topics, partition assignments,
-  configs, consumer groups' offsets homes and limits (`state.py`, commands
+  configs, coordinator groups and limits (`state.py`, commands
   in `commands.py`, typed errors in `errors.py`);
 - `encode_command` / `decode_command` for group 0's entries and
   `encode_state` / `decode_state` for its snapshots (`codec.py`);
@@ -31,26 +31,26 @@ from weir.cluster.controller.codec import (
 from weir.cluster.controller.commands import (
     AddPartitions,
     AllocateProducerIds,
-    AssignGroupHome,
     Command,
-    CommitOffsets,
     ConfirmDrops,
+    CoordinatorGroups,
+    CreateCoordinatorGroups,
     CreateTopic,
     DeleteTopic,
     Done,
-    GroupHome,
     InitNamedProducer,
-    OffsetsCommitted,
     ProducerIdBlock,
     ProducerIdentity,
     RegisterNode,
     Result,
+    Retired,
     SetLimits,
     UpdateTopicConfig,
 )
 from weir.cluster.controller.errors import (
     ControllerError,
     InvalidConfig,
+    InvalidCoordinatorGroups,
     InvalidGroupName,
     InvalidLimits,
     InvalidNode,
@@ -88,33 +88,39 @@ from weir.cluster.controller.reconcile import (
     StopGroup,
     reconcile,
 )
-from weir.cluster.controller.state import ControllerState
+from weir.cluster.controller.state import (
+    COORDINATOR_GROUPS_DEFAULT,
+    COORDINATOR_GROUPS_MAX,
+    ControllerState,
+)
 
 __all__ = [
     "CAUGHT_UP_LAG_ENTRIES_MAX",
     "CONTROLLER_GROUP",
+    "COORDINATOR_GROUPS_DEFAULT",
+    "COORDINATOR_GROUPS_MAX",
     "FIRST_PARTITION_GROUP",
     "TRANSFERS_PER_PLAN_MAX",
     "Action",
     "AddPartitions",
     "AllocateProducerIds",
-    "AssignGroupHome",
     "Command",
-    "CommitOffsets",
     "ConfigPatch",
     "ConfirmDropped",
     "ConfirmDrops",
     "ControllerError",
     "ControllerState",
+    "CoordinatorGroups",
+    "CreateCoordinatorGroups",
     "CreateTopic",
     "DeleteGroupData",
     "DeleteTopic",
     "DeletingTopic",
     "Done",
-    "GroupHome",
     "GroupId",
     "InitNamedProducer",
     "InvalidConfig",
+    "InvalidCoordinatorGroups",
     "InvalidGroupName",
     "InvalidLimits",
     "InvalidNode",
@@ -126,12 +132,12 @@ __all__ = [
     "NoNodes",
     "NodeId",
     "NodeInfo",
-    "OffsetsCommitted",
     "Partition",
     "ProducerIdBlock",
     "ProducerIdentity",
     "RegisterNode",
     "Result",
+    "Retired",
     "SetLimits",
     "StartGroup",
     "StopGroup",

@@ -71,10 +71,15 @@ class ConfirmDrops:
 
 
 @dataclass(frozen=True, slots=True)
-class AssignGroupHome:
-    """Gives a consumer group an offsets partition; a group that has one keeps it."""
+class CreateCoordinatorGroups:
+    """Creates the cluster's coordinator groups; once they exist, answers them unchanged.
 
-    consumer_group: str
+    Proposed by the controller's leader when the cluster starts (and on the
+    first start of a cluster created before coordinator groups existed).
+    The count of the first one applied is the cluster's for good.
+    """
+
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +88,14 @@ class SetLimits:
 
 
 @dataclass(frozen=True, slots=True)
-class CommitOffsets:
-    """A consumer group's offsets on partitions of live topics; never moves one backwards."""
+class Retired:
+    """An entry of a command this release no longer has (`AssignGroupHome`, `CommitOffsets`).
 
-    consumer_group: str
-    # (group id, offset) pairs, one per partition.
-    offsets: tuple[tuple[GroupId, int], ...]
+    Committed offsets moved to the coordinator groups; such entries in a
+    data dir written before are applied as no-ops (answer `Done`).
+    """
+
+    kind: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +119,9 @@ Command = (
     | AddPartitions
     | UpdateTopicConfig
     | ConfirmDrops
-    | AssignGroupHome
+    | CreateCoordinatorGroups
     | SetLimits
-    | CommitOffsets
+    | Retired
     | AllocateProducerIds
     | InitNamedProducer
 )
@@ -126,16 +133,10 @@ class Done:
 
 
 @dataclass(frozen=True, slots=True)
-class GroupHome:
-    consumer_group: str
-    partition: Partition
+class CoordinatorGroups:
+    """The cluster's coordinator groups; coordinator i is `groups[i]`."""
 
-
-@dataclass(frozen=True, slots=True)
-class OffsetsCommitted:
-    """The stored offset of each partition of a CommitOffsets, after it was applied."""
-
-    offsets: tuple[tuple[GroupId, int], ...]
+    groups: tuple[Partition, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +158,7 @@ class ProducerIdentity:
 Result = (
     NodeInfo
     | Topic
-    | GroupHome
-    | OffsetsCommitted
+    | CoordinatorGroups
     | ProducerIdBlock
     | ProducerIdentity
     | Done

@@ -129,3 +129,8 @@ class InvalidProducerName(ControllerError):
 class TooManyProducerNames(ControllerError):
     code: ClassVar[str] = "RESOURCE_EXHAUSTED"
     reason: ClassVar[str] = "TOO_MANY_PRODUCER_NAMES"
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidCoordinatorGroups(ControllerError):
+    reason: ClassVar[str] = "INVALID_COORDINATOR_GROUPS"

@@ -119,7 +119,6 @@ class Limits:
     partitions_total_max: int = 100_000
     record_bytes_max_limit: int = 2 * MiB
     consumer_groups_max: int = 100_000
-    offsets_partition_count: int = 3
 
     def check(self) -> ControllerError | None:
         for field in dataclasses.fields(self):

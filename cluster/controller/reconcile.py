@@ -26,10 +26,15 @@ from weir.cluster.controller.state import ControllerState
 
 @dataclass(frozen=True, slots=True)
 class StartGroup:
-    """Create (if new) and run the group's Raft node with these voters."""
+    """Create (if new) and run the group's Raft node with these voters.
+
+    `partition` is False for a coordinator group: an opaque group whose
+    entries are coordinator commands, not record batches.
+    """
 
     group_id: GroupId
     voters: frozenset[NodeId]
+    partition: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +84,9 @@ def reconcile(
     actions: list[Action] = [StopGroup(g) for g in sorted(running) if removed(g)]
     actions.extend(DeleteGroupData(g) for g in sorted(local) if removed(g))
     actions.extend(
-        StartGroup(g, frozenset(p.replicas)) for g, p in sorted(hosted.items()) if g not in running
+        StartGroup(g, frozenset(p.replicas), not state.is_coordinator_group(g))
+        for g, p in sorted(hosted.items())
+        if g not in running
     )
     confirmed = sorted(
         group_id

@@ -23,38 +23,35 @@ forgotten when no replica holds anything. Until then it counts against
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 
 from weir.cluster.controller.commands import (
     AddPartitions,
     AllocateProducerIds,
-    AssignGroupHome,
     Command,
-    CommitOffsets,
     ConfirmDrops,
+    CoordinatorGroups,
+    CreateCoordinatorGroups,
     CreateTopic,
     DeleteTopic,
     Done,
-    GroupHome,
     InitNamedProducer,
-    OffsetsCommitted,
     ProducerIdBlock,
     ProducerIdentity,
     RegisterNode,
     Result,
+    Retired,
     SetLimits,
     UpdateTopicConfig,
 )
 from weir.cluster.controller.errors import (
     ControllerError,
+    InvalidCoordinatorGroups,
     InvalidNode,
-    InvalidOffset,
     InvalidPartitionCount,
     InvalidProducerName,
     InvalidReplicationFactor,
     NoNodes,
-    TooManyConsumerGroups,
     TooManyNodes,
     TooManyPartitions,
     TooManyProducerNames,
@@ -76,7 +73,6 @@ from weir.cluster.controller.model import (
     Partition,
     Topic,
     check_config,
-    check_group_name,
     check_topic_name,
     merge_config,
 )
@@ -93,6 +89,9 @@ PRODUCER_EPOCH_MAX = 2**32 - 1
 PRODUCER_ID_BLOCK_MAX = 100_000
 PRODUCER_NAMES_MAX = 100_000
 PRODUCER_NAME_CHARS_MAX = 255
+# Coordinator groups (docs/groups.md): fixed when the cluster is created.
+COORDINATOR_GROUPS_DEFAULT = 6
+COORDINATOR_GROUPS_MAX = 1024
 
 
 def check_producer_name(name: str) -> str | None:
@@ -105,7 +104,7 @@ def check_producer_name(name: str) -> str | None:
 
 
 class ControllerState:
-    """Nodes, topics, deleted topics still being dropped, offsets partitions and limits."""
+    """Nodes, topics, deleted topics still being dropped, coordinator groups and limits."""
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.version = 0
@@ -115,14 +114,10 @@ class ControllerState:
         self._topics: dict[str, Topic] = {}
         # Keyed by the deleted topic's first group id, unique forever.
         self._deleting: dict[GroupId, DeletingTopic] = {}
-        self._offsets: dict[GroupId, Partition] = {}
-        self._homes: dict[str, GroupId] = {}
-        # Derived from _homes (never encoded): consumer groups per offsets partition.
-        self._home_counts: collections.Counter[GroupId] = collections.Counter()
-        # Committed offsets: (consumer group, partition group id) -> offset.
-        self._committed: dict[tuple[str, GroupId], int] = {}
-        # Derived from _committed (never encoded): partitions per consumer group.
-        self._committed_groups: collections.Counter[str] = collections.Counter()
+        # Coordinator i is _coordinators[i]; empty until CreateCoordinatorGroups.
+        self._coordinators: tuple[Partition, ...] = ()
+        # Derived (never encoded): the coordinators' group ids.
+        self._coordinator_ids: frozenset[GroupId] = frozenset()
         self.next_producer_id = FIRST_PRODUCER_ID
         # Producer name -> (producer id, epoch).
         self._producer_names: dict[str, tuple[int, int]] = {}
@@ -137,9 +132,7 @@ class ControllerState:
         nodes: tuple[NodeInfo, ...],
         topics: tuple[Topic, ...],
         deleting: tuple[DeletingTopic, ...],
-        offsets_partitions: tuple[Partition, ...],
-        homes: tuple[tuple[str, GroupId], ...],
-        committed: tuple[tuple[str, GroupId, int], ...] = (),
+        coordinator_groups: tuple[Partition, ...] = (),
         next_producer_id: int = FIRST_PRODUCER_ID,
         producer_names: tuple[tuple[str, int, int], ...] = (),
     ) -> ControllerState:
@@ -150,11 +143,7 @@ class ControllerState:
         state._nodes = {n.node_id: n for n in nodes}
         state._topics = {t.name: t for t in topics}
         state._deleting = {d.key: d for d in deleting}
-        state._offsets = {p.group_id: p for p in offsets_partitions}
-        state._homes = dict(homes)
-        state._home_counts = collections.Counter(state._homes.values())
-        state._committed = {(c, g): offset for c, g, offset in committed}
-        state._committed_groups = collections.Counter(c for c, _ in state._committed)
+        state._set_coordinators(coordinator_groups)
         state.next_producer_id = max(FIRST_PRODUCER_ID, next_producer_id)
         state._producer_names = {name: (pid, epoch) for name, pid, epoch in producer_names}
         state.check_invariants()
@@ -177,42 +166,36 @@ class ControllerState:
     def deleting(self) -> tuple[DeletingTopic, ...]:
         return tuple(self._deleting[key] for key in sorted(self._deleting))
 
-    def offsets_partitions(self) -> tuple[Partition, ...]:
-        return tuple(self._offsets[g] for g in sorted(self._offsets))
+    def coordinator_groups(self) -> tuple[Partition, ...]:
+        """The coordinator groups in coordinator order (empty before they are created)."""
+        return self._coordinators
 
-    def homes(self) -> tuple[tuple[str, GroupId], ...]:
-        return tuple(sorted(self._homes.items()))
+    def is_coordinator_group(self, group_id: GroupId) -> bool:
+        return group_id in self._coordinator_ids
 
-    def group_home(self, consumer_group: str) -> Partition | None:
-        group_id = self._homes.get(consumer_group)
-        return None if group_id is None else self._offsets[group_id]
-
-    def committed_offset(self, consumer_group: str, group_id: GroupId) -> int | None:
-        return self._committed.get((consumer_group, group_id))
-
-    def committed_offsets(self) -> tuple[tuple[str, GroupId, int], ...]:
-        """Every committed offset, by consumer group, then group id."""
-        return tuple((c, g, self._committed[(c, g)]) for c, g in sorted(self._committed))
+    def live_partition_ids(self) -> frozenset[GroupId]:
+        """Group ids of live topics' partitions (whose committed offsets mean something)."""
+        return frozenset(p.group_id for t in self._topics.values() for p in t.partitions)
 
     def producer_names(self) -> tuple[tuple[str, int, int], ...]:
         """(name, producer id, epoch) of every named producer, by name."""
         return tuple((n, pid, e) for n, (pid, e) in sorted(self._producer_names.items()))
 
     def partitions(self) -> tuple[Partition, ...]:
-        """Every group that should be running: live topics' partitions and offsets partitions.
+        """Every group that should be running: live topics' partitions and coordinator groups.
 
         Sorted by group id. These are the groups placement counts and leader
         balancing balances; deleted topics' groups are not among them.
         """
         groups = [p for t in self._topics.values() for p in t.partitions]
-        groups.extend(self._offsets.values())
+        groups.extend(self._coordinators)
         return tuple(sorted(groups, key=lambda p: p.group_id))
 
     def partition_count_total(self) -> int:
         """Partitions that exist anywhere, deleted ones still being dropped included."""
         live = sum(t.partition_count for t in self._topics.values())
         dropping = sum(d.topic.partition_count for d in self._deleting.values())
-        return live + dropping + len(self._offsets)
+        return live + dropping + len(self._coordinators)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ControllerState):
@@ -229,9 +212,7 @@ class ControllerState:
             self.nodes(),
             self.topics(),
             self.deleting(),
-            self.offsets_partitions(),
-            self.homes(),
-            self.committed_offsets(),
+            self.coordinator_groups(),
             self.next_producer_id,
             self.producer_names(),
         )
@@ -261,12 +242,12 @@ class ControllerState:
                 result = self._update_topic_config(command)
             case ConfirmDrops():
                 result = self._confirm_drops(command)
-            case AssignGroupHome():
-                result = self._assign_group_home(command)
+            case CreateCoordinatorGroups():
+                result = self._create_coordinator_groups(command)
             case SetLimits():
                 result = self._set_limits(command)
-            case CommitOffsets():
-                result = self._commit_offsets(command)
+            case Retired():
+                result = Done()
             case AllocateProducerIds():
                 result = self._allocate_producer_ids(command)
             case InitNamedProducer():
@@ -376,7 +357,6 @@ class ControllerState:
         assert deleting.key not in self._deleting, "group ids are never reused"
         del self._topics[topic.name]
         self._deleting[deleting.key] = deleting
-        self._forget_offsets(frozenset(topic.group_ids))
         self.version += 1
         return topic
 
@@ -442,81 +422,28 @@ class ControllerState:
             self.version += 1
         return Done()
 
-    def _assign_group_home(self, command: AssignGroupHome) -> Result:
-        name = command.consumer_group
-        if (error := check_group_name(name)) is not None:
-            return error
-        home = self._homes.get(name)
-        if home is not None:
-            return GroupHome(name, self._offsets[home])
-        if len(self._homes) >= self.limits.consumer_groups_max:
-            return TooManyConsumerGroups.of(
-                f"the cluster holds at most {self.limits.consumer_groups_max} consumer groups",
-                limit=self.limits.consumer_groups_max,
+    def _create_coordinator_groups(self, command: CreateCoordinatorGroups) -> Result:
+        if self._coordinators:
+            # Idempotent: the count is fixed by the first creation.
+            return CoordinatorGroups(self._coordinators)
+        if not 1 <= command.count <= COORDINATOR_GROUPS_MAX:
+            return InvalidCoordinatorGroups.of(
+                f"coordinator_groups must be between 1 and {COORDINATOR_GROUPS_MAX}",
+                limit=COORDINATOR_GROUPS_MAX,
             )
-        if not self._offsets:
-            # The offsets partitions are made when the first group needs one,
-            # so a cluster nobody consumes from with a group runs none.
-            replication_factor = self._replication_factor(0)
-            if isinstance(replication_factor, ControllerError):
-                return replication_factor
-            count = self.limits.offsets_partition_count
-            if (error := self._check_new_partitions(count)) is not None:
-                return error
-            for partition in self._place(count, replication_factor):
-                self._offsets[partition.group_id] = partition
-        # The partition with the fewest groups, the oldest on a tie.
-        home = min(self._offsets, key=lambda g: (self._home_counts[g], g))
-        self._homes[name] = home
-        self._home_counts[home] += 1
+        # Three replicas, or the cluster's size if smaller, like a topic's default.
+        replication_factor = self._replication_factor(0)
+        if isinstance(replication_factor, ControllerError):
+            return replication_factor
+        if (error := self._check_new_partitions(command.count)) is not None:
+            return error
+        self._set_coordinators(self._place(command.count, replication_factor))
         self.version += 1
-        return GroupHome(name, self._offsets[home])
+        return CoordinatorGroups(self._coordinators)
 
-    def _commit_offsets(self, command: CommitOffsets) -> Result:
-        name = command.consumer_group
-        if (error := check_group_name(name)) is not None:
-            return error
-        live = {p.group_id: t.name for t in self._topics.values() for p in t.partitions}
-        for group_id, offset in command.offsets:
-            if group_id not in live:
-                return TopicNotFound.of(
-                    f"partition group {group_id} belongs to no live topic", group_id=group_id
-                )
-            if offset < 0:
-                return InvalidOffset.of(f"offset {offset} is negative", group_id=group_id)
-        if (
-            name not in self._committed_groups
-            and len(self._committed_groups) >= self.limits.consumer_groups_max
-        ):
-            return TooManyConsumerGroups.of(
-                f"the cluster holds at most {self.limits.consumer_groups_max} consumer groups",
-                limit=self.limits.consumer_groups_max,
-            )
-        stored: dict[GroupId, int] = {}
-        changed = False
-        for group_id, offset in command.offsets:
-            key = (name, group_id)
-            current = self._committed.get(key)
-            # Invariant 4: a lower commit leaves the stored offset in place.
-            if current is not None and current >= offset:
-                stored[group_id] = current
-                continue
-            if current is None:
-                self._committed_groups[name] += 1
-            self._committed[key] = offset
-            stored[group_id] = offset
-            changed = True
-        if changed:
-            self.version += 1
-        return OffsetsCommitted(tuple(sorted(stored.items())))
-
-    def _forget_offsets(self, group_ids: frozenset[GroupId]) -> None:
-        """Drops every consumer group's offsets on deleted partitions (ids are never reused)."""
-        for key in [k for k in self._committed if k[1] in group_ids]:
-            del self._committed[key]
-            self._committed_groups[key[0]] -= 1
-            if not self._committed_groups[key[0]]:
-                del self._committed_groups[key[0]]
+    def _set_coordinators(self, groups: tuple[Partition, ...]) -> None:
+        self._coordinators = tuple(groups)
+        self._coordinator_ids = frozenset(p.group_id for p in groups)
 
     def _set_limits(self, command: SetLimits) -> Result:
         if (error := command.limits.check()) is not None:
@@ -585,16 +512,11 @@ class ControllerState:
                 claim(partition.group_id)
             for group_id, nodes in deleting.pending:
                 assert nodes and nodes <= frozenset(replicas[group_id])
-        for group_id, partition in self._offsets.items():
-            assert partition.group_id == group_id
-            claim(group_id)
+        assert len(self._coordinators) <= COORDINATOR_GROUPS_MAX
+        for partition in self._coordinators:
+            claim(partition.group_id)
             assert all(n in self._nodes for n in partition.replicas)
-        assert all(g in self._offsets for g in self._homes.values())
-        assert self._home_counts == collections.Counter(self._homes.values())
-        live = {p.group_id for t in self._topics.values() for p in t.partitions}
-        for (_, group_id), offset in self._committed.items():
-            assert group_id in live and offset >= 0, (group_id, offset)
-        assert self._committed_groups == collections.Counter(c for c, _ in self._committed)
+        assert self._coordinator_ids == {p.group_id for p in self._coordinators}
         assert FIRST_PRODUCER_ID <= self.next_producer_id <= PRODUCER_ID_MAX + 1
         for pid, _ in self._producer_names.values():
             assert FIRST_PRODUCER_ID <= pid < self.next_producer_id

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n weir/cluster/v1/controller.proto\x12\x0fweir.cluster.v1\"2\n\x0e\x43ontrollerNode\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"V\n\x0bTopicConfig\x12\x17\n\x0fretention_bytes\x18\x01 \x01(\x03\x12\x14\n\x0cretention_ms\x18\x02 \x01(\x03\x12\x18\n\x10record_bytes_max\x18\x03 \x01(\x03\"\xa4\x01\n\x10TopicConfigPatch\x12\x1c\n\x0fretention_bytes\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x19\n\x0cretention_ms\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x1d\n\x10record_bytes_max\x18\x03 \x01(\x03H\x02\x88\x01\x01\x42\x12\n\x10_retention_bytesB\x0f\n\r_retention_msB\x13\n\x11_record_bytes_max\"<\n\x13PartitionAssignment\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x13\n\x0breplica_ids\x18\x02 \x03(\x04\"\xa3\x01\n\x0f\x43ontrollerTopic\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1c.weir.cluster.v1.TopicConfig\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12\x38\n\npartitions\x18\x04 \x03(\x0b\x32$.weir.cluster.v1.PartitionAssignment\"1\n\x0bPendingDrop\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x10\n\x08node_ids\x18\x02 \x03(\x04\"o\n\rDeletingTopic\x12/\n\x05topic\x18\x01 \x01(\x0b\x32 .weir.cluster.v1.ControllerTopic\x12-\n\x07pending\x18\x02 \x03(\x0b\x32\x1c.weir.cluster.v1.PendingDrop\"5\n\tGroupHome\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\x04\"\xcd\x01\n\x10\x43ontrollerLimits\x12\x11\n\tnodes_max\x18\x01 \x01(\r\x12\x12\n\ntopics_max\x18\x02 \x01(\r\x12\x16\n\x0epartitions_max\x18\x03 \x01(\r\x12\x1c\n\x14partitions_total_max\x18\x04 \x01(\r\x12\x1e\n\x16record_bytes_max_limit\x18\x05 \x01(\x03\x12\x1b\n\x13\x63onsumer_groups_max\x18\x06 \x01(\r\x12\x1f\n\x17offsets_partition_count\x18\x07 \x01(\r\"\x8a\x04\n\x0f\x43ontrollerState\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12.\n\x05nodes\x18\x02 \x03(\x0b\x32\x1f.weir.cluster.v1.ControllerNode\x12\x30\n\x06topics\x18\x03 \x03(\x0b\x32 .weir.cluster.v1.ControllerTopic\x12\x37\n\x0f\x64\x65leting_topics\x18\x04 \x03(\x0b\x32\x1e.weir.cluster.v1.DeletingTopic\x12\x15\n\rnext_group_id\x18\x05 \x01(\x04\x12@\n\x12offsets_partitions\x18\x06 \x03(\x0b\x32$.weir.cluster.v1.PartitionAssignment\x12/\n\x0bgroup_homes\x18\x07 \x03(\x0b\x32\x1a.weir.cluster.v1.GroupHome\x12\x31\n\x06limits\x18\x08 \x01(\x0b\x32!.weir.cluster.v1.ControllerLimits\x12;\n\x11\x63ommitted_offsets\x18\t \x03(\x0b\x32 .weir.cluster.v1.CommittedOffset\x12\x18\n\x10next_producer_id\x18\n \x01(\x04\x12\x37\n\x0fnamed_producers\x18\x0b \x03(\x0b\x32\x1e.weir.cluster.v1.NamedProducer\"K\n\x0f\x43ommittedOffset\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"3\n\x0fPartitionOffset\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"=\n\x0cRegisterNode\x12-\n\x04node\x18\x01 \x01(\x0b\x32\x1f.weir.cluster.v1.ControllerNode\"~\n\x0b\x43reateTopic\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fpartition_count\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12,\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1c.weir.cluster.v1.TopicConfig\"\x1b\n\x0b\x44\x65leteTopic\x12\x0c\n\x04name\x18\x01 \x01(\t\"6\n\rAddPartitions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fpartition_count\x18\x02 \x01(\r\"S\n\x11UpdateTopicConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x05patch\x18\x02 \x01(\x0b\x32!.weir.cluster.v1.TopicConfigPatch\"2\n\x0c\x43onfirmDrops\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x11\n\tgroup_ids\x18\x02 \x03(\x04\")\n\x0f\x41ssignGroupHome\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\">\n\tSetLimits\x12\x31\n\x06limits\x18\x01 \x01(\x0b\x32!.weir.cluster.v1.ControllerLimits\"Z\n\rCommitOffsets\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\x31\n\x07offsets\x18\x02 \x03(\x0b\x32 .weir.cluster.v1.PartitionOffset\"\xac\x05\n\x11\x43ontrollerCommand\x12\x36\n\rregister_node\x18\x01 \x01(\x0b\x32\x1d.weir.cluster.v1.RegisterNodeH\x00\x12\x34\n\x0c\x63reate_topic\x18\x02 \x01(\x0b\x32\x1c.weir.cluster.v1.CreateTopicH\x00\x12\x34\n\x0c\x64\x65lete_topic\x18\x03 \x01(\x0b\x32\x1c.weir.cluster.v1.DeleteTopicH\x00\x12\x38\n\x0e\x61\x64\x64_partitions\x18\x04 \x01(\x0b\x32\x1e.weir.cluster.v1.AddPartitionsH\x00\x12\x41\n\x13update_topic_config\x18\x05 \x01(\x0b\x32\".weir.cluster.v1.UpdateTopicConfigH\x00\x12\x36\n\rconfirm_drops\x18\x06 \x01(\x0b\x32\x1d.weir.cluster.v1.ConfirmDropsH\x00\x12=\n\x11\x61ssign_group_home\x18\x07 \x01(\x0b\x32 .weir.cluster.v1.AssignGroupHomeH\x00\x12\x30\n\nset_limits\x18\x08 \x01(\x0b\x32\x1a.weir.cluster.v1.SetLimitsH\x00\x12\x38\n\x0e\x63ommit_offsets\x18\t \x01(\x0b\x32\x1e.weir.cluster.v1.CommitOffsetsH\x00\x12\x45\n\x15\x61llocate_producer_ids\x18\n \x01(\x0b\x32$.weir.cluster.v1.AllocateProducerIdsH\x00\x12\x41\n\x13init_named_producer\x18\x0b \x01(\x0b\x32\".weir.cluster.v1.InitNamedProducerH\x00\x42\t\n\x07\x63ommand\"$\n\x13\x41llocateProducerIds\x12\r\n\x05\x63ount\x18\x01 \x01(\r\"*\n\x11InitNamedProducer\x12\x15\n\rproducer_name\x18\x01 \x01(\t\"S\n\rNamedProducer\x12\x15\n\rproducer_name\x18\x01 \x01(\t\x12\x13\n\x0bproducer_id\x18\x02 \x01(\x04\x12\x16\n\x0eproducer_epoch\x18\x03 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n weir/cluster/v1/controller.proto\x12\x0fweir.cluster.v1\"2\n\x0e\x43ontrollerNode\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"V\n\x0bTopicConfig\x12\x17\n\x0fretention_bytes\x18\x01 \x01(\x03\x12\x14\n\x0cretention_ms\x18\x02 \x01(\x03\x12\x18\n\x10record_bytes_max\x18\x03 \x01(\x03\"\xa4\x01\n\x10TopicConfigPatch\x12\x1c\n\x0fretention_bytes\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x19\n\x0cretention_ms\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x1d\n\x10record_bytes_max\x18\x03 \x01(\x03H\x02\x88\x01\x01\x42\x12\n\x10_retention_bytesB\x0f\n\r_retention_msB\x13\n\x11_record_bytes_max\"<\n\x13PartitionAssignment\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x13\n\x0breplica_ids\x18\x02 \x03(\x04\"\xa3\x01\n\x0f\x43ontrollerTopic\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1c.weir.cluster.v1.TopicConfig\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12\x38\n\npartitions\x18\x04 \x03(\x0b\x32$.weir.cluster.v1.PartitionAssignment\"1\n\x0bPendingDrop\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x10\n\x08node_ids\x18\x02 \x03(\x04\"o\n\rDeletingTopic\x12/\n\x05topic\x18\x01 \x01(\x0b\x32 .weir.cluster.v1.ControllerTopic\x12-\n\x07pending\x18\x02 \x03(\x0b\x32\x1c.weir.cluster.v1.PendingDrop\"\xcb\x01\n\x10\x43ontrollerLimits\x12\x11\n\tnodes_max\x18\x01 \x01(\r\x12\x12\n\ntopics_max\x18\x02 \x01(\r\x12\x16\n\x0epartitions_max\x18\x03 \x01(\r\x12\x1c\n\x14partitions_total_max\x18\x04 \x01(\r\x12\x1e\n\x16record_bytes_max_limit\x18\x05 \x01(\x03\x12\x1b\n\x13\x63onsumer_groups_max\x18\x06 \x01(\rJ\x04\x08\x07\x10\x08R\x17offsets_partition_count\"\xe2\x03\n\x0f\x43ontrollerState\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12.\n\x05nodes\x18\x02 \x03(\x0b\x32\x1f.weir.cluster.v1.ControllerNode\x12\x30\n\x06topics\x18\x03 \x03(\x0b\x32 .weir.cluster.v1.ControllerTopic\x12\x37\n\x0f\x64\x65leting_topics\x18\x04 \x03(\x0b\x32\x1e.weir.cluster.v1.DeletingTopic\x12\x15\n\rnext_group_id\x18\x05 \x01(\x04\x12\x31\n\x06limits\x18\x08 \x01(\x0b\x32!.weir.cluster.v1.ControllerLimits\x12\x18\n\x10next_producer_id\x18\n \x01(\x04\x12\x37\n\x0fnamed_producers\x18\x0b \x03(\x0b\x32\x1e.weir.cluster.v1.NamedProducer\x12@\n\x12\x63oordinator_groups\x18\x0c \x03(\x0b\x32$.weir.cluster.v1.PartitionAssignmentJ\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08J\x04\x08\t\x10\nR\x12offsets_partitionsR\x0bgroup_homesR\x11\x63ommitted_offsets\"3\n\x0fPartitionOffset\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"=\n\x0cRegisterNode\x12-\n\x04node\x18\x01 \x01(\x0b\x32\x1f.weir.cluster.v1.ControllerNode\"~\n\x0b\x43reateTopic\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fpartition_count\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12,\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1c.weir.cluster.v1.TopicConfig\"\x1b\n\x0b\x44\x65leteTopic\x12\x0c\n\x04name\x18\x01 \x01(\t\"6\n\rAddPartitions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fpartition_count\x18\x02 \x01(\r\"S\n\x11UpdateTopicConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x05patch\x18\x02 \x01(\x0b\x32!.weir.cluster.v1.TopicConfigPatch\"2\n\x0c\x43onfirmDrops\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x11\n\tgroup_ids\x18\x02 \x03(\x04\")\n\x0f\x41ssignGroupHome\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\"(\n\x17\x43reateCoordinatorGroups\x12\r\n\x05\x63ount\x18\x01 \x01(\r\">\n\tSetLimits\x12\x31\n\x06limits\x18\x01 \x01(\x0b\x32!.weir.cluster.v1.ControllerLimits\"Z\n\rCommitOffsets\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\x31\n\x07offsets\x18\x02 \x03(\x0b\x32 .weir.cluster.v1.PartitionOffset\"\xfb\x05\n\x11\x43ontrollerCommand\x12\x36\n\rregister_node\x18\x01 \x01(\x0b\x32\x1d.weir.cluster.v1.RegisterNodeH\x00\x12\x34\n\x0c\x63reate_topic\x18\x02 \x01(\x0b\x32\x1c.weir.cluster.v1.CreateTopicH\x00\x12\x34\n\x0c\x64\x65lete_topic\x18\x03 \x01(\x0b\x32\x1c.weir.cluster.v1.DeleteTopicH\x00\x12\x38\n\x0e\x61\x64\x64_partitions\x18\x04 \x01(\x0b\x32\x1e.weir.cluster.v1.AddPartitionsH\x00\x12\x41\n\x13update_topic_config\x18\x05 \x01(\x0b\x32\".weir.cluster.v1.UpdateTopicConfigH\x00\x12\x36\n\rconfirm_drops\x18\x06 \x01(\x0b\x32\x1d.weir.cluster.v1.ConfirmDropsH\x00\x12=\n\x11\x61ssign_group_home\x18\x07 \x01(\x0b\x32 .weir.cluster.v1.AssignGroupHomeH\x00\x12\x30\n\nset_limits\x18\x08 \x01(\x0b\x32\x1a.weir.cluster.v1.SetLimitsH\x00\x12\x38\n\x0e\x63ommit_offsets\x18\t \x01(\x0b\x32\x1e.weir.cluster.v1.CommitOffsetsH\x00\x12\x45\n\x15\x61llocate_producer_ids\x18\n \x01(\x0b\x32$.weir.cluster.v1.AllocateProducerIdsH\x00\x12\x41\n\x13init_named_producer\x18\x0b \x01(\x0b\x32\".weir.cluster.v1.InitNamedProducerH\x00\x12M\n\x19\x63reate_coordinator_groups\x18\x0c \x01(\x0b\x32(.weir.cluster.v1.CreateCoordinatorGroupsH\x00\x42\t\n\x07\x63ommand\"$\n\x13\x41llocateProducerIds\x12\r\n\x05\x63ount\x18\x01 \x01(\r\"*\n\x11InitNamedProducer\x12\x15\n\rproducer_name\x18\x01 \x01(\t\"S\n\rNamedProducer\x12\x15\n\rproducer_name\x18\x01 \x01(\t\x12\x13\n\x0bproducer_id\x18\x02 \x01(\x04\x12\x16\n\x0eproducer_epoch\x18\x03 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,40 +45,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PENDINGDROP']._serialized_end=637
   _globals['_DELETINGTOPIC']._serialized_start=639
   _globals['_DELETINGTOPIC']._serialized_end=750
-  _globals['_GROUPHOME']._serialized_start=752
-  _globals['_GROUPHOME']._serialized_end=805
-  _globals['_CONTROLLERLIMITS']._serialized_start=808
-  _globals['_CONTROLLERLIMITS']._serialized_end=1013
-  _globals['_CONTROLLERSTATE']._serialized_start=1016
-  _globals['_CONTROLLERSTATE']._serialized_end=1538
-  _globals['_COMMITTEDOFFSET']._serialized_start=1540
-  _globals['_COMMITTEDOFFSET']._serialized_end=1615
-  _globals['_PARTITIONOFFSET']._serialized_start=1617
-  _globals['_PARTITIONOFFSET']._serialized_end=1668
-  _globals['_REGISTERNODE']._serialized_start=1670
-  _globals['_REGISTERNODE']._serialized_end=1731
-  _globals['_CREATETOPIC']._serialized_start=1733
-  _globals['_CREATETOPIC']._serialized_end=1859
-  _globals['_DELETETOPIC']._serialized_start=1861
-  _globals['_DELETETOPIC']._serialized_end=1888
-  _globals['_ADDPARTITIONS']._serialized_start=1890
-  _globals['_ADDPARTITIONS']._serialized_end=1944
-  _globals['_UPDATETOPICCONFIG']._serialized_start=1946
-  _globals['_UPDATETOPICCONFIG']._serialized_end=2029
-  _globals['_CONFIRMDROPS']._serialized_start=2031
-  _globals['_CONFIRMDROPS']._serialized_end=2081
-  _globals['_ASSIGNGROUPHOME']._serialized_start=2083
-  _globals['_ASSIGNGROUPHOME']._serialized_end=2124
-  _globals['_SETLIMITS']._serialized_start=2126
-  _globals['_SETLIMITS']._serialized_end=2188
-  _globals['_COMMITOFFSETS']._serialized_start=2190
-  _globals['_COMMITOFFSETS']._serialized_end=2280
-  _globals['_CONTROLLERCOMMAND']._serialized_start=2283
-  _globals['_CONTROLLERCOMMAND']._serialized_end=2967
-  _globals['_ALLOCATEPRODUCERIDS']._serialized_start=2969
-  _globals['_ALLOCATEPRODUCERIDS']._serialized_end=3005
-  _globals['_INITNAMEDPRODUCER']._serialized_start=3007
-  _globals['_INITNAMEDPRODUCER']._serialized_end=3049
-  _globals['_NAMEDPRODUCER']._serialized_start=3051
-  _globals['_NAMEDPRODUCER']._serialized_end=3134
+  _globals['_CONTROLLERLIMITS']._serialized_start=753
+  _globals['_CONTROLLERLIMITS']._serialized_end=956
+  _globals['_CONTROLLERSTATE']._serialized_start=959
+  _globals['_CONTROLLERSTATE']._serialized_end=1441
+  _globals['_PARTITIONOFFSET']._serialized_start=1443
+  _globals['_PARTITIONOFFSET']._serialized_end=1494
+  _globals['_REGISTERNODE']._serialized_start=1496
+  _globals['_REGISTERNODE']._serialized_end=1557
+  _globals['_CREATETOPIC']._serialized_start=1559
+  _globals['_CREATETOPIC']._serialized_end=1685
+  _globals['_DELETETOPIC']._serialized_start=1687
+  _globals['_DELETETOPIC']._serialized_end=1714
+  _globals['_ADDPARTITIONS']._serialized_start=1716
+  _globals['_ADDPARTITIONS']._serialized_end=1770
+  _globals['_UPDATETOPICCONFIG']._serialized_start=1772
+  _globals['_UPDATETOPICCONFIG']._serialized_end=1855
+  _globals['_CONFIRMDROPS']._serialized_start=1857
+  _globals['_CONFIRMDROPS']._serialized_end=1907
+  _globals['_ASSIGNGROUPHOME']._serialized_start=1909
+  _globals['_ASSIGNGROUPHOME']._serialized_end=1950
+  _globals['_CREATECOORDINATORGROUPS']._serialized_start=1952
+  _globals['_CREATECOORDINATORGROUPS']._serialized_end=1992
+  _globals['_SETLIMITS']._serialized_start=1994
+  _globals['_SETLIMITS']._serialized_end=2056
+  _globals['_COMMITOFFSETS']._serialized_start=2058
+  _globals['_COMMITOFFSETS']._serialized_end=2148
+  _globals['_CONTROLLERCOMMAND']._serialized_start=2151
+  _globals['_CONTROLLERCOMMAND']._serialized_end=2914
+  _globals['_ALLOCATEPRODUCERIDS']._serialized_start=2916
+  _globals['_ALLOCATEPRODUCERIDS']._serialized_end=2952
+  _globals['_INITNAMEDPRODUCER']._serialized_start=2954
+  _globals['_INITNAMEDPRODUCER']._serialized_end=2996
+  _globals['_NAMEDPRODUCER']._serialized_start=2998
+  _globals['_NAMEDPRODUCER']._serialized_end=3081
 # @@protoc_insertion_point(module_scope)

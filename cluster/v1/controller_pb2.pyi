@@ -70,67 +70,43 @@ class DeletingTopic(_message.Message):
     pending: _containers.RepeatedCompositeFieldContainer[PendingDrop]
     def __init__(self, topic: _Optional[_Union[ControllerTopic, _Mapping]] = ..., pending: _Optional[_Iterable[_Union[PendingDrop, _Mapping]]] = ...) -> None: ...
 
-class GroupHome(_message.Message):
-    __slots__ = ("consumer_group", "group_id")
-    CONSUMER_GROUP_FIELD_NUMBER: _ClassVar[int]
-    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
-    consumer_group: str
-    group_id: int
-    def __init__(self, consumer_group: _Optional[str] = ..., group_id: _Optional[int] = ...) -> None: ...
-
 class ControllerLimits(_message.Message):
-    __slots__ = ("nodes_max", "topics_max", "partitions_max", "partitions_total_max", "record_bytes_max_limit", "consumer_groups_max", "offsets_partition_count")
+    __slots__ = ("nodes_max", "topics_max", "partitions_max", "partitions_total_max", "record_bytes_max_limit", "consumer_groups_max")
     NODES_MAX_FIELD_NUMBER: _ClassVar[int]
     TOPICS_MAX_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_MAX_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_TOTAL_MAX_FIELD_NUMBER: _ClassVar[int]
     RECORD_BYTES_MAX_LIMIT_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_GROUPS_MAX_FIELD_NUMBER: _ClassVar[int]
-    OFFSETS_PARTITION_COUNT_FIELD_NUMBER: _ClassVar[int]
     nodes_max: int
     topics_max: int
     partitions_max: int
     partitions_total_max: int
     record_bytes_max_limit: int
     consumer_groups_max: int
-    offsets_partition_count: int
-    def __init__(self, nodes_max: _Optional[int] = ..., topics_max: _Optional[int] = ..., partitions_max: _Optional[int] = ..., partitions_total_max: _Optional[int] = ..., record_bytes_max_limit: _Optional[int] = ..., consumer_groups_max: _Optional[int] = ..., offsets_partition_count: _Optional[int] = ...) -> None: ...
+    def __init__(self, nodes_max: _Optional[int] = ..., topics_max: _Optional[int] = ..., partitions_max: _Optional[int] = ..., partitions_total_max: _Optional[int] = ..., record_bytes_max_limit: _Optional[int] = ..., consumer_groups_max: _Optional[int] = ...) -> None: ...
 
 class ControllerState(_message.Message):
-    __slots__ = ("version", "nodes", "topics", "deleting_topics", "next_group_id", "offsets_partitions", "group_homes", "limits", "committed_offsets", "next_producer_id", "named_producers")
+    __slots__ = ("version", "nodes", "topics", "deleting_topics", "next_group_id", "limits", "next_producer_id", "named_producers", "coordinator_groups")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     TOPICS_FIELD_NUMBER: _ClassVar[int]
     DELETING_TOPICS_FIELD_NUMBER: _ClassVar[int]
     NEXT_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
-    OFFSETS_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
-    GROUP_HOMES_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
-    COMMITTED_OFFSETS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
     NAMED_PRODUCERS_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_GROUPS_FIELD_NUMBER: _ClassVar[int]
     version: int
     nodes: _containers.RepeatedCompositeFieldContainer[ControllerNode]
     topics: _containers.RepeatedCompositeFieldContainer[ControllerTopic]
     deleting_topics: _containers.RepeatedCompositeFieldContainer[DeletingTopic]
     next_group_id: int
-    offsets_partitions: _containers.RepeatedCompositeFieldContainer[PartitionAssignment]
-    group_homes: _containers.RepeatedCompositeFieldContainer[GroupHome]
     limits: ControllerLimits
-    committed_offsets: _containers.RepeatedCompositeFieldContainer[CommittedOffset]
     next_producer_id: int
     named_producers: _containers.RepeatedCompositeFieldContainer[NamedProducer]
-    def __init__(self, version: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[ControllerNode, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[ControllerTopic, _Mapping]]] = ..., deleting_topics: _Optional[_Iterable[_Union[DeletingTopic, _Mapping]]] = ..., next_group_id: _Optional[int] = ..., offsets_partitions: _Optional[_Iterable[_Union[PartitionAssignment, _Mapping]]] = ..., group_homes: _Optional[_Iterable[_Union[GroupHome, _Mapping]]] = ..., limits: _Optional[_Union[ControllerLimits, _Mapping]] = ..., committed_offsets: _Optional[_Iterable[_Union[CommittedOffset, _Mapping]]] = ..., next_producer_id: _Optional[int] = ..., named_producers: _Optional[_Iterable[_Union[NamedProducer, _Mapping]]] = ...) -> None: ...
-
-class CommittedOffset(_message.Message):
-    __slots__ = ("consumer_group", "group_id", "offset")
-    CONSUMER_GROUP_FIELD_NUMBER: _ClassVar[int]
-    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
-    OFFSET_FIELD_NUMBER: _ClassVar[int]
-    consumer_group: str
-    group_id: int
-    offset: int
-    def __init__(self, consumer_group: _Optional[str] = ..., group_id: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+    coordinator_groups: _containers.RepeatedCompositeFieldContainer[PartitionAssignment]
+    def __init__(self, version: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[ControllerNode, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[ControllerTopic, _Mapping]]] = ..., deleting_topics: _Optional[_Iterable[_Union[DeletingTopic, _Mapping]]] = ..., next_group_id: _Optional[int] = ..., limits: _Optional[_Union[ControllerLimits, _Mapping]] = ..., next_producer_id: _Optional[int] = ..., named_producers: _Optional[_Iterable[_Union[NamedProducer, _Mapping]]] = ..., coordinator_groups: _Optional[_Iterable[_Union[PartitionAssignment, _Mapping]]] = ...) -> None: ...
 
 class PartitionOffset(_message.Message):
     __slots__ = ("group_id", "offset")
@@ -194,6 +170,12 @@ class AssignGroupHome(_message.Message):
     consumer_group: str
     def __init__(self, consumer_group: _Optional[str] = ...) -> None: ...
 
+class CreateCoordinatorGroups(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
+
 class SetLimits(_message.Message):
     __slots__ = ("limits",)
     LIMITS_FIELD_NUMBER: _ClassVar[int]
@@ -209,7 +191,7 @@ class CommitOffsets(_message.Message):
     def __init__(self, consumer_group: _Optional[str] = ..., offsets: _Optional[_Iterable[_Union[PartitionOffset, _Mapping]]] = ...) -> None: ...
 
 class ControllerCommand(_message.Message):
-    __slots__ = ("register_node", "create_topic", "delete_topic", "add_partitions", "update_topic_config", "confirm_drops", "assign_group_home", "set_limits", "commit_offsets", "allocate_producer_ids", "init_named_producer")
+    __slots__ = ("register_node", "create_topic", "delete_topic", "add_partitions", "update_topic_config", "confirm_drops", "assign_group_home", "set_limits", "commit_offsets", "allocate_producer_ids", "init_named_producer", "create_coordinator_groups")
     REGISTER_NODE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TOPIC_FIELD_NUMBER: _ClassVar[int]
     DELETE_TOPIC_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +203,7 @@ class ControllerCommand(_message.Message):
     COMMIT_OFFSETS_FIELD_NUMBER: _ClassVar[int]
     ALLOCATE_PRODUCER_IDS_FIELD_NUMBER: _ClassVar[int]
     INIT_NAMED_PRODUCER_FIELD_NUMBER: _ClassVar[int]
+    CREATE_COORDINATOR_GROUPS_FIELD_NUMBER: _ClassVar[int]
     register_node: RegisterNode
     create_topic: CreateTopic
     delete_topic: DeleteTopic
@@ -232,7 +215,8 @@ class ControllerCommand(_message.Message):
     commit_offsets: CommitOffsets
     allocate_producer_ids: AllocateProducerIds
     init_named_producer: InitNamedProducer
-    def __init__(self, register_node: _Optional[_Union[RegisterNode, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., add_partitions: _Optional[_Union[AddPartitions, _Mapping]] = ..., update_topic_config: _Optional[_Union[UpdateTopicConfig, _Mapping]] = ..., confirm_drops: _Optional[_Union[ConfirmDrops, _Mapping]] = ..., assign_group_home: _Optional[_Union[AssignGroupHome, _Mapping]] = ..., set_limits: _Optional[_Union[SetLimits, _Mapping]] = ..., commit_offsets: _Optional[_Union[CommitOffsets, _Mapping]] = ..., allocate_producer_ids: _Optional[_Union[AllocateProducerIds, _Mapping]] = ..., init_named_producer: _Optional[_Union[InitNamedProducer, _Mapping]] = ...) -> None: ...
+    create_coordinator_groups: CreateCoordinatorGroups
+    def __init__(self, register_node: _Optional[_Union[RegisterNode, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., add_partitions: _Optional[_Union[AddPartitions, _Mapping]] = ..., update_topic_config: _Optional[_Union[UpdateTopicConfig, _Mapping]] = ..., confirm_drops: _Optional[_Union[ConfirmDrops, _Mapping]] = ..., assign_group_home: _Optional[_Union[AssignGroupHome, _Mapping]] = ..., set_limits: _Optional[_Union[SetLimits, _Mapping]] = ..., commit_offsets: _Optional[_Union[CommitOffsets, _Mapping]] = ..., allocate_producer_ids: _Optional[_Union[AllocateProducerIds, _Mapping]] = ..., init_named_producer: _Optional[_Union[InitNamedProducer, _Mapping]] = ..., create_coordinator_groups: _Optional[_Union[CreateCoordinatorGroups, _Mapping]] = ...) -> None: ...
 
 class AllocateProducerIds(_message.Message):
     __slots__ = ("count",)

@@ -58,16 +58,22 @@ def leaders(cluster: ClusterProcess, node: int, name: str) -> list[int]:
 
 
 def balanced(cluster: ClusterProcess, live: Sequence[int], name: str) -> bool:
-    """Every live node agrees on the leaders, all live, and they differ by at most one per node."""
+    """Every live node agrees on the topic's leaders, all live, and leaders per node differ by
+    at most one, counting every group balancing balances: the topics' partitions and the
+    coordinator groups (DescribeCluster's `leader_count`). One topic alone may be uneven
+    when the coordinator groups make up for it."""
     seen = {tuple(leaders(cluster, n, name)) for n in live}
     if len(seen) != 1:
         return False
     (current,) = seen
     if not set(current) <= set(live):
         return False
-    counts = collections.Counter(current)
-    per_node = [counts.get(n, 0) for n in live]
-    return max(per_node) - min(per_node) <= 1
+    for node in live:
+        counts = {n.node_id: n.leader_count for n in cluster.describe(node).nodes}
+        per_node = [counts.get(n, 0) for n in live]
+        if sum(counts.values()) != sum(per_node) or max(per_node) - min(per_node) > 1:
+            return False
+    return True
 
 
 def wait_balanced(cluster: ClusterProcess, live: Sequence[int], name: str) -> float:

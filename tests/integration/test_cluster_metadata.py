@@ -148,9 +148,10 @@ def test_a_topic_is_created_and_deleted_everywhere_through_any_node(
         )
     time.sleep(DROP_GRACE_S)
     cluster.stop()
-    # The first topic's partitions are groups 1..6 (group 0 is the controller).
-    for node in cluster.node_ids:
-        assert stored_groups(cluster, node, range(1, 7)) == set(), node
+    # The topic's partitions and the six coordinator groups are groups 1..12
+    # (group 0 is the controller); only the coordinator groups are left.
+    left = [stored_groups(cluster, node, range(1, 13)) for node in cluster.node_ids]
+    assert len(left[0]) == 6 and all(stored == left[0] for stored in left), left
 
 
 def test_topics_survive_the_loss_of_the_controller_leader_and_a_restart(

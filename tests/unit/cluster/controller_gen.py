@@ -6,11 +6,11 @@ import random
 
 from weir.cluster.controller import (
     AddPartitions,
-    AssignGroupHome,
     Command,
     ConfigPatch,
     ConfirmDrops,
     ControllerState,
+    CreateCoordinatorGroups,
     CreateTopic,
     DeleteTopic,
     Limits,
@@ -61,7 +61,7 @@ def random_command(rng: random.Random, state: ControllerState) -> Command:
         groups = rng.sample(pending, min(len(pending), rng.randrange(4))) if pending else []
         return ConfirmDrops(rng.randrange(1, 6), tuple(sorted(groups)))
     if kind < 97:
-        return AssignGroupHome(rng.choice(["g1", "g2", "g3", f"g{rng.randrange(50)}", ""]))
+        return CreateCoordinatorGroups(rng.choice([0, 1, 3, 6, 2000]))
     return SetLimits(
         Limits(
             topics_max=rng.choice([0, 5, 50]),

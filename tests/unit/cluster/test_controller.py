@@ -1,4 +1,4 @@
-"""The controller's state machine: validation, group ids, deletes, homes, snapshots."""
+"""The controller's state machine: validation, group ids, deletes, coordinator groups, snapshots."""
 
 from __future__ import annotations
 
@@ -10,18 +10,17 @@ from tests.unit.cluster.controller_gen import SEEDS, cluster, random_command
 from weir.cluster.controller import (
     CONTROLLER_GROUP,
     AddPartitions,
-    AssignGroupHome,
     Command,
     ConfigPatch,
     ConfirmDrops,
     ControllerError,
     ControllerState,
+    CreateCoordinatorGroups,
     CreateTopic,
     DeleteTopic,
     Done,
-    GroupHome,
     InvalidConfig,
-    InvalidGroupName,
+    InvalidCoordinatorGroups,
     InvalidNode,
     InvalidPartitionCount,
     InvalidReplicationFactor,
@@ -96,7 +95,8 @@ def test_replication_factor_defaults_to_the_cluster_size_when_smaller() -> None:
         (RegisterNode(NodeInfo(0, "h:1")), InvalidNode),
         (RegisterNode(NodeInfo(9, "")), InvalidNode),
         (RegisterNode(NodeInfo(9, "h\n:1")), InvalidNode),
-        (AssignGroupHome(""), InvalidGroupName),
+        (CreateCoordinatorGroups(0), InvalidCoordinatorGroups),
+        (CreateCoordinatorGroups(1025), InvalidCoordinatorGroups),
         (SetLimits(Limits(topics_max=0)), ControllerError),
         (SetLimits(Limits(partitions_max=10, partitions_total_max=5)), ControllerError),
     ],
@@ -204,20 +204,6 @@ def test_update_config_merges_the_patch_into_the_committed_config() -> None:
     version = state.version
     assert state.apply(UpdateTopicConfig("a", ConfigPatch(retention_bytes=10))) == updated
     assert state.version == version
-
-
-def test_a_consumer_group_gets_a_home_that_it_keeps() -> None:
-    state = cluster(3, Limits(offsets_partition_count=2))
-    homes = [state.apply(AssignGroupHome(f"g{i}")) for i in range(5)]
-    assert all(isinstance(h, GroupHome) for h in homes)
-    partitions = state.offsets_partitions()
-    assert [p.group_id for p in partitions] == [1, 2]
-    assert [h.partition.group_id for h in homes if isinstance(h, GroupHome)] == [1, 2, 1, 2, 1]
-    again = state.apply(AssignGroupHome("g1"))
-    assert again == homes[1] and state.group_home("g1") == partitions[1]
-    # Offsets partitions count as groups to run, and in placement.
-    assert state.partitions() == partitions
-    assert create(state, "a", 1).group_ids == (3,)
 
 
 def test_commands_round_trip_through_their_encoding() -> None:

@@ -9,8 +9,8 @@ import pytest
 
 from tests.unit.cluster.controller_gen import cluster
 from weir.cluster.controller import (
-    AssignGroupHome,
     ControllerState,
+    CreateCoordinatorGroups,
     CreateTopic,
     DeleteTopic,
     NodeInfo,
@@ -77,7 +77,7 @@ def test_preferred_leaders_stay_even_across_topics(seed: int) -> None:
     state = cluster(nodes)
     for t in range(rng.randint(1, 12)):
         if rng.random() < 0.1:
-            assert not isinstance(state.apply(AssignGroupHome(f"g{t}")), Exception)
+            assert not isinstance(state.apply(CreateCoordinatorGroups(6)), Exception)
         topic = create(state, rng, f"t{t}", rng.randint(0, nodes))
         for partition in topic.partitions:
             assert len(partition.replicas) == topic.replication_factor

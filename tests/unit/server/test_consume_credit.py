@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import grpc
 import pytest
@@ -257,6 +257,9 @@ class GatedOffsets:
 
     def get(self, group: str, topic: Topic, partition: int) -> int | None:
         return self.inner.get(group, topic, partition)  # type: ignore[attr-defined, no-any-return]
+
+    async def fetch(self, group: str, topic: Topic, partitions: Iterable[int]) -> dict[int, int]:
+        return await self.inner.fetch(group, topic, partitions)  # type: ignore[attr-defined, no-any-return]
 
     async def commit(self, group: str, topic: Topic, offsets: Mapping[int, int]) -> dict[int, int]:
         self.calls.append(dict(offsets))
