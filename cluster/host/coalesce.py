@@ -5,11 +5,10 @@ entry per record: a batch header and checksum, a log row and an index row,
 an APPEND entry to every follower and an apply, on every replica. The host
 keeps, per partition group it leads, the appends that arrived since the
 driver last proposed for it (a `Pending`), and proposes them as one entry
-when the driver starts a turn or sends early while a turn waits for the
-disk (driver.py calls `RaftHost` back for that). Appends arriving within
-one loop iteration, or while the group's previous proposal waits for a
-turn, therefore share an entry; a lone append waits no longer than it did
-(the driver would have taken its proposal at the same moment).
+when the driver starts its next turn (driver.py calls `RaftHost` back for
+that). Appends arriving while a turn waits for the disk therefore share an
+entry; a lone append waits no longer than it did (the driver would have
+taken its proposal at the same moment).
 
 The stored payload of a batch is a serialized `RecordBatch` whose only
 field is the repeated `records`, so the concatenation of several payloads

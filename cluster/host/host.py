@@ -328,7 +328,7 @@ class RaftHost:
 
         Without `producer` the batch is merged with the group's other
         appends waiting for the driver (coalesce.py): it is proposed, with
-        them, before the driver's next turn or early send, and the ticket's
+        them, when the driver's next turn starts, and the ticket's
         `index` and `term` are set then.
         """
         assert record_count > 0, "a record batch holds at least one record"
@@ -438,7 +438,7 @@ class RaftHost:
         )
 
     def _flush_pending(self) -> None:
-        """The driver's call before a turn and before an early send: propose what waits."""
+        """The driver's call before each turn: propose what waits."""
         if not self._pending:
             return
         for group_id in list(self._pending):
