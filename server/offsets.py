@@ -1,4 +1,10 @@
-"""Durable consumer-group offsets.
+"""Durable consumer-group offsets of a single node.
+
+The rules are those of the cluster's coordinator groups: the same
+`OffsetsState` (weir.cluster.coordinator.offsets) decides every commit and
+forget, here over the node's own meta store instead of a Raft log. This
+module only loads that state from the rows below at start and writes the
+rows a command changed, so both modes validate, bound and store alike.
 
 An offset is stored per (group, partition log). Keys use the partition's
 group id, which is never reused, so deleting a topic and creating it again
@@ -22,8 +28,18 @@ import asyncio
 import struct
 from collections.abc import Iterable, Mapping
 
+import grpc
+
+from weir.cluster.coordinator.offsets import (
+    CONSUMER_GROUPS_MAX,
+    Commit,
+    Forget,
+    OffsetsError,
+    OffsetsState,
+    Stored,
+)
 from weir.cluster.storage import MetaStore
-from weir.server.errors import topic_not_found
+from weir.server.errors import BrokerError, topic_not_found
 from weir.server.topics import Topic, TopicRegistry
 
 OFFSET_NS = "offset"
@@ -54,10 +70,24 @@ def _index_key(group_id: int, group: bytes) -> bytes:
     return _GROUP_ID.pack(group_id) + group
 
 
+def _load_state(meta: MetaStore) -> OffsetsState:
+    groups: dict[str, list[tuple[int, int]]] = {}
+    for key, raw in meta.scan(OFFSET_NS):
+        name, group_id = _split_key(key)
+        groups.setdefault(name.decode(), []).append((group_id, int(struct.unpack(">q", raw)[0])))
+    # Rows written before the state machine's bounds existed are kept as they are.
+    return OffsetsState.restore(
+        sorted((n, sorted(o)) for n, o in groups.items()),
+        consumer_groups_max=max(len(groups), CONSUMER_GROUPS_MAX),
+    )
+
+
 class GroupOffsets:
     def __init__(self, meta: MetaStore, topics: TopicRegistry) -> None:
         self._meta = meta
         self._topics = topics
+        # What the rows hold; every change goes through its `apply`.
+        self._state = _load_state(meta)
         # Read-compare-write must not interleave with another commit, or a
         # slower, lower commit could overwrite a higher one. Removing a
         # log's offsets takes it too, so that no commit that passed its
@@ -87,6 +117,7 @@ class GroupOffsets:
         # A crash before this marker re-runs the (idempotent) indexing.
         puts.append((OFFSET_LAYOUT_NS, _LAYOUT_KEY, _LAYOUT_INDEXED))
         await self._meta.write(puts=puts, deletes=deletes)
+        self._state = _load_state(self._meta)
 
     async def fetch(self, group: str, topic: Topic, partitions: Iterable[int]) -> dict[int, int]:
         """The committed offsets of those partitions that have one."""
@@ -98,8 +129,7 @@ class GroupOffsets:
         return found
 
     def get(self, group: str, topic: Topic, partition: int) -> int | None:
-        raw = self._meta.get(OFFSET_NS, _key(group, topic.group_ids[partition]))
-        return None if raw is None else int(struct.unpack(">q", raw)[0])
+        return self._state.get(group, topic.group_ids[partition])
 
     async def commit(self, group: str, topic: Topic, offsets: Mapping[int, int]) -> dict[int, int]:
         """Store offsets that move forward; return the stored offset of each partition."""
@@ -113,25 +143,34 @@ class GroupOffsets:
     async def _commit_locked(
         self, group: str, topic: Topic, offsets: Mapping[int, int]
     ) -> dict[int, int]:
-        result: dict[int, int] = {}
+        by_group = {topic.group_ids[p]: o for p, o in offsets.items()}
+        before = {g: self._state.get(group, g) for g in by_group}
+        result = self._state.apply(Commit(group, tuple(sorted(by_group.items()))))
+        if isinstance(result, OffsetsError):
+            raise BrokerError(grpc.StatusCode[result.code], result.reason, result.message)
+        assert isinstance(result, Stored), result
+        stored = dict(result.offsets)
         puts = []
-        for partition, offset in offsets.items():
-            current = self.get(group, topic, partition)
-            if current is not None and current >= offset:
-                result[partition] = current
+        for group_id, offset in stored.items():
+            if before[group_id] == offset:
                 continue
-            result[partition] = offset
-            group_id = topic.group_ids[partition]
             puts.append((OFFSET_NS, _key(group, group_id), struct.pack(">q", offset)))
-            if current is None:
+            if before[group_id] is None:
                 puts.append((OFFSET_BY_LOG_NS, _index_key(group_id, group.encode()), b""))
         if puts:
-            await self._meta.write(puts=puts)
-        return result
+            try:
+                await self._meta.write(puts=puts)
+            except BaseException:
+                # Not stored: the state goes back to what the rows hold.
+                self._state = _load_state(self._meta)
+                raise
+        return {p: stored[topic.group_ids[p]] for p in offsets}
 
     async def forget_log(self, group_id: int) -> None:
         """Removes every group's offset on one (deleted) partition log, in bounded writes."""
         prefix = _GROUP_ID.pack(group_id)
+        async with self._lock:
+            self._state.apply(Forget((group_id,)))
         while True:
             async with self._lock:
                 rows = self._meta.scan(OFFSET_BY_LOG_NS, prefix)[:ROWS_PER_WRITE_MAX]
