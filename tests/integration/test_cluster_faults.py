@@ -271,13 +271,21 @@ def most_leaderships(cluster: ClusterProcess, topic: str, view: int, rng: random
 
 
 def balanced(cluster: ClusterProcess, topic: str, live: Sequence[int]) -> bool:
-    """Leaders per live node differ by at most one, every node of `live` agreeing."""
+    """Leaders per live node differ by at most one, every node of `live` agreeing on the topic's.
+
+    Counted over every group balancing balances (DescribeCluster's
+    `leader_count`): the topic's partitions and the coordinator groups. One
+    topic alone may be uneven when the coordinator groups make up for it.
+    """
     views = [leaders(cluster.address(n), topic) for n in live]
     if any(v != views[0] for v in views) or any(lead not in live for lead in views[0]):
         return False
-    counts = collections.Counter(views[0])
-    per_node = [counts.get(n, 0) for n in live]
-    return max(per_node) - min(per_node) <= 1
+    for node in live:
+        counts = {n.node_id: n.leader_count for n in cluster.describe(node).nodes}
+        per_node = [counts.get(n, 0) for n in live]
+        if sum(counts.values()) != sum(per_node) or max(per_node) - min(per_node) > 1:
+            return False
+    return True
 
 
 def produce_some(bootstrap: Sequence[str], topic: str, count: int, tag: bytes) -> None:
