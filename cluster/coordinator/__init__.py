@@ -10,7 +10,10 @@ coordinator Raft groups, in single-node mode and in tests:
 - `target_assignment`: the sticky, balanced, deterministic assignment
   (`assign.py`);
 - `Sessions`: member liveness at the coordinator leader, not replicated
-  (`sessions.py`).
+  (`sessions.py`);
+- `OffsetsState`: committed offsets, never backwards, forgotten with their
+  partitions (`offsets.py`); `CoordinatorStore`: one coordinator group's
+  replicated state, its entries and snapshots (`store.py`).
 """
 
 from weir.cluster.coordinator.assign import target_assignment
@@ -35,7 +38,9 @@ from weir.cluster.coordinator.messages import (
     Tick,
     TopicPartition,
 )
+from weir.cluster.coordinator.offsets import OffsetsState
 from weir.cluster.coordinator.sessions import Sessions
+from weir.cluster.coordinator.store import CoordinatorStore
 from weir.cluster.coordinator.stream import Member, Revocation, StreamGroup
 
 __all__ = [
@@ -44,6 +49,7 @@ __all__ = [
     "Assignment",
     "AssignmentAck",
     "Command",
+    "CoordinatorStore",
     "Expire",
     "Instruction",
     "Join",
@@ -51,6 +57,7 @@ __all__ = [
     "Leave",
     "Member",
     "MemberRemoved",
+    "OffsetsState",
     "PartitionCount",
     "Reason",
     "RemovedBecause",
