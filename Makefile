@@ -58,7 +58,7 @@ test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m coverage erase
 	$(PY) -m coverage run --branch --include='cluster/raft/*' -m pytest -q tests/unit tests/sim
 	$(PY) -m coverage report --show-missing --fail-under=95
-	$(PY) -m pytest -q tests/integration
+	$(PY) -m pytest -q --durations=15 tests/integration
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
