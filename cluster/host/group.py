@@ -60,8 +60,9 @@ class Group:
         # reopened group replays its log and must not apply twice.
         self.app_applied = 0
         # Leader: the offset after the newest proposed batch, valid while the
-        # log's last index is `tail_index` (see next_offset()).
+        # log's last entry is (`tail_index`, `tail_term`) (see next_offset()).
         self.tail_index = -1
+        self.tail_term = -1
         self.tail_offset = 0
         # Quiescence.
         self.quiesced = False
@@ -123,18 +124,26 @@ class Group:
         """
         raft = self.raw.raft
         last = raft.log.last_index()
-        if self.tail_index == last:
+        last_term = raft.log.last_term()
+        # The index alone does not name the tail: a node that led, lost its
+        # uncommitted suffix to another leader and leads again can have the
+        # same last index over other entries (other offsets). Index and term
+        # name one entry, and with it the whole log before it.
+        if self.tail_index == last and self.tail_term == last_term:
             return self.tail_offset
         storage_last = self.storage.last_index()
         offset = self.storage.next_offset
         for entry in raft.log.unstable:
             if entry.index > storage_last:
                 offset = entry_next_offset(entry, offset)
-        self.tail_index, self.tail_offset = last, offset
+        self.tail_index, self.tail_term, self.tail_offset = last, last_term, offset
         return offset
 
     def proposed(self, index: int, next_offset: int) -> None:
-        self.tail_index, self.tail_offset = index, next_offset
+        """The leader just appended the entry at `index` (its last), ending at `next_offset`."""
+        log = self.raw.raft.log
+        assert log.last_index() == index, "proposed entry is not the log's last"
+        self.tail_index, self.tail_term, self.tail_offset = index, log.last_term(), next_offset
 
     # ---- quiescence (the rules live in policy.py) ---------------------------------------
 
