@@ -26,7 +26,7 @@ from weir.v1 import errors_pb2 as weir_dot_v1_dot_errors__pb2
 from weir.v1 import records_pb2 as weir_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14weir/v1/broker.proto\x12\x07weir.v1\x1a\x14weir/v1/errors.proto\x1a\x15weir/v1/records.proto\",\n\x13InitProducerRequest\x12\x15\n\rproducer_name\x18\x01 \x01(\t\"C\n\x14InitProducerResponse\x12\x13\n\x0bproducer_id\x18\x01 \x01(\x04\x12\x16\n\x0eproducer_epoch\x18\x02 \x01(\r\"\xf9\x01\n\x0eProduceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x16\n\tpartition\x18\x03 \x01(\rH\x00\x88\x01\x01\x12#\n\x05\x62\x61tch\x18\x04 \x01(\x0b\x32\x14.weir.v1.RecordBatch\x12\x1b\n\x04\x61\x63ks\x18\x05 \x01(\x0e\x32\r.weir.v1.Acks\x12\x13\n\x0bproducer_id\x18\x06 \x01(\x04\x12\x16\n\x0eproducer_epoch\x18\x07 \x01(\r\x12\x16\n\x0e\x66irst_sequence\x18\x08 \x01(\r\x12\x17\n\x0f\x63ombine_answers\x18\t \x01(\x08\x42\x0c\n\n_partition\"g\n\x0fPartitionAppend\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x13\n\x0b\x62\x61se_offset\x18\x02 \x01(\x03\x12\x14\n\x0crecord_count\x18\x03 \x01(\r\x12\x16\n\x0erecord_indexes\x18\x04 \x03(\r\"\x97\x01\n\x0fProduceResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12)\n\x07\x61ppends\x18\x02 \x03(\x0b\x32\x18.weir.v1.PartitionAppend\x12\x1d\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x0e.weir.v1.Error\x12&\n\x04more\x18\x04 \x03(\x0b\x32\x18.weir.v1.ProduceResponse\"W\n\rStartPosition\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.weir.v1.StartKind\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\")\n\x06\x43redit\x12\x10\n\x08messages\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\"\xe7\x01\n\tSubscribe\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x03(\r\x12\r\n\x05group\x18\x03 \x01(\t\x12%\n\x05start\x18\x04 \x01(\x0b\x32\x16.weir.v1.StartPosition\x12\x30\n\x07offsets\x18\x05 \x03(\x0b\x32\x1f.weir.v1.Subscribe.OffsetsEntry\x12\x1f\n\x06\x63redit\x18\x06 \x01(\x0b\x32\x0f.weir.v1.Credit\x1a.\n\x0cOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"4\n\x0fPartitionOffset\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"F\n\x06\x43ommit\x12\x11\n\tcommit_id\x18\x01 \x01(\x04\x12)\n\x07offsets\x18\x02 \x03(\x0b\x32\x18.weir.v1.PartitionOffset\"\x87\x01\n\x0e\x43onsumeRequest\x12\'\n\tsubscribe\x18\x01 \x01(\x0b\x32\x12.weir.v1.SubscribeH\x00\x12!\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x0f.weir.v1.CreditH\x00\x12!\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x0f.weir.v1.CommitH\x00\x42\x06\n\x04kind\"a\n\x0ePartitionStart\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x18\n\x10log_start_offset\x18\x03 \x01(\x03\x12\x12\n\nend_offset\x18\x04 \x01(\x03\"b\n\nSubscribed\x12\r\n\x05topic\x18\x01 \x01(\t\x12+\n\npartitions\x18\x02 \x03(\x0b\x32\x17.weir.v1.PartitionStart\x12\x18\n\x10record_bytes_max\x18\x03 \x01(\x03\"|\n\rConsumedBatch\x12 \n\x07records\x18\x01 \x03(\x0b\x32\x0f.weir.v1.Record\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\r\x12\x13\n\x0b\x62\x61se_offset\x18\x04 \x01(\x03\x12\x12\n\nend_offset\x18\x05 \x01(\x03\"k\n\x0c\x43ommitResult\x12\x11\n\tcommit_id\x18\x01 \x01(\x04\x12)\n\x07offsets\x18\x02 \x03(\x0b\x32\x18.weir.v1.PartitionOffset\x12\x1d\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x0e.weir.v1.Error\"\xb8\x01\n\x0f\x43onsumeResponse\x12)\n\nsubscribed\x18\x01 \x01(\x0b\x32\x13.weir.v1.SubscribedH\x00\x12\'\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x16.weir.v1.ConsumedBatchH\x00\x12\'\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x15.weir.v1.CommitResultH\x00\x12 \n\x06notice\x18\x04 \x01(\x0b\x32\x0e.weir.v1.ErrorH\x00\x42\x06\n\x04kind*J\n\x04\x41\x63ks\x12\x14\n\x10\x41\x43KS_UNSPECIFIED\x10\x00\x12\r\n\tACKS_NONE\x10\x01\x12\x0f\n\x0b\x41\x43KS_LEADER\x10\x02\x12\x0c\n\x08\x41\x43KS_ALL\x10\x03*\x88\x01\n\tStartKind\x12\x1a\n\x16START_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13START_KIND_EARLIEST\x10\x01\x12\x15\n\x11START_KIND_LATEST\x10\x02\x12\x15\n\x11START_KIND_OFFSET\x10\x03\x12\x18\n\x14START_KIND_TIMESTAMP\x10\x04\x32\xe0\x01\n\rBrokerService\x12@\n\x07Produce\x12\x17.weir.v1.ProduceRequest\x1a\x18.weir.v1.ProduceResponse(\x01\x30\x01\x12@\n\x07\x43onsume\x12\x17.weir.v1.ConsumeRequest\x1a\x18.weir.v1.ConsumeResponse(\x01\x30\x01\x12K\n\x0cInitProducer\x12\x1c.weir.v1.InitProducerRequest\x1a\x1d.weir.v1.InitProducerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14weir/v1/broker.proto\x12\x07weir.v1\x1a\x14weir/v1/errors.proto\x1a\x15weir/v1/records.proto\",\n\x13InitProducerRequest\x12\x15\n\rproducer_name\x18\x01 \x01(\t\"C\n\x14InitProducerResponse\x12\x13\n\x0bproducer_id\x18\x01 \x01(\x04\x12\x16\n\x0eproducer_epoch\x18\x02 \x01(\r\"\xf9\x01\n\x0eProduceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x16\n\tpartition\x18\x03 \x01(\rH\x00\x88\x01\x01\x12#\n\x05\x62\x61tch\x18\x04 \x01(\x0b\x32\x14.weir.v1.RecordBatch\x12\x1b\n\x04\x61\x63ks\x18\x05 \x01(\x0e\x32\r.weir.v1.Acks\x12\x13\n\x0bproducer_id\x18\x06 \x01(\x04\x12\x16\n\x0eproducer_epoch\x18\x07 \x01(\r\x12\x16\n\x0e\x66irst_sequence\x18\x08 \x01(\r\x12\x17\n\x0f\x63ombine_answers\x18\t \x01(\x08\x42\x0c\n\n_partition\"g\n\x0fPartitionAppend\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x13\n\x0b\x62\x61se_offset\x18\x02 \x01(\x03\x12\x14\n\x0crecord_count\x18\x03 \x01(\r\x12\x16\n\x0erecord_indexes\x18\x04 \x03(\r\"\x97\x01\n\x0fProduceResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12)\n\x07\x61ppends\x18\x02 \x03(\x0b\x32\x18.weir.v1.PartitionAppend\x12\x1d\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x0e.weir.v1.Error\x12&\n\x04more\x18\x04 \x03(\x0b\x32\x18.weir.v1.ProduceResponse\"W\n\rStartPosition\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.weir.v1.StartKind\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\")\n\x06\x43redit\x12\x10\n\x08messages\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\"\xd8\x02\n\tSubscribe\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x03(\r\x12\r\n\x05group\x18\x03 \x01(\t\x12%\n\x05start\x18\x04 \x01(\x0b\x32\x16.weir.v1.StartPosition\x12\x30\n\x07offsets\x18\x05 \x03(\x0b\x32\x1f.weir.v1.Subscribe.OffsetsEntry\x12\x1f\n\x06\x63redit\x18\x06 \x01(\x0b\x32\x0f.weir.v1.Credit\x12\"\n\x04mode\x18\x07 \x01(\x0e\x32\x14.weir.v1.ConsumeMode\x12\x11\n\tmember_id\x18\x08 \x01(\t\x12\x1a\n\x12session_timeout_ms\x18\t \x01(\r\x12\x1c\n\x14rebalance_timeout_ms\x18\n \x01(\r\x1a.\n\x0cOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"4\n\x0fPartitionOffset\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"Z\n\x06\x43ommit\x12\x11\n\tcommit_id\x18\x01 \x01(\x04\x12)\n\x07offsets\x18\x02 \x03(\x0b\x32\x18.weir.v1.PartitionOffset\x12\x12\n\ngeneration\x18\x03 \x01(\x04\"#\n\rAssignmentAck\x12\x12\n\ngeneration\x18\x01 \x01(\x04\"\x0b\n\tHeartbeat\"T\n\x04Seek\x12\x0f\n\x07seek_id\x18\x01 \x01(\x04\x12\x11\n\tpartition\x18\x02 \x01(\r\x12(\n\x08position\x18\x03 \x01(\x0b\x32\x16.weir.v1.StartPosition\"\x81\x02\n\x0e\x43onsumeRequest\x12\'\n\tsubscribe\x18\x01 \x01(\x0b\x32\x12.weir.v1.SubscribeH\x00\x12!\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x0f.weir.v1.CreditH\x00\x12!\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x0f.weir.v1.CommitH\x00\x12\x30\n\x0e\x61ssignment_ack\x18\x04 \x01(\x0b\x32\x16.weir.v1.AssignmentAckH\x00\x12\'\n\theartbeat\x18\x05 \x01(\x0b\x32\x12.weir.v1.HeartbeatH\x00\x12\x1d\n\x04seek\x18\x06 \x01(\x0b\x32\r.weir.v1.SeekH\x00\x42\x06\n\x04kind\"a\n\x0ePartitionStart\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x18\n\x10log_start_offset\x18\x03 \x01(\x03\x12\x12\n\nend_offset\x18\x04 \x01(\x03\"b\n\nSubscribed\x12\r\n\x05topic\x18\x01 \x01(\t\x12+\n\npartitions\x18\x02 \x03(\x0b\x32\x17.weir.v1.PartitionStart\x12\x18\n\x10record_bytes_max\x18\x03 \x01(\x03\"|\n\rConsumedBatch\x12 \n\x07records\x18\x01 \x03(\x0b\x32\x0f.weir.v1.Record\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\r\x12\x13\n\x0b\x62\x61se_offset\x18\x04 \x01(\x03\x12\x12\n\nend_offset\x18\x05 \x01(\x03\"k\n\x0c\x43ommitResult\x12\x11\n\tcommit_id\x18\x01 \x01(\x04\x12)\n\x07offsets\x18\x02 \x03(\x0b\x32\x18.weir.v1.PartitionOffset\x12\x1d\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x0e.weir.v1.Error\"\x82\x01\n\nAssignment\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x12\n\npartitions\x18\x03 \x03(\r\x12(\n\x07started\x18\x04 \x03(\x0b\x32\x17.weir.v1.PartitionStart\x12\x0f\n\x07revoked\x18\x05 \x03(\r\"_\n\nSeekResult\x12\x0f\n\x07seek_id\x18\x01 \x01(\x04\x12\x11\n\tpartition\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x1d\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x0e.weir.v1.Error\"\x88\x02\n\x0f\x43onsumeResponse\x12)\n\nsubscribed\x18\x01 \x01(\x0b\x32\x13.weir.v1.SubscribedH\x00\x12\'\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x16.weir.v1.ConsumedBatchH\x00\x12\'\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x15.weir.v1.CommitResultH\x00\x12 \n\x06notice\x18\x04 \x01(\x0b\x32\x0e.weir.v1.ErrorH\x00\x12)\n\nassignment\x18\x05 \x01(\x0b\x32\x13.weir.v1.AssignmentH\x00\x12#\n\x04seek\x18\x06 \x01(\x0b\x32\x13.weir.v1.SeekResultH\x00\x42\x06\n\x04kind*J\n\x04\x41\x63ks\x12\x14\n\x10\x41\x43KS_UNSPECIFIED\x10\x00\x12\r\n\tACKS_NONE\x10\x01\x12\x0f\n\x0b\x41\x43KS_LEADER\x10\x02\x12\x0c\n\x08\x41\x43KS_ALL\x10\x03*\x88\x01\n\tStartKind\x12\x1a\n\x16START_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13START_KIND_EARLIEST\x10\x01\x12\x15\n\x11START_KIND_LATEST\x10\x02\x12\x15\n\x11START_KIND_OFFSET\x10\x03\x12\x18\n\x14START_KIND_TIMESTAMP\x10\x04*D\n\x0b\x43onsumeMode\x12\x1c\n\x18\x43ONSUME_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43ONSUME_MODE_STREAM\x10\x01\x32\xe0\x01\n\rBrokerService\x12@\n\x07Produce\x12\x17.weir.v1.ProduceRequest\x1a\x18.weir.v1.ProduceResponse(\x01\x30\x01\x12@\n\x07\x43onsume\x12\x17.weir.v1.ConsumeRequest\x1a\x18.weir.v1.ConsumeResponse(\x01\x30\x01\x12K\n\x0cInitProducer\x12\x1c.weir.v1.InitProducerRequest\x1a\x1d.weir.v1.InitProducerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBSCRIBE_OFFSETSENTRY']._loaded_options = None
   _globals['_SUBSCRIBE_OFFSETSENTRY']._serialized_options = b'8\001'
-  _globals['_ACKS']._serialized_start=1955
-  _globals['_ACKS']._serialized_end=2029
-  _globals['_STARTKIND']._serialized_start=2032
-  _globals['_STARTKIND']._serialized_end=2168
+  _globals['_ACKS']._serialized_start=2656
+  _globals['_ACKS']._serialized_end=2730
+  _globals['_STARTKIND']._serialized_start=2733
+  _globals['_STARTKIND']._serialized_end=2869
+  _globals['_CONSUMEMODE']._serialized_start=2871
+  _globals['_CONSUMEMODE']._serialized_end=2939
   _globals['_INITPRODUCERREQUEST']._serialized_start=78
   _globals['_INITPRODUCERREQUEST']._serialized_end=122
   _globals['_INITPRODUCERRESPONSE']._serialized_start=124
@@ -54,25 +56,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREDIT']._serialized_start=793
   _globals['_CREDIT']._serialized_end=834
   _globals['_SUBSCRIBE']._serialized_start=837
-  _globals['_SUBSCRIBE']._serialized_end=1068
-  _globals['_SUBSCRIBE_OFFSETSENTRY']._serialized_start=1022
-  _globals['_SUBSCRIBE_OFFSETSENTRY']._serialized_end=1068
-  _globals['_PARTITIONOFFSET']._serialized_start=1070
-  _globals['_PARTITIONOFFSET']._serialized_end=1122
-  _globals['_COMMIT']._serialized_start=1124
-  _globals['_COMMIT']._serialized_end=1194
-  _globals['_CONSUMEREQUEST']._serialized_start=1197
-  _globals['_CONSUMEREQUEST']._serialized_end=1332
-  _globals['_PARTITIONSTART']._serialized_start=1334
-  _globals['_PARTITIONSTART']._serialized_end=1431
-  _globals['_SUBSCRIBED']._serialized_start=1433
-  _globals['_SUBSCRIBED']._serialized_end=1531
-  _globals['_CONSUMEDBATCH']._serialized_start=1533
-  _globals['_CONSUMEDBATCH']._serialized_end=1657
-  _globals['_COMMITRESULT']._serialized_start=1659
-  _globals['_COMMITRESULT']._serialized_end=1766
-  _globals['_CONSUMERESPONSE']._serialized_start=1769
-  _globals['_CONSUMERESPONSE']._serialized_end=1953
-  _globals['_BROKERSERVICE']._serialized_start=2171
-  _globals['_BROKERSERVICE']._serialized_end=2395
+  _globals['_SUBSCRIBE']._serialized_end=1181
+  _globals['_SUBSCRIBE_OFFSETSENTRY']._serialized_start=1135
+  _globals['_SUBSCRIBE_OFFSETSENTRY']._serialized_end=1181
+  _globals['_PARTITIONOFFSET']._serialized_start=1183
+  _globals['_PARTITIONOFFSET']._serialized_end=1235
+  _globals['_COMMIT']._serialized_start=1237
+  _globals['_COMMIT']._serialized_end=1327
+  _globals['_ASSIGNMENTACK']._serialized_start=1329
+  _globals['_ASSIGNMENTACK']._serialized_end=1364
+  _globals['_HEARTBEAT']._serialized_start=1366
+  _globals['_HEARTBEAT']._serialized_end=1377
+  _globals['_SEEK']._serialized_start=1379
+  _globals['_SEEK']._serialized_end=1463
+  _globals['_CONSUMEREQUEST']._serialized_start=1466
+  _globals['_CONSUMEREQUEST']._serialized_end=1723
+  _globals['_PARTITIONSTART']._serialized_start=1725
+  _globals['_PARTITIONSTART']._serialized_end=1822
+  _globals['_SUBSCRIBED']._serialized_start=1824
+  _globals['_SUBSCRIBED']._serialized_end=1922
+  _globals['_CONSUMEDBATCH']._serialized_start=1924
+  _globals['_CONSUMEDBATCH']._serialized_end=2048
+  _globals['_COMMITRESULT']._serialized_start=2050
+  _globals['_COMMITRESULT']._serialized_end=2157
+  _globals['_ASSIGNMENT']._serialized_start=2160
+  _globals['_ASSIGNMENT']._serialized_end=2290
+  _globals['_SEEKRESULT']._serialized_start=2292
+  _globals['_SEEKRESULT']._serialized_end=2387
+  _globals['_CONSUMERESPONSE']._serialized_start=2390
+  _globals['_CONSUMERESPONSE']._serialized_end=2654
+  _globals['_BROKERSERVICE']._serialized_start=2942
+  _globals['_BROKERSERVICE']._serialized_end=3166
 # @@protoc_insertion_point(module_scope)

@@ -23,6 +23,11 @@ class StartKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     START_KIND_LATEST: _ClassVar[StartKind]
     START_KIND_OFFSET: _ClassVar[StartKind]
     START_KIND_TIMESTAMP: _ClassVar[StartKind]
+
+class ConsumeMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONSUME_MODE_UNSPECIFIED: _ClassVar[ConsumeMode]
+    CONSUME_MODE_STREAM: _ClassVar[ConsumeMode]
 ACKS_UNSPECIFIED: Acks
 ACKS_NONE: Acks
 ACKS_LEADER: Acks
@@ -32,6 +37,8 @@ START_KIND_EARLIEST: StartKind
 START_KIND_LATEST: StartKind
 START_KIND_OFFSET: StartKind
 START_KIND_TIMESTAMP: StartKind
+CONSUME_MODE_UNSPECIFIED: ConsumeMode
+CONSUME_MODE_STREAM: ConsumeMode
 
 class InitProducerRequest(_message.Message):
     __slots__ = ("producer_name",)
@@ -112,7 +119,7 @@ class Credit(_message.Message):
     def __init__(self, messages: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class Subscribe(_message.Message):
-    __slots__ = ("topic", "partitions", "group", "start", "offsets", "credit")
+    __slots__ = ("topic", "partitions", "group", "start", "offsets", "credit", "mode", "member_id", "session_timeout_ms", "rebalance_timeout_ms")
     class OffsetsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -126,13 +133,21 @@ class Subscribe(_message.Message):
     START_FIELD_NUMBER: _ClassVar[int]
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    REBALANCE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partitions: _containers.RepeatedScalarFieldContainer[int]
     group: str
     start: StartPosition
     offsets: _containers.ScalarMap[int, int]
     credit: Credit
-    def __init__(self, topic: _Optional[str] = ..., partitions: _Optional[_Iterable[int]] = ..., group: _Optional[str] = ..., start: _Optional[_Union[StartPosition, _Mapping]] = ..., offsets: _Optional[_Mapping[int, int]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ...) -> None: ...
+    mode: ConsumeMode
+    member_id: str
+    session_timeout_ms: int
+    rebalance_timeout_ms: int
+    def __init__(self, topic: _Optional[str] = ..., partitions: _Optional[_Iterable[int]] = ..., group: _Optional[str] = ..., start: _Optional[_Union[StartPosition, _Mapping]] = ..., offsets: _Optional[_Mapping[int, int]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., mode: _Optional[_Union[ConsumeMode, str]] = ..., member_id: _Optional[str] = ..., session_timeout_ms: _Optional[int] = ..., rebalance_timeout_ms: _Optional[int] = ...) -> None: ...
 
 class PartitionOffset(_message.Message):
     __slots__ = ("partition", "offset")
@@ -143,22 +158,50 @@ class PartitionOffset(_message.Message):
     def __init__(self, partition: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class Commit(_message.Message):
-    __slots__ = ("commit_id", "offsets")
+    __slots__ = ("commit_id", "offsets", "generation")
     COMMIT_ID_FIELD_NUMBER: _ClassVar[int]
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     commit_id: int
     offsets: _containers.RepeatedCompositeFieldContainer[PartitionOffset]
-    def __init__(self, commit_id: _Optional[int] = ..., offsets: _Optional[_Iterable[_Union[PartitionOffset, _Mapping]]] = ...) -> None: ...
+    generation: int
+    def __init__(self, commit_id: _Optional[int] = ..., offsets: _Optional[_Iterable[_Union[PartitionOffset, _Mapping]]] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class AssignmentAck(_message.Message):
+    __slots__ = ("generation",)
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    def __init__(self, generation: _Optional[int] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Seek(_message.Message):
+    __slots__ = ("seek_id", "partition", "position")
+    SEEK_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    seek_id: int
+    partition: int
+    position: StartPosition
+    def __init__(self, seek_id: _Optional[int] = ..., partition: _Optional[int] = ..., position: _Optional[_Union[StartPosition, _Mapping]] = ...) -> None: ...
 
 class ConsumeRequest(_message.Message):
-    __slots__ = ("subscribe", "credit", "commit")
+    __slots__ = ("subscribe", "credit", "commit", "assignment_ack", "heartbeat", "seek")
     SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_ACK_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    SEEK_FIELD_NUMBER: _ClassVar[int]
     subscribe: Subscribe
     credit: Credit
     commit: Commit
-    def __init__(self, subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ...) -> None: ...
+    assignment_ack: AssignmentAck
+    heartbeat: Heartbeat
+    seek: Seek
+    def __init__(self, subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ..., assignment_ack: _Optional[_Union[AssignmentAck, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., seek: _Optional[_Union[Seek, _Mapping]] = ...) -> None: ...
 
 class PartitionStart(_message.Message):
     __slots__ = ("partition", "offset", "log_start_offset", "end_offset")
@@ -206,14 +249,44 @@ class CommitResult(_message.Message):
     error: _errors_pb2.Error
     def __init__(self, commit_id: _Optional[int] = ..., offsets: _Optional[_Iterable[_Union[PartitionOffset, _Mapping]]] = ..., error: _Optional[_Union[_errors_pb2.Error, _Mapping]] = ...) -> None: ...
 
+class Assignment(_message.Message):
+    __slots__ = ("member_id", "generation", "partitions", "started", "revoked")
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    member_id: str
+    generation: int
+    partitions: _containers.RepeatedScalarFieldContainer[int]
+    started: _containers.RepeatedCompositeFieldContainer[PartitionStart]
+    revoked: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, member_id: _Optional[str] = ..., generation: _Optional[int] = ..., partitions: _Optional[_Iterable[int]] = ..., started: _Optional[_Iterable[_Union[PartitionStart, _Mapping]]] = ..., revoked: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SeekResult(_message.Message):
+    __slots__ = ("seek_id", "partition", "offset", "error")
+    SEEK_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    seek_id: int
+    partition: int
+    offset: int
+    error: _errors_pb2.Error
+    def __init__(self, seek_id: _Optional[int] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., error: _Optional[_Union[_errors_pb2.Error, _Mapping]] = ...) -> None: ...
+
 class ConsumeResponse(_message.Message):
-    __slots__ = ("subscribed", "batch", "commit", "notice")
+    __slots__ = ("subscribed", "batch", "commit", "notice", "assignment", "seek")
     SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    SEEK_FIELD_NUMBER: _ClassVar[int]
     subscribed: Subscribed
     batch: ConsumedBatch
     commit: CommitResult
     notice: _errors_pb2.Error
-    def __init__(self, subscribed: _Optional[_Union[Subscribed, _Mapping]] = ..., batch: _Optional[_Union[ConsumedBatch, _Mapping]] = ..., commit: _Optional[_Union[CommitResult, _Mapping]] = ..., notice: _Optional[_Union[_errors_pb2.Error, _Mapping]] = ...) -> None: ...
+    assignment: Assignment
+    seek: SeekResult
+    def __init__(self, subscribed: _Optional[_Union[Subscribed, _Mapping]] = ..., batch: _Optional[_Union[ConsumedBatch, _Mapping]] = ..., commit: _Optional[_Union[CommitResult, _Mapping]] = ..., notice: _Optional[_Union[_errors_pb2.Error, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., seek: _Optional[_Union[SeekResult, _Mapping]] = ...) -> None: ...
