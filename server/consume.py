@@ -79,6 +79,7 @@ from weir.server.limits import (
     MemoryBudget,
     consume_share_bytes,
 )
+from weir.server.membership import Membership
 from weir.server.naming import check_group_name
 from weir.server.registry import Offsets, TopicSource
 from weir.server.replicator import NotHostedError, Replicator
@@ -140,8 +141,13 @@ class ConsumePath:
         config: NodeConfig,
         stopping: asyncio.Event,
         budget: MemoryBudget | None = None,
+        *,
+        membership: Membership | None = None,
     ) -> None:
         self.topics = topics
+        # The group coordinator of CONSUME_MODE_STREAM subscriptions (None:
+        # stream mode is refused as unavailable on this node).
+        self.membership = membership
         # Read by each _Stream of this path.
         self.replicator = replicator
         self.offsets = offsets
