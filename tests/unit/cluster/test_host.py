@@ -10,16 +10,13 @@ tests/integration/test_host_cluster.py.
 from __future__ import annotations
 
 import asyncio
-import functools
 import pathlib
 import random
 import threading
 
 import pytest
 
-from tests.support import aio
 from weir.cluster.host import (
-    HostConfig,
     HostStoppedError,
     NotLeaderError,
     OutcomeUnknownError,
@@ -30,32 +27,14 @@ from weir.cluster.storage import NodeStorage, StorageConfig, StorageError
 from weir.cluster.storage.ops import LogWriteOp
 from weir.cluster.storage.writer import WriteOp
 
-# This module's deadlines.
-run = functools.partial(aio.run, timeout_s=25)
-eventually = functools.partial(aio.eventually, timeout_s=10, interval_s=0.005)
+from .host_fixtures import config, eventually, leading_host, run
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def config() -> HostConfig:
-    return HostConfig(
-        node_id=1,
-        cluster_id="unit",
-        tick_ms=10,
-        election_ticks=5,
-        heartbeat_ticks=1,
-        quiesce_after_ticks=3,
-    )
-
-
 def test_a_failed_write_reopens_the_group_from_disk(tmp_path: pathlib.Path) -> None:
     async def main() -> None:
-        async with (
-            NodeStorage(StorageConfig(path=tmp_path)) as storage,
-            RaftHost(config(), storage, random.Random(1)) as host,
-        ):
-            host.start_group(1, [1], partition=True)
-            await eventually(lambda: host.is_leader(1))
+        async with leading_host(tmp_path) as (storage, host):
             first = host.append_batch(1, b"kept", 2, 0)
             assert await first.committed == 0
             storage.raft_storage(1).close(StorageError("injected write failure"))
@@ -119,10 +98,7 @@ def test_a_committed_record_is_read_and_acknowledged_before_its_apply_is_durable
     release = threading.Event()
 
     async def main() -> None:
-        async with (
-            NodeStorage(StorageConfig(path=tmp_path)) as storage,
-            RaftHost(config(), storage, random.Random(1)) as host,
-        ):
+        async with leading_host(tmp_path) as (storage, host):
             _, writer = storage._open_parts()
             commit = writer._commit
 
@@ -132,8 +108,6 @@ def test_a_committed_record_is_read_and_acknowledged_before_its_apply_is_durable
                     release.wait(20)
                 commit(ops)
 
-            host.start_group(1, [1], partition=True)
-            await eventually(lambda: host.is_leader(1))
             writer._commit = held_commit  # type: ignore[method-assign]
             log = host.partition_log(1)
             try:
@@ -161,12 +135,7 @@ def test_a_committed_record_is_read_and_acknowledged_before_its_apply_is_durable
 
 def test_retention_compacts_through_raft(tmp_path: pathlib.Path) -> None:
     async def main() -> None:
-        async with (
-            NodeStorage(StorageConfig(path=tmp_path)) as storage,
-            RaftHost(config(), storage, random.Random(1)) as host,
-        ):
-            host.start_group(1, [1], partition=True)
-            await eventually(lambda: host.is_leader(1))
+        async with leading_host(tmp_path) as (_, host):
             for _ in range(10):
                 await host.append_batch(1, b"x" * 100, 1, 0).committed
             plan = host.compact_partition(1, retention_bytes=300, retention_ms=None)

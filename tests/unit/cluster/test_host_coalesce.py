@@ -10,38 +10,17 @@ them, with an error that says whether anything was written.
 
 from __future__ import annotations
 
-import functools
 import pathlib
-import random
 
 import pytest
 
-from tests.support import aio
-from weir.cluster.host import (
-    HostConfig,
-    NotLeaderError,
-    OutcomeUnknownError,
-    RaftHost,
-)
-from weir.cluster.storage import NodeStorage, ProducerFields, StorageConfig
+from weir.cluster.host import NotLeaderError, OutcomeUnknownError
+from weir.cluster.storage import ProducerFields
 from weir.v1 import records_pb2
 
-run = functools.partial(aio.run, timeout_s=25)
-eventually = functools.partial(aio.eventually, timeout_s=10, interval_s=0.005)
+from .host_fixtures import config, eventually, leading_host, run
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def config(**overrides: int) -> HostConfig:
-    return HostConfig(
-        node_id=1,
-        cluster_id="unit",
-        tick_ms=10,
-        election_ticks=5,
-        heartbeat_ticks=1,
-        quiesce_after_ticks=3,
-        **overrides,  # type: ignore[arg-type]
-    )
 
 
 def one_record(value: bytes) -> bytes:
@@ -52,12 +31,7 @@ def test_appends_in_one_iteration_share_one_entry_and_keep_their_offsets(
     tmp_path: pathlib.Path,
 ) -> None:
     async def main() -> None:
-        async with (
-            NodeStorage(StorageConfig(path=tmp_path)) as storage,
-            RaftHost(config(), storage, random.Random(1)) as host,
-        ):
-            host.start_group(1, [1], partition=True)
-            await eventually(lambda: host.is_leader(1))
+        async with leading_host(tmp_path) as (_, host):
             proposals = host.stats().proposals
             payloads = [one_record(b"v%d" % i) for i in range(10)]
             # Different record counts: each base offset follows the previous.
@@ -87,12 +61,7 @@ def test_appends_in_one_iteration_share_one_entry_and_keep_their_offsets(
 
 def test_a_merged_entry_stays_within_append_bytes_max(tmp_path: pathlib.Path) -> None:
     async def main() -> None:
-        async with (
-            NodeStorage(StorageConfig(path=tmp_path)) as storage,
-            RaftHost(config(append_bytes_max=1000), storage, random.Random(1)) as host,
-        ):
-            host.start_group(1, [1], partition=True)
-            await eventually(lambda: host.is_leader(1))
+        async with leading_host(tmp_path, config(append_bytes_max=1000)) as (_, host):
             tickets = [host.append_batch(1, b"x" * 300, 1, 0) for _ in range(7)]
             # Three of 300 bytes fit in 1,000; the fourth starts a new entry.
             assert [await t.committed for t in tickets] == list(range(7))
@@ -114,12 +83,7 @@ def test_idempotent_batches_are_not_merged_and_follow_what_was_pending(
     tmp_path: pathlib.Path,
 ) -> None:
     async def main() -> None:
-        async with (
-            NodeStorage(StorageConfig(path=tmp_path)) as storage,
-            RaftHost(config(), storage, random.Random(1)) as host,
-        ):
-            host.start_group(1, [1], partition=True)
-            await eventually(lambda: host.is_leader(1))
+        async with leading_host(tmp_path) as (_, host):
             plain = [host.append_batch(1, b"p", 1, 0) for _ in range(3)]
             first = host.append_batch(1, b"i0", 2, 0, ProducerFields(7, 0, 0))
             second = host.append_batch(1, b"i1", 2, 0, ProducerFields(7, 0, 2))
@@ -147,12 +111,7 @@ def test_pending_appends_fail_together_when_leadership_goes_before_the_proposal(
     tmp_path: pathlib.Path,
 ) -> None:
     async def main() -> None:
-        async with (
-            NodeStorage(StorageConfig(path=tmp_path)) as storage,
-            RaftHost(config(), storage, random.Random(1)) as host,
-        ):
-            host.start_group(1, [1], partition=True)
-            await eventually(lambda: host.is_leader(1))
+        async with leading_host(tmp_path) as (_, host):
             tickets = [host.append_batch(1, b"r", 1, 0) for _ in range(3)]
             # Leadership goes in the same iteration, before the driver's turn.
             host._driver.groups[1].raw.step_down()
@@ -170,12 +129,7 @@ def test_pending_appends_fail_together_when_leadership_goes_before_the_proposal(
 
 def test_pending_appends_of_a_stopped_group_resolve_unknown(tmp_path: pathlib.Path) -> None:
     async def main() -> None:
-        async with (
-            NodeStorage(StorageConfig(path=tmp_path)) as storage,
-            RaftHost(config(), storage, random.Random(1)) as host,
-        ):
-            host.start_group(1, [1], partition=True)
-            await eventually(lambda: host.is_leader(1))
+        async with leading_host(tmp_path) as (_, host):
             tickets = [host.append_batch(1, b"r", 1, 0) for _ in range(2)]
             host.stop_group(1)
             for ticket in tickets:

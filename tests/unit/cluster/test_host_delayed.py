@@ -4,33 +4,17 @@ too, and applying them fills the delay index with the offsets they got."""
 
 from __future__ import annotations
 
-import functools
 import pathlib
-import random
 
 import pytest
 
-from tests.support import aio
-from weir.cluster.host import HostConfig, RaftHost
-from weir.cluster.storage import NodeStorage, ProducerFields, StorageConfig
+from weir.cluster.storage import ProducerFields
 from weir.cluster.storage.delays import DelayedRecord
 from weir.v1 import records_pb2
 
-run = functools.partial(aio.run, timeout_s=25)
-eventually = functools.partial(aio.eventually, timeout_s=10, interval_s=0.005)
+from .host_fixtures import eventually, leading_host, run
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def config() -> HostConfig:
-    return HostConfig(
-        node_id=1,
-        cluster_id="unit",
-        tick_ms=10,
-        election_ticks=5,
-        heartbeat_ticks=1,
-        quiesce_after_ticks=3,
-    )
 
 
 def records(*deliver_at_ms: int) -> bytes:
@@ -42,12 +26,7 @@ def records(*deliver_at_ms: int) -> bytes:
 
 def test_merged_and_idempotent_appends_index_their_delays(tmp_path: pathlib.Path) -> None:
     async def main() -> None:
-        async with (
-            NodeStorage(StorageConfig(path=tmp_path)) as storage,
-            RaftHost(config(), storage, random.Random(1)) as host,
-        ):
-            host.start_group(1, [1], partition=True)
-            await eventually(lambda: host.is_leader(1))
+        async with leading_host(tmp_path) as (_, host):
             log = host.partition_log(1)
             # Three appends in one iteration become one entry: the middle one
             # has delays, so the entry is flagged and its records indexed.

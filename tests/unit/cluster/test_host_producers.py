@@ -10,45 +10,25 @@ answered at once from the producer table.
 from __future__ import annotations
 
 import asyncio
-import functools
 import pathlib
-import random
 
 import pytest
 
-from tests.support import aio
-from weir.cluster.host import HostConfig, NotWrittenError, RaftHost
+from weir.cluster.host import NotWrittenError
 from weir.cluster.host.tickets import Waiters
 from weir.cluster.raft.types import Entry
-from weir.cluster.storage import NodeStorage, ProducerFields, StorageConfig
+from weir.cluster.storage import ProducerFields
 
-run = functools.partial(aio.run, timeout_s=25)
-eventually = functools.partial(aio.eventually, timeout_s=10, interval_s=0.005)
+from .host_fixtures import leading_host, run
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def config() -> HostConfig:
-    return HostConfig(
-        node_id=1,
-        cluster_id="unit",
-        tick_ms=10,
-        election_ticks=5,
-        heartbeat_ticks=1,
-        quiesce_after_ticks=3,
-    )
 
 
 def test_a_retry_of_a_batch_in_flight_waits_for_that_entry_and_appends_nothing(
     tmp_path: pathlib.Path,
 ) -> None:
     async def main() -> None:
-        async with (
-            NodeStorage(StorageConfig(path=tmp_path)) as storage,
-            RaftHost(config(), storage, random.Random(1)) as host,
-        ):
-            host.start_group(1, [1], partition=True)
-            await eventually(lambda: host.is_leader(1))
+        async with leading_host(tmp_path) as (_, host):
             assert await host.append_batch(1, b"before", 2, 0).committed == 0
             proposals = host.stats().proposals
             original = host.append_batch(1, b"batch", 3, 0, ProducerFields(9, 0, 0))
