@@ -33,6 +33,9 @@ class Reason(enum.StrEnum):
     GROUP_FULL = "GROUP_FULL"
     # INVALID_ARGUMENT: a member id, subscription or timeout outside the limits.
     INVALID_JOIN = "INVALID_JOIN"
+    # RESOURCE_EXHAUSTED: a new consumer group on a coordinator group that
+    # holds its maximum (offsets.CONSUMER_GROUPS_MAX) already (store.py).
+    TOO_MANY_CONSUMER_GROUPS = "TOO_MANY_CONSUMER_GROUPS"
 
 
 class RemovedBecause(enum.StrEnum):

@@ -47,6 +47,11 @@ class CoordinatorServiceStub:
                 request_serializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.FetchGroupOffsetsRequest.SerializeToString,
                 response_deserializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.FetchGroupOffsetsResponse.FromString,
                 _registered_method=True)
+        self.Membership = channel.stream_stream(
+                '/weir.cluster.v1.CoordinatorService/Membership',
+                request_serializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipRequest.SerializeToString,
+                response_deserializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipEvent.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -71,6 +76,17 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Membership(self, request_iterator, context):
+        """Membership carries one stream-mode member between the node serving
+        its Consume stream and the coordinator group's leader. The first
+        request joins; the answer is a stream of the member's assignments. A
+        half-close by the serving node is the member leaving; a broken call is
+        not (the serving node rejoins at the new leader under the same id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -83,6 +99,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.FetchGroupOffsets,
                     request_deserializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.FetchGroupOffsetsRequest.FromString,
                     response_serializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.FetchGroupOffsetsResponse.SerializeToString,
+            ),
+            'Membership': grpc.stream_stream_rpc_method_handler(
+                    servicer.Membership,
+                    request_deserializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipRequest.FromString,
+                    response_serializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -142,6 +163,33 @@ class CoordinatorService:
             '/weir.cluster.v1.CoordinatorService/FetchGroupOffsets',
             weir_dot_cluster_dot_v1_dot_coordinator__pb2.FetchGroupOffsetsRequest.SerializeToString,
             weir_dot_cluster_dot_v1_dot_coordinator__pb2.FetchGroupOffsetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Membership(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/weir.cluster.v1.CoordinatorService/Membership',
+            weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipRequest.SerializeToString,
+            weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipEvent.FromString,
             options,
             channel_credentials,
             insecure,
