@@ -22,49 +22,68 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from weir.v1 import broker_pb2 as weir_dot_v1_dot_broker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13weir/v1/admin.proto\x12\x07weir.v1\"\x9f\x01\n\x0bTopicConfig\x12\x1c\n\x0fretention_bytes\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x19\n\x0cretention_ms\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x1d\n\x10record_bytes_max\x18\x03 \x01(\x03H\x02\x88\x01\x01\x42\x12\n\x10_retention_bytesB\x0f\n\r_retention_msB\x13\n\x11_record_bytes_max\"p\n\x05Topic\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fpartition_count\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12$\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x14.weir.v1.TopicConfig\"\xc8\x01\n\rPartitionInfo\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x14\n\x0cstart_offset\x18\x02 \x01(\x03\x12\x12\n\nend_offset\x18\x03 \x01(\x03\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x11\n\tleader_id\x18\x05 \x01(\r\x12\x13\n\x0breplica_ids\x18\x06 \x03(\r\x12\x16\n\x0eleader_address\x18\x07 \x01(\t\x12&\n\x08replicas\x18\x08 \x03(\x0b\x32\x14.weir.v1.ReplicaInfo\"S\n\x0bReplicaInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x13\n\x0blag_entries\x18\x04 \x01(\x03\"}\n\x12\x43reateTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fpartition_count\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12$\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x14.weir.v1.TopicConfig\"4\n\x13\x43reateTopicResponse\x12\x1d\n\x05topic\x18\x01 \x01(\x0b\x32\x0e.weir.v1.Topic\"\"\n\x12\x44\x65leteTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteTopicResponse\"\x13\n\x11ListTopicsRequest\"4\n\x12ListTopicsResponse\x12\x1e\n\x06topics\x18\x01 \x03(\x0b\x32\x0e.weir.v1.Topic\"$\n\x14\x44\x65scribeTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"b\n\x15\x44\x65scribeTopicResponse\x12\x1d\n\x05topic\x18\x01 \x01(\x0b\x32\x0e.weir.v1.Topic\x12*\n\npartitions\x18\x02 \x03(\x0b\x32\x16.weir.v1.PartitionInfo\"N\n\x18UpdateTopicConfigRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x14.weir.v1.TopicConfig\":\n\x19UpdateTopicConfigResponse\x12\x1d\n\x05topic\x18\x01 \x01(\x0b\x32\x0e.weir.v1.Topic\"\x18\n\x16\x44\x65scribeClusterRequest\"M\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x14\n\x0cleader_count\x18\x04 \x01(\r\"\xd3\x01\n\x17\x44\x65scribeClusterResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x1c\n\x05nodes\x18\x02 \x03(\x0b\x32\r.weir.v1.Node\x12\x0f\n\x07node_id\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x12\n\ndurability\x18\x05 \x01(\t\x12\x19\n\x11request_bytes_max\x18\x06 \x01(\x03\x12\x1e\n\x16record_bytes_max_limit\x18\x07 \x01(\x03\x12\x15\n\rcontroller_id\x18\x08 \x01(\r2\xeb\x03\n\x0c\x41\x64minService\x12H\n\x0b\x43reateTopic\x12\x1b.weir.v1.CreateTopicRequest\x1a\x1c.weir.v1.CreateTopicResponse\x12H\n\x0b\x44\x65leteTopic\x12\x1b.weir.v1.DeleteTopicRequest\x1a\x1c.weir.v1.DeleteTopicResponse\x12\x45\n\nListTopics\x12\x1a.weir.v1.ListTopicsRequest\x1a\x1b.weir.v1.ListTopicsResponse\x12N\n\rDescribeTopic\x12\x1d.weir.v1.DescribeTopicRequest\x1a\x1e.weir.v1.DescribeTopicResponse\x12Z\n\x11UpdateTopicConfig\x12!.weir.v1.UpdateTopicConfigRequest\x1a\".weir.v1.UpdateTopicConfigResponse\x12T\n\x0f\x44\x65scribeCluster\x12\x1f.weir.v1.DescribeClusterRequest\x1a .weir.v1.DescribeClusterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13weir/v1/admin.proto\x12\x07weir.v1\x1a\x14weir/v1/broker.proto\"\x9f\x01\n\x0bTopicConfig\x12\x1c\n\x0fretention_bytes\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x19\n\x0cretention_ms\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x1d\n\x10record_bytes_max\x18\x03 \x01(\x03H\x02\x88\x01\x01\x42\x12\n\x10_retention_bytesB\x0f\n\r_retention_msB\x13\n\x11_record_bytes_max\"p\n\x05Topic\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fpartition_count\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12$\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x14.weir.v1.TopicConfig\"\xc8\x01\n\rPartitionInfo\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x14\n\x0cstart_offset\x18\x02 \x01(\x03\x12\x12\n\nend_offset\x18\x03 \x01(\x03\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x11\n\tleader_id\x18\x05 \x01(\r\x12\x13\n\x0breplica_ids\x18\x06 \x03(\r\x12\x16\n\x0eleader_address\x18\x07 \x01(\t\x12&\n\x08replicas\x18\x08 \x03(\x0b\x32\x14.weir.v1.ReplicaInfo\"S\n\x0bReplicaInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x13\n\x0blag_entries\x18\x04 \x01(\x03\"}\n\x12\x43reateTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fpartition_count\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12$\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x14.weir.v1.TopicConfig\"4\n\x13\x43reateTopicResponse\x12\x1d\n\x05topic\x18\x01 \x01(\x0b\x32\x0e.weir.v1.Topic\"\"\n\x12\x44\x65leteTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteTopicResponse\"\x13\n\x11ListTopicsRequest\"4\n\x12ListTopicsResponse\x12\x1e\n\x06topics\x18\x01 \x03(\x0b\x32\x0e.weir.v1.Topic\"$\n\x14\x44\x65scribeTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"b\n\x15\x44\x65scribeTopicResponse\x12\x1d\n\x05topic\x18\x01 \x01(\x0b\x32\x0e.weir.v1.Topic\x12*\n\npartitions\x18\x02 \x03(\x0b\x32\x16.weir.v1.PartitionInfo\"N\n\x18UpdateTopicConfigRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x14.weir.v1.TopicConfig\":\n\x19UpdateTopicConfigResponse\x12\x1d\n\x05topic\x18\x01 \x01(\x0b\x32\x0e.weir.v1.Topic\"\x18\n\x16\x44\x65scribeClusterRequest\"M\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x14\n\x0cleader_count\x18\x04 \x01(\r\"\xd3\x01\n\x17\x44\x65scribeClusterResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x1c\n\x05nodes\x18\x02 \x03(\x0b\x32\r.weir.v1.Node\x12\x0f\n\x07node_id\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x12\n\ndurability\x18\x05 \x01(\t\x12\x19\n\x11request_bytes_max\x18\x06 \x01(\x03\x12\x1e\n\x16record_bytes_max_limit\x18\x07 \x01(\x03\x12\x15\n\rcontroller_id\x18\x08 \x01(\r\"\x13\n\x11ListGroupsRequest\"V\n\x0cGroupSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cmember_count\x18\x02 \x01(\r\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x0e\n\x06topics\x18\x04 \x03(\t\";\n\x12ListGroupsResponse\x12%\n\x06groups\x18\x01 \x03(\x0b\x32\x15.weir.v1.GroupSummary\"$\n\x14\x44\x65scribeGroupRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x0bGroupMember\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x0e\n\x06topics\x18\x03 \x03(\t\"\x9a\x01\n\x0eGroupPartition\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\r\x12\x1d\n\x10\x63ommitted_offset\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nend_offset\x18\x04 \x01(\x03\x12\x0b\n\x03lag\x18\x05 \x01(\x03\x12\x11\n\tmember_id\x18\x06 \x01(\tB\x13\n\x11_committed_offset\"\x8d\x01\n\x15\x44\x65scribeGroupResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12%\n\x07members\x18\x03 \x03(\x0b\x32\x14.weir.v1.GroupMember\x12+\n\npartitions\x18\x04 \x03(\x0b\x32\x17.weir.v1.GroupPartition\"u\n\x18ResetGroupOffsetsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x12\n\npartitions\x18\x03 \x03(\r\x12(\n\x08position\x18\x04 \x01(\x0b\x32\x16.weir.v1.StartPosition\"F\n\x19ResetGroupOffsetsResponse\x12)\n\x07offsets\x18\x01 \x03(\x0b\x32\x18.weir.v1.PartitionOffset2\xde\x05\n\x0c\x41\x64minService\x12H\n\x0b\x43reateTopic\x12\x1b.weir.v1.CreateTopicRequest\x1a\x1c.weir.v1.CreateTopicResponse\x12H\n\x0b\x44\x65leteTopic\x12\x1b.weir.v1.DeleteTopicRequest\x1a\x1c.weir.v1.DeleteTopicResponse\x12\x45\n\nListTopics\x12\x1a.weir.v1.ListTopicsRequest\x1a\x1b.weir.v1.ListTopicsResponse\x12N\n\rDescribeTopic\x12\x1d.weir.v1.DescribeTopicRequest\x1a\x1e.weir.v1.DescribeTopicResponse\x12Z\n\x11UpdateTopicConfig\x12!.weir.v1.UpdateTopicConfigRequest\x1a\".weir.v1.UpdateTopicConfigResponse\x12T\n\x0f\x44\x65scribeCluster\x12\x1f.weir.v1.DescribeClusterRequest\x1a .weir.v1.DescribeClusterResponse\x12\x45\n\nListGroups\x12\x1a.weir.v1.ListGroupsRequest\x1a\x1b.weir.v1.ListGroupsResponse\x12N\n\rDescribeGroup\x12\x1d.weir.v1.DescribeGroupRequest\x1a\x1e.weir.v1.DescribeGroupResponse\x12Z\n\x11ResetGroupOffsets\x12!.weir.v1.ResetGroupOffsetsRequest\x1a\".weir.v1.ResetGroupOffsetsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'weir.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOPICCONFIG']._serialized_start=33
-  _globals['_TOPICCONFIG']._serialized_end=192
-  _globals['_TOPIC']._serialized_start=194
-  _globals['_TOPIC']._serialized_end=306
-  _globals['_PARTITIONINFO']._serialized_start=309
-  _globals['_PARTITIONINFO']._serialized_end=509
-  _globals['_REPLICAINFO']._serialized_start=511
-  _globals['_REPLICAINFO']._serialized_end=594
-  _globals['_CREATETOPICREQUEST']._serialized_start=596
-  _globals['_CREATETOPICREQUEST']._serialized_end=721
-  _globals['_CREATETOPICRESPONSE']._serialized_start=723
-  _globals['_CREATETOPICRESPONSE']._serialized_end=775
-  _globals['_DELETETOPICREQUEST']._serialized_start=777
-  _globals['_DELETETOPICREQUEST']._serialized_end=811
-  _globals['_DELETETOPICRESPONSE']._serialized_start=813
-  _globals['_DELETETOPICRESPONSE']._serialized_end=834
-  _globals['_LISTTOPICSREQUEST']._serialized_start=836
-  _globals['_LISTTOPICSREQUEST']._serialized_end=855
-  _globals['_LISTTOPICSRESPONSE']._serialized_start=857
-  _globals['_LISTTOPICSRESPONSE']._serialized_end=909
-  _globals['_DESCRIBETOPICREQUEST']._serialized_start=911
-  _globals['_DESCRIBETOPICREQUEST']._serialized_end=947
-  _globals['_DESCRIBETOPICRESPONSE']._serialized_start=949
-  _globals['_DESCRIBETOPICRESPONSE']._serialized_end=1047
-  _globals['_UPDATETOPICCONFIGREQUEST']._serialized_start=1049
-  _globals['_UPDATETOPICCONFIGREQUEST']._serialized_end=1127
-  _globals['_UPDATETOPICCONFIGRESPONSE']._serialized_start=1129
-  _globals['_UPDATETOPICCONFIGRESPONSE']._serialized_end=1187
-  _globals['_DESCRIBECLUSTERREQUEST']._serialized_start=1189
-  _globals['_DESCRIBECLUSTERREQUEST']._serialized_end=1213
-  _globals['_NODE']._serialized_start=1215
-  _globals['_NODE']._serialized_end=1292
-  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_start=1295
-  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_end=1506
-  _globals['_ADMINSERVICE']._serialized_start=1509
-  _globals['_ADMINSERVICE']._serialized_end=2000
+  _globals['_TOPICCONFIG']._serialized_start=55
+  _globals['_TOPICCONFIG']._serialized_end=214
+  _globals['_TOPIC']._serialized_start=216
+  _globals['_TOPIC']._serialized_end=328
+  _globals['_PARTITIONINFO']._serialized_start=331
+  _globals['_PARTITIONINFO']._serialized_end=531
+  _globals['_REPLICAINFO']._serialized_start=533
+  _globals['_REPLICAINFO']._serialized_end=616
+  _globals['_CREATETOPICREQUEST']._serialized_start=618
+  _globals['_CREATETOPICREQUEST']._serialized_end=743
+  _globals['_CREATETOPICRESPONSE']._serialized_start=745
+  _globals['_CREATETOPICRESPONSE']._serialized_end=797
+  _globals['_DELETETOPICREQUEST']._serialized_start=799
+  _globals['_DELETETOPICREQUEST']._serialized_end=833
+  _globals['_DELETETOPICRESPONSE']._serialized_start=835
+  _globals['_DELETETOPICRESPONSE']._serialized_end=856
+  _globals['_LISTTOPICSREQUEST']._serialized_start=858
+  _globals['_LISTTOPICSREQUEST']._serialized_end=877
+  _globals['_LISTTOPICSRESPONSE']._serialized_start=879
+  _globals['_LISTTOPICSRESPONSE']._serialized_end=931
+  _globals['_DESCRIBETOPICREQUEST']._serialized_start=933
+  _globals['_DESCRIBETOPICREQUEST']._serialized_end=969
+  _globals['_DESCRIBETOPICRESPONSE']._serialized_start=971
+  _globals['_DESCRIBETOPICRESPONSE']._serialized_end=1069
+  _globals['_UPDATETOPICCONFIGREQUEST']._serialized_start=1071
+  _globals['_UPDATETOPICCONFIGREQUEST']._serialized_end=1149
+  _globals['_UPDATETOPICCONFIGRESPONSE']._serialized_start=1151
+  _globals['_UPDATETOPICCONFIGRESPONSE']._serialized_end=1209
+  _globals['_DESCRIBECLUSTERREQUEST']._serialized_start=1211
+  _globals['_DESCRIBECLUSTERREQUEST']._serialized_end=1235
+  _globals['_NODE']._serialized_start=1237
+  _globals['_NODE']._serialized_end=1314
+  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_start=1317
+  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_end=1528
+  _globals['_LISTGROUPSREQUEST']._serialized_start=1530
+  _globals['_LISTGROUPSREQUEST']._serialized_end=1549
+  _globals['_GROUPSUMMARY']._serialized_start=1551
+  _globals['_GROUPSUMMARY']._serialized_end=1637
+  _globals['_LISTGROUPSRESPONSE']._serialized_start=1639
+  _globals['_LISTGROUPSRESPONSE']._serialized_end=1698
+  _globals['_DESCRIBEGROUPREQUEST']._serialized_start=1700
+  _globals['_DESCRIBEGROUPREQUEST']._serialized_end=1736
+  _globals['_GROUPMEMBER']._serialized_start=1738
+  _globals['_GROUPMEMBER']._serialized_end=1806
+  _globals['_GROUPPARTITION']._serialized_start=1809
+  _globals['_GROUPPARTITION']._serialized_end=1963
+  _globals['_DESCRIBEGROUPRESPONSE']._serialized_start=1966
+  _globals['_DESCRIBEGROUPRESPONSE']._serialized_end=2107
+  _globals['_RESETGROUPOFFSETSREQUEST']._serialized_start=2109
+  _globals['_RESETGROUPOFFSETSREQUEST']._serialized_end=2226
+  _globals['_RESETGROUPOFFSETSRESPONSE']._serialized_start=2228
+  _globals['_RESETGROUPOFFSETSRESPONSE']._serialized_end=2298
+  _globals['_ADMINSERVICE']._serialized_start=2301
+  _globals['_ADMINSERVICE']._serialized_end=3035
 # @@protoc_insertion_point(module_scope)

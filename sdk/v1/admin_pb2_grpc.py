@@ -65,6 +65,21 @@ class AdminServiceStub:
                 request_serializer=weir_dot_v1_dot_admin__pb2.DescribeClusterRequest.SerializeToString,
                 response_deserializer=weir_dot_v1_dot_admin__pb2.DescribeClusterResponse.FromString,
                 _registered_method=True)
+        self.ListGroups = channel.unary_unary(
+                '/weir.v1.AdminService/ListGroups',
+                request_serializer=weir_dot_v1_dot_admin__pb2.ListGroupsRequest.SerializeToString,
+                response_deserializer=weir_dot_v1_dot_admin__pb2.ListGroupsResponse.FromString,
+                _registered_method=True)
+        self.DescribeGroup = channel.unary_unary(
+                '/weir.v1.AdminService/DescribeGroup',
+                request_serializer=weir_dot_v1_dot_admin__pb2.DescribeGroupRequest.SerializeToString,
+                response_deserializer=weir_dot_v1_dot_admin__pb2.DescribeGroupResponse.FromString,
+                _registered_method=True)
+        self.ResetGroupOffsets = channel.unary_unary(
+                '/weir.v1.AdminService/ResetGroupOffsets',
+                request_serializer=weir_dot_v1_dot_admin__pb2.ResetGroupOffsetsRequest.SerializeToString,
+                response_deserializer=weir_dot_v1_dot_admin__pb2.ResetGroupOffsetsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -114,6 +129,33 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListGroups(self, request, context):
+        """List the consumer groups: those with committed offsets or members
+        online.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeGroup(self, request, context):
+        """Describe one consumer group: its members, who owns which partition,
+        committed and end offsets and lag, also when no member is online.
+        NOT_FOUND (GROUP_NOT_FOUND) for a group with neither offsets nor
+        members.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetGroupOffsets(self, request, context):
+        """Set a group's committed offsets on a topic, backwards too (replay) or
+        forwards (skip). Only while the group has no member online, else
+        FAILED_PRECONDITION (GROUP_HAS_MEMBERS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +188,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DescribeCluster,
                     request_deserializer=weir_dot_v1_dot_admin__pb2.DescribeClusterRequest.FromString,
                     response_serializer=weir_dot_v1_dot_admin__pb2.DescribeClusterResponse.SerializeToString,
+            ),
+            'ListGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroups,
+                    request_deserializer=weir_dot_v1_dot_admin__pb2.ListGroupsRequest.FromString,
+                    response_serializer=weir_dot_v1_dot_admin__pb2.ListGroupsResponse.SerializeToString,
+            ),
+            'DescribeGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeGroup,
+                    request_deserializer=weir_dot_v1_dot_admin__pb2.DescribeGroupRequest.FromString,
+                    response_serializer=weir_dot_v1_dot_admin__pb2.DescribeGroupResponse.SerializeToString,
+            ),
+            'ResetGroupOffsets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetGroupOffsets,
+                    request_deserializer=weir_dot_v1_dot_admin__pb2.ResetGroupOffsetsRequest.FromString,
+                    response_serializer=weir_dot_v1_dot_admin__pb2.ResetGroupOffsetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +368,87 @@ class AdminService:
             '/weir.v1.AdminService/DescribeCluster',
             weir_dot_v1_dot_admin__pb2.DescribeClusterRequest.SerializeToString,
             weir_dot_v1_dot_admin__pb2.DescribeClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weir.v1.AdminService/ListGroups',
+            weir_dot_v1_dot_admin__pb2.ListGroupsRequest.SerializeToString,
+            weir_dot_v1_dot_admin__pb2.ListGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weir.v1.AdminService/DescribeGroup',
+            weir_dot_v1_dot_admin__pb2.DescribeGroupRequest.SerializeToString,
+            weir_dot_v1_dot_admin__pb2.DescribeGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetGroupOffsets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weir.v1.AdminService/ResetGroupOffsets',
+            weir_dot_v1_dot_admin__pb2.ResetGroupOffsetsRequest.SerializeToString,
+            weir_dot_v1_dot_admin__pb2.ResetGroupOffsetsResponse.FromString,
             options,
             channel_credentials,
             insecure,
