@@ -62,7 +62,20 @@ from weir.server.consume_cursor import (
     StreamCursors,
     build_response,
 )
-from weir.server.consume_start import committed_positions, out_of_range, start_positions
+from weir.server.consume_group import (
+    Member,
+    not_a_member,
+    partition_not_assigned,
+    stream_mode_unavailable,
+)
+from weir.server.consume_seek import SEEKS_INFLIGHT_MAX, SeekWork, apply_seek, refused
+from weir.server.consume_start import (
+    committed_positions,
+    is_stream_mode,
+    join_spec,
+    out_of_range,
+    start_positions,
+)
 from weir.server.errors import (
     BrokerError,
     abort,
@@ -79,7 +92,7 @@ from weir.server.limits import (
     MemoryBudget,
     consume_share_bytes,
 )
-from weir.server.membership import Membership
+from weir.server.membership import AssignmentChange, Membership, Removed
 from weir.server.naming import check_group_name
 from weir.server.registry import Offsets, TopicSource
 from weir.server.replicator import NotHostedError, Replicator
@@ -104,6 +117,8 @@ class _CommitWork:
     commit_id: int
     offsets: dict[int, int]
     error: BrokerError | None
+    # Stream mode: the member generation it is stored under (0 otherwise).
+    generation: int = 0
 
 
 def credit_too_small(p: Partition, record_bytes: int, credit_bytes: int) -> BrokerError:
@@ -178,11 +193,16 @@ class ConsumePath:
         if self.stopping.is_set():
             raise shutting_down()
         subscribe = first.subscribe
+        stream_mode = is_stream_mode(subscribe)
         topic = self.topics.get(subscribe.topic)
         if subscribe.group:
             check_group_name(subscribe.group)
         credit = Credit()
         self.add_credit(credit, subscribe.credit)
+        if stream_mode:
+            del first
+            await self._serve_member(context, topic, subscribe, credit)
+            return
         # In a cluster this asks the group's coordinator (maybe on another node).
         committed = await committed_positions(topic, subscribe, self.offsets)
         try:
@@ -209,6 +229,41 @@ class ConsumePath:
         stream = _Stream(context, topic, group, partitions, credit, self)
         await stream.run()
 
+    async def _serve_member(
+        self,
+        context: Context,
+        topic: Topic,
+        subscribe: broker_pb2.Subscribe,
+        credit: Credit,
+    ) -> None:
+        """A CONSUME_MODE_STREAM subscription: join, then deliver what is assigned.
+
+        The stream starts with no partition; the session's first event is
+        its assignment. The session is closed exactly once, however the
+        stream ends (half-close, error, cancellation, the node stopping).
+        """
+        if self.membership is None:
+            raise stream_mode_unavailable()
+        session = await self.membership.join(join_spec(subscribe), topic)
+        try:
+            subscribed = broker_pb2.Subscribed(
+                topic=topic.name, record_bytes_max=topic.config.record_bytes_max
+            )
+            await context.write(
+                broker_pb2.ConsumeResponse(subscribed=subscribed).SerializeToString()
+            )
+            # Only the start policy is kept of the request (small: stream
+            # mode lists no partitions or offsets).
+            start = broker_pb2.StartPosition()
+            start.CopyFrom(subscribe.start)
+            member = Member(session, start)
+            group = subscribe.group
+            del subscribe
+            stream = _Stream(context, topic, group, [], credit, self, member)
+            await stream.run()
+        finally:
+            await session.close()
+
     def add_credit(self, credit: Credit, grant: broker_pb2.Credit) -> None:
         if grant.messages < 0 or grant.bytes < 0:
             raise invalid(
@@ -222,7 +277,16 @@ class ConsumePath:
 
 
 class _Stream:
-    """One open subscription: a writer (the caller's task), a reader and a committer."""
+    """One open subscription: a writer (the caller's task), a reader and a committer.
+
+    A stream-mode member also has a task that waits for its session's
+    events. It stops revoked partitions at once (out of the ready queue,
+    listener removed, cursor dropped), so that no response of them is built
+    from then on, and hands the change to the writer, which writes the
+    `Assignment` and then starts the new partitions. It asks the session
+    for the next change only after the writer wrote this one, so at most
+    one change waits here; the session merges what comes meanwhile.
+    """
 
     def __init__(
         self,
@@ -232,11 +296,18 @@ class _Stream:
         partitions: list[Partition],
         credit: Credit,
         path: ConsumePath,
+        member: Member | None = None,
     ) -> None:
         self._context = context
         self._topic = topic
         self._group = group
-        self._partitions = partitions
+        # The partitions delivered now, by number (a member's change with each assignment).
+        self._active: dict[int, Partition] = {}
+        self._initial = partitions
+        self._member = member
+        # The change the writer is to write next, and its signal that it did.
+        self._change: AssignmentChange | None = None
+        self._change_written = asyncio.Event()
         self._credit = credit
         self._path = path
         self._stats = path.stats
@@ -255,18 +326,22 @@ class _Stream:
         self._commits_open = 0
         self._commits: asyncio.Queue[_CommitWork] = asyncio.Queue(maxsize=COMMITS_INFLIGHT_MAX)
         self._answers: collections.deque[bytes] = collections.deque()
+        # Seeks read and not yet answered; the semaphore bounds them.
+        self._seek_slots = asyncio.Semaphore(SEEKS_INFLIGHT_MAX)
+        self._seeks: collections.deque[SeekWork] = collections.deque()
 
     async def run(self) -> None:
         """Write until the client half-closes (OK) or something fails (raised)."""
-        for p in self._partitions:
-            p.stream = self
-            p.log.add_listener(p)
-            self.on_log_event(p)
-        tasks = (
+        for p in self._initial:
+            self._start(p)
+        del self._initial
+        tasks = [
             asyncio.create_task(self._read_loop()),
             asyncio.create_task(self._commit_loop()),
             asyncio.create_task(self._watch_stopping()),
-        )
+        ]
+        if self._member is not None:
+            tasks.append(asyncio.create_task(self._member_loop(self._member)))
         for task in tasks:
             task.add_done_callback(self._on_task_done)
         try:
@@ -274,15 +349,35 @@ class _Stream:
         except StorageError as exc:
             raise storage_failure(exc, self._topic.name) from None
         finally:
-            for p in self._partitions:
-                p.log.remove_listener(p)
-                p.stream = None
-                self._cursors.drop(p)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for number in list(self._active):
+                self._stop(number)
         if self._failure is not None:
             raise self._failure
+
+    # -- the partitions delivered -------------------------------------------
+
+    def _start(self, p: Partition) -> None:
+        """Deliver `p` from its position on (the writer calls this after any Assignment)."""
+        assert p.partition not in self._active, p.partition
+        self._active[p.partition] = p
+        p.stream = self
+        p.log.add_listener(p)
+        self.on_log_event(p)
+
+    def _stop(self, number: int) -> None:
+        """Stop delivering partition `number` at once; nothing of it is built after this."""
+        p = self._active.pop(number, None)
+        if p is None:
+            return
+        p.log.remove_listener(p)
+        p.stream = None
+        self._cursors.drop(p)
+        if p.queued:
+            p.queued = False
+            self._ready.remove(p)
 
     # -- events from the log, the reader and the committer -------------------
 
@@ -318,7 +413,8 @@ class _Stream:
         self._fail(shutting_down())
 
     async def _read_loop(self) -> None:
-        """Apply credits, queue commits; a protocol error fails the stream."""
+        """Apply credits, queue commits and seeks; a protocol error fails the stream."""
+        member = self._member
         try:
             while True:
                 request = await self._context.read()
@@ -328,6 +424,9 @@ class _Stream:
                     return
                 if not isinstance(request, broker_pb2.ConsumeRequest):
                     raise invalid("MALFORMED_REQUEST", "a ConsumeRequest could not be parsed")
+                if member is not None:
+                    # Anything the client sends keeps its session alive.
+                    member.session.seen()
                 kind = request.WhichOneof("kind")
                 if kind == "credit":
                     self._path.add_credit(self._credit, request.credit)
@@ -336,6 +435,17 @@ class _Stream:
                     await self._commit_slots.acquire()
                     self._commits_open += 1
                     self._commits.put_nowait(self._check_commit(request.commit))
+                elif kind == "seek":
+                    await self._seek_slots.acquire()
+                    self._seeks.append(SeekWork.of(request.seek))
+                    self._wake.set()
+                elif kind in ("assignment_ack", "heartbeat"):
+                    if member is None:
+                        raise not_a_member(kind)
+                    if kind == "assignment_ack":
+                        generation = request.assignment_ack.generation
+                        member.check_ack(generation)
+                        member.session.ack(generation)
                 elif kind == "subscribe":
                     raise invalid(
                         "ALREADY_SUBSCRIBED", "subscribe is only valid as the first request"
@@ -345,9 +455,26 @@ class _Stream:
         except BrokerError as error:
             self._fail(error)
 
+    async def _member_loop(self, member: Member) -> None:
+        """Stop revoked partitions at once and hand each change to the writer."""
+        try:
+            while True:
+                event = await member.session.next_event()
+                if isinstance(event, Removed):
+                    raise event.error
+                for number in event.stopped:
+                    self._stop(number)
+                self._change = event
+                self._wake.set()
+                await self._change_written.wait()
+                self._change_written.clear()
+        except BrokerError as error:
+            self._fail(error)
+
     def _check_commit(self, commit: broker_pb2.Commit) -> _CommitWork:
         """Validates a commit in one pass and folds it to one offset per partition."""
         offsets: dict[int, int] = {}
+        generation = 0
         try:
             if not self._group:
                 raise BrokerError(
@@ -355,6 +482,10 @@ class _Stream:
                     "NO_GROUP",
                     "commit needs a subscription with a consumer group",
                 )
+            if self._member is not None:
+                generation = self._member.commit_generation(commit.generation)
+            elif commit.generation:
+                raise not_a_member("a commit with a generation")
             if commit.offsets:
                 self._check_topic_live()
             for item in commit.offsets:
@@ -370,7 +501,7 @@ class _Stream:
             return _CommitWork(commit.commit_id, {}, error)
         except StorageError as exc:
             return _CommitWork(commit.commit_id, {}, storage_failure(exc, self._topic.name))
-        return _CommitWork(commit.commit_id, offsets, None)
+        return _CommitWork(commit.commit_id, offsets, None, generation)
 
     def _check_topic_live(self) -> None:
         """TOPIC_NOT_FOUND unless the subscribed topic still exists (not deleted, not recreated)."""
@@ -384,42 +515,55 @@ class _Stream:
         Offsets never move backwards, so storing the highest offset of each
         partition among the waiting commits leaves the group where storing
         them one by one would; each commit is answered with the group's
-        offsets of its partitions after that write.
+        offsets of its partitions after that write. A member's commits are
+        stored under their generation, which the coordinator checks, so
+        only neighbours of the same generation share a write.
         """
         while True:
             works = [await self._commits.get()]
             while not self._commits.empty():
                 works.append(self._commits.get_nowait())
-            merged: dict[int, int] = {}
-            for work in works:
-                if work.error is None:
-                    for partition, offset in work.offsets.items():
-                        merged[partition] = max(offset, merged.get(partition, 0))
-            stored: dict[int, int] = {}
-            failure: BrokerError | None = None
-            try:
-                # Checked again after the wait in the queue; offsets.commit
-                # checks once more under its lock, which deletes also take.
-                if merged:
-                    self._check_topic_live()
-                    self._stats.commit_writes += 1
-                    stored = await self._path.offsets.commit(self._group, self._topic, merged)
-            except BrokerError as error:
-                failure = error
-            except StorageError as exc:
-                failure = storage_failure(exc, self._topic.name)
-            for work in works:
-                result = broker_pb2.CommitResult(commit_id=work.commit_id)
-                refused = work.error or (failure if work.offsets else None)
-                if refused is not None:
-                    result.error.CopyFrom(refused.to_proto())
+            start = 0
+            for end in range(1, len(works) + 1):
+                if end == len(works) or works[end].generation != works[start].generation:
+                    await self._store(works[start:end])
+                    start = end
+
+    async def _store(self, works: list[_CommitWork]) -> None:
+        """Store commits of one generation in one write; queue their answers."""
+        merged: dict[int, int] = {}
+        for work in works:
+            if work.error is None:
+                for partition, offset in work.offsets.items():
+                    merged[partition] = max(offset, merged.get(partition, 0))
+        stored: dict[int, int] = {}
+        failure: BrokerError | None = None
+        try:
+            # Checked again after the wait in the queue; offsets.commit
+            # checks once more under its lock, which deletes also take.
+            if merged:
+                self._check_topic_live()
+                self._stats.commit_writes += 1
+                if self._member is not None:
+                    stored = await self._member.session.commit(works[0].generation, merged)
                 else:
-                    result.offsets.extend(
-                        broker_pb2.PartitionOffset(partition=p, offset=stored[p])
-                        for p in sorted(work.offsets)
-                    )
-                self._answers.append(broker_pb2.ConsumeResponse(commit=result).SerializeToString())
-            self._wake.set()
+                    stored = await self._path.offsets.commit(self._group, self._topic, merged)
+        except BrokerError as error:
+            failure = error
+        except StorageError as exc:
+            failure = storage_failure(exc, self._topic.name)
+        for work in works:
+            result = broker_pb2.CommitResult(commit_id=work.commit_id)
+            refusal = work.error or (failure if work.offsets else None)
+            if refusal is not None:
+                result.error.CopyFrom(refusal.to_proto())
+            else:
+                result.offsets.extend(
+                    broker_pb2.PartitionOffset(partition=p, offset=stored[p])
+                    for p in sorted(work.offsets)
+                )
+            self._answers.append(broker_pb2.ConsumeResponse(commit=result).SerializeToString())
+        self._wake.set()
 
     # -- the writer --------------------------------------------------------
 
@@ -436,6 +580,10 @@ class _Stream:
                 return
             if self._log_closed:
                 self._raise_closed()
+            if self._change is not None:
+                await self._write_change(self._change)
+            if self._seeks:
+                await self._answer_seeks()
             sent = await self._send_round() if self._credit.usable else 0
             if self._answers and (sent == 0 or since_answer >= ANSWER_DELAY_RESPONSES_MAX):
                 # A commit's answer follows every record that could be sent
@@ -447,14 +595,56 @@ class _Stream:
                 since_answer = 0
                 continue
             since_answer += sent
-            if sent:
+            if sent or self._change is not None or self._seeks:
                 continue
             if self._client_done and self._commits_open == 0:
                 return
             await self._wake.wait()
 
+    async def _write_change(self, change: AssignmentChange) -> None:
+        """Write a member's `Assignment`, then start the partitions it adds.
+
+        The member loop stopped the revoked partitions when the change came;
+        stopping them again here costs nothing and keeps this correct alone.
+        A partition started while delivered is started over, at the offset
+        the Assignment names.
+        """
+        member = self._member
+        assert member is not None
+        for number in (*change.stopped, *change.started):
+            self._stop(number)
+        if any(not 0 <= n < self._topic.partition_count for n in change.started):
+            # The coordinator saw another topic of this name (deleted and
+            # created again): TOPIC_NOT_FOUND, as for any stream on it.
+            self._check_topic_live()
+        started = member.starts(change, self._topic, self._path.replicator)
+        await self._write(member.assignment(change, started))
+        member.generation_sent = change.generation
+        for p in started:
+            self._start(p)
+        self._change = None
+        self._change_written.set()
+
+    async def _answer_seeks(self) -> None:
+        """Apply the waiting seeks in order, each answered before its partition sends again."""
+        while self._seeks:
+            work = self._seeks.popleft()
+            p = self._active.get(work.partition)
+            if p is None:
+                result = refused(work, partition_not_assigned(work.partition))
+            else:
+                try:
+                    result = apply_seek(work, p)
+                except StorageError as exc:
+                    result = refused(work, storage_failure(exc, self._topic.name), p.position)
+                if not result.HasField("error"):
+                    self._cursors.drop(p)
+                    self.on_log_event(p)
+            await self._write(broker_pb2.ConsumeResponse(seek=result).SerializeToString())
+            self._seek_slots.release()
+
     def _raise_closed(self) -> None:
-        for p in self._partitions:
+        for p in self._active.values():
             if p.log.closed:
                 # The log raises the error it was closed with.
                 p.log.read(p.log.end_offset, 1)
@@ -464,7 +654,10 @@ class _Stream:
         """One response from each partition that has records and credit; how many were sent."""
         sent = 0
         for _ in range(len(self._ready)):
-            if not self._credit.usable or self._failure is not None:
+            # A member's change or a seek is written before more records.
+            if not self._credit.usable or self._failure is not None or not self._ready:
+                break
+            if self._change is not None or self._seeks:
                 break
             p = self._ready.popleft()
             if p.position >= p.log.end_offset:
@@ -489,7 +682,8 @@ class _Stream:
                 lease = await self._wait_for_budget(
                     built.first_record_bytes + RESPONSE_HEADER_BYTES_MAX - RESPONSE_FLOOR_BYTES
                 )
-                if lease is None:
+                if lease is None or p.stream is not self:
+                    # The stream failed, or the partition was revoked, meanwhile.
                     return False
                 # At least the record itself, even if it was stored under a
                 # larger record limit than the budget's share can cover.
