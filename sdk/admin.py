@@ -12,7 +12,8 @@ from types import TracebackType
 from weir._nodes import Bootstrap
 from weir._sync import LoopThread
 from weir.aio.admin import Admin as AsyncAdmin
-from weir.types import ClusterInfo, TopicInfo
+from weir.group_types import GroupInfo, GroupSummary
+from weir.types import ClusterInfo, StartSpec, TopicInfo
 
 __all__ = ["Admin"]
 
@@ -109,6 +110,17 @@ class Admin:
     def describe_cluster(self) -> ClusterInfo:
         """The cluster's nodes and limits."""
         return self._thread.run(self._admin.describe_cluster())
+
+    def list_groups(self) -> list[GroupSummary]:
+        return self._thread.run(self._admin.list_groups())
+
+    def describe_group(self, name: str) -> GroupInfo:
+        return self._thread.run(self._admin.describe_group(name))
+
+    def reset_group_offsets(
+        self, name: str, topic: str, to: StartSpec, partitions: list[int] | None = None
+    ) -> dict[int, int]:
+        return self._thread.run(self._admin.reset_group_offsets(name, topic, to, partitions))
 
     def close(self) -> None:
         """Close the channel and stop the thread."""

@@ -28,6 +28,7 @@ __all__ = [
     "ClosedError",
     "DataCorruptedError",
     "FailedPreconditionError",
+    "GroupNotFoundError",
     "InvalidArgumentError",
     "NotLeaderError",
     "OffsetOutOfRangeError",
@@ -101,6 +102,13 @@ class TopicNotFoundError(WeirError):
 
     default_code = grpc.StatusCode.NOT_FOUND
     default_reason = "TOPIC_NOT_FOUND"
+
+
+class GroupNotFoundError(WeirError):
+    """The consumer group has neither committed offsets nor members (NOT_FOUND / GROUP_NOT_FOUND)."""
+
+    default_code = grpc.StatusCode.NOT_FOUND
+    default_reason = "GROUP_NOT_FOUND"
 
 
 class TopicExistsError(WeirError):
@@ -284,6 +292,7 @@ class DataCorruptedError(WeirError):
 _BY_REASON: dict[str, type[WeirError]] = {
     "TOPIC_NOT_FOUND": TopicNotFoundError,
     "TOPIC_EXISTS": TopicExistsError,
+    "GROUP_NOT_FOUND": GroupNotFoundError,
     "RECORD_TOO_LARGE": RecordTooLargeError,
     "BATCH_TOO_LARGE": RecordTooLargeError,
     "OFFSET_OUT_OF_RANGE": OffsetOutOfRangeError,

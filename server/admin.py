@@ -13,6 +13,7 @@ from weir.cluster.host import HostError
 from weir.cluster.storage import LogClosedError, StorageError
 from weir.server.config import NodeConfig
 from weir.server.errors import BrokerError, abort, internal_error, storage_error, topic_not_found
+from weir.server.group_admin import GroupAdmin
 from weir.server.registry import Topics
 from weir.server.replicator import Replicator
 from weir.server.topics import ConfigPatch, Topic
@@ -85,8 +86,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         cluster_id: Callable[[], str],
         address: Callable[[], str],
         cluster: ClusterView | None = None,
+        groups: GroupAdmin | None = None,
     ) -> None:
         self._cluster = cluster
+        self._groups = groups
         self._topics = topics
         self._replicator = replicator
         self._config = config
@@ -222,3 +225,36 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             )
 
         return await _guard(context, "DescribeCluster", run())
+
+    def _group_admin(self) -> GroupAdmin:
+        if self._groups is None:
+            raise BrokerError(
+                grpc.StatusCode.UNAVAILABLE,
+                "GROUPS_NOT_READY",
+                "this node cannot reach consumer group state yet; retry",
+            )
+        return self._groups
+
+    async def ListGroups(
+        self, request: admin_pb2.ListGroupsRequest, context: Context
+    ) -> admin_pb2.ListGroupsResponse:
+        async def run() -> admin_pb2.ListGroupsResponse:
+            return await self._group_admin().list_groups()
+
+        return await _guard(context, "ListGroups", run())
+
+    async def DescribeGroup(
+        self, request: admin_pb2.DescribeGroupRequest, context: Context
+    ) -> admin_pb2.DescribeGroupResponse:
+        async def run() -> admin_pb2.DescribeGroupResponse:
+            return await self._group_admin().describe(request.name)
+
+        return await _guard(context, "DescribeGroup", run())
+
+    async def ResetGroupOffsets(
+        self, request: admin_pb2.ResetGroupOffsetsRequest, context: Context
+    ) -> admin_pb2.ResetGroupOffsetsResponse:
+        async def run() -> admin_pb2.ResetGroupOffsetsResponse:
+            return await self._group_admin().reset_offsets(request)
+
+        return await _guard(context, "ResetGroupOffsets", run(), request.topic)

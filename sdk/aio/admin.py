@@ -22,7 +22,8 @@ from weir._conn import admin_stub
 from weir._failover import Connection, call_unary
 from weir._nodes import Bootstrap
 from weir.errors import ClosedError
-from weir.types import ClusterInfo, PartitionInfo, TopicInfo
+from weir.group_types import GroupInfo, GroupSummary
+from weir.types import ClusterInfo, PartitionInfo, StartSpec, TopicInfo, start_position
 from weir.v1 import admin_pb2
 
 __all__ = ["Admin"]
@@ -182,3 +183,39 @@ class Admin:
             "DescribeCluster", admin_pb2.DescribeClusterRequest()
         )
         return ClusterInfo.from_proto(response)
+
+    async def list_groups(self) -> list[GroupSummary]:
+        """Every consumer group with committed offsets or members online, by name."""
+        response: admin_pb2.ListGroupsResponse = await self._call(
+            "ListGroups", admin_pb2.ListGroupsRequest()
+        )
+        return [GroupSummary.from_proto(g) for g in response.groups]
+
+    async def describe_group(self, name: str) -> GroupInfo:
+        """A group's members, owners, committed and end offsets and lag per partition.
+
+        `GroupNotFoundError` (a `NotFoundError`) for a group with neither
+        offsets nor members.
+        """
+        response: admin_pb2.DescribeGroupResponse = await self._call(
+            "DescribeGroup", admin_pb2.DescribeGroupRequest(name=name)
+        )
+        return GroupInfo.from_proto(response)
+
+    async def reset_group_offsets(
+        self, name: str, topic: str, to: StartSpec, partitions: list[int] | None = None
+    ) -> dict[int, int]:
+        """Set the group's committed offsets on `topic`; the offsets stored, by partition.
+
+        `to` is "earliest", "latest", an offset (every partition named gets
+        it) or a timezone-aware datetime (the first record at or after it).
+        `partitions=None` resets all of the topic's. Only while the group
+        has no member online, else FAILED_PRECONDITION `GROUP_HAS_MEMBERS`.
+        """
+        request = admin_pb2.ResetGroupOffsetsRequest(
+            name=name, topic=topic, partitions=partitions or [], position=start_position(to)
+        )
+        response: admin_pb2.ResetGroupOffsetsResponse = await self._call(
+            "ResetGroupOffsets", request
+        )
+        return {o.partition: o.offset for o in response.offsets}
