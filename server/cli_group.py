@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ import weir
 from weir.group_types import GroupInfo
 from weir.server.cli_common import (
     EXIT_OK,
+    EXIT_USAGE,
     add_command,
     bootstrap,
     emit_json,
@@ -89,6 +91,10 @@ def _group_describe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Usage(Exception):
+    pass
+
+
 def _reset_target(args: argparse.Namespace) -> StartSpec:
     chosen = [
         name
@@ -96,24 +102,29 @@ def _reset_target(args: argparse.Namespace) -> StartSpec:
         if getattr(args, name) not in (None, False)
     ]
     if len(chosen) != 1:
-        raise SystemExit(
-            "error: give exactly one of --to-earliest, --to-latest, --to-offset, --to-datetime"
-        )
+        raise _Usage("give exactly one of --to-earliest, --to-latest, --to-offset, --to-datetime")
     if args.to_earliest:
         return "earliest"
     if args.to_latest:
         return "latest"
     if args.to_offset is not None:
         return int(args.to_offset)
-    when = datetime.fromisoformat(args.to_datetime)
+    try:
+        when = datetime.fromisoformat(args.to_datetime)
+    except ValueError:
+        raise _Usage(f"--to-datetime {args.to_datetime!r} is not an ISO 8601 time") from None
     if when.tzinfo is None:
-        raise SystemExit("error: --to-datetime needs a time zone, e.g. 2026-12-01T08:00:00+00:00")
+        raise _Usage("--to-datetime needs a time zone, e.g. 2026-12-01T08:00:00+00:00")
     return when
 
 
 def _group_reset(args: argparse.Namespace) -> int:
-    target = _reset_target(args)
-    partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else None
+    try:
+        target = _reset_target(args)
+        partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else None
+    except (_Usage, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     with weir.Admin(bootstrap(args)) as admin:
         stored = admin.reset_group_offsets(args.name, args.topic, target, partitions)
     if wants_json(args):
