@@ -3,8 +3,10 @@
 A `Subscription` is one stream and the records that arrived on it and are
 not yet taken (the consumer's bounded buffer). `read` is the reader task
 that owns the receiving side: records go into the buffer (through the
-consumer's `on_batch`), commit answers to their waiters, so `commit()` from
-another task never waits behind an iterator that has nothing to read.
+consumer's `on_batch`), commit and seek answers to their waiters, stream
+mode's assignments to the consumer's `on_control` in stream order, so
+`commit()` from another task never waits behind an iterator that has
+nothing to read.
 Errors are translated here: no `grpc.RpcError` leaves this module.
 
 Each record comes with its byte credit, `weir._wire.credit_bytes` of its
@@ -20,6 +22,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -65,14 +68,42 @@ class Subscription:
     buffered: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     commits: dict[int, asyncio.Future[broker_pb2.CommitResult]] = field(default_factory=dict)
+    seeks: dict[int, asyncio.Future[broker_pb2.SeekResult]] = field(default_factory=dict)
     error: WeirError | None = None
     ended: bool = False
     reader: asyncio.Task[None] | None = None
+    # Stream mode: the task that sends heartbeats and marks auto-commits due.
+    timer: asyncio.Task[None] | None = None
+    # loop.time() of the last write started on the stream (heartbeats fill gaps).
+    last_sent_s: float = 0.0
+    # Stream mode: a failed stream's buffered records are dropped at once
+    # (the next stream starts where the broker's new assignment says).
+    drop_on_error: bool = False
 
 
 # What `read` hands each received batch to: (subscription, topic, partition,
 # base offset, end offset, records, their byte credit).
 OnBatch = Callable[[Subscription, str, int, int, int, list[RecordFields], list[int]], None]
+# What `read` hands `assignment` and `seek` responses to, before it wakes
+# any waiter: the consumer applies them in stream order.
+OnControl = Callable[[Subscription, broker_pb2.ConsumeResponse], None]
+
+
+def drop(sub: Subscription, partitions: frozenset[int] | set[int]) -> tuple[int, int]:
+    """Drop the buffered records of `partitions`; returns their (messages, bytes) of credit."""
+    messages = nbytes = 0
+    kept: collections.deque[Batch] = collections.deque()
+    for batch in sub.buffer:
+        if batch.partition in partitions:
+            messages += len(batch.records) - batch.next_index
+            nbytes += sum(batch.sizes[batch.next_index :])
+        else:
+            kept.append(batch)
+    if messages:
+        sub.buffer.clear()
+        sub.buffer.extend(kept)
+        sub.buffered -= messages
+    return messages, nbytes
 
 
 async def handshake(
@@ -109,7 +140,7 @@ async def handshake(
     return response.subscribed
 
 
-async def read(sub: Subscription, on_batch: OnBatch) -> None:
+async def read(sub: Subscription, on_batch: OnBatch, on_control: OnControl) -> None:
     """The reader task of `sub`: runs until the stream ends or fails, then wakes every waiter."""
     try:
         while True:
@@ -148,6 +179,14 @@ async def read(sub: Subscription, on_batch: OnBatch) -> None:
                 fut = sub.commits.get(response.commit.commit_id)
                 if fut is not None and not fut.done():
                     fut.set_result(response.commit)
+            elif kind == "assignment":
+                on_control(sub, response)
+                sub.arrived.set()
+            elif kind == "seek":
+                on_control(sub, response)
+                waiter = sub.seeks.get(response.seek.seek_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(response.seek)
             elif kind == "notice":
                 # CREDIT_TOO_SMALL: the broker waits for byte credit. The
                 # consumer's window is never below record_bytes_max, so the
@@ -161,10 +200,18 @@ async def read(sub: Subscription, on_batch: OnBatch) -> None:
         raise
     finally:
         failure = sub.error or UnavailableError("the consume stream ended")
-        for fut in sub.commits.values():
-            if not fut.done():
-                fut.set_exception(failure)
+        _fail_waiters(sub, failure)
+        if sub.error is not None and sub.drop_on_error:
+            sub.buffer.clear()
+            sub.buffered = 0
         sub.arrived.set()
+
+
+def _fail_waiters(sub: Subscription, error: WeirError) -> None:
+    waiters: list[asyncio.Future[Any]] = [*sub.commits.values(), *sub.seeks.values()]
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(error)
 
 
 async def write(sub: Subscription, request: broker_pb2.ConsumeRequest) -> None:
@@ -181,9 +228,9 @@ async def end(sub: Subscription, error: WeirError) -> None:
     """End the stream: fail its commit waiters, stop its reader, drop its buffer."""
     if sub.error is None:
         sub.error = error
-    for fut in sub.commits.values():
-        if not fut.done():
-            fut.set_exception(error)
+    _fail_waiters(sub, error)
+    if sub.timer is not None:
+        sub.timer.cancel()
     if not sub.call.done():
         with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError, TimeoutError):
             async with asyncio.timeout(1.0):
@@ -193,5 +240,8 @@ async def end(sub: Subscription, error: WeirError) -> None:
         sub.reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await sub.reader
+    if sub.timer is not None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sub.timer
     sub.buffer.clear()
     sub.buffered = 0

@@ -30,6 +30,8 @@ class Writer:
     def start(self, sub: Subscription, request: broker_pb2.ConsumeRequest) -> asyncio.Task[None]:
         """Start writing `request` on `sub` after every earlier write; does not wait."""
         write = asyncio.create_task(_after(self._last, sub, request), name="weir-consumer-write")
+        # Anything sent keeps a stream-mode member's session alive.
+        sub.last_sent_s = write.get_loop().time()
         # A cancelled caller never looks at the outcome, and a failed write
         # shows up as the reader's error anyway.
         write.add_done_callback(_retrieve)

@@ -56,8 +56,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 
 from weir._conn import KEEPALIVE_TIME_MS_DEFAULT, consume_call, from_error_proto
@@ -66,15 +68,29 @@ from weir._nodes import Bootstrap
 from weir._wire import RecordFields
 from weir.aio import _consumer_stream as stream
 from weir.aio._consumer_failover import Failover
+from weir.aio._consumer_group import Change, GroupState
 from weir.aio._consumer_stream import Batch, Subscription
 from weir.aio._consumer_writer import Writer
 from weir.errors import ClosedError, WeirError, WeirTimeoutError
 from weir.types import ConsumedRecord, StartSpec, make_consumed_record, start_position
 from weir.v1 import broker_pb2
 
-__all__ = ["Consumer"]
+__all__ = ["Consumer", "PartitionsCallback"]
+
+_log = logging.getLogger("weir.consumer")
 
 MIB = 1024 * 1024
+# Stream mode: the broker's bounds for the session and rebalance timeouts
+# (`Subscribe.session_timeout_ms`), checked here before any I/O.
+GROUP_TIMEOUT_MS_MIN = 1_000
+GROUP_TIMEOUT_MS_MAX = 300_000
+# The broker's session timeout when the consumer names none.
+SESSION_TIMEOUT_MS_DEFAULT = 10_000
+MODES = ("assign", "stream")
+
+# `on_assign` / `on_revoke`: called with the partitions, ascending; a plain
+# function or one returning an awaitable (an `async def`).
+PartitionsCallback = Callable[[list[int]], Awaitable[None] | None]
 # How long ending a stream waits for a write that a cancelled caller left
 # running (a write waits only for HTTP/2 flow control: a broker that stopped
 # reading would hold it for ever). After that the call is cancelled.
@@ -115,6 +131,29 @@ class Consumer:
             stream is open (None: no pings). Weir's nodes accept every 5 s
             or less often by default; sooner ends the stream with
             `TooManyPingsError` (docs/errors.md).
+        mode: "assign" (default: no membership, the stream reads the
+            `partitions` it names, Kafka's `assign()`) or "stream" (a member
+            of `group`: the broker divides the topic's partitions among the
+            group's consumers, Kafka's `subscribe()`; needs a `group` and no
+            `partitions`).
+        on_assign: Stream mode: called with the partitions given to this
+            consumer, before the first of their records is returned.
+        on_revoke: Stream mode: called with the partitions taken away (or
+            lost), before their progress is committed. Both callbacks run in
+            the task that iterates, between two records (as Kafka runs them
+            inside `poll()`); sync or async; an exception is logged.
+        session_timeout_ms: Stream mode: the broker evicts a member it hears
+            nothing from for this long (None: the broker's 10 s). The
+            consumer sends a heartbeat after a third of it without other
+            traffic. 1000 to 300000.
+        rebalance_timeout_ms: Stream mode: how long a revoke may take
+            (callback and commit) before the partitions move anyway (None:
+            the broker's 30 s). 1000 to 300000.
+        auto_commit: Commit the positions of taken records every
+            `auto_commit_interval_ms` (in the iterating task, before the
+            next record), on revoke and on `close()`. None: on in stream
+            mode, off otherwise (as before stream mode existed).
+        auto_commit_interval_ms: See `auto_commit`.
     """
 
     def __init__(
@@ -132,11 +171,33 @@ class Consumer:
         retry_backoff_ms: int = 100,
         rng: random.Random | None = None,
         keepalive_time_ms: int | None = KEEPALIVE_TIME_MS_DEFAULT,
+        mode: str = "assign",
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
+        session_timeout_ms: int | None = None,
+        rebalance_timeout_ms: int | None = None,
+        auto_commit: bool | None = None,
+        auto_commit_interval_ms: int = 5000,
     ) -> None:
         if max_outstanding_messages < 1 or max_outstanding_bytes < 1:
             raise ValueError("the outstanding windows must be positive")
         if keepalive_time_ms is not None and keepalive_time_ms < 1:
             raise ValueError("keepalive_time_ms must be positive (None: no keepalive)")
+        stream_mode = _check_group_options(
+            mode,
+            group,
+            partitions,
+            on_assign=on_assign,
+            on_revoke=on_revoke,
+            session_timeout_ms=session_timeout_ms,
+            rebalance_timeout_ms=rebalance_timeout_ms,
+        )
+        if auto_commit is None:
+            auto_commit = stream_mode
+        if auto_commit and not group:
+            raise ValueError("auto_commit needs a group")
+        if auto_commit_interval_ms < 1:
+            raise ValueError("auto_commit_interval_ms must be positive")
         self._conn = Connection(
             bootstrap,
             rng=rng,
@@ -163,7 +224,26 @@ class Consumer:
         self._subscribe_lock = asyncio.Lock()
         self._started = False
         self._stopped = False
+        self._closing = False
         self._closed = False
+        # Stream mode (None in assign mode): membership, see _consumer_group.
+        self._group_state = GroupState() if stream_mode else None
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._session_timeout_ms = session_timeout_ms or 0
+        self._rebalance_timeout_ms = rebalance_timeout_ms or 0
+        self._auto_commit = auto_commit
+        self._auto_commit_interval_s = auto_commit_interval_ms / 1000.0
+        # The offset last committed (or started from) per partition: an
+        # auto-commit sends only the positions that moved since.
+        self._committed: dict[int, int] = {}
+        self._auto_commit_task: asyncio.Task[None] | None = None
+        # Work for the iterating task before its next record: an assignment
+        # to apply (callbacks, revoke commit, ack) or an auto-commit. The
+        # one flag the fast path of __anext__ looks at.
+        self._group_due = False
+        self._auto_commit_due = False
+        self._next_seek_id = 1
 
     async def __aenter__(self) -> Consumer:
         await self.start()
@@ -188,6 +268,7 @@ class Consumer:
             sub is not None
             and sub.buffer
             and not self._stopped
+            and not self._group_due
             and self._taken_messages * 2 < self._window_messages
             and self._taken_bytes * 2 < self._window_bytes
         ):
@@ -251,8 +332,25 @@ class Consumer:
         return out
 
     def assignment(self) -> list[int]:
-        """The partitions being read."""
+        """The partitions being read.
+
+        Stream mode: the partitions this member owns, as the application was
+        told them (`on_assign` called, `on_revoke` not yet); empty until the
+        first assignment was applied (the first `poll()` or iteration).
+        """
+        if self._group_state is not None:
+            return sorted(self._group_state.owned)
         return sorted(self._positions)
+
+    @property
+    def member_id(self) -> str:
+        """Stream mode: the id the broker gave this member ("" before it joined)."""
+        return self._group_state.member_id if self._group_state is not None else ""
+
+    @property
+    def generation(self) -> int:
+        """Stream mode: the generation of the last assignment received (commits carry it)."""
+        return self._group_state.generation if self._group_state is not None else 0
 
     def position(self, partition: int) -> int:
         """The offset of the next record the iterator will yield from `partition`."""
@@ -266,13 +364,52 @@ class Consumer:
         return self._end_offsets.get(partition)
 
     async def seek(self, partition: int, offset: int) -> None:
-        """Continue `partition` from `offset`; records already buffered are dropped."""
+        """Continue `partition` from `offset`; records already buffered are dropped.
+
+        Stream mode: an in-stream `Seek` (the other partitions go on), for a
+        partition this member owns; raises the broker's error (e.g.
+        `OffsetOutOfRangeError`) and then nothing changed. Assign mode:
+        subscribes again with explicit offsets.
+        """
         self._check_usable()
+        if self._group_state is not None:
+            if partition not in self._group_state.received:
+                owned = sorted(self._group_state.received)
+                raise ValueError(
+                    f"partition {partition} is not assigned to this member (it has {owned})"
+                )
+            await self._seek_in_stream(partition, offset)
+            return
         if partition not in self._positions:
             raise ValueError(f"partition {partition} is not subscribed")
         offsets = dict(self._positions)
         offsets[partition] = offset
         await self._resubscribe(offsets)
+
+    async def _seek_in_stream(self, partition: int, offset: int) -> None:
+        sub = await self._current_sub()
+        seek_id = self._next_seek_id
+        self._next_seek_id += 1
+        fut: asyncio.Future[broker_pb2.SeekResult] = asyncio.get_running_loop().create_future()
+        sub.seeks[seek_id] = fut
+        position = broker_pb2.StartPosition(kind=broker_pb2.START_KIND_OFFSET, offset=offset)
+        request = broker_pb2.ConsumeRequest(
+            seek=broker_pb2.Seek(seek_id=seek_id, partition=partition, position=position)
+        )
+        try:
+            await self._write(sub, request)
+            async with asyncio.timeout(self._request_timeout_s):
+                result = await asyncio.shield(fut)
+        except TimeoutError:
+            raise WeirTimeoutError(
+                f"no seek result within {self._request_timeout_s:.3f}s"
+            ) from None
+        finally:
+            sub.seeks.pop(seek_id, None)
+        # The reader dropped the partition's buffered records and moved its
+        # position when the result arrived (records after it are new).
+        if result.HasField("error"):
+            raise from_error_proto(result.error)
 
     async def commit(self, offsets: Mapping[int, int] | None = None) -> dict[int, int]:
         """Store the group's progress; returns the group's committed offsets.
@@ -280,6 +417,8 @@ class Consumer:
         Without `offsets`, commits the position after the last record yielded
         from each partition. Needs a `group`. A lower offset than the stored
         one leaves the stored one in place (commits never move backwards).
+        Stream mode: carries the member's current generation; a partition
+        the member does not own is refused (`PARTITION_NOT_ASSIGNED`).
         """
         self._check_usable()
         if offsets is None:
@@ -287,6 +426,9 @@ class Consumer:
         if not offsets:
             return {}
         sub = await self._current_sub()
+        return await self._commit_on(sub, offsets)
+
+    async def _commit_on(self, sub: Subscription, offsets: Mapping[int, int]) -> dict[int, int]:
         commit_id = self._next_commit_id
         self._next_commit_id += 1
         fut: asyncio.Future[broker_pb2.CommitResult] = asyncio.get_running_loop().create_future()
@@ -298,6 +440,7 @@ class Consumer:
                     broker_pb2.PartitionOffset(partition=p, offset=o)
                     for p, o in sorted(offsets.items())
                 ],
+                generation=self.generation,
             )
         )
         try:
@@ -312,13 +455,31 @@ class Consumer:
             sub.commits.pop(commit_id, None)
         if result.HasField("error"):
             raise from_error_proto(result.error)
+        for p, o in offsets.items():
+            if p in self._positions:
+                self._committed[p] = o
         return {po.partition: po.offset for po in result.offsets}
 
     async def close(self) -> None:
-        """End the stream and close the channel. Uncommitted progress is not committed."""
-        if self._closed:
+        """End the stream and close the channel.
+
+        With `auto_commit`, first commits the positions of taken records;
+        stream mode first calls `on_revoke` with every partition owned (the
+        member leaves the group when the stream ends). Otherwise uncommitted
+        progress is not committed.
+        """
+        if self._closed or self._closing:
             return
+        self._closing = True
+        try:
+            await self._leave()
+        finally:
+            self._closing = False
         self._closed = True
+        if self._auto_commit_task is not None:
+            self._auto_commit_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._auto_commit_task
         if self._sub is not None:
             sub, self._sub = self._sub, None
             await self._end(sub, ClosedError("the consumer is closed"))
@@ -360,6 +521,9 @@ class Consumer:
             if sub is None:
                 self._check_usable()  # close() from another task leaves none either
                 await self._resubscribe(dict(self._positions), replace=False)
+                continue
+            if self._group_due:
+                await self._group_work()
                 continue
             if sub.buffer:
                 if self._replenish_due():
@@ -430,9 +594,21 @@ class Consumer:
         return self._writer.start(sub, broker_pb2.ConsumeRequest(credit=credit))
 
     async def _recover(self, sub: Subscription) -> None:
-        """After a stream error: re-subscribe on another node if retriable and attempts remain."""
+        """After a stream error: re-subscribe on another node if retriable and attempts remain.
+
+        Stream mode: the new stream rejoins under the same member id, and its
+        first assignment says where each partition goes on; a member whose
+        session expired first loses everything (`on_revoke`) and joins anew.
+        """
         error = sub.error
         assert error is not None
+        group = self._group_state
+        if group is not None and error.reason == SESSION_EXPIRED:
+            _log.warning("consumer group member %s was evicted: %s", group.member_id, error)
+            group.session_expired()
+            await self._apply_change(group.take())
+            await self._resubscribe({})
+            return
         await self._failover.move_on(sub.address, error)
         await self._resubscribe(dict(self._positions))
 
@@ -456,14 +632,23 @@ class Consumer:
         call = consume_call(self._conn.channel(address))
         sub = Subscription(call=call, address=address)
         self._taken_messages = self._taken_bytes = 0
+        group = self._group_state
         subscribe = broker_pb2.Subscribe(
             topic=self.topic,
             partitions=self._partitions,
             group=self._group,
             start=self._start,
-            offsets=offsets,
+            offsets=offsets if group is None else {},
             credit=broker_pb2.Credit(messages=self._window_messages, bytes=self._window_bytes),
         )
+        if group is not None:
+            group.stream_opened()
+            sub.drop_on_error = True
+            subscribe.mode = broker_pb2.CONSUME_MODE_STREAM
+            subscribe.member_id = group.member_id
+            subscribe.session_timeout_ms = self._session_timeout_ms
+            subscribe.rebalance_timeout_ms = self._rebalance_timeout_ms
+        sub.last_sent_s = asyncio.get_running_loop().time()
         subscribed = await stream.handshake(call, address, subscribe, self._request_timeout_s)
         try:
             extra = subscribed.record_bytes_max - self._window_bytes
@@ -480,8 +665,10 @@ class Consumer:
             self._positions[start.partition] = start.offset
             self._end_offsets[start.partition] = start.end_offset
         sub.reader = asyncio.create_task(
-            stream.read(sub, self._on_batch), name="weir-consumer-reader"
+            stream.read(sub, self._on_batch, self._on_control), name="weir-consumer-reader"
         )
+        if group is not None or self._auto_commit:
+            sub.timer = asyncio.create_task(self._tick(sub), name="weir-consumer-timer")
         self._sub = sub
 
     def _on_batch(
@@ -505,6 +692,160 @@ class Consumer:
         assert sub.buffered <= self._window_messages, "broker exceeded message credit"
         sub.arrived.set()
 
+    def _on_control(self, sub: Subscription, response: broker_pb2.ConsumeResponse) -> None:
+        """The reader hands over an `assignment` or a `seek` result, in stream order."""
+        kind = response.WhichOneof("kind")
+        group = self._group_state
+        if kind == "assignment" and group is not None:
+            effect = group.on_assignment(response.assignment)
+            self._dropped(sub, effect.dropped)
+            for partition, offset in effect.starts.items():
+                self._positions[partition] = offset
+                self._committed[partition] = offset
+                self._yielded.discard(partition)
+            if group.pending:
+                self._group_due = True
+        elif kind == "seek" and not response.seek.HasField("error"):
+            result = response.seek
+            self._dropped(sub, {result.partition})
+            self._positions[result.partition] = result.offset
+
+    def _dropped(self, sub: Subscription, partitions: frozenset[int] | set[int]) -> None:
+        """Drop buffered records of `partitions`; their credit goes back as if taken."""
+        messages, nbytes = stream.drop(sub, partitions)
+        self._taken_messages += messages
+        self._taken_bytes += nbytes
+
+    async def _tick(self, sub: Subscription) -> None:
+        """The timer of one stream: heartbeats (stream mode) and auto-commits due.
+
+        A heartbeat goes out only when nothing else was written for a third
+        of the session timeout. An auto-commit is only marked due here: the
+        iterating task sends it before its next record, so a record counts
+        as processed once the application asked for the next one.
+        """
+        loop = asyncio.get_running_loop()
+        session_ms = self._session_timeout_ms or SESSION_TIMEOUT_MS_DEFAULT
+        heartbeat_s = session_ms / 3000.0 if self._group_state is not None else None
+        interval_s = self._auto_commit_interval_s if self._auto_commit else None
+        next_commit_s = loop.time() + interval_s if interval_s is not None else None
+        heartbeat = broker_pb2.ConsumeRequest(heartbeat=broker_pb2.Heartbeat())
+        while sub.error is None and not sub.ended:
+            now = loop.time()
+            wake = []
+            if next_commit_s is not None and interval_s is not None:
+                if now >= next_commit_s:
+                    self._auto_commit_due = self._group_due = True
+                    sub.arrived.set()
+                    next_commit_s = now + interval_s
+                wake.append(next_commit_s)
+            if heartbeat_s is not None:
+                if now - sub.last_sent_s >= heartbeat_s:
+                    self._writer.start(sub, heartbeat)
+                wake.append(sub.last_sent_s + heartbeat_s)
+            await asyncio.sleep(max(0.0, min(wake) - loop.time()))
+
+    async def _group_work(self) -> None:
+        """In the iterating task: apply a pending assignment, send a due auto-commit."""
+        self._group_due = False
+        group = self._group_state
+        if group is not None and group.pending:
+            await self._apply_change(group.take())
+        if self._auto_commit_due:
+            self._auto_commit_due = False
+            running = self._auto_commit_task
+            offsets = self._moved(self._yielded)
+            if offsets and (running is None or running.done()):
+                # One auto-commit in flight at most; the application goes on.
+                self._auto_commit_task = asyncio.create_task(
+                    self._commit_quietly(offsets, "auto-commit"), name="weir-consumer-autocommit"
+                )
+
+    def _moved(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The positions of `partitions` that records were taken from since their last commit."""
+        return {
+            p: self._positions[p]
+            for p in sorted(partitions)
+            if p in self._yielded
+            and p in self._positions
+            and self._positions[p] != self._committed.get(p)
+        }
+
+    async def _commit_quietly(self, offsets: dict[int, int], what: str) -> None:
+        """Commit on the current stream; a failure is logged (the next commit covers it)."""
+        sub = self._sub
+        if sub is None or sub.error is not None or sub.ended:
+            return
+        try:
+            await self._commit_on(sub, offsets)
+        except WeirError as exc:
+            _log.warning("%s of %s failed: %s", what, offsets, exc)
+
+    async def _apply_change(self, change: Change) -> None:
+        """Tell the application what `change` says, commit what was revoked, then acknowledge."""
+        group = self._group_state
+        assert group is not None
+        try:
+            if change.lost:
+                # Nothing can be committed for these any more.
+                for p in change.lost - group.received:
+                    self._forget(p)
+                await self._callback(self._on_revoke, "on_revoke", change.lost)
+            if change.revoked:
+                await self._callback(self._on_revoke, "on_revoke", change.revoked)
+                if self._auto_commit:
+                    offsets = self._moved(change.revoked)
+                    if offsets:
+                        await self._commit_quietly(offsets, "commit on revoke")
+        finally:
+            for p in change.revoked - group.received:
+                self._forget(p)
+            sub = self._sub
+            if change.ack_generation and sub is not None and sub.error is None:
+                ack = broker_pb2.AssignmentAck(generation=change.ack_generation)
+                self._writer.start(sub, broker_pb2.ConsumeRequest(assignment_ack=ack))
+        if change.assigned:
+            await self._callback(self._on_assign, "on_assign", change.assigned)
+
+    async def _callback(
+        self, callback: PartitionsCallback | None, name: str, partitions: set[int]
+    ) -> None:
+        """Run `callback` (sync or async); an exception is logged, never raised."""
+        if callback is None:
+            return
+        try:
+            result = callback(sorted(partitions))
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            _log.exception("%s(%s) raised", name, sorted(partitions))
+
+    def _forget(self, partition: int) -> None:
+        self._positions.pop(partition, None)
+        self._committed.pop(partition, None)
+        self._end_offsets.pop(partition, None)
+        self._yielded.discard(partition)
+
+    async def _leave(self) -> None:
+        """Before close: stream mode revokes everything; auto-commit commits what moved."""
+        sub = self._sub
+        if not self._started or sub is None or sub.error is not None or sub.ended:
+            return
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                group = self._group_state
+                if group is not None:
+                    await self._apply_change(group.take())
+                    owned = group.leave()
+                    if owned:
+                        await self._callback(self._on_revoke, "on_revoke", owned)
+                if self._auto_commit:
+                    offsets = self._moved(self._yielded)
+                    if offsets:
+                        await self._commit_quietly(offsets, "commit on close")
+        except TimeoutError:
+            _log.warning("leaving the group took over %.3fs", self._request_timeout_s)
+
     async def _write(self, sub: Subscription, request: broker_pb2.ConsumeRequest) -> None:
         await self._writer.write(sub, request)
 
@@ -521,3 +862,47 @@ class Consumer:
             if sub.reader is not None:
                 sub.reader.cancel()
             raise
+
+
+# The ErrorInfo reason of a stream-mode stream that ended because the
+# broker evicted its member (ABORTED): the member rejoins as a new one.
+SESSION_EXPIRED = "SESSION_EXPIRED"
+
+
+def _check_group_options(
+    mode: str,
+    group: str | None,
+    partitions: Iterable[int] | None,
+    *,
+    on_assign: PartitionsCallback | None,
+    on_revoke: PartitionsCallback | None,
+    session_timeout_ms: int | None,
+    rebalance_timeout_ms: int | None,
+) -> bool:
+    """Check the group options before any I/O; True for stream mode."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'assign' or 'stream', got {mode!r}")
+    if mode == "assign":
+        extras = {
+            "on_assign": on_assign,
+            "on_revoke": on_revoke,
+            "session_timeout_ms": session_timeout_ms,
+            "rebalance_timeout_ms": rebalance_timeout_ms,
+        }
+        given = [name for name, value in extras.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply with mode='stream'")
+        return False
+    if not group:
+        raise ValueError("mode='stream' needs a group")
+    if partitions is not None:
+        raise ValueError("mode='stream' takes no partitions: the broker assigns them")
+    for name, value in (
+        ("session_timeout_ms", session_timeout_ms),
+        ("rebalance_timeout_ms", rebalance_timeout_ms),
+    ):
+        if value is not None and not GROUP_TIMEOUT_MS_MIN <= value <= GROUP_TIMEOUT_MS_MAX:
+            raise ValueError(
+                f"{name} must be between {GROUP_TIMEOUT_MS_MIN} and {GROUP_TIMEOUT_MS_MAX}"
+            )
+    return True

@@ -1,0 +1,142 @@
+"""A stream-mode consumer's membership: what the broker assigned, what the application was told.
+
+`GroupState` does no I/O. The consumer's reader feeds it the `Assignment`
+responses in stream order (`on_assignment`), and it answers at once what
+the reader must do on the stream's side (drop the buffered records of the
+revoked partitions, start positions of the started ones). What the
+application must be told (`on_revoke`, `on_assign`), what must be committed
+and which generation acknowledged waits in one pending `Change`, merged
+with every later assignment, until the iterating task takes it (`take`)
+before it returns its next record. So the state is bounded by the topic's
+partitions however many assignments arrive while the application is busy.
+
+Two views of ownership are kept apart:
+
+- `received`: the partitions the broker's last assignment on this stream
+  gave the member (what the reader delivers);
+- `owned`: the partitions the application was told about through
+  `on_assign` and not yet through `on_revoke` (what `assignment()` says).
+
+A partition revoked before the application heard of it is never reported
+at all. A partition the application owned and that the broker did not give
+back after a reconnect, or everything after the member's session expired,
+is *lost*: reported through `on_revoke` but not committed, because the
+member can no longer commit it (Kafka's "partitions lost").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from weir.v1 import broker_pb2
+
+
+@dataclass(slots=True)
+class Change:
+    """What the application must be told, in this order, once it iterates again."""
+
+    # Owned partitions the member can no longer commit: `on_revoke`, no commit.
+    lost: set[int] = field(default_factory=set)
+    # Owned partitions taken away: `on_revoke`, commit, then acknowledge.
+    revoked: set[int] = field(default_factory=set)
+    # Partitions to announce with `on_assign`.
+    assigned: set[int] = field(default_factory=set)
+    # The generation to acknowledge once `revoked` is committed; 0: none.
+    ack_generation: int = 0
+
+    def empty(self) -> bool:
+        """True when nothing is to be told or acknowledged."""
+        return not (self.lost or self.revoked or self.assigned or self.ack_generation)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEffect:
+    """What the reader does on the stream at once for one `Assignment`."""
+
+    # Partitions whose buffered records are dropped: none of them may reach
+    # the application after the broker took them away (or restarted them).
+    dropped: frozenset[int]
+    # New read positions: partition -> the offset its next record will have.
+    starts: dict[int, int]
+
+
+class GroupState:
+    """One stream-mode member: its id, generation and partitions; see the module doc."""
+
+    def __init__(self) -> None:
+        # The id the broker gave this member; "" before the first assignment
+        # and after the session expired (the next subscribe joins as new).
+        self.member_id = ""
+        # The generation of the last assignment received (commits carry it).
+        self.generation = 0
+        self.received: set[int] = set()
+        self.owned: set[int] = set()
+        self._pending = Change()
+        # No assignment arrived on the current stream yet.
+        self._new_stream = True
+
+    @property
+    def pending(self) -> bool:
+        """Something waits for the application (`take`)."""
+        return not self._pending.empty()
+
+    def stream_opened(self) -> None:
+        """A new stream subscribes: its first assignment replaces what the last one said."""
+        self._new_stream = True
+        self.received = set()
+
+    def on_assignment(self, assignment: broker_pb2.Assignment) -> StreamEffect:
+        """Apply an `Assignment` received on the stream, in stream order."""
+        self.member_id = assignment.member_id
+        self.generation = assignment.generation
+        starts = {s.partition: s.offset for s in assignment.started}
+        change = self._pending
+        if self._new_stream:
+            # A (re)subscribe: compare with what the application holds.
+            self._new_stream = False
+            now = set(assignment.partitions)
+            for p in self.owned - now:
+                if p not in change.revoked:
+                    change.lost.add(p)
+            change.assigned &= now
+            for p in now:
+                if p not in self.owned or p in change.revoked or p in change.lost:
+                    change.assigned.add(p)
+            self.received = now
+            # Every partition of the new stream starts where the broker says.
+            return StreamEffect(frozenset(now | set(starts)), starts)
+        revoked = set(assignment.revoked)
+        for p in revoked:
+            # Not yet announced: nothing to tell. Announced: revoke it.
+            change.assigned.discard(p)
+            if p in self.owned and p not in change.lost:
+                change.revoked.add(p)
+        for p in starts:
+            change.assigned.add(p)
+        if revoked:
+            change.ack_generation = assignment.generation
+        self.received = set(assignment.partitions)
+        return StreamEffect(frozenset(revoked | set(starts)), starts)
+
+    def session_expired(self) -> None:
+        """The broker evicted the member: everything it had is lost; it joins again as new."""
+        change = self._pending
+        change.lost |= self.owned
+        change.revoked.clear()
+        change.assigned.clear()
+        change.ack_generation = 0
+        self.member_id = ""
+        self.generation = 0
+        self.received = set()
+
+    def take(self) -> Change:
+        """The pending change, now applied to `owned`; the caller tells the application."""
+        change, self._pending = self._pending, Change()
+        self.owned -= change.lost | change.revoked
+        self.owned |= change.assigned
+        return change
+
+    def leave(self) -> set[int]:
+        """The consumer closes: everything owned is given up (reported with `on_revoke`)."""
+        owned, self.owned = self.owned, set()
+        return owned
