@@ -30,6 +30,7 @@ from ..storage.codec import BatchKind, encode_batch, encode_partition_snapshot
 from ..storage.log import PartitionLog, RetentionPlan
 from ..storage.node import NodeStorage
 from ..storage.producers import Duplicate, InFlight, ProducerFields, TailBatch, decide, encode_table
+from ..storage.queues import encode_table as encode_queue_table
 from ..transport.service import add_peer_service
 from ..transport.transport import PeerTransport
 from .coalesce import Pending
@@ -485,6 +486,40 @@ class RaftHost:
         for ticket, deadline_ms in pending.tickets:
             waiters.adopt(ticket, index, term, deadline_ms)
 
+    def propose_queue_control(
+        self, group_id: int, payload: bytes, *, timeout_ms: int | None = None
+    ) -> ProposalTicket:
+        """Proposes one queue group's control records to a partition this node leads.
+
+        `payload` is `weir.cluster.queue.encode_control(group, records)`,
+        stored as a QUEUE_CONTROL batch (no offsets). It must decode and
+        name a group the partition accepts (`PartitionLog.check_queue_group`,
+        which the dispatcher calls first); otherwise ValueError, nothing
+        proposed. Raises `NotLeaderError` / `ProposalDroppedError` at once.
+        The ticket's `committed` resolves (to None) once the entry is
+        committed with this term and readable here, fails with
+        `NotWrittenError` if another term's entry took its index and with
+        `OutcomeUnknownError` at the deadline or when the group stops.
+        Every replica applies it to its queue table (`LmdbRaftStorage.queues`)
+        when it applies the entry, in the turn that learns of the commit: on
+        this leader `committed` may resolve just before that apply.
+        """
+        self._check_running()
+        group = self._group(group_id)
+        assert group.partition, f"group {group_id} is not a partition"
+        self._driver.healthy(group)
+        if group.role is not Role.LEADER:
+            raise NotLeaderError(group_id, group.leader)
+        log = group.partition_log
+        assert log is not None
+        log.validate_queue_control(payload)
+        offset = group.next_offset()
+        data = encode_batch(BatchKind.QUEUE_CONTROL, 0, 0, 0, 0, payload)
+        index, term = self._propose(group, data)
+        group.proposed(index, offset)
+        deadline = self._clock_ms() + (timeout_ms or self.config.proposal_timeout_ms)
+        return group.waiters.add_proposal(index, term, deadline)
+
     def _answered(self, group_id: int, base_offset: int, record_count: int) -> AppendTicket:
         """A ticket for a batch that is applied already (a producer's retry)."""
         loop = asyncio.get_running_loop()
@@ -552,15 +587,19 @@ class RaftHost:
         plan = log.plan_retention(retention_bytes, retention_ms)
         if plan is None:
             return None
-        # The producer table as applied now, which may be ahead of the
-        # snapshot's index: a follower that installs it replays the entries
-        # between without effect (see ProducerTable.apply).
-        producers = group.storage.producers
+        # The producer and queue tables as applied now, which may be ahead of
+        # the snapshot's index: a follower that installs them replays the
+        # entries between without effect (ProducerTable.apply, QueueTable.apply).
+        storage = group.storage
+        producers, queues = storage.producers, storage.queues
         self.compact(
             group_id,
             plan.first_index - 1,
             encode_partition_snapshot(
-                plan.start_offset, app_state, encode_table(producers) if len(producers) else b""
+                plan.start_offset,
+                app_state,
+                encode_table(producers) if len(producers) else b"",
+                encode_queue_table(queues, storage.applied_submitted) if len(queues) else b"",
             ),
         )
         return plan

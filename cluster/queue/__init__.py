@@ -15,7 +15,7 @@ docs/groups.md "Queue mode: the state machine" describes how they fit.
 from .ackid import AckId, decode_ack_id, encode_ack_id
 from .applied import AppliedQueueState, PendingRecord
 from .codec import decode_control, encode_control
-from .errors import InvalidNackDelay, NotInFlight, QueueError, UnknownAckId
+from .errors import InvalidNackDelay, NotInFlight, QueueError, QueueGroupsFull, UnknownAckId
 from .state import QueueDispatch, backoff_ms
 from .types import (
     Acked,
@@ -51,6 +51,7 @@ __all__ = [
     "QueueConfig",
     "QueueDispatch",
     "QueueError",
+    "QueueGroupsFull",
     "Redelivery",
     "UnknownAckId",
     "backoff_ms",

@@ -93,6 +93,30 @@ class AppliedQueueState:
             added += self.acked.add(first, end)
         return added
 
+    def size(self) -> int:
+        """What the state holds: pending records plus acked ranges above the low
+        watermark (a subset of the leader's `QueueDispatch.size()`, so bounded by
+        `queue_pending_max` + 1 as long as leaders bound it)."""
+        return len(self.pending) + len(self.acked)
+
+    def below_log_start(self, start_offset: int) -> tuple[ControlRecord, ...]:
+        """The control records that write off what retention deleted (none if nothing).
+
+        Retention deletes records whether a queue group read them or not (as
+        in Kafka), so the cursor, the low watermark and pending records may
+        fall below the log's first offset. The leader appends these records
+        (one `Acked` of everything below the start, one `Delivered` moving the
+        cursor there) so that every replica forgets the same records; a
+        replica never changes its applied state on its own log start, which
+        can differ between replicas.
+        """
+        records: list[ControlRecord] = []
+        if self.acked.low_watermark < start_offset:
+            records.append(Acked(((self.acked.low_watermark, start_offset),)))
+        if self.cursor < start_offset:
+            records.append(Delivered(start_offset, ()))
+        return tuple(records)
+
     def check_invariants(self) -> None:
         self.acked.check_invariants()
         for offset, record in self.pending.items():

@@ -39,3 +39,11 @@ class NotInFlight(QueueError):
 
     code: ClassVar[str] = "FAILED_PRECONDITION"
     reason: ClassVar[str] = "NOT_IN_FLIGHT"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueGroupsFull(QueueError):
+    """A new queue group on a partition that has `queue_groups_per_partition_max` already."""
+
+    code: ClassVar[str] = "RESOURCE_EXHAUSTED"
+    reason: ClassVar[str] = "QUEUE_GROUPS_FULL"

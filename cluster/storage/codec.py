@@ -398,56 +398,80 @@ def decode_snapshot(value: bytes | memoryview) -> tuple[SnapshotMeta, bytes]:
 # The application bytes of a partition group's snapshot start with the offset
 # that follows the snapshot's index: a follower that installs the snapshot has
 # none of the rows before it, so this is how it learns where its offsets go on.
-# Version 2 adds the partition's producer table (producers.py), which the
-# follower takes over as it is; version 1 (no producers) still decodes.
+# Version 2 adds the partition's producer table (producers.py), version 3 its
+# queue table (queues.py), which the follower takes over as they are; versions
+# 1 (neither) and 2 (no queues) still decode.
 _PARTITION_SNAPSHOT = struct.Struct(">BQ")
-_PRODUCER_TABLE_BYTES = struct.Struct(">I")
-PARTITION_SNAPSHOT_FORMAT_VERSION = 2
+_TABLE_BYTES = struct.Struct(">I")
+PARTITION_SNAPSHOT_FORMAT_VERSION = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionSnapshot:
+    """The parts of a partition group's snapshot data."""
+
+    next_offset: int
+    producers: bytes
+    queues: bytes
+    app_state: bytes
 
 
 def encode_partition_snapshot(
-    next_offset: int, app_state: bytes = b"", producers: bytes = b""
+    next_offset: int, app_state: bytes = b"", producers: bytes = b"", queues: bytes = b""
 ) -> bytes:
     """`Snapshot.data` for a partition group (what the host passes to `RawNode.compact`).
 
-    `producers` is `producers.encode_table` of the partition's table, or
-    empty for none.
+    `producers` is `producers.encode_table` of the partition's table and
+    `queues` `queues.encode_table` of its queue groups, each empty for none.
     """
     return (
         _PARTITION_SNAPSHOT.pack(PARTITION_SNAPSHOT_FORMAT_VERSION, next_offset)
-        + _PRODUCER_TABLE_BYTES.pack(len(producers))
+        + _TABLE_BYTES.pack(len(producers))
         + producers
+        + _TABLE_BYTES.pack(len(queues))
+        + queues
         + app_state
     )
 
 
-def _split_partition_snapshot(data: bytes) -> tuple[int, bytes, bytes]:
+def split_partition_snapshot(data: bytes) -> PartitionSnapshot:
     if len(data) < _PARTITION_SNAPSHOT.size:
         raise CorruptEntryError(f"partition snapshot of {len(data)} bytes is too short")
     version, next_offset = _PARTITION_SNAPSHOT.unpack_from(data)
     at = _PARTITION_SNAPSHOT.size
     if version == 1:
-        return next_offset, b"", data[at:]
-    if version != PARTITION_SNAPSHOT_FORMAT_VERSION:
+        return PartitionSnapshot(next_offset, b"", b"", data[at:])
+    if version not in (2, PARTITION_SNAPSHOT_FORMAT_VERSION):
         raise CorruptEntryError(f"unknown partition snapshot format version {version}")
-    if len(data) < at + _PRODUCER_TABLE_BYTES.size:
-        raise CorruptEntryError("partition snapshot is too short for its producer table")
-    (size,) = _PRODUCER_TABLE_BYTES.unpack_from(data, at)
-    at += _PRODUCER_TABLE_BYTES.size
-    if len(data) < at + size:
-        raise CorruptEntryError("partition snapshot's producer table is truncated")
-    return next_offset, data[at : at + size], data[at + size :]
+    tables = []
+    for name in ("producer", "queue")[: version - 1]:
+        if len(data) < at + _TABLE_BYTES.size:
+            raise CorruptEntryError(f"partition snapshot is too short for its {name} table")
+        (size,) = _TABLE_BYTES.unpack_from(data, at)
+        at += _TABLE_BYTES.size
+        if len(data) < at + size:
+            raise CorruptEntryError(f"partition snapshot's {name} table is truncated")
+        tables.append(data[at : at + size])
+        at += size
+    producers = tables[0]
+    queues = tables[1] if len(tables) > 1 else b""
+    return PartitionSnapshot(next_offset, producers, queues, data[at:])
 
 
 def decode_partition_snapshot(data: bytes) -> tuple[int, bytes]:
     """Returns (next offset, application state) of a partition group's snapshot data."""
-    next_offset, _, app_state = _split_partition_snapshot(data)
-    return next_offset, app_state
+    parts = split_partition_snapshot(data)
+    return parts.next_offset, parts.app_state
 
 
 def partition_snapshot_producers(data: bytes) -> bytes:
     """The encoded producer table of a partition snapshot (empty: none)."""
-    return _split_partition_snapshot(data)[1]
+    return split_partition_snapshot(data).producers
+
+
+def partition_snapshot_queues(data: bytes) -> bytes:
+    """The encoded queue table of a partition snapshot (empty: none)."""
+    return split_partition_snapshot(data).queues
 
 
 # ---- hard state -------------------------------------------------------------------

@@ -17,10 +17,13 @@ the Raft host will write the same keys with real terms and indexes.
     delay_index   group u32 | deliver_at_ms u64 | offset u64 -> empty (delays.py)
     delay_index   group u32 | 0 (u64) | 0 (u64)           -> rows of the group, u64
     delay_offsets group u32 | offset u64                  -> deliver_at_ms u64
+    queue_state   group u32 | 0x01 | blake2b-128(queue group name) -> applied queue state (queues.py)
+    queue_state   group u32 | 0x00                        -> raft index the stored state covers, u64
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 GROUP_ID_MAX = 2**32 - 1
@@ -72,6 +75,19 @@ def parse_producer_key(key: bytes) -> tuple[int, int]:
     """Returns (group id, producer id)."""
     group_id, producer_id = _GROUP_U64.unpack(key)
     return group_id, producer_id
+
+
+def queue_key(group_id: int, queue_group: str) -> bytes:
+    """A queue group's row. Names may be longer than LMDB's keys (255 characters,
+    up to 1,020 bytes), so the key holds a 128-bit hash and the row the name."""
+    digest = hashlib.blake2b(queue_group.encode(), digest_size=16).digest()
+    return _GROUP.pack(group_id) + b"\x01" + digest
+
+
+def queue_covered_key(group_id: int) -> bytes:
+    """The raft index a partition's stored queue state covers (written by a snapshot
+    install; sorts before the group rows)."""
+    return _GROUP.pack(group_id) + b"\x00"
 
 
 def offset_key(group_id: int, base_offset: int) -> bytes:

@@ -51,6 +51,8 @@ class Db(enum.Enum):
     # Delayed records by due time, and by offset (delays.py).
     DELAY_INDEX = b"delay_index"
     DELAY_OFFSETS = b"delay_offsets"
+    # Queue groups' applied state per partition (queues.py).
+    QUEUE_STATE = b"queue_state"
 
 
 def translate_error(exc: lmdb.Error) -> StorageError:

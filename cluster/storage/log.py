@@ -29,6 +29,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
+from ..queue import codec as queue_codec
+from ..queue.applied import AppliedQueueState
+from ..queue.errors import QueueGroupsFull
+from ..queue.types import ControlRecord
 from ..raft.types import EntryType
 from . import keys
 from .codec import (
@@ -77,6 +81,8 @@ from .producers import (
     decide,
     encode_entry,
 )
+from .queues import QUEUE_GROUPS_PER_PARTITION_MAX_DEFAULT, QueueTable
+from .queues import decode_row as decode_queue_row
 from .state import FIRST_RAFT_INDEX, LogState
 from .writer import GroupCommitWriter, WriteOp
 
@@ -95,7 +101,8 @@ __all__ = [
 _NORMAL = int(EntryType.NORMAL)
 _OFFSETLESS_ENTRY_TYPES = (int(EntryType.NOOP), int(EntryType.CONFIG))
 _RECORDS = int(BatchKind.RECORDS)
-_CONTROL = int(BatchKind.CONTROL)
+# Batches that take no offsets: the read scan steps over them.
+_OFFSETLESS_KINDS = (int(BatchKind.CONTROL), int(BatchKind.QUEUE_CONTROL))
 # `read`'s default records_max: no bound but the others.
 READ_RECORDS_UNBOUNDED = 1 << 62
 # Entries one read visits at most (control entries carry no payload, so the
@@ -191,9 +198,14 @@ class PartitionLog:
         writer: GroupCommitWriter,
         state: LogState,
         clock_ms: Callable[[], int],
+        *,
+        queue_groups_max: int = QUEUE_GROUPS_PER_PARTITION_MAX_DEFAULT,
     ) -> None:
         assert state.partition, "a PartitionLog is the offset view of a partition group"
+        assert queue_groups_max > 0
         self.group_id = group_id
+        # The leader's bound on this partition's queue groups (check_queue_group).
+        self.queue_groups_max = queue_groups_max
         self._env = env
         self._writer = writer
         self._clock_ms = clock_ms
@@ -411,6 +423,135 @@ class PartitionLog:
             last.add_done_callback(copy)
         return done
 
+    # ---- queue groups (queues.py) ------------------------------------------------------
+
+    @property
+    def queues(self) -> QueueTable:
+        """The partition's queue groups as applied (as of `applied_submitted`)."""
+        return self._state.queues
+
+    def queue_state(self, queue_group: str) -> AppliedQueueState | None:
+        """The applied state of `queue_group` on this partition (None: it never wrote here).
+
+        The live object, updated in place as entries apply: read it, do not
+        change it. Its cursor, low watermark and pending records may be below
+        `start_offset` (retention deleted those records: see
+        `AppliedQueueState.below_log_start`).
+        """
+        self._check_open()
+        return self._state.queues.get(queue_group)
+
+    def queue_groups(self) -> list[str]:
+        """The queue groups this partition holds state for, sorted."""
+        self._check_open()
+        return self._state.queues.names()
+
+    def check_queue_group(
+        self, queue_group: str, proposed: Sequence[str] = ()
+    ) -> QueueGroupsFull | None:
+        """The leader's check before a queue group's control entry: None if it may go.
+
+        A new group is refused once the partition holds `queue_groups_max`
+        groups, counting `proposed` (new groups proposed and not applied yet).
+        """
+        self._check_open()
+        return self._state.queues.check_group(queue_group, self.queue_groups_max, proposed)
+
+    def validate_queue_control(
+        self, payload: bytes, proposed: Sequence[str] = ()
+    ) -> tuple[str, tuple[ControlRecord, ...]]:
+        """Decodes a QUEUE_CONTROL payload a leader is about to write.
+
+        Raises ValueError for a payload that does not decode or names a
+        queue group `check_queue_group` refuses: the caller (the dispatcher)
+        encodes with `weir.cluster.queue.encode_control` and checks first,
+        so this is misuse, never client input.
+        """
+        try:
+            group, records = queue_codec.decode_control(payload)
+        except CorruptEntryError as e:
+            raise ValueError(f"not a queue control payload: {e}") from None
+        refused = self.check_queue_group(group, proposed)
+        if refused is not None:
+            raise ValueError(refused.message)
+        return group, records
+
+    async def append_queue_control(self, payload: bytes) -> AppendTicket:
+        """Single-node path: writes a QUEUE_CONTROL batch and applies it in the same turn.
+
+        `payload` is `weir.cluster.queue.encode_control(group, records)`. The
+        group's applied state changes at once (reads see it) and its row is
+        written in the entry's writer op; the ticket's `durable` resolves
+        when both are durable. The entry takes no offsets (`base_offset` is
+        the log's next offset, unchanged). Raises ValueError as
+        `validate_queue_control` does; nothing is written then.
+        """
+        self._check_open()
+        if self.raft_owned:
+            raise StorageError(f"group {self.group_id} is replicated by Raft: propose through it")
+        group, records = self.validate_queue_control(payload)
+        queues = self._state.queues
+        while True:
+            data_bytes = ROW_HEADER_BYTES + BATCH_HEADER_BYTES + len(payload)
+            reserved = WriteOp.reserved_bytes(
+                data_bytes + queues.apply_bytes_max([(group, records)])
+            )
+            await self._writer.reserve(reserved)
+            # Nothing below awaits, so the entry takes the next index in order.
+            if self._closed is not None:
+                self._writer.release(reserved)
+                raise self._closed
+            # Another append may have changed the table while we waited.
+            refused = self.check_queue_group(group)
+            if refused is not None:
+                self._writer.release(reserved)
+                raise ValueError(refused.message)
+            if (
+                WriteOp.reserved_bytes(data_bytes + queues.apply_bytes_max([(group, records)]))
+                <= reserved
+            ):
+                break
+            self._writer.release(reserved)
+        state = self._state
+        raft_index = state.next_index
+        next_offset = state.next_offset
+        changed = queues.apply(raft_index, payload)
+        assert changed == group, "a validated payload applies"
+        data = encode_batch(BatchKind.QUEUE_CONTROL, 0, 0, 0, 0, payload)
+        meta = dataclasses.replace(state.group_meta(), applied_index=raft_index)
+        state.applied_submitted = raft_index
+        op = LogWriteOp(
+            self.group_id,
+            [(raft_index, encode_row(EntryType.NORMAL, SINGLE_NODE_TERM, next_offset, data))],
+            group_meta=encode_group_meta(meta),
+            queue_rows=[(keys.queue_key(self.group_id, group), queues.row(group))],
+            on_commit=functools.partial(self.on_applied, raft_index, next_offset),
+            on_fail=functools.partial(self._on_queue_append_failed, raft_index, group),
+        )
+        assert op.size_bytes <= reserved, (op.size_bytes, reserved)
+        if op.size_bytes < reserved:
+            self._writer.release(reserved - op.size_bytes)
+        durable = self._writer.submit(op)
+        durable.add_done_callback(_retrieve_exception)
+        self._last_durable = durable
+        state.next_index = raft_index + 1
+        state.last_term = SINGLE_NODE_TERM
+        return AppendTicket(next_offset, durable)
+
+    def _on_queue_append_failed(self, raft_index: int, group: str) -> None:
+        # Newest first, as _on_append_failed: the disk holds the group's state
+        # as of the last committed turn, and every later op failed too.
+        state = self._state
+        assert state.next_index == raft_index + 1, (state.next_index, raft_index)
+        state.next_index = raft_index
+        state.applied_submitted = raft_index - 1
+        with self._env.read() as txn:
+            value = txn.get(Db.QUEUE_STATE, keys.queue_key(self.group_id, group))
+            if value is None:
+                state.queues.forget(group)
+            else:
+                state.queues.put(*decode_queue_row(value))
+
     def on_committed(self, entries: Sequence[tuple[int, int]]) -> None:
         """Entries `(raft index, offset after it)`, oldest first, continuing the visible
         ones, are committed and their log rows are committed here: readers may see them.
@@ -573,7 +714,7 @@ class PartitionLog:
                     _raise_damaged(value)
                 if raw_type == _NORMAL:
                     if kind != _RECORDS or count <= 0 or row_next != base + count:
-                        if kind != _CONTROL or count != 0 or flags != 0:
+                        if kind not in _OFFSETLESS_KINDS or count != 0 or flags != 0:
                             _raise_damaged(value)
                     else:
                         payload_start = ROW_PAYLOAD_START

@@ -26,8 +26,9 @@ from .lmdbenv import Db, LmdbEnv
 from .log import PartitionLog
 from .meta import MetaStore
 from .ops import DropGroupOp, HardStateOp, MetaWriteOp
+from .queues import QUEUE_GROUPS_PER_PARTITION_MAX_DEFAULT
 from .raft_storage import LmdbRaftStorage
-from .state import load_group
+from .state import LogState, load_group
 from .writer import GroupCommitWriter
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class StorageConfig:
     async_sync_interval_ms: int = ASYNC_SYNC_INTERVAL_MS_DEFAULT
     write_probe_interval_ms: int = WRITE_PROBE_INTERVAL_MS_DEFAULT
     clock_ms: Callable[[], int] = wall_clock_ms
+    # The leader's bound on queue groups per partition (queues.py).
+    queue_groups_per_partition_max: int = QUEUE_GROUPS_PER_PARTITION_MAX_DEFAULT
 
 
 def _lock_and_open(
@@ -211,7 +214,7 @@ class NodeStorage:
             # Later chunks of the drop would delete whatever it appended.
             raise LogClosedError(f"partition log of group {group_id} is being dropped")
         loaded = load_group(env, group_id, partition=True)
-        log = PartitionLog(group_id, env, writer, loaded.state, self._config.clock_ms)
+        log = self._new_log(group_id, env, writer, loaded.state)
         self._logs[group_id] = log
         return log
 
@@ -244,11 +247,24 @@ class NodeStorage:
             log = None
         loaded = load_group(env, group_id, partition)
         if partition and log is None:
-            log = PartitionLog(group_id, env, writer, loaded.state, self._config.clock_ms)
+            log = self._new_log(group_id, env, writer, loaded.state)
             self._logs[group_id] = log
         raft = LmdbRaftStorage(group_id, env, writer, loaded, log, conf)
         self._rafts[group_id] = raft
         return raft
+
+    def _new_log(
+        self, group_id: int, env: LmdbEnv, writer: GroupCommitWriter, state: LogState
+    ) -> PartitionLog:
+        config = self._config
+        return PartitionLog(
+            group_id,
+            env,
+            writer,
+            state,
+            config.clock_ms,
+            queue_groups_max=config.queue_groups_per_partition_max,
+        )
 
     @contextlib.contextmanager
     def hold_writes(self) -> Iterator[None]:

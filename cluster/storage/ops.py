@@ -54,7 +54,15 @@ class LogWriteOp(WriteOp):
     op's value wins, which is the newest state because ops keep FIFO order.
     """
 
-    __slots__ = ("group_id", "group_meta", "index_rows", "producer_rows", "rows", "truncate_from")
+    __slots__ = (
+        "group_id",
+        "group_meta",
+        "index_rows",
+        "producer_rows",
+        "queue_rows",
+        "rows",
+        "truncate_from",
+    )
 
     def __init__(
         self,
@@ -65,6 +73,7 @@ class LogWriteOp(WriteOp):
         index_rows: Sequence[IndexRow] = (),
         group_meta: bytes | None,
         producer_rows: Sequence[tuple[int, bytes | None]] = (),
+        queue_rows: Sequence[tuple[bytes, bytes | None]] = (),
         on_commit: Callable[[], None] | None = None,
         on_fail: Callable[[], None] | None = None,
     ) -> None:
@@ -73,6 +82,7 @@ class LogWriteOp(WriteOp):
             + INDEX_ROW_BYTES * len(index_rows)
             + DELAY_ROW_BYTES * sum(len(row.delays) for row in index_rows)
             + producer_rows_bytes(producer_rows)
+            + queue_rows_bytes(queue_rows)
         )
         super().__init__(size, on_commit, on_fail=on_fail)
         self.group_id = group_id
@@ -82,6 +92,9 @@ class LogWriteOp(WriteOp):
         self.group_meta = group_meta
         # (producer id, encoded state or None to delete) of applied entries.
         self.producer_rows = producer_rows
+        # (key, encoded state or None to delete) of queue groups that applied
+        # entries changed (queues.py).
+        self.queue_rows = queue_rows
 
     def apply(self, turn: Turn) -> None:
         group_id = self.group_id
@@ -111,6 +124,11 @@ class LogWriteOp(WriteOp):
                 turn.delete(Db.PRODUCERS, key)
             else:
                 turn.put(Db.PRODUCERS, key, value)
+        for key, value in self.queue_rows:
+            if value is None:
+                turn.delete(Db.QUEUE_STATE, key)
+            else:
+                turn.put(Db.QUEUE_STATE, key, value)
         if self.group_meta is not None:
             turn.put(Db.GROUP_META, keys.group_key(group_id), self.group_meta)
 
@@ -139,6 +157,10 @@ PRODUCER_KEY_BYTES = 12
 
 def producer_rows_bytes(rows: Sequence[tuple[int, bytes | None]]) -> int:
     return sum(PRODUCER_KEY_BYTES + (0 if value is None else len(value)) for _, value in rows)
+
+
+def queue_rows_bytes(rows: Sequence[tuple[bytes, bytes | None]]) -> int:
+    return sum(len(key) + (0 if value is None else len(value)) for key, value in rows)
 
 
 class MetaWriteOp(WriteOp):
@@ -228,6 +250,7 @@ _DROP_ORDER = (
     Db.DELAY_INDEX,
     Db.DELAY_OFFSETS,
     Db.PRODUCERS,
+    Db.QUEUE_STATE,
     Db.LOG,
     Db.HARDSTATE,
     Db.GROUP_META,
@@ -350,16 +373,17 @@ class TruncatePrefixOp(WriteOp):
 class InstallSnapshotOp(WriteOp):
     """Replaces a group's whole log by a snapshot received from its leader.
 
-    Deletes every log, offset index, time index, delay index and producer row of the
-    group and writes group_meta, the snapshot row and the producer rows the
-    snapshot carries (`producer_rows`, with the offset the table covers under
-    producer id 0), in one transaction: a crash
+    Deletes every log, offset index, time index, delay index, producer and queue
+    state row of the group and writes group_meta, the snapshot row, the producer
+    rows the snapshot carries (`producer_rows`, with the offset the table covers
+    under producer id 0) and its queue rows (`queue_rows`, with the raft index
+    the table covers), in one transaction: a crash
     leaves either the old log or the snapshot, never a mix. (Bounded by the
     group's log, which a follower far enough behind to need a snapshot
     usually has little of; see docs/storage.md.)
     """
 
-    __slots__ = ("group_id", "group_meta", "producer_rows", "snapshot")
+    __slots__ = ("group_id", "group_meta", "producer_rows", "queue_rows", "snapshot")
 
     heavy = True
 
@@ -370,11 +394,15 @@ class InstallSnapshotOp(WriteOp):
         snapshot: bytes,
         *,
         producer_rows: Sequence[tuple[int, bytes | None]] = (),
+        queue_rows: Sequence[tuple[bytes, bytes | None]] = (),
         on_commit: Callable[[], None] | None = None,
         on_fail: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(
-            len(group_meta) + len(snapshot) + producer_rows_bytes(producer_rows),
+            len(group_meta)
+            + len(snapshot)
+            + producer_rows_bytes(producer_rows)
+            + queue_rows_bytes(queue_rows),
             on_commit,
             on_fail=on_fail,
         )
@@ -382,6 +410,7 @@ class InstallSnapshotOp(WriteOp):
         self.group_meta = group_meta
         self.snapshot = snapshot
         self.producer_rows = producer_rows
+        self.queue_rows = queue_rows
 
     def apply(self, turn: Turn) -> None:
         turn.barrier()
@@ -393,6 +422,7 @@ class InstallSnapshotOp(WriteOp):
             Db.DELAY_INDEX,
             Db.DELAY_OFFSETS,
             Db.PRODUCERS,
+            Db.QUEUE_STATE,
             Db.LOG,
         ):
             turn.txn.delete_range(db, start, end)
@@ -402,3 +432,6 @@ class InstallSnapshotOp(WriteOp):
         for producer_id, value in self.producer_rows:
             if value is not None:
                 turn.put(Db.PRODUCERS, keys.producer_key(group_id, producer_id), value)
+        for key, value in self.queue_rows:
+            if value is not None:
+                turn.put(Db.QUEUE_STATE, key, value)

@@ -38,8 +38,10 @@ from ..raft.rawnode import Ready
 from ..raft.types import EMPTY_CONF, ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
 from . import keys
 from .codec import (
+    BATCH_HEADER_BYTES,
     GROUP_META_BYTES,
     ROW_HEADER_BYTES,
+    BatchKind,
     GroupMeta,
     decode_batch_header,
     decode_hard_state,
@@ -52,6 +54,7 @@ from .codec import (
     encode_snapshot,
     entry_next_offset,
     partition_snapshot_producers,
+    partition_snapshot_queues,
     payload_bytes_of,
 )
 from .delays import DELAY_ROW_BYTES, batch_delays
@@ -73,6 +76,8 @@ from .producers import (
     decode_table,
     encode_entry,
 )
+from .queues import QUEUE_KEY_BYTES, QueueTable
+from .queues import decode_table as decode_queue_table
 from .state import LoadedGroup, LogState
 from .termcache import TermCache
 from .writer import GroupCommitWriter, WriteOp
@@ -316,6 +321,7 @@ class LmdbRaftStorage:
         assert index >= state.applied_submitted, "snapshot behind the applied index"
         next_offset = 0
         producer_rows: list[tuple[int, bytes | None]] = []
+        queue_rows: list[tuple[bytes, bytes | None]] = []
         if state.partition:
             next_offset = decode_partition_snapshot(snapshot.data)[0]
             assert next_offset >= state.end_offset, "snapshot moves the high watermark back"
@@ -327,12 +333,14 @@ class LmdbRaftStorage:
             state.producers.replace(table)
             producer_rows = [(pid, encode_entry(entry)) for pid, entry in table.items()]
             producer_rows.append((0, keys.pack_u64(table.applied_next_offset)))
+            queue_rows = self._install_queues(snapshot)
         meta = GroupMeta(index + 1, next_offset, 0, index, state.partition)
         op = InstallSnapshotOp(
             self.group_id,
             encode_group_meta(meta),
             encode_snapshot(snapshot.meta, snapshot.data),
             producer_rows=producer_rows,
+            queue_rows=queue_rows,
         )
         self._submit(op)
         # Nothing below the snapshot is readable any more (its rows are going),
@@ -355,6 +363,21 @@ class LmdbRaftStorage:
             state.applied_index = index
             state.end_offset = next_offset
 
+    def _install_queues(self, snapshot: Snapshot) -> list[tuple[bytes, bytes | None]]:
+        """Replaces the queue table by the snapshot's; returns the rows to write."""
+        encoded = partition_snapshot_queues(snapshot.data)
+        table = decode_queue_table(encoded) if encoded else QueueTable()
+        # The leader's table may be newer than the snapshot's index: the
+        # entries between are replayed onto it and change nothing.
+        table.covered_index = max(table.covered_index, snapshot.meta.index)
+        self._state.queues.replace(table)
+        group_id = self.group_id
+        rows: list[tuple[bytes, bytes | None]] = [
+            (keys.queue_key(group_id, name), table.row(name)) for name in table.names()
+        ]
+        rows.append((keys.queue_covered_key(group_id), keys.pack_u64(table.covered_index)))
+        return rows
+
     # ---- the host's side ----------------------------------------------------------
 
     @property
@@ -366,6 +389,11 @@ class LmdbRaftStorage:
     def producers(self) -> ProducerTable:
         """The partition's producer table as of `applied_submitted` (producers.py)."""
         return self._state.producers
+
+    @property
+    def queues(self) -> QueueTable:
+        """The partition's queue groups as of `applied_submitted` (queues.py)."""
+        return self._state.queues
 
     @property
     def applied_index(self) -> int:
@@ -415,17 +443,29 @@ class LmdbRaftStorage:
             index_rows = 0
             producer_bytes = 0
             if self._state.partition:
+                queues = self._state.queues
+                decoded = []
                 for e in ready.committed_entries:
                     if e.type is not EntryType.NORMAL:
                         continue
                     batch = decode_batch_header(e.data)
-                    if batch.takes_offsets:
+                    if batch.kind is BatchKind.QUEUE_CONTROL:
+                        # Decoded twice (here and when applied): these entries
+                        # are one per queue group and leader turn, not per record.
+                        found = queues.decode(
+                            e.index, memoryview(e.data)[BATCH_HEADER_BYTES:], quiet=True
+                        )
+                        if found is not None:
+                            decoded.append(found)
+                    elif batch.takes_offsets:
                         index_rows += 1
                         if batch.producer is not None:
                             producer_bytes += PRODUCER_APPLY_BYTES_MAX
                         if batch.delayed:
                             # At most one delay row per record (no parse here).
                             producer_bytes += DELAY_ROW_BYTES * batch.record_count
+                if decoded:
+                    producer_bytes += queues.apply_bytes_max(decoded)
             total += WriteOp.reserved_bytes(INDEX_ROW_BYTES * index_rows + producer_bytes)
         return total
 
@@ -502,6 +542,8 @@ class LmdbRaftStorage:
         index_rows: list[IndexRow] = []
         producers = state.producers
         changed: dict[int, ProducerEntry | None] = {}
+        queues = state.queues
+        queues_changed: dict[str, None] = {}
         next_offset = self._applied_next_offset
         expected = entries[0].index
         for entry in entries:
@@ -509,7 +551,11 @@ class LmdbRaftStorage:
             expected += 1
             if state.partition and entry.type is EntryType.NORMAL:
                 batch = decode_batch_header(entry.data)
-                if batch.takes_offsets:
+                if batch.kind is BatchKind.QUEUE_CONTROL:
+                    name = queues.apply(entry.index, memoryview(entry.data)[BATCH_HEADER_BYTES:])
+                    if name is not None:
+                        queues_changed[name] = None
+                elif batch.takes_offsets:
                     assert batch.base_offset == next_offset, "applied offsets are not dense"
                     index_rows.append(
                         IndexRow(
@@ -549,6 +595,9 @@ class LmdbRaftStorage:
             producer_rows=[
                 (pid, None if entry is None else encode_entry(entry))
                 for pid, entry in changed.items()
+            ],
+            queue_rows=[
+                (keys.queue_key(self.group_id, name), queues.row(name)) for name in queues_changed
             ],
             on_commit=lambda: self._on_applied(applied, next_offset),
         )
@@ -716,9 +765,10 @@ class LmdbRaftStorage:
 
 def _snapshot_op_bytes(snapshot: Snapshot) -> int:
     body = 21 + 4 * len(snapshot.meta.conf.members()) + len(snapshot.data) + 4
-    # Installing a partition snapshot also writes its producer table as rows,
-    # a little larger than their encoding inside the snapshot: charged twice.
-    producer_rows = 2 * len(snapshot.data) + 2 * PRODUCER_KEY_BYTES
+    # Installing a partition snapshot also writes its producer and queue tables
+    # as rows, a little larger than their encoding inside the snapshot (a key
+    # each instead of a length): charged twice, with the two covered rows.
+    producer_rows = 2 * len(snapshot.data) + 2 * PRODUCER_KEY_BYTES + 2 * QUEUE_KEY_BYTES
     return WriteOp.reserved_bytes(GROUP_META_BYTES + body + producer_rows)
 
 

@@ -22,6 +22,7 @@ from .codec import (
 from .errors import CorruptEntryError, StorageError
 from .lmdbenv import Db, LmdbEnv, ReadTxn
 from .producers import ProducerTable, decode_entry
+from .queues import QueueTable, decode_row
 
 # Raft indexes start at 1; 0 means "no entry" in the Raft paper.
 FIRST_RAFT_INDEX = 1
@@ -58,6 +59,10 @@ class LogState:
     # (producers.py): updated where entries are applied, persisted in the
     # same writer op as their index rows.
     producers: ProducerTable = field(default_factory=ProducerTable)
+    # The partition's queue groups as of `applied_submitted` (queues.py):
+    # updated where QUEUE_CONTROL entries are applied, persisted in the same
+    # writer op.
+    queues: QueueTable = field(default_factory=QueueTable)
 
     def __post_init__(self) -> None:
         self.applied_submitted = max(self.applied_submitted, self.applied_index)
@@ -119,6 +124,7 @@ def load_group(env: LmdbEnv, group_id: int, partition: bool) -> LoadedGroup:
             )
             if partition:
                 state.producers = _load_producers(txn, group_id, state.end_offset)
+                state.queues = load_queues(txn, group_id)
             return LoadedGroup(state, snapshot)
         _, last_index = keys.parse_log_key(last[0])
         header = decode_row_header(last[1])
@@ -142,6 +148,7 @@ def load_group(env: LmdbEnv, group_id: int, partition: bool) -> LoadedGroup:
                 raise CorruptEntryError(f"group {group_id}: applied entry {applied} is missing")
             end_offset = decode_row_header(row).next_offset
         producers = _load_producers(txn, group_id, end_offset) if partition else None
+        queues = load_queues(txn, group_id) if partition else None
     state = LogState(
         partition,
         meta.first_index,
@@ -155,6 +162,8 @@ def load_group(env: LmdbEnv, group_id: int, partition: bool) -> LoadedGroup:
     )
     if producers is not None:
         state.producers = producers
+    if queues is not None:
+        state.queues = queues
     return LoadedGroup(state, snapshot)
 
 
@@ -172,3 +181,18 @@ def _load_producers(txn: ReadTxn, group_id: int, applied_end_offset: int) -> Pro
             continue
         entries.append((producer_id, decode_entry(value)))
     return ProducerTable(entries, covered)
+
+
+def load_queues(txn: ReadTxn, group_id: int) -> QueueTable:
+    """The group's queue state rows (bounded by queue_groups_per_partition_max)."""
+    covered = 0
+    groups = []
+    for key, value in txn.iterate(
+        Db.QUEUE_STATE, keys.queue_covered_key(group_id), keys.group_end(group_id)
+    ):
+        if key == keys.queue_covered_key(group_id):
+            # Written when a snapshot brought a table newer than its index.
+            covered = keys.unpack_u64(bytes(value))
+            continue
+        groups.append(decode_row(value))
+    return QueueTable(groups, covered)
