@@ -169,6 +169,8 @@ class QueueTable:
             state = self._groups[name] = AppliedQueueState()
         for record in records:
             state.apply(record)
+        # Known again when its row is encoded (the writer op of this apply).
+        self._row_bytes.pop(name, None)
         return name
 
     def row(self, name: str) -> bytes:
@@ -183,12 +185,19 @@ class QueueTable:
         growth = 0
         for name, records in decoded:
             if name not in base:
-                known = self._row_bytes.get(name)
-                base[name] = QUEUE_KEY_BYTES + (
-                    known if known is not None else ROW_FIXED_BYTES + len(name.encode())
-                )
+                state = self._groups.get(name)
+                if state is None:
+                    known = ROW_FIXED_BYTES + len(name.encode())
+                else:
+                    known = self._row_bytes.get(name) or self._row_size(name, state)
+                base[name] = QUEUE_KEY_BYTES + known
             growth += sum(_growth_bytes(r) for r in records)
         return sum(base.values()) + growth
+
+    def _row_size(self, name: str, state: AppliedQueueState) -> int:
+        size = len(encode_row(name, state))
+        self._row_bytes[name] = size
+        return size
 
     def forget(self, name: str) -> None:
         """Drops a group from memory (its row was not written: a failed single-node append)."""
