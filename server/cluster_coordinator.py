@@ -53,6 +53,8 @@ from weir.cluster.controller.model import REPLICATION_FACTOR_DEFAULT
 from weir.cluster.coordinator.offsets import Commit, Forget, OffsetsError, Stored
 from weir.cluster.coordinator.store import (
     CoordinatorStore,
+    MemberCommit,
+    StreamApplied,
     command_proto,
     commit_of,
     encode_command,
@@ -105,6 +107,8 @@ def _offsets_error(error: OffsetsError) -> BrokerError:
 
 
 class _NotLeader(Exception):
+    """This node does not lead the coordinator group; `leader_id` is its hint (0: none)."""
+
     def __init__(self, leader_id: int) -> None:
         super().__init__(leader_id)
         self.leader_id = leader_id
@@ -139,6 +143,18 @@ class ClusterCoordinators:
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._create_wanted_at: float | None = None
         self.compactions = 0
+        # Stream groups (server/cluster_membership.py): told every applied
+        # stream command's result on this node, and more peer-port methods.
+        self.on_stream_applied: Callable[[int, StreamApplied], None] | None = None
+        self.extra_handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    @property
+    def host(self) -> RaftHost:
+        return self._host
+
+    @property
+    def cluster_id(self) -> str:
+        return self._cluster_id
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -152,7 +168,10 @@ class ClusterCoordinators:
         self.stores[group_id] = store
 
         def on_apply(entry: Entry) -> object:
-            return store.apply(entry.index, entry.term, entry.data)
+            result = store.apply(entry.index, entry.term, entry.data)
+            if isinstance(result, StreamApplied) and self.on_stream_applied is not None:
+                self.on_stream_applied(group_id, result)
+            return result
 
         self._host.start_group(
             group_id,
@@ -254,8 +273,14 @@ class ClusterCoordinators:
             raise not_coordinator(consumer_group, 0, 0, "")
         return groups[coordinator_index(consumer_group, len(groups))]
 
-    async def commit(self, command: Commit) -> Stored:
-        coordinator = self.coordinator_of(command.consumer_group)
+    async def commit(self, command: Commit | MemberCommit) -> Stored:
+        """Stores a commit at the consumer group's coordinator (a member's is checked there)."""
+        consumer_group = (
+            command.commit.consumer_group
+            if isinstance(command, MemberCommit)
+            else command.consumer_group
+        )
+        coordinator = self.coordinator_of(consumer_group)
         msg = pb.CommitGroupOffsetsRequest(
             cluster_id=self._cluster_id,
             coordinator_group_id=coordinator.group_id,
@@ -279,7 +304,7 @@ class ClusterCoordinators:
                 )
             return Stored(tuple((o.group_id, o.offset) for o in response.offsets))
 
-        return await self._route(command.consumer_group, coordinator, here, there)
+        return await self._route(consumer_group, coordinator, here, there)
 
     async def fetch(self, consumer_group: str, group_ids: Iterable[int]) -> dict[int, int]:
         coordinator = self.coordinator_of(consumer_group)
@@ -302,6 +327,21 @@ class ClusterCoordinators:
                 raise _NotLeader(response.leader_id)
             return {o.group_id: o.offset for o in response.offsets}
 
+        return await self._route(consumer_group, coordinator, here, there)
+
+    async def route(
+        self,
+        consumer_group: str,
+        coordinator: ctl.Partition,
+        here: Callable[[], Awaitable[T]],
+        there: Callable[[int], Awaitable[T]],
+    ) -> T:
+        """Runs `here` if this node leads the coordinator group, else `there(leader)`.
+
+        Retries (with backoff) on not-leader answers, dropped proposals and
+        unreachable nodes; raises NOT_COORDINATOR after `ROUTE_TIMEOUT_S`.
+        `here` and `there` raise `NotCoordinatorLeader(leader hint)` to move on.
+        """
         return await self._route(consumer_group, coordinator, here, there)
 
     async def _route(
@@ -357,7 +397,7 @@ class ClusterCoordinators:
         except HostError:
             return 0
 
-    async def _commit_here(self, group_id: int, command: Commit) -> Stored:
+    async def _commit_here(self, group_id: int, command: Commit | MemberCommit) -> Stored:
         store = self.stores.get(group_id)
         if store is None or not self._host.is_leader(group_id):
             raise _NotLeader(self._leader(group_id))
@@ -367,6 +407,31 @@ class ClusterCoordinators:
             raise _offsets_error(result)
         assert isinstance(result, Stored), result
         return result
+
+    async def leader_ready(self, group_id: int) -> CoordinatorStore:
+        """See `_leader_ready`; raises NotCoordinatorLeader if this node does not lead."""
+        return await self._leader_ready(group_id)
+
+    def leader_of(self, group_id: int) -> int:
+        return self._leader(group_id)
+
+    async def call(self, node: int, method: str, request: Any, response_type: Any) -> Any:
+        """A unary CoordinatorService call to `node`'s peer port."""
+        return await self._call(node, method, request, response_type)
+
+    def channel(self, node: int) -> grpc.aio.Channel:
+        """The peer channel to `node`; raises NotCoordinatorLeader(0) for an unknown node."""
+        channel = self._channels.get(node)
+        if channel is None:
+            address = self._peers.get(node)
+            if address is None:
+                raise _NotLeader(0)
+            channel = grpc.aio.insecure_channel(address)
+            self._channels[node] = channel
+        return channel
+
+    async def check_cluster(self, cluster_id: str, context: Any) -> None:
+        await self._check_cluster(cluster_id, context)
 
     async def _leader_ready(self, group_id: int) -> CoordinatorStore:
         """The store of a group this node leads, once it applied an entry of its own term.
@@ -394,13 +459,7 @@ class ClusterCoordinators:
         return {g: offsets[g] for g in group_ids if g in offsets}
 
     async def _call(self, node: int, method: str, request: Any, response_type: Any) -> Any:
-        channel = self._channels.get(node)
-        if channel is None:
-            address = self._peers.get(node)
-            if address is None:
-                raise _NotLeader(0)
-            channel = grpc.aio.insecure_channel(address)
-            self._channels[node] = channel
+        channel = self.channel(node)
         call = channel.unary_unary(
             f"/{COORDINATOR_SERVICE}/{method}",
             request_serializer=type(request).SerializeToString,
@@ -473,8 +532,12 @@ class ClusterCoordinators:
                     request_deserializer=pb.FetchGroupOffsetsRequest.FromString,
                     response_serializer=pb.FetchGroupOffsetsResponse.SerializeToString,
                 ),
+                **self.extra_handlers,
             },
         )
+
+
+NotCoordinatorLeader = _NotLeader
 
 
 class ClusterOffsets:

@@ -23,7 +23,9 @@ Its background tasks, owned by the node's TaskGroup:
 - *retention*: every replica trims its own copy of each partition by its
   topic's retention (`host.compact_partition`), as a single node does;
 - *coordinator groups*: creates them once (the controller's leader),
-  compacts their logs, forgets offsets of deleted topics.
+  compacts their logs, forgets offsets of deleted topics;
+- *stream groups*: the leader's runtime of each coordinator group this
+  node leads (`ClusterMembership`, server/cluster_membership.py).
 
 On the way out the runtime hands the leadership of every group it leads to
 a caught-up voter (bounded), so the others do not wait for an election
@@ -53,6 +55,7 @@ from weir.cluster.storage import NodeStorage, StorageError
 from weir.cluster.transport.service import server_options
 from weir.server.cluster_coordinator import ClusterCoordinators, ClusterOffsets
 from weir.server.cluster_leaders import LeaderBalancer, LeaderWatch
+from weir.server.cluster_membership import ClusterMembership
 from weir.server.cluster_meta import ClusterMetadata, ControlProposer, describe_leader
 from weir.server.cluster_replicator import RaftReplicator
 from weir.server.cluster_topics import ClusterTopics
@@ -146,6 +149,13 @@ class ClusterRuntime:
             rng=random.Random(self._rng.getrandbits(64)),
         )
         self.offsets = ClusterOffsets(self.coordinators, self.metadata)
+        self.membership = ClusterMembership(
+            self.coordinators,
+            self.metadata,
+            self.offsets,
+            node_id=config.node_id,
+            rng=random.Random(self._rng.getrandbits(64)),
+        )
         self.replicator = RaftReplicator(self.host, self.metadata.node_address)
         self.view = ClusterView(self)
         self._server: grpc.aio.Server | None = None
@@ -252,6 +262,7 @@ class ClusterRuntime:
             ("cluster leader balancing", self.balancer.run()),
             ("cluster retention", self._retention_loop()),
             ("cluster coordinator groups", self.coordinators.run()),
+            ("cluster stream groups", self.membership.run()),
         ]
 
     # -- registration ---------------------------------------------------------------

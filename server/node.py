@@ -33,6 +33,8 @@ from weir.server.admin import AdminServicer
 from weir.server.cluster_node import ClusterRuntime, ClusterView
 from weir.server.config import NodeConfig
 from weir.server.consume import ConsumePath
+from weir.server.local_membership import LocalMembership
+from weir.server.membership import Membership
 from weir.server.offsets import GroupOffsets
 from weir.server.produce import ProducePath
 from weir.server.produce_forward import Forwarder
@@ -104,6 +106,7 @@ class _Parts:
     replicator: Replicator
     background: list[tuple[str, Coroutine[Any, Any, None]]]
     producer_ids: ProducerIds
+    membership: Membership
 
 
 def _grpc_server(config: NodeConfig) -> grpc.aio.Server:
@@ -163,6 +166,10 @@ class Node:
                 await topics.load()
                 offsets = GroupOffsets(storage.meta, topics)
                 await offsets.load()
+                membership = LocalMembership(
+                    offsets, lambda name: _partition_count(topics, name), self._clock_ms
+                )
+                offsets.refuse_outsiders_while(membership.has_members)
                 parts = _Parts(
                     topics,
                     offsets,
@@ -178,8 +185,10 @@ class Node:
                             ),
                         ),
                         ("topic data drops", topics.drop_deleted_data(offsets.forget_log)),
+                        ("stream groups", membership.run()),
                     ],
                     LocalProducerIds(storage.meta),
+                    membership,
                 )
                 await self._run_parts(stop, on_ready, storage, parts)
                 return
@@ -198,6 +207,7 @@ class Node:
                     cluster.replicator,
                     cluster.background(),
                     ClusterProducerIds(cluster.proposer),
+                    cluster.membership,
                 )
                 await self._run_parts(stop, on_ready, storage, parts, cluster.view, forwarder)
 
@@ -233,6 +243,7 @@ class Node:
             self.config,
             self._stopping,
             budget,
+            membership=parts.membership,
         )
         server = _grpc_server(self.config)
         health = NodeHealth()
@@ -307,6 +318,11 @@ class Node:
         self._produce.stop()
         await health.shutdown()
         await server.stop(self.config.shutdown_grace_ms / 1000)
+
+
+def _partition_count(topics: TopicRegistry, name: str) -> int:
+    """A topic's partition count on a single node; 0 once it is gone."""
+    return next((t.partition_count for t in topics.all() if t.name == name), 0)
 
 
 def _retention_targets(topics: Iterable[Topic]) -> Iterator[Target]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import grpc
 
@@ -93,6 +93,13 @@ class GroupOffsets:
         # log's offsets takes it too, so that no commit that passed its
         # liveness check can land after the removal scanned the log.
         self._lock = asyncio.Lock()
+        # Whether a consumer group has stream-mode members online
+        # (server/local_membership.py): only they may commit its offsets then.
+        self._has_members: Callable[[str], bool] = lambda _group: False
+
+    def refuse_outsiders_while(self, has_members: Callable[[str], bool]) -> None:
+        """Commits from outside a group are refused while `has_members(group)`."""
+        self._has_members = has_members
 
     async def load(self) -> None:
         """Indexes offsets stored before `offset_by_log` existed (once per store).
@@ -131,8 +138,23 @@ class GroupOffsets:
     def get(self, group: str, topic: Topic, partition: int) -> int | None:
         return self._state.get(group, topic.group_ids[partition])
 
-    async def commit(self, group: str, topic: Topic, offsets: Mapping[int, int]) -> dict[int, int]:
-        """Store offsets that move forward; return the stored offset of each partition."""
+    async def commit(
+        self, group: str, topic: Topic, offsets: Mapping[int, int], *, as_member: bool = False
+    ) -> dict[int, int]:
+        """Store offsets that move forward; return the stored offset of each partition.
+
+        `as_member`: the caller checked the commit against the group's
+        membership (a stream-mode member's); otherwise a group with members
+        online refuses it with FAILED_PRECONDITION `GROUP_HAS_MEMBERS`, as
+        Kafka refuses a non-member's commit to an active group.
+        """
+        if not as_member and self._has_members(group):
+            raise BrokerError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "GROUP_HAS_MEMBERS",
+                f"consumer group {group!r} has members online: only they commit its offsets",
+                {"group": group},
+            )
         async with self._lock:
             # Checked under the lock: a deleted topic's offsets are removed
             # under it too, so none can be written after that removal.
