@@ -697,6 +697,7 @@ class Consumer:
         kind = response.WhichOneof("kind")
         group = self._group_state
         if kind == "assignment" and group is not None:
+            self._failover.succeeded(sub.address)
             effect = group.on_assignment(response.assignment)
             self._dropped(sub, effect.dropped)
             for partition, offset in effect.starts.items():
