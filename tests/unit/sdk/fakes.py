@@ -79,9 +79,7 @@ class FakeGroupCall:
         self.requests: list[broker_pb2.ConsumeRequest] = []
         self.commit_error: errors_pb2.Error | None = None
         self.seek_error: errors_pb2.Error | None = None
-        self._responses: asyncio.Queue[bytes | BaseException | object] = asyncio.Queue(
-            maxsize=1000
-        )
+        self._responses: asyncio.Queue[bytes | BaseException | object] = asyncio.Queue(maxsize=1000)
         self._written = asyncio.Event()
         self._done = False
 

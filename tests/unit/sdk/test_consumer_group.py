@@ -30,12 +30,21 @@ class Calls:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *addresses: str) -> None:
         FakeNodes(dict.fromkeys(addresses or ("fake:1",), True)).install(monkeypatch)
         self.all: list[FakeGroupCall] = []
+        self._opened = asyncio.Event()
         monkeypatch.setattr(consumer_module, "consume_call", self._open)
 
     def _open(self, channel: FakeChannel) -> FakeGroupCall:
         call = FakeGroupCall(channel.address)
         self.all.append(call)
+        self._opened.set()
         return call
+
+    async def opened(self, count: int) -> FakeGroupCall:
+        """Wait until `count` calls were opened; the last one."""
+        while len(self.all) < count:
+            self._opened.clear()
+            await self._opened.wait()
+        return self.last
 
     @property
     def last(self) -> FakeGroupCall:
@@ -317,9 +326,7 @@ def test_a_retriable_end_rejoins_with_the_member_id(monkeypatch: pytest.MonkeyPa
             await first.delivered()
             # r1 and r2 are not yielded from the dead stream.
             poll = asyncio.ensure_future(c.poll(5.0))
-            while len(calls.all) < 2:
-                await asyncio.sleep(0)
-            second = calls.last
+            second = await calls.opened(2)
             subscribe = await second.wait_for("subscribe")
             assert subscribe.subscribe.member_id == "m-1"
             # The broker gives partition 0 back from its committed offset
@@ -350,9 +357,7 @@ def test_session_expired_loses_everything_and_rejoins_as_new(
             assert await c.poll(5.0) is not None
             first.fail(rpc_error(grpc.StatusCode.ABORTED, "SESSION_EXPIRED"))
             poll = asyncio.ensure_future(c.poll(5.0))
-            while len(calls.all) < 2:
-                await asyncio.sleep(0)
-            second = calls.last
+            second = await calls.opened(2)
             subscribe = await second.wait_for("subscribe")
             assert subscribe.subscribe.member_id == ""
             # on_revoke came before the rejoin, with everything; no commit.
