@@ -176,7 +176,7 @@ def test_a_committed_proposal_is_applied_by_every_replica_alike(tmp_path: pathli
             tail = await lead.host.append_batch(1, b"tail", 1, 0).committed
             assert tail == 5
 
-            def tables() -> list[object]:
+            def tables() -> list[dict[str, object]]:
                 return [n.host.partition_log(1).queues.snapshot() for n in nodes]
 
             await eventually(
