@@ -16,19 +16,33 @@ signal handler) ends it; either way `commit()` and `close()` still work. A
 wait interrupted by an exception (Ctrl-C's KeyboardInterrupt) leaves its
 fetch running in the loop thread: its records land here all the same and
 the next `poll()` yields them, so none is skipped.
+
+Stream mode (`mode="stream"`): the async consumer runs `on_assign` /
+`on_revoke` in its iterating task, which here is a fetch in the loop
+thread. A fetch only starts once every record of the last chunk was
+yielded, so the async consumer's positions are then this iterator's, and
+its revoke commits and auto-commits count only records the application
+had. The callbacks themselves are relayed to the application's thread
+while it waits in `poll()` (or `close()`), so they may call `commit()` and
+`seek()` like any other code of the application: run in the loop thread,
+such a call would wait for the loop forever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
-from collections.abc import Iterator, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
 from weir._nodes import Bootstrap
 from weir._sync import LoopThread
 from weir.aio.consumer import Consumer as AsyncConsumer
+from weir.errors import ClosedError
 from weir.types import ConsumedRecord
 
 __all__ = ["Consumer"]
@@ -43,9 +57,15 @@ class Consumer:
 
     Iterate for records (blocks until one arrives), or `poll(timeout_s)`.
     At most `CHUNK_RECORDS` records are held here beyond the credit window.
+    Stream mode's `on_assign` / `on_revoke` are plain functions, run in the
+    thread that waits in `poll()`, iteration or `close()`.
     """
 
     def __init__(self, bootstrap: Bootstrap, topic: str, **options: Any) -> None:
+        self._relay = _CallbackRelay()
+        for name in ("on_assign", "on_revoke"):
+            if options.get(name) is not None:
+                options[name] = self._relay.wrap(options[name])
         self._thread = LoopThread("weir-consumer")
         try:
             self._consumer = self._thread.run(self._make(bootstrap, topic, options))
@@ -103,11 +123,11 @@ class Consumer:
                 # poll_batch keeps the deadline itself.
                 fetching = self._fetching = self._thread.submit(self._fetch_into_local(timeout_s))
             try:
-                fetching.result(timeout_s if earlier else None)
-            except concurrent.futures.TimeoutError:
-                # An earlier, longer wait is still on its way: it stays for
-                # the next poll.
-                return False
+                if not self._relay.wait(fetching, timeout_s if earlier else None):
+                    # An earlier, longer wait is still on its way: it stays
+                    # for the next poll.
+                    return False
+                fetching.result()
             except BaseException:
                 # An interruption leaves the fetch on its way; a failure ends it.
                 if fetching.done():
@@ -125,6 +145,11 @@ class Consumer:
         fetch is cancelled (`seek()`, `close()`): poll_batch takes records
         only after its last await."""
         self._local.extend(await self._consumer.poll_batch(CHUNK_RECORDS, timeout_s))
+        # Stream mode: forget the positions of partitions revoked meanwhile,
+        # so that `commit()` does not name a partition the member gave up.
+        owned = set(self._consumer.assignment())
+        for partition in [p for p in self._positions if p not in owned]:
+            del self._positions[partition]
 
     def stop(self) -> None:
         """End iteration for good (see `weir.aio.Consumer.stop`); safe from any thread."""
@@ -137,6 +162,16 @@ class Consumer:
             if not offsets:
                 return {}
         return self._thread.run(self._consumer.commit(offsets))
+
+    @property
+    def member_id(self) -> str:
+        """Stream mode: the id the broker gave this member ("" before it joined)."""
+        return self._consumer.member_id
+
+    @property
+    def generation(self) -> int:
+        """Stream mode: the generation of the last assignment received."""
+        return self._consumer.generation
 
     def seek(self, partition: int, offset: int) -> None:
         """Continue `partition` from `offset`."""
@@ -173,8 +208,77 @@ class Consumer:
         return self._consumer.end_offset(partition)
 
     def close(self) -> None:
-        """End the stream, close the channel and stop the thread."""
+        """End the stream, close the channel and stop the thread.
+
+        With auto-commit or in stream mode this runs `on_revoke` and commits
+        first (see `weir.aio.Consumer.close`).
+        """
         try:
-            self._thread.run(self._consumer.close())
+            closing = self._thread.submit(self._consumer.close())
+            self._relay.wait(closing, None)
+            closing.result()
         finally:
             self._thread.close()
+
+
+PartitionsCallback = Callable[[list[int]], object]
+
+
+class _CallbackRelay:
+    """Hands stream mode's callbacks from the loop thread to the thread waiting on a fetch.
+
+    At most two callbacks wait at once (the async consumer awaits each one,
+    and only its iterating task and `close()` call them).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._requests: list[tuple[PartitionsCallback, list[int], concurrent.futures.Future[None]]]
+        self._requests = []
+
+    def wrap(self, callback: PartitionsCallback) -> Callable[[list[int]], Any]:
+        """The async callback the async consumer gets: it waits for `callback` to run."""
+
+        async def relay(partitions: list[int]) -> None:
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            request = (callback, partitions, done)
+            with self._cond:
+                self._requests.append(request)
+                self._cond.notify_all()
+            try:
+                await asyncio.wrap_future(done)
+            finally:
+                with self._cond:
+                    if request in self._requests:
+                        self._requests.remove(request)
+
+        return relay
+
+    def _wake(self, _: object) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait(self, fut: concurrent.futures.Future[Any], timeout_s: float | None) -> bool:
+        """Wait for `fut`, running relayed callbacks meanwhile; False on timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        fut.add_done_callback(self._wake)
+        while True:
+            with self._cond:
+                while not self._requests and not fut.done():
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                if not self._requests:
+                    return True
+                callback, partitions, done = self._requests.pop(0)
+            try:
+                callback(partitions)
+            except Exception as exc:
+                # The async consumer logs it, as for its own callbacks.
+                done.set_exception(exc)
+            except BaseException:
+                done.set_exception(ClosedError("the callback was interrupted"))
+                raise
+            else:
+                done.set_result(None)
