@@ -6,6 +6,7 @@ changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 from collections.abc import Iterator
 
@@ -14,7 +15,12 @@ import pytest
 from weir.cluster.queue import Acked, Delivered, DeliveredRecord, Nacked, QueueGroupsFull
 from weir.cluster.queue.codec import encode_control
 from weir.cluster.raft import ConfState, Entry, EntryType, Snapshot, SnapshotMeta
-from weir.cluster.storage import BatchKind, encode_batch, encode_partition_snapshot
+from weir.cluster.storage import (
+    BatchKind,
+    StorageFullError,
+    encode_batch,
+    encode_partition_snapshot,
+)
 from weir.cluster.storage.codec import (
     BATCH_HEADER_BYTES,
     decode_batch_header,
@@ -31,8 +37,10 @@ from weir.cluster.storage.queues import (
     encode_table,
 )
 
-from .helpers import raw_rows, run, storage
+from .helpers import STEP_TIMEOUT_S, raw_rows, run, storage
 from .raft_helpers import LoopStorage, batch_entry
+from .test_full import FullOp
+from .test_writer import BlockingOp, _writer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -331,3 +339,41 @@ def test_the_apply_bound_covers_the_rows_written() -> None:
         state = table.get(name)
         assert state is not None
         assert QUEUE_KEY_BYTES + len(encode_row(name, state)) <= bound
+
+
+def test_a_failed_single_node_append_undoes_the_applied_state(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        async with storage(tmp_path, write_probe_interval_ms=10) as node:
+            writer = _writer(node)
+            log = node.partition_log(GROUP)
+            first = await log.append_queue_control(turn_payloads()[0])
+            await first.durable
+            committed = log.queues.snapshot()
+            blocker = BlockingOp()
+            blocked = asyncio.create_task(writer.run(blocker))
+            await asyncio.to_thread(blocker.entered.wait, STEP_TIMEOUT_S)
+            # Queued behind a turn that fails: a changed group and a new one.
+            full = asyncio.create_task(writer.run(FullOp()))
+            await asyncio.sleep(0)
+            failing = [
+                await log.append_queue_control(turn_payloads()[2]),
+                await log.append_queue_control(turn_payloads()[1]),
+            ]
+            assert log.queue_groups() == ["jobs", "mail"]
+            blocker.release.set()
+            await blocked
+            for ticket in failing:
+                with pytest.raises(StorageFullError):
+                    await ticket.durable
+            with pytest.raises(StorageFullError):
+                await full
+            assert log.queues.snapshot() == committed
+            assert log.next_raft_index == 2 and log.applied_index == 1
+            again = await log.append_queue_control(turn_payloads()[2])
+            await again.durable
+        async with storage(tmp_path) as node:
+            jobs = node.partition_log(GROUP).queue_state("jobs")
+            assert jobs is not None and jobs.acked.low_watermark == 2
+            assert node.partition_log(GROUP).queue_groups() == ["jobs"]
+
+    run(main)
