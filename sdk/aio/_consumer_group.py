@@ -26,9 +26,29 @@ member can no longer commit it (Kafka's "partitions lost").
 
 from __future__ import annotations
 
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from weir.v1 import broker_pb2
+
+_log = logging.getLogger("weir.consumer")
+
+# The broker's bounds for the session and rebalance timeouts
+# (`Subscribe.session_timeout_ms`), checked before any I/O.
+GROUP_TIMEOUT_MS_MIN = 1_000
+GROUP_TIMEOUT_MS_MAX = 300_000
+# The broker's session timeout when the consumer names none.
+SESSION_TIMEOUT_MS_DEFAULT = 10_000
+MODES = ("assign", "stream")
+# The ErrorInfo reason of a stream-mode stream that ended because the
+# broker evicted its member (ABORTED): the member rejoins as a new one.
+SESSION_EXPIRED = "SESSION_EXPIRED"
+
+# `on_assign` / `on_revoke`: called with the partitions, ascending; a plain
+# function or one returning an awaitable (an `async def`).
+PartitionsCallback = Callable[[list[int]], Awaitable[None] | None]
 
 
 @dataclass(slots=True)
@@ -140,3 +160,56 @@ class GroupState:
         """The consumer closes: everything owned is given up (reported with `on_revoke`)."""
         owned, self.owned = self.owned, set()
         return owned
+
+
+async def run_callback(
+    callback: PartitionsCallback | None, name: str, partitions: set[int]
+) -> None:
+    """Run `callback` (sync or async) with `partitions`; an exception is logged, never raised."""
+    if callback is None:
+        return
+    try:
+        result = callback(sorted(partitions))
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        _log.exception("%s(%s) raised", name, sorted(partitions))
+
+
+def check_group_options(
+    mode: str,
+    group: str | None,
+    partitions: Iterable[int] | None,
+    *,
+    on_assign: PartitionsCallback | None,
+    on_revoke: PartitionsCallback | None,
+    session_timeout_ms: int | None,
+    rebalance_timeout_ms: int | None,
+) -> bool:
+    """Check the group options before any I/O; True for stream mode."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'assign' or 'stream', got {mode!r}")
+    if mode == "assign":
+        extras = {
+            "on_assign": on_assign,
+            "on_revoke": on_revoke,
+            "session_timeout_ms": session_timeout_ms,
+            "rebalance_timeout_ms": rebalance_timeout_ms,
+        }
+        given = [name for name, value in extras.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply with mode='stream'")
+        return False
+    if not group:
+        raise ValueError("mode='stream' needs a group")
+    if partitions is not None:
+        raise ValueError("mode='stream' takes no partitions: the broker assigns them")
+    for name, value in (
+        ("session_timeout_ms", session_timeout_ms),
+        ("rebalance_timeout_ms", rebalance_timeout_ms),
+    ):
+        if value is not None and not GROUP_TIMEOUT_MS_MIN <= value <= GROUP_TIMEOUT_MS_MAX:
+            raise ValueError(
+                f"{name} must be between {GROUP_TIMEOUT_MS_MIN} and {GROUP_TIMEOUT_MS_MAX}"
+            )
+    return True

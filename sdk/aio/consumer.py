@@ -47,19 +47,32 @@ while it replaced the stream (a reconnect or `seek()`) leaves none, and the
 next call subscribes again from the positions; such a `seek()` did not
 happen.
 
+Stream mode (`mode="stream"`, Kafka's `subscribe()`; the default "assign"
+is Kafka's `assign()`): the stream is a member of the group and the broker
+sends `Assignment`s. The reader applies each in stream order at once (the
+buffered records of revoked partitions are dropped, the started ones get
+their positions) and leaves what the application must hear in one merged
+pending change; the iterating task handles it before it returns its next
+record: `on_revoke`, the commit of what was taken from the revoked
+partitions, `AssignmentAck`, then `on_assign`. A timer task per stream
+sends a heartbeat when nothing was written for a third of the session
+timeout and marks auto-commits due. A reconnect rejoins under the member
+id; a stream ended with SESSION_EXPIRED loses every partition and joins as
+a new member. `seek()` is an in-stream `Seek`.
+
 One stream and its reader live in `_consumer_stream`, its writes in
-`_consumer_writer`, the choice of the next node in `_consumer_failover`;
-this module keeps positions and credit.
+`_consumer_writer`, the choice of the next node in `_consumer_failover`,
+the membership state in `_consumer_group`; this module keeps positions and
+credit and drives the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 
 from weir._conn import KEEPALIVE_TIME_MS_DEFAULT, consume_call, from_error_proto
@@ -68,7 +81,15 @@ from weir._nodes import Bootstrap
 from weir._wire import RecordFields
 from weir.aio import _consumer_stream as stream
 from weir.aio._consumer_failover import Failover
-from weir.aio._consumer_group import Change, GroupState
+from weir.aio._consumer_group import (
+    SESSION_EXPIRED,
+    SESSION_TIMEOUT_MS_DEFAULT,
+    Change,
+    GroupState,
+    PartitionsCallback,
+    check_group_options,
+    run_callback,
+)
 from weir.aio._consumer_stream import Batch, Subscription
 from weir.aio._consumer_writer import Writer
 from weir.errors import ClosedError, WeirError, WeirTimeoutError
@@ -80,17 +101,6 @@ __all__ = ["Consumer", "PartitionsCallback"]
 _log = logging.getLogger("weir.consumer")
 
 MIB = 1024 * 1024
-# Stream mode: the broker's bounds for the session and rebalance timeouts
-# (`Subscribe.session_timeout_ms`), checked here before any I/O.
-GROUP_TIMEOUT_MS_MIN = 1_000
-GROUP_TIMEOUT_MS_MAX = 300_000
-# The broker's session timeout when the consumer names none.
-SESSION_TIMEOUT_MS_DEFAULT = 10_000
-MODES = ("assign", "stream")
-
-# `on_assign` / `on_revoke`: called with the partitions, ascending; a plain
-# function or one returning an awaitable (an `async def`).
-PartitionsCallback = Callable[[list[int]], Awaitable[None] | None]
 # How long ending a stream waits for a write that a cancelled caller left
 # running (a write waits only for HTTP/2 flow control: a broker that stopped
 # reading would hold it for ever). After that the call is cancelled.
@@ -183,7 +193,7 @@ class Consumer:
             raise ValueError("the outstanding windows must be positive")
         if keepalive_time_ms is not None and keepalive_time_ms < 1:
             raise ValueError("keepalive_time_ms must be positive (None: no keepalive)")
-        stream_mode = _check_group_options(
+        stream_mode = check_group_options(
             mode,
             group,
             partitions,
@@ -811,15 +821,7 @@ class Consumer:
     async def _callback(
         self, callback: PartitionsCallback | None, name: str, partitions: set[int]
     ) -> None:
-        """Run `callback` (sync or async); an exception is logged, never raised."""
-        if callback is None:
-            return
-        try:
-            result = callback(sorted(partitions))
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            _log.exception("%s(%s) raised", name, sorted(partitions))
+        await run_callback(callback, name, partitions)
 
     def _forget(self, partition: int) -> None:
         self._positions.pop(partition, None)
@@ -863,47 +865,3 @@ class Consumer:
             if sub.reader is not None:
                 sub.reader.cancel()
             raise
-
-
-# The ErrorInfo reason of a stream-mode stream that ended because the
-# broker evicted its member (ABORTED): the member rejoins as a new one.
-SESSION_EXPIRED = "SESSION_EXPIRED"
-
-
-def _check_group_options(
-    mode: str,
-    group: str | None,
-    partitions: Iterable[int] | None,
-    *,
-    on_assign: PartitionsCallback | None,
-    on_revoke: PartitionsCallback | None,
-    session_timeout_ms: int | None,
-    rebalance_timeout_ms: int | None,
-) -> bool:
-    """Check the group options before any I/O; True for stream mode."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be 'assign' or 'stream', got {mode!r}")
-    if mode == "assign":
-        extras = {
-            "on_assign": on_assign,
-            "on_revoke": on_revoke,
-            "session_timeout_ms": session_timeout_ms,
-            "rebalance_timeout_ms": rebalance_timeout_ms,
-        }
-        given = [name for name, value in extras.items() if value is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)} only apply with mode='stream'")
-        return False
-    if not group:
-        raise ValueError("mode='stream' needs a group")
-    if partitions is not None:
-        raise ValueError("mode='stream' takes no partitions: the broker assigns them")
-    for name, value in (
-        ("session_timeout_ms", session_timeout_ms),
-        ("rebalance_timeout_ms", rebalance_timeout_ms),
-    ):
-        if value is not None and not GROUP_TIMEOUT_MS_MIN <= value <= GROUP_TIMEOUT_MS_MAX:
-            raise ValueError(
-                f"{name} must be between {GROUP_TIMEOUT_MS_MIN} and {GROUP_TIMEOUT_MS_MAX}"
-            )
-    return True
