@@ -42,9 +42,11 @@ GROUP_TIMEOUT_MS_MAX = 300_000
 # The broker's session timeout when the consumer names none.
 SESSION_TIMEOUT_MS_DEFAULT = 10_000
 MODES = ("assign", "stream")
-# The ErrorInfo reason of a stream-mode stream that ended because the
-# broker evicted its member (ABORTED): the member rejoins as a new one.
-SESSION_EXPIRED = "SESSION_EXPIRED"
+# The ErrorInfo reasons of a stream-mode stream that ended because the
+# broker removed its member (ABORTED): its partitions are lost and it
+# rejoins as a new member. (MEMBER_REPLACED, another stream took the
+# member id, is raised: this consumer is fenced.)
+EVICTED_REASONS = frozenset({"SESSION_EXPIRED", "MEMBER_REMOVED"})
 
 # `on_assign` / `on_revoke`: called with the partitions, ascending; a plain
 # function or one returning an awaitable (an `async def`).

@@ -57,8 +57,8 @@ record: `on_revoke`, the commit of what was taken from the revoked
 partitions, `AssignmentAck`, then `on_assign`. A timer task per stream
 sends a heartbeat when nothing was written for a third of the session
 timeout and marks auto-commits due. A reconnect rejoins under the member
-id; a stream ended with SESSION_EXPIRED loses every partition and joins as
-a new member. `seek()` is an in-stream `Seek`.
+id; a stream ended with SESSION_EXPIRED (or MEMBER_REMOVED) loses every
+partition and joins as a new member. `seek()` is an in-stream `Seek`.
 
 One stream and its reader live in `_consumer_stream`, its writes in
 `_consumer_writer`, the choice of the next node in `_consumer_failover`,
@@ -82,7 +82,7 @@ from weir._wire import RecordFields
 from weir.aio import _consumer_stream as stream
 from weir.aio._consumer_failover import Failover
 from weir.aio._consumer_group import (
-    SESSION_EXPIRED,
+    EVICTED_REASONS,
     SESSION_TIMEOUT_MS_DEFAULT,
     Change,
     GroupState,
@@ -607,13 +607,14 @@ class Consumer:
         """After a stream error: re-subscribe on another node if retriable and attempts remain.
 
         Stream mode: the new stream rejoins under the same member id, and its
-        first assignment says where each partition goes on; a member whose
-        session expired first loses everything (`on_revoke`) and joins anew.
+        first assignment says where each partition goes on; a member the
+        broker removed (SESSION_EXPIRED, MEMBER_REMOVED) first loses
+        everything (`on_revoke`) and joins anew.
         """
         error = sub.error
         assert error is not None
         group = self._group_state
-        if group is not None and error.reason == SESSION_EXPIRED:
+        if group is not None and error.reason in EVICTED_REASONS:
             _log.warning("consumer group member %s was evicted: %s", group.member_id, error)
             group.session_expired()
             await self._apply_change(group.take())

@@ -343,8 +343,9 @@ def test_a_retriable_end_rejoins_with_the_member_id(monkeypatch: pytest.MonkeyPa
     run(body)
 
 
+@pytest.mark.parametrize("reason", ["SESSION_EXPIRED", "MEMBER_REMOVED"])
 def test_session_expired_loses_everything_and_rejoins_as_new(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, reason: str
 ) -> None:
     calls = Calls(monkeypatch)
     log = Log(calls)
@@ -355,7 +356,7 @@ def test_session_expired_loses_everything_and_rejoins_as_new(
             first.assign("m-1", 2, [0, 1], started={0: 0, 1: 0})
             first.batch(0, 0, b"r0")
             assert await c.poll(5.0) is not None
-            first.fail(rpc_error(grpc.StatusCode.ABORTED, "SESSION_EXPIRED"))
+            first.fail(rpc_error(grpc.StatusCode.ABORTED, reason, retriable="true"))
             poll = asyncio.ensure_future(c.poll(5.0))
             second = await calls.opened(2)
             subscribe = await second.wait_for("subscribe")
