@@ -29,30 +29,37 @@ larger than the floor waits for its bytes. Responses draw on a share of
 half the budget, so stalled consumers can never hold what producers need.
 
 Each stream has one writer, the handler's own task: it writes every
-response, records and commit answers alike, and the final status is sent
-only after it returned, so an abort never meets a write in flight. A
-reader task parses requests (credit, commits) and a committer task stores
-commits; both hand their results to the writer and wake it through one
-event. The committer stores every commit waiting at once in one write (one
-replication round in a cluster), so a client that commits after each
-record is not held to one commit per round trip of the offsets' storage,
-and the credit it sends after a commit is applied at once either way. Partition logs wake a stream through listeners registered once per
+response, records, commit and seek answers and assignments alike, and the
+final status is sent only after it returned, so an abort never meets a
+write in flight. A reader task parses requests (credit, commits, seeks,
+a member's acks and heartbeats) and a committer task stores commits
+(consume_commit.py); both hand their results to the writer and wake it
+through one event. The credit a client sends after a commit is applied at
+once, whatever the commit waits for. Seeks are applied by the writer,
+which answers each before its partition sends again (consume_seek.py).
+Partition logs wake a stream through listeners registered once per
 stream and partition; the writer then looks only at the partitions that
 grew, so idle partitions cost nothing per append.
+
+A CONSUME_MODE_STREAM subscription is a member of its group for as long
+as it is open (consume_group.py, docs/groups.md): it starts with no
+partition, and a member task applies the coordinator's changes, stopping
+revoked partitions at once and handing each change to the writer, which
+writes the `Assignment` before it starts the partitions it adds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 from typing import Any
 
 import grpc
 
-from weir.cluster.storage import LogClosedError, StorageError
+from weir.cluster.storage import StorageError
 from weir.server import wire
 from weir.server.config import NodeConfig
+from weir.server.consume_commit import Committer, storage_failure
 from weir.server.consume_cursor import (
     Built,
     ConsumeStats,
@@ -73,16 +80,13 @@ from weir.server.consume_start import (
     committed_positions,
     is_stream_mode,
     join_spec,
-    out_of_range,
     start_positions,
 )
 from weir.server.errors import (
     BrokerError,
     abort,
     invalid,
-    replica_not_available,
     shutting_down,
-    storage_error,
     topic_not_found,
 )
 from weir.server.limits import (
@@ -95,30 +99,17 @@ from weir.server.limits import (
 from weir.server.membership import AssignmentChange, Membership, Removed
 from weir.server.naming import check_group_name
 from weir.server.registry import Offsets, TopicSource
-from weir.server.replicator import NotHostedError, Replicator
+from weir.server.replicator import Replicator
 from weir.server.topics import Topic
 from weir.v1 import broker_pb2
 
 # Requests may be MALFORMED (see services.py), hence Any.
 Context = grpc.aio.ServicerContext[Any, bytes]
 
-# Commits a stream may have read but not yet answered. The reader stops
-# reading (and HTTP/2 pushes back on the client) while this many are open.
-# Each holds at most one offset per partition of the topic.
-COMMITS_INFLIGHT_MAX = 16
 # A pending commit answer waits behind at most this many record responses,
 # so a steady flow of records cannot starve it.
 ANSWER_DELAY_RESPONSES_MAX = 16
 CREDIT_TOO_SMALL = "CREDIT_TOO_SMALL"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _CommitWork:
-    commit_id: int
-    offsets: dict[int, int]
-    error: BrokerError | None
-    # Stream mode: the member generation it is stored under (0 otherwise).
-    generation: int = 0
 
 
 def credit_too_small(p: Partition, record_bytes: int, credit_bytes: int) -> BrokerError:
@@ -138,13 +129,6 @@ def credit_too_small(p: Partition, record_bytes: int, credit_bytes: int) -> Brok
             "needed_bytes": needed,
         },
     )
-
-
-def storage_failure(exc: StorageError, topic: str) -> BrokerError:
-    """A storage failure of a stream: a closed log means its topic was deleted."""
-    if isinstance(exc, LogClosedError):
-        return topic_not_found(topic)
-    return storage_error(exc, "consuming")
 
 
 class ConsumePath:
@@ -321,11 +305,16 @@ class _Stream:
         self._cursors = StreamCursors(path.cursors)
         # The writer while it waits for budget: a failure cancels the wait.
         self._budget_waiter: asyncio.Task[Any] | None = None
-        # Commits read and not yet answered; the semaphore bounds them.
-        self._commit_slots = asyncio.Semaphore(COMMITS_INFLIGHT_MAX)
-        self._commits_open = 0
-        self._commits: asyncio.Queue[_CommitWork] = asyncio.Queue(maxsize=COMMITS_INFLIGHT_MAX)
-        self._answers: collections.deque[bytes] = collections.deque()
+        self._committer = Committer(
+            topic,
+            group,
+            member,
+            path.offsets,
+            path.replicator,
+            path.stats,
+            self._check_topic_live,
+            self._wake,
+        )
         # Seeks read and not yet answered; the semaphore bounds them.
         self._seek_slots = asyncio.Semaphore(SEEKS_INFLIGHT_MAX)
         self._seeks: collections.deque[SeekWork] = collections.deque()
@@ -337,7 +326,7 @@ class _Stream:
         del self._initial
         tasks = [
             asyncio.create_task(self._read_loop()),
-            asyncio.create_task(self._commit_loop()),
+            asyncio.create_task(self._committer.run()),
             asyncio.create_task(self._watch_stopping()),
         ]
         if self._member is not None:
@@ -432,9 +421,7 @@ class _Stream:
                     self._path.add_credit(self._credit, request.credit)
                     self._wake.set()
                 elif kind == "commit":
-                    await self._commit_slots.acquire()
-                    self._commits_open += 1
-                    self._commits.put_nowait(self._check_commit(request.commit))
+                    await self._committer.submit(request.commit)
                 elif kind == "seek":
                     await self._seek_slots.acquire()
                     self._seeks.append(SeekWork.of(request.seek))
@@ -471,99 +458,11 @@ class _Stream:
         except BrokerError as error:
             self._fail(error)
 
-    def _check_commit(self, commit: broker_pb2.Commit) -> _CommitWork:
-        """Validates a commit in one pass and folds it to one offset per partition."""
-        offsets: dict[int, int] = {}
-        generation = 0
-        try:
-            if not self._group:
-                raise BrokerError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    "NO_GROUP",
-                    "commit needs a subscription with a consumer group",
-                )
-            if self._member is not None:
-                generation = self._member.commit_generation(commit.generation)
-            elif commit.generation:
-                raise not_a_member("a commit with a generation")
-            if commit.offsets:
-                self._check_topic_live()
-            for item in commit.offsets:
-                try:
-                    log = self._path.replicator.log(self._topic.group_id(item.partition))
-                except NotHostedError:
-                    raise replica_not_available(self._topic.name, item.partition) from None
-                end_offset = log.end_offset
-                if not 0 <= item.offset <= end_offset:
-                    raise out_of_range(item.partition, item.offset, 0, end_offset)
-                offsets[item.partition] = max(item.offset, offsets.get(item.partition, 0))
-        except BrokerError as error:
-            return _CommitWork(commit.commit_id, {}, error)
-        except StorageError as exc:
-            return _CommitWork(commit.commit_id, {}, storage_failure(exc, self._topic.name))
-        return _CommitWork(commit.commit_id, offsets, None, generation)
-
     def _check_topic_live(self) -> None:
         """TOPIC_NOT_FOUND unless the subscribed topic still exists (not deleted, not recreated)."""
         current = self._path.topics.get(self._topic.name)
         if current.group_ids != self._topic.group_ids or self._log_closed:
             raise topic_not_found(self._topic.name)
-
-    async def _commit_loop(self) -> None:
-        """Store commits in order, all that wait in one write; answers go to the writer.
-
-        Offsets never move backwards, so storing the highest offset of each
-        partition among the waiting commits leaves the group where storing
-        them one by one would; each commit is answered with the group's
-        offsets of its partitions after that write. A member's commits are
-        stored under their generation, which the coordinator checks, so
-        only neighbours of the same generation share a write.
-        """
-        while True:
-            works = [await self._commits.get()]
-            while not self._commits.empty():
-                works.append(self._commits.get_nowait())
-            start = 0
-            for end in range(1, len(works) + 1):
-                if end == len(works) or works[end].generation != works[start].generation:
-                    await self._store(works[start:end])
-                    start = end
-
-    async def _store(self, works: list[_CommitWork]) -> None:
-        """Store commits of one generation in one write; queue their answers."""
-        merged: dict[int, int] = {}
-        for work in works:
-            if work.error is None:
-                for partition, offset in work.offsets.items():
-                    merged[partition] = max(offset, merged.get(partition, 0))
-        stored: dict[int, int] = {}
-        failure: BrokerError | None = None
-        try:
-            # Checked again after the wait in the queue; offsets.commit
-            # checks once more under its lock, which deletes also take.
-            if merged:
-                self._check_topic_live()
-                self._stats.commit_writes += 1
-                if self._member is not None:
-                    stored = await self._member.session.commit(works[0].generation, merged)
-                else:
-                    stored = await self._path.offsets.commit(self._group, self._topic, merged)
-        except BrokerError as error:
-            failure = error
-        except StorageError as exc:
-            failure = storage_failure(exc, self._topic.name)
-        for work in works:
-            result = broker_pb2.CommitResult(commit_id=work.commit_id)
-            refusal = work.error or (failure if work.offsets else None)
-            if refusal is not None:
-                result.error.CopyFrom(refusal.to_proto())
-            else:
-                result.offsets.extend(
-                    broker_pb2.PartitionOffset(partition=p, offset=stored[p])
-                    for p in sorted(work.offsets)
-                )
-            self._answers.append(broker_pb2.ConsumeResponse(commit=result).SerializeToString())
-        self._wake.set()
 
     # -- the writer --------------------------------------------------------
 
@@ -585,19 +484,19 @@ class _Stream:
             if self._seeks:
                 await self._answer_seeks()
             sent = await self._send_round() if self._credit.usable else 0
-            if self._answers and (sent == 0 or since_answer >= ANSWER_DELAY_RESPONSES_MAX):
+            answers = self._committer.answers
+            if answers and (sent == 0 or since_answer >= ANSWER_DELAY_RESPONSES_MAX):
                 # A commit's answer follows every record that could be sent
                 # when it was ready, unless records keep it waiting too long.
-                while self._answers:
-                    await self._write(self._answers.popleft())
-                    self._commits_open -= 1
-                    self._commit_slots.release()
+                while answers:
+                    await self._write(answers.popleft())
+                    self._committer.answered()
                 since_answer = 0
                 continue
             since_answer += sent
             if sent or self._change is not None or self._seeks:
                 continue
-            if self._client_done and self._commits_open == 0:
+            if self._client_done and self._committer.open == 0:
                 return
             await self._wake.wait()
 

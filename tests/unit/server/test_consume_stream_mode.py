@@ -29,7 +29,7 @@ from tests.unit.server.fake_membership import FakeMembership, FakeSession, Statu
 from tests.unit.server.test_consume_costs import T0_MS, Aborted, Node, node, run
 from tests.unit.server.test_consume_credit import settle
 from weir.cluster.storage import PartitionLog
-from weir.server.consume import COMMITS_INFLIGHT_MAX
+from weir.server.consume_commit import COMMITS_INFLIGHT_MAX
 from weir.server.errors import BrokerError
 from weir.server.membership import JoinSpec
 from weir.server.topics import ConfigPatch
@@ -697,12 +697,13 @@ def test_commits_go_to_the_session_with_their_generation_never_merged_across(
             stream.send(commit=commit(3, 1, p0=5))
             stream.send(commit=commit(4, 1, p1=5))
             stream.send(commit=commit(5, 2, p0=6))
-            stream.send(commit=commit(6, 0, p1=6, p0=7))
-            stream.send(commit=commit(7, 1, p1=8))
-            reads = stream.context.reads + 5
+            stream.send(commit=commit(6, 2, p0=999))  # refused: it joins any write
+            stream.send(commit=commit(7, 0, p1=6, p0=7))
+            stream.send(commit=commit(8, 1, p1=8))
+            reads = stream.context.reads + 6
             await stream.context.until(lambda: stream.context.reads == reads)
             session.commit_gate.set()
-            await stream.context.until(lambda: len(stream.commits()) == 7)
+            await stream.context.until(lambda: len(stream.commits()) == 8)
             assert session.commits == [
                 (2, {0: 3}),
                 (2, {0: 4}),
@@ -710,8 +711,10 @@ def test_commits_go_to_the_session_with_their_generation_never_merged_across(
                 (2, {0: 7, 1: 6}),
                 (1, {1: 8}),
             ]
-            assert [c.commit_id for c in stream.commits()] == [1, 2, 3, 4, 5, 6, 7]
-            assert all(not c.HasField("error") for c in stream.commits())
+            assert [c.commit_id for c in stream.commits()] == [1, 2, 3, 4, 5, 6, 7, 8]
+            assert [c.error.reason for c in stream.commits()] == [""] * 5 + [
+                "OFFSET_OUT_OF_RANGE"
+            ] + [""] * 2
 
     run(body)
 
