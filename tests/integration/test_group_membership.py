@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import grpc
 import grpc.aio
@@ -27,9 +28,10 @@ from tests.integration.test_cluster_coordinators import (
 )
 from tests.support.aio import run
 from tests.support.cluster_process import ClusterProcess
-from tests.support.raw_client import RawClient
+from tests.support.raw_client import ConsumeStream, RawClient, open_stream
 from weir.cluster.v1 import coordinator_pb2 as pb
 from weir.server.cluster_coordinator import COORDINATOR_SERVICE, coordinator_index
+from weir.v1 import broker_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -283,3 +285,75 @@ def test_members_keep_their_partitions_when_the_coordinator_leader_dies(
             await m.leave()
 
     run(main, timeout_s=150)
+
+
+def stream_subscribe() -> broker_pb2.Subscribe:
+    return broker_pb2.Subscribe(
+        topic=TOPIC,
+        group=GROUP,
+        mode=broker_pb2.CONSUME_MODE_STREAM,
+        session_timeout_ms=SESSION_MS,
+        rebalance_timeout_ms=REBALANCE_MS,
+        start=broker_pb2.StartPosition(kind=broker_pb2.START_KIND_EARLIEST),
+        credit=broker_pb2.Credit(messages=0, bytes=0),
+    )
+
+
+def next_assignment(stream: ConsumeStream) -> broker_pb2.Assignment:
+    while True:
+        response = stream.next()
+        kind = response.WhichOneof("kind")
+        if kind == "assignment":
+            return response.assignment
+        assert kind == "notice", response
+
+
+def test_a_consume_stream_on_another_node_rejoins_and_keeps_its_partitions(
+    cluster: ClusterProcess,
+) -> None:
+    """The serving node's session (not the test) follows the coordinator to its new leader."""
+    start_cluster(cluster)
+
+    async def find_leader() -> int:
+        probe = Member(cluster, "probe")
+        await probe.join()
+        await probe.leave()
+        return probe.node
+
+    leader = asyncio.run(find_leader())
+    serving, other = (n for n in cluster.node_ids if n != leader)
+    with RawClient(cluster.address(serving)) as client:
+        stream, _ = open_stream(client, stream_subscribe())
+        try:
+            first = next_assignment(stream)
+            assert list(first.partitions) == list(range(PARTITIONS))
+            cluster.kill(leader)
+
+            # A second member, on the other survivor, once a new leader leads.
+            def join_other() -> tuple[ConsumeStream, broker_pb2.Assignment]:
+                with RawClient(cluster.address(other)) as second_client:
+                    while True:
+                        second, _ = _retry_unavailable(  # type: ignore[misc]
+                            lambda: open_stream(second_client, stream_subscribe())
+                        )
+                        try:
+                            return second, next_assignment(second)
+                        except grpc.RpcError as error:
+                            second.close()
+                            assert error.code() == grpc.StatusCode.UNAVAILABLE, error  # type: ignore[attr-defined]
+                            time.sleep(0.2)
+
+            second, joined = join_other()
+            try:
+                # The first stream's next event is the revocation of the
+                # second member's share: its rejoin at the new leader told it
+                # nothing, and it is still the same member.
+                revoked = next_assignment(stream)
+                assert revoked.member_id == first.member_id
+                assert len(revoked.revoked) == PARTITIONS // 2
+                assert set(revoked.partitions) | set(revoked.revoked) == set(range(PARTITIONS))
+                assert joined.member_id != first.member_id
+            finally:
+                second.close()
+        finally:
+            stream.close()
