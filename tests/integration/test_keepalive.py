@@ -1,13 +1,18 @@
 """HTTP/2 keepalive between clients and a node (issue 7, consumer robustness).
 
-- Idle consume streams whose clients send keepalive pings survive two
-  minutes against a node with the default policy (docs/operations.md,
-  Keepalive): the SDK consumer at its default interval (30 s) and at the
-  fastest the policy accepts (5 s, where gRPC's own default policy cut a
-  client off after 25 s), and a plain gRPC channel at 5 s. A proxy in front
-  of each SDK consumer counts the bytes it sends while idle, so the test
-  knows the pings went out; afterwards every stream still delivers a record
-  and commits.
+- Idle consume streams whose clients send keepalive pings survive many ping
+  intervals against a node's policy (docs/operations.md, Keepalive): an SDK
+  consumer at six times the policy's minimum interval (the SDK default,
+  30 s, against the node default, 5 s), another at the minimum itself
+  (where gRPC's own default policy cut a client off after its third ping),
+  and a plain gRPC channel at the minimum. The node runs with every
+  keepalive interval of its default policy divided by `SCALE`, so the test
+  sees in 24 s the same pings, strikes and node pings that the default
+  policy sees in 2 minutes (the ratios, the ping counts and the strike
+  limit are the defaults'; that the defaults reach gRPC as these flags do is
+  tests/unit/server/test_keepalive_policy.py). A proxy in front of each SDK
+  consumer counts the bytes it sends while idle, so the test knows the pings
+  went out; afterwards every stream still delivers a record and commits.
 - A client that pings more often than the policy allows gets the documented
   error (docs/errors.md, Keepalive): `TooManyPingsError` from the SDK, and
   UNAVAILABLE "Too many pings" on a plain gRPC C-core channel. The node runs
@@ -18,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -31,16 +37,39 @@ from tests.support.aio import run
 from tests.support.broker_process import BrokerProcess
 from tests.support.fault_proxy import FaultProxy, ProxyLoop
 from tests.support.raw_client import start_at
+from weir._conn import KEEPALIVE_TIME_MS_DEFAULT
 from weir.errors import TooManyPingsError
+from weir.server.config import NodeConfig
 from weir.v1 import broker_pb2
 
 pytestmark = [pytest.mark.integration]
 
 TOPIC = "idle"
-IDLE_S = 120.0
+
+
+def _node_default(name: str) -> int:
+    (field,) = [f for f in dataclasses.fields(NodeConfig) if f.name == name]
+    assert isinstance(field.default, int)
+    return field.default
+
+
+# The node's default keepalive policy (docs/operations.md) and the idle
+# time that showed it: 2 minutes, 24 pings at the minimum interval.
+DEFAULT_POLICY_INTERVAL_MS_MIN = _node_default("keepalive_client_ping_interval_ms_min")
+DEFAULT_NODE_PING_INTERVAL_MS = _node_default("keepalive_ping_interval_ms")
+DEFAULT_NODE_PING_TIMEOUT_MS = _node_default("keepalive_ping_timeout_ms")
+DEFAULT_IDLE_S = 120.0
+# Every interval divided by this: the same pings and strikes, 5 times sooner.
+SCALE = 5
+POLICY_INTERVAL_MS_MIN = DEFAULT_POLICY_INTERVAL_MS_MIN // SCALE  # 1 s
+NODE_PING_INTERVAL_MS = DEFAULT_NODE_PING_INTERVAL_MS // SCALE  # 12 s
+NODE_PING_TIMEOUT_MS = DEFAULT_NODE_PING_TIMEOUT_MS // SCALE
+# The SDK's default interval as a multiple of the node's default minimum (6).
+SDK_DEFAULT_RATIO = KEEPALIVE_TIME_MS_DEFAULT // DEFAULT_POLICY_INTERVAL_MS_MIN
+SDK_DEFAULT_SCALED_MS = SDK_DEFAULT_RATIO * POLICY_INTERVAL_MS_MIN  # 6 s
+IDLE_S = DEFAULT_IDLE_S / SCALE  # 24 s
 # An HTTP/2 PING frame: a 9-byte frame header and 8 bytes of payload.
 PING_FRAME_BYTES = 17
-POLICY_INTERVAL_MS_MIN = 5_000  # the node's default, docs/operations.md
 WAIT_S = 20.0
 
 
@@ -84,19 +113,50 @@ def sent_bytes(proxy: FaultProxy) -> int:
     return proxy.stats().bytes_forward
 
 
+def test_the_sdk_default_keepalive_is_within_the_node_default_policy() -> None:
+    # What lets the scaled test below stand for the defaults: the SDK's
+    # default interval is a whole multiple (at least 1) of the node's minimum.
+    assert KEEPALIVE_TIME_MS_DEFAULT % DEFAULT_POLICY_INTERVAL_MS_MIN == 0
+    assert SDK_DEFAULT_RATIO >= 1
+    assert DEFAULT_POLICY_INTERVAL_MS_MIN % SCALE == 0
+    assert DEFAULT_NODE_PING_INTERVAL_MS % SCALE == 0
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(IDLE_S + 120)
-def test_idle_consume_streams_with_keepalive_survive_two_minutes(broker: BrokerProcess) -> None:
+@pytest.mark.timeout(IDLE_S + 90)
+def test_idle_consume_streams_pinging_at_or_above_the_policy_minimum_survive(
+    tmp_path: Path,
+) -> None:
+    broker = BrokerProcess(
+        tmp_path / "data",
+        "--keepalive-client-ping-interval-ms-min",
+        str(POLICY_INTERVAL_MS_MIN),
+        "--keepalive-ping-interval-ms",
+        str(NODE_PING_INTERVAL_MS),
+        "--keepalive-ping-timeout-ms",
+        str(NODE_PING_TIMEOUT_MS),
+    ).start()
+    try:
+        _idle_streams_survive(broker)
+    finally:
+        broker.stop()
+
+
+def _idle_streams_survive(broker: BrokerProcess) -> None:
     create(broker.address)
 
     async def main() -> None:
         with ProxyLoop() as proxies:
-            default_proxy = proxies.proxy(broker.address, "default keepalive")
-            fast_proxy = proxies.proxy(broker.address, "5 s keepalive")
+            default_proxy = proxies.proxy(broker.address, "default keepalive, scaled")
+            fast_proxy = proxies.proxy(broker.address, "keepalive at the policy minimum")
             channel = raw_channel(broker.address, POLICY_INTERVAL_MS_MIN)
             async with (
                 weir.aio.Consumer(
-                    default_proxy.address, TOPIC, group="default", start="earliest"
+                    default_proxy.address,
+                    TOPIC,
+                    group="default",
+                    start="earliest",
+                    keepalive_time_ms=SDK_DEFAULT_SCALED_MS,
                 ) as default,
                 weir.aio.Consumer(
                     fast_proxy.address,
@@ -115,10 +175,13 @@ def test_idle_consume_streams_with_keepalive_survive_two_minutes(broker: BrokerP
                 assert not raw_read.done(), raw_read
                 default_pings = (sent_bytes(default_proxy) - before[0]) // PING_FRAME_BYTES
                 fast_pings = (sent_bytes(fast_proxy) - before[1]) // PING_FRAME_BYTES
-                # Pings every 30 s and 5 s (the node's own pings every 60 s
-                # add two acknowledgements to each).
-                assert default_pings >= IDLE_S // 30 - 1, default_pings
-                assert fast_pings >= IDLE_S // 5 - 4, fast_pings
+                # Pings every 6 s and 1 s (the node's own pings every 12 s
+                # add two acknowledgements to each): 3 and 20 at least, as
+                # at 30 s and 5 s over 2 minutes.
+                default_interval_s = SDK_DEFAULT_SCALED_MS / 1000
+                fast_interval_s = POLICY_INTERVAL_MS_MIN / 1000
+                assert default_pings >= IDLE_S // default_interval_s - 1, default_pings
+                assert fast_pings >= IDLE_S // fast_interval_s - 4, fast_pings
 
                 async with weir.aio.Producer(broker.address, linger_ms=1) as producer:
                     await (await producer.send(TOPIC, b"after the idle", partition=0))
@@ -133,7 +196,7 @@ def test_idle_consume_streams_with_keepalive_survive_two_minutes(broker: BrokerP
                 call.cancel()
             await channel.close()
 
-    run(main, timeout_s=IDLE_S + 100)
+    run(main, timeout_s=IDLE_S + 70)
 
 
 @pytest.mark.timeout(90)
