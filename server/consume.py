@@ -71,9 +71,9 @@ from weir.server.consume_cursor import (
 )
 from weir.server.consume_group import (
     Member,
+    mode_unavailable,
     not_a_member,
     partition_not_assigned,
-    stream_mode_unavailable,
 )
 from weir.server.consume_seek import SEEKS_INFLIGHT_MAX, SeekWork, apply_seek, refused
 from weir.server.consume_start import (
@@ -177,6 +177,9 @@ class ConsumePath:
         if self.stopping.is_set():
             raise shutting_down()
         subscribe = first.subscribe
+        if subscribe.mode == broker_pb2.CONSUME_MODE_QUEUE:
+            # Queue mode is not served by this path yet.
+            raise mode_unavailable(subscribe.mode)
         stream_mode = is_stream_mode(subscribe)
         topic = self.topics.get(subscribe.topic)
         if subscribe.group:
@@ -227,7 +230,7 @@ class ConsumePath:
         stream ends (half-close, error, cancellation, the node stopping).
         """
         if self.membership is None:
-            raise stream_mode_unavailable()
+            raise mode_unavailable(broker_pb2.CONSUME_MODE_STREAM)
         session = await self.membership.join(join_spec(subscribe), topic)
         try:
             subscribed = broker_pb2.Subscribed(
@@ -433,6 +436,8 @@ class _Stream:
                         generation = request.assignment_ack.generation
                         member.check_ack(generation)
                         member.session.ack(generation)
+                elif kind in ("ack", "nack", "extend_deadline"):
+                    raise not_a_member(kind, "CONSUME_MODE_QUEUE")
                 elif kind == "subscribe":
                     raise invalid(
                         "ALREADY_SUBSCRIBED", "subscribe is only valid as the first request"

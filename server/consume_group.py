@@ -22,21 +22,24 @@ from weir.server.topics import Topic
 from weir.v1 import broker_pb2
 
 
-def not_a_member(kind: str) -> BrokerError:
-    """A member-only request on a stream that is not a stream-mode member."""
+def not_a_member(kind: str, mode: str = "CONSUME_MODE_STREAM") -> BrokerError:
+    """A request only a member of `mode` may send, on a stream that is none."""
     return BrokerError(
         grpc.StatusCode.FAILED_PRECONDITION,
         "NOT_A_MEMBER",
-        f"{kind} is only valid on a CONSUME_MODE_STREAM subscription",
-        {"request": kind},
+        f"{kind} is only valid on a {mode} subscription",
+        {"request": kind, "mode": mode},
     )
 
 
-def stream_mode_unavailable() -> BrokerError:
+def mode_unavailable(mode: int) -> BrokerError:
+    """A consume mode this node does not serve (not wired in this build)."""
+    name = broker_pb2.ConsumeMode.Name(mode)
     return BrokerError(
         grpc.StatusCode.UNIMPLEMENTED,
-        "STREAM_MODE_UNAVAILABLE",
-        "this node does not serve CONSUME_MODE_STREAM subscriptions",
+        "CONSUME_MODE_UNAVAILABLE",
+        f"this node does not serve {name} subscriptions",
+        {"mode": name},
     )
 
 
@@ -115,4 +118,4 @@ class Member:
         return broker_pb2.ConsumeResponse(assignment=assignment).SerializeToString()
 
 
-__all__ = ["Member", "not_a_member", "partition_not_assigned", "stream_mode_unavailable"]
+__all__ = ["Member", "mode_unavailable", "not_a_member", "partition_not_assigned"]

@@ -75,6 +75,12 @@ def is_stream_mode(subscribe: broker_pb2.Subscribe) -> bool:
     mode = subscribe.mode
     if mode not in broker_pb2.ConsumeMode.values():
         raise invalid_subscribe(f"unknown consume mode {mode}", field="mode", mode=mode)
+    if mode != broker_pb2.CONSUME_MODE_QUEUE:
+        for field in ("ack_deadline_ms", "ordered_keys"):
+            if getattr(subscribe, field):
+                raise invalid_subscribe(
+                    f"{field} is only valid with CONSUME_MODE_QUEUE", field=field
+                )
     if mode != broker_pb2.CONSUME_MODE_STREAM:
         for field in ("member_id", "session_timeout_ms", "rebalance_timeout_ms"):
             if getattr(subscribe, field):

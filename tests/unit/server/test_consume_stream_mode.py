@@ -175,6 +175,9 @@ REFUSALS = [
     ("bad group name", {"group": "g\n"}, "INVALID_GROUP_NAME"),
     ("negative credit", {"credit": broker_pb2.Credit(messages=-1)}, "NEGATIVE_CREDIT"),
     ("unknown topic", {"topic": "nope"}, "TOPIC_NOT_FOUND"),
+    ("ack deadline without queue mode", {"ack_deadline_ms": 5000}, "INVALID_SUBSCRIBE"),
+    ("ordered keys without queue mode", {"mode": 0, "ordered_keys": True}, "INVALID_SUBSCRIBE"),
+    ("queue mode, not served yet", {"mode": 2}, "CONSUME_MODE_UNAVAILABLE"),
 ]
 
 
@@ -192,6 +195,7 @@ def test_a_bad_stream_mode_subscribe_is_refused_before_joining(
             assert got == reason
             expected = {
                 "TOPIC_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+                "CONSUME_MODE_UNAVAILABLE": grpc.StatusCode.UNIMPLEMENTED,
             }.get(reason, grpc.StatusCode.INVALID_ARGUMENT)
             assert code == expected
             assert membership.joins == [], "nothing joined"
@@ -206,7 +210,7 @@ def test_stream_mode_without_a_coordinator_is_unavailable_here(tmp_path: pathlib
             stream = Stream(n, FakeMembership(), member_subscribe())
             assert await stream.ended() == (
                 grpc.StatusCode.UNIMPLEMENTED,
-                "STREAM_MODE_UNAVAILABLE",
+                "CONSUME_MODE_UNAVAILABLE",
             )
 
     run(body)
@@ -632,6 +636,29 @@ def test_member_requests_without_stream_mode_end_the_stream(
             assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NOT_A_MEMBER")
             assert stream.context.metadata["request"] == kind
             assert membership.joins == []
+
+    run(body)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        broker_pb2.ConsumeRequest(ack=broker_pb2.Ack(request_id=1, ack_ids=[b"x"])),
+        broker_pb2.ConsumeRequest(nack=broker_pb2.Nack(request_id=1)),
+        broker_pb2.ConsumeRequest(extend_deadline=broker_pb2.ExtendDeadline(request_id=1)),
+    ],
+    ids=["ack", "nack", "extend_deadline"],
+)
+def test_queue_requests_on_a_stream_member_end_the_stream(
+    tmp_path: pathlib.Path, request_: broker_pb2.ConsumeRequest
+) -> None:
+    async def body() -> None:
+        async with member_node(tmp_path) as n:
+            stream, session = await joined(n, with_membership(n))
+            stream.context.requests.put_nowait(request_)
+            assert await stream.ended() == (grpc.StatusCode.FAILED_PRECONDITION, "NOT_A_MEMBER")
+            assert stream.context.metadata["mode"] == "CONSUME_MODE_QUEUE"
+            assert session.close_calls == 1
 
     run(body)
 
