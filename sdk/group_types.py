@@ -47,6 +47,8 @@ class GroupInfo:
     generation: int
     members: tuple[GroupMemberInfo, ...]
     partitions: tuple[GroupPartitionInfo, ...]
+    # The node leading the group's coordinator (0: none known).
+    coordinator_id: int = 0
 
     @property
     def lag(self) -> int:
@@ -74,4 +76,5 @@ class GroupInfo:
                 )
                 for p in g.partitions
             ),
+            coordinator_id=g.coordinator_id,
         )

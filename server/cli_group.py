@@ -25,6 +25,7 @@ def _group_dict(group: GroupInfo) -> dict[str, Any]:
     return {
         "name": group.name,
         "generation": group.generation,
+        "coordinator_id": group.coordinator_id,
         "lag": group.lag,
         "members": [
             {"member_id": m.member_id, "generation": m.generation, "topics": list(m.topics)}
@@ -73,6 +74,7 @@ def _group_describe(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"group:      {group.name}")
     print(f"generation: {group.generation}")
+    print(f"coordinator: node {group.coordinator_id or 'none known'}")
     print(f"members:    {len(group.members)}")
     print(f"lag:        {group.lag}")
     print()

@@ -47,6 +47,8 @@ class GroupView:
     owners: Mapping[tuple[str, int], str] = field(default_factory=dict)
     # Partition group id -> committed offset.
     offsets: Mapping[int, int] = field(default_factory=dict)
+    # The node leading the group's coordinator (0: unknown).
+    coordinator_id: int = 0
 
 
 class GroupDirectory(Protocol):
@@ -141,6 +143,7 @@ class GroupAdmin:
                 for m in sorted(view.members, key=lambda m: m.member_id)
             ],
             partitions=partitions,
+            coordinator_id=view.coordinator_id,
         )
 
     def _partition(
