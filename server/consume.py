@@ -96,7 +96,7 @@ from weir.server.limits import (
     MemoryBudget,
     consume_share_bytes,
 )
-from weir.server.membership import AssignmentChange, Membership, Removed
+from weir.server.membership import AssignmentChange, JoinSpec, Membership, Removed
 from weir.server.naming import check_group_name
 from weir.server.registry import Offsets, TopicSource
 from weir.server.replicator import Replicator
@@ -187,8 +187,13 @@ class ConsumePath:
         credit = Credit()
         self.add_credit(credit, subscribe.credit)
         if stream_mode:
-            del first
-            await self._serve_member(context, topic, subscribe, credit)
+            spec = join_spec(subscribe)
+            # Only the start policy is kept of the request, which may carry
+            # megabytes of unknown fields.
+            start = broker_pb2.StartPosition()
+            start.CopyFrom(subscribe.start)
+            del first, subscribe
+            await self._serve_member(context, topic, spec, start, credit)
             return
         # In a cluster this asks the group's coordinator (maybe on another node).
         committed = await committed_positions(topic, subscribe, self.offsets)
@@ -220,7 +225,8 @@ class ConsumePath:
         self,
         context: Context,
         topic: Topic,
-        subscribe: broker_pb2.Subscribe,
+        spec: JoinSpec,
+        start: broker_pb2.StartPosition,
         credit: Credit,
     ) -> None:
         """A CONSUME_MODE_STREAM subscription: join, then deliver what is assigned.
@@ -231,7 +237,7 @@ class ConsumePath:
         """
         if self.membership is None:
             raise mode_unavailable(broker_pb2.CONSUME_MODE_STREAM)
-        session = await self.membership.join(join_spec(subscribe), topic)
+        session = await self.membership.join(spec, topic)
         try:
             subscribed = broker_pb2.Subscribed(
                 topic=topic.name, record_bytes_max=topic.config.record_bytes_max
@@ -239,14 +245,7 @@ class ConsumePath:
             await context.write(
                 broker_pb2.ConsumeResponse(subscribed=subscribed).SerializeToString()
             )
-            # Only the start policy is kept of the request (small: stream
-            # mode lists no partitions or offsets).
-            start = broker_pb2.StartPosition()
-            start.CopyFrom(subscribe.start)
-            member = Member(session, start)
-            group = subscribe.group
-            del subscribe
-            stream = _Stream(context, topic, group, [], credit, self, member)
+            stream = _Stream(context, topic, spec.group, [], credit, self, Member(session, start))
             await stream.run()
         finally:
             await session.close()
