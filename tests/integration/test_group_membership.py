@@ -308,6 +308,21 @@ def next_assignment(stream: ConsumeStream) -> broker_pb2.Assignment:
         assert kind == "notice", response
 
 
+def join_stream(client: RawClient) -> tuple[ConsumeStream, broker_pb2.Assignment]:
+    """A stream-mode member through `client`, retried while the coordinator has no leader."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        opened = _retry_unavailable(lambda: open_stream(client, stream_subscribe()))
+        stream: ConsumeStream = opened[0]  # type: ignore[index]
+        try:
+            return stream, next_assignment(stream)
+        except grpc.RpcError as error:
+            stream.close()
+            code = error.code()  # type: ignore[attr-defined]
+            assert code == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline, error
+            time.sleep(0.2)
+
+
 def test_a_consume_stream_on_another_node_rejoins_and_keeps_its_partitions(
     cluster: ClusterProcess,
 ) -> None:
@@ -330,20 +345,8 @@ def test_a_consume_stream_on_another_node_rejoins_and_keeps_its_partitions(
             cluster.kill(leader)
 
             # A second member, on the other survivor, once a new leader leads.
-            def join_other() -> tuple[ConsumeStream, broker_pb2.Assignment]:
-                with RawClient(cluster.address(other)) as second_client:
-                    while True:
-                        second, _ = _retry_unavailable(  # type: ignore[misc]
-                            lambda: open_stream(second_client, stream_subscribe())
-                        )
-                        try:
-                            return second, next_assignment(second)
-                        except grpc.RpcError as error:
-                            second.close()
-                            assert error.code() == grpc.StatusCode.UNAVAILABLE, error  # type: ignore[attr-defined]
-                            time.sleep(0.2)
-
-            second, joined = join_other()
+            second_client = RawClient(cluster.address(other))
+            second, joined = join_stream(second_client)
             try:
                 # The first stream's next event is the revocation of the
                 # second member's share: its rejoin at the new leader told it
@@ -355,5 +358,6 @@ def test_a_consume_stream_on_another_node_rejoins_and_keeps_its_partitions(
                 assert joined.member_id != first.member_id
             finally:
                 second.close()
+                second_client.close()
         finally:
             stream.close()
