@@ -192,3 +192,37 @@ def test_a_group_replays_by_seeking_back_past_its_commit(client: RawClient) -> N
         ]
     finally:
         stream.close()
+
+
+def test_a_stream_mode_member_seeks_its_assigned_partitions(client: RawClient) -> None:
+    """One member of a group on a single node owns both partitions; it replays one of
+    them by seeking, and a seek of a partition the topic does not have is refused."""
+    client.create_topic("m", partitions=2)
+    produce_one_by_one(client, "m", 0, RECORDS)
+    produce_one_by_one(client, "m", 1, RECORDS)
+    stream, subscribed = open_stream(
+        client,
+        subscribe("m", messages=2 * RECORDS, group="members", mode=broker_pb2.CONSUME_MODE_STREAM),
+    )
+    try:
+        assert not subscribed.partitions, "a member is told its partitions by an Assignment"
+        first = stream.next()
+        assert first.WhichOneof("kind") == "assignment", first
+        assignment = first.assignment
+        assert list(assignment.partitions) == [0, 1] and assignment.member_id
+        assert [(s.partition, s.offset) for s in assignment.started] == [(0, 0), (1, 0)]
+        batches = read_batches(stream, 2 * RECORDS)
+        assert sorted(values_of(batches)) == sorted(
+            value(p, i) for p in (0, 1) for i in range(RECORDS)
+        )
+        stream.send(broker_pb2.ConsumeRequest(heartbeat=broker_pb2.Heartbeat()))
+        assert seek(stream, 1, 1, OFFSET, 9).offset == 9
+        refused = seek(stream, 2, 2, EARLIEST)
+        assert refused.error.reason == "PARTITION_NOT_ASSIGNED"
+        stream.credit(100)
+        replayed = read_batches(stream, RECORDS - 9)
+        assert {b.partition for b in replayed} == {1}
+        assert values_of(replayed) == [value(1, i) for i in range(9, RECORDS)]
+        assert settle(stream, 1) == []
+    finally:
+        stream.close()
