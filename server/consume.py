@@ -287,7 +287,7 @@ class _Stream:
         self._context = context
         self._topic = topic
         self._group = group
-        # The partitions delivered now, by number (a member's change with each assignment).
+        # The partitions delivered now, by number (a member's change with its assignments).
         self._active: dict[int, Partition] = {}
         self._initial = partitions
         self._member = member
