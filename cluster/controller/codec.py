@@ -49,11 +49,36 @@ def _config(config: TopicConfig) -> pb.TopicConfig:
         retention_bytes=config.retention_bytes,
         retention_ms=config.retention_ms,
         record_bytes_max=config.record_bytes_max,
+        max_deliveries=config.max_deliveries,
+        retry_backoff_ms_min=config.retry_backoff_ms_min,
+        retry_backoff_ms_max=config.retry_backoff_ms_max,
+        dead_letter_topic=config.dead_letter_topic,
     )
 
 
 def _config_of(msg: pb.TopicConfig) -> TopicConfig:
-    return TopicConfig(msg.retention_bytes, msg.retention_ms, msg.record_bytes_max)
+    # A config written by a release before the queue settings has none of
+    # them (the fields are optional on the wire): it reads as the defaults.
+    default = TopicConfig()
+    return TopicConfig(
+        retention_bytes=msg.retention_bytes,
+        retention_ms=msg.retention_ms,
+        record_bytes_max=msg.record_bytes_max,
+        max_deliveries=(
+            msg.max_deliveries if msg.HasField("max_deliveries") else default.max_deliveries
+        ),
+        retry_backoff_ms_min=(
+            msg.retry_backoff_ms_min
+            if msg.HasField("retry_backoff_ms_min")
+            else default.retry_backoff_ms_min
+        ),
+        retry_backoff_ms_max=(
+            msg.retry_backoff_ms_max
+            if msg.HasField("retry_backoff_ms_max")
+            else default.retry_backoff_ms_max
+        ),
+        dead_letter_topic=msg.dead_letter_topic,
+    )
 
 
 def _patch(patch: ConfigPatch) -> pb.TopicConfigPatch:
@@ -61,14 +86,23 @@ def _patch(patch: ConfigPatch) -> pb.TopicConfigPatch:
         retention_bytes=patch.retention_bytes,
         retention_ms=patch.retention_ms,
         record_bytes_max=patch.record_bytes_max,
+        max_deliveries=patch.max_deliveries,
+        retry_backoff_ms_min=patch.retry_backoff_ms_min,
+        retry_backoff_ms_max=patch.retry_backoff_ms_max,
+        dead_letter_topic=patch.dead_letter_topic,
     )
 
 
 def _patch_of(msg: pb.TopicConfigPatch) -> ConfigPatch:
+    has = msg.HasField
     return ConfigPatch(
-        retention_bytes=msg.retention_bytes if msg.HasField("retention_bytes") else None,
-        retention_ms=msg.retention_ms if msg.HasField("retention_ms") else None,
-        record_bytes_max=msg.record_bytes_max if msg.HasField("record_bytes_max") else None,
+        retention_bytes=msg.retention_bytes if has("retention_bytes") else None,
+        retention_ms=msg.retention_ms if has("retention_ms") else None,
+        record_bytes_max=msg.record_bytes_max if has("record_bytes_max") else None,
+        max_deliveries=msg.max_deliveries if has("max_deliveries") else None,
+        retry_backoff_ms_min=msg.retry_backoff_ms_min if has("retry_backoff_ms_min") else None,
+        retry_backoff_ms_max=msg.retry_backoff_ms_max if has("retry_backoff_ms_max") else None,
+        dead_letter_topic=msg.dead_letter_topic if has("dead_letter_topic") else None,
     )
 
 

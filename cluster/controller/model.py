@@ -36,6 +36,15 @@ GROUP_NAME_CHARS_MAX = 255
 REPLICATION_FACTOR_DEFAULT = 3
 UNLIMITED = -1
 MiB = 1024 * 1024
+# Queue-mode settings of a topic (weir.v1.TopicConfig). Fixed bounds, not
+# replicated limits: every release of a node agrees on them.
+MAX_DELIVERIES_DEFAULT = 5
+MAX_DELIVERIES_LIMIT = 1000
+RETRY_BACKOFF_MS_MIN_DEFAULT = 1000
+RETRY_BACKOFF_MS_MAX_DEFAULT = 60_000
+RETRY_BACKOFF_MS_LIMIT = 86_400_000  # one day
+# The dead-letter topic of a topic whose `dead_letter_topic` is empty.
+DEAD_LETTER_SUFFIX = ".dlq"
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -51,6 +60,13 @@ class TopicConfig:
     retention_bytes: int = UNLIMITED
     retention_ms: int = UNLIMITED
     record_bytes_max: int = 1 * MiB
+    # Queue mode: deliveries before a record is dead-lettered (0: never).
+    max_deliveries: int = MAX_DELIVERIES_DEFAULT
+    # Queue mode: redelivery backoff min * 2^(attempt-1), at most max.
+    retry_backoff_ms_min: int = RETRY_BACKOFF_MS_MIN_DEFAULT
+    retry_backoff_ms_max: int = RETRY_BACKOFF_MS_MAX_DEFAULT
+    # Queue mode: where dead letters go; "" means `<topic>.dlq`.
+    dead_letter_topic: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +76,11 @@ class ConfigPatch:
     retention_bytes: int | None = None
     retention_ms: int | None = None
     record_bytes_max: int | None = None
+    max_deliveries: int | None = None
+    retry_backoff_ms_min: int | None = None
+    retry_backoff_ms_max: int | None = None
+    # "" sets it back to the default, `<topic>.dlq`.
+    dead_letter_topic: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +178,53 @@ def check_group_name(name: str) -> ControllerError | None:
     return None
 
 
-def check_config(config: TopicConfig, limits: Limits) -> ControllerError | None:
+def check_queue_config(
+    topic: str,
+    *,
+    max_deliveries: int,
+    retry_backoff_ms_min: int,
+    retry_backoff_ms_max: int,
+    dead_letter_topic: str,
+) -> ControllerError | None:
+    """The queue-mode settings of topic `topic`; the single node checks with this too."""
+    if not 0 <= max_deliveries <= MAX_DELIVERIES_LIMIT:
+        return InvalidConfig.of(
+            f"max_deliveries must be between 0 (never dead-letter) and {MAX_DELIVERIES_LIMIT}",
+            field="max_deliveries",
+            limit=MAX_DELIVERIES_LIMIT,
+        )
+    if not 0 <= retry_backoff_ms_min <= retry_backoff_ms_max <= RETRY_BACKOFF_MS_LIMIT:
+        # Name the field that is out of place, so a client can point at it.
+        field = (
+            "retry_backoff_ms_min"
+            if not 0 <= retry_backoff_ms_min <= RETRY_BACKOFF_MS_LIMIT
+            else "retry_backoff_ms_max"
+        )
+        return InvalidConfig.of(
+            "retry backoffs must satisfy 0 <= retry_backoff_ms_min <= retry_backoff_ms_max "
+            f"<= {RETRY_BACKOFF_MS_LIMIT}; got min {retry_backoff_ms_min}, "
+            f"max {retry_backoff_ms_max}",
+            field=field,
+            limit=RETRY_BACKOFF_MS_LIMIT,
+        )
+    if dead_letter_topic:
+        if check_topic_name(dead_letter_topic) is not None:
+            shown = dead_letter_topic[:TOPIC_NAME_CHARS_MAX]
+            return InvalidConfig.of(
+                f"dead_letter_topic {shown!r} is not a valid topic name: use 1 to "
+                f"{TOPIC_NAME_CHARS_MAX} characters from [A-Za-z0-9._-], not '.' or '..'",
+                field="dead_letter_topic",
+            )
+        if dead_letter_topic == topic:
+            return InvalidConfig.of(
+                f"dead_letter_topic must not be the topic itself ({topic!r})",
+                field="dead_letter_topic",
+            )
+    return None
+
+
+def check_config(config: TopicConfig, limits: Limits, topic: str) -> ControllerError | None:
+    """The whole config of topic `topic` (the dead-letter topic must differ from it)."""
     for name in ("retention_bytes", "retention_ms"):
         value = getattr(config, name)
         if value < UNLIMITED or value == 0:
@@ -169,7 +236,13 @@ def check_config(config: TopicConfig, limits: Limits) -> ControllerError | None:
             field="record_bytes_max",
             limit=limit,
         )
-    return None
+    return check_queue_config(
+        topic,
+        max_deliveries=config.max_deliveries,
+        retry_backoff_ms_min=config.retry_backoff_ms_min,
+        retry_backoff_ms_max=config.retry_backoff_ms_max,
+        dead_letter_topic=config.dead_letter_topic,
+    )
 
 
 def merge_config(base: TopicConfig, patch: ConfigPatch) -> TopicConfig:

@@ -325,7 +325,7 @@ class ControllerState:
         replication_factor = self._replication_factor(command.replication_factor)
         if isinstance(replication_factor, ControllerError):
             return replication_factor
-        if (error := check_config(command.config, self.limits)) is not None:
+        if (error := check_config(command.config, self.limits, command.name)) is not None:
             return error
         if command.name in self._topics:
             return TopicExists.of(f"topic {command.name!r} already exists", topic=command.name)
@@ -389,7 +389,7 @@ class ControllerState:
         if topic is None:
             return TopicNotFound.of(f"topic {command.name!r} does not exist", topic=command.name)
         config = merge_config(topic.config, command.patch)
-        if (error := check_config(config, self.limits)) is not None:
+        if (error := check_config(config, self.limits, topic.name)) is not None:
             return error
         if config == topic.config:
             return topic

@@ -15,24 +15,40 @@ class ControllerNode(_message.Message):
     def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
 
 class TopicConfig(_message.Message):
-    __slots__ = ("retention_bytes", "retention_ms", "record_bytes_max")
+    __slots__ = ("retention_bytes", "retention_ms", "record_bytes_max", "max_deliveries", "retry_backoff_ms_min", "retry_backoff_ms_max", "dead_letter_topic")
     RETENTION_BYTES_FIELD_NUMBER: _ClassVar[int]
     RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
     RECORD_BYTES_MAX_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    RETRY_BACKOFF_MS_MIN_FIELD_NUMBER: _ClassVar[int]
+    RETRY_BACKOFF_MS_MAX_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_TOPIC_FIELD_NUMBER: _ClassVar[int]
     retention_bytes: int
     retention_ms: int
     record_bytes_max: int
-    def __init__(self, retention_bytes: _Optional[int] = ..., retention_ms: _Optional[int] = ..., record_bytes_max: _Optional[int] = ...) -> None: ...
+    max_deliveries: int
+    retry_backoff_ms_min: int
+    retry_backoff_ms_max: int
+    dead_letter_topic: str
+    def __init__(self, retention_bytes: _Optional[int] = ..., retention_ms: _Optional[int] = ..., record_bytes_max: _Optional[int] = ..., max_deliveries: _Optional[int] = ..., retry_backoff_ms_min: _Optional[int] = ..., retry_backoff_ms_max: _Optional[int] = ..., dead_letter_topic: _Optional[str] = ...) -> None: ...
 
 class TopicConfigPatch(_message.Message):
-    __slots__ = ("retention_bytes", "retention_ms", "record_bytes_max")
+    __slots__ = ("retention_bytes", "retention_ms", "record_bytes_max", "max_deliveries", "retry_backoff_ms_min", "retry_backoff_ms_max", "dead_letter_topic")
     RETENTION_BYTES_FIELD_NUMBER: _ClassVar[int]
     RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
     RECORD_BYTES_MAX_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    RETRY_BACKOFF_MS_MIN_FIELD_NUMBER: _ClassVar[int]
+    RETRY_BACKOFF_MS_MAX_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_TOPIC_FIELD_NUMBER: _ClassVar[int]
     retention_bytes: int
     retention_ms: int
     record_bytes_max: int
-    def __init__(self, retention_bytes: _Optional[int] = ..., retention_ms: _Optional[int] = ..., record_bytes_max: _Optional[int] = ...) -> None: ...
+    max_deliveries: int
+    retry_backoff_ms_min: int
+    retry_backoff_ms_max: int
+    dead_letter_topic: str
+    def __init__(self, retention_bytes: _Optional[int] = ..., retention_ms: _Optional[int] = ..., record_bytes_max: _Optional[int] = ..., max_deliveries: _Optional[int] = ..., retry_backoff_ms_min: _Optional[int] = ..., retry_backoff_ms_max: _Optional[int] = ..., dead_letter_topic: _Optional[str] = ...) -> None: ...
 
 class PartitionAssignment(_message.Message):
     __slots__ = ("group_id", "replica_ids")
