@@ -32,7 +32,14 @@ hosts) and does three things with them:
   leader this node knows of (if any) in the metadata.
 
 A commit never moves an offset backwards, so retrying one whose outcome is
-unknown (a leader lost mid-way) is safe.
+unknown (a leader lost mid-way) is safe. A stream-mode member's commit
+(`MemberCommit`, with its member id and generation) takes the same route
+and is checked against the group's membership when applied.
+
+The stores also hold stream groups; `ClusterMembership`
+(server/cluster_membership.py) hears every applied stream command through
+`on_stream_applied` and adds its `Membership` call to this service
+(`extra_handlers`).
 """
 
 from __future__ import annotations
