@@ -292,12 +292,24 @@ class LinkSession:
         self._closed = True
         try:
             if not self._ended:
-                await self._connection.leave()
+                await self._leave()
         except Exception as exc:
             # The member's session then runs out at the coordinator instead.
             log.info("member %r: leave not confirmed: %s", self._member_id, exc)
         finally:
             self._connection.detach()
+
+    async def _leave(self) -> None:
+        try:
+            await self._connection.leave()
+        except Exception:
+            if self._reconnect is None:
+                raise
+            # The leader went away under us: leave at the new one (the
+            # rejoin is a reconnect of a known member, so nothing moves first).
+            self._connection.detach()
+            self._connection, _ = await self._reconnect(self._member_id)
+            await self._connection.leave()
 
 
 # -- the single node ----------------------------------------------------------------------

@@ -279,6 +279,8 @@ class StreamRuntime:
 
     async def leave(self, link: MemberLink) -> None:
         """The member's stream closed: it leaves at once."""
+        if self._closed:
+            raise RuntimeClosedError()
         key = (link.consumer_group, link.member_id)
         if self._links.get(key) is not link:
             return  # already removed, or replaced by a newer stream of the member

@@ -19,7 +19,12 @@ import pytest
 from tests.support.aio import run
 from weir.cluster.coordinator import messages as m
 from weir.server.errors import BrokerError
-from weir.server.local_membership import ConnectionLost, LinkSession, LocalMembership
+from weir.server.local_membership import (
+    ConnectionLost,
+    LinkSession,
+    LocalConnection,
+    LocalMembership,
+)
 from weir.server.membership import AssignmentChange, JoinSpec, MemberSession, Removed
 from weir.server.stream_runtime import EndReason, LinkEnded, LinkState
 from weir.server.topics import Topic, TopicConfig
@@ -371,5 +376,28 @@ def test_a_session_whose_leader_went_away_without_reconnect_raises() -> None:
         await a.close()  # never raises
         assert w.runtime.closed and w.runtime.link_count() == 0
         assert EndReason.NOT_LEADER == "NOT_LEADER"
+
+    run(main)
+
+
+def test_a_session_closing_after_its_leader_went_away_leaves_at_the_new_one() -> None:
+    async def main() -> None:
+        w = World()
+        old = World()  # the old leader's runtime
+        a = await old.join()
+        await change(a)
+        assert isinstance(a, LinkSession)
+        old.runtime.close()
+        new_member: list[str] = []
+
+        async def reconnect(member_id: str) -> tuple[object, LinkState | LinkEnded]:
+            new_member.append(member_id)
+            link = await w.runtime.join("g", member_id, ("t",), (("t", PARTITIONS),), 10_000, 5_000)
+            return LocalConnection(w.runtime, link), await link.next()
+
+        a._reconnect = reconnect  # type: ignore[assignment]
+        await a.close()
+        assert new_member == [a.member_id]
+        assert "g" not in w.membership.store.streams  # joined there, then left at once
 
     run(main)
