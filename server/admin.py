@@ -32,22 +32,34 @@ log = logging.getLogger("weir.server.admin")
 
 
 def _patch(config: admin_pb2.TopicConfig) -> ConfigPatch:
+    """The fields the request set; checking them is the registry's job (INVALID_CONFIG)."""
+    has = config.HasField
     return ConfigPatch(
-        retention_bytes=config.retention_bytes if config.HasField("retention_bytes") else None,
-        retention_ms=config.retention_ms if config.HasField("retention_ms") else None,
-        record_bytes_max=config.record_bytes_max if config.HasField("record_bytes_max") else None,
+        retention_bytes=config.retention_bytes if has("retention_bytes") else None,
+        retention_ms=config.retention_ms if has("retention_ms") else None,
+        record_bytes_max=config.record_bytes_max if has("record_bytes_max") else None,
+        max_deliveries=config.max_deliveries if has("max_deliveries") else None,
+        retry_backoff_ms_min=config.retry_backoff_ms_min if has("retry_backoff_ms_min") else None,
+        retry_backoff_ms_max=config.retry_backoff_ms_max if has("retry_backoff_ms_max") else None,
+        dead_letter_topic=config.dead_letter_topic if has("dead_letter_topic") else None,
     )
 
 
 def topic_proto(topic: Topic) -> admin_pb2.Topic:
+    """The topic as the API answers it: every config field set."""
+    config = topic.config
     return admin_pb2.Topic(
         name=topic.name,
         partition_count=topic.partition_count,
         replication_factor=topic.replication_factor,
         config=admin_pb2.TopicConfig(
-            retention_bytes=topic.config.retention_bytes,
-            retention_ms=topic.config.retention_ms,
-            record_bytes_max=topic.config.record_bytes_max,
+            retention_bytes=config.retention_bytes,
+            retention_ms=config.retention_ms,
+            record_bytes_max=config.record_bytes_max,
+            max_deliveries=config.max_deliveries,
+            retry_backoff_ms_min=config.retry_backoff_ms_min,
+            retry_backoff_ms_max=config.retry_backoff_ms_max,
+            dead_letter_topic=config.dead_letter_topic,
         ),
     )
 

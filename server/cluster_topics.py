@@ -50,6 +50,10 @@ def topic_of(topic: ctl.Topic) -> Topic:
             retention_bytes=config.retention_bytes,
             retention_ms=config.retention_ms,
             record_bytes_max=config.record_bytes_max,
+            max_deliveries=config.max_deliveries,
+            retry_backoff_ms_min=config.retry_backoff_ms_min,
+            retry_backoff_ms_max=config.retry_backoff_ms_max,
+            dead_letter_topic=config.dead_letter_topic,
         ),
     )
 
@@ -59,6 +63,10 @@ def _patch(patch: ConfigPatch) -> ctl.ConfigPatch:
         retention_bytes=patch.retention_bytes,
         retention_ms=patch.retention_ms,
         record_bytes_max=patch.record_bytes_max,
+        max_deliveries=patch.max_deliveries,
+        retry_backoff_ms_min=patch.retry_backoff_ms_min,
+        retry_backoff_ms_max=patch.retry_backoff_ms_max,
+        dead_letter_topic=patch.dead_letter_topic,
     )
 
 

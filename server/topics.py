@@ -30,6 +30,13 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from weir.cluster.controller.model import (
+    DEAD_LETTER_SUFFIX,
+    MAX_DELIVERIES_DEFAULT,
+    RETRY_BACKOFF_MS_MAX_DEFAULT,
+    RETRY_BACKOFF_MS_MIN_DEFAULT,
+    check_queue_config,
+)
 from weir.cluster.storage import (
     LogClosedError,
     MetaStore,
@@ -60,9 +67,23 @@ DROP_RETRY_INTERVAL_S = 1.0
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TopicConfig:
+    """A topic's settings. A stored row without a field reads it as its default."""
+
     retention_bytes: int = UNLIMITED
     retention_ms: int = UNLIMITED
     record_bytes_max: int = 1024 * 1024
+    # Queue mode (weir.v1.TopicConfig): deliveries before a record is
+    # dead-lettered (0: never), the redelivery backoff bounds, and where
+    # dead letters go ("" means `<topic>.dlq`, `dead_letter_topic_of`).
+    max_deliveries: int = MAX_DELIVERIES_DEFAULT
+    retry_backoff_ms_min: int = RETRY_BACKOFF_MS_MIN_DEFAULT
+    retry_backoff_ms_max: int = RETRY_BACKOFF_MS_MAX_DEFAULT
+    dead_letter_topic: str = ""
+
+
+def dead_letter_topic_of(topic: str, config: TopicConfig) -> str:
+    """The topic `topic`'s dead letters go to: its setting, or `<topic>.dlq`."""
+    return config.dead_letter_topic or topic + DEAD_LETTER_SUFFIX
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,6 +129,11 @@ class ConfigPatch:
     retention_bytes: int | None = None
     retention_ms: int | None = None
     record_bytes_max: int | None = None
+    max_deliveries: int | None = None
+    retry_backoff_ms_min: int | None = None
+    retry_backoff_ms_max: int | None = None
+    # "" sets it back to the default, `<topic>.dlq`.
+    dead_letter_topic: str | None = None
 
 
 class TopicRegistry:
@@ -179,7 +205,8 @@ class TopicRegistry:
     def pending_deletes(self) -> int:
         return len(self._deleting)
 
-    def apply_patch(self, base: TopicConfig, patch: ConfigPatch) -> TopicConfig:
+    def apply_patch(self, topic: str, base: TopicConfig, patch: ConfigPatch) -> TopicConfig:
+        """`base` with `patch` merged, checked as the config of topic `topic`."""
         merged = dataclasses.replace(
             base,
             **{k: v for k, v in dataclasses.asdict(patch).items() if v is not None},
@@ -198,6 +225,16 @@ class TopicRegistry:
                 field="record_bytes_max",
                 limit=limit,
             )
+        # The controller's check, so both modes accept exactly the same settings.
+        error = check_queue_config(
+            topic,
+            max_deliveries=merged.max_deliveries,
+            retry_backoff_ms_min=merged.retry_backoff_ms_min,
+            retry_backoff_ms_max=merged.retry_backoff_ms_max,
+            dead_letter_topic=merged.dead_letter_topic,
+        )
+        if error is not None:
+            raise invalid(error.reason, error.message, **dict(error.metadata))
         return merged
 
     async def create(
@@ -219,7 +256,7 @@ class TopicRegistry:
                 cluster_size=1,
             )
         base = TopicConfig(record_bytes_max=self._config.record_bytes_max_default)
-        config = self.apply_patch(base, patch)
+        config = self.apply_patch(name, base, patch)
         async with self._lock:
             if name in self._topics:
                 raise BrokerError(
@@ -255,7 +292,7 @@ class TopicRegistry:
     async def update_config(self, name: str, patch: ConfigPatch) -> Topic:
         async with self._lock:
             topic = self.get(name)
-            updated = dataclasses.replace(topic, config=self.apply_patch(topic.config, patch))
+            updated = dataclasses.replace(topic, config=self.apply_patch(name, topic.config, patch))
             await self._meta.write(puts=[(TOPIC_NS, name.encode(), updated.encode())])
             self._topics[name] = updated
             return updated
