@@ -64,8 +64,12 @@ class Admin:
         retention_bytes: int | None = None,
         retention_ms: int | None = None,
         record_bytes_max: int | None = None,
+        max_deliveries: int | None = None,
+        retry_backoff_ms_min: int | None = None,
+        retry_backoff_ms_max: int | None = None,
+        dead_letter_topic: str | None = None,
     ) -> TopicInfo:
-        """Create a topic; `TopicExistsError` if it exists."""
+        """Create a topic; `TopicExistsError` if it exists (options: `aio.Admin.create_topic`)."""
         return self._thread.run(
             self._admin.create_topic(
                 name,
@@ -74,6 +78,10 @@ class Admin:
                 retention_bytes=retention_bytes,
                 retention_ms=retention_ms,
                 record_bytes_max=record_bytes_max,
+                max_deliveries=max_deliveries,
+                retry_backoff_ms_min=retry_backoff_ms_min,
+                retry_backoff_ms_max=retry_backoff_ms_max,
+                dead_letter_topic=dead_letter_topic,
             )
         )
 
@@ -96,14 +104,22 @@ class Admin:
         retention_bytes: int | None = None,
         retention_ms: int | None = None,
         record_bytes_max: int | None = None,
+        max_deliveries: int | None = None,
+        retry_backoff_ms_min: int | None = None,
+        retry_backoff_ms_max: int | None = None,
+        dead_letter_topic: str | None = None,
     ) -> TopicInfo:
-        """Change the given config fields."""
+        """Change the given config fields (see `aio.Admin.update_topic_config`)."""
         return self._thread.run(
             self._admin.update_topic_config(
                 name,
                 retention_bytes=retention_bytes,
                 retention_ms=retention_ms,
                 record_bytes_max=record_bytes_max,
+                max_deliveries=max_deliveries,
+                retry_backoff_ms_min=retry_backoff_ms_min,
+                retry_backoff_ms_max=retry_backoff_ms_max,
+                dead_letter_topic=dead_letter_topic,
             )
         )
 

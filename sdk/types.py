@@ -187,19 +187,41 @@ def start_position(start: StartSpec) -> broker_pb2.StartPosition:
 
 @dataclass(frozen=True, slots=True)
 class TopicConfig:
-    """A topic's settings; -1 means unlimited for the retention fields."""
+    """A topic's settings; -1 means unlimited for the retention fields.
+
+    The queue-mode settings: `max_deliveries` (0: never dead-letter), the
+    redelivery backoff bounds in milliseconds, and `dead_letter_topic`
+    ("" means `<topic>.dlq`).
+    """
 
     retention_bytes: int
     retention_ms: int
     record_bytes_max: int
+    max_deliveries: int = 5
+    retry_backoff_ms_min: int = 1000
+    retry_backoff_ms_max: int = 60_000
+    dead_letter_topic: str = ""
 
     @classmethod
     def from_proto(cls, config: admin_pb2.TopicConfig) -> TopicConfig:
-        """Build from the wire message (responses set every field)."""
+        """Build from the wire message (responses set every field).
+
+        A node of a release before the queue settings does not send them;
+        they read as their defaults then.
+        """
+        has = config.HasField
         return cls(
             retention_bytes=config.retention_bytes,
             retention_ms=config.retention_ms,
             record_bytes_max=config.record_bytes_max,
+            max_deliveries=config.max_deliveries if has("max_deliveries") else 5,
+            retry_backoff_ms_min=(
+                config.retry_backoff_ms_min if has("retry_backoff_ms_min") else 1000
+            ),
+            retry_backoff_ms_max=(
+                config.retry_backoff_ms_max if has("retry_backoff_ms_max") else 60_000
+            ),
+            dead_letter_topic=config.dead_letter_topic,
         )
 
 

@@ -30,8 +30,15 @@ __all__ = ["Admin"]
 
 
 def _config(
-    retention_bytes: int | None, retention_ms: int | None, record_bytes_max: int | None
+    retention_bytes: int | None = None,
+    retention_ms: int | None = None,
+    record_bytes_max: int | None = None,
+    max_deliveries: int | None = None,
+    retry_backoff_ms_min: int | None = None,
+    retry_backoff_ms_max: int | None = None,
+    dead_letter_topic: str | None = None,
 ) -> admin_pb2.TopicConfig:
+    """The wire config with exactly the fields given (None: not sent, so unchanged/default)."""
     config = admin_pb2.TopicConfig()
     if retention_bytes is not None:
         config.retention_bytes = retention_bytes
@@ -39,6 +46,14 @@ def _config(
         config.retention_ms = retention_ms
     if record_bytes_max is not None:
         config.record_bytes_max = record_bytes_max
+    if max_deliveries is not None:
+        config.max_deliveries = max_deliveries
+    if retry_backoff_ms_min is not None:
+        config.retry_backoff_ms_min = retry_backoff_ms_min
+    if retry_backoff_ms_max is not None:
+        config.retry_backoff_ms_max = retry_backoff_ms_max
+    if dead_letter_topic is not None:
+        config.dead_letter_topic = dead_letter_topic
     return config
 
 
@@ -121,6 +136,10 @@ class Admin:
         retention_bytes: int | None = None,
         retention_ms: int | None = None,
         record_bytes_max: int | None = None,
+        max_deliveries: int | None = None,
+        retry_backoff_ms_min: int | None = None,
+        retry_backoff_ms_max: int | None = None,
+        dead_letter_topic: str | None = None,
     ) -> TopicInfo:
         """Create a topic; `TopicExistsError` if it exists.
 
@@ -130,13 +149,25 @@ class Admin:
         such an error has metadata `after_unknown_outcome="true"`.
 
         `replication_factor=0` takes the cluster's default; unset config
-        fields take their defaults.
+        fields take their defaults. The queue-mode settings: `max_deliveries`
+        (default 5, 0 never dead-letters, at most 1000), the redelivery
+        backoff `retry_backoff_ms_min`/`_max` (1000/60000; 0 <= min <= max <=
+        86400000) and `dead_letter_topic` ("" means `<name>.dlq`). A bad
+        value raises `InvalidArgumentError` (reason INVALID_CONFIG).
         """
         request = admin_pb2.CreateTopicRequest(
             name=name,
             partition_count=partitions,
             replication_factor=replication_factor,
-            config=_config(retention_bytes, retention_ms, record_bytes_max),
+            config=_config(
+                retention_bytes=retention_bytes,
+                retention_ms=retention_ms,
+                record_bytes_max=record_bytes_max,
+                max_deliveries=max_deliveries,
+                retry_backoff_ms_min=retry_backoff_ms_min,
+                retry_backoff_ms_max=retry_backoff_ms_max,
+                dead_letter_topic=dead_letter_topic,
+            ),
         )
         response: admin_pb2.CreateTopicResponse = await self._call("CreateTopic", request)
         return TopicInfo.from_proto(response.topic)
@@ -167,10 +198,27 @@ class Admin:
         retention_bytes: int | None = None,
         retention_ms: int | None = None,
         record_bytes_max: int | None = None,
+        max_deliveries: int | None = None,
+        retry_backoff_ms_min: int | None = None,
+        retry_backoff_ms_max: int | None = None,
+        dead_letter_topic: str | None = None,
     ) -> TopicInfo:
-        """Change the given config fields; the others keep their value."""
+        """Change the given config fields; the others keep their value.
+
+        The merged config is checked as a whole (so raise both backoff
+        bounds in one call); `dead_letter_topic=""` goes back to the default.
+        """
         request = admin_pb2.UpdateTopicConfigRequest(
-            name=name, config=_config(retention_bytes, retention_ms, record_bytes_max)
+            name=name,
+            config=_config(
+                retention_bytes=retention_bytes,
+                retention_ms=retention_ms,
+                record_bytes_max=record_bytes_max,
+                max_deliveries=max_deliveries,
+                retry_backoff_ms_min=retry_backoff_ms_min,
+                retry_backoff_ms_max=retry_backoff_ms_max,
+                dead_letter_topic=dead_letter_topic,
+            ),
         )
         response: admin_pb2.UpdateTopicConfigResponse = await self._call(
             "UpdateTopicConfig", request
