@@ -62,15 +62,15 @@ partition and joins as a new member. `seek()` is an in-stream `Seek`.
 
 One stream and its reader live in `_consumer_stream`, its writes in
 `_consumer_writer`, the choice of the next node in `_consumer_failover`,
-the membership state in `_consumer_group`; this module keeps positions and
-credit and drives the rest.
+the membership state in `_consumer_group` and what acts on it (callbacks,
+revoke commits, acks, heartbeats, auto-commits) in `_consumer_driver`;
+this module keeps positions and credit and drives the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -80,16 +80,9 @@ from weir._failover import Connection
 from weir._nodes import Bootstrap
 from weir._wire import RecordFields
 from weir.aio import _consumer_stream as stream
+from weir.aio._consumer_driver import GroupDriver
 from weir.aio._consumer_failover import Failover
-from weir.aio._consumer_group import (
-    EVICTED_REASONS,
-    SESSION_TIMEOUT_MS_DEFAULT,
-    Change,
-    GroupState,
-    PartitionsCallback,
-    check_group_options,
-    run_callback,
-)
+from weir.aio._consumer_group import PartitionsCallback, check_group_options
 from weir.aio._consumer_stream import Batch, Subscription
 from weir.aio._consumer_writer import Writer
 from weir.errors import ClosedError, WeirError, WeirTimeoutError
@@ -97,8 +90,6 @@ from weir.types import ConsumedRecord, StartSpec, make_consumed_record, start_po
 from weir.v1 import broker_pb2
 
 __all__ = ["Consumer", "PartitionsCallback"]
-
-_log = logging.getLogger("weir.consumer")
 
 MIB = 1024 * 1024
 # How long ending a stream waits for a write that a cancelled caller left
@@ -236,24 +227,17 @@ class Consumer:
         self._stopped = False
         self._closing = False
         self._closed = False
-        # Stream mode (None in assign mode): membership, see _consumer_group.
-        self._group_state = GroupState() if stream_mode else None
-        self._on_assign = on_assign
-        self._on_revoke = on_revoke
-        self._session_timeout_ms = session_timeout_ms or 0
-        self._rebalance_timeout_ms = rebalance_timeout_ms or 0
-        self._auto_commit = auto_commit
-        self._auto_commit_interval_s = auto_commit_interval_ms / 1000.0
-        # The offset last committed (or started from) per partition: an
-        # auto-commit sends only the positions that moved since.
-        self._committed: dict[int, int] = {}
-        self._auto_commit_task: asyncio.Task[None] | None = None
-        # Work for the iterating task before its next record: an assignment
-        # to apply (callbacks, revoke commit, ack) or an auto-commit. The
-        # one flag the fast path of __anext__ looks at.
-        self._group_due = False
-        self._auto_commit_due = False
-        self._next_seek_id = 1
+        # Stream mode's membership and auto-commits (_consumer_driver).
+        self._driver = GroupDriver(
+            self,
+            stream_mode=stream_mode,
+            on_assign=on_assign,
+            on_revoke=on_revoke,
+            session_timeout_ms=session_timeout_ms,
+            rebalance_timeout_ms=rebalance_timeout_ms,
+            auto_commit=auto_commit,
+            auto_commit_interval_ms=auto_commit_interval_ms,
+        )
 
     async def __aenter__(self) -> Consumer:
         await self.start()
@@ -278,7 +262,7 @@ class Consumer:
             sub is not None
             and sub.buffer
             and not self._stopped
-            and not self._group_due
+            and not self._driver.due
             and self._taken_messages * 2 < self._window_messages
             and self._taken_bytes * 2 < self._window_bytes
         ):
@@ -348,19 +332,20 @@ class Consumer:
         told them (`on_assign` called, `on_revoke` not yet); empty until the
         first assignment was applied (the first `poll()` or iteration).
         """
-        if self._group_state is not None:
-            return sorted(self._group_state.owned)
+        group = self._driver.group
+        if group is not None:
+            return sorted(group.owned)
         return sorted(self._positions)
 
     @property
     def member_id(self) -> str:
         """Stream mode: the id the broker gave this member ("" before it joined)."""
-        return self._group_state.member_id if self._group_state is not None else ""
+        return self._driver.member_id
 
     @property
     def generation(self) -> int:
         """Stream mode: the generation of the last assignment received (commits carry it)."""
-        return self._group_state.generation if self._group_state is not None else 0
+        return self._driver.generation
 
     def position(self, partition: int) -> int:
         """The offset of the next record the iterator will yield from `partition`."""
@@ -382,44 +367,20 @@ class Consumer:
         subscribes again with explicit offsets.
         """
         self._check_usable()
-        if self._group_state is not None:
-            if partition not in self._group_state.received:
-                owned = sorted(self._group_state.received)
+        group = self._driver.group
+        if group is not None:
+            if partition not in group.received:
+                owned = sorted(group.received)
                 raise ValueError(
                     f"partition {partition} is not assigned to this member (it has {owned})"
                 )
-            await self._seek_in_stream(partition, offset)
+            await self._driver.seek_in_stream(partition, offset)
             return
         if partition not in self._positions:
             raise ValueError(f"partition {partition} is not subscribed")
         offsets = dict(self._positions)
         offsets[partition] = offset
         await self._resubscribe(offsets)
-
-    async def _seek_in_stream(self, partition: int, offset: int) -> None:
-        sub = await self._current_sub()
-        seek_id = self._next_seek_id
-        self._next_seek_id += 1
-        fut: asyncio.Future[broker_pb2.SeekResult] = asyncio.get_running_loop().create_future()
-        sub.seeks[seek_id] = fut
-        position = broker_pb2.StartPosition(kind=broker_pb2.START_KIND_OFFSET, offset=offset)
-        request = broker_pb2.ConsumeRequest(
-            seek=broker_pb2.Seek(seek_id=seek_id, partition=partition, position=position)
-        )
-        try:
-            await self._write(sub, request)
-            async with asyncio.timeout(self._request_timeout_s):
-                result = await asyncio.shield(fut)
-        except TimeoutError:
-            raise WeirTimeoutError(
-                f"no seek result within {self._request_timeout_s:.3f}s"
-            ) from None
-        finally:
-            sub.seeks.pop(seek_id, None)
-        # The reader dropped the partition's buffered records and moved its
-        # position when the result arrived (records after it are new).
-        if result.HasField("error"):
-            raise from_error_proto(result.error)
 
     async def commit(self, offsets: Mapping[int, int] | None = None) -> dict[int, int]:
         """Store the group's progress; returns the group's committed offsets.
@@ -465,9 +426,7 @@ class Consumer:
             sub.commits.pop(commit_id, None)
         if result.HasField("error"):
             raise from_error_proto(result.error)
-        for p, o in offsets.items():
-            if p in self._positions:
-                self._committed[p] = o
+        self._driver.committed_now(offsets)
         return {po.partition: po.offset for po in result.offsets}
 
     async def close(self) -> None:
@@ -482,14 +441,11 @@ class Consumer:
             return
         self._closing = True
         try:
-            await self._leave()
+            await self._driver.leave()
         finally:
             self._closing = False
         self._closed = True
-        if self._auto_commit_task is not None:
-            self._auto_commit_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._auto_commit_task
+        await self._driver.stop_auto_commit()
         if self._sub is not None:
             sub, self._sub = self._sub, None
             await self._end(sub, ClosedError("the consumer is closed"))
@@ -532,8 +488,8 @@ class Consumer:
                 self._check_usable()  # close() from another task leaves none either
                 await self._resubscribe(dict(self._positions), replace=False)
                 continue
-            if self._group_due:
-                await self._group_work()
+            if self._driver.due:
+                await self._driver.work()
                 continue
             if sub.buffer:
                 if self._replenish_due():
@@ -613,12 +569,7 @@ class Consumer:
         """
         error = sub.error
         assert error is not None
-        group = self._group_state
-        if group is not None and error.reason in EVICTED_REASONS:
-            _log.warning("consumer group member %s was evicted: %s", group.member_id, error)
-            group.session_expired()
-            await self._apply_change(group.take())
-            await self._resubscribe({})
+        if await self._driver.recover_evicted(error):
             return
         await self._failover.move_on(sub.address, error)
         await self._resubscribe(dict(self._positions))
@@ -643,22 +594,16 @@ class Consumer:
         call = consume_call(self._conn.channel(address))
         sub = Subscription(call=call, address=address)
         self._taken_messages = self._taken_bytes = 0
-        group = self._group_state
+        stream_mode = self._driver.group is not None
         subscribe = broker_pb2.Subscribe(
             topic=self.topic,
             partitions=self._partitions,
             group=self._group,
             start=self._start,
-            offsets=offsets if group is None else {},
+            offsets={} if stream_mode else offsets,
             credit=broker_pb2.Credit(messages=self._window_messages, bytes=self._window_bytes),
         )
-        if group is not None:
-            group.stream_opened()
-            sub.drop_on_error = True
-            subscribe.mode = broker_pb2.CONSUME_MODE_STREAM
-            subscribe.member_id = group.member_id
-            subscribe.session_timeout_ms = self._session_timeout_ms
-            subscribe.rebalance_timeout_ms = self._rebalance_timeout_ms
+        self._driver.configure(sub, subscribe)
         sub.last_sent_s = asyncio.get_running_loop().time()
         subscribed = await stream.handshake(call, address, subscribe, self._request_timeout_s)
         try:
@@ -678,8 +623,7 @@ class Consumer:
         sub.reader = asyncio.create_task(
             stream.read(sub, self._on_batch, self._on_control), name="weir-consumer-reader"
         )
-        if group is not None or self._auto_commit:
-            sub.timer = asyncio.create_task(self._tick(sub), name="weir-consumer-timer")
+        self._driver.start_timer(sub)
         self._sub = sub
 
     def _on_batch(
@@ -706,17 +650,9 @@ class Consumer:
     def _on_control(self, sub: Subscription, response: broker_pb2.ConsumeResponse) -> None:
         """The reader hands over an `assignment` or a `seek` result, in stream order."""
         kind = response.WhichOneof("kind")
-        group = self._group_state
-        if kind == "assignment" and group is not None:
+        if kind == "assignment":
             self._failover.succeeded(sub.address)
-            effect = group.on_assignment(response.assignment)
-            self._dropped(sub, effect.dropped)
-            for partition, offset in effect.starts.items():
-                self._positions[partition] = offset
-                self._committed[partition] = offset
-                self._yielded.discard(partition)
-            if group.pending:
-                self._group_due = True
+            self._driver.on_assignment(sub, response.assignment)
         elif kind == "seek" and not response.seek.HasField("error"):
             result = response.seek
             self._dropped(sub, {result.partition})
@@ -727,128 +663,6 @@ class Consumer:
         messages, nbytes = stream.drop(sub, partitions)
         self._taken_messages += messages
         self._taken_bytes += nbytes
-
-    async def _tick(self, sub: Subscription) -> None:
-        """The timer of one stream: heartbeats (stream mode) and auto-commits due.
-
-        A heartbeat goes out only when nothing else was written for a third
-        of the session timeout. An auto-commit is only marked due here: the
-        iterating task sends it before its next record, so a record counts
-        as processed once the application asked for the next one.
-        """
-        loop = asyncio.get_running_loop()
-        session_ms = self._session_timeout_ms or SESSION_TIMEOUT_MS_DEFAULT
-        heartbeat_s = session_ms / 3000.0 if self._group_state is not None else None
-        interval_s = self._auto_commit_interval_s if self._auto_commit else None
-        next_commit_s = loop.time() + interval_s if interval_s is not None else None
-        heartbeat = broker_pb2.ConsumeRequest(heartbeat=broker_pb2.Heartbeat())
-        while sub.error is None and not sub.ended:
-            now = loop.time()
-            wake = []
-            if next_commit_s is not None and interval_s is not None:
-                if now >= next_commit_s:
-                    self._auto_commit_due = self._group_due = True
-                    sub.arrived.set()
-                    next_commit_s = now + interval_s
-                wake.append(next_commit_s)
-            if heartbeat_s is not None:
-                if now - sub.last_sent_s >= heartbeat_s:
-                    self._writer.start(sub, heartbeat)
-                wake.append(sub.last_sent_s + heartbeat_s)
-            await asyncio.sleep(max(0.0, min(wake) - loop.time()))
-
-    async def _group_work(self) -> None:
-        """In the iterating task: apply a pending assignment, send a due auto-commit."""
-        self._group_due = False
-        group = self._group_state
-        if group is not None and group.pending:
-            await self._apply_change(group.take())
-        if self._auto_commit_due:
-            self._auto_commit_due = False
-            running = self._auto_commit_task
-            offsets = self._moved(self._yielded)
-            if offsets and (running is None or running.done()):
-                # One auto-commit in flight at most; the application goes on.
-                self._auto_commit_task = asyncio.create_task(
-                    self._commit_quietly(offsets, "auto-commit"), name="weir-consumer-autocommit"
-                )
-
-    def _moved(self, partitions: Iterable[int]) -> dict[int, int]:
-        """The positions of `partitions` that records were taken from since their last commit."""
-        return {
-            p: self._positions[p]
-            for p in sorted(partitions)
-            if p in self._yielded
-            and p in self._positions
-            and self._positions[p] != self._committed.get(p)
-        }
-
-    async def _commit_quietly(self, offsets: dict[int, int], what: str) -> None:
-        """Commit on the current stream; a failure is logged (the next commit covers it)."""
-        sub = self._sub
-        if sub is None or sub.error is not None or sub.ended:
-            return
-        try:
-            await self._commit_on(sub, offsets)
-        except WeirError as exc:
-            _log.warning("%s of %s failed: %s", what, offsets, exc)
-
-    async def _apply_change(self, change: Change) -> None:
-        """Tell the application what `change` says, commit what was revoked, then acknowledge."""
-        group = self._group_state
-        assert group is not None
-        try:
-            if change.lost:
-                # Nothing can be committed for these any more.
-                for p in change.lost - group.received:
-                    self._forget(p)
-                await self._callback(self._on_revoke, "on_revoke", change.lost)
-            if change.revoked:
-                await self._callback(self._on_revoke, "on_revoke", change.revoked)
-                if self._auto_commit:
-                    offsets = self._moved(change.revoked)
-                    if offsets:
-                        await self._commit_quietly(offsets, "commit on revoke")
-        finally:
-            for p in change.revoked - group.received:
-                self._forget(p)
-            sub = self._sub
-            if change.ack_generation and sub is not None and sub.error is None:
-                ack = broker_pb2.AssignmentAck(generation=change.ack_generation)
-                self._writer.start(sub, broker_pb2.ConsumeRequest(assignment_ack=ack))
-        if change.assigned:
-            await self._callback(self._on_assign, "on_assign", change.assigned)
-
-    async def _callback(
-        self, callback: PartitionsCallback | None, name: str, partitions: set[int]
-    ) -> None:
-        await run_callback(callback, name, partitions)
-
-    def _forget(self, partition: int) -> None:
-        self._positions.pop(partition, None)
-        self._committed.pop(partition, None)
-        self._end_offsets.pop(partition, None)
-        self._yielded.discard(partition)
-
-    async def _leave(self) -> None:
-        """Before close: stream mode revokes everything; auto-commit commits what moved."""
-        sub = self._sub
-        if not self._started or sub is None or sub.error is not None or sub.ended:
-            return
-        try:
-            async with asyncio.timeout(self._request_timeout_s):
-                group = self._group_state
-                if group is not None:
-                    await self._apply_change(group.take())
-                    owned = group.leave()
-                    if owned:
-                        await self._callback(self._on_revoke, "on_revoke", owned)
-                if self._auto_commit:
-                    offsets = self._moved(self._yielded)
-                    if offsets:
-                        await self._commit_quietly(offsets, "commit on close")
-        except TimeoutError:
-            _log.warning("leaving the group took over %.3fs", self._request_timeout_s)
 
     async def _write(self, sub: Subscription, request: broker_pb2.ConsumeRequest) -> None:
         await self._writer.write(sub, request)
