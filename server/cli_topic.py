@@ -1,4 +1,4 @@
-"""`weir topic create | list | describe | delete`, and how topics and replicas print.
+"""`weir topic create | update | list | describe | delete`, and how topics and replicas print.
 
 `describe` asks each partition's leader for its replicas' lag (only a
 leader knows it); `cluster status` uses the same replica cells.
@@ -99,6 +99,10 @@ def _topic_dict(topic: weir.TopicInfo, with_partitions: bool = False) -> dict[st
         "retention_bytes": topic.config.retention_bytes,
         "retention_ms": topic.config.retention_ms,
         "record_bytes_max": topic.config.record_bytes_max,
+        "max_deliveries": topic.config.max_deliveries,
+        "retry_backoff_ms_min": topic.config.retry_backoff_ms_min,
+        "retry_backoff_ms_max": topic.config.retry_backoff_ms_max,
+        "dead_letter_topic": topic.config.dead_letter_topic,
     }
     if with_partitions:
         out["partition_states"] = [
@@ -118,15 +122,23 @@ def _topic_dict(topic: weir.TopicInfo, with_partitions: bool = False) -> dict[st
     return out
 
 
+def _config_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The config flags given (None for those not given: default or unchanged)."""
+    return {
+        "retention_bytes": args.retention_bytes,
+        "retention_ms": args.retention_ms,
+        "record_bytes_max": args.record_bytes_max,
+        "max_deliveries": args.max_deliveries,
+        "retry_backoff_ms_min": args.retry_backoff_ms_min,
+        "retry_backoff_ms_max": args.retry_backoff_ms_max,
+        "dead_letter_topic": args.dead_letter_topic,
+    }
+
+
 def _topic_create(args: argparse.Namespace) -> int:
     with weir.Admin(bootstrap(args)) as admin:
         topic = admin.create_topic(
-            args.name,
-            args.partitions,
-            args.replication_factor,
-            retention_bytes=args.retention_bytes,
-            retention_ms=args.retention_ms,
-            record_bytes_max=args.record_bytes_max,
+            args.name, args.partitions, args.replication_factor, **_config_options(args)
         )
     if wants_json(args):
         emit_json(_topic_dict(topic))
@@ -136,6 +148,35 @@ def _topic_create(args: argparse.Namespace) -> int:
             f"replication factor {topic.replication_factor})"
         )
     return EXIT_OK
+
+
+def _topic_update(args: argparse.Namespace) -> int:
+    with weir.Admin(bootstrap(args)) as admin:
+        topic = admin.update_topic_config(args.name, **_config_options(args))
+    if wants_json(args):
+        emit_json(_topic_dict(topic))
+    else:
+        print(f"updated topic {topic.name}")
+        _print_config(topic)
+    return EXIT_OK
+
+
+def dead_letter_cell(topic: weir.TopicInfo) -> str:
+    """The dead-letter topic, with `(default)` when it is the implicit `<topic>.dlq`."""
+    if topic.config.dead_letter_topic:
+        return topic.config.dead_letter_topic
+    return f"{topic.name}.dlq (default)"
+
+
+def _print_config(topic: weir.TopicInfo) -> None:
+    config = topic.config
+    deliveries = config.max_deliveries or "0 (never dead-letter)"
+    print(f"retention bytes:    {limit(config.retention_bytes)}")
+    print(f"retention ms:       {limit(config.retention_ms)}")
+    print(f"record bytes max:   {config.record_bytes_max}")
+    print(f"max deliveries:     {deliveries}")
+    print(f"retry backoff ms:   {config.retry_backoff_ms_min}..{config.retry_backoff_ms_max}")
+    print(f"dead-letter topic:  {dead_letter_cell(topic)}")
 
 
 def _topic_list(args: argparse.Namespace) -> int:
@@ -167,13 +208,10 @@ def _topic_describe(args: argparse.Namespace) -> int:
     if wants_json(args):
         emit_json(_topic_dict(topic, with_partitions=True))
         return EXIT_OK
-    config = topic.config
     print(f"topic:              {topic.name}")
     print(f"partitions:         {topic.partition_count}")
     print(f"replication factor: {topic.replication_factor}")
-    print(f"retention bytes:    {limit(config.retention_bytes)}")
-    print(f"retention ms:       {limit(config.retention_ms)}")
-    print(f"record bytes max:   {config.record_bytes_max}")
+    _print_config(topic)
     print()
     rows = [
         (
@@ -212,9 +250,34 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """The topic config flags of `create` (default when not given) and `update` (unchanged)."""
+    parser.add_argument("--retention-bytes", type=int, help="per partition; -1: unlimited")
+    parser.add_argument("--retention-ms", type=int, help="-1: unlimited")
+    parser.add_argument("--record-bytes-max", type=int, help="largest record accepted")
+    queue = parser.add_argument_group("queue mode")
+    queue.add_argument(
+        "--max-deliveries",
+        type=int,
+        help="deliveries before a record is dead-lettered, 0..1000; 0: never (default 5)",
+    )
+    queue.add_argument(
+        "--retry-backoff-ms-min", type=int, help="first redelivery backoff (default 1000)"
+    )
+    queue.add_argument(
+        "--retry-backoff-ms-max",
+        type=int,
+        help="largest redelivery backoff, at most 86400000 (default 60000)",
+    )
+    queue.add_argument(
+        "--dead-letter-topic",
+        help="where dead letters go; '' means TOPIC.dlq (the default)",
+    )
+
+
 def add_topic_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `topic` and its subcommands."""
-    topic = subparsers.add_parser("topic", help="create, list, describe and delete topics")
+    topic = subparsers.add_parser("topic", help="create, update, list, describe and delete topics")
     topic_commands = topic.add_subparsers(dest="topic_command", required=True)
 
     create = add_command(topic_commands, "create", "create a topic", _topic_create)
@@ -223,9 +286,16 @@ def add_topic_commands(subparsers: argparse._SubParsersAction) -> None:  # type:
     create.add_argument(
         "--replication-factor", type=_non_negative, default=0, help="0: the cluster's default"
     )
-    create.add_argument("--retention-bytes", type=int, help="per partition; -1: unlimited")
-    create.add_argument("--retention-ms", type=int, help="-1: unlimited")
-    create.add_argument("--record-bytes-max", type=int, help="largest record accepted")
+    _add_config_flags(create)
+
+    update = add_command(
+        topic_commands,
+        "update",
+        "change a topic's config (flags not given keep their value)",
+        _topic_update,
+    )
+    update.add_argument("name")
+    _add_config_flags(update)
 
     add_command(topic_commands, "list", "list topics", _topic_list)
 
