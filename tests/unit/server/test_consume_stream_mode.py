@@ -207,6 +207,7 @@ def test_a_bad_stream_mode_subscribe_is_refused_before_joining(
 def test_stream_mode_without_a_coordinator_is_unavailable_here(tmp_path: pathlib.Path) -> None:
     async def body() -> None:
         async with member_node(tmp_path) as n:
+            n.path.membership = None  # a consume path built without a coordinator
             stream = Stream(n, FakeMembership(), member_subscribe())
             assert await stream.ended() == (
                 grpc.StatusCode.UNIMPLEMENTED,
