@@ -6,10 +6,17 @@ NOT_FOUND; a topic created again under the same name starts empty and does
 not inherit old group offsets). Cluster: the fields of DescribeCluster,
 and a cluster id that survives a restart. Standard services: gRPC health
 checking and server reflection.
+
+The queue settings of a topic (max_deliveries, retry backoff, dead-letter
+topic) are also set through the SDK and the CLI, which are their users'
+way in; the wire answers are still checked through the stubs.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +29,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+import weir
 from tests.support.broker_process import BrokerProcess
 from tests.support.raw_client import (
     CALL_TIMEOUT_S,
@@ -32,6 +40,7 @@ from tests.support.raw_client import (
     request,
     start_at,
 )
+from weir.errors import InvalidArgumentError
 from weir.v1 import admin_pb2, broker_pb2, records_pb2
 
 pytestmark = [pytest.mark.integration]
@@ -71,6 +80,30 @@ def config_of(topic: admin_pb2.Topic) -> tuple[int, int, int]:
     for field in ("retention_bytes", "retention_ms", "record_bytes_max"):
         assert config.HasField(field), f"responses set every config field: {field} missing"
     return config.retention_bytes, config.retention_ms, config.record_bytes_max
+
+
+QUEUE_FIELDS = ("max_deliveries", "retry_backoff_ms_min", "retry_backoff_ms_max")
+
+
+def queue_of(topic: admin_pb2.Topic) -> tuple[int, int, int, str]:
+    config = topic.config
+    for field in (*QUEUE_FIELDS, "dead_letter_topic"):
+        assert config.HasField(field), f"responses set every config field: {field} missing"
+    return (
+        config.max_deliveries,
+        config.retry_backoff_ms_min,
+        config.retry_backoff_ms_max,
+        config.dead_letter_topic,
+    )
+
+
+def queue_settings(config: weir.TopicConfig) -> tuple[int, int, int, str]:
+    return (
+        config.max_deliveries,
+        config.retry_backoff_ms_min,
+        config.retry_backoff_ms_max,
+        config.dead_letter_topic,
+    )
 
 
 def timed_batch(values: list[bytes], timestamp_ms: int) -> records_pb2.RecordBatch:
@@ -248,6 +281,99 @@ def test_update_config_validation_changes_nothing(client: RawClient) -> None:
         )
         assert error_info(raised.value) == (expected, reason)
     assert list_names(client) == ["v"]
+
+
+@pytest.mark.timeout(60)
+def test_queue_settings_through_the_sdk(broker: BrokerProcess) -> None:
+    with weir.Admin(broker.address) as admin:
+        plain = admin.create_topic("plain")
+        assert queue_settings(plain.config) == (5, 1000, 60_000, ""), "the defaults"
+        jobs = admin.create_topic(
+            "jobs",
+            2,
+            max_deliveries=0,
+            retry_backoff_ms_min=0,
+            retry_backoff_ms_max=86_400_000,
+            dead_letter_topic="jobs-failed",
+        )
+        assert queue_settings(jobs.config) == (0, 0, 86_400_000, "jobs-failed")
+        assert jobs.config.record_bytes_max == RECORD_BYTES_MAX_DEFAULT, "others keep defaults"
+
+        updated = admin.update_topic_config(
+            "plain", retry_backoff_ms_min=70_000, retry_backoff_ms_max=80_000
+        )
+        assert queue_settings(updated.config) == (5, 70_000, 80_000, "")
+        updated = admin.update_topic_config("plain", max_deliveries=1000, dead_letter_topic="dl")
+        assert queue_settings(updated.config) == (1000, 70_000, 80_000, "dl")
+        reset = admin.update_topic_config("plain", dead_letter_topic="")
+        assert queue_settings(reset.config) == (1000, 70_000, 80_000, ""), "'' is the default"
+
+        bad: list[dict[str, int | str]] = [
+            {"max_deliveries": -1},
+            {"max_deliveries": 1001},
+            {"retry_backoff_ms_min": -1},
+            {"retry_backoff_ms_max": 86_400_001},
+            {"retry_backoff_ms_min": 90_000},  # above the topic's max (80000)
+            {"retry_backoff_ms_min": 2, "retry_backoff_ms_max": 1},
+            {"dead_letter_topic": "no spaces"},
+            # One bad field spoils the whole request: the good one is not applied.
+            {"retention_ms": 10_000, "max_deliveries": 5000},
+        ]
+        for fields in bad:
+            with pytest.raises(InvalidArgumentError) as refused:
+                admin.update_topic_config("plain", **fields)
+            assert refused.value.reason == "INVALID_CONFIG", fields
+            assert admin.describe_topic("plain").config == reset.config, fields
+            with pytest.raises(InvalidArgumentError) as refused:
+                admin.create_topic("other", **fields)
+            assert refused.value.reason == "INVALID_CONFIG", fields
+        # The dead-letter topic may not be the topic itself.
+        with pytest.raises(InvalidArgumentError) as refused:
+            admin.update_topic_config("plain", dead_letter_topic="plain")
+        assert refused.value.reason == "INVALID_CONFIG"
+        assert admin.describe_topic("plain").config == reset.config
+        with pytest.raises(InvalidArgumentError) as refused:
+            admin.create_topic("other", dead_letter_topic="other")
+        assert refused.value.reason == "INVALID_CONFIG"
+        assert [t.name for t in admin.list_topics()] == ["jobs", "plain"], "nothing created"
+
+    # Every field is on the wire, in ListTopics and DescribeTopic, and durable.
+    broker.restart()
+    with RawClient(broker.address) as client:
+        listed = client.admin.ListTopics(admin_pb2.ListTopicsRequest(), timeout=CALL_TIMEOUT_S)
+        assert [queue_of(t) for t in listed.topics] == [
+            (0, 0, 86_400_000, "jobs-failed"),
+            (1000, 70_000, 80_000, ""),
+        ]
+        assert queue_of(client.describe("jobs").topic) == (0, 0, 86_400_000, "jobs-failed")
+
+
+@pytest.mark.timeout(60)
+def test_queue_settings_through_the_cli(broker: BrokerProcess) -> None:
+    def weir_cli(*args: str) -> str:
+        cmd = [sys.executable, "-m", "weir.server.cli", "--bootstrap", broker.address, *args]
+        result = subprocess.run(cmd, capture_output=True, timeout=45)
+        assert result.returncode == 0, result.stderr.decode()
+        return result.stdout.decode()
+
+    weir_cli("topic", "create", "jobs", "--max-deliveries", "3", "--retry-backoff-ms-min", "10")
+    described = weir_cli("topic", "describe", "jobs")
+    assert "max deliveries:     3\n" in described
+    assert "retry backoff ms:   10..60000\n" in described
+    assert "dead-letter topic:  jobs.dlq (default)\n" in described
+    weir_cli(
+        "topic", "update", "jobs", "--dead-letter-topic", "dead", "--retry-backoff-ms-max", "20"
+    )
+    shown = json.loads(weir_cli("--json", "topic", "describe", "jobs"))
+    assert (shown["max_deliveries"], shown["retry_backoff_ms_min"]) == (3, 10)
+    assert (shown["retry_backoff_ms_max"], shown["dead_letter_topic"]) == (20, "dead")
+
+    cmd = [sys.executable, "-m", "weir.server.cli", "--bootstrap", broker.address]
+    refused = subprocess.run(
+        [*cmd, "topic", "update", "jobs", "--max-deliveries", "-1"], capture_output=True, timeout=45
+    )
+    assert refused.returncode == 2, "INVALID_ARGUMENT is bad input"
+    assert refused.stderr.decode().startswith("error: INVALID_CONFIG: max_deliveries")
 
 
 @pytest.mark.timeout(60)
