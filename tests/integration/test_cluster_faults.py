@@ -52,8 +52,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 SEED = int(os.environ.get("WEIR_TEST_SEED", "0")) or random.SystemRandom().randrange(1, 1 << 31)
 
 PARTITIONS = 6
-KILLS = 20
-KILL_LOOP_DEADLINE_S = 150.0
+# The kill loop here checks the non-idempotent contract (at least once);
+# the 20-kill loops of test_idempotent_producer_faults.py check exactly once
+# under the same faults, so a few kills suffice here.
+KILLS = 8
+KILL_LOOP_DEADLINE_S = 60.0
 # Time for the survivors to elect new leaders after a kill, and for a
 # restarted node to be seen alive again; generous, the loop's own pace is
 # what the election and the restart take.
@@ -170,9 +173,11 @@ class AttemptWatch:
 
 
 class BackgroundProducer:
-    """An SDK producer with the whole bootstrap list, sending unique payloads until stopped.
+    """A non-idempotent SDK producer with the whole bootstrap list, sending unique payloads.
 
-    Runs its own event loop in a thread; record i goes to partition i % PARTITIONS.
+    Runs its own event loop in a thread until stopped; record i goes to
+    partition i % PARTITIONS. Idempotence is off: a retry after an unknown
+    outcome may store a batch twice, which the History allows.
     """
 
     def __init__(
@@ -208,6 +213,7 @@ class BackgroundProducer:
         async with weir.aio.Producer(
             self.bootstrap,
             acks="all",
+            idempotence=False,
             linger_ms=5,
             retries=50,
             retry_backoff_max_ms=1000,
@@ -479,10 +485,14 @@ def place_acknowledgements(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(290)
+@pytest.mark.timeout(200)
 def test_kill_minus_nine_loop_loses_nothing_acknowledged(
     cluster: ClusterProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """At least once without idempotence: nothing acknowledged is lost or moves.
+
+    A duplicate is allowed only after an attempt whose outcome was unknown.
+    """
     rng = random.Random(SEED)
     print(f"seed {SEED} (WEIR_TEST_SEED={SEED} to replay the fault choices)")
     wait_ready(cluster)
