@@ -197,9 +197,16 @@ class ClusterProcess:
             self._paused.discard(node)
 
     def stop(self) -> None:
-        """Stop every node (paused ones are resumed first, or SIGTERM would wait) and the proxies."""
+        """Stop every node (paused ones are resumed first, or SIGTERM would wait) and the proxies.
+
+        Every node gets its SIGTERM first and then each is waited for: one
+        at a time, a node's graceful stop took about a second while its
+        peers were still up (2.9 s for three nodes, 0.3 s all at once).
+        """
         for node in list(self._paused):
             self.resume(node)
+        for process in self._nodes.values():
+            process.request_stop()
         for process in self._nodes.values():
             process.stop()
         self._nodes.clear()
