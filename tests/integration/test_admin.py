@@ -9,7 +9,8 @@ checking and server reflection.
 
 The queue settings of a topic (max_deliveries, retry backoff, dead-letter
 topic) are also set through the SDK and the CLI, which are their users'
-way in; the wire answers are still checked through the stubs.
+way in, on one node and on a three-node cluster; the wire answers are
+still checked through the stubs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -31,6 +32,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 import weir
 from tests.support.broker_process import BrokerProcess
+from tests.support.cluster_process import ClusterProcess
 from tests.support.raw_client import (
     CALL_TIMEOUT_S,
     RawClient,
@@ -587,3 +589,34 @@ def test_server_reflection_lists_and_describes_the_services(client: RawClient) -
         "DescribeCluster",
     }
     assert pool.FindMessageTypeByName("weir.v1.Record").fields_by_name["key"].has_presence
+
+
+@pytest.mark.timeout(180)
+def test_queue_settings_in_a_cluster(make_cluster: Callable[..., ClusterProcess]) -> None:
+    """Through the controller: set on one node, seen on every node, refusals change nothing."""
+    cluster = make_cluster(nodes=3)
+    cluster.wait_converged()
+    with weir.Admin(cluster.address(1)) as admin:
+        created = admin.create_topic("jobs", 2, max_deliveries=0, dead_letter_topic="dead")
+        assert queue_settings(created.config) == (0, 1000, 60_000, "dead")
+    with weir.Admin(cluster.address(2)) as admin:
+        with pytest.raises(InvalidArgumentError) as refused:
+            admin.update_topic_config("jobs", retry_backoff_ms_min=70_000)
+        assert refused.value.reason == "INVALID_CONFIG"
+        with pytest.raises(InvalidArgumentError) as refused:
+            admin.update_topic_config("jobs", dead_letter_topic="jobs")
+        assert refused.value.reason == "INVALID_CONFIG"
+        updated = admin.update_topic_config(
+            "jobs", retry_backoff_ms_min=70_000, retry_backoff_ms_max=80_000
+        )
+        assert queue_settings(updated.config) == (0, 70_000, 80_000, "dead")
+
+    def seen_by(node: int) -> tuple[int, int, int, str]:
+        with RawClient(cluster.address(node)) as client:
+            return queue_of(client.describe("jobs").topic)
+
+    expected = (0, 70_000, 80_000, "dead")
+    for node in cluster.node_ids:
+        cluster.wait_until(lambda n=node: seen_by(n) == expected, what=f"node {node} applied it")
+    cluster.restart(3)  # kill -9: node 3 reads the settings back from its log
+    cluster.wait_until(lambda: seen_by(3) == expected, what="node 3 restarted with them")
