@@ -26,6 +26,10 @@ had. The callbacks themselves are relayed to the application's thread
 while it waits in `poll()` (or `close()`), so they may call `commit()` and
 `seek()` like any other code of the application: run in the loop thread,
 such a call would wait for the loop forever.
+
+Queue mode (`mode="queue"`): `ack()`, `nack()` and `extend()` each make
+one round trip into the loop thread and wait for the broker's answer;
+pass a list to settle many records in one request.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import collections
 import concurrent.futures
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -157,11 +161,31 @@ class Consumer:
 
     def commit(self, offsets: Mapping[int, int] | None = None) -> dict[int, int]:
         """Commit the positions of records yielded so far (or `offsets`)."""
-        if offsets is None:
+        if offsets is None and not self._consumer._queue_mode:
             offsets = dict(self._positions)
             if not offsets:
                 return {}
         return self._thread.run(self._consumer.commit(offsets))
+
+    def ack(self, records: ConsumedRecord | Sequence[ConsumedRecord]) -> None:
+        """Queue mode: `records` are done (see `weir.aio.Consumer.ack`).
+
+        One request per call: pass a list to ack many records at once.
+        """
+        self._thread.run(self._consumer.ack(records))
+
+    def nack(
+        self,
+        records: ConsumedRecord | Sequence[ConsumedRecord],
+        delay_ms: int | None = None,
+        error: str = "",
+    ) -> None:
+        """Queue mode: processing failed, deliver again later (see `weir.aio.Consumer.nack`)."""
+        self._thread.run(self._consumer.nack(records, delay_ms, error))
+
+    def extend(self, records: ConsumedRecord | Sequence[ConsumedRecord], extension_ms: int) -> None:
+        """Queue mode: hold `records` longer (see `weir.aio.Consumer.extend`)."""
+        self._thread.run(self._consumer.extend(records, extension_ms))
 
     @property
     def member_id(self) -> str:

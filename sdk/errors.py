@@ -30,6 +30,7 @@ __all__ = [
     "FailedPreconditionError",
     "GroupNotFoundError",
     "InvalidArgumentError",
+    "NotInFlightError",
     "NotLeaderError",
     "OffsetOutOfRangeError",
     "OutOfOrderSequenceError",
@@ -40,6 +41,7 @@ __all__ = [
     "TopicExistsError",
     "TopicNotFoundError",
     "UnavailableError",
+    "UnknownAckIdError",
     "UnknownProducerIdError",
     "WeirError",
     "WeirTimeoutError",
@@ -195,6 +197,30 @@ class UnknownProducerIdError(FailedPreconditionError):
     default_reason = "UNKNOWN_PRODUCER_ID"
 
 
+class UnknownAckIdError(InvalidArgumentError):
+    """Queue mode: an ack id the group does not know (INVALID_ARGUMENT / UNKNOWN_ACK_ID).
+
+    The id does not decode, names another group, or was never delivered;
+    after a leader change that lost the record of a delivery, an ack of it
+    is refused this way and the record comes again (at least once). The
+    refusal changed nothing. Raised by `ack()`, `nack()` and `extend()`;
+    `metadata["ack_index"]` is the position of the first refused record in
+    the call's records and `metadata["ack_failures"]` how many were refused.
+    """
+
+    default_reason = "UNKNOWN_ACK_ID"
+
+
+class NotInFlightError(FailedPreconditionError):
+    """Queue mode: a nack or extension of a delivery no longer held (NOT_IN_FLIGHT).
+
+    The record was acked, nacked, or its deadline passed and it went back to
+    the queue since. Nothing changed; metadata as for `UnknownAckIdError`.
+    """
+
+    default_reason = "NOT_IN_FLIGHT"
+
+
 class OffsetOutOfRangeError(WeirError):
     """The requested offset lies outside the retained range (OUT_OF_RANGE)."""
 
@@ -302,6 +328,8 @@ _BY_REASON: dict[str, type[WeirError]] = {
     "OUT_OF_ORDER_SEQUENCE": OutOfOrderSequenceError,
     "PRODUCER_FENCED": ProducerFencedError,
     "UNKNOWN_PRODUCER_ID": UnknownProducerIdError,
+    "UNKNOWN_ACK_ID": UnknownAckIdError,
+    "NOT_IN_FLIGHT": NotInFlightError,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[WeirError]] = {

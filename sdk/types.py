@@ -65,7 +65,18 @@ class RecordMetadata:
 
 @dataclass(frozen=True, slots=True)
 class ConsumedRecord:
-    """One record read from a partition."""
+    """One record read from a partition.
+
+    Queue mode (`Consumer(mode="queue")`) also says how the record was
+    handed out; these are None in the other modes:
+
+    - `ack_id`: names this delivery in `ack()`, `nack()` and `extend()`, on
+      any stream of the group (opaque bytes);
+    - `delivery_attempt`: 1 on the first delivery, one more on each redelivery;
+    - `ack_deadline_ms`: when the record is delivered again unless acked or
+      extended, in milliseconds since the Unix epoch by the partition
+      leader's clock (as sent; `extend()` does not update it).
+    """
 
     topic: str
     partition: int
@@ -74,6 +85,9 @@ class ConsumedRecord:
     value: bytes
     headers: dict[str, bytes]
     timestamp_ms: int
+    ack_id: bytes | None = None
+    delivery_attempt: int | None = None
+    ack_deadline_ms: int | None = None
 
     @classmethod
     def from_proto(
@@ -101,6 +115,9 @@ _set_key = vars(ConsumedRecord)["key"].__set__
 _set_value = vars(ConsumedRecord)["value"].__set__
 _set_headers = vars(ConsumedRecord)["headers"].__set__
 _set_timestamp_ms = vars(ConsumedRecord)["timestamp_ms"].__set__
+_set_ack_id = vars(ConsumedRecord)["ack_id"].__set__
+_set_delivery_attempt = vars(ConsumedRecord)["delivery_attempt"].__set__
+_set_ack_deadline_ms = vars(ConsumedRecord)["ack_deadline_ms"].__set__
 
 
 def make_consumed_record(
@@ -121,6 +138,28 @@ def make_consumed_record(
     _set_value(record, value)
     _set_headers(record, headers)
     _set_timestamp_ms(record, timestamp_ms)
+    _set_ack_id(record, None)
+    _set_delivery_attempt(record, None)
+    _set_ack_deadline_ms(record, None)
+    return record
+
+
+def make_delivered_record(
+    topic: str,
+    partition: int,
+    key: bytes | None,
+    value: bytes,
+    headers: dict[str, bytes],
+    timestamp_ms: int,
+    delivery: broker_pb2.Delivery,
+) -> ConsumedRecord:
+    """A queue-mode record: its offset and delivery fields from `delivery`."""
+    record = make_consumed_record(
+        topic, partition, delivery.offset, key, value, headers, timestamp_ms
+    )
+    _set_ack_id(record, delivery.ack_id)
+    _set_delivery_attempt(record, delivery.delivery_attempt)
+    _set_ack_deadline_ms(record, delivery.ack_deadline_ms)
     return record
 
 

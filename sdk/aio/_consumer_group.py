@@ -41,7 +41,7 @@ GROUP_TIMEOUT_MS_MIN = 1_000
 GROUP_TIMEOUT_MS_MAX = 300_000
 # The broker's session timeout when the consumer names none.
 SESSION_TIMEOUT_MS_DEFAULT = 10_000
-MODES = ("assign", "stream")
+MODES = ("assign", "stream", "queue")
 # The ErrorInfo reasons of a stream-mode stream that ended because the
 # broker removed its member (ABORTED): its partitions are lost and it
 # rejoins as a new member. (MEMBER_REPLACED, another stream took the
@@ -187,11 +187,14 @@ def check_group_options(
     on_revoke: PartitionsCallback | None,
     session_timeout_ms: int | None,
     rebalance_timeout_ms: int | None,
-) -> bool:
-    """Check the group options before any I/O; True for stream mode."""
+) -> str:
+    """Check the group options before any I/O; returns the mode.
+
+    Queue mode's own options are checked in `_consumer_queue`.
+    """
     if mode not in MODES:
-        raise ValueError(f"mode must be 'assign' or 'stream', got {mode!r}")
-    if mode == "assign":
+        raise ValueError(f"mode must be 'assign', 'stream' or 'queue', got {mode!r}")
+    if mode != "stream":
         extras = {
             "on_assign": on_assign,
             "on_revoke": on_revoke,
@@ -201,7 +204,9 @@ def check_group_options(
         given = [name for name, value in extras.items() if value is not None]
         if given:
             raise ValueError(f"{', '.join(given)} only apply with mode='stream'")
-        return False
+        if mode == "queue" and not group:
+            raise ValueError("mode='queue' needs a group")
+        return mode
     if not group:
         raise ValueError("mode='stream' needs a group")
     if partitions is not None:
@@ -214,4 +219,4 @@ def check_group_options(
             raise ValueError(
                 f"{name} must be between {GROUP_TIMEOUT_MS_MIN} and {GROUP_TIMEOUT_MS_MAX}"
             )
-    return True
+    return mode

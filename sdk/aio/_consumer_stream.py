@@ -4,7 +4,8 @@ A `Subscription` is one stream and the records that arrived on it and are
 not yet taken (the consumer's bounded buffer). `read` is the reader task
 that owns the receiving side: records go into the buffer (through the
 consumer's `on_batch`), commit and seek answers to their waiters, stream
-mode's assignments to the consumer's `on_control` in stream order, so
+mode's assignments to the consumer's `on_control` in stream order, queue
+mode's `AckResult`s to their waiters, so
 `commit()` from another task never waits behind an iterator that has
 nothing to read.
 Errors are translated here: no `grpc.RpcError` leaves this module.
@@ -20,7 +21,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,10 +36,22 @@ from weir.v1 import broker_pb2
 _log = logging.getLogger("weir.consumer")
 
 
+# Queue mode: the `Delivery` of each record of a batch, in order.
+Deliveries = Sequence[broker_pb2.Delivery]
+
+
 class Batch:
     """A received batch, decoded once; the iterator takes its records in order."""
 
-    __slots__ = ("base_offset", "next_index", "partition", "records", "sizes", "topic")
+    __slots__ = (
+        "base_offset",
+        "deliveries",
+        "next_index",
+        "partition",
+        "records",
+        "sizes",
+        "topic",
+    )
 
     def __init__(
         self,
@@ -47,6 +60,7 @@ class Batch:
         base_offset: int,
         records: list[RecordFields],
         sizes: list[int],
+        deliveries: Deliveries | None = None,
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -54,6 +68,9 @@ class Batch:
         self.records = records
         # sizes[i]: record i's byte credit, `credit_bytes` of its fields.
         self.sizes = sizes
+        # Queue mode: deliveries[i] is how record i was handed out (its
+        # offset among them: queue deliveries need not be consecutive).
+        self.deliveries = deliveries
         self.next_index = 0
 
 
@@ -69,6 +86,8 @@ class Subscription:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     commits: dict[int, asyncio.Future[broker_pb2.CommitResult]] = field(default_factory=dict)
     seeks: dict[int, asyncio.Future[broker_pb2.SeekResult]] = field(default_factory=dict)
+    # Queue mode: `Ack` / `Nack` / `ExtendDeadline` requests waiting for their `AckResult`.
+    acks: dict[int, asyncio.Future[broker_pb2.AckResult]] = field(default_factory=dict)
     error: WeirError | None = None
     ended: bool = False
     reader: asyncio.Task[None] | None = None
@@ -82,8 +101,11 @@ class Subscription:
 
 
 # What `read` hands each received batch to: (subscription, topic, partition,
-# base offset, end offset, records, their byte credit).
-OnBatch = Callable[[Subscription, str, int, int, int, list[RecordFields], list[int]], None]
+# base offset, end offset, records, their byte credit, queue mode's
+# deliveries or None).
+OnBatch = Callable[
+    [Subscription, str, int, int, int, list[RecordFields], list[int], Deliveries | None], None
+]
 # What `read` hands `assignment` and `seek` responses to, before it wakes
 # any waiter: the consumer applies them in stream order.
 OnControl = Callable[[Subscription, broker_pb2.ConsumeResponse], None]
@@ -151,7 +173,7 @@ async def read(sub: Subscription, on_batch: OnBatch, on_control: OnControl) -> N
             decoded = decode_batch_response(raw)
             if decoded is not None:
                 topic, partition, base_offset, end_offset, records, sizes = decoded
-                on_batch(sub, topic, partition, base_offset, end_offset, records, sizes)
+                on_batch(sub, topic, partition, base_offset, end_offset, records, sizes, None)
                 continue
             response = broker_pb2.ConsumeResponse.FromString(raw)
             kind = response.WhichOneof("kind")
@@ -174,11 +196,16 @@ async def read(sub: Subscription, on_batch: OnBatch, on_control: OnControl) -> N
                     batch.end_offset,
                     fields,
                     [credit_bytes(key, value, headers) for key, value, headers, _ in fields],
+                    batch.deliveries or None,
                 )
             elif kind == "commit":
                 fut = sub.commits.get(response.commit.commit_id)
                 if fut is not None and not fut.done():
                     fut.set_result(response.commit)
+            elif kind == "ack":
+                answer = sub.acks.get(response.ack.request_id)
+                if answer is not None and not answer.done():
+                    answer.set_result(response.ack)
             elif kind == "assignment":
                 on_control(sub, response)
                 sub.arrived.set()
@@ -208,7 +235,11 @@ async def read(sub: Subscription, on_batch: OnBatch, on_control: OnControl) -> N
 
 
 def _fail_waiters(sub: Subscription, error: WeirError) -> None:
-    waiters: list[asyncio.Future[Any]] = [*sub.commits.values(), *sub.seeks.values()]
+    waiters: list[asyncio.Future[Any]] = [
+        *sub.commits.values(),
+        *sub.seeks.values(),
+        *sub.acks.values(),
+    ]
     for waiter in waiters:
         if not waiter.done():
             waiter.set_exception(error)

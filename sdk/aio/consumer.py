@@ -72,7 +72,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 
 from weir._conn import KEEPALIVE_TIME_MS_DEFAULT, consume_call, from_error_proto
@@ -83,10 +83,25 @@ from weir.aio import _consumer_stream as stream
 from weir.aio._consumer_driver import GroupDriver
 from weir.aio._consumer_failover import Failover
 from weir.aio._consumer_group import PartitionsCallback, check_group_options
-from weir.aio._consumer_stream import Batch, Subscription
+from weir.aio._consumer_queue import (
+    ACK,
+    Kind,
+    Settler,
+    ack_ids,
+    check_extension,
+    check_nack,
+    check_queue_options,
+)
+from weir.aio._consumer_stream import Batch, Deliveries, Subscription
 from weir.aio._consumer_writer import Writer
 from weir.errors import ClosedError, WeirError, WeirTimeoutError
-from weir.types import ConsumedRecord, StartSpec, make_consumed_record, start_position
+from weir.types import (
+    ConsumedRecord,
+    StartSpec,
+    make_consumed_record,
+    make_delivered_record,
+    start_position,
+)
 from weir.v1 import broker_pb2
 
 __all__ = ["Consumer", "PartitionsCallback"]
@@ -155,6 +170,16 @@ class Consumer:
             next record), on revoke and on `close()`. None: on in stream
             mode, off otherwise (as before stream mode existed).
         auto_commit_interval_ms: See `auto_commit`.
+        ack_deadline_ms: Queue mode: how long a record handed to this
+            consumer may stay unsettled before the broker delivers it again
+            (None: the broker's 30 s). 1000 to 600000.
+        ordered_keys: Queue mode: records with the same key are handed out
+            one at a time, in offset order.
+
+    Queue mode (`mode="queue"`, needs a `group`): the group's consumers
+    compete for the records (a work queue); each record carries an
+    `ack_id` and is settled with `ack()`, `nack()` or `extend()` instead of
+    `commit()`. `start` may only be "earliest" or "latest".
     """
 
     def __init__(
@@ -179,12 +204,14 @@ class Consumer:
         rebalance_timeout_ms: int | None = None,
         auto_commit: bool | None = None,
         auto_commit_interval_ms: int = 5000,
+        ack_deadline_ms: int | None = None,
+        ordered_keys: bool = False,
     ) -> None:
         if max_outstanding_messages < 1 or max_outstanding_bytes < 1:
             raise ValueError("the outstanding windows must be positive")
         if keepalive_time_ms is not None and keepalive_time_ms < 1:
             raise ValueError("keepalive_time_ms must be positive (None: no keepalive)")
-        stream_mode = check_group_options(
+        mode = check_group_options(
             mode,
             group,
             partitions,
@@ -193,6 +220,8 @@ class Consumer:
             session_timeout_ms=session_timeout_ms,
             rebalance_timeout_ms=rebalance_timeout_ms,
         )
+        check_queue_options(mode, start, ack_deadline_ms, ordered_keys, auto_commit)
+        stream_mode = mode == "stream"
         if auto_commit is None:
             auto_commit = stream_mode
         if auto_commit and not group:
@@ -227,6 +256,12 @@ class Consumer:
         self._stopped = False
         self._closing = False
         self._closed = False
+        # Queue mode: the Subscribe fields, and ack/nack/extend (_consumer_queue).
+        self._queue_mode = mode == "queue"
+        self._ack_deadline_ms = ack_deadline_ms or 0
+        self._ordered_keys = ordered_keys
+        self._settler = Settler(self)
+        self._recover_lock = asyncio.Lock()
         # Stream mode's membership and auto-commits (_consumer_driver).
         self._driver = GroupDriver(
             self,
@@ -331,10 +366,13 @@ class Consumer:
         Stream mode: the partitions this member owns, as the application was
         told them (`on_assign` called, `on_revoke` not yet); empty until the
         first assignment was applied (the first `poll()` or iteration).
+        Queue mode: the partitions the stream reads from.
         """
         group = self._driver.group
         if group is not None:
             return sorted(group.owned)
+        if self._queue_mode:
+            return sorted(self._end_offsets)
         return sorted(self._positions)
 
     @property
@@ -349,6 +387,7 @@ class Consumer:
 
     def position(self, partition: int) -> int:
         """The offset of the next record the iterator will yield from `partition`."""
+        self._not_in_queue_mode("position()")
         try:
             return self._positions[partition]
         except KeyError:
@@ -367,6 +406,7 @@ class Consumer:
         subscribes again with explicit offsets.
         """
         self._check_usable()
+        self._not_in_queue_mode("seek()")
         group = self._driver.group
         if group is not None:
             if partition not in group.received:
@@ -390,8 +430,10 @@ class Consumer:
         one leaves the stored one in place (commits never move backwards).
         Stream mode: carries the member's current generation; a partition
         the member does not own is refused (`PARTITION_NOT_ASSIGNED`).
+        Queue mode has no offsets to commit: `ack()` the records instead.
         """
         self._check_usable()
+        self._not_in_queue_mode("commit()")
         if offsets is None:
             offsets = {p: self._positions[p] for p in sorted(self._yielded)}
         if not offsets:
@@ -429,6 +471,61 @@ class Consumer:
         self._driver.committed_now(offsets)
         return {po.partition: po.offset for po in result.offsets}
 
+    async def ack(self, records: ConsumedRecord | Sequence[ConsumedRecord]) -> None:
+        """Queue mode: `records` (one or several) are done; they are never delivered again.
+
+        Waits until the broker has stored the acks (`AckResult`). Acking
+        twice is harmless. Acks from several tasks in the same turn of the
+        event loop go out in one request (so does a list). Raises
+        `UnknownAckIdError` when the broker does not know an ack id (see
+        `metadata["ack_index"]`); the others were acked. After a reconnect
+        the records taken from the old stream are acked on the new one.
+        """
+        ids = self._queue_ids(records)
+        await self._settler.settle(ACK, ids)
+
+    async def nack(
+        self,
+        records: ConsumedRecord | Sequence[ConsumedRecord],
+        delay_ms: int | None = None,
+        error: str = "",
+    ) -> None:
+        """Queue mode: processing `records` failed; deliver them again later.
+
+        After `delay_ms` (0 to 86400000), or without it after the topic's
+        exponential backoff; the record's last allowed delivery goes to the
+        dead-letter topic instead, with `error` (at most 1024 bytes) in its
+        `weir-dlq-error` header. Raises `NotInFlightError` for a record no
+        longer held (acked, or its deadline passed).
+        """
+        check_nack(delay_ms, error)
+        ids = self._queue_ids(records)
+        await self._settler.settle(Kind("nack", delay_ms=delay_ms, error=error), ids)
+
+    async def extend(
+        self, records: ConsumedRecord | Sequence[ConsumedRecord], extension_ms: int
+    ) -> None:
+        """Queue mode: hold `records` longer: each deadline becomes now plus `extension_ms`.
+
+        1000 to 600000. Raises `NotInFlightError` for a record no longer held.
+        """
+        check_extension(extension_ms)
+        ids = self._queue_ids(records)
+        await self._settler.settle(Kind("extend", extension_ms=extension_ms), ids)
+
+    def _queue_ids(self, records: ConsumedRecord | Sequence[ConsumedRecord]) -> list[bytes]:
+        self._check_usable()
+        if not self._queue_mode:
+            raise ValueError("ack(), nack() and extend() need mode='queue'")
+        return ack_ids(records)
+
+    def _not_in_queue_mode(self, what: str) -> None:
+        if self._queue_mode:
+            raise ValueError(
+                f"{what} does not apply with mode='queue': the broker keeps the queue's "
+                "progress; settle each record with ack(), nack() or extend()"
+            )
+
     async def close(self) -> None:
         """End the stream and close the channel.
 
@@ -446,6 +543,7 @@ class Consumer:
             self._closing = False
         self._closed = True
         await self._driver.stop_auto_commit()
+        await self._settler.close()
         if self._sub is not None:
             sub, self._sub = self._sub, None
             await self._end(sub, ClosedError("the consumer is closed"))
@@ -459,6 +557,20 @@ class Consumer:
             raise ClosedError("the consumer is not started; use 'async with' or start()")
         if self._closed:
             raise ClosedError("the consumer is closed")
+
+    async def _live_sub(self) -> Subscription:
+        """Queue mode: the stream in use, recovering a failed one as iterating would."""
+        while True:
+            self._check_usable()
+            sub = self._sub
+            if sub is None:
+                await self._resubscribe({}, replace=False)
+            elif sub.error is not None:
+                await self._recover(sub)
+            elif sub.ended:
+                raise ClosedError("the consume stream has ended")
+            else:
+                return sub
 
     async def _current_sub(self) -> Subscription:
         """The stream in use; a new one if a cancelled task left none (see the module doc)."""
@@ -531,13 +643,19 @@ class Consumer:
             sub.buffer.popleft()
         sub.buffered -= 1
         partition = batch.partition
+        self._taken_messages += 1
+        self._taken_bytes += batch.sizes[index]
+        key, value, headers, timestamp_ms = batch.records[index]
+        deliveries = batch.deliveries
+        if deliveries is not None:
+            # Queue mode: no positions; the broker keeps the queue's progress.
+            return make_delivered_record(
+                batch.topic, partition, key, value, headers, timestamp_ms, deliveries[index]
+            )
         if index == 0:
             self._yielded.add(partition)
         offset = batch.base_offset + index
         self._positions[partition] = offset + 1
-        self._taken_messages += 1
-        self._taken_bytes += batch.sizes[index]
-        key, value, headers, timestamp_ms = batch.records[index]
         return make_consumed_record(
             batch.topic, partition, offset, key, value, headers, timestamp_ms
         )
@@ -567,12 +685,15 @@ class Consumer:
         broker removed (SESSION_EXPIRED, MEMBER_REMOVED) first loses
         everything (`on_revoke`) and joins anew.
         """
-        error = sub.error
-        assert error is not None
-        if await self._driver.recover_evicted(error):
-            return
-        await self._failover.move_on(sub.address, error)
-        await self._resubscribe(dict(self._positions))
+        async with self._recover_lock:
+            if self._sub is not sub:
+                return  # another task (queue mode's acks) replaced it already
+            error = sub.error
+            assert error is not None
+            if await self._driver.recover_evicted(error):
+                return
+            await self._failover.move_on(sub.address, error)
+            await self._resubscribe(dict(self._positions))
 
     async def _resubscribe(self, offsets: dict[int, int], *, replace: bool = True) -> None:
         """Replace the stream with one from `offsets` (`replace=False`: only if there is none).
@@ -600,10 +721,16 @@ class Consumer:
             partitions=self._partitions,
             group=self._group,
             start=self._start,
-            offsets={} if stream_mode else offsets,
+            offsets={} if stream_mode or self._queue_mode else offsets,
             credit=broker_pb2.Credit(messages=self._window_messages, bytes=self._window_bytes),
         )
         self._driver.configure(sub, subscribe)
+        if self._queue_mode:
+            # Records of a failed stream go back to the queue: none is yielded.
+            sub.drop_on_error = True
+            subscribe.mode = broker_pb2.CONSUME_MODE_QUEUE
+            subscribe.ack_deadline_ms = self._ack_deadline_ms
+            subscribe.ordered_keys = self._ordered_keys
         sub.last_sent_s = asyncio.get_running_loop().time()
         subscribed = await stream.handshake(call, address, subscribe, self._request_timeout_s)
         try:
@@ -618,7 +745,8 @@ class Consumer:
             call.cancel()
             raise
         for start in subscribed.partitions:
-            self._positions[start.partition] = start.offset
+            if not self._queue_mode:
+                self._positions[start.partition] = start.offset
             self._end_offsets[start.partition] = start.end_offset
         sub.reader = asyncio.create_task(
             stream.read(sub, self._on_batch, self._on_control), name="weir-consumer-reader"
@@ -635,11 +763,16 @@ class Consumer:
         end_offset: int,
         records: list[RecordFields],
         sizes: list[int],
+        deliveries: Deliveries | None,
     ) -> None:
         self._failover.succeeded(sub.address)
         assert len(sizes) == len(records), "record scan disagrees with the parser"
+        if self._queue_mode and (deliveries is None or len(deliveries) != len(records)):
+            # The peer misbehaved: the reader ends the stream with this.
+            raise ValueError("a queue-mode batch without one delivery per record")
         if records:
-            sub.buffer.append(Batch(topic or self.topic, partition, base_offset, records, sizes))
+            batch = Batch(topic or self.topic, partition, base_offset, records, sizes, deliveries)
+            sub.buffer.append(batch)
             sub.buffered += len(records)
         self._end_offsets[partition] = end_offset
         # The broker may only send what credit allowed; more is its bug, but

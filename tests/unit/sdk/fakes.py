@@ -5,7 +5,8 @@ so a `weir._failover.Connection` "connects" to the addresses marked up and
 fails to connect to the others, without any network. The calls made on a
 channel are the test's business (each test patches `produce_call`,
 `consume_call` or `admin_stub` to script them). `FakeGroupCall` is a
-stream-mode Consume call that a test drives step by step.
+stream-mode Consume call that a test drives step by step; `FakeQueueCall`
+the same in queue mode (deliveries, `AckResult`s).
 """
 
 from __future__ import annotations
@@ -193,3 +194,68 @@ class FakeGroupCall:
 
     def done(self) -> bool:
         return self._done
+
+
+def ack_id(partition: int, offset: int, attempt: int = 1) -> bytes:
+    """A fake's ack id: opaque to the SDK, readable in tests."""
+    return b"ack:%d:%d:%d" % (partition, offset, attempt)
+
+
+class FakeQueueCall(FakeGroupCall):
+    """A queue-mode Consume call: batches with deliveries, and `AckResult`s for settlements.
+
+    Every `Ack`, `Nack` and `ExtendDeadline` is answered at once with an
+    `AckResult` that refuses the ids in `refuse` (ack id -> reason), unless
+    `hold_answers` is set: then the test answers with `answer()`.
+    """
+
+    def __init__(self, address: str = "") -> None:
+        super().__init__(address)
+        self.refuse: dict[bytes, str] = {}
+        self.hold_answers = False
+
+    def deliver(self, partition: int, *deliveries: tuple[int, bytes, int]) -> None:
+        """A batch of (offset, value, delivery attempt), with a deadline of 1000 + offset."""
+        batch = broker_pb2.ConsumedBatch(
+            records=[records_pb2.Record(value=value) for _, value, _ in deliveries],
+            topic="t",
+            partition=partition,
+            base_offset=deliveries[0][0],
+            end_offset=max(offset for offset, _, _ in deliveries) + 1,
+            deliveries=[
+                broker_pb2.Delivery(
+                    ack_id=ack_id(partition, offset, attempt),
+                    offset=offset,
+                    delivery_attempt=attempt,
+                    ack_deadline_ms=1000 + offset,
+                )
+                for offset, _, attempt in deliveries
+            ],
+        )
+        self._push(broker_pb2.ConsumeResponse(batch=batch).SerializeToString())
+
+    def settlements(self) -> list[broker_pb2.ConsumeRequest]:
+        kinds = ("ack", "nack", "extend_deadline")
+        return [r for r in self.requests if r.WhichOneof("kind") in kinds]
+
+    def answer(self, request: broker_pb2.ConsumeRequest) -> None:
+        """Answer one settlement request, refusing the ids in `refuse`."""
+        kind = request.WhichOneof("kind")
+        settled = getattr(request, kind)
+        result = broker_pb2.AckResult(request_id=settled.request_id)
+        for index, one in enumerate(settled.ack_ids):
+            reason = self.refuse.get(one)
+            if reason is not None:
+                code = grpc.StatusCode.INVALID_ARGUMENT
+                if reason == "NOT_IN_FLIGHT":
+                    code = grpc.StatusCode.FAILED_PRECONDITION
+                error = errors_pb2.Error(code=code.value[0], reason=reason, message=reason)
+                result.failures.append(broker_pb2.AckFailure(index=index, error=error))
+        self._push(broker_pb2.ConsumeResponse(ack=result).SerializeToString())
+
+    async def write(self, request: broker_pb2.ConsumeRequest) -> None:
+        await super().write(request)
+        if request.WhichOneof("kind") in ("ack", "nack", "extend_deadline") and not (
+            self.hold_answers
+        ):
+            self.answer(request)

@@ -88,7 +88,7 @@ def stream_consumer(log: Log | None = None, **options: Any) -> Consumer:
         ({"mode": "stream", "group": "g", "partitions": [0]}, "takes no partitions"),
         ({"mode": "stream", "group": "g", "session_timeout_ms": 999}, "session_timeout_ms"),
         ({"mode": "stream", "group": "g", "rebalance_timeout_ms": 300_001}, "rebalance"),
-        ({"mode": "queue", "group": "g"}, "mode must be"),
+        ({"mode": "fanout", "group": "g"}, "mode must be"),
         ({"group": "g", "on_assign": print}, "only apply with mode='stream'"),
         ({"auto_commit": True}, "auto_commit needs a group"),
     ],

@@ -1,0 +1,278 @@
+"""Queue mode in the asyncio consumer: its option checks, and settling deliveries.
+
+In queue mode (`CONSUME_MODE_QUEUE`) every record comes with an ack id, and
+the application settles each one: `Ack` (done), `Nack` (failed: deliver it
+again later, or dead-letter it) or `ExtendDeadline` (more time). Each is a
+request with a request id on the Consume stream, answered by an
+`AckResult` that lists the ack ids refused.
+
+`Settler` gathers the calls made in one turn of the event loop into one
+request per kind (and per nack delay and error, per extension): calls
+that arrive while a request is gathered join it, and one task sends it on
+the next turn, at most `ACK_IDS_PER_REQUEST_MAX` ids each. Each call waits
+for the answer to the requests that carry its ids and raises the typed
+error of its first refused id (`UnknownAckIdError`, `NotInFlightError`).
+
+Ack ids are valid on any stream of the group, so a request goes on
+whatever stream is current when it is sent: after a reconnect, records the
+application took from the old stream are settled on the new one. An `Ack`
+whose stream ended before its answer is sent again on the next stream
+(acking twice is harmless); a `Nack` or `ExtendDeadline` then raises the
+stream's (retriable) error, since the broker gives the records of a closed
+stream back to the queue anyway.
+
+Bounds: at most `ACK_IDS_OUTSTANDING_MAX` ids are gathered or waiting for
+their answer; a call beyond that waits for room (within the request
+timeout), so a loop that settles faster than the broker answers slows down
+instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from weir.errors import ClosedError, WeirError, WeirTimeoutError, from_error_proto
+from weir.types import ConsumedRecord, StartSpec, start_position
+from weir.v1 import broker_pb2
+
+if TYPE_CHECKING:
+    from weir.aio.consumer import Consumer
+
+# The broker's bounds (proto/weir/v1/broker.proto), checked before any I/O.
+ACK_DEADLINE_MS_MIN = 1_000
+ACK_DEADLINE_MS_MAX = 600_000
+NACK_DELAY_MS_MAX = 86_400_000
+NACK_ERROR_BYTES_MAX = 1024
+ACK_IDS_PER_REQUEST_MAX = 10_000
+# Ack ids gathered or waiting for their `AckResult`, over all requests.
+ACK_IDS_OUTSTANDING_MAX = 50_000
+# An `Ack` whose stream ended before its answer is sent this many times more.
+ACK_RESENDS_MAX = 2
+
+
+def check_queue_options(
+    mode: str,
+    start: StartSpec,
+    ack_deadline_ms: int | None,
+    ordered_keys: bool,
+    auto_commit: bool | None,
+) -> None:
+    """Check queue mode's options (and that the others do not use them) before any I/O."""
+    if mode != "queue":
+        if ack_deadline_ms is not None or ordered_keys:
+            raise ValueError("ack_deadline_ms and ordered_keys only apply with mode='queue'")
+        return
+    if ack_deadline_ms is not None and not (
+        ACK_DEADLINE_MS_MIN <= ack_deadline_ms <= ACK_DEADLINE_MS_MAX
+    ):
+        raise ValueError(
+            f"ack_deadline_ms must be between {ACK_DEADLINE_MS_MIN} and {ACK_DEADLINE_MS_MAX}"
+        )
+    if auto_commit:
+        raise ValueError("auto_commit does not apply with mode='queue': ack() each record")
+    kind = start_position(start).kind
+    if kind not in (broker_pb2.START_KIND_EARLIEST, broker_pb2.START_KIND_LATEST):
+        raise ValueError(
+            "mode='queue' starts at 'earliest' or 'latest' (where a new queue group begins)"
+        )
+
+
+def check_extension(extension_ms: int) -> None:
+    if not ACK_DEADLINE_MS_MIN <= extension_ms <= ACK_DEADLINE_MS_MAX:
+        raise ValueError(
+            f"extension_ms must be between {ACK_DEADLINE_MS_MIN} and {ACK_DEADLINE_MS_MAX}"
+        )
+
+
+def check_nack(delay_ms: int | None, error: str) -> None:
+    if delay_ms is not None and not 0 <= delay_ms <= NACK_DELAY_MS_MAX:
+        raise ValueError(f"delay_ms must be between 0 and {NACK_DELAY_MS_MAX}")
+    if len(error.encode()) > NACK_ERROR_BYTES_MAX:
+        raise ValueError(f"error must be at most {NACK_ERROR_BYTES_MAX} bytes (UTF-8)")
+
+
+def ack_ids(records: ConsumedRecord | Iterable[ConsumedRecord]) -> list[bytes]:
+    """The ack ids of `records` (one record or several); ValueError for a record without one."""
+    if isinstance(records, ConsumedRecord):
+        records = (records,)
+    ids = []
+    for record in records:
+        if record.ack_id is None:
+            raise ValueError(
+                f"record {record.partition}/{record.offset} has no ack id: "
+                "only records of a queue-mode consumer can be settled"
+            )
+        ids.append(record.ack_id)
+    return ids
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """What a request does with its ids; calls of one kind in a turn share a request."""
+
+    name: str  # "ack", "nack" or "extend"
+    delay_ms: int | None = None  # nack
+    error: str = ""  # nack
+    extension_ms: int = 0  # extend
+
+
+ACK = Kind("ack")
+
+
+@dataclass(eq=False)
+class _Gathering:
+    """One request being gathered, then sent; its answer (or failure) in `done`."""
+
+    kind: Kind
+    ack_ids: list[bytes] = field(default_factory=list)
+    done: asyncio.Future[broker_pb2.AckResult] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Settler:
+    """Queue mode's `ack()`, `nack()` and `extend()` for one consumer; see the module doc."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+        # Requests still open for more ids, by kind (sent on the next turn).
+        self._open: dict[Kind, _Gathering] = {}
+        self._next_request_id = 1
+        # Ids gathered or waiting for their answer (ACK_IDS_OUTSTANDING_MAX).
+        self.outstanding = 0
+        self._room = asyncio.Event()
+        # The sending tasks, each for one request; cancelled on close.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def settle(self, kind: Kind, ids: list[bytes]) -> None:
+        """Send `ids` under `kind` (joining a request of this turn) and wait for the answer."""
+        if not ids:
+            return
+        timeout_s = self._consumer._request_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                parts = []
+                for start in range(0, len(ids), ACK_IDS_PER_REQUEST_MAX):
+                    chunk = ids[start : start + ACK_IDS_PER_REQUEST_MAX]
+                    await self._wait_for_room(len(chunk))
+                    parts.append((start, *self._gather(kind, chunk)))
+                failures: list[tuple[int, WeirError]] = []
+                for start, gathering, first in parts:
+                    result = await asyncio.shield(gathering.done)
+                    count = min(ACK_IDS_PER_REQUEST_MAX, len(ids) - start)
+                    for failure in result.failures:
+                        if first <= failure.index < first + count:
+                            error = from_error_proto(failure.error)
+                            failures.append((start + failure.index - first, error))
+        except TimeoutError:
+            raise WeirTimeoutError(
+                f"no answer to {kind.name} within {timeout_s:.3f}s (it may have been applied)"
+            ) from None
+        if failures:
+            failures.sort(key=lambda f: f[0])
+            index, error = failures[0]
+            error.metadata["ack_index"] = str(index)
+            error.metadata["ack_failures"] = str(len(failures))
+            raise error
+
+    async def _wait_for_room(self, count: int) -> None:
+        while self.outstanding and self.outstanding + count > ACK_IDS_OUTSTANDING_MAX:
+            self._room.clear()
+            await self._room.wait()
+        self.outstanding += count
+
+    def _gather(self, kind: Kind, ids: list[bytes]) -> tuple[_Gathering, int]:
+        """Add `ids` to the open request of `kind` (a new one if none has room)."""
+        gathering = self._open.get(kind)
+        if gathering is None or len(gathering.ack_ids) + len(ids) > ACK_IDS_PER_REQUEST_MAX:
+            gathering = self._open[kind] = _Gathering(kind)
+            task = asyncio.create_task(self._send(gathering), name="weir-consumer-settle")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            # Nobody may be left to look at the outcome (their deadlines passed).
+            gathering.done.add_done_callback(_retrieve)
+        first = len(gathering.ack_ids)
+        gathering.ack_ids.extend(ids)
+        return gathering, first
+
+    async def _send(self, gathering: _Gathering) -> None:
+        """Runs one turn after the request opened: closes it to new ids, sends it, waits."""
+        if self._open.get(gathering.kind) is gathering:
+            del self._open[gathering.kind]
+        consumer = self._consumer
+        try:
+            async with asyncio.timeout(consumer._request_timeout_s):
+                resends = ACK_RESENDS_MAX if gathering.kind.name == "ack" else 0
+                while True:
+                    try:
+                        result = await self._send_once(gathering)
+                    except WeirError as exc:
+                        if not exc.retriable or resends == 0:
+                            raise
+                        resends -= 1
+                        continue
+                    gathering.done.set_result(result)
+                    return
+        except TimeoutError:
+            _fail(gathering, WeirTimeoutError(f"no answer to {gathering.kind.name} in time"))
+        except WeirError as exc:
+            _fail(gathering, exc)
+        except asyncio.CancelledError:
+            _fail(gathering, ClosedError("the consumer is closed"))
+            raise
+        finally:
+            self.outstanding -= len(gathering.ack_ids)
+            self._room.set()
+
+    async def _send_once(self, gathering: _Gathering) -> broker_pb2.AckResult:
+        consumer = self._consumer
+        sub = await consumer._live_sub()
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        answer: asyncio.Future[broker_pb2.AckResult] = asyncio.get_running_loop().create_future()
+        sub.acks[request_id] = answer
+        try:
+            await consumer._writer.write(sub, _request(gathering, request_id))
+            return await answer
+        finally:
+            sub.acks.pop(request_id, None)
+
+    async def close(self) -> None:
+        """Stop every request still on its way; their callers get `ClosedError`."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _request(gathering: _Gathering, request_id: int) -> broker_pb2.ConsumeRequest:
+    kind = gathering.kind
+    ids = gathering.ack_ids
+    if kind.name == "ack":
+        return broker_pb2.ConsumeRequest(ack=broker_pb2.Ack(request_id=request_id, ack_ids=ids))
+    if kind.name == "nack":
+        nack = broker_pb2.Nack(request_id=request_id, ack_ids=ids, error=kind.error)
+        if kind.delay_ms is not None:
+            nack.delay_ms = kind.delay_ms
+        return broker_pb2.ConsumeRequest(nack=nack)
+    assert kind.name == "extend", kind
+    extend = broker_pb2.ExtendDeadline(
+        request_id=request_id, ack_ids=ids, extension_ms=kind.extension_ms
+    )
+    return broker_pb2.ConsumeRequest(extend_deadline=extend)
+
+
+def _fail(gathering: _Gathering, error: WeirError) -> None:
+    if not gathering.done.done():
+        gathering.done.set_exception(error)
+
+
+def _retrieve(fut: asyncio.Future[broker_pb2.AckResult]) -> None:
+    if not fut.cancelled():
+        fut.exception()
