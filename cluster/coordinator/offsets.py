@@ -15,7 +15,11 @@ drops them so they take no room (the coordinator leader proposes it for
 the partitions the controller no longer has, docs/groups.md).
 
 A committed offset never moves backwards (DESIGN invariant 4): a lower
-commit leaves the stored offset in place and is answered with it.
+commit leaves the stored offset in place and is answered with it. The one
+exception is `Reset` (`weir group reset-offsets`, an operator's replay or
+skip), which sets each offset exactly; the coordinator store refuses it
+while the group has members online (store.py), so no member's position
+moves under it.
 """
 
 from __future__ import annotations
@@ -80,7 +84,15 @@ class Forget:
     group_ids: tuple[GroupId, ...]
 
 
-Command = Commit | Forget
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Sets a consumer group's offsets exactly (backwards too), one per partition."""
+
+    consumer_group: str
+    offsets: tuple[tuple[GroupId, int], ...]
+
+
+Command = Commit | Forget | Reset
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,9 +174,12 @@ class OffsetsState:
                 return self._commit(command)
             case Forget():
                 return self._forget(command)
+            case Reset():
+                return self._commit(command, exact=True)
         raise AssertionError(f"unknown offsets command {command!r}")
 
-    def _commit(self, command: Commit) -> Result:
+    def _check(self, command: Commit | Reset) -> OffsetsError | None:
+        """Why the command must be refused (then nothing changes), or None."""
         name = command.consumer_group
         if (error := check_group_name(name)) is not None:
             return error
@@ -179,19 +194,28 @@ class OffsetsState:
             seen.add(group_id)
             if not 0 <= offset <= OFFSET_MAX:
                 return InvalidOffset(f"offset {offset} is out of range")
+        new = name not in self._groups and command.offsets
+        if new and len(self._groups) >= self.consumer_groups_max:
+            return TooManyConsumerGroups(
+                f"a coordinator holds at most {self.consumer_groups_max} consumer groups"
+            )
+        return None
+
+    def _commit(self, command: Commit | Reset, exact: bool = False) -> Result:
+        """Stores a commit (never backwards) or, `exact`, a reset (each offset as given)."""
+        if (error := self._check(command)) is not None:
+            return error
+        name = command.consumer_group
         current = self._groups.get(name)
         if current is None and command.offsets:
-            if len(self._groups) >= self.consumer_groups_max:
-                return TooManyConsumerGroups(
-                    f"a coordinator holds at most {self.consumer_groups_max} consumer groups"
-                )
             current = self._groups[name] = {}
         stored = []
         for group_id, offset in sorted(command.offsets):
             assert current is not None
             before = current.get(group_id)
-            # Invariant 4: a lower commit leaves the stored offset in place.
-            if before is not None and before >= offset:
+            # Invariant 4: a lower commit leaves the stored offset in place
+            # (a reset is the operator's explicit exception).
+            if before is not None and before >= offset and not exact:
                 stored.append((group_id, before))
                 continue
             if before is None:

@@ -13,7 +13,11 @@ group's members before it reaches the offsets: a member's commit
 (`MemberCommit`) must pass `StreamGroup.validate_commit`, and a commit from
 outside the group is refused while the group has members
 (`GROUP_HAS_MEMBERS`, as Kafka refuses a non-member's commit to an active
-group). A refused commit changes nothing. A consumer group with neither
+group). A `Reset` (an operator's `weir group reset-offsets`, which may move
+offsets backwards) is refused the same way while the group has members;
+deciding it here, from the replicated `StreamGroup`, makes the refusal the
+same on every replica however a join and the reset raced to the log. A
+refused commit or reset changes nothing. A consumer group with neither
 members nor offsets is dropped; one coordinator group holds at most
 `CONSUMER_GROUPS_MAX` consumer groups, counting those with members and
 those with offsets together.
@@ -46,6 +50,7 @@ from weir.cluster.coordinator.offsets import (
     Forget,
     OffsetsError,
     OffsetsState,
+    Reset,
     TooManyConsumerGroups,
 )
 from weir.cluster.coordinator.offsets import Result as OffsetsResult
@@ -81,7 +86,7 @@ class StreamCommand:
     command: m.Command
 
 
-Command = Commit | Forget | MemberCommit | StreamCommand
+Command = Commit | Forget | MemberCommit | Reset | StreamCommand
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +230,20 @@ def command_proto(command: Command) -> pb.CoordinatorCommand:
             )
         case StreamCommand(consumer_group, stream_command):
             return pb.CoordinatorCommand(stream=_stream_proto(consumer_group, stream_command))
+        case Reset():
+            return pb.CoordinatorCommand(reset_offsets=reset_proto(command))
     raise AssertionError(f"unknown coordinator command {command!r}")
+
+
+def reset_proto(reset: Reset) -> pb.ResetOffsetsCommand:
+    return pb.ResetOffsetsCommand(
+        consumer_group=reset.consumer_group,
+        offsets=[pb.GroupPartitionOffset(group_id=g, offset=o) for g, o in sorted(reset.offsets)],
+    )
+
+
+def reset_of(msg: pb.ResetOffsetsCommand) -> Reset:
+    return Reset(msg.consumer_group, tuple((o.group_id, o.offset) for o in msg.offsets))
 
 
 def commit_of(msg: pb.CommitOffsetsCommand) -> Commit | MemberCommit:
@@ -250,6 +268,8 @@ def command_of(msg: pb.CoordinatorCommand) -> Command:
             return Forget(tuple(msg.forget_partitions.group_ids))
         case "stream":
             return _stream_of(msg.stream)
+        case "reset_offsets":
+            return reset_of(msg.reset_offsets)
     raise AssertionError(f"coordinator entry without a known command ({kind!r})")
 
 
@@ -338,11 +358,17 @@ class CoordinatorStore:
             case MemberCommit():
                 return self._member_commit(command)
             case Commit():
-                group = self.streams.get(command.consumer_group)
-                if group is not None and group.members():
+                if self.has_members(command.consumer_group):
                     return GroupHasMembers(
                         f"consumer group {command.consumer_group!r} has members online: "
                         "only they commit its offsets"
+                    )
+                return self._commit(command)
+            case Reset():
+                if self.has_members(command.consumer_group):
+                    return GroupHasMembers(
+                        f"consumer group {command.consumer_group!r} has members online: "
+                        "stop them before resetting its offsets"
                     )
                 return self._commit(command)
             case Forget():
@@ -352,6 +378,14 @@ class CoordinatorStore:
                 return result
         raise AssertionError(f"unknown coordinator command {command!r}")
 
+    def has_members(self, name: str) -> bool:
+        group = self.streams.get(name)
+        return group is not None and bool(group.members())
+
+    def consumer_group_names(self) -> list[str]:
+        """Every consumer group with offsets or a stream group, ascending."""
+        return sorted(set(self.offsets.consumer_groups()) | self.streams.keys())
+
     def consumer_group_count(self) -> int:
         names = set(self.offsets.consumer_groups())
         return len(names | self.streams.keys())
@@ -360,7 +394,7 @@ class CoordinatorStore:
         known = name in self.streams or self.offsets.group(name)
         return not known and self.consumer_group_count() >= self.consumer_groups_max
 
-    def _commit(self, command: Commit) -> OffsetsResult:
+    def _commit(self, command: Commit | Reset) -> OffsetsResult:
         if command.offsets and self._full_for(command.consumer_group):
             return TooManyConsumerGroups(
                 f"a coordinator holds at most {self.consumer_groups_max} consumer groups"
@@ -445,4 +479,6 @@ __all__ = [
     "encode_command",
     "encode_offsets",
     "encode_state",
+    "reset_of",
+    "reset_proto",
 ]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!weir/cluster/v1/coordinator.proto\x12\x0fweir.cluster.v1\"K\n\x14GroupPartitionOffset\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x11\n\tpartition\x18\x03 \x01(\r\"\x9c\x01\n\x14\x43ommitOffsetsCommand\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\x36\n\x07offsets\x18\x02 \x03(\x0b\x32%.weir.cluster.v1.GroupPartitionOffset\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\r\n\x05topic\x18\x05 \x01(\t\",\n\x17\x46orgetPartitionsCommand\x12\x11\n\tgroup_ids\x18\x01 \x03(\x04\"=\n\x13PartitionCountEntry\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x17\n\x0fpartition_count\x18\x02 \x01(\r\"\x90\x03\n\rStreamCommand\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\x0e\n\x06now_ms\x18\x02 \x01(\x03\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12+\n\x04join\x18\x04 \x01(\x0b\x32\x1b.weir.cluster.v1.StreamJoinH\x00\x12-\n\x05leave\x18\x05 \x01(\x0b\x32\x1c.weir.cluster.v1.StreamLeaveH\x00\x12/\n\x06\x65xpire\x18\x06 \x01(\x0b\x32\x1d.weir.cluster.v1.StreamExpireH\x00\x12>\n\x0e\x61ssignment_ack\x18\x07 \x01(\x0b\x32$.weir.cluster.v1.StreamAssignmentAckH\x00\x12?\n\x0fpartition_count\x18\x08 \x01(\x0b\x32$.weir.cluster.v1.PartitionCountEntryH\x00\x12+\n\x04tick\x18\t \x01(\x0b\x32\x1b.weir.cluster.v1.StreamTickH\x00\x42\t\n\x07\x63ommand\"\x96\x01\n\nStreamJoin\x12\x0e\n\x06topics\x18\x01 \x03(\t\x12>\n\x10partition_counts\x18\x02 \x03(\x0b\x32$.weir.cluster.v1.PartitionCountEntry\x12\x1a\n\x12session_timeout_ms\x18\x03 \x01(\x03\x12\x1c\n\x14rebalance_timeout_ms\x18\x04 \x01(\x03\"\r\n\x0bStreamLeave\"\x0e\n\x0cStreamExpire\")\n\x13StreamAssignmentAck\x12\x12\n\ngeneration\x18\x01 \x01(\x03\"\x0c\n\nStreamTick\"\xd9\x01\n\x12\x43oordinatorCommand\x12?\n\x0e\x63ommit_offsets\x18\x01 \x01(\x0b\x32%.weir.cluster.v1.CommitOffsetsCommandH\x00\x12\x45\n\x11\x66orget_partitions\x18\x02 \x01(\x0b\x32(.weir.cluster.v1.ForgetPartitionsCommandH\x00\x12\x30\n\x06stream\x18\x03 \x01(\x0b\x32\x1e.weir.cluster.v1.StreamCommandH\x00\x42\t\n\x07\x63ommand\"g\n\x15GroupCommittedOffsets\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\x36\n\x07offsets\x18\x02 \x03(\x0b\x32%.weir.cluster.v1.GroupPartitionOffset\"\x87\x01\n\x13\x43oordinatorSnapshot\x12\x36\n\x06groups\x18\x01 \x03(\x0b\x32&.weir.cluster.v1.GroupCommittedOffsets\x12\x38\n\rstream_groups\x18\x02 \x03(\x0b\x32!.weir.cluster.v1.StreamGroupState\"9\n\x10StreamGroupState\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\x0c\"\x84\x01\n\x19\x43ommitGroupOffsetsRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63oordinator_group_id\x18\x02 \x01(\x04\x12\x35\n\x06\x63ommit\x18\x03 \x01(\x0b\x32%.weir.cluster.v1.CommitOffsetsCommand\"\xbc\x01\n\x1a\x43ommitGroupOffsetsResponse\x12\x12\n\nnot_leader\x18\x01 \x01(\x08\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x36\n\x07offsets\x18\x03 \x03(\x0b\x32%.weir.cluster.v1.GroupPartitionOffset\x12\x14\n\x0c\x65rror_reason\x18\x04 \x01(\t\x12\x12\n\nerror_code\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\"w\n\x18\x46\x65tchGroupOffsetsRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63oordinator_group_id\x18\x02 \x01(\x04\x12\x16\n\x0e\x63onsumer_group\x18\x03 \x01(\t\x12\x11\n\tgroup_ids\x18\x04 \x03(\x04\"z\n\x19\x46\x65tchGroupOffsetsResponse\x12\x12\n\nnot_leader\x18\x01 \x01(\x08\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x36\n\x07offsets\x18\x03 \x03(\x0b\x32%.weir.cluster.v1.GroupPartitionOffset\"\xbf\x01\n\x11MembershipRequest\x12/\n\x04join\x18\x01 \x01(\x0b\x32\x1f.weir.cluster.v1.MembershipJoinH\x00\x12\x39\n\theartbeat\x18\x02 \x01(\x0b\x32$.weir.cluster.v1.MembershipHeartbeatH\x00\x12\x33\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32$.weir.cluster.v1.StreamAssignmentAckH\x00\x42\t\n\x07request\"\xcf\x01\n\x0eMembershipJoin\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63oordinator_group_id\x18\x02 \x01(\x04\x12\x16\n\x0e\x63onsumer_group\x18\x03 \x01(\t\x12\x11\n\tmember_id\x18\x04 \x01(\t\x12\r\n\x05topic\x18\x05 \x01(\t\x12\x17\n\x0fpartition_count\x18\x06 \x01(\r\x12\x1a\n\x12session_timeout_ms\x18\x07 \x01(\x03\x12\x1c\n\x14rebalance_timeout_ms\x18\x08 \x01(\x03\"\x15\n\x13MembershipHeartbeat\"\xc6\x01\n\x0fMembershipEvent\x12:\n\nnot_leader\x18\x01 \x01(\x0b\x32$.weir.cluster.v1.MembershipNotLeaderH\x00\x12;\n\nassignment\x18\x02 \x01(\x0b\x32%.weir.cluster.v1.MembershipAssignmentH\x00\x12\x31\n\x05\x65rror\x18\x03 \x01(\x0b\x32 .weir.cluster.v1.MembershipErrorH\x00\x42\x07\n\x05\x65vent\"(\n\x13MembershipNotLeader\x12\x11\n\tleader_id\x18\x01 \x01(\x04\"Q\n\x14MembershipAssignment\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12\x12\n\npartitions\x18\x03 \x03(\r\"@\n\x0fMembershipError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t2\xc7\x02\n\x12\x43oordinatorService\x12m\n\x12\x43ommitGroupOffsets\x12*.weir.cluster.v1.CommitGroupOffsetsRequest\x1a+.weir.cluster.v1.CommitGroupOffsetsResponse\x12j\n\x11\x46\x65tchGroupOffsets\x12).weir.cluster.v1.FetchGroupOffsetsRequest\x1a*.weir.cluster.v1.FetchGroupOffsetsResponse\x12V\n\nMembership\x12\".weir.cluster.v1.MembershipRequest\x1a .weir.cluster.v1.MembershipEvent(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!weir/cluster/v1/coordinator.proto\x12\x0fweir.cluster.v1\"K\n\x14GroupPartitionOffset\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x11\n\tpartition\x18\x03 \x01(\r\"\x9c\x01\n\x14\x43ommitOffsetsCommand\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\x36\n\x07offsets\x18\x02 \x03(\x0b\x32%.weir.cluster.v1.GroupPartitionOffset\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\r\n\x05topic\x18\x05 \x01(\t\",\n\x17\x46orgetPartitionsCommand\x12\x11\n\tgroup_ids\x18\x01 \x03(\x04\"=\n\x13PartitionCountEntry\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x17\n\x0fpartition_count\x18\x02 \x01(\r\"\x90\x03\n\rStreamCommand\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\x0e\n\x06now_ms\x18\x02 \x01(\x03\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12+\n\x04join\x18\x04 \x01(\x0b\x32\x1b.weir.cluster.v1.StreamJoinH\x00\x12-\n\x05leave\x18\x05 \x01(\x0b\x32\x1c.weir.cluster.v1.StreamLeaveH\x00\x12/\n\x06\x65xpire\x18\x06 \x01(\x0b\x32\x1d.weir.cluster.v1.StreamExpireH\x00\x12>\n\x0e\x61ssignment_ack\x18\x07 \x01(\x0b\x32$.weir.cluster.v1.StreamAssignmentAckH\x00\x12?\n\x0fpartition_count\x18\x08 \x01(\x0b\x32$.weir.cluster.v1.PartitionCountEntryH\x00\x12+\n\x04tick\x18\t \x01(\x0b\x32\x1b.weir.cluster.v1.StreamTickH\x00\x42\t\n\x07\x63ommand\"\x96\x01\n\nStreamJoin\x12\x0e\n\x06topics\x18\x01 \x03(\t\x12>\n\x10partition_counts\x18\x02 \x03(\x0b\x32$.weir.cluster.v1.PartitionCountEntry\x12\x1a\n\x12session_timeout_ms\x18\x03 \x01(\x03\x12\x1c\n\x14rebalance_timeout_ms\x18\x04 \x01(\x03\"\r\n\x0bStreamLeave\"\x0e\n\x0cStreamExpire\")\n\x13StreamAssignmentAck\x12\x12\n\ngeneration\x18\x01 \x01(\x03\"\x0c\n\nStreamTick\"\x98\x02\n\x12\x43oordinatorCommand\x12?\n\x0e\x63ommit_offsets\x18\x01 \x01(\x0b\x32%.weir.cluster.v1.CommitOffsetsCommandH\x00\x12\x45\n\x11\x66orget_partitions\x18\x02 \x01(\x0b\x32(.weir.cluster.v1.ForgetPartitionsCommandH\x00\x12\x30\n\x06stream\x18\x03 \x01(\x0b\x32\x1e.weir.cluster.v1.StreamCommandH\x00\x12=\n\rreset_offsets\x18\x04 \x01(\x0b\x32$.weir.cluster.v1.ResetOffsetsCommandH\x00\x42\t\n\x07\x63ommand\"e\n\x13ResetOffsetsCommand\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\x36\n\x07offsets\x18\x02 \x03(\x0b\x32%.weir.cluster.v1.GroupPartitionOffset\"g\n\x15GroupCommittedOffsets\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\x36\n\x07offsets\x18\x02 \x03(\x0b\x32%.weir.cluster.v1.GroupPartitionOffset\"\x87\x01\n\x13\x43oordinatorSnapshot\x12\x36\n\x06groups\x18\x01 \x03(\x0b\x32&.weir.cluster.v1.GroupCommittedOffsets\x12\x38\n\rstream_groups\x18\x02 \x03(\x0b\x32!.weir.cluster.v1.StreamGroupState\"9\n\x10StreamGroupState\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\x0c\"\x84\x01\n\x19\x43ommitGroupOffsetsRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63oordinator_group_id\x18\x02 \x01(\x04\x12\x35\n\x06\x63ommit\x18\x03 \x01(\x0b\x32%.weir.cluster.v1.CommitOffsetsCommand\"\xbc\x01\n\x1a\x43ommitGroupOffsetsResponse\x12\x12\n\nnot_leader\x18\x01 \x01(\x08\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x36\n\x07offsets\x18\x03 \x03(\x0b\x32%.weir.cluster.v1.GroupPartitionOffset\x12\x14\n\x0c\x65rror_reason\x18\x04 \x01(\t\x12\x12\n\nerror_code\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\"w\n\x18\x46\x65tchGroupOffsetsRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63oordinator_group_id\x18\x02 \x01(\x04\x12\x16\n\x0e\x63onsumer_group\x18\x03 \x01(\t\x12\x11\n\tgroup_ids\x18\x04 \x03(\x04\"z\n\x19\x46\x65tchGroupOffsetsResponse\x12\x12\n\nnot_leader\x18\x01 \x01(\x08\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x36\n\x07offsets\x18\x03 \x03(\x0b\x32%.weir.cluster.v1.GroupPartitionOffset\"\xbf\x01\n\x11MembershipRequest\x12/\n\x04join\x18\x01 \x01(\x0b\x32\x1f.weir.cluster.v1.MembershipJoinH\x00\x12\x39\n\theartbeat\x18\x02 \x01(\x0b\x32$.weir.cluster.v1.MembershipHeartbeatH\x00\x12\x33\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32$.weir.cluster.v1.StreamAssignmentAckH\x00\x42\t\n\x07request\"\xcf\x01\n\x0eMembershipJoin\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63oordinator_group_id\x18\x02 \x01(\x04\x12\x16\n\x0e\x63onsumer_group\x18\x03 \x01(\t\x12\x11\n\tmember_id\x18\x04 \x01(\t\x12\r\n\x05topic\x18\x05 \x01(\t\x12\x17\n\x0fpartition_count\x18\x06 \x01(\r\x12\x1a\n\x12session_timeout_ms\x18\x07 \x01(\x03\x12\x1c\n\x14rebalance_timeout_ms\x18\x08 \x01(\x03\"\x15\n\x13MembershipHeartbeat\"\xc6\x01\n\x0fMembershipEvent\x12:\n\nnot_leader\x18\x01 \x01(\x0b\x32$.weir.cluster.v1.MembershipNotLeaderH\x00\x12;\n\nassignment\x18\x02 \x01(\x0b\x32%.weir.cluster.v1.MembershipAssignmentH\x00\x12\x31\n\x05\x65rror\x18\x03 \x01(\x0b\x32 .weir.cluster.v1.MembershipErrorH\x00\x42\x07\n\x05\x65vent\"(\n\x13MembershipNotLeader\x12\x11\n\tleader_id\x18\x01 \x01(\x04\"Q\n\x14MembershipAssignment\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12\x12\n\npartitions\x18\x03 \x03(\r\"@\n\x0fMembershipError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\\\n\x19ListConsumerGroupsRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63oordinator_group_id\x18\x02 \x01(\x04\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\t\"\x85\x01\n\x1aListConsumerGroupsResponse\x12\x12\n\nnot_leader\x18\x01 \x01(\x08\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x32\n\x06groups\x18\x03 \x03(\x0b\x32\".weir.cluster.v1.ConsumerGroupView\x12\x0c\n\x04more\x18\x04 \x01(\x08\"h\n\x1c\x44\x65scribeConsumerGroupRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63oordinator_group_id\x18\x02 \x01(\x04\x12\x16\n\x0e\x63onsumer_group\x18\x03 \x01(\t\"\x88\x01\n\x1d\x44\x65scribeConsumerGroupResponse\x12\x12\n\nnot_leader\x18\x01 \x01(\x08\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x12\x31\n\x05group\x18\x04 \x01(\x0b\x32\".weir.cluster.v1.ConsumerGroupView\"\xae\x01\n\x11\x43onsumerGroupView\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12\x35\n\x07members\x18\x03 \x03(\x0b\x32$.weir.cluster.v1.ConsumerGroupMember\x12\x36\n\x07offsets\x18\x04 \x03(\x0b\x32%.weir.cluster.v1.GroupPartitionOffset\"|\n\x13\x43onsumerGroupMember\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12\x0e\n\x06topics\x18\x03 \x03(\t\x12.\n\x05owned\x18\x04 \x03(\x0b\x32\x1f.weir.cluster.v1.OwnedPartition\"2\n\x0eOwnedPartition\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\r\"\x81\x01\n\x18ResetGroupOffsetsRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63oordinator_group_id\x18\x02 \x01(\x04\x12\x33\n\x05reset\x18\x03 \x01(\x0b\x32$.weir.cluster.v1.ResetOffsetsCommand\"\xbb\x01\n\x19ResetGroupOffsetsResponse\x12\x12\n\nnot_leader\x18\x01 \x01(\x08\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x36\n\x07offsets\x18\x03 \x03(\x0b\x32%.weir.cluster.v1.GroupPartitionOffset\x12\x14\n\x0c\x65rror_reason\x18\x04 \x01(\t\x12\x12\n\nerror_code\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t2\x9a\x05\n\x12\x43oordinatorService\x12m\n\x12\x43ommitGroupOffsets\x12*.weir.cluster.v1.CommitGroupOffsetsRequest\x1a+.weir.cluster.v1.CommitGroupOffsetsResponse\x12j\n\x11\x46\x65tchGroupOffsets\x12).weir.cluster.v1.FetchGroupOffsetsRequest\x1a*.weir.cluster.v1.FetchGroupOffsetsResponse\x12V\n\nMembership\x12\".weir.cluster.v1.MembershipRequest\x1a .weir.cluster.v1.MembershipEvent(\x01\x30\x01\x12m\n\x12ListConsumerGroups\x12*.weir.cluster.v1.ListConsumerGroupsRequest\x1a+.weir.cluster.v1.ListConsumerGroupsResponse\x12v\n\x15\x44\x65scribeConsumerGroup\x12-.weir.cluster.v1.DescribeConsumerGroupRequest\x1a..weir.cluster.v1.DescribeConsumerGroupResponse\x12j\n\x11ResetGroupOffsets\x12).weir.cluster.v1.ResetGroupOffsetsRequest\x1a*.weir.cluster.v1.ResetGroupOffsetsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,35 +52,55 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMTICK']._serialized_start=1029
   _globals['_STREAMTICK']._serialized_end=1041
   _globals['_COORDINATORCOMMAND']._serialized_start=1044
-  _globals['_COORDINATORCOMMAND']._serialized_end=1261
-  _globals['_GROUPCOMMITTEDOFFSETS']._serialized_start=1263
-  _globals['_GROUPCOMMITTEDOFFSETS']._serialized_end=1366
-  _globals['_COORDINATORSNAPSHOT']._serialized_start=1369
-  _globals['_COORDINATORSNAPSHOT']._serialized_end=1504
-  _globals['_STREAMGROUPSTATE']._serialized_start=1506
-  _globals['_STREAMGROUPSTATE']._serialized_end=1563
-  _globals['_COMMITGROUPOFFSETSREQUEST']._serialized_start=1566
-  _globals['_COMMITGROUPOFFSETSREQUEST']._serialized_end=1698
-  _globals['_COMMITGROUPOFFSETSRESPONSE']._serialized_start=1701
-  _globals['_COMMITGROUPOFFSETSRESPONSE']._serialized_end=1889
-  _globals['_FETCHGROUPOFFSETSREQUEST']._serialized_start=1891
-  _globals['_FETCHGROUPOFFSETSREQUEST']._serialized_end=2010
-  _globals['_FETCHGROUPOFFSETSRESPONSE']._serialized_start=2012
-  _globals['_FETCHGROUPOFFSETSRESPONSE']._serialized_end=2134
-  _globals['_MEMBERSHIPREQUEST']._serialized_start=2137
-  _globals['_MEMBERSHIPREQUEST']._serialized_end=2328
-  _globals['_MEMBERSHIPJOIN']._serialized_start=2331
-  _globals['_MEMBERSHIPJOIN']._serialized_end=2538
-  _globals['_MEMBERSHIPHEARTBEAT']._serialized_start=2540
-  _globals['_MEMBERSHIPHEARTBEAT']._serialized_end=2561
-  _globals['_MEMBERSHIPEVENT']._serialized_start=2564
-  _globals['_MEMBERSHIPEVENT']._serialized_end=2762
-  _globals['_MEMBERSHIPNOTLEADER']._serialized_start=2764
-  _globals['_MEMBERSHIPNOTLEADER']._serialized_end=2804
-  _globals['_MEMBERSHIPASSIGNMENT']._serialized_start=2806
-  _globals['_MEMBERSHIPASSIGNMENT']._serialized_end=2887
-  _globals['_MEMBERSHIPERROR']._serialized_start=2889
-  _globals['_MEMBERSHIPERROR']._serialized_end=2953
-  _globals['_COORDINATORSERVICE']._serialized_start=2956
-  _globals['_COORDINATORSERVICE']._serialized_end=3283
+  _globals['_COORDINATORCOMMAND']._serialized_end=1324
+  _globals['_RESETOFFSETSCOMMAND']._serialized_start=1326
+  _globals['_RESETOFFSETSCOMMAND']._serialized_end=1427
+  _globals['_GROUPCOMMITTEDOFFSETS']._serialized_start=1429
+  _globals['_GROUPCOMMITTEDOFFSETS']._serialized_end=1532
+  _globals['_COORDINATORSNAPSHOT']._serialized_start=1535
+  _globals['_COORDINATORSNAPSHOT']._serialized_end=1670
+  _globals['_STREAMGROUPSTATE']._serialized_start=1672
+  _globals['_STREAMGROUPSTATE']._serialized_end=1729
+  _globals['_COMMITGROUPOFFSETSREQUEST']._serialized_start=1732
+  _globals['_COMMITGROUPOFFSETSREQUEST']._serialized_end=1864
+  _globals['_COMMITGROUPOFFSETSRESPONSE']._serialized_start=1867
+  _globals['_COMMITGROUPOFFSETSRESPONSE']._serialized_end=2055
+  _globals['_FETCHGROUPOFFSETSREQUEST']._serialized_start=2057
+  _globals['_FETCHGROUPOFFSETSREQUEST']._serialized_end=2176
+  _globals['_FETCHGROUPOFFSETSRESPONSE']._serialized_start=2178
+  _globals['_FETCHGROUPOFFSETSRESPONSE']._serialized_end=2300
+  _globals['_MEMBERSHIPREQUEST']._serialized_start=2303
+  _globals['_MEMBERSHIPREQUEST']._serialized_end=2494
+  _globals['_MEMBERSHIPJOIN']._serialized_start=2497
+  _globals['_MEMBERSHIPJOIN']._serialized_end=2704
+  _globals['_MEMBERSHIPHEARTBEAT']._serialized_start=2706
+  _globals['_MEMBERSHIPHEARTBEAT']._serialized_end=2727
+  _globals['_MEMBERSHIPEVENT']._serialized_start=2730
+  _globals['_MEMBERSHIPEVENT']._serialized_end=2928
+  _globals['_MEMBERSHIPNOTLEADER']._serialized_start=2930
+  _globals['_MEMBERSHIPNOTLEADER']._serialized_end=2970
+  _globals['_MEMBERSHIPASSIGNMENT']._serialized_start=2972
+  _globals['_MEMBERSHIPASSIGNMENT']._serialized_end=3053
+  _globals['_MEMBERSHIPERROR']._serialized_start=3055
+  _globals['_MEMBERSHIPERROR']._serialized_end=3119
+  _globals['_LISTCONSUMERGROUPSREQUEST']._serialized_start=3121
+  _globals['_LISTCONSUMERGROUPSREQUEST']._serialized_end=3213
+  _globals['_LISTCONSUMERGROUPSRESPONSE']._serialized_start=3216
+  _globals['_LISTCONSUMERGROUPSRESPONSE']._serialized_end=3349
+  _globals['_DESCRIBECONSUMERGROUPREQUEST']._serialized_start=3351
+  _globals['_DESCRIBECONSUMERGROUPREQUEST']._serialized_end=3455
+  _globals['_DESCRIBECONSUMERGROUPRESPONSE']._serialized_start=3458
+  _globals['_DESCRIBECONSUMERGROUPRESPONSE']._serialized_end=3594
+  _globals['_CONSUMERGROUPVIEW']._serialized_start=3597
+  _globals['_CONSUMERGROUPVIEW']._serialized_end=3771
+  _globals['_CONSUMERGROUPMEMBER']._serialized_start=3773
+  _globals['_CONSUMERGROUPMEMBER']._serialized_end=3897
+  _globals['_OWNEDPARTITION']._serialized_start=3899
+  _globals['_OWNEDPARTITION']._serialized_end=3949
+  _globals['_RESETGROUPOFFSETSREQUEST']._serialized_start=3952
+  _globals['_RESETGROUPOFFSETSREQUEST']._serialized_end=4081
+  _globals['_RESETGROUPOFFSETSRESPONSE']._serialized_start=4084
+  _globals['_RESETGROUPOFFSETSRESPONSE']._serialized_end=4271
+  _globals['_COORDINATORSERVICE']._serialized_start=4274
+  _globals['_COORDINATORSERVICE']._serialized_end=4940
 # @@protoc_insertion_point(module_scope)

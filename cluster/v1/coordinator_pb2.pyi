@@ -97,14 +97,24 @@ class StreamTick(_message.Message):
     def __init__(self) -> None: ...
 
 class CoordinatorCommand(_message.Message):
-    __slots__ = ("commit_offsets", "forget_partitions", "stream")
+    __slots__ = ("commit_offsets", "forget_partitions", "stream", "reset_offsets")
     COMMIT_OFFSETS_FIELD_NUMBER: _ClassVar[int]
     FORGET_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
+    RESET_OFFSETS_FIELD_NUMBER: _ClassVar[int]
     commit_offsets: CommitOffsetsCommand
     forget_partitions: ForgetPartitionsCommand
     stream: StreamCommand
-    def __init__(self, commit_offsets: _Optional[_Union[CommitOffsetsCommand, _Mapping]] = ..., forget_partitions: _Optional[_Union[ForgetPartitionsCommand, _Mapping]] = ..., stream: _Optional[_Union[StreamCommand, _Mapping]] = ...) -> None: ...
+    reset_offsets: ResetOffsetsCommand
+    def __init__(self, commit_offsets: _Optional[_Union[CommitOffsetsCommand, _Mapping]] = ..., forget_partitions: _Optional[_Union[ForgetPartitionsCommand, _Mapping]] = ..., stream: _Optional[_Union[StreamCommand, _Mapping]] = ..., reset_offsets: _Optional[_Union[ResetOffsetsCommand, _Mapping]] = ...) -> None: ...
+
+class ResetOffsetsCommand(_message.Message):
+    __slots__ = ("consumer_group", "offsets")
+    CONSUMER_GROUP_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    consumer_group: str
+    offsets: _containers.RepeatedCompositeFieldContainer[GroupPartitionOffset]
+    def __init__(self, consumer_group: _Optional[str] = ..., offsets: _Optional[_Iterable[_Union[GroupPartitionOffset, _Mapping]]] = ...) -> None: ...
 
 class GroupCommittedOffsets(_message.Message):
     __slots__ = ("consumer_group", "offsets")
@@ -247,3 +257,105 @@ class MembershipError(_message.Message):
     reason: str
     message: str
     def __init__(self, code: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ListConsumerGroupsRequest(_message.Message):
+    __slots__ = ("cluster_id", "coordinator_group_id", "after")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    coordinator_group_id: int
+    after: str
+    def __init__(self, cluster_id: _Optional[str] = ..., coordinator_group_id: _Optional[int] = ..., after: _Optional[str] = ...) -> None: ...
+
+class ListConsumerGroupsResponse(_message.Message):
+    __slots__ = ("not_leader", "leader_id", "groups", "more")
+    NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    not_leader: bool
+    leader_id: int
+    groups: _containers.RepeatedCompositeFieldContainer[ConsumerGroupView]
+    more: bool
+    def __init__(self, not_leader: _Optional[bool] = ..., leader_id: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[ConsumerGroupView, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
+
+class DescribeConsumerGroupRequest(_message.Message):
+    __slots__ = ("cluster_id", "coordinator_group_id", "consumer_group")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_GROUP_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    coordinator_group_id: int
+    consumer_group: str
+    def __init__(self, cluster_id: _Optional[str] = ..., coordinator_group_id: _Optional[int] = ..., consumer_group: _Optional[str] = ...) -> None: ...
+
+class DescribeConsumerGroupResponse(_message.Message):
+    __slots__ = ("not_leader", "leader_id", "found", "group")
+    NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    not_leader: bool
+    leader_id: int
+    found: bool
+    group: ConsumerGroupView
+    def __init__(self, not_leader: _Optional[bool] = ..., leader_id: _Optional[int] = ..., found: _Optional[bool] = ..., group: _Optional[_Union[ConsumerGroupView, _Mapping]] = ...) -> None: ...
+
+class ConsumerGroupView(_message.Message):
+    __slots__ = ("consumer_group", "generation", "members", "offsets")
+    CONSUMER_GROUP_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    consumer_group: str
+    generation: int
+    members: _containers.RepeatedCompositeFieldContainer[ConsumerGroupMember]
+    offsets: _containers.RepeatedCompositeFieldContainer[GroupPartitionOffset]
+    def __init__(self, consumer_group: _Optional[str] = ..., generation: _Optional[int] = ..., members: _Optional[_Iterable[_Union[ConsumerGroupMember, _Mapping]]] = ..., offsets: _Optional[_Iterable[_Union[GroupPartitionOffset, _Mapping]]] = ...) -> None: ...
+
+class ConsumerGroupMember(_message.Message):
+    __slots__ = ("member_id", "generation", "topics", "owned")
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    OWNED_FIELD_NUMBER: _ClassVar[int]
+    member_id: str
+    generation: int
+    topics: _containers.RepeatedScalarFieldContainer[str]
+    owned: _containers.RepeatedCompositeFieldContainer[OwnedPartition]
+    def __init__(self, member_id: _Optional[str] = ..., generation: _Optional[int] = ..., topics: _Optional[_Iterable[str]] = ..., owned: _Optional[_Iterable[_Union[OwnedPartition, _Mapping]]] = ...) -> None: ...
+
+class OwnedPartition(_message.Message):
+    __slots__ = ("topic", "partition")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ...) -> None: ...
+
+class ResetGroupOffsetsRequest(_message.Message):
+    __slots__ = ("cluster_id", "coordinator_group_id", "reset")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    coordinator_group_id: int
+    reset: ResetOffsetsCommand
+    def __init__(self, cluster_id: _Optional[str] = ..., coordinator_group_id: _Optional[int] = ..., reset: _Optional[_Union[ResetOffsetsCommand, _Mapping]] = ...) -> None: ...
+
+class ResetGroupOffsetsResponse(_message.Message):
+    __slots__ = ("not_leader", "leader_id", "offsets", "error_reason", "error_code", "error_message")
+    NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    not_leader: bool
+    leader_id: int
+    offsets: _containers.RepeatedCompositeFieldContainer[GroupPartitionOffset]
+    error_reason: str
+    error_code: str
+    error_message: str
+    def __init__(self, not_leader: _Optional[bool] = ..., leader_id: _Optional[int] = ..., offsets: _Optional[_Iterable[_Union[GroupPartitionOffset, _Mapping]]] = ..., error_reason: _Optional[str] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...

@@ -52,6 +52,21 @@ class CoordinatorServiceStub:
                 request_serializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipRequest.SerializeToString,
                 response_deserializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipEvent.FromString,
                 _registered_method=True)
+        self.ListConsumerGroups = channel.unary_unary(
+                '/weir.cluster.v1.CoordinatorService/ListConsumerGroups',
+                request_serializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.ListConsumerGroupsRequest.SerializeToString,
+                response_deserializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.ListConsumerGroupsResponse.FromString,
+                _registered_method=True)
+        self.DescribeConsumerGroup = channel.unary_unary(
+                '/weir.cluster.v1.CoordinatorService/DescribeConsumerGroup',
+                request_serializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.DescribeConsumerGroupRequest.SerializeToString,
+                response_deserializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.DescribeConsumerGroupResponse.FromString,
+                _registered_method=True)
+        self.ResetGroupOffsets = channel.unary_unary(
+                '/weir.cluster.v1.CoordinatorService/ResetGroupOffsets',
+                request_serializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.ResetGroupOffsetsRequest.SerializeToString,
+                response_deserializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.ResetGroupOffsetsResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -87,6 +102,30 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListConsumerGroups(self, request, context):
+        """ListConsumerGroups answers one page of the consumer groups of a
+        coordinator group the receiver leads (by name, after `after`), from
+        its applied state once it applied a command of its own term.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeConsumerGroup(self, request, context):
+        """DescribeConsumerGroup answers one consumer group, as ListConsumerGroups.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetGroupOffsets(self, request, context):
+        """ResetGroupOffsets proposes a ResetOffsetsCommand to the coordinator
+        group the receiver leads and answers once it is applied.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -104,6 +143,21 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.Membership,
                     request_deserializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipRequest.FromString,
                     response_serializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipEvent.SerializeToString,
+            ),
+            'ListConsumerGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsumerGroups,
+                    request_deserializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.ListConsumerGroupsRequest.FromString,
+                    response_serializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.ListConsumerGroupsResponse.SerializeToString,
+            ),
+            'DescribeConsumerGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeConsumerGroup,
+                    request_deserializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.DescribeConsumerGroupRequest.FromString,
+                    response_serializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.DescribeConsumerGroupResponse.SerializeToString,
+            ),
+            'ResetGroupOffsets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetGroupOffsets,
+                    request_deserializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.ResetGroupOffsetsRequest.FromString,
+                    response_serializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.ResetGroupOffsetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -190,6 +244,87 @@ class CoordinatorService:
             '/weir.cluster.v1.CoordinatorService/Membership',
             weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipRequest.SerializeToString,
             weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsumerGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weir.cluster.v1.CoordinatorService/ListConsumerGroups',
+            weir_dot_cluster_dot_v1_dot_coordinator__pb2.ListConsumerGroupsRequest.SerializeToString,
+            weir_dot_cluster_dot_v1_dot_coordinator__pb2.ListConsumerGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeConsumerGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weir.cluster.v1.CoordinatorService/DescribeConsumerGroup',
+            weir_dot_cluster_dot_v1_dot_coordinator__pb2.DescribeConsumerGroupRequest.SerializeToString,
+            weir_dot_cluster_dot_v1_dot_coordinator__pb2.DescribeConsumerGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetGroupOffsets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weir.cluster.v1.CoordinatorService/ResetGroupOffsets',
+            weir_dot_cluster_dot_v1_dot_coordinator__pb2.ResetGroupOffsetsRequest.SerializeToString,
+            weir_dot_cluster_dot_v1_dot_coordinator__pb2.ResetGroupOffsetsResponse.FromString,
             options,
             channel_credentials,
             insecure,
