@@ -29,6 +29,7 @@ class BrokerProcess:
         self._proc: subprocess.Popen[str] | None = None
         self._output: list[str] = []
         self._pump_thread: threading.Thread | None = None
+        self._ready = threading.Event()
 
     @property
     def pid(self) -> int:
@@ -36,6 +37,12 @@ class BrokerProcess:
         return self._proc.pid
 
     def start(self) -> BrokerProcess:
+        """Start the process and wait until it listens."""
+        self.launch()
+        return self.wait_started()
+
+    def launch(self) -> None:
+        """Start the process without waiting (`wait_started` waits), so that several start at once."""
         assert self._proc is None or self._proc.poll() is not None
         cmd = [
             sys.executable,
@@ -60,12 +67,15 @@ class BrokerProcess:
             text=True,
             env=env,
         )
-        ready = threading.Event()
+        self._ready = threading.Event()
         self._pump_thread = threading.Thread(
-            target=self._pump, args=(self._proc, ready), daemon=True
+            target=self._pump, args=(self._proc, self._ready), daemon=True
         )
         self._pump_thread.start()
-        if not ready.wait(START_TIMEOUT_S) or not self.address:
+
+    def wait_started(self) -> BrokerProcess:
+        """Wait until the launched process listens; RuntimeError with its output if it does not."""
+        if not self._ready.wait(START_TIMEOUT_S) or not self.address:
             self.kill()
             raise RuntimeError("weir serve did not start:\n" + self.output())
         # Restarts reuse the port so clients can reconnect to the same address.

@@ -133,12 +133,18 @@ class ClusterProcess:
     # Life cycle.
 
     def start(self) -> ClusterProcess:
-        """Start every node; on a taken port, stop them all and try again with new ports."""
+        """Start every node; on a taken port, stop them all and try again with new ports.
+
+        The processes are launched together and then waited for: one at a
+        time, each waited for the previous one to listen.
+        """
         for attempt in range(START_ATTEMPTS_MAX):
             self._pick_ports()
             try:
                 for node in self.node_ids:
-                    self._start_node(node)
+                    self._launch_node(node)
+                for node in self.node_ids:
+                    self._wait_node(node)
                 return self
             except PortTakenError:
                 self.stop()
@@ -157,11 +163,14 @@ class ClusterProcess:
                 self._proxy_loop, {i: self.peer_address(i) for i in self.node_ids}
             )
 
-    def _start_node(self, node: int) -> None:
+    def _launch_node(self, node: int) -> None:
         process = BrokerProcess(self.tmp_path / f"node-{node}", *self.args(node))
         self._nodes[node] = process
+        process.launch()
+
+    def _wait_node(self, node: int) -> None:
         try:
-            process.start()
+            self._nodes[node].wait_started()
         except RuntimeError as error:
             if any(words in str(error).lower() for words in _PORT_TAKEN):
                 raise PortTakenError(str(error)) from error
