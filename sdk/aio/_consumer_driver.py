@@ -7,8 +7,8 @@ records of revoked partitions, moving positions), and, in the iterating
 task before its next record, tells the application (`on_revoke`,
 `on_assign`), commits what was revoked and acknowledges the assignment. It
 also owns the timer task of a stream (heartbeats, auto-commits due) and
-the commits made on the application's behalf (auto-commit, on revoke, on
-close).
+the commits (the application's, and those made on its behalf:
+auto-commit, on revoke, on close).
 
 It is a part of the consumer split out for size, not a component of its
 own: it reads and moves the consumer's positions (the consumer stays their
@@ -76,6 +76,7 @@ class GroupDriver:
         self.due = False
         self._auto_commit_due = False
         self._next_seek_id = 1
+        self._next_commit_id = 1
 
     @property
     def member_id(self) -> str:
@@ -198,13 +199,44 @@ class GroupDriver:
             if p in positions:
                 self.committed[p] = o
 
+    async def commit_on(self, sub: Subscription, offsets: Mapping[int, int]) -> dict[int, int]:
+        """Commit `offsets` on `sub` (with the generation) and wait for the answer."""
+        consumer = self._consumer
+        timeout_s = consumer._request_timeout_s
+        commit_id = self._next_commit_id
+        self._next_commit_id += 1
+        fut: asyncio.Future[broker_pb2.CommitResult] = asyncio.get_running_loop().create_future()
+        sub.commits[commit_id] = fut
+        request = broker_pb2.ConsumeRequest(
+            commit=broker_pb2.Commit(
+                commit_id=commit_id,
+                offsets=[
+                    broker_pb2.PartitionOffset(partition=p, offset=o)
+                    for p, o in sorted(offsets.items())
+                ],
+                generation=self.generation,
+            )
+        )
+        try:
+            await consumer._writer.write(sub, request)
+            async with asyncio.timeout(timeout_s):
+                result = await asyncio.shield(fut)
+        except TimeoutError:
+            raise WeirTimeoutError(f"no commit result within {timeout_s:.3f}s") from None
+        finally:
+            sub.commits.pop(commit_id, None)
+        if result.HasField("error"):
+            raise from_error_proto(result.error)
+        self.committed_now(offsets)
+        return {po.partition: po.offset for po in result.offsets}
+
     async def _commit_quietly(self, offsets: dict[int, int], what: str) -> None:
         """Commit on the current stream; a failure is logged (the next commit covers it)."""
         sub = self._consumer._sub
         if sub is None or sub.error is not None or sub.ended:
             return
         try:
-            await self._consumer._commit_on(sub, offsets)
+            await self.commit_on(sub, offsets)
         except WeirError as exc:
             _log.warning("%s of %s failed: %s", what, offsets, exc)
 

@@ -49,22 +49,20 @@ happen.
 
 Stream mode (`mode="stream"`, Kafka's `subscribe()`; the default "assign"
 is Kafka's `assign()`): the stream is a member of the group and the broker
-sends `Assignment`s. The reader applies each in stream order at once (the
-buffered records of revoked partitions are dropped, the started ones get
-their positions) and leaves what the application must hear in one merged
-pending change; the iterating task handles it before it returns its next
-record: `on_revoke`, the commit of what was taken from the revoked
-partitions, `AssignmentAck`, then `on_assign`. A timer task per stream
-sends a heartbeat when nothing was written for a third of the session
-timeout and marks auto-commits due. A reconnect rejoins under the member
-id; a stream ended with SESSION_EXPIRED (or MEMBER_REMOVED) loses every
-partition and joins as a new member. `seek()` is an in-stream `Seek`.
+sends `Assignment`s, which the reader applies at once and the iterating
+task tells the application about before its next record
+(`_consumer_driver`). Queue mode (`mode="queue"`): the group's streams
+compete for records, each delivered with an ack id and settled with
+`ack()`, `nack()` or `extend()` (`_consumer_queue`); no positions, no
+commits; a failed stream's buffered records are dropped (the broker gives
+them out again).
 
 One stream and its reader live in `_consumer_stream`, its writes in
 `_consumer_writer`, the choice of the next node in `_consumer_failover`,
-the membership state in `_consumer_group` and what acts on it (callbacks,
-revoke commits, acks, heartbeats, auto-commits) in `_consumer_driver`;
-this module keeps positions and credit and drives the rest.
+the membership state in `_consumer_group`, what acts on it (callbacks,
+revoke commits, assignment acks, heartbeats, auto-commits, commits) in
+`_consumer_driver`, queue mode's settling in `_consumer_queue`; this
+module keeps positions and credit and drives the rest.
 """
 
 from __future__ import annotations
@@ -75,7 +73,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 
-from weir._conn import KEEPALIVE_TIME_MS_DEFAULT, consume_call, from_error_proto
+from weir._conn import KEEPALIVE_TIME_MS_DEFAULT, consume_call
 from weir._failover import Connection
 from weir._nodes import Bootstrap
 from weir._wire import RecordFields
@@ -247,7 +245,6 @@ class Consumer:
         self._end_offsets: dict[int, int] = {}
         self._taken_messages = 0
         self._taken_bytes = 0
-        self._next_commit_id = 1
         self._failover = Failover(self._conn, reconnect_attempts)
         self._sub: Subscription | None = None
         self._writer = Writer()
@@ -439,37 +436,7 @@ class Consumer:
         if not offsets:
             return {}
         sub = await self._current_sub()
-        return await self._commit_on(sub, offsets)
-
-    async def _commit_on(self, sub: Subscription, offsets: Mapping[int, int]) -> dict[int, int]:
-        commit_id = self._next_commit_id
-        self._next_commit_id += 1
-        fut: asyncio.Future[broker_pb2.CommitResult] = asyncio.get_running_loop().create_future()
-        sub.commits[commit_id] = fut
-        request = broker_pb2.ConsumeRequest(
-            commit=broker_pb2.Commit(
-                commit_id=commit_id,
-                offsets=[
-                    broker_pb2.PartitionOffset(partition=p, offset=o)
-                    for p, o in sorted(offsets.items())
-                ],
-                generation=self.generation,
-            )
-        )
-        try:
-            await self._write(sub, request)
-            async with asyncio.timeout(self._request_timeout_s):
-                result = await asyncio.shield(fut)
-        except TimeoutError:
-            raise WeirTimeoutError(
-                f"no commit result within {self._request_timeout_s:.3f}s"
-            ) from None
-        finally:
-            sub.commits.pop(commit_id, None)
-        if result.HasField("error"):
-            raise from_error_proto(result.error)
-        self._driver.committed_now(offsets)
-        return {po.partition: po.offset for po in result.offsets}
+        return await self._driver.commit_on(sub, offsets)
 
     async def ack(self, records: ConsumedRecord | Sequence[ConsumedRecord]) -> None:
         """Queue mode: `records` (one or several) are done; they are never delivered again.
