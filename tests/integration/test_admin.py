@@ -587,6 +587,9 @@ def test_server_reflection_lists_and_describes_the_services(client: RawClient) -
         "DescribeTopic",
         "UpdateTopicConfig",
         "DescribeCluster",
+        "ListGroups",
+        "DescribeGroup",
+        "ResetGroupOffsets",
     }
     assert pool.FindMessageTypeByName("weir.v1.Record").fields_by_name["key"].has_presence
 
