@@ -32,7 +32,10 @@ hosts) and does three things with them:
   leader this node knows of (if any) in the metadata.
 
 A commit never moves an offset backwards, so retrying one whose outcome is
-unknown (a leader lost mid-way) is safe. A stream-mode member's commit
+unknown (a leader lost mid-way) is safe. An operator's `Reset` takes the
+same way to the leader (`propose_offsets`; its peer call is served by
+server/group_directory_cluster.py) and sets offsets exactly, so a retry
+stores the same. A stream-mode member's commit
 (`MemberCommit`, with its member id and generation) takes the same route
 and is checked against the group's membership when applied.
 
@@ -57,7 +60,7 @@ import grpc.aio
 
 from weir.cluster import controller as ctl
 from weir.cluster.controller.model import REPLICATION_FACTOR_DEFAULT
-from weir.cluster.coordinator.offsets import Commit, Forget, OffsetsError, Stored
+from weir.cluster.coordinator.offsets import Commit, Forget, OffsetsError, Reset, Stored
 from weir.cluster.coordinator.store import (
     CoordinatorStore,
     MemberCommit,
@@ -274,6 +277,10 @@ class ClusterCoordinators:
 
     # -- routing -------------------------------------------------------------------
 
+    def coordinator_groups(self) -> list[ctl.Partition]:
+        """The cluster's coordinator groups (none before the controller created them)."""
+        return list(self._metadata.state.coordinator_groups())
+
     def coordinator_of(self, consumer_group: str) -> ctl.Partition:
         groups = self._metadata.state.coordinator_groups()
         if not groups:
@@ -404,7 +411,18 @@ class ClusterCoordinators:
         except HostError:
             return 0
 
-    async def _commit_here(self, group_id: int, command: Commit | MemberCommit) -> Stored:
+    async def propose_offsets(
+        self, group_id: int, command: Commit | MemberCommit | Reset
+    ) -> Stored:
+        """Proposes an offsets command to a group this node leads; the stored offsets.
+
+        Raises NotCoordinatorLeader (not leading), NotLeaderError/HostError
+        (the proposal was dropped or its outcome is unknown) or the refusal
+        as a BrokerError.
+        """
+        return await self._commit_here(group_id, command)
+
+    async def _commit_here(self, group_id: int, command: Commit | MemberCommit | Reset) -> Stored:
         store = self.stores.get(group_id)
         if store is None or not self._host.is_leader(group_id):
             raise _NotLeader(self._leader(group_id))

@@ -61,6 +61,7 @@ from weir.server.cluster_replicator import RaftReplicator
 from weir.server.cluster_topics import ClusterTopics
 from weir.server.config import NodeConfig
 from weir.server.errors import BrokerError
+from weir.server.group_directory_cluster import ClusterGroupDirectory
 from weir.server.retention import SkipPartition, Target, retention_limits, retention_loop
 from weir.server.services import BROKER_SERVICE, produce_method
 
@@ -156,6 +157,8 @@ class ClusterRuntime:
             node_id=config.node_id,
             rng=random.Random(self._rng.getrandbits(64)),
         )
+        # Consumer groups for AdminService; adds its peer calls to the coordinators'.
+        self.groups = ClusterGroupDirectory(self.coordinators)
         self.replicator = RaftReplicator(self.host, self.metadata.node_address)
         self.view = ClusterView(self)
         self._server: grpc.aio.Server | None = None

@@ -37,6 +37,7 @@ from weir.cluster.coordinator.store import (
     StreamApplied,
     StreamCommand,
 )
+from weir.cluster.coordinator.stream import StreamGroup
 from weir.server.errors import BrokerError, invalid
 from weir.server.membership import (
     AssignmentChange,
@@ -399,8 +400,24 @@ class LocalMembership:
             return {topic.group_ids[p]: o for p, o in stored.items()}
 
     def has_members(self, group: str) -> bool:
-        stream = self.store.streams.get(group)
-        return stream is not None and bool(stream.members())
+        return self.store.has_members(group)
+
+    def stream_group(self, group: str) -> StreamGroup | None:
+        """The group's stream state, while it has members (a single node keeps no more)."""
+        return self.store.streams.get(group)
+
+    def stream_groups(self) -> list[str]:
+        """Groups with members online, ascending."""
+        return sorted(self.store.streams)
+
+    async def reset_offsets(self, group: str, offsets: Mapping[int, int]) -> dict[int, int]:
+        """An operator's reset (group id -> offset): refused while the group has members.
+
+        Taken under the member-commit lock, so a member commit checked just
+        before its member left cannot land after the reset and undo it.
+        """
+        async with self._commit_lock:
+            return await self._offsets.reset(group, offsets)
 
 
 class _LocalOffsets(Protocol):
@@ -409,6 +426,8 @@ class _LocalOffsets(Protocol):
     async def commit(
         self, group: str, topic: Topic, offsets: Mapping[int, int], *, as_member: bool = False
     ) -> dict[int, int]: ...
+
+    async def reset(self, group: str, offsets: Mapping[int, int]) -> dict[int, int]: ...
 
 
 __all__ = [

@@ -33,6 +33,8 @@ from weir.server.admin import AdminServicer
 from weir.server.cluster_node import ClusterRuntime, ClusterView
 from weir.server.config import NodeConfig
 from weir.server.consume import ConsumePath
+from weir.server.group_admin import GroupAdmin, GroupDirectory
+from weir.server.group_directory import LocalGroupDirectory
 from weir.server.local_membership import LocalMembership
 from weir.server.membership import Membership
 from weir.server.offsets import GroupOffsets
@@ -107,6 +109,7 @@ class _Parts:
     background: list[tuple[str, Coroutine[Any, Any, None]]]
     producer_ids: ProducerIds
     membership: Membership
+    groups: GroupDirectory
 
 
 def _grpc_server(config: NodeConfig) -> grpc.aio.Server:
@@ -189,6 +192,7 @@ class Node:
                     ],
                     LocalProducerIds(storage.meta),
                     membership,
+                    LocalGroupDirectory(offsets, membership, self.config.node_id),
                 )
                 await self._run_parts(stop, on_ready, storage, parts)
                 return
@@ -208,6 +212,7 @@ class Node:
                     cluster.background(),
                     ClusterProducerIds(cluster.proposer),
                     cluster.membership,
+                    cluster.groups,
                 )
                 await self._run_parts(stop, on_ready, storage, parts, cluster.view, forwarder)
 
@@ -255,6 +260,7 @@ class Node:
             lambda: self._cluster_id,
             self.address,
             cluster,
+            GroupAdmin(parts.groups, parts.topics, parts.replicator),
         )
         add_services(
             server,

@@ -9,7 +9,9 @@ rows a command changed, so both modes validate, bound and store alike.
 An offset is stored per (group, partition log). Keys use the partition's
 group id, which is never reused, so deleting a topic and creating it again
 cannot resurrect old offsets. A committed offset never moves backwards
-(invariant 4): a lower commit leaves the stored offset in place.
+(invariant 4): a lower commit leaves the stored offset in place; only an
+operator's reset (`reset`, refused while the group has members online) sets
+offsets exactly.
 
 Rows in the meta store:
 
@@ -36,6 +38,7 @@ from weir.cluster.coordinator.offsets import (
     Forget,
     OffsetsError,
     OffsetsState,
+    Reset,
     Stored,
 )
 from weir.cluster.storage import MetaStore
@@ -138,6 +141,47 @@ class GroupOffsets:
     def get(self, group: str, topic: Topic, partition: int) -> int | None:
         return self._state.get(group, topic.group_ids[partition])
 
+    def group(self, group: str) -> dict[int, int]:
+        """A consumer group's offsets by partition group id (a copy)."""
+        return self._state.group(group)
+
+    def consumer_groups(self) -> list[str]:
+        """Every consumer group with an offset, ascending."""
+        return self._state.consumer_groups()
+
+    def _refuse_while_members(self, group: str, what: str) -> None:
+        if self._has_members(group):
+            raise BrokerError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "GROUP_HAS_MEMBERS",
+                f"consumer group {group!r} has members online: {what}",
+                {"group": group},
+            )
+
+    async def reset(self, group: str, offsets: Mapping[int, int]) -> dict[int, int]:
+        """Sets offsets (partition group id -> offset) exactly, backwards too; the stored ones.
+
+        Refused with FAILED_PRECONDITION `GROUP_HAS_MEMBERS` while the group
+        has stream-mode members online, and with NOT_FOUND `TOPIC_NOT_FOUND`
+        when a partition's topic was deleted meanwhile; then nothing changes.
+        """
+        async with self._lock:
+            # Nothing awaits between this check and `apply`, so no join is
+            # missed; a member that joins later reads the reset offsets.
+            self._refuse_while_members(group, "stop them before resetting its offsets")
+            live = {g for t in self._topics.all() for g in t.group_ids}
+            gone = sorted(set(offsets) - live)
+            if gone:
+                raise BrokerError(
+                    grpc.StatusCode.NOT_FOUND,
+                    "TOPIC_NOT_FOUND",
+                    "the topic of the partitions to reset was deleted",
+                    {"group": group},
+                )
+            before = {g: self._state.get(group, g) for g in offsets}
+            result = self._state.apply(Reset(group, tuple(sorted(offsets.items()))))
+            return await self._stored(group, before, result)
+
     async def commit(
         self, group: str, topic: Topic, offsets: Mapping[int, int], *, as_member: bool = False
     ) -> dict[int, int]:
@@ -148,13 +192,8 @@ class GroupOffsets:
         online refuses it with FAILED_PRECONDITION `GROUP_HAS_MEMBERS`, as
         Kafka refuses a non-member's commit to an active group.
         """
-        if not as_member and self._has_members(group):
-            raise BrokerError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "GROUP_HAS_MEMBERS",
-                f"consumer group {group!r} has members online: only they commit its offsets",
-                {"group": group},
-            )
+        if not as_member:
+            self._refuse_while_members(group, "only they commit its offsets")
         async with self._lock:
             # Checked under the lock: a deleted topic's offsets are removed
             # under it too, so none can be written after that removal.
@@ -168,6 +207,13 @@ class GroupOffsets:
         by_group = {topic.group_ids[p]: o for p, o in offsets.items()}
         before = {g: self._state.get(group, g) for g in by_group}
         result = self._state.apply(Commit(group, tuple(sorted(by_group.items()))))
+        stored = await self._stored(group, before, result)
+        return {p: stored[topic.group_ids[p]] for p in offsets}
+
+    async def _stored(
+        self, group: str, before: Mapping[int, int | None], result: object
+    ) -> dict[int, int]:
+        """Writes the rows a commit or reset changed; the stored offsets by group id."""
         if isinstance(result, OffsetsError):
             raise BrokerError(grpc.StatusCode[result.code], result.reason, result.message)
         assert isinstance(result, Stored), result
@@ -186,7 +232,7 @@ class GroupOffsets:
                 # Not stored: the state goes back to what the rows hold.
                 self._state = _load_state(self._meta)
                 raise
-        return {p: stored[topic.group_ids[p]] for p in offsets}
+        return stored
 
     async def forget_log(self, group_id: int) -> None:
         """Removes every group's offset on one (deleted) partition log, in bounded writes."""

@@ -194,7 +194,7 @@ class OffsetsState:
             seen.add(group_id)
             if not 0 <= offset <= OFFSET_MAX:
                 return InvalidOffset(f"offset {offset} is out of range")
-        new = name not in self._groups and command.offsets
+        new = name not in self._groups and bool(command.offsets)
         if new and len(self._groups) >= self.consumer_groups_max:
             return TooManyConsumerGroups(
                 f"a coordinator holds at most {self.consumer_groups_max} consumer groups"
