@@ -112,7 +112,8 @@ class Consumer:
         if not self._local and not self._fetch(timeout_s):
             return None
         record = self._local.popleft()
-        self._positions[record.partition] = record.offset + 1
+        if record.ack_id is None:  # queue mode has no positions
+            self._positions[record.partition] = record.offset + 1
         return record
 
     def _fetch(self, timeout_s: float | None) -> bool:
@@ -215,6 +216,8 @@ class Consumer:
 
     def position(self, partition: int) -> int:
         """The next offset to be yielded from `partition`."""
+        if self._consumer._queue_mode:
+            return self._consumer.position(partition)  # raises: no positions in queue mode
         if partition in self._positions:
             return self._positions[partition]
         # A copy: an interrupted wait's fetch may still add to `_local`.

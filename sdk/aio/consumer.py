@@ -734,7 +734,7 @@ class Consumer:
     ) -> None:
         self._failover.succeeded(sub.address)
         assert len(sizes) == len(records), "record scan disagrees with the parser"
-        if self._queue_mode and (deliveries is None or len(deliveries) != len(records)):
+        if self._queue_mode and records and (deliveries is None or len(deliveries) != len(records)):
             # The peer misbehaved: the reader ends the stream with this.
             raise ValueError("a queue-mode batch without one delivery per record")
         if records:

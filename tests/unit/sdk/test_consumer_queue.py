@@ -14,7 +14,7 @@ from tests.unit.sdk.fakes import FakeChannel, FakeNodes, FakeQueueCall, ack_id, 
 from weir.aio import _consumer_queue
 from weir.aio import consumer as consumer_module
 from weir.aio.consumer import Consumer
-from weir.errors import NotInFlightError, UnavailableError, UnknownAckIdError
+from weir.errors import ClosedError, NotInFlightError, UnavailableError, UnknownAckIdError
 from weir.types import ConsumedRecord
 from weir.v1 import broker_pb2
 
@@ -374,3 +374,36 @@ def test_the_blocking_consumer_settles_too(monkeypatch: pytest.MonkeyPatch) -> N
             c.ack(job)
         with pytest.raises(ValueError, match="commit"):
             c.commit()
+
+
+def test_close_fails_settlements_still_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Calls(monkeypatch)
+    calls.hold_answers = True
+
+    async def body() -> None:
+        c = queue_consumer()
+        await c.start()
+        acking = asyncio.ensure_future(c.ack(record(0, 1)))
+        await calls.last.wait_for("ack")
+        await c.close()
+        with pytest.raises(ClosedError):
+            await acking
+        assert c._settler.outstanding == 0
+        with pytest.raises(ClosedError):
+            await c.ack(record(0, 2))
+
+    run(body)
+
+
+def test_an_empty_batch_in_queue_mode_is_harmless(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Calls(monkeypatch)
+
+    async def body() -> None:
+        async with queue_consumer() as c:
+            calls.last.batch(0, 9)  # no records: only the end offset
+            calls.last.deliver(0, (9, b"x", 1))
+            got = await c.poll(5.0)
+            assert got is not None and got.ack_id == ack_id(0, 9)
+            assert c.assignment() == [0]
+
+    run(body)
