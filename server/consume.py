@@ -75,6 +75,7 @@ from weir.server.consume_group import (
     not_a_member,
     partition_not_assigned,
 )
+from weir.server.consume_queue import serve_queue
 from weir.server.consume_seek import SEEKS_INFLIGHT_MAX, SeekWork, apply_seek, refused
 from weir.server.consume_start import (
     committed_positions,
@@ -98,6 +99,7 @@ from weir.server.limits import (
 )
 from weir.server.membership import AssignmentChange, JoinSpec, Membership, Removed
 from weir.server.naming import check_group_name
+from weir.server.queue_dispatch import QueueDispatcher
 from weir.server.registry import Offsets, TopicSource
 from weir.server.replicator import Replicator
 from weir.server.topics import Topic
@@ -142,8 +144,12 @@ class ConsumePath:
         budget: MemoryBudget | None = None,
         *,
         membership: Membership | None = None,
+        queues: QueueDispatcher | None = None,
     ) -> None:
         self.topics = topics
+        # The dispatcher of CONSUME_MODE_QUEUE subscriptions (None: queue
+        # mode is refused as unavailable on this node).
+        self.queues = queues
         # The group coordinator of CONSUME_MODE_STREAM subscriptions (None:
         # stream mode is refused as unavailable on this node).
         self.membership = membership
@@ -177,15 +183,28 @@ class ConsumePath:
         if self.stopping.is_set():
             raise shutting_down()
         subscribe = first.subscribe
-        if subscribe.mode == broker_pb2.CONSUME_MODE_QUEUE:
-            # Queue mode is not served by this path yet.
-            raise mode_unavailable(subscribe.mode)
         stream_mode = is_stream_mode(subscribe)
         topic = self.topics.get(subscribe.topic)
         if subscribe.group:
             check_group_name(subscribe.group)
         credit = Credit()
         self.add_credit(credit, subscribe.credit)
+        if subscribe.mode == broker_pb2.CONSUME_MODE_QUEUE:
+            # consume_queue.py: competing consumers, dispatched at the partition leader.
+            if self.queues is None:
+                raise mode_unavailable(subscribe.mode)
+            del first
+            await serve_queue(
+                context,
+                topic,
+                subscribe,
+                credit,
+                self.queues,
+                self.config,
+                self.stopping,
+                self.add_credit,
+            )
+            return
         if stream_mode:
             spec = join_spec(subscribe)
             # Only the start policy is kept of the request, which may carry

@@ -40,7 +40,11 @@ from weir.server.membership import Membership
 from weir.server.offsets import GroupOffsets
 from weir.server.produce import ProducePath
 from weir.server.produce_forward import Forwarder
+from weir.server.produce_route import Router
 from weir.server.producer_ids import ClusterProducerIds, LocalProducerIds, ProducerIds
+from weir.server.queue_deadletter import RouterDeadLetters
+from weir.server.queue_dispatch import QueueDispatcher
+from weir.server.queue_hosts import LocalQueueHost, QueueHost, RaftQueueHost
 from weir.server.registry import Offsets, Topics
 from weir.server.replicator import LocalReplicator, Replicator
 from weir.server.retention import Target, retention_limits, retention_loop
@@ -241,6 +245,19 @@ class Node:
         if self._cluster is not None:
             # Other nodes forward produce work here over the peer port.
             self._cluster.serve_forwarded_produce(produce.serve)
+        # Queue mode: dispatch at the partition leaders of this node; dead
+        # letters go through a produce router of their own (explicit partitions).
+        queue_host: QueueHost = (
+            RaftQueueHost(self._cluster.host, parts.replicator.node_address)
+            if self._cluster is not None
+            else LocalQueueHost(storage)
+        )
+        dead_letters = RouterDeadLetters(
+            parts.topics,
+            Router(parts.topics, parts.replicator, self._clock_ms, self._stopping, forwarder),
+        )
+        queues = QueueDispatcher(queue_host, dead_letters, self._clock_ms)
+        await queues.__aenter__()
         consume = ConsumePath(
             parts.topics,
             parts.replicator,
@@ -249,6 +266,7 @@ class Node:
             self._stopping,
             budget,
             membership=parts.membership,
+            queues=queues,
         )
         server = _grpc_server(self.config)
         health = NodeHealth()
@@ -272,17 +290,21 @@ class Node:
             parts.producer_ids,
         )
         try:
-            self.port = server.add_insecure_port(self.config.listen)
-        except RuntimeError as exc:
-            raise StartError(f"cannot listen on {self.config.listen}: {exc}") from None
-        await server.start()
-        await health.set_serving(True)
-        if on_ready is not None:
-            on_ready(self)
-        try:
-            await self._serve(stop, server, health, storage, parts.background)
+            try:
+                self.port = server.add_insecure_port(self.config.listen)
+            except RuntimeError as exc:
+                raise StartError(f"cannot listen on {self.config.listen}: {exc}") from None
+            await server.start()
+            await health.set_serving(True)
+            if on_ready is not None:
+                on_ready(self)
+            try:
+                await self._serve(stop, server, health, storage, parts.background)
+            finally:
+                limits.log_budget(budget)
         finally:
-            limits.log_budget(budget)
+            # After the server stopped: no stream uses the dispatcher any more.
+            await queues.__aexit__(None, None, None)
 
     async def _serve(
         self,

@@ -1,0 +1,523 @@
+"""The Consume stream in CONSUME_MODE_QUEUE: competing consumers of a queue group.
+
+`serve_queue` checks the Subscribe, opens the group's `PartitionQueue` on
+each partition read (queue_dispatch.py: this node must lead it, else
+UNAVAILABLE NOT_LEADER naming the leader; no relay to other nodes yet),
+answers `Subscribed` (each partition's `offset` is the group's cursor there,
+the next record never delivered) and runs a `_QueueStream`.
+
+The stream has one writer (the handler's task, as in consume.py) and a
+reader task. The writer sends, within credit, one `ConsumedBatch` per
+partition and turn with a `Delivery` per record (records waiting for
+redelivery hold no credit; a record handed out that the byte credit
+cannot pay yet is held by the stream, in flight, and sent first once it
+can), and writes answers. The reader applies credit and settles acks,
+nacks and extensions: each request is decoded and applied at once in
+the partitions' states, and answered (`AckResult`, one per request) by a
+task once the turn carrying it is durable (single node) or committed
+(cluster); extensions are answered at once. At most
+`ANSWERS_INFLIGHT_MAX` requests wait for an answer; past that the reader
+stops reading (HTTP/2 pushes back on the client).
+
+Refusals (docs/groups.md "Queue mode: as built"):
+- per ack id, in the `AckResult`: UNKNOWN_ACK_ID (garbage, another
+  group's id, another topic's partition, never delivered), NOT_IN_FLIGHT
+  (a nack or extension of a delivery no longer held: acked, redelivered
+  since, or, for an extension, held by another stream), INVALID_NACK
+  (the nack's delay over a day or its error over 1,024 bytes: every id),
+  INVALID_EXTENSION (extension_ms outside 1,000..600,000: every id),
+  NOT_LEADER (the partition is led elsewhere);
+- the stream ends: more than 10,000 ids in one request (INVALID_ARGUMENT
+  TOO_MANY_ACK_IDS), `heartbeat` or `assignment_ack` (FAILED_PRECONDITION
+  NOT_IN_QUEUE_MODE);
+- answered with an error, the stream goes on: `commit` (CommitResult) and
+  `seek` (SeekResult), FAILED_PRECONDITION NOT_IN_QUEUE_MODE.
+
+However the stream ends, its records go back at once on every partition
+(`stream_closed`, attempt counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+import grpc
+
+from weir.cluster.queue import NotInFlight, Outcome, QueueError, decode_ack_id, encode_ack_id
+from weir.cluster.queue import UnknownAckId as UnknownAckIdError
+from weir.cluster.storage import StorageError
+from weir.server.config import NodeConfig
+from weir.server.consume_commit import storage_failure
+from weir.server.consume_cursor import Credit
+from weir.server.consume_start import invalid_subscribe, partition_numbers
+from weir.server.errors import BrokerError, invalid, shutting_down
+from weir.server.queue_dispatch import (
+    NACK_DELAY_MS_MAX,
+    NACK_ERROR_BYTES_MAX,
+    HandedOut,
+    PartitionQueue,
+    QueueDispatcher,
+    queue_error,
+)
+from weir.server.topics import Topic
+from weir.v1 import broker_pb2
+
+Context = grpc.aio.ServicerContext[Any, bytes]
+
+ACK_DEADLINE_MS_DEFAULT = 30_000
+ACK_DEADLINE_MS_MIN = 1_000
+ACK_DEADLINE_MS_MAX = 600_000
+ACK_IDS_MAX = 10_000
+# Ack, nack, extension, commit and seek requests read and not yet answered.
+ANSWERS_INFLIGHT_MAX = 16
+# Records in one ConsumedBatch at most.
+RESPONSE_RECORDS_MAX = 500
+NOT_IN_QUEUE_MODE = "NOT_IN_QUEUE_MODE"
+
+
+def not_in_queue_mode(kind: str) -> BrokerError:
+    return BrokerError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        NOT_IN_QUEUE_MODE,
+        f"{kind} is not valid on a CONSUME_MODE_QUEUE subscription: its records are settled one"
+        " by one with Ack, Nack and ExtendDeadline",
+        {"request": kind},
+    )
+
+
+def check_queue_subscribe(subscribe: broker_pb2.Subscribe) -> int:
+    """Checks a CONSUME_MODE_QUEUE Subscribe; returns its ack deadline in ms."""
+    if not subscribe.group:
+        raise invalid("GROUP_REQUIRED", "CONSUME_MODE_QUEUE needs a consumer group")
+    if subscribe.offsets:
+        raise invalid_subscribe(
+            "a CONSUME_MODE_QUEUE stream reads from its group's position: leave offsets empty",
+            field="offsets",
+        )
+    if subscribe.start.kind not in (
+        broker_pb2.START_KIND_UNSPECIFIED,
+        broker_pb2.START_KIND_EARLIEST,
+        broker_pb2.START_KIND_LATEST,
+    ):
+        raise invalid_subscribe(
+            "a CONSUME_MODE_QUEUE group starts at EARLIEST or LATEST (the default) of a"
+            " partition it never read",
+            field="start",
+            kind=subscribe.start.kind,
+        )
+    deadline = subscribe.ack_deadline_ms or ACK_DEADLINE_MS_DEFAULT
+    if not ACK_DEADLINE_MS_MIN <= deadline <= ACK_DEADLINE_MS_MAX:
+        raise invalid_subscribe(
+            f"ack_deadline_ms must be 0 (30000) or within {ACK_DEADLINE_MS_MIN}.."
+            f"{ACK_DEADLINE_MS_MAX}, not {deadline}",
+            field="ack_deadline_ms",
+        )
+    return deadline
+
+
+async def serve_queue(
+    context: Context,
+    topic: Topic,
+    subscribe: broker_pb2.Subscribe,
+    credit: Credit,
+    queues: QueueDispatcher,
+    config: NodeConfig,
+    stopping: asyncio.Event,
+    add_credit: Any,
+) -> None:
+    deadline_ms = check_queue_subscribe(subscribe)
+    numbers = partition_numbers(topic, subscribe)
+    for number in numbers:
+        queues.leader_check(topic, number)
+    opened: dict[int, PartitionQueue] = {}
+    try:
+        for number in numbers:
+            opened[number] = await queues.open(
+                topic, number, subscribe.group, subscribe.start.kind, subscribe.ordered_keys
+            )
+    except StorageError as exc:
+        raise storage_failure(exc, topic.name) from None
+    subscribed = broker_pb2.Subscribed(
+        topic=topic.name,
+        record_bytes_max=topic.config.record_bytes_max,
+        partitions=[
+            broker_pb2.PartitionStart(
+                partition=n,
+                offset=q.dispatch.cursor,
+                log_start_offset=q.log.start_offset,
+                end_offset=q.log.end_offset,
+            )
+            for n, q in opened.items()
+        ],
+    )
+    await context.write(broker_pb2.ConsumeResponse(subscribed=subscribed).SerializeToString())
+    stream = _QueueStream(
+        context, topic, subscribe, opened, credit, queues, config, stopping, add_credit, deadline_ms
+    )
+    await stream.run()
+
+
+class _QueueStream:
+    def __init__(
+        self,
+        context: Context,
+        topic: Topic,
+        subscribe: broker_pb2.Subscribe,
+        opened: dict[int, PartitionQueue],
+        credit: Credit,
+        queues: QueueDispatcher,
+        config: NodeConfig,
+        stopping: asyncio.Event,
+        add_credit: Any,
+        deadline_ms: int,
+    ) -> None:
+        self._context = context
+        self._topic = topic
+        self._group = subscribe.group
+        self._start_kind = subscribe.start.kind
+        self._ordered_keys = subscribe.ordered_keys
+        self._opened = opened
+        self._order = collections.deque(opened)
+        self._credit = credit
+        self._queues = queues
+        self._config = config
+        self._stopping = stopping
+        self._add_credit = add_credit
+        self._deadline_ms = deadline_ms
+        self.token = queues.new_token()
+        self._wake = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._client_done = False
+        # A record handed out per partition that the byte credit could not pay yet.
+        self._held: dict[int, HandedOut] = {}
+        self._notified: set[int] = set()
+        self._answers: collections.deque[bytes] = collections.deque()
+        self._slots = asyncio.Semaphore(ANSWERS_INFLIGHT_MAX)
+        self._open_answers = 0
+        self._settlers: set[asyncio.Task[None]] = set()
+        # Every partition queue this stream has records of (acks may name others).
+        self._touched: dict[int, PartitionQueue] = dict(opened)
+
+    # Subscriber
+    def wake(self) -> None:
+        self._wake.set()
+
+    def fail(self, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+        self._wake.set()
+
+    def _failed(self) -> bool:
+        return self._failure is not None
+
+    async def run(self) -> None:
+        for queue in self._opened.values():
+            queue.attach(self)
+        tasks = [
+            asyncio.create_task(self._read_loop()),
+            asyncio.create_task(self._watch_stopping()),
+        ]
+        for task in tasks:
+            task.add_done_callback(self._on_task_done)
+        try:
+            await self._write_loop()
+        except StorageError as exc:
+            raise storage_failure(exc, self._topic.name) from None
+        finally:
+            for task in (*tasks, *self._settlers):
+                task.cancel()
+            await asyncio.gather(*tasks, *self._settlers, return_exceptions=True)
+            for queue in self._touched.values():
+                queue.detach(self, self.token)
+        if self._failure is not None:
+            raise self._failure
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.fail(task.exception())  # type: ignore[arg-type]
+
+    async def _watch_stopping(self) -> None:
+        await self._stopping.wait()
+        self.fail(shutting_down())
+
+    # -- the writer ----------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            if self._failure is not None:
+                return
+            while self._answers:
+                await self._context.write(self._answers.popleft())
+                self._open_answers -= 1
+                self._slots.release()
+            sent = 0
+            if self._credit.usable:
+                for _ in range(len(self._order)):
+                    if not self._credit.usable or self._failed():
+                        break
+                    number = self._order[0]
+                    self._order.rotate(-1)
+                    sent += await self._send_from(number, self._opened[number])
+            if sent:
+                continue
+            if self._client_done and self._open_answers == 0:
+                return
+            await self._wake.wait()
+
+    async def _send_from(self, number: int, queue: PartitionQueue) -> int:
+        credit = self._credit
+        items: list[HandedOut] = []
+        charged = 0
+        held = self._held.get(number)
+        if held is not None:
+            if held.record.charge > credit.bytes:
+                if number not in self._notified:
+                    self._notified.add(number)
+                    await self._notice(number, held)
+                return 0
+            del self._held[number]
+            items.append(held)
+            charged = held.record.charge
+        if queue.failure is not None:
+            raise queue.failure
+        if len(items) < credit.messages:
+            more, over = queue.hand_out(
+                self.token,
+                min(credit.messages, RESPONSE_RECORDS_MAX) - len(items),
+                credit.bytes - charged,
+                self._config.consume_response_bytes_max - charged,
+                self._deadline_ms + self._queues.clock_ms(),
+            )
+            items.extend(more)
+            if over is not None:
+                self._held[number] = over
+                if not items and over.record.charge > credit.bytes and number not in self._notified:
+                    self._notified.add(number)
+                    await self._notice(number, over)
+        if not items:
+            return 0
+        self._notified.discard(number)
+        credit.messages -= len(items)
+        credit.bytes -= sum(i.record.charge for i in items)
+        batch = broker_pb2.ConsumedBatch(
+            topic=self._topic.name,
+            partition=number,
+            base_offset=items[0].delivery.offset,
+            end_offset=queue.log.end_offset,
+            records=[i.record.record for i in items],
+            deliveries=[
+                broker_pb2.Delivery(
+                    ack_id=encode_ack_id(
+                        self._group, number, i.delivery.offset, i.delivery.attempt
+                    ),
+                    offset=i.delivery.offset,
+                    delivery_attempt=i.delivery.attempt,
+                    ack_deadline_ms=i.delivery.deadline_ms,
+                )
+                for i in items
+            ],
+        )
+        await self._context.write(broker_pb2.ConsumeResponse(batch=batch).SerializeToString())
+        return 1
+
+    async def _notice(self, number: int, held: HandedOut) -> None:
+        needed = held.record.charge - self._credit.bytes
+        notice = BrokerError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "CREDIT_TOO_SMALL",
+            f"the record at offset {held.delivery.offset} of partition {number} costs"
+            f" {held.record.charge} bytes of credit and {self._credit.bytes} remain: grant at"
+            f" least {needed} more bytes",
+            {
+                "partition": number,
+                "offset": held.delivery.offset,
+                "record_bytes": held.record.charge,
+                "credit_bytes": self._credit.bytes,
+                "needed_bytes": needed,
+            },
+        )
+        await self._context.write(
+            broker_pb2.ConsumeResponse(notice=notice.to_proto()).SerializeToString()
+        )
+
+    # -- the reader ----------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                request = await self._context.read()
+                if request is grpc.aio.EOF:
+                    self._client_done = True
+                    self._wake.set()
+                    return
+                if not isinstance(request, broker_pb2.ConsumeRequest):
+                    raise invalid("MALFORMED_REQUEST", "a ConsumeRequest could not be parsed")
+                kind = request.WhichOneof("kind")
+                if kind == "credit":
+                    self._add_credit(self._credit, request.credit)
+                    self._wake.set()
+                elif kind in ("ack", "nack", "extend_deadline"):
+                    body = getattr(request, kind)
+                    if len(body.ack_ids) > ACK_IDS_MAX:
+                        raise invalid(
+                            "TOO_MANY_ACK_IDS",
+                            f"an {kind} carries at most {ACK_IDS_MAX} ack ids, not"
+                            f" {len(body.ack_ids)}",
+                            count=len(body.ack_ids),
+                            limit=ACK_IDS_MAX,
+                        )
+                    await self._take_slot()
+                    await self._settle(kind, body)
+                elif kind == "commit":
+                    await self._take_slot()
+                    result = broker_pb2.CommitResult(
+                        commit_id=request.commit.commit_id,
+                        error=not_in_queue_mode("commit").to_proto(),
+                    )
+                    self._answer(broker_pb2.ConsumeResponse(commit=result))
+                elif kind == "seek":
+                    await self._take_slot()
+                    seek = broker_pb2.SeekResult(
+                        seek_id=request.seek.seek_id,
+                        partition=request.seek.partition,
+                        error=not_in_queue_mode("seek").to_proto(),
+                    )
+                    self._answer(broker_pb2.ConsumeResponse(seek=seek))
+                elif kind in ("assignment_ack", "heartbeat"):
+                    raise not_in_queue_mode(kind)
+                elif kind == "subscribe":
+                    raise invalid(
+                        "ALREADY_SUBSCRIBED", "subscribe is only valid as the first request"
+                    )
+                else:
+                    raise invalid("EMPTY_REQUEST", "a ConsumeRequest must set one of its fields")
+        except BrokerError as error:
+            self.fail(error)
+
+    async def _take_slot(self) -> None:
+        await self._slots.acquire()
+        self._open_answers += 1
+
+    def _answer(self, response: broker_pb2.ConsumeResponse) -> None:
+        self._answers.append(response.SerializeToString())
+        self._wake.set()
+
+    async def _queue_of(self, partition: int) -> PartitionQueue:
+        queue = self._touched.get(partition)
+        if queue is not None and queue.failure is None:
+            return queue
+        queue = await self._queues.open(
+            self._topic, partition, self._group, self._start_kind, self._ordered_keys
+        )
+        self._touched[partition] = queue
+        return queue
+
+    async def _settle(self, kind: str, body: Any) -> None:
+        """Apply an ack, nack or extension now; answer it once its turn is durable."""
+        failures: list[broker_pb2.AckFailure] = []
+        turns: dict[int, tuple[asyncio.Future[None], list[int]]] = {}
+        refused = _request_refusal(kind, body)
+        now = self._queues.clock_ms()
+        for index, raw in enumerate(body.ack_ids):
+            error = refused or await self._settle_one(kind, body, raw, now, index, turns)
+            if error is not None:
+                failures.append(broker_pb2.AckFailure(index=index, error=error.to_proto()))
+        task = asyncio.create_task(self._answer_after(body.request_id, failures, turns))
+        self._settlers.add(task)
+        task.add_done_callback(self._settlers.discard)
+        task.add_done_callback(self._on_task_done)
+
+    async def _settle_one(
+        self,
+        kind: str,
+        body: Any,
+        raw: bytes,
+        now: int,
+        index: int,
+        turns: dict[int, tuple[asyncio.Future[None], list[int]]],
+    ) -> BrokerError | None:
+        ack_id = decode_ack_id(self._group, raw)
+        if isinstance(ack_id, UnknownAckIdError):
+            return queue_error(ack_id)
+        if ack_id.partition >= self._topic.partition_count:
+            return queue_error(UnknownAckIdError(f"the topic has no partition {ack_id.partition}"))
+        try:
+            queue = await self._queue_of(ack_id.partition)
+        except BrokerError as error:
+            return error
+        offset, attempt = ack_id.offset, ack_id.attempt
+        outcome: Outcome | QueueError | None
+        if kind == "ack":
+            outcome = queue.ack(offset, attempt)
+        elif kind == "nack":
+            delay = body.delay_ms if body.HasField("delay_ms") else None
+            outcome = queue.nack(offset, attempt, delay, body.error)
+            if outcome in (Outcome.STALE_ATTEMPT, Outcome.ALREADY_ACKED):
+                outcome = NotInFlight(f"offset {offset} attempt {attempt} is no longer held")
+        else:
+            outcome = queue.extend(offset, attempt, self.token, now + body.extension_ms)
+            if outcome is Outcome.ALREADY_ACKED:
+                outcome = NotInFlight(f"offset {offset} is acked")
+        if isinstance(outcome, QueueError):
+            return queue_error(outcome)
+        if kind != "extend_deadline":
+            turn = turns.get(ack_id.partition)
+            if turn is None:
+                turns[ack_id.partition] = (queue.next_turn(), [index])
+            else:
+                turn[1].append(index)
+        return None
+
+    async def _answer_after(
+        self,
+        request_id: int,
+        failures: list[broker_pb2.AckFailure],
+        turns: dict[int, tuple[asyncio.Future[None], list[int]]],
+    ) -> None:
+        for turn, indexes in turns.values():
+            try:
+                await asyncio.shield(turn)
+            except BrokerError as error:
+                failures.extend(
+                    broker_pb2.AckFailure(index=i, error=error.to_proto()) for i in indexes
+                )
+        failures.sort(key=lambda f: f.index)
+        self._answer(
+            broker_pb2.ConsumeResponse(
+                ack=broker_pb2.AckResult(request_id=request_id, failures=failures)
+            )
+        )
+
+
+def _request_refusal(kind: str, body: Any) -> BrokerError | None:
+    """A refusal of every id of the request for one of its own fields."""
+    if kind == "nack":
+        if body.HasField("delay_ms") and body.delay_ms > NACK_DELAY_MS_MAX:
+            return invalid(
+                "INVALID_NACK",
+                f"a nack's delay_ms is at most {NACK_DELAY_MS_MAX}, not {body.delay_ms}",
+                field="delay_ms",
+            )
+        if len(body.error.encode()) > NACK_ERROR_BYTES_MAX:
+            return invalid(
+                "INVALID_NACK",
+                f"a nack's error is at most {NACK_ERROR_BYTES_MAX} bytes",
+                field="error",
+            )
+    if (
+        kind == "extend_deadline"
+        and not ACK_DEADLINE_MS_MIN <= body.extension_ms <= ACK_DEADLINE_MS_MAX
+    ):
+        return invalid(
+            "INVALID_EXTENSION",
+            f"extension_ms must be within {ACK_DEADLINE_MS_MIN}..{ACK_DEADLINE_MS_MAX}, not"
+            f" {body.extension_ms}",
+            field="extension_ms",
+        )
+    return None
+
+
+__all__ = ["check_queue_subscribe", "not_in_queue_mode", "serve_queue"]
