@@ -192,7 +192,9 @@ class Settler:
             gathering = self._open[kind] = _Gathering(kind)
             task = asyncio.create_task(self._send(gathering), name="weir-consumer-settle")
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # A callback, not a `finally` in `_send`: a task cancelled before
+            # its first step never runs its body.
+            task.add_done_callback(lambda done: self._sent(done, gathering))
             # Nobody may be left to look at the outcome (their deadlines passed).
             gathering.done.add_done_callback(_retrieve)
         first = len(gathering.ack_ids)
@@ -221,12 +223,18 @@ class Settler:
             _fail(gathering, WeirTimeoutError(f"no answer to {gathering.kind.name} in time"))
         except WeirError as exc:
             _fail(gathering, exc)
-        except asyncio.CancelledError:
-            _fail(gathering, ClosedError("the consumer is closed"))
-            raise
-        finally:
-            self.outstanding -= len(gathering.ack_ids)
-            self._room.set()
+
+    def _sent(self, task: asyncio.Task[None], gathering: _Gathering) -> None:
+        """A sending task ended: its ids leave the bound; its callers hear at last now."""
+        self._tasks.discard(task)
+        if self._open.get(gathering.kind) is gathering:
+            del self._open[gathering.kind]  # cancelled before it ran
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            _fail(gathering, ClosedError(f"the consumer's settling task died: {failure!r}"))
+        _fail(gathering, ClosedError("the consumer is closed"))
+        self.outstanding -= len(gathering.ack_ids)
+        self._room.set()
 
     async def _send_once(self, gathering: _Gathering) -> broker_pb2.AckResult:
         consumer = self._consumer

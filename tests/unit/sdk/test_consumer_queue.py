@@ -407,3 +407,21 @@ def test_an_empty_batch_in_queue_mode_is_harmless(monkeypatch: pytest.MonkeyPatc
             assert c.assignment() == [0]
 
     run(body)
+
+
+def test_close_right_after_an_ack_fails_it_before_it_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = Calls(monkeypatch)
+
+    async def body() -> None:
+        c = queue_consumer()
+        await c.start()
+        acking = asyncio.ensure_future(c.ack(record(0, 1)))
+        await asyncio.sleep(0)  # the ack opened its request; the send has not run
+        await c.close()
+        with pytest.raises(ClosedError):
+            await acking
+        assert c._settler.outstanding == 0 and calls.last.sent("ack") == []
+
+    run(body)
