@@ -136,9 +136,19 @@ class ClusterGroupDirectory:
                 raise NotCoordinatorLeader(response.leader_id)
             return [view_of_proto(msg, node) for msg in response.groups], response.more
 
-        return await self._coordinators.route(
-            f"(coordinator group {group_id})", coordinator, here, there
-        )
+        try:
+            return await self._coordinators.route("", coordinator, here, there)
+        except BrokerError as exc:
+            if exc.reason != "NOT_COORDINATOR":
+                raise
+            # Named for the coordinator group: no one consumer group is asked about.
+            raise BrokerError(
+                exc.code,
+                exc.reason,
+                f"coordinator group {group_id} has no leader now, so its consumer groups "
+                "cannot be listed; retry",
+                exc.metadata,
+            ) from None
 
     async def describe(self, name: str) -> GroupView | None:
         coordinator = self._coordinators.coordinator_of(name)

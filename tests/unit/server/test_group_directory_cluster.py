@@ -25,6 +25,7 @@ from weir.cluster.coordinator.store import StreamCommand, encode_command
 from weir.cluster.host import ProposalTicket
 from weir.cluster.raft.types import Entry, EntryType
 from weir.cluster.v1 import coordinator_pb2 as pb
+from weir.server import cluster_coordinator
 from weir.server.cluster_coordinator import ClusterCoordinators
 from weir.server.cluster_meta import ClusterMetadata
 from weir.server.errors import BrokerError
@@ -44,6 +45,8 @@ class FakeHost:
         self.index: dict[int, int] = {}
         self.apply: dict[int, Callable[[Entry], object]] = {}
         self.proposed: list[bytes] = []
+        # The leader this node knows of (0: none, an election is going on).
+        self.leader_id = LEADER
 
     def start_group(self, group_id: int, voters: Sequence[int], **kwargs: Any) -> None:
         self.apply[group_id] = kwargs["on_apply"]
@@ -53,7 +56,7 @@ class FakeHost:
         return self.node_id == LEADER
 
     def leader(self, group_id: int) -> int:
-        return LEADER
+        return self.leader_id
 
     def term(self, group_id: int) -> int:
         return self.term_now
@@ -251,5 +254,23 @@ def test_a_non_leader_answers_not_leader_with_its_hint() -> None:
             Context(),
         )
         assert reset.not_leader and reset.leader_id == LEADER
+
+    run(body)
+
+
+def test_a_coordinator_without_a_leader_fails_the_list_with_not_coordinator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cluster_coordinator, "ROUTE_TIMEOUT_S", 0.2)
+
+    async def body() -> None:
+        c = Cluster()
+        c.follower.host.leader_id = 0
+        with pytest.raises(BrokerError) as refused:
+            await c.follower.directory.list_groups()
+        assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+        assert refused.value.reason == "NOT_COORDINATOR"
+        assert "cannot be listed" in refused.value.message
+        assert c.calls == []
 
     run(body)
