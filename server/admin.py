@@ -251,7 +251,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListGroupsRequest, context: Context
     ) -> admin_pb2.ListGroupsResponse:
         async def run() -> admin_pb2.ListGroupsResponse:
-            return await self._group_admin().list_groups()
+            return await self._group_admin().list_groups(request)
 
         return await _guard(context, "ListGroups", run())
 

@@ -52,8 +52,8 @@ class GroupView:
 
 
 class GroupDirectory(Protocol):
-    async def list_groups(self) -> list[GroupView]:
-        """Every group with committed offsets or members, in any order."""
+    async def list_groups(self, after: str, limit: int) -> list[GroupView]:
+        """The first `limit` groups (offsets or members) whose names sort after `after`, by name."""
         ...
 
     async def describe(self, name: str) -> GroupView | None:
@@ -67,6 +67,17 @@ class GroupDirectory(Protocol):
         online, and then stores nothing.
         """
         ...
+
+
+LIST_PAGE_SIZE_DEFAULT = 1_000
+LIST_PAGE_SIZE_MAX = 10_000
+
+
+def _check_name(name: str) -> None:
+    """Admin calls name one group: the empty name (no group) is refused like a bad one."""
+    if not name:
+        raise invalid("INVALID_GROUP_NAME", "a consumer group name is needed")
+    check_group_name(name)
 
 
 def group_not_found(name: str) -> BrokerError:
@@ -99,10 +110,21 @@ class GroupAdmin:
         names.update(t for m in view.members for t in m.topics)
         return sorted(names)
 
-    async def list_groups(self) -> admin_pb2.ListGroupsResponse:
+    async def list_groups(
+        self, request: admin_pb2.ListGroupsRequest
+    ) -> admin_pb2.ListGroupsResponse:
+        size = request.page_size or LIST_PAGE_SIZE_DEFAULT
+        if not 1 <= size <= LIST_PAGE_SIZE_MAX:
+            raise invalid(
+                "INVALID_PAGE_SIZE",
+                f"page_size must be 0 (the default, {LIST_PAGE_SIZE_DEFAULT}) or"
+                f" 1..{LIST_PAGE_SIZE_MAX}",
+                page_size=request.page_size,
+            )
+        views = await self._directory.list_groups(request.page_token, size)
         live = self._live_partitions()
         groups = []
-        for view in sorted(await self._directory.list_groups(), key=lambda v: v.name):
+        for view in views:
             topics = self._topics_of(view, live)
             if not view.members and not topics:
                 continue  # only offsets of deleted topics, not yet forgotten
@@ -114,10 +136,12 @@ class GroupAdmin:
                     topics=topics,
                 )
             )
-        return admin_pb2.ListGroupsResponse(groups=groups)
+        # A full page may have more after it; the token is the last name read.
+        token = views[-1].name if len(views) == size else ""
+        return admin_pb2.ListGroupsResponse(groups=groups, next_page_token=token)
 
     async def describe(self, name: str) -> admin_pb2.DescribeGroupResponse:
-        check_group_name(name)
+        _check_name(name)
         view = await self._directory.describe(name)
         live = self._live_partitions()
         if view is None:
@@ -169,7 +193,7 @@ class GroupAdmin:
     async def reset_offsets(
         self, request: admin_pb2.ResetGroupOffsetsRequest
     ) -> admin_pb2.ResetGroupOffsetsResponse:
-        check_group_name(request.name)
+        _check_name(request.name)
         topic = self._topics.get(request.topic)
         numbers = self._partition_numbers(topic, request.partitions)
         targets = {topic.group_id(n): self._target(topic, n, request.position) for n in numbers}

@@ -94,10 +94,16 @@ class LocalGroupDirectory:
             self._node_id,
         )
 
-    async def list_groups(self) -> list[GroupView]:
+    async def list_groups(self, after: str, limit: int) -> list[GroupView]:
         names = set(self._offsets.consumer_groups()) | set(self._membership.stream_groups())
-        views = (self._view(name) for name in sorted(names))
-        return [v for v in views if v is not None]
+        views = []
+        for name in sorted(n for n in names if n > after):
+            view = self._view(name)
+            if view is not None:
+                views.append(view)
+                if len(views) == limit:
+                    break
+        return views
 
     async def describe(self, name: str) -> GroupView | None:
         return self._view(name)

@@ -105,17 +105,26 @@ class ClusterGroupDirectory:
 
     # -- GroupDirectory ----------------------------------------------------------------
 
-    async def list_groups(self) -> list[GroupView]:
+    async def list_groups(self, after: str, limit: int) -> list[GroupView]:
+        """The first `limit` groups by name after `after`, over every coordinator group.
+
+        Each coordinator group is read up to `limit` groups (its pages are
+        sorted by name), so this holds at most `limit` views per
+        coordinator group before the merge keeps the first `limit`.
+        """
         views: list[GroupView] = []
         for coordinator in self._coordinators.coordinator_groups():
-            after = ""
-            while True:
-                page, more = await self._page(coordinator, after)
+            cursor, taken = after, 0
+            while taken < limit:
+                page, more = await self._page(coordinator, cursor)
+                page = page[: limit - taken]
                 views.extend(page)
+                taken += len(page)
                 if not more or not page:
                     break
-                after = page[-1].name
-        return views
+                cursor = page[-1].name
+        views.sort(key=lambda v: v.name)
+        return views[:limit]
 
     async def _page(self, coordinator: Partition, after: str) -> tuple[list[GroupView], bool]:
         group_id = coordinator.group_id

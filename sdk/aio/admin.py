@@ -233,11 +233,20 @@ class Admin:
         return ClusterInfo.from_proto(response)
 
     async def list_groups(self) -> list[GroupSummary]:
-        """Every consumer group with committed offsets or members online, by name."""
-        response: admin_pb2.ListGroupsResponse = await self._call(
-            "ListGroups", admin_pb2.ListGroupsRequest()
-        )
-        return [GroupSummary.from_proto(g) for g in response.groups]
+        """Every consumer group with committed offsets or members online, by name.
+
+        Reads every page (`ListGroups` answers at most 1000 groups a call).
+        """
+        groups: list[GroupSummary] = []
+        token = ""
+        while True:
+            response: admin_pb2.ListGroupsResponse = await self._call(
+                "ListGroups", admin_pb2.ListGroupsRequest(page_token=token)
+            )
+            groups.extend(GroupSummary.from_proto(g) for g in response.groups)
+            token = response.next_page_token
+            if not token:
+                return groups
 
     async def describe_group(self, name: str) -> GroupInfo:
         """A group's members, owners, committed and end offsets and lag per partition.

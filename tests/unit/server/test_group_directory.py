@@ -81,12 +81,12 @@ def reset_request(group: str, offset: int) -> admin_pb2.ResetGroupOffsetsRequest
 def test_groups_with_offsets_or_members_are_listed_and_described(tmp_path: pathlib.Path) -> None:
     async def body() -> None:
         async with world(tmp_path) as w:
-            assert await w.directory.list_groups() == []
+            assert await w.directory.list_groups("", 1000) == []
             assert await w.directory.describe("g") is None
             first, second = w.topic.group_ids
             await w.offsets.commit("idle", w.topic, {1: 0})
             member = await w.join("g")
-            views = await w.directory.list_groups()
+            views = await w.directory.list_groups("", 1000)
             assert [v.name for v in views] == ["g", "idle"]
             g = await w.directory.describe("g")
             assert g is not None and g.coordinator_id == NODE_ID and g.generation >= 1
@@ -103,11 +103,29 @@ def test_groups_with_offsets_or_members_are_listed_and_described(tmp_path: pathl
                 (0, member.member_id),
                 (1, member.member_id),
             ]
-            listed = await w.admin.list_groups()
+            listed = await w.admin.list_groups(admin_pb2.ListGroupsRequest())
             assert [(s.name, s.member_count, s.topics) for s in listed.groups] == [
                 ("g", 1, ["t"]),
                 ("idle", 0, ["t"]),
             ]
+            # One group per page: the token walks the names in order.
+            first = await w.admin.list_groups(admin_pb2.ListGroupsRequest(page_size=1))
+            assert [g.name for g in first.groups] == ["g"] and first.next_page_token == "g"
+            second = await w.admin.list_groups(
+                admin_pb2.ListGroupsRequest(page_size=1, page_token=first.next_page_token)
+            )
+            assert [g.name for g in second.groups] == ["idle"]
+            last = await w.admin.list_groups(
+                admin_pb2.ListGroupsRequest(page_size=1, page_token=second.next_page_token)
+            )
+            assert last.groups == [] and last.next_page_token == ""
+            for bad in (admin_pb2.ListGroupsRequest(page_size=10_001),):
+                with pytest.raises(BrokerError) as refused:
+                    await w.admin.list_groups(bad)
+                assert refused.value.reason == "INVALID_PAGE_SIZE"
+            with pytest.raises(BrokerError) as unnamed:
+                await w.admin.describe("")
+            assert unnamed.value.reason == "INVALID_GROUP_NAME"
             await member.close()
             # A single node keeps nothing of a group whose members all left.
             assert await w.directory.describe("g") is None

@@ -181,7 +181,7 @@ def test_list_merges_every_coordinator_page_by_page_within_the_bound() -> None:
             await c.commit(name, {c.group_ids[0]: len(name)})
         c.propose("group-007", join("member-with-a-long-id-" + "x" * 100))
         for directory in (c.leader.directory, c.follower.directory):
-            views = await directory.list_groups()
+            views = await directory.list_groups("", 1000)
             assert sorted(v.name for v in views) == names
             assert all(v.coordinator_id == LEADER for v in views)
             assert {v.name for v in views if v.members} == {"group-007"}
@@ -267,7 +267,7 @@ def test_a_coordinator_without_a_leader_fails_the_list_with_not_coordinator(
         c = Cluster()
         c.follower.host.leader_id = 0
         with pytest.raises(BrokerError) as refused:
-            await c.follower.directory.list_groups()
+            await c.follower.directory.list_groups("", 1000)
         assert refused.value.code == grpc.StatusCode.UNAVAILABLE
         assert refused.value.reason == "NOT_COORDINATOR"
         assert "cannot be listed" in refused.value.message
