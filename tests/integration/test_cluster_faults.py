@@ -56,7 +56,7 @@ PARTITIONS = 6
 # the 20-kill loops of test_idempotent_producer_faults.py check exactly once
 # under the same faults, so a few kills suffice here.
 KILLS = 8
-KILL_LOOP_DEADLINE_S = 60.0
+KILL_LOOP_DEADLINE_S = 75.0
 # Time for the survivors to elect new leaders after a kill, and for a
 # restarted node to be seen alive again; generous, the loop's own pace is
 # what the election and the restart take.
