@@ -233,8 +233,9 @@ def _exists(client: RawClient) -> bool:
 async def _drain(
     address: str, topic: str, acked: dict[bytes, int], delivered: list[bytes], stop_after: int
 ) -> str | None:
-    """Consume and ack one by one on `address` until `stop_after` acks (or all); the
-    ErrorInfo reason the stream ended with, None if it was left open and cancelled."""
+    """Consume and ack one by one on `address` until `stop_after` records are acked (no ack
+    left unanswered, records past that held unacked); the ErrorInfo reason the stream
+    ended with, None if it was left open and cancelled."""
     async with grpc.aio.insecure_channel(address) as channel:
         call = broker_pb2_grpc.BrokerServiceStub(channel).Consume()
         await call.write(
@@ -257,13 +258,15 @@ async def _drain(
                     assert not response.ack.failures, response.ack
                     value = pending.pop(response.ack.request_id)
                     acked[value] = acked.get(value, 0) + 1
-                    if len(acked) >= stop_after:
+                    if len(acked) >= stop_after and not pending:
                         return None
                 elif kind == "batch":
                     for record, delivery in zip(
                         response.batch.records, response.batch.deliveries, strict=True
                     ):
                         delivered.append(record.value)
+                        if len(acked) + len(pending) >= stop_after:
+                            continue  # held unacked: it goes back when the stream ends
                         pending[next_id] = record.value
                         ack = broker_pb2.Ack(request_id=next_id, ack_ids=[delivery.ack_id])
                         next_id += 1
