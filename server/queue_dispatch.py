@@ -92,6 +92,8 @@ NACK_ERROR_BYTES_MAX = 1024
 IDLE_POLL_MS = 100
 # The delay index is polled this often while it has rows and streams wait.
 DELAY_POLL_MS = 200
+# Reads past records not due yet per hand-out (the stream is woken to go on).
+SCAN_READS_MAX = 8
 # Due delayed rows read per hand-out.
 DELAYED_PAGE_MAX = 256
 # A dead letter that failed is tried again after this, doubling up to the max.
@@ -276,13 +278,21 @@ class PartitionQueue:
         out: list[HandedOut] = []
         charged = 0
         over: HandedOut | None = None
+        reads = 0
         while len(out) < records_max:
             candidates = delayed + self._scan_candidates()
             got = self.dispatch.deliver(token, 1, deadline_ms, now, tuple(candidates))
             if not got:
                 if self._buffer or self.dispatch.cursor >= self.log.end_offset:
                     break
-                continue  # the buffer ran out at the cursor: read on
+                # The buffer ran out at the cursor (every record in it passed
+                # over: not due yet): read on, a bounded number of times per
+                # call so that a long run of delayed records cannot hold the loop.
+                reads += 1
+                if reads >= SCAN_READS_MAX:
+                    self._wake_streams()
+                    break
+                continue
             delivery = got[0]
             record = self._record_at(delivery.offset)
             if record is None:

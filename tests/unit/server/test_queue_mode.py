@@ -12,6 +12,7 @@ import pytest
 
 from tests.unit.server.test_queue_harness import Clock, QueueNode, queue_node, run
 from weir.cluster.queue import encode_ack_id
+from weir.server.consume_queue import ANSWERS_INFLIGHT_MAX
 from weir.v1 import broker_pb2
 
 pytestmark = pytest.mark.timeout(60)
@@ -377,5 +378,28 @@ def test_queue_groups_per_partition_are_bounded(tmp_path: pathlib.Path) -> None:
             c = n.subscribe(group="g3")
             assert await c.ended() == "QUEUE_GROUPS_FULL"
             assert log.queue_groups() == ["g1", "g2"]
+
+    run(body)
+
+
+def test_unanswered_requests_per_stream_are_bounded(tmp_path: pathlib.Path) -> None:
+    async def body() -> None:
+        async with queue_node(tmp_path) as n:
+            await filled(n, 1)
+            a = n.subscribe(credit=broker_pb2.Credit(messages=1, bytes=1 << 20))
+            await a.until_records(1)
+            context = a.context
+            context.write_gate.clear()  # the client stops reading
+            requests = 40
+            ids = [a.request("ack", [b"junk"]) for _ in range(requests)]
+            # The Subscribe, ANSWERS_INFLIGHT_MAX requests, and one waiting for a slot.
+            await n.until(lambda: context.reads == 1 + ANSWERS_INFLIGHT_MAX + 1)
+            await n.settle()
+            assert context.reads == 1 + ANSWERS_INFLIGHT_MAX + 1
+            assert context.writes_waiting == 1
+            context.write_gate.set()
+            for request_id in ids:
+                result = await a.answer(request_id)
+                assert [f.error.reason for f in result.failures] == ["UNKNOWN_ACK_ID"]
 
     run(body)
