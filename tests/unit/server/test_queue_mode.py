@@ -403,3 +403,28 @@ def test_unanswered_requests_per_stream_are_bounded(tmp_path: pathlib.Path) -> N
                 assert [f.error.reason for f in result.failures] == ["UNKNOWN_ACK_ID"]
 
     run(body)
+
+
+def test_records_retention_deleted_are_written_off(tmp_path: pathlib.Path) -> None:
+    async def body() -> None:
+        async with queue_node(tmp_path) as n:
+            for i in range(3):
+                await n.append(0, [b"e%d-%d" % (i, j) for j in range(4)])
+            log = n.replicator.log(n.topics.get("t").group_id(0))
+            a = n.subscribe(credit=broker_pb2.Credit(messages=6, bytes=1 << 20))
+            await a.until_records(6)
+            # Offsets 0..5 are in flight; retention deletes the first entry (0..3).
+            assert await log.truncate_prefix(log.size_bytes * 2 // 3, None) == 1
+            assert log.start_offset == 4
+            a.task.cancel()
+            b = n.subscribe(credit=broker_pb2.Credit(messages=20, bytes=1 << 20))
+            await b.until_records(8)
+            await n.settle()
+            got = sorted((d.offset, d.delivery_attempt) for d, _, _ in b.deliveries())
+            assert got == [(4, 2), (5, 2), (6, 1), (7, 1), (8, 1), (9, 1), (10, 1), (11, 1)]
+            await b.answer(b.request("ack", [d.ack_id for d, _, _ in b.deliveries()]))
+            state = log.queue_state("g")
+            assert state is not None and state.acked.low_watermark == 12
+            assert not state.pending
+
+    run(body)
