@@ -27,6 +27,7 @@ import grpc.aio
 from ..raft.storage import bootstrap
 from ..raft.types import HardState, Message, NodeId, NotLeader, ProposalDropped, Role
 from ..storage.codec import BatchKind, encode_batch, encode_partition_snapshot
+from ..storage.errors import StorageError
 from ..storage.log import PartitionLog, RetentionPlan
 from ..storage.node import NodeStorage
 from ..storage.producers import Duplicate, InFlight, ProducerFields, TailBatch, decide, encode_table
@@ -177,7 +178,26 @@ class RaftHost:
                 fail_ticket(ticket, error)
         for group in self._driver.groups.values():
             group.waiters.fail_all(OutcomeUnknownError(group.group_id, reason))
+            self._give_back_reservation(group)
         self._driver.waiting.clear()
+
+    @staticmethod
+    def _give_back_reservation(group: Group) -> None:
+        """Returns what a dead driver held of the writer's budget.
+
+        The writer's close waits until no bytes are reserved; a driver that
+        died between reserving and flushing would otherwise leave the node
+        hanging on SIGTERM. `flush()` submits nothing: it only releases the
+        unused reservation and hands back a future, which nobody awaits here.
+        """
+        group.reserved_bytes = 0
+        if group.storage.failed is not None:
+            return
+        try:
+            done = group.storage.flush()
+        except StorageError:
+            return
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def _check_running(self) -> None:
         if not self._running:

@@ -166,3 +166,29 @@ def test_a_stopped_host_refuses_work_and_stop_group_resolves_waiters(
                 host.start_group(0, [1], partition=False)
 
     run(main)
+
+
+def test_a_driver_that_dies_holding_a_reservation_gives_it_back(tmp_path: pathlib.Path) -> None:
+    """Storage closes after a driver died between reserving and flushing (it hung on SIGTERM)."""
+
+    async def main() -> None:
+        storage = NodeStorage(StorageConfig(path=tmp_path))
+        await storage.__aenter__()
+        host = RaftHost(config(), storage, random.Random(1))
+        with pytest.raises(ExceptionGroup) as caught:
+            async with host:
+                host.start_group(1, [1], partition=True)
+                await eventually(lambda: host.is_leader(1))
+                group_storage = host._driver.groups[1].storage
+
+                def broken_append(entries: object) -> None:
+                    raise RuntimeError("bug after reserving")
+
+                group_storage.append = broken_append  # type: ignore[method-assign]
+                host.append_batch(1, b"pending", 1, 0)
+                await asyncio.sleep(10)  # cancelled when the driver dies
+        assert caught.group_contains(RuntimeError, match="bug after reserving")
+        async with asyncio.timeout(5):
+            await storage.__aexit__(None, None, None)
+
+    run(main)
