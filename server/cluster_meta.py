@@ -163,7 +163,7 @@ class ControlProposer:
         """The command's result once applied on this node; a ControllerError is raised."""
         try:
             async with asyncio.timeout(timeout_ms / 1000):
-                index, result = await self._propose_somewhere(encode_command(command))
+                index, result, uncertain = await self._propose_somewhere(encode_command(command))
                 await self._metadata.wait_applied(index)
         except TimeoutError:
             raise no_controller(type(command).__name__) from None
@@ -174,27 +174,39 @@ class ControlProposer:
             # caller): the outcome is certain, its details are not.
             raise no_controller(f"{type(command).__name__} answer lost")
         if isinstance(result, ControllerError):
-            raise controller_error(result)
+            error = controller_error(result)
+            if uncertain:
+                # An earlier attempt may have been applied: its effect can be
+                # what this one was refused for (TOPIC_EXISTS after our own
+                # create), as the SDK marks its own retries.
+                error.metadata["after_unknown_outcome"] = "true"
+            raise error
         return result
 
-    async def _propose_somewhere(self, data: bytes) -> tuple[int, Result | None]:
+    async def _propose_somewhere(self, data: bytes) -> tuple[int, Result | None, bool]:
+        """Where the command was applied, its result if known here, and whether an
+        earlier attempt's outcome is unknown (it may have been applied too)."""
         delay_ms = RETRY_INITIAL_MS
+        uncertain = False
         while True:
             leader = self._host.leader(CONTROLLER_GROUP)
             try:
                 if leader == self._host.node_id:
-                    return await self._propose_here(data)
+                    index, result = await self._propose_here(data)
+                    return index, result, uncertain
                 if leader:
                     index = await self._forward(leader, data)
                     if index:
-                        return index, None
+                        return index, None, uncertain
             except NotLeaderError:
                 pass
             except HostError as exc:
                 if not exc.retriable:
                     raise
+                uncertain = True
                 log.info("controller proposal retried: %s", exc)
             except grpc.aio.AioRpcError as exc:
+                uncertain = True
                 log.info("forwarding to controller leader %d failed: %s", leader, exc.code())
             await asyncio.sleep(delay_ms * (0.5 + self._rng.random() / 2) / 1000)
             delay_ms = min(RETRY_MAX_MS, delay_ms * 2)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 import weir.aio
 from tests.integration.test_cluster_replication import (
@@ -753,6 +755,16 @@ def _topics(
         return described
 
 
+def _after_unknown_outcome(error: grpc.RpcError) -> bool:
+    """The node retried the command itself after an attempt whose outcome it could not know."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.metadata.get("after_unknown_outcome") == "true":
+            return True
+    return False
+
+
 def _create_retrying(cluster: ClusterProcess, node: int, name: str, deadline_s: float) -> str:
     """Create through `node` until it answers; TOPIC_EXISTS after a retry means our earlier try won."""
     tried = False
@@ -768,7 +780,11 @@ def _create_retrying(cluster: ClusterProcess, node: int, name: str, deadline_s: 
                 return "created"
             except grpc.RpcError as error:
                 code = error.code()  # type: ignore[attr-defined]
-                if code == grpc.StatusCode.ALREADY_EXISTS and tried:
+                if code == grpc.StatusCode.ALREADY_EXISTS and (
+                    tried or _after_unknown_outcome(error)
+                ):
+                    # Our own earlier try (or the node's, forwarded to a
+                    # controller leader that died answering) won.
                     return "exists after retry"
                 if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
