@@ -15,6 +15,7 @@ BENCHES = [
     "bench.cluster",
     "bench.consume_single",
     "bench.produce_single",
+    "bench.groups",
 ]
 
 

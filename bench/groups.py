@@ -1,0 +1,173 @@
+"""Consumer-group benchmarks on three real `weir serve` nodes (JSON lines on stdout).
+
+- groups_stream_consume: N records of 100 B in a 6-partition topic
+  (replication factor 3, acks=ALL), then a group of three SDK consumers in
+  stream mode (`mode="stream"`, auto-commit), each in its own process and
+  bootstrapped on a different node, reads them all from the earliest
+  offset; records/s from the first consumer's start to the last record.
+  Issue 8's target: >= 200,000 records/s.
+- groups_stream_e2e_latency: 2,000 records/s for 5 s to a one-partition
+  topic, timed from `send()` to the moment a stream-mode group member
+  yields the record; p50 and p99 (target p99 <= 15 ms).
+
+Queue-mode figures join here once queue mode serves a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import weir.aio
+from bench.cluster import (
+    LATENCY_RATE_PER_S,
+    LATENCY_SECONDS,
+    VALUE_BYTES,
+    create_led_topic,
+    describe,
+    emit,
+    produce,
+    wait_ready,
+)
+from tests.support.cluster_process import ClusterProcess
+
+RECORDS = int(os.environ.get("WEIR_BENCH_GROUP_RECORDS", "300000"))
+PARTITIONS = 6
+MEMBERS = 3
+# A member stops when nothing arrived for this long after the topic was drained.
+IDLE_STOP_S = 2.0
+
+
+def _member(bootstrap: list[str], topic: str, group: str, results: multiprocessing.Queue) -> None:
+    async def run() -> tuple[int, float, float]:
+        count = 0
+        first = last = 0.0
+        async with weir.aio.Consumer(
+            bootstrap, topic, group=group, mode="stream", start="earliest"
+        ) as consumer:
+            started = time.time()
+            while True:
+                batch = await consumer.poll_batch(10_000, timeout_s=IDLE_STOP_S)
+                if not batch:
+                    if count:
+                        break
+                    if time.time() - started > 60:
+                        break
+                    continue
+                if not count:
+                    first = time.time()
+                count += len(batch)
+                last = time.time()
+        return count, first, last
+
+    results.put(asyncio.run(run()))
+
+
+def stream_consume(bootstrap: Sequence[str], topic: str) -> dict[str, object]:
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue = context.Queue()
+    members = []
+    started = time.time()
+    for i in range(MEMBERS):
+        order = list(bootstrap[i:]) + list(bootstrap[:i])
+        process = context.Process(target=_member, args=(order, topic, "bench-group", results))
+        process.start()
+        members.append(process)
+    outcomes = [results.get(timeout=300) for _ in members]
+    for process in members:
+        process.join(30)
+    total = sum(c for c, _, _ in outcomes)
+    last = max(t for _, _, t in outcomes)
+    # The members' start-up (process spawn, imports, joining) is left out:
+    # timing starts at the first record any member received.
+    first = min(f for c, f, _ in outcomes if c)
+    return {
+        "records": total,
+        "records_per_s": round(total / (last - first)),
+        "members": MEMBERS,
+        "per_member": [c for c, _, _ in outcomes],
+        "startup_s": round(first - started, 2),
+    }
+
+
+async def stream_latency(bootstrap: Sequence[str], topic: str) -> list[float]:
+    total = LATENCY_RATE_PER_S * LATENCY_SECONDS
+    sent_at = [0.0] * total
+    latencies: list[float] = []
+    pad = b"x" * (VALUE_BYTES - 12)
+    async with (
+        weir.aio.Consumer(
+            list(bootstrap), topic, group="latency-group", mode="stream", start="latest"
+        ) as consumer,
+        weir.aio.Producer(list(bootstrap), acks="all", linger_ms=1) as producer,
+    ):
+        await producer.partitions_for(topic)
+
+        async def receive() -> None:
+            async for record in consumer:
+                latencies.append(time.perf_counter() - sent_at[int(record.value[:12])])
+                if len(latencies) >= total:
+                    return
+
+        receiving = asyncio.create_task(receive())
+        # Let the member join and its partition start at the end of the log.
+        deadline = time.monotonic() + 30
+        while not consumer.assignment() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        interval = 1 / LATENCY_RATE_PER_S
+        start = time.perf_counter()
+        for i in range(total):
+            delay = start + i * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent_at[i] = time.perf_counter()
+            await producer.send(topic, b"%012d" % i + pad, partition=0)
+        await producer.flush()
+        await asyncio.wait_for(receiving, 60)
+    return latencies
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = ClusterProcess(Path(tmp), extra_args=("--durability", "sync"))
+        cluster.start()
+        try:
+            wait_ready(cluster)
+            bootstrap = cluster.addresses
+            create_led_topic(cluster, "groups", PARTITIONS)
+            asyncio.run(produce(bootstrap, "groups", RECORDS))
+            committed = sum(p.end_offset for p in describe(cluster, "groups").partitions)
+            assert committed == RECORDS, (committed, RECORDS)
+            figures = stream_consume(bootstrap, "groups")
+            emit(
+                bench="groups_stream_consume",
+                nodes=3,
+                partitions=PARTITIONS,
+                record_bytes=VALUE_BYTES,
+                **figures,
+            )
+            create_led_topic(cluster, "group-latency", 1)
+            ordered = sorted(asyncio.run(stream_latency(bootstrap, "group-latency")))
+            emit(
+                bench="groups_stream_e2e_latency",
+                rate_per_s=LATENCY_RATE_PER_S,
+                records=len(ordered),
+                p50_ms=round(statistics.median(ordered) * 1000, 2),
+                p99_ms=round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 2),
+            )
+        finally:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
