@@ -61,6 +61,7 @@ from weir.server.queue_dispatch import (
     QueueDispatcher,
     queue_error,
 )
+from weir.server.queue_relay import REOPEN_CODES, Relay, is_relayed
 from weir.server.topics import Topic
 from weir.v1 import broker_pb2
 
@@ -72,6 +73,9 @@ ACK_DEADLINE_MS_MAX = 600_000
 ACK_IDS_MAX = 10_000
 # Ack, nack, extension, commit and seek requests read and not yet answered.
 ANSWERS_INFLIGHT_MAX = 16
+# A relay that ended is reopened this many times (backing off) before the stream fails.
+REOPEN_ATTEMPTS_MAX = 40
+REOPEN_BACKOFF_MS_MAX = 500
 # Records in one ConsumedBatch at most.
 RESPONSE_RECORDS_MAX = 500
 NOT_IN_QUEUE_MODE = "NOT_IN_QUEUE_MODE"
@@ -129,34 +133,64 @@ async def serve_queue(
 ) -> None:
     deadline_ms = check_queue_subscribe(subscribe)
     numbers = partition_numbers(topic, subscribe)
+    local: list[int] = []
+    remote: dict[int, list[int]] = {}  # leader node -> its partitions
     for number in numbers:
-        queues.leader_check(topic, number)
+        leads, leader_id = queues.host.leader(topic.group_id(number))
+        if leads:
+            local.append(number)
+        elif is_relayed(context) or not leader_id or not queues.host.node_address(leader_id):
+            # A relay is never relayed again; without a known leader, retry later.
+            queues.leader_check(topic, number)
+        else:
+            remote.setdefault(leader_id, []).append(number)
     opened: dict[int, PartitionQueue] = {}
+    relays: list[Relay] = []
+    stream: _QueueStream | None = None
     try:
-        for number in numbers:
+        for number in local:
             opened[number] = await queues.open(
                 topic, number, subscribe.group, subscribe.start.kind, subscribe.ordered_keys
             )
-    except StorageError as exc:
-        raise storage_failure(exc, topic.name) from None
-    subscribed = broker_pb2.Subscribed(
-        topic=topic.name,
-        record_bytes_max=topic.config.record_bytes_max,
-        partitions=[
-            broker_pb2.PartitionStart(
+        starts = {
+            n: broker_pb2.PartitionStart(
                 partition=n,
                 offset=q.dispatch.cursor,
                 log_start_offset=q.log.start_offset,
                 end_offset=q.log.end_offset,
             )
             for n, q in opened.items()
-        ],
+        }
+        stream = _QueueStream(
+            context, topic, subscribe, opened, credit, queues, config, stopping, add_credit,
+            deadline_ms,
+        )  # fmt: skip
+        for leader_id, partitions in remote.items():
+            relay = stream.new_relay(leader_id, partitions)
+            relays.append(relay)
+            subscribed = await relay.open()
+            starts.update((p.partition, p) for p in subscribed.partitions)
+    except StorageError as exc:
+        await _close_all(relays)
+        raise storage_failure(exc, topic.name) from None
+    except BaseException:
+        await _close_all(relays)
+        raise
+    subscribed = broker_pb2.Subscribed(
+        topic=topic.name,
+        record_bytes_max=topic.config.record_bytes_max,
+        partitions=[starts[n] for n in numbers],
     )
-    await context.write(broker_pb2.ConsumeResponse(subscribed=subscribed).SerializeToString())
-    stream = _QueueStream(
-        context, topic, subscribe, opened, credit, queues, config, stopping, add_credit, deadline_ms
-    )
-    await stream.run()
+    try:
+        await context.write(broker_pb2.ConsumeResponse(subscribed=subscribed).SerializeToString())
+    except BaseException:
+        await _close_all(relays)
+        raise
+    await stream.run(relays)
+
+
+async def _close_all(relays: list[Relay]) -> None:
+    await asyncio.gather(*(r.close() for r in relays), return_exceptions=True)
 
 
 class _QueueStream:
@@ -199,6 +233,16 @@ class _QueueStream:
         self._settlers: set[asyncio.Task[None]] = set()
         # Every partition queue this stream has records of (acks may name others).
         self._touched: dict[int, PartitionQueue] = dict(opened)
+        # Partitions led by other nodes, each read through its leader's relay.
+        self._subscribe = subscribe
+        self._relays: dict[int, Relay] = {}
+        self._relay_tasks: set[asyncio.Task[None]] = set()
+        # Serialized responses the relays received, for the writer. Bounded by
+        # the credit granted to the relays (records) and the requests that
+        # ANSWERS_INFLIGHT_MAX bounds (notices).
+        self._relayed: collections.deque[bytes] = collections.deque()
+        # This stream is itself a relay from another node: it never relays.
+        self._relayed_here = is_relayed(context)
 
     # Subscriber
     def wake(self) -> None:
@@ -209,10 +253,125 @@ class _QueueStream:
             self._failure = error
         self._wake.set()
 
+    def queue_failed(self, queue: PartitionQueue, error: BrokerError) -> None:
+        """A partition served here stopped: read it where it is led now (a relayed stream
+        ends instead, so that the stream relaying it reopens)."""
+        number = queue.partition
+        if not error.retriable or self._relayed_here or self._opened.get(number) is not queue:
+            self.fail(error)
+            return
+        del self._opened[number]
+        self._order.remove(number)
+        self._touched.pop(number, None)
+        self._held.pop(number, None)
+        task = asyncio.create_task(self._reopen([number], error))
+        self._relay_tasks.add(task)
+        task.add_done_callback(self._relay_tasks.discard)
+        task.add_done_callback(self._on_task_done)
+
     def _failed(self) -> bool:
         return self._failure is not None
 
-    async def run(self) -> None:
+    # -- relays (queue_relay.py) -----------------------------------------------------
+
+    def new_relay(self, leader_id: int, partitions: list[int]) -> Relay:
+        relay = Relay(
+            leader_id,
+            self._queues.host.node_address(leader_id),
+            self._subscribe,
+            partitions,
+            self._on_relayed,
+            self._config.request_bytes_max,
+        )
+        for number in partitions:
+            self._relays[number] = relay
+        return relay
+
+    def _on_relayed(self, relay: Relay, response: broker_pb2.ConsumeResponse) -> None:
+        if response.WhichOneof("kind") == "notice" and relay.bytes_needed <= self._credit.bytes:
+            self._wake.set()  # the writer grants the bytes; the client need not hear of it
+            return
+        self._relayed.append(response.SerializeToString())
+        self._wake.set()
+
+    def _start_relay(self, relay: Relay) -> None:
+        task = asyncio.create_task(self._run_relay(relay))
+        self._relay_tasks.add(task)
+        task.add_done_callback(self._relay_tasks.discard)
+        task.add_done_callback(self._on_task_done)
+
+    async def _run_relay(self, relay: Relay) -> None:
+        """Serve one relay until it ends, then reopen its partitions where they are led now."""
+        try:
+            error = await relay.run()
+        finally:
+            # What the relay was granted and did not use is the client's again.
+            self._credit.messages += max(0, relay.granted_messages)
+            self._credit.bytes += max(0, relay.granted_bytes)
+            relay.granted_messages = relay.granted_bytes = 0
+            self._wake.set()
+            await relay.close()
+        if error.code not in REOPEN_CODES and error.reason != "NOT_LEADER":
+            raise error
+        await self._reopen(relay.partitions, error)
+
+    async def _reopen(self, partitions: list[int], cause: BrokerError) -> None:
+        """Read `partitions` again where they are led now: here, or through a new relay."""
+        for attempt in range(REOPEN_ATTEMPTS_MAX):
+            if self._failure is not None:
+                return
+            remote: dict[int, list[int]] = {}
+            try:
+                for number in partitions:
+                    leads, leader_id = self._queues.host.leader(self._topic.group_id(number))
+                    if leads:
+                        queue = await self._queue_of(number)
+                        self._relays.pop(number, None)
+                        if number not in self._opened:
+                            self._opened[number] = queue
+                            self._order.append(number)
+                            queue.attach(self)
+                    elif leader_id and self._queues.host.node_address(leader_id):
+                        remote.setdefault(leader_id, []).append(number)
+                    else:
+                        raise cause
+                for leader_id, numbers in remote.items():
+                    relay = self.new_relay(leader_id, numbers)
+                    await relay.open()
+                    self._start_relay(relay)
+                    partitions = [n for n in partitions if n not in numbers]
+                self._wake.set()  # the writer grants the new relays credit
+                return
+            except BrokerError as error:
+                if not error.retriable:
+                    raise
+                cause = error
+                partitions = [n for n in partitions if n not in self._opened]
+                await asyncio.sleep(min(REOPEN_BACKOFF_MS_MAX, 50 << attempt) / 1000)
+        raise cause
+
+    async def _grant_relays(self) -> None:
+        """Share the client's credit among relays that used theirs (never more than it)."""
+        relays = list({id(r): r for r in self._relays.values()}.values())
+        shares = len(relays) + (1 if self._opened else 0)
+        for relay in relays:
+            credit = self._credit
+            if relay.failure is not None or relay.subscribed is None:
+                continue
+            if relay.bytes_needed and credit.bytes >= relay.bytes_needed:
+                nbytes, relay.bytes_needed = relay.bytes_needed, 0
+                credit.bytes -= nbytes
+                await relay.grant(0, nbytes)
+            if relay.granted_messages <= 0 and credit.messages > 0:
+                messages = max(1, credit.messages // shares)
+                nbytes = credit.bytes // shares if self._opened else credit.bytes // len(relays)
+                credit.messages -= messages
+                credit.bytes -= nbytes
+                await relay.grant(messages, nbytes)
+
+    async def run(self, relays: list[Relay] | None = None) -> None:
+        for relay in relays or ():
+            self._start_relay(relay)
         for queue in self._opened.values():
             queue.attach(self)
         tasks = [
@@ -226,9 +385,14 @@ class _QueueStream:
         except StorageError as exc:
             raise storage_failure(exc, self._topic.name) from None
         finally:
-            for task in (*tasks, *self._settlers):
+            for task in (*tasks, *self._settlers, *self._relay_tasks):
                 task.cancel()
-            await asyncio.gather(*tasks, *self._settlers, return_exceptions=True)
+            await asyncio.gather(
+                *tasks, *self._settlers, *self._relay_tasks, return_exceptions=True
+            )
+            await asyncio.gather(
+                *(r.close() for r in set(self._relays.values())), return_exceptions=True
+            )
             for queue in self._touched.values():
                 queue.detach(self, self.token)
         if self._failure is not None:
@@ -254,6 +418,9 @@ class _QueueStream:
                 self._open_answers -= 1
                 self._slots.release()
             sent = 0
+            while self._relayed:
+                await self._context.write(self._relayed.popleft())
+                sent += 1
             if self._credit.usable:
                 for _ in range(len(self._order)):
                     if not self._credit.usable or self._failed():
@@ -261,6 +428,8 @@ class _QueueStream:
                     number = self._order[0]
                     self._order.rotate(-1)
                     sent += await self._send_from(number, self._opened[number])
+            if self._relays:
+                await self._grant_relays()
             if sent:
                 continue
             if self._client_done and self._open_answers == 0:
@@ -282,7 +451,7 @@ class _QueueStream:
             items.append(held)
             charged = held.record.charge
         if queue.failure is not None:
-            raise queue.failure
+            return 0  # queue_failed moved the partition (or failed the stream)
         if len(items) < credit.messages:
             more, over = queue.hand_out(
                 self.token,
@@ -419,13 +588,16 @@ class _QueueStream:
         """Apply an ack, nack or extension now; answer it once its turn is durable."""
         failures: list[broker_pb2.AckFailure] = []
         turns: dict[int, tuple[asyncio.Future[None], list[int]]] = {}
+        relayed: dict[int, tuple[Relay, list[bytes], list[int]]] = {}
         refused = _request_refusal(kind, body)
         now = self._queues.clock_ms()
         for index, raw in enumerate(body.ack_ids):
-            error = refused or await self._settle_one(kind, body, raw, now, index, turns)
+            error = refused or await self._settle_one(kind, body, raw, now, index, turns, relayed)
             if error is not None:
                 failures.append(broker_pb2.AckFailure(index=index, error=error.to_proto()))
-        task = asyncio.create_task(self._answer_after(body.request_id, failures, turns))
+        task = asyncio.create_task(
+            self._answer_after(kind, body, failures, turns, list(relayed.values()))
+        )
         self._settlers.add(task)
         task.add_done_callback(self._settlers.discard)
         task.add_done_callback(self._on_task_done)
@@ -438,12 +610,19 @@ class _QueueStream:
         now: int,
         index: int,
         turns: dict[int, tuple[asyncio.Future[None], list[int]]],
+        relayed: dict[int, tuple[Relay, list[bytes], list[int]]],
     ) -> BrokerError | None:
         ack_id = decode_ack_id(self._group, raw)
         if isinstance(ack_id, UnknownAckIdError):
             return queue_error(ack_id)
         if ack_id.partition >= self._topic.partition_count:
             return queue_error(UnknownAckIdError(f"the topic has no partition {ack_id.partition}"))
+        relay = self._relays.get(ack_id.partition)
+        if relay is not None:
+            relayed.setdefault(id(relay), (relay, [], []))
+            relayed[id(relay)][1].append(raw)
+            relayed[id(relay)][2].append(index)
+            return None
         try:
             queue = await self._queue_of(ack_id.partition)
         except BrokerError as error:
@@ -473,10 +652,28 @@ class _QueueStream:
 
     async def _answer_after(
         self,
-        request_id: int,
+        kind: str,
+        body: Any,
         failures: list[broker_pb2.AckFailure],
         turns: dict[int, tuple[asyncio.Future[None], list[int]]],
+        relayed: list[tuple[Relay, list[bytes], list[int]]],
     ) -> None:
+        request_id = body.request_id
+        answers = await asyncio.gather(
+            *(relay.request(kind, body, ids) for relay, ids, _ in relayed), return_exceptions=True
+        )
+        for (_, _, indexes), answer in zip(relayed, answers, strict=True):
+            if isinstance(answer, broker_pb2.AckResult):
+                failures.extend(
+                    broker_pb2.AckFailure(index=indexes[f.index], error=f.error)
+                    for f in answer.failures
+                )
+            elif isinstance(answer, BrokerError):
+                failures.extend(
+                    broker_pb2.AckFailure(index=i, error=answer.to_proto()) for i in indexes
+                )
+            else:
+                raise answer
         for turn, indexes in turns.values():
             try:
                 await asyncio.shield(turn)

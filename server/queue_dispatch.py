@@ -137,7 +137,9 @@ class Subscriber(Protocol):
 
     def wake(self) -> None: ...
 
-    def fail(self, error: BaseException) -> None: ...
+    def queue_failed(self, queue: PartitionQueue, error: BrokerError) -> None:
+        """`queue` stopped serving (NOT_LEADER, a failed write, a deleted topic)."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -228,7 +230,7 @@ class PartitionQueue:
             self._turn.set_exception(error)
             self._turn.exception()
         for stream in list(self._streams):
-            stream.fail(error)
+            stream.queue_failed(self, error)
         self._streams.clear()
         self._dispatcher.forget(self)
 

@@ -1,0 +1,211 @@
+"""Queue mode relays: a client's queue stream reading partitions another node leads.
+
+Queue dispatch happens at the partition leader (queue_dispatch.py). When a
+client's CONSUME_MODE_QUEUE stream names partitions this node does not
+lead, the stream (consume_queue.py) opens one `Relay` per leader node: a
+Consume stream of its own to that node's public address, with the same
+group, start, ack deadline and ordered_keys, the partitions that node
+leads, and gRPC metadata `weir-queue-relay: 1`, so that a node that does
+not lead them (any more) refuses with NOT_LEADER instead of relaying again.
+
+- **Credit.** A relay starts with none. The client's stream grants it part
+  of the client's credit, taken from the client's credit when granted, so
+  the records of all relays and local partitions together never pass what
+  the client granted (`granted_*` is what the relay may still receive).
+  When a relay ends, what it did not use goes back to the client's credit.
+- **Records** arrive as the leader's `ConsumedBatch`es (their ack ids name
+  the partition, ackid.py) and are forwarded unchanged.
+- **Acks, nacks, extensions** whose ids name a relayed partition are sent
+  on that partition's relay with a request id of the relay's own; the
+  answer's failures come back by index (`request`). A relay that ends
+  fails its unanswered requests with its error.
+- **Ending.** A relay that ends with NOT_LEADER, UNAVAILABLE or
+  DEADLINE_EXCEEDED (the leader moved or died) is reopened by the client's
+  stream to the partition's new leader (or served here if that is this
+  node). Any other status ends the client's stream with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from weir.server.errors import BrokerError
+from weir.server.queue_records import charge_of
+from weir.v1 import broker_pb2
+
+CONSUME_METHOD = "/weir.v1.BrokerService/Consume"
+RELAY_METADATA_KEY = "weir-queue-relay"
+RELAY_METADATA = ((RELAY_METADATA_KEY, "1"),)
+# Statuses after which a relay is reopened to the partition's (new) leader.
+REOPEN_CODES = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+)
+# Requests a relay has sent and not yet seen answered (the client's own bound,
+# ANSWERS_INFLIGHT_MAX, keeps it far lower).
+RELAY_REQUESTS_MAX = 1024
+
+
+def is_relayed(context: Any) -> bool:
+    """Whether this Consume call is a relay from another node (never relayed again)."""
+    metadata = getattr(context, "invocation_metadata", None)
+    if metadata is None:
+        return False
+    return any(key == RELAY_METADATA_KEY for key, _ in metadata() or ())
+
+
+def broker_error(error: grpc.aio.AioRpcError) -> BrokerError:
+    """A relay's final status as a BrokerError (its ErrorInfo reason and metadata kept)."""
+    reason = "UNAVAILABLE"
+    metadata: dict[str, str] = {}
+    for key, raw in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(raw, bytes):
+            status = status_pb2.Status.FromString(raw)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    reason = info.reason
+                    metadata = {k: v for k, v in info.metadata.items() if k != "retriable"}
+    return BrokerError(error.code(), reason, error.details() or "", metadata)
+
+
+class Relay:
+    """One relayed Consume stream to the leader of `partitions` (see the module docstring)."""
+
+    def __init__(
+        self,
+        leader_id: int,
+        address: str,
+        subscribe: broker_pb2.Subscribe,
+        partitions: list[int],
+        on_response: Callable[[Relay, broker_pb2.ConsumeResponse], None],
+        message_bytes_max: int,
+    ) -> None:
+        self.leader_id = leader_id
+        self.address = address
+        self.partitions = partitions
+        self.granted_messages = 0
+        self.granted_bytes = 0
+        self._subscribe = broker_pb2.Subscribe()
+        self._subscribe.CopyFrom(subscribe)
+        del self._subscribe.partitions[:]
+        self._subscribe.partitions.extend(partitions)
+        self._subscribe.ClearField("credit")
+        self._on_response = on_response
+        self._channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", message_bytes_max),
+                ("grpc.max_send_message_length", message_bytes_max),
+            ],
+        )
+        self._call: Any = None
+        self._ids = itertools.count(1)
+        self._answers: dict[int, asyncio.Future[broker_pb2.AckResult]] = {}
+        self.subscribed: broker_pb2.Subscribed | None = None
+        self.failure: BrokerError | None = None
+        # Byte credit the leader said its next record needs (CREDIT_TOO_SMALL), 0 if none.
+        self.bytes_needed = 0
+        # One write at a time on the call: grants come from the client stream's
+        # writer, requests from its settling tasks.
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> broker_pb2.Subscribed:
+        """Subscribe on the leader; raises its refusal as a BrokerError."""
+        self._call = self._channel.stream_stream(
+            CONSUME_METHOD,
+            request_serializer=broker_pb2.ConsumeRequest.SerializeToString,
+            response_deserializer=broker_pb2.ConsumeResponse.FromString,
+        )(metadata=RELAY_METADATA)
+        try:
+            await self._call.write(broker_pb2.ConsumeRequest(subscribe=self._subscribe))
+            first = await self._call.read()
+        except grpc.aio.AioRpcError as error:
+            await self.close()
+            raise broker_error(error) from None
+        if first is grpc.aio.EOF or first.WhichOneof("kind") != "subscribed":
+            await self.close()
+            raise BrokerError(
+                grpc.StatusCode.UNAVAILABLE,
+                "RELAY_FAILED",
+                f"node {self.leader_id} did not answer the relay's subscribe",
+            )
+        subscribed: broker_pb2.Subscribed = first.subscribed
+        self.subscribed = subscribed
+        return subscribed
+
+    async def run(self) -> BrokerError:
+        """Read until the relay ends; returns why (a status the caller acts on)."""
+        try:
+            while True:
+                response = await self._call.read()
+                if response is grpc.aio.EOF:
+                    error = BrokerError(
+                        grpc.StatusCode.UNAVAILABLE, "RELAY_ENDED", "the relayed stream ended"
+                    )
+                    break
+                kind = response.WhichOneof("kind")
+                if kind == "batch":
+                    self.granted_messages -= len(response.batch.records)
+                    self.granted_bytes -= sum(charge_of(r) for r in response.batch.records)
+                    self._on_response(self, response)
+                elif kind == "ack":
+                    future = self._answers.pop(response.ack.request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(response.ack)
+                else:
+                    if kind == "notice" and response.notice.reason == "CREDIT_TOO_SMALL":
+                        self.bytes_needed = int(response.notice.metadata.get("needed_bytes", "0"))
+                    self._on_response(self, response)
+        except grpc.aio.AioRpcError as rpc_error:
+            error = broker_error(rpc_error)
+        self.failure = error
+        for future in self._answers.values():
+            if not future.done():
+                future.set_exception(error)
+                future.exception()
+        self._answers.clear()
+        return error
+
+    async def grant(self, messages: int, nbytes: int) -> None:
+        self.granted_messages += messages
+        self.granted_bytes += nbytes
+        credit = broker_pb2.Credit(messages=messages, bytes=nbytes)
+        async with self._write_lock:
+            await self._call.write(broker_pb2.ConsumeRequest(credit=credit))
+
+    async def request(self, kind: str, body: Any, ack_ids: list[bytes]) -> broker_pb2.AckResult:
+        """Sends `kind` (ack, nack, extend_deadline) with `ack_ids` and the fields of `body`."""
+        if self.failure is not None:
+            raise self.failure
+        if len(self._answers) >= RELAY_REQUESTS_MAX:
+            raise BrokerError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "RELAY_BUSY",
+                f"{RELAY_REQUESTS_MAX} requests on the relay to node {self.leader_id} wait",
+            )
+        sub = type(body)()
+        sub.CopyFrom(body)
+        sub.request_id = next(self._ids)
+        del sub.ack_ids[:]
+        sub.ack_ids.extend(ack_ids)
+        future: asyncio.Future[broker_pb2.AckResult] = asyncio.get_running_loop().create_future()
+        self._answers[sub.request_id] = future
+        async with self._write_lock:
+            await self._call.write(broker_pb2.ConsumeRequest(**{kind: sub}))
+        return await future
+
+    async def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        await self._channel.close()
+
+
+__all__ = ["RELAY_METADATA", "Relay", "broker_error", "is_relayed"]
