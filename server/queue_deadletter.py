@@ -25,18 +25,13 @@ from weir.cluster.queue import DeadLetter
 from weir.server.errors import BrokerError
 from weir.server.produce_route import Router
 from weir.server.registry import Topics
-from weir.server.topics import ConfigPatch, Topic
+from weir.server.topics import ConfigPatch, Topic, dead_letter_topic_of
 from weir.v1 import broker_pb2, records_pb2
-
-DLQ_SUFFIX = ".dlq"
-DEFAULT_MAX_DELIVERIES = 5
-DEFAULT_RETRY_BACKOFF_MS_MIN = 1_000
-DEFAULT_RETRY_BACKOFF_MS_MAX = 60_000
 
 
 def dead_letter_topic(topic: Topic) -> str:
     """The topic's dead-letter topic ("" in its config: `<topic>.dlq`)."""
-    return str(getattr(topic.config, "dead_letter_topic", "") or topic.name + DLQ_SUFFIX)
+    return dead_letter_topic_of(topic.name, topic.config)
 
 
 class DeadLetterSink(Protocol):

@@ -71,12 +71,7 @@ from weir.cluster.queue.types import ControlRecord
 from weir.cluster.storage import PartitionLog
 from weir.cluster.storage.delays import DelayedRecord
 from weir.server.errors import BrokerError, not_leader, replica_not_available, topic_not_found
-from weir.server.queue_deadletter import (
-    DEFAULT_MAX_DELIVERIES,
-    DEFAULT_RETRY_BACKOFF_MS_MAX,
-    DEFAULT_RETRY_BACKOFF_MS_MIN,
-    DeadLetterSink,
-)
+from weir.server.queue_deadletter import DeadLetterSink
 from weir.server.queue_hosts import QueueHost, write_failure
 from weir.server.queue_records import QueueRecord, read_from, read_one
 from weir.server.replicator import NotHostedError
@@ -106,12 +101,10 @@ Key = tuple[int, str]  # (partition group id, queue group)
 def queue_config(topic: Topic, ordered_keys: bool) -> QueueConfig:
     """The group's settings on the topic's partitions (topic config, `Subscribe.ordered_keys`)."""
     config = topic.config
-    backoff_min = int(getattr(config, "retry_backoff_ms_min", 0) or DEFAULT_RETRY_BACKOFF_MS_MIN)
-    backoff_max = int(getattr(config, "retry_backoff_ms_max", 0) or DEFAULT_RETRY_BACKOFF_MS_MAX)
     return QueueConfig(
-        max_deliveries=int(getattr(config, "max_deliveries", DEFAULT_MAX_DELIVERIES)),
-        retry_backoff_ms_min=min(backoff_min, backoff_max),
-        retry_backoff_ms_max=backoff_max,
+        max_deliveries=config.max_deliveries,
+        retry_backoff_ms_min=min(config.retry_backoff_ms_min, config.retry_backoff_ms_max),
+        retry_backoff_ms_max=config.retry_backoff_ms_max,
         ordered_keys=ordered_keys,
         nack_delay_ms_max=NACK_DELAY_MS_MAX,
         nack_reason_bytes_max=NACK_ERROR_BYTES_MAX,

@@ -13,7 +13,8 @@ import pytest
 from tests.unit.server.test_queue_harness import Clock, QueueNode, queue_node, run
 from weir.cluster.queue import encode_ack_id
 from weir.server.consume_queue import ANSWERS_INFLIGHT_MAX
-from weir.v1 import broker_pb2
+from weir.server.topics import ConfigPatch
+from weir.v1 import broker_pb2, records_pb2
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -183,8 +184,6 @@ def test_after_max_deliveries_the_record_is_dead_lettered(tmp_path: pathlib.Path
             log = n.replicator.log(n.topics.get(dlq).group_id(0))
             await n.until(lambda: log.end_offset == 1)
             [stored] = log.read(0, 1 << 20)
-            from weir.v1 import records_pb2
-
             [record] = records_pb2.RecordBatch.FromString(stored.payload).records
             assert (record.key, record.value, record.headers["h"]) == (b"k", b"poison", b"1")
             assert record.headers["weir-dlq-topic"] == b"t"
@@ -426,5 +425,41 @@ def test_records_retention_deleted_are_written_off(tmp_path: pathlib.Path) -> No
             state = log.queue_state("g")
             assert state is not None and state.acked.low_watermark == 12
             assert not state.pending
+
+    run(body)
+
+
+def test_the_topics_queue_settings_apply(tmp_path: pathlib.Path) -> None:
+    async def body() -> None:
+        async with queue_node(tmp_path) as n:
+            await n.topics.create(
+                "s",
+                2,
+                0,
+                ConfigPatch(
+                    max_deliveries=2,
+                    retry_backoff_ms_min=100,
+                    retry_backoff_ms_max=150,
+                    dead_letter_topic="graveyard",
+                ),
+            )
+            await n.append(1, [b"x"], topic="s")
+            a = n.subscribe(topic="s", credit=broker_pb2.Credit(messages=10, bytes=1 << 20))
+            await a.until_records(1)
+            await a.answer(a.request("nack", [a.deliveries()[0][0].ack_id]))
+            n.tick(79)
+            await n.settle()
+            assert len(a.deliveries()) == 1
+            n.tick(41)  # 100 ms +-20 %
+            await a.until_records(2)
+            await a.answer(a.request("nack", [a.deliveries()[1][0].ack_id], error="no"))
+            await n.until(lambda: any(t.name == "graveyard" for t in n.topics.all()))
+            graveyard = n.topics.get("graveyard")
+            assert graveyard.partition_count == 2
+            log = n.replicator.log(graveyard.group_id(1))
+            await n.until(lambda: log.end_offset == 1)
+            [stored] = log.read(0, 1 << 20)
+            [record] = records_pb2.RecordBatch.FromString(stored.payload).records
+            assert record.headers["weir-dlq-deliveries"] == b"2"
 
     run(body)
