@@ -463,3 +463,19 @@ def test_the_topics_queue_settings_apply(tmp_path: pathlib.Path) -> None:
             assert record.headers["weir-dlq-deliveries"] == b"2"
 
     run(body)
+
+
+def test_ordered_keys_hand_out_one_record_of_a_key_at_a_time(tmp_path: pathlib.Path) -> None:
+    async def body() -> None:
+        async with queue_node(tmp_path) as n:
+            await n.append(0, [b"a1", b"a2"], key=b"a")
+            await n.append(0, [b"b1"], key=b"b")
+            a = n.subscribe(ordered_keys=True, credit=broker_pb2.Credit(messages=10, bytes=1 << 20))
+            await a.until_records(2)
+            await n.settle()
+            assert a.values() == [b"a1", b"b1"]
+            await a.answer(a.request("ack", [a.deliveries()[0][0].ack_id]))
+            await a.until_records(3)
+            assert a.values()[2] == b"a2"
+
+    run(body)
