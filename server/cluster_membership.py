@@ -84,6 +84,8 @@ log = logging.getLogger("weir.server.membership")
 # A member's heartbeats to a remote leader are sent at most this often
 # (everything the client sends counts as one); acks go at once.
 HEARTBEAT_INTERVAL_MIN_S = 0.1
+# How long a leave waits for an ack or heartbeat being written to go out.
+WRITER_STOP_TIMEOUT_S = 1.0
 # A runtime whose proposal failed while still leading retries after this.
 RUNTIME_RETRY_S = 0.1
 
@@ -103,7 +105,17 @@ def _partitions_of(topic: str, state: LinkState) -> list[int]:
 
 
 class RemoteConnection:
-    """A member's Membership call to a leader on another node."""
+    """A member's Membership call to a leader on another node.
+
+    Only this object's own tasks touch the call: a reader puts each event
+    in a one-slot queue that `next()` takes from, and a writer sends acks
+    and heartbeats. grpc.aio cancels the whole call when a task awaiting
+    `read()` is cancelled, and the consume path cancels its member task
+    whenever a stream ends; if that task read the call itself, the
+    half-close that makes the member leave at once could never be sent
+    (and the ended call's `read()` raised CancelledError into the stream's
+    handler, which then never sent its status).
+    """
 
     def __init__(self, channel: grpc.aio.Channel, join: pb.MembershipJoin) -> None:
         self._join = join
@@ -117,6 +129,11 @@ class RemoteConnection:
         self._ack = 0
         self._dirty = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        # One event at a time: the leader's link merges what waits meanwhile.
+        self._events: asyncio.Queue[pb.MembershipEvent | ConnectionLost] = asyncio.Queue(1)
+        self._leaving = False
+        self._writer_stopping = False
 
     async def open(self) -> LinkState | LinkEnded:
         """Joins; the first answer. Raises NotCoordinatorLeader, BrokerError (refused), AioRpcError."""
@@ -137,7 +154,23 @@ class RemoteConnection:
             e = event.error
             raise BrokerError(grpc.StatusCode[e.code], e.reason, e.message)
         self._writer = asyncio.create_task(self._write_loop(), name="membership writer")
+        self._reader = asyncio.create_task(self._read_loop(), name="membership reader")
         return self._state(event.assignment)
+
+    async def _read_loop(self) -> None:
+        """Reads the call until it ends; while leaving, events are dropped."""
+        try:
+            while True:
+                event = await self._call.read()
+                if not isinstance(event, pb.MembershipEvent):
+                    lost = ConnectionLost("the leader ended the call")
+                    break
+                if not self._leaving:
+                    await self._events.put(event)
+        except grpc.aio.AioRpcError as exc:
+            lost = ConnectionLost(str(exc.code()))
+        if not self._leaving:
+            await self._events.put(lost)
 
     def _state(self, a: pb.MembershipAssignment) -> LinkState:
         return LinkState(
@@ -145,12 +178,10 @@ class RemoteConnection:
         )
 
     async def next(self) -> LinkState | LinkEnded:
-        try:
-            event = await self._call.read()
-        except grpc.aio.AioRpcError as exc:
-            raise ConnectionLost(str(exc.code())) from None
-        if not isinstance(event, pb.MembershipEvent):
-            raise ConnectionLost("the leader ended the call")
+        event = await self._events.get()
+        if isinstance(event, ConnectionLost):
+            # Told once: the session reconnects or gives up.
+            raise event
         match event.WhichOneof("event"):
             case "assignment":
                 return self._state(event.assignment)
@@ -168,9 +199,11 @@ class RemoteConnection:
 
     async def _write_loop(self) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            while True:
+            while not self._writer_stopping:
                 await self._dirty.wait()
                 self._dirty.clear()
+                if self._writer_stopping:
+                    return
                 if self._ack:
                     generation, self._ack = self._ack, 0
                     self._seen = False
@@ -183,25 +216,43 @@ class RemoteConnection:
                     await asyncio.sleep(HEARTBEAT_INTERVAL_MIN_S)
 
     async def _stop_writer(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
+        """Stops the writer between writes: cancelling it inside `write()` would end the call."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        self._writer_stopping = True
+        self._dirty.set()
+        try:
+            async with asyncio.timeout(WRITER_STOP_TIMEOUT_S):
+                await asyncio.shield(writer)
+        except TimeoutError:
+            writer.cancel()  # a write the leader does not take: the call is lost anyway
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
+                await writer
 
     async def leave(self) -> None:
         """Half-closes the call (the leader proposes the Leave) and waits for its end."""
         await self._stop_writer()
+        self._leaving = True
+        with contextlib.suppress(asyncio.QueueEmpty):
+            self._events.get_nowait()  # frees a reader waiting to hand over an event
+        if self._call.done():
+            raise ConnectionLost("the call ended before the leave")
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             await self._call.done_writing()
-            async with asyncio.timeout(FORWARD_CALL_TIMEOUT_S):
-                while await self._call.read() is not grpc.aio.EOF:
-                    pass
+        reader = self._reader
+        if reader is not None:
+            try:
+                async with asyncio.timeout(FORWARD_CALL_TIMEOUT_S):
+                    await asyncio.shield(reader)
+            except TimeoutError:
+                self._call.cancel()
 
     def detach(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-            self._writer = None
+        for task in (self._writer, self._reader):
+            if task is not None:
+                task.cancel()
+        self._writer = self._reader = None
         self._call.cancel()
 
 
