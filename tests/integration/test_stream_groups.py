@@ -137,10 +137,28 @@ class Producer:
         await self.producer.close()
 
 
+async def coordinator_ready(bootstrap: Sequence[str], timeout_s: float = 30.0) -> None:
+    """Waits until the group's coordinator answers (it has no leader for a moment after start)."""
+    deadline = time.monotonic() + timeout_s
+    async with weir.aio.Admin(list(bootstrap)) as admin:
+        while True:
+            try:
+                await admin.describe_group(GROUP)
+                return
+            except weir.errors.GroupNotFoundError:
+                return
+            except weir.errors.UnavailableError:
+                assert time.monotonic() < deadline, "the group's coordinator never answered"
+                await asyncio.sleep(0.2)
+
+
 async def settled(members: Sequence[Member], timeout_s: float = SETTLE_TIMEOUT_S) -> None:
     """Waits until the members' assignments are disjoint, cover every partition and differ by ≤ 1."""
     deadline = time.monotonic() + timeout_s
     while True:
+        for m in members:
+            if m.task is not None and m.task.done():
+                m.task.result()  # a member that failed fails the test with its error
         shares = [m.owned() for m in members]
         union = frozenset().union(*shares)
         sizes = [len(s) for s in shares]
@@ -217,6 +235,7 @@ def test_a_join_and_a_leave_move_only_some_partitions_and_lose_nothing(
         return addresses[node_index:] + addresses[:node_index]
 
     async def body() -> None:
+        await coordinator_ready(addresses)
         producer = Producer(addresses)
         producer.start()
         a, b, c = (Member(name, bootstrap_from(i)) for i, name in enumerate("abc"))
@@ -289,6 +308,7 @@ def test_killing_the_coordinators_node_keeps_offsets_and_consumption_resumes(
         }
 
     async def body() -> None:
+        await coordinator_ready(addresses)
         producer = Producer(addresses)
         producer.start()
         members = [Member(name, addresses[i:] + addresses[:i]) for i, name in enumerate("abc")]
