@@ -149,7 +149,23 @@ async def consume(address: str, books: Books, role: str) -> None:
 def test_competing_consumers_ack_nack_cancel_and_dead_letter(
     broker: BrokerProcess, client: RawClient
 ) -> None:
-    client.create_topic(TOPIC, partitions=PARTITIONS)
+    competing_consumers(client, [broker.address] * 4)
+
+
+def test_competing_consumers_on_three_nodes(cluster: ClusterProcess) -> None:
+    """The same on a three-node cluster: the four consumers on different nodes (relays)."""
+    wait_ready(cluster)
+    create_topic(cluster, 1, TOPIC, PARTITIONS)
+    wait_led_by(cluster, TOPIC, cluster.node_ids)
+    addresses = [cluster.address(n) for n in (*cluster.node_ids, cluster.node_ids[0])]
+    with RawClient(cluster.address(1)) as client:
+        competing_consumers(client, addresses, create=False)
+
+
+def competing_consumers(client: RawClient, addresses: list[str], create: bool = True) -> None:
+    """Canceller on addresses[0], then two ackers and the flaky one on the others."""
+    if create:
+        client.create_topic(TOPIC, partitions=PARTITIONS)
     requests = [
         request(TOPIC, [b"r-%d" % i], request_id=i + 1, partition=i % PARTITIONS)
         for i in range(RECORDS)
@@ -161,11 +177,11 @@ def test_competing_consumers_ack_nack_cancel_and_dead_letter(
 
     async def main() -> None:
         # The canceller first, so that it surely holds records when it goes.
-        canceller = asyncio.create_task(consume(broker.address, books, "canceller"))
+        canceller = asyncio.create_task(consume(addresses[0], books, "canceller"))
         await canceller
         workers = [
-            asyncio.create_task(consume(broker.address, books, role))
-            for role in ("acker", "acker", "flaky")
+            asyncio.create_task(consume(address, books, role))
+            for address, role in zip(addresses[1:], ("acker", "acker", "flaky"), strict=True)
         ]
         try:
             async with asyncio.timeout(60):
