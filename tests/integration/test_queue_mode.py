@@ -179,9 +179,14 @@ def competing_consumers(client: RawClient, addresses: list[str], create: bool = 
         # The canceller first, so that it surely holds records when it goes.
         canceller = asyncio.create_task(consume(addresses[0], books, "canceller"))
         await canceller
-        workers = [
-            asyncio.create_task(consume(address, books, role))
-            for address, role in zip(addresses[1:], ("acker", "acker", "flaky"), strict=True)
+        # The flaky one first, until it nacked a few records, so that some
+        # redeliveries after its nacks are surely measured.
+        workers = [asyncio.create_task(consume(addresses[3], books, "flaky"))]
+        async with asyncio.timeout(30):
+            while len(books.nacked_at) < 2:  # noqa: ASYNC110 (books are plain state)
+                await asyncio.sleep(0.01)
+        workers += [
+            asyncio.create_task(consume(address, books, "acker")) for address in addresses[1:3]
         ]
         try:
             async with asyncio.timeout(60):
