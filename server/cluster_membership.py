@@ -199,7 +199,7 @@ class RemoteConnection:
 
     async def _write_loop(self) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            while not self._writer_stopping:
+            while True:
                 await self._dirty.wait()
                 self._dirty.clear()
                 if self._writer_stopping:

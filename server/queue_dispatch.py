@@ -49,7 +49,7 @@ import dataclasses
 import itertools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import grpc
@@ -275,8 +275,11 @@ class PartitionQueue:
         over: HandedOut | None = None
         reads = 0
         while len(out) < records_max:
-            candidates = delayed + self._scan_candidates()
-            got = self.dispatch.deliver(token, 1, deadline_ms, now, tuple(candidates))
+            # Lazily: `deliver` stops at its first delivery, so a call costs
+            # what it looks at, not the whole buffer (built for every record,
+            # the candidate list made handing out quadratic in the buffer).
+            candidates = itertools.chain(delayed, self._scan_candidates())
+            got = self.dispatch.deliver(token, 1, deadline_ms, now, candidates)
             if not got:
                 if self._buffer or self.dispatch.cursor >= self.log.end_offset:
                     break
@@ -307,7 +310,7 @@ class PartitionQueue:
             self._dirty.set()
         return out, over
 
-    def _scan_candidates(self) -> list[Candidate]:
+    def _scan_candidates(self) -> Iterator[Candidate]:
         cursor = self.dispatch.cursor
         buffer = self._buffer
         while buffer and buffer[0].offset < cursor:
@@ -316,7 +319,7 @@ class PartitionQueue:
             buffer.clear()
         if not buffer and cursor < self.log.end_offset:
             buffer.extend(read_from(self.log, cursor))
-        return [r.candidate() for r in buffer]
+        return (r.candidate() for r in buffer)
 
     def _record_at(self, offset: int) -> QueueRecord | None:
         for record in self._buffer:

@@ -50,6 +50,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from .applied import AppliedQueueState
@@ -250,9 +251,13 @@ class QueueDispatch:
         limit_records: int,
         deadline_ms: int,
         now_ms: int,
-        candidates: tuple[Candidate, ...] = (),
+        candidates: Iterable[Candidate] = (),
     ) -> tuple[Delivery, ...]:
-        """Records to hand to stream `token`, at most `limit_records` (its credit)."""
+        """Records to hand to stream `token`, at most `limit_records` (its credit).
+
+        `candidates` is read in order and only as far as needed (it may be
+        a generator): the call stops taking them once it has its records.
+        """
         assert limit_records >= 0 and deadline_ms >= now_ms
         out: list[Delivery] = []
         while len(out) < limit_records and self._due and self._due[0][0] <= now_ms:
