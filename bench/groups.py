@@ -16,7 +16,9 @@
   concurrently for a batch; the SDK sends the acks of one loop turn in one
   request); records/s from the first delivery to the last ack answered.
   Target: >= 50,000 records/s (RabbitMQ quorum queues: 22-32k msg/s
-  consumed on this machine).
+  consumed on this machine). groups_queue_list_consume: the same, each
+  batch's records acked in one `ack(records)` call (still one ack id per
+  record).
 - groups_queue_e2e_latency: as the stream figure, through a queue-mode
   consumer (delivery, not the ack).
 """
@@ -96,9 +98,14 @@ def _worker(bootstrap: list[str], topic: str, group: str, results: multiprocessi
                     continue
                 if not count:
                     first = time.time()
-                # One ack per record, as an application acking each job when
-                # it is done; the SDK batches those of one loop turn.
-                await asyncio.gather(*(consumer.ack(record) for record in batch))
+                if group.endswith("-list"):
+                    # Every record acked on its own (an ack id each), the
+                    # batch's acks handed to the SDK in one call.
+                    await consumer.ack(batch)
+                else:
+                    # One ack call per record, as an application acking each
+                    # job when it is done; the SDK batches those of one turn.
+                    await asyncio.gather(*(consumer.ack(record) for record in batch))
                 count += len(batch)
                 last = time.time()
         return count, first, last
@@ -152,10 +159,13 @@ async def stream_latency(bootstrap: Sequence[str], topic: str, mode: str) -> lis
             async for record in consumer:
                 latencies.append(time.perf_counter() - sent_at[int(record.value[:12])])
                 if mode == "queue":
-                    await consumer.ack(record)
+                    # Acked without holding up the next delivery.
+                    acking.add(asyncio.create_task(consumer.ack(record)))
+                    acking.difference_update([t for t in acking if t.done()])
                 if len(latencies) >= total:
                     return
 
+        acking: set[asyncio.Task[None]] = set()
         receiving = asyncio.create_task(receive())
         # Let the member join and its partition start at the end of the log.
         deadline = time.monotonic() + 30
@@ -174,6 +184,7 @@ async def stream_latency(bootstrap: Sequence[str], topic: str, mode: str) -> lis
             await producer.send(topic, b"%012d" % i + pad, partition=0)
         await producer.flush()
         await asyncio.wait_for(receiving, 60)
+        await asyncio.gather(*acking)
     return latencies
 
 
@@ -188,10 +199,14 @@ def main() -> None:
             asyncio.run(produce(bootstrap, "groups", RECORDS))
             committed = sum(p.end_offset for p in describe(cluster, "groups").partitions)
             assert committed == RECORDS, (committed, RECORDS)
-            for mode, target in (("stream", _member), ("queue", _worker)):
+            for mode, target in (
+                ("stream", _member),
+                ("queue", _worker),
+                ("queue-list", _worker),
+            ):
                 figures = group_consume(bootstrap, "groups", target, f"bench-{mode}")
                 emit(
-                    bench=f"groups_{mode}_consume",
+                    bench=f"groups_{mode.replace('-', '_')}_consume",
                     nodes=3,
                     partitions=PARTITIONS,
                     record_bytes=VALUE_BYTES,
