@@ -13,6 +13,7 @@ import argparse
 
 from weir.server.cli_cluster import add_cluster_commands
 from weir.server.cli_consume import add_consume_command
+from weir.server.cli_dlq import add_dlq_commands
 from weir.server.cli_group import add_group_commands
 from weir.server.cli_produce import add_produce_command
 from weir.server.cli_topic import add_topic_commands
@@ -27,3 +28,4 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:  # type
     add_consume_command(subparsers)
     add_cluster_commands(subparsers)
     add_group_commands(subparsers)
+    add_dlq_commands(subparsers)
