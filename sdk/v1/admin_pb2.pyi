@@ -262,3 +262,59 @@ class ResetGroupOffsetsResponse(_message.Message):
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
     offsets: _containers.RepeatedCompositeFieldContainer[_broker_pb2.PartitionOffset]
     def __init__(self, offsets: _Optional[_Iterable[_Union[_broker_pb2.PartitionOffset, _Mapping]]] = ...) -> None: ...
+
+class QueueStatsRequest(_message.Message):
+    __slots__ = ("topic", "group")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    group: str
+    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ...) -> None: ...
+
+class PartitionQueueStats(_message.Message):
+    __slots__ = ("group", "partition", "ready", "in_flight", "delayed", "dead_lettered", "held", "dead_lettering", "node_id", "from_leader", "approximate")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    DELAYED_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERED_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERING_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_LEADER_FIELD_NUMBER: _ClassVar[int]
+    APPROXIMATE_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    partition: int
+    ready: int
+    in_flight: int
+    delayed: int
+    dead_lettered: int
+    held: int
+    dead_lettering: int
+    node_id: int
+    from_leader: bool
+    approximate: bool
+    def __init__(self, group: _Optional[str] = ..., partition: _Optional[int] = ..., ready: _Optional[int] = ..., in_flight: _Optional[int] = ..., delayed: _Optional[int] = ..., dead_lettered: _Optional[int] = ..., held: _Optional[int] = ..., dead_lettering: _Optional[int] = ..., node_id: _Optional[int] = ..., from_leader: _Optional[bool] = ..., approximate: _Optional[bool] = ...) -> None: ...
+
+class QueueGroupTotals(_message.Message):
+    __slots__ = ("group", "ready", "in_flight", "delayed", "dead_lettered")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    DELAYED_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERED_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    ready: int
+    in_flight: int
+    delayed: int
+    dead_lettered: int
+    def __init__(self, group: _Optional[str] = ..., ready: _Optional[int] = ..., in_flight: _Optional[int] = ..., delayed: _Optional[int] = ..., dead_lettered: _Optional[int] = ...) -> None: ...
+
+class QueueStatsResponse(_message.Message):
+    __slots__ = ("partitions", "totals")
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    partitions: _containers.RepeatedCompositeFieldContainer[PartitionQueueStats]
+    totals: _containers.RepeatedCompositeFieldContainer[QueueGroupTotals]
+    def __init__(self, partitions: _Optional[_Iterable[_Union[PartitionQueueStats, _Mapping]]] = ..., totals: _Optional[_Iterable[_Union[QueueGroupTotals, _Mapping]]] = ...) -> None: ...

@@ -80,6 +80,11 @@ class AdminServiceStub:
                 request_serializer=weir_dot_v1_dot_admin__pb2.ResetGroupOffsetsRequest.SerializeToString,
                 response_deserializer=weir_dot_v1_dot_admin__pb2.ResetGroupOffsetsResponse.FromString,
                 _registered_method=True)
+        self.QueueStats = channel.unary_unary(
+                '/weir.v1.AdminService/QueueStats',
+                request_serializer=weir_dot_v1_dot_admin__pb2.QueueStatsRequest.SerializeToString,
+                response_deserializer=weir_dot_v1_dot_admin__pb2.QueueStatsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -156,6 +161,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueueStats(self, request, context):
+        """A queue group's counts per partition: ready, in flight, delayed and
+        dead-lettered (docs/cli.md "Queues"). Unknown topic: NOT_FOUND
+        TOPIC_NOT_FOUND; a bad group name: INVALID_ARGUMENT INVALID_GROUP_NAME.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +217,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ResetGroupOffsets,
                     request_deserializer=weir_dot_v1_dot_admin__pb2.ResetGroupOffsetsRequest.FromString,
                     response_serializer=weir_dot_v1_dot_admin__pb2.ResetGroupOffsetsResponse.SerializeToString,
+            ),
+            'QueueStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueueStats,
+                    request_deserializer=weir_dot_v1_dot_admin__pb2.QueueStatsRequest.FromString,
+                    response_serializer=weir_dot_v1_dot_admin__pb2.QueueStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +468,33 @@ class AdminService:
             '/weir.v1.AdminService/ResetGroupOffsets',
             weir_dot_v1_dot_admin__pb2.ResetGroupOffsetsRequest.SerializeToString,
             weir_dot_v1_dot_admin__pb2.ResetGroupOffsetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueueStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weir.v1.AdminService/QueueStats',
+            weir_dot_v1_dot_admin__pb2.QueueStatsRequest.SerializeToString,
+            weir_dot_v1_dot_admin__pb2.QueueStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
