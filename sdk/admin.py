@@ -13,6 +13,7 @@ from weir._nodes import Bootstrap
 from weir._sync import LoopThread
 from weir.aio.admin import Admin as AsyncAdmin
 from weir.group_types import GroupInfo, GroupSummary
+from weir.queue_types import QueueStats
 from weir.types import ClusterInfo, StartSpec, TopicInfo
 
 __all__ = ["Admin"]
@@ -137,6 +138,9 @@ class Admin:
         self, name: str, topic: str, to: StartSpec, partitions: list[int] | None = None
     ) -> dict[int, int]:
         return self._thread.run(self._admin.reset_group_offsets(name, topic, to, partitions))
+
+    def queue_stats(self, topic: str, group: str | None = None) -> QueueStats:
+        return self._thread.run(self._admin.queue_stats(topic, group))
 
     def close(self) -> None:
         """Close the channel and stop the thread."""

@@ -14,6 +14,7 @@ from weir.cluster.storage import LogClosedError, StorageError
 from weir.server.config import NodeConfig
 from weir.server.errors import BrokerError, abort, internal_error, storage_error, topic_not_found
 from weir.server.group_admin import GroupAdmin
+from weir.server.queue_stats import QueueStats, is_forwarded
 from weir.server.registry import Topics
 from weir.server.replicator import Replicator
 from weir.server.topics import ConfigPatch, Topic
@@ -99,7 +100,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         address: Callable[[], str],
         cluster: ClusterView | None = None,
         groups: GroupAdmin | None = None,
+        queue_stats: QueueStats | None = None,
     ) -> None:
+        self._queue_stats = queue_stats
         self._cluster = cluster
         self._groups = groups
         self._topics = topics
@@ -270,3 +273,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             return await self._group_admin().reset_offsets(request)
 
         return await _guard(context, "ResetGroupOffsets", run(), request.topic)
+
+    async def QueueStats(
+        self, request: admin_pb2.QueueStatsRequest, context: Context
+    ) -> admin_pb2.QueueStatsResponse:
+        async def run() -> admin_pb2.QueueStatsResponse:
+            if self._queue_stats is None:
+                raise BrokerError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "QUEUES_NOT_READY",
+                    "this node does not serve queue groups yet; retry",
+                )
+            return await self._queue_stats.answer(request, forwarded=is_forwarded(context))
+
+        return await _guard(context, "QueueStats", run(), request.topic)

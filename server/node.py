@@ -45,6 +45,7 @@ from weir.server.producer_ids import ClusterProducerIds, LocalProducerIds, Produ
 from weir.server.queue_deadletter import RouterDeadLetters
 from weir.server.queue_dispatch import QueueDispatcher
 from weir.server.queue_hosts import LocalQueueHost, QueueHost, RaftQueueHost
+from weir.server.queue_stats import QueueStats
 from weir.server.registry import Offsets, Topics
 from weir.server.replicator import LocalReplicator, Replicator
 from weir.server.retention import Target, retention_limits, retention_loop
@@ -279,6 +280,7 @@ class Node:
             self.address,
             cluster,
             GroupAdmin(parts.groups, parts.topics, parts.replicator),
+            queue_stats=QueueStats(parts.topics, queues, self.config.node_id),
         )
         add_services(
             server,

@@ -23,6 +23,7 @@ from weir._failover import Connection, call_unary
 from weir._nodes import Bootstrap
 from weir.errors import ClosedError
 from weir.group_types import GroupInfo, GroupSummary
+from weir.queue_types import QueueStats
 from weir.types import ClusterInfo, PartitionInfo, StartSpec, TopicInfo, start_position
 from weir.v1 import admin_pb2
 
@@ -276,3 +277,16 @@ class Admin:
             "ResetGroupOffsets", request
         )
         return {o.partition: o.offset for o in response.offsets}
+
+    async def queue_stats(self, topic: str, group: str | None = None) -> QueueStats:
+        """Queue groups' ready, in-flight, delayed and dead-lettered counts per partition.
+
+        `group=None` answers every queue group with state on the topic; a
+        group without queue state there gives no rows (not an error).
+        `TopicNotFoundError` for an unknown topic, INVALID_ARGUMENT
+        `INVALID_GROUP_NAME` for a bad group name.
+        """
+        response: admin_pb2.QueueStatsResponse = await self._call(
+            "QueueStats", admin_pb2.QueueStatsRequest(topic=topic, group=group or "")
+        )
+        return QueueStats.from_proto(response)
