@@ -16,6 +16,7 @@ from weir.server.cli_consume import add_consume_command
 from weir.server.cli_dlq import add_dlq_commands
 from weir.server.cli_group import add_group_commands
 from weir.server.cli_produce import add_produce_command
+from weir.server.cli_queue import add_queue_commands
 from weir.server.cli_topic import add_topic_commands
 
 __all__ = ["add_client_commands"]
@@ -29,3 +30,4 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:  # type
     add_cluster_commands(subparsers)
     add_group_commands(subparsers)
     add_dlq_commands(subparsers)
+    add_queue_commands(subparsers)
