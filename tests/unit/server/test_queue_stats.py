@@ -8,6 +8,7 @@ live state and from the applied state a replica would answer with.
 from __future__ import annotations
 
 import pathlib
+import types
 
 import grpc
 import pytest
@@ -182,5 +183,49 @@ def test_the_delay_index_read_is_bounded(
             assert row.approximate
             assert (row.ready, row.in_flight, row.delayed) == (0, 0, 2)
             assert not a.deliveries()
+
+    run(body)
+
+
+class ElsewhereHost:
+    """The partition is led by node 2, whose address answers nothing."""
+
+    clustered = True
+
+    def __init__(self, n: QueueNode) -> None:
+        self._inner = n.queues.host
+
+    def leader(self, group_id: int) -> tuple[bool, int]:
+        return False, 2
+
+    def log(self, group_id: int) -> object:
+        return self._inner.log(group_id)
+
+    def node_address(self, node_id: int) -> str:
+        return "127.0.0.1:1"
+
+
+def test_an_unreachable_leader_is_replaced_by_the_replicas_applied_state(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queue_stats, "FORWARD_TIMEOUT_S", 0.5)
+
+    async def body() -> None:
+        async with queue_node(tmp_path) as n:
+            await ten_records_one_delayed(n)
+            a = n.subscribe(credit=CREDIT_5)
+            await a.until_records(5)
+            await n.settle()
+            dispatcher = types.SimpleNamespace(
+                host=ElsewhereHost(n), clock_ms=n.clock, get=n.queues.get
+            )
+            service = QueueStats(n.topics, dispatcher, 3)  # type: ignore[arg-type]
+            request = admin_pb2.QueueStatsRequest(topic="t")
+            [row] = (await service.answer(request)).partitions
+            assert (row.node_id, row.from_leader) == (3, False)
+            # Recorded as delivered: 0-4 in flight; 5, 7, 8, 9 ready; 6 delayed.
+            assert counts(row) == (4, 5, 1, 0)
+            # Asked by another node: only what this node leads (nothing here).
+            assert not (await service.answer(request, forwarded=True)).partitions
 
     run(body)
