@@ -94,8 +94,8 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _error_event(error: BrokerError) -> pb.MembershipEvent:
-    return pb.MembershipEvent(
+def _error_event(error: BrokerError) -> pb.MembershipResponse:
+    return pb.MembershipResponse(
         error=pb.MembershipError(code=error.code.name, reason=error.reason, message=error.message)
     )
 
@@ -123,7 +123,7 @@ class RemoteConnection:
         self._call = channel.stream_stream(
             f"/{COORDINATOR_SERVICE}/Membership",
             request_serializer=pb.MembershipRequest.SerializeToString,
-            response_deserializer=pb.MembershipEvent.FromString,
+            response_deserializer=pb.MembershipResponse.FromString,
         )()
         self._seen = False
         self._ack = 0
@@ -131,7 +131,7 @@ class RemoteConnection:
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         # One event at a time: the leader's link merges what waits meanwhile.
-        self._events: asyncio.Queue[pb.MembershipEvent | ConnectionLost] = asyncio.Queue(1)
+        self._events: asyncio.Queue[pb.MembershipResponse | ConnectionLost] = asyncio.Queue(1)
         self._leaving = False
         self._writer_stopping = False
 
@@ -143,7 +143,7 @@ class RemoteConnection:
         except BaseException:
             self._call.cancel()
             raise
-        if not isinstance(event, pb.MembershipEvent):
+        if not isinstance(event, pb.MembershipResponse):
             raise NotCoordinatorLeader(0)  # the call ended at once
         kind = event.WhichOneof("event")
         if kind == "not_leader":
@@ -162,7 +162,7 @@ class RemoteConnection:
         try:
             while True:
                 event = await self._call.read()
-                if not isinstance(event, pb.MembershipEvent):
+                if not isinstance(event, pb.MembershipResponse):
                     lost = ConnectionLost("the leader ended the call")
                     break
                 if not self._leaving:
@@ -282,7 +282,7 @@ class ClusterMembership:
         coordinators.extra_handlers["Membership"] = grpc.stream_stream_rpc_method_handler(
             self.serve_membership,
             request_deserializer=pb.MembershipRequest.FromString,
-            response_serializer=pb.MembershipEvent.SerializeToString,
+            response_serializer=pb.MembershipResponse.SerializeToString,
         )
 
     # -- the leader's runtimes ---------------------------------------------------------
@@ -387,7 +387,7 @@ class ClusterMembership:
 
     async def serve_membership(
         self, requests: AsyncIterator[pb.MembershipRequest], context: Any
-    ) -> AsyncIterator[pb.MembershipEvent]:
+    ) -> AsyncIterator[pb.MembershipResponse]:
         try:
             first = await anext(aiter(requests))
         except StopAsyncIteration:
@@ -412,14 +412,14 @@ class ClusterMembership:
             yield _error_event(join_refused_error(join.consumer_group, exc.refused))
             return
         except NotCoordinatorLeader as exc:
-            yield pb.MembershipEvent(not_leader=pb.MembershipNotLeader(leader_id=exc.leader_id))
+            yield pb.MembershipResponse(not_leader=pb.MembershipNotLeader(leader_id=exc.leader_id))
             return
         except NotLeaderError as exc:
-            yield pb.MembershipEvent(not_leader=pb.MembershipNotLeader(leader_id=exc.leader_id))
+            yield pb.MembershipResponse(not_leader=pb.MembershipNotLeader(leader_id=exc.leader_id))
             return
         except (HostError, RuntimeClosedError):
             leader = self._coordinators.leader_of(group_id)
-            yield pb.MembershipEvent(not_leader=pb.MembershipNotLeader(leader_id=leader))
+            yield pb.MembershipResponse(not_leader=pb.MembershipNotLeader(leader_id=leader))
             return
 
         async def read() -> None:
@@ -440,7 +440,7 @@ class ClusterMembership:
             while True:
                 change = await link.next()
                 if isinstance(change, LinkState):
-                    yield pb.MembershipEvent(
+                    yield pb.MembershipResponse(
                         assignment=pb.MembershipAssignment(
                             member_id=change.member_id,
                             generation=change.generation,
@@ -450,7 +450,7 @@ class ClusterMembership:
                     continue
                 if change.reason == EndReason.NOT_LEADER:
                     leader = self._coordinators.leader_of(group_id)
-                    yield pb.MembershipEvent(not_leader=pb.MembershipNotLeader(leader_id=leader))
+                    yield pb.MembershipResponse(not_leader=pb.MembershipNotLeader(leader_id=leader))
                 else:
                     yield _error_event(
                         ended_error(join.consumer_group, link.member_id, change.reason)

@@ -222,7 +222,7 @@ class MembershipHeartbeat(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class MembershipEvent(_message.Message):
+class MembershipResponse(_message.Message):
     __slots__ = ("not_leader", "assignment", "error")
     NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]

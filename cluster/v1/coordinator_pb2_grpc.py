@@ -50,7 +50,7 @@ class CoordinatorServiceStub:
         self.Membership = channel.stream_stream(
                 '/weir.cluster.v1.CoordinatorService/Membership',
                 request_serializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipRequest.SerializeToString,
-                response_deserializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipEvent.FromString,
+                response_deserializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipResponse.FromString,
                 _registered_method=True)
         self.ListConsumerGroups = channel.unary_unary(
                 '/weir.cluster.v1.CoordinatorService/ListConsumerGroups',
@@ -142,7 +142,7 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
             'Membership': grpc.stream_stream_rpc_method_handler(
                     servicer.Membership,
                     request_deserializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipRequest.FromString,
-                    response_serializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipEvent.SerializeToString,
+                    response_serializer=weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipResponse.SerializeToString,
             ),
             'ListConsumerGroups': grpc.unary_unary_rpc_method_handler(
                     servicer.ListConsumerGroups,
@@ -243,7 +243,7 @@ class CoordinatorService:
             target,
             '/weir.cluster.v1.CoordinatorService/Membership',
             weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipRequest.SerializeToString,
-            weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipEvent.FromString,
+            weir_dot_cluster_dot_v1_dot_coordinator__pb2.MembershipResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,7 +80,7 @@ class Member:
                 call = self._channel.stream_stream(
                     f"/{COORDINATOR_SERVICE}/Membership",
                     request_serializer=pb.MembershipRequest.SerializeToString,
-                    response_deserializer=pb.MembershipEvent.FromString,
+                    response_deserializer=pb.MembershipResponse.FromString,
                 )()
                 try:
                     await call.write(
@@ -100,11 +100,11 @@ class Member:
                     event = await call.read()
                 except grpc.aio.AioRpcError:
                     event = None
-                if isinstance(event, pb.MembershipEvent) and event.HasField("assignment"):
+                if isinstance(event, pb.MembershipResponse) and event.HasField("assignment"):
                     break
                 call.cancel()
                 hint = 0
-                if isinstance(event, pb.MembershipEvent) and event.HasField("not_leader"):
+                if isinstance(event, pb.MembershipResponse) and event.HasField("not_leader"):
                     hint = event.not_leader.leader_id
                 node = hint if hint in live else live[(live.index(node) + 1) % len(live)]
                 await asyncio.sleep(0.2)
@@ -127,7 +127,7 @@ class Member:
         ):
             while True:
                 event = await call.read()
-                if not isinstance(event, pb.MembershipEvent) or not event.HasField("assignment"):
+                if not isinstance(event, pb.MembershipResponse) or not event.HasField("assignment"):
                     break
                 self._take(event.assignment)
                 # Revocations are confirmed at once, as the SDK does after on_revoke.
