@@ -590,6 +590,7 @@ def test_server_reflection_lists_and_describes_the_services(client: RawClient) -
         "ListGroups",
         "DescribeGroup",
         "ResetGroupOffsets",
+        "QueueStats",
     }
     assert pool.FindMessageTypeByName("weir.v1.Record").fields_by_name["key"].has_presence
 
