@@ -260,7 +260,12 @@ class GroupDriver:
             for p in change.revoked - group.received:
                 self._forget(p)
             sub = self._consumer._sub
-            if change.ack_generation and sub is not None and sub.error is None:
+            if (
+                change.ack_generation
+                and change.ack_stream == group.stream
+                and sub is not None
+                and sub.error is None
+            ):
                 ack = broker_pb2.AssignmentAck(generation=change.ack_generation)
                 self._consumer._writer.start(sub, broker_pb2.ConsumeRequest(assignment_ack=ack))
         if change.assigned:

@@ -65,6 +65,10 @@ class Change:
     assigned: set[int] = field(default_factory=set)
     # The generation to acknowledge once `revoked` is committed; 0: none.
     ack_generation: int = 0
+    # The stream (`GroupState.stream`) that sent that generation: an ack
+    # goes only to it (another stream was never sent it, and the broker
+    # ends a stream that acks a generation it did not send).
+    ack_stream: int = 0
 
     def empty(self) -> bool:
         """True when nothing is to be told or acknowledged."""
@@ -96,6 +100,8 @@ class GroupState:
         self._pending = Change()
         # No assignment arrived on the current stream yet.
         self._new_stream = True
+        # Counts the streams this member subscribed on.
+        self.stream = 0
 
     @property
     def pending(self) -> bool:
@@ -106,6 +112,10 @@ class GroupState:
         """A new stream subscribes: its first assignment replaces what the last one said."""
         self._new_stream = True
         self.received = set()
+        self.stream += 1
+        # The old stream's revocation is not acknowledged on the new one:
+        # the broker re-sends the member's assignment there.
+        self._pending.ack_generation = 0
 
     def on_assignment(self, assignment: broker_pb2.Assignment) -> StreamEffect:
         """Apply an `Assignment` received on the stream, in stream order."""
@@ -137,6 +147,7 @@ class GroupState:
             change.assigned.add(p)
         if revoked:
             change.ack_generation = assignment.generation
+            change.ack_stream = self.stream
         self.received = set(assignment.partitions)
         return StreamEffect(frozenset(revoked | set(starts)), starts)
 
