@@ -300,10 +300,19 @@ class StreamRuntime:
     async def step(self) -> None:
         """Proposes what is due now: merged acks, expiries, ticks."""
         acks, self._acks = self._acks, {}
-        for (name, member_id), generation in sorted(acks.items()):
-            await self._propose(
-                StreamCommand(name, m.AssignmentAck(self._now_ms(), member_id, generation))
-            )
+        items = sorted(acks.items())
+        for done, ((name, member_id), generation) in enumerate(items):
+            try:
+                await self._propose(
+                    StreamCommand(name, m.AssignmentAck(self._now_ms(), member_id, generation))
+                )
+            except BaseException:
+                # Not applied (a fresh leader's dropped proposal, say): kept for
+                # the next step, else the revocation would wait for its whole
+                # rebalance timeout (the stream tests saw 30 s stalls).
+                for key, pending in items[done:]:
+                    self._acks[key] = max(pending, self._acks.get(key, 0))
+                raise
         now = self._now_ms()
         for name, sessions in sorted(self._sessions.items()):
             for member_id in sessions.expired(now):

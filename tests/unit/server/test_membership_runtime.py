@@ -401,3 +401,34 @@ def test_a_session_closing_after_its_leader_went_away_leaves_at_the_new_one() ->
         assert "g" not in w.membership.store.streams  # joined there, then left at once
 
     run(main)
+
+
+def test_an_ack_whose_proposal_failed_is_proposed_again_at_the_next_step() -> None:
+    """A fresh leader may drop a proposal: the ack must not wait for the rebalance timeout."""
+
+    async def main() -> None:
+        w = World()
+        a = await w.join()
+        await change(a)
+        b = await w.join()
+        revoking = await change(a)
+        await change(b)
+        real = w.runtime._propose_fn
+        failures = []
+
+        async def dropping(command: object) -> object:
+            if not failures and "AssignmentAck" in repr(command):
+                failures.append(command)
+                raise RuntimeError("proposal dropped")
+            return await real(command)  # type: ignore[arg-type]
+
+        w.runtime._propose_fn = dropping  # type: ignore[assignment]
+        a.ack(revoking.generation)
+        with pytest.raises(RuntimeError):
+            await w.runtime.step()
+        assert failures
+        await w.runtime.step()  # no time passed: only the kept ack can free the partitions
+        moved = await change(b)
+        assert len(moved.started) == PARTITIONS // 2
+
+    run(main)
