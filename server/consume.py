@@ -540,8 +540,11 @@ class _Stream:
             # created again): TOPIC_NOT_FOUND, as for any stream on it.
             self._check_topic_live()
         started = member.starts(change, self._topic, self._path.replicator)
-        await self._write(member.assignment(change, started))
+        # Counted as sent before the write returns: the client may read the
+        # Assignment and acknowledge it before this task runs again, and
+        # that ack must not be refused as one for a generation never sent.
         member.generation_sent = change.generation
+        await self._write(member.assignment(change, started))
         for p in started:
             self._start(p)
         self._change = None
