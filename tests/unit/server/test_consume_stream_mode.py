@@ -811,3 +811,24 @@ def test_commits_in_flight_are_bounded(tmp_path: pathlib.Path) -> None:
             await stream.context.until(lambda: len(stream.commits()) == COMMITS_INFLIGHT_MAX + 5)
 
     run(body)
+
+
+def test_an_ack_read_while_its_assignment_is_still_being_written_is_accepted(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A fast client acks before the writer task resumes from the Assignment's write."""
+
+    async def body() -> None:
+        async with member_node(tmp_path) as n:
+            stream, session = await joined(n, with_membership(n))
+            stream.context.write_gate.clear()
+            session.change(2, (0, 1), {1: None})
+            await stream.context.until(lambda: stream.context.writes_waiting == 1)
+            stream.send(assignment_ack=broker_pb2.AssignmentAck(generation=2))
+            await session.until(lambda: session.acks == [2])
+            stream.context.write_gate.set()
+            await stream.context.until(lambda: len(stream.assignments()) == 2)
+            await stream.ping(1)
+            assert not stream.task.done()
+
+    run(body)
