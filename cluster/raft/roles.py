@@ -67,8 +67,16 @@ def _on_append_acked(r: Raft, m: Message) -> None:
 
 def step_candidate(r: Raft, m: Message) -> None:
     """Pre-candidates and candidates (§5.2)."""
-    if m.type in (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT):
-        # Another server won this term (§5.2): follow it.
+    if m.type in (
+        MessageType.APPEND,
+        MessageType.HEARTBEAT,
+        MessageType.SNAPSHOT,
+        MessageType.TIMEOUT_NOW,
+    ):
+        # Another server won this term (§5.2): follow it. A TimeoutNow is its
+        # leadership transfer to us (§3.10): honour it even mid-(pre-)campaign,
+        # or a follower that started a pre-vote just before the leader chose it
+        # drops the transfer (found by the simulator, seed 4848).
         r.become_follower(r.term, m.frm)
         step_follower(r, m)
         return
