@@ -30,6 +30,7 @@ class Progress:
         "next",
         "paused",
         "pending_snapshot",
+        "sent_commit",
         "snapshot_elapsed",
         "state",
     )
@@ -45,6 +46,9 @@ class Progress:
         self.inflight_max = inflight_max
         self.pending_snapshot = 0
         self.snapshot_elapsed = 0
+        # The commit index the last append to it carried (flush() skips a
+        # commit-only append to a follower told already).
+        self.sent_commit = 0
         # The leader's tick (`Raft.leader_ticks`) when this member last
         # answered; CheckQuorum's sliding window reads it. 0, the tick the
         # leader took office, gives a new member one window of grace.

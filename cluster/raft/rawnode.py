@@ -128,6 +128,7 @@ class RawNode:
         return bool(
             r.msgs
             or r.append_pending
+            or r.commit_pending
             or log.unstable
             or log.pending_snapshot is not None
             or r.pending_truncate is not None

@@ -55,8 +55,8 @@ def _on_append_acked(r: Raft, m: Message) -> None:
     ):
         pr.become_replicate()
     if r.maybe_commit():
-        r.bcast_append()
-    elif was_paused:
+        r.commit_pending = True  # told to every follower at the next Ready (flush())
+    if was_paused:
         r.send_append(m.frm)
     # Fill the pipeline: as many batches as the in-flight window allows.
     while r.send_append(m.frm, send_if_empty=False):
