@@ -21,6 +21,17 @@
   record).
 - groups_queue_e2e_latency: as the stream figure, through a queue-mode
   consumer (delivery, not the ack).
+
+Each consume figure also gives the CPU per record of every node and of the
+members (utime + stime from /proc/<pid>/stat, from the start of the members
+to their end; a member's own figure from its first record on), which
+contention on a shared machine changes less than records/s.
+
+Environment: WEIR_BENCH_GROUP_RECORDS (default 300,000),
+WEIR_BENCH_GROUP_CASES (a comma list of stream, queue, queue-list,
+stream-latency, queue-latency; default all), WEIR_BENCH_PYSPY_DIR (record
+py-spy raw profiles of the nodes and members there, 8 s from
+WEIR_BENCH_PYSPY_DELAY_S after the members start, default 4 s).
 """
 
 from __future__ import annotations
@@ -29,8 +40,10 @@ import asyncio
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +55,7 @@ from bench.cluster import (
     LATENCY_RATE_PER_S,
     LATENCY_SECONDS,
     VALUE_BYTES,
+    cluster_cpu_s,
     create_led_topic,
     describe,
     emit,
@@ -55,12 +69,21 @@ PARTITIONS = 6
 MEMBERS = 3
 # A member stops when nothing arrived for this long after the topic was drained.
 IDLE_STOP_S = 2.0
+CASES = os.environ.get(
+    "WEIR_BENCH_GROUP_CASES", "stream,queue,queue-list,stream-latency,queue-latency"
+).split(",")
+PYSPY_DIR = os.environ.get("WEIR_BENCH_PYSPY_DIR", "")
+PYSPY_DELAY_S = float(os.environ.get("WEIR_BENCH_PYSPY_DELAY_S", "4"))
+PYSPY_SECONDS = 8
+PYSPY = str(Path(sys.executable).parent / "py-spy")
+
+Outcome = tuple[int, float, float, float]  # records, first, last (time.time()), CPU s after first
 
 
 def _member(bootstrap: list[str], topic: str, group: str, results: multiprocessing.Queue) -> None:
-    async def run() -> tuple[int, float, float]:
+    async def run() -> Outcome:
         count = 0
-        first = last = 0.0
+        first = last = cpu = 0.0
         async with weir.aio.Consumer(
             bootstrap, topic, group=group, mode="stream", start="earliest"
         ) as consumer:
@@ -74,18 +97,18 @@ def _member(bootstrap: list[str], topic: str, group: str, results: multiprocessi
                         break
                     continue
                 if not count:
-                    first = time.time()
+                    first, cpu = time.time(), time.process_time()
                 count += len(batch)
                 last = time.time()
-        return count, first, last
+        return count, first, last, time.process_time() - cpu
 
     results.put(asyncio.run(run()))
 
 
 def _worker(bootstrap: list[str], topic: str, group: str, results: multiprocessing.Queue) -> None:
-    async def run() -> tuple[int, float, float]:
+    async def run() -> Outcome:
         count = 0
-        first = last = 0.0
+        first = last = cpu = 0.0
         async with weir.aio.Consumer(
             bootstrap, topic, group=group, mode="queue", start="earliest"
         ) as consumer:
@@ -97,7 +120,7 @@ def _worker(bootstrap: list[str], topic: str, group: str, results: multiprocessi
                         break
                     continue
                 if not count:
-                    first = time.time()
+                    first, cpu = time.time(), time.process_time()
                 if group.endswith("-list"):
                     # Every record acked on its own (an ack id each), the
                     # batch's acks handed to the SDK in one call.
@@ -108,37 +131,73 @@ def _worker(bootstrap: list[str], topic: str, group: str, results: multiprocessi
                     await asyncio.gather(*(consumer.ack(record) for record in batch))
                 count += len(batch)
                 last = time.time()
-        return count, first, last
+        return count, first, last, time.process_time() - cpu
 
     results.put(asyncio.run(run()))
 
 
+def _profile(pids: dict[str, int], name: str) -> threading.Thread:
+    """py-spy raw profiles of `pids` (label -> pid) for PYSPY_SECONDS, after PYSPY_DELAY_S."""
+
+    def run() -> None:
+        time.sleep(PYSPY_DELAY_S)
+        spies = [
+            subprocess.Popen(
+                [PYSPY, "record", "-p", str(pid), "-d", str(PYSPY_SECONDS), "-r", "200",
+                 "-f", "raw", "-o", f"{PYSPY_DIR}/{name}-{label}.txt"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for label, pid in pids.items()
+        ]  # fmt: skip
+        for spy in spies:
+            spy.wait()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def group_consume(
-    bootstrap: Sequence[str], topic: str, target: object, group: str
+    cluster: ClusterProcess, topic: str, target: object, group: str
 ) -> dict[str, object]:
+    bootstrap = cluster.addresses
     context = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue = context.Queue()
     members = []
     started = time.time()
+    nodes_cpu_s = cluster_cpu_s(cluster)
     for i in range(MEMBERS):
         order = list(bootstrap[i:]) + list(bootstrap[:i])
         process = context.Process(target=target, args=(order, topic, group, results))
         process.start()
         members.append(process)
-    outcomes = [results.get(timeout=300) for _ in members]
+    if PYSPY_DIR:
+        pids = {f"node{n}": cluster.node(n).pid for n in cluster.node_ids}
+        pids.update({f"member{i}": p.pid for i, p in enumerate(members) if p.pid})
+        _profile(pids, group)
+    outcomes: list[Outcome] = [results.get(timeout=300) for _ in members]
+    ended = cluster_cpu_s(cluster)
     for process in members:
         process.join(30)
-    total = sum(c for c, _, _ in outcomes)
-    last = max(t for _, _, t in outcomes)
+    total = sum(c for c, _, _, _ in outcomes)
+    last = max(t for _, _, t, _ in outcomes)
     # The members' start-up (process spawn, imports, joining) is left out:
     # timing starts at the first record any member received.
-    first = min(f for c, f, _ in outcomes if c)
+    first = min(f for c, f, _, _ in outcomes if c)
     return {
         "records": total,
         "records_per_s": round(total / (last - first)),
         "members": MEMBERS,
-        "per_member": [c for c, _, _ in outcomes],
+        "per_member": [c for c, _, _, _ in outcomes],
         "startup_s": round(first - started, 2),
+        # Each node's CPU from the members' start to their end (joining included).
+        "node_cpu_us_per_record": [
+            round((ended[n] - nodes_cpu_s[n]) / total * 1e6, 1) for n in sorted(ended)
+        ],
+        "member_cpu_us_per_record": [
+            round(cpu / c * 1e6, 1) if c else None for c, _, _, cpu in outcomes
+        ],
     }
 
 
@@ -204,7 +263,9 @@ def main() -> None:
                 ("queue", _worker),
                 ("queue-list", _worker),
             ):
-                figures = group_consume(bootstrap, "groups", target, f"bench-{mode}")
+                if mode not in CASES:
+                    continue
+                figures = group_consume(cluster, "groups", target, f"bench-{mode}")
                 emit(
                     bench=f"groups_{mode.replace('-', '_')}_consume",
                     nodes=3,
@@ -213,15 +274,29 @@ def main() -> None:
                     **figures,
                 )
             for mode in ("stream", "queue"):
+                if f"{mode}-latency" not in CASES:
+                    continue
                 topic = f"latency-{mode}"
                 create_led_topic(cluster, topic, 1)
+                nodes_cpu_s = cluster_cpu_s(cluster)
+                client_cpu_s = time.process_time()
                 ordered = sorted(asyncio.run(stream_latency(bootstrap, topic, mode)))
+                client_cpu_s = time.process_time() - client_cpu_s
+                ended = cluster_cpu_s(cluster)
                 emit(
                     bench=f"groups_{mode}_e2e_latency",
                     rate_per_s=LATENCY_RATE_PER_S,
                     records=len(ordered),
                     p50_ms=round(statistics.median(ordered) * 1000, 2),
+                    p90_ms=round(ordered[int(len(ordered) * 0.9) - 1] * 1000, 2),
                     p99_ms=round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 2),
+                    max_ms=round(ordered[-1] * 1000, 2),
+                    node_cpu_us_per_record=[
+                        round((ended[n] - nodes_cpu_s[n]) / len(ordered) * 1e6, 1)
+                        for n in sorted(ended)
+                    ],
+                    # The producer and the consumer share this process.
+                    client_cpu_us_per_record=round(client_cpu_s / len(ordered) * 1e6, 1),
                 )
         finally:
             cluster.stop()

@@ -25,6 +25,15 @@ Bounds: at most `ACK_IDS_OUTSTANDING_MAX` ids are gathered or waiting for
 their answer; a call beyond that waits for room (within the request
 timeout), so a loop that settles faster than the broker answers slows down
 instead of growing memory.
+
+Cost: an application that acks each record on its own makes one call per
+record, so a call that fits one request and finds room costs a future and
+nothing else: no timer of its own (the request's sending task has the
+request timeout, and every waiter hears when it ends) and no
+`asyncio.shield` (each caller waits on its own future, so a caller
+cancelled leaves the request and the other callers alone). Timers and
+shields cost more than the rest of such a call together (profiled: about
+40 of 47 µs of consumer CPU per record).
 """
 
 from __future__ import annotations
@@ -125,13 +134,17 @@ ACK = Kind("ack")
 
 @dataclass(eq=False)
 class _Gathering:
-    """One request being gathered, then sent; its answer (or failure) in `done`."""
+    """One request being gathered, then sent; its answer (or failure) in `done`.
+
+    `waiters` are the callers' own futures, resolved with `done` (`_resolve`).
+    """
 
     kind: Kind
     ack_ids: list[bytes] = field(default_factory=list)
     done: asyncio.Future[broker_pb2.AckResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    waiters: list[asyncio.Future[broker_pb2.AckResult]] = field(default_factory=list)
 
 
 class Settler:
@@ -151,6 +164,11 @@ class Settler:
     async def settle(self, kind: Kind, ids: list[bytes]) -> None:
         """Send `ids` under `kind` (joining a request of this turn) and wait for the answer."""
         if not ids:
+            return
+        if len(ids) <= ACK_IDS_PER_REQUEST_MAX and (
+            self.outstanding == 0 or self.outstanding + len(ids) <= ACK_IDS_OUTSTANDING_MAX
+        ):
+            await self._settle_at_once(kind, ids)
             return
         timeout_s = self._consumer._request_timeout_s
         try:
@@ -172,12 +190,22 @@ class Settler:
             raise WeirTimeoutError(
                 f"no answer to {kind.name} within {timeout_s:.3f}s (it may have been applied)"
             ) from None
-        if failures:
-            failures.sort(key=lambda f: f[0])
-            index, error = failures[0]
-            error.metadata["ack_index"] = str(index)
-            error.metadata["ack_failures"] = str(len(failures))
-            raise error
+        _raise_first(failures)
+
+    async def _settle_at_once(self, kind: Kind, ids: list[bytes]) -> None:
+        """`settle` of ids that fit one request, with room: no timer, no shield (module doc)."""
+        self.outstanding += len(ids)
+        gathering, first = self._gather(kind, ids)
+        waiter: asyncio.Future[broker_pb2.AckResult] = asyncio.get_running_loop().create_future()
+        gathering.waiters.append(waiter)
+        result = await waiter
+        if result.failures:
+            failures = [
+                (failure.index - first, from_error_proto(failure.error))
+                for failure in result.failures
+                if first <= failure.index < first + len(ids)
+            ]
+            _raise_first(failures)
 
     async def _wait_for_room(self, count: int) -> None:
         while self.outstanding and self.outstanding + count > ACK_IDS_OUTSTANDING_MAX:
@@ -197,6 +225,7 @@ class Settler:
             task.add_done_callback(lambda done: self._sent(done, gathering))
             # Nobody may be left to look at the outcome (their deadlines passed).
             gathering.done.add_done_callback(_retrieve)
+            gathering.done.add_done_callback(lambda done: _resolve(gathering, done))
         first = len(gathering.ack_ids)
         gathering.ack_ids.extend(ids)
         return gathering, first
@@ -274,6 +303,30 @@ def _request(gathering: _Gathering, request_id: int) -> broker_pb2.ConsumeReques
         request_id=request_id, ack_ids=ids, extension_ms=kind.extension_ms
     )
     return broker_pb2.ConsumeRequest(extend_deadline=extend)
+
+
+def _raise_first(failures: list[tuple[int, WeirError]]) -> None:
+    """Raises the error of the first refused id (by its index in the call), if any."""
+    if not failures:
+        return
+    failures.sort(key=lambda f: f[0])
+    index, error = failures[0]
+    error.metadata["ack_index"] = str(index)
+    error.metadata["ack_failures"] = str(len(failures))
+    raise error
+
+
+def _resolve(gathering: _Gathering, done: asyncio.Future[broker_pb2.AckResult]) -> None:
+    """Hands the request's outcome to every caller still waiting on its own future."""
+    failure = ClosedError("the consumer is closed") if done.cancelled() else done.exception()
+    for waiter in gathering.waiters:
+        if waiter.done():
+            continue  # its caller was cancelled
+        if failure is None:
+            waiter.set_result(done.result())
+        else:
+            waiter.set_exception(failure)
+    gathering.waiters.clear()
 
 
 def _fail(gathering: _Gathering, error: WeirError) -> None:

@@ -395,6 +395,46 @@ def test_close_fails_settlements_still_waiting(monkeypatch: pytest.MonkeyPatch) 
     run(body)
 
 
+def test_a_caller_cancelled_leaves_the_others_of_its_request_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Callers of one request wait on futures of their own, not on the request.
+    calls = Calls(monkeypatch)
+    calls.hold_answers = True
+
+    async def body() -> None:
+        async with queue_consumer() as c:
+            call = calls.last
+            leaving = asyncio.ensure_future(c.ack(record(0, 1)))
+            staying = asyncio.ensure_future(c.ack(record(0, 2)))
+            request = await call.wait_for("ack")
+            assert list(request.ack.ack_ids) == [ack_id(0, 1), ack_id(0, 2)]
+            leaving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+            call.answer(request)
+            await staying
+            assert c._settler.outstanding == 0
+
+    run(body)
+
+
+def test_an_unanswered_ack_fails_after_the_request_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A call with room has no timer of its own: its request's timeout bounds it.
+    calls = Calls(monkeypatch)
+    calls.hold_answers = True
+
+    async def body() -> None:
+        async with queue_consumer(request_timeout_ms=200) as c:
+            with pytest.raises(weir.errors.WeirTimeoutError):
+                await asyncio.wait_for(c.ack(record(0, 1)), 5)
+            assert c._settler.outstanding == 0
+
+    run(body)
+
+
 def test_an_empty_batch_in_queue_mode_is_harmless(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = Calls(monkeypatch)
 
