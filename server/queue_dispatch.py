@@ -45,12 +45,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import itertools
 import logging
 import random
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import grpc
 
@@ -135,8 +134,7 @@ class Subscriber(Protocol):
         ...
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class HandedOut:
+class HandedOut(NamedTuple):  # one per record handed out (cluster/queue/types.py: why)
     delivery: Delivery
     record: QueueRecord
 

@@ -16,8 +16,8 @@ state and its live state agree.
 
 from __future__ import annotations
 
-import dataclasses
 import zlib
+from typing import NamedTuple
 
 from weir.cluster.queue import Candidate
 from weir.cluster.storage import PartitionLog
@@ -28,8 +28,7 @@ READ_RECORDS_MAX = 256
 READ_BYTES_MAX = 1024 * 1024
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class QueueRecord:
+class QueueRecord(NamedTuple):  # one per record read (cluster/queue/types.py: why)
     """A record read for dispatch: offset, the record, its byte credit and candidate fields."""
 
     offset: int
@@ -44,8 +43,10 @@ class QueueRecord:
 
 
 def charge_of(record: records_pb2.Record) -> int:
-    headers = sum(len(name.encode()) + len(value) for name, value in record.headers.items())
-    return len(record.key) + len(record.value) + headers
+    charge = len(record.key) + len(record.value)
+    if record.headers:  # most records have none: no generator for them
+        charge += sum(len(name.encode()) + len(value) for name, value in record.headers.items())
+    return charge
 
 
 def _queue_record(offset: int, record: records_pb2.Record) -> QueueRecord:

@@ -13,9 +13,10 @@ clients; 25 bytes.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import UnknownAckId
 from .types import ATTEMPT_MAX
@@ -24,24 +25,27 @@ ACK_ID_VERSION = 1
 _BODY = struct.Struct(">BIIQI")
 _CHECK = struct.Struct(">I")
 ACK_ID_BYTES = _BODY.size + _CHECK.size
+# Group names whose hash is remembered (least recently used first out).
+GROUP_HASHES_CACHED_MAX = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class AckId:
+class AckId(NamedTuple):  # one per ack id settled (types.py: why a NamedTuple)
     partition: int
     offset: int
     attempt: int
 
 
+@functools.lru_cache(maxsize=GROUP_HASHES_CACHED_MAX)
 def group_hash(group: str) -> int:
+    # Cached: every id encoded or decoded needs it, and a node serves few groups.
     return zlib.crc32(group.encode())
 
 
 def encode_ack_id(group: str, partition: int, offset: int, attempt: int) -> bytes:
     assert 0 <= partition < 2**32 and 0 <= offset < 2**63 and 1 <= attempt <= ATTEMPT_MAX
-    name = group.encode()
-    body = _BODY.pack(ACK_ID_VERSION, zlib.crc32(name), partition, offset, attempt)
-    return body + _CHECK.pack(zlib.crc32(body, zlib.crc32(name)))
+    hashed = group_hash(group)
+    body = _BODY.pack(ACK_ID_VERSION, hashed, partition, offset, attempt)
+    return body + _CHECK.pack(zlib.crc32(body, hashed))
 
 
 def decode_ack_id(group: str, ack_id: bytes) -> AckId | UnknownAckId:
@@ -52,10 +56,10 @@ def decode_ack_id(group: str, ack_id: bytes) -> AckId | UnknownAckId:
     (check,) = _CHECK.unpack_from(ack_id, _BODY.size)
     if version != ACK_ID_VERSION:
         return UnknownAckId(f"unknown ack id version {version}")
-    name = group.encode()
-    if hashed != zlib.crc32(name):
+    expected = group_hash(group)
+    if hashed != expected:
         return UnknownAckId(f"the ack id is not one of group {group!r}")
-    if check != zlib.crc32(ack_id[: _BODY.size], zlib.crc32(name)):
+    if check != zlib.crc32(ack_id[: _BODY.size], expected):
         return UnknownAckId("the ack id failed its check")
     if offset >= 2**63 or attempt == 0:
         return UnknownAckId("the ack id names no delivery")

@@ -22,8 +22,7 @@ leader's pending records plus the same acked ranges.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .ranges import AckedOffsets
 from .types import Acked, ControlRecord, DeadLettered, Delivered, Nacked
@@ -31,9 +30,9 @@ from .types import Acked, ControlRecord, DeadLettered, Delivered, Nacked
 SNAPSHOT_VERSION = 1
 
 
-@dataclass(frozen=True, slots=True)
-class PendingRecord:
-    """A delivered record not yet acked, as the log tells it."""
+class PendingRecord(NamedTuple):
+    """A delivered record not yet acked, as the log tells it (one per record: a
+    NamedTuple, as types.py says why)."""
 
     attempt: int
     key_hash: int | None
@@ -76,8 +75,8 @@ class AppliedQueueState:
                 if old is None:
                     self.pending[offset] = PendingRecord(attempt, None, due_ms, reason)
                 elif attempt >= old.attempt:
-                    self.pending[offset] = replace(
-                        old, attempt=attempt, due_ms=due_ms, last_error=reason
+                    self.pending[offset] = old._replace(
+                        attempt=attempt, due_ms=due_ms, last_error=reason
                     )
 
     def _ack(self, ranges: tuple[tuple[int, int], ...]) -> int:

@@ -51,7 +51,7 @@ import heapq
 import random
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from .applied import AppliedQueueState
 from .errors import InvalidNackDelay, NotInFlight, QueueError, UnknownAckId
@@ -78,8 +78,8 @@ LEADER_CHANGED_REASON = "in flight when the partition leader changed"
 _HEAP_SLACK = 64
 
 
-@dataclass(frozen=True, slots=True)
-class InFlight:
+# One per record handed out: NamedTuples (types.py says why).
+class InFlight(NamedTuple):
     token: StreamToken
     deadline_ms: int
     attempt: int
@@ -87,8 +87,7 @@ class InFlight:
     last_error: str
 
 
-@dataclass(frozen=True, slots=True)
-class Waiting:
+class Waiting(NamedTuple):
     due_ms: int
     attempt: int
     key_hash: int | None
@@ -413,7 +412,7 @@ class QueueDispatch:
         record = self.in_flight.get(offset)
         if record is None or record.attempt != attempt or record.token != token:
             return NotInFlight(f"offset {offset} attempt {attempt} is not in flight on the stream")
-        self.in_flight[offset] = replace(record, deadline_ms=deadline_ms)
+        self.in_flight[offset] = record._replace(deadline_ms=deadline_ms)
         heapq.heappush(self._deadlines, (deadline_ms, offset, attempt))
         self._compact_heaps()
         return Outcome.EXTENDED

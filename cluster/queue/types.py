@@ -1,6 +1,10 @@
 """The vocabulary of queue mode's per-partition state: settings, inputs, answers, control records.
 
-Everything here is a frozen, slotted value. Inputs (`Candidate`) come from
+Everything here is a frozen value: a slotted frozen dataclass, or, for the
+values made once per record (`Candidate`, `Delivery`, `DeliveredRecord`), a
+`NamedTuple`, which is built several times faster (a frozen dataclass sets
+each field through `object.__setattr__`; profiled at a few µs per record
+handed out and acked, on every node). Inputs (`Candidate`) come from
 the caller, which reads the partition log; answers (`Delivery`,
 `Redelivery`, `DeadLetter`, `Outcome`) tell the caller what to do; control
 records (`Delivered`, `Acked`, `Nacked`, `DeadLettered`) are what the
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # 2**32 - 1: attempts travel as u32 (codec.py, ackid.py).
 ATTEMPT_MAX = 2**32 - 1
@@ -46,8 +51,7 @@ class QueueConfig:
         assert 0 <= self.nack_reason_bytes_max <= 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
     """A record the caller can read: offset, its key's hash (None: no key), deliver_at_ms."""
 
     offset: int
@@ -55,8 +59,7 @@ class Candidate:
     deliver_at_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
     """Hand this record to the stream: read `offset`, send it with its ack id and deadline."""
 
     offset: int
@@ -96,8 +99,7 @@ class Outcome(enum.Enum):
 # Control records: what the leader replicates, what every replica applies.
 
 
-@dataclass(frozen=True, slots=True)
-class DeliveredRecord:
+class DeliveredRecord(NamedTuple):
     offset: int
     attempt: int
     key_hash: int | None = None

@@ -37,7 +37,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 
 from ..queue import codec as queue_codec
-from ..queue.applied import SNAPSHOT_VERSION, AppliedQueueState
+from ..queue.applied import SNAPSHOT_VERSION, AppliedQueueState, PendingRecord
 from ..queue.errors import QueueGroupsFull
 from ..queue.types import Acked, ControlRecord, DeadLettered, Delivered, Nacked
 from .errors import CorruptEntryError
@@ -47,6 +47,10 @@ logger = logging.getLogger(__name__)
 # A partition's queue groups, checked at the leader before a new group's first
 # control entry (`QueueTable.check_group`); apply takes what leaders wrote.
 QUEUE_GROUPS_PER_PARTITION_MAX_DEFAULT = 1_000
+# Stale pending encodings kept per group beyond twice its pending records.
+PACKED_SLACK = 64
+# Entries decoded ahead of their apply that are kept (QueueTable.decode).
+DECODED_KEPT_MAX = 256
 ROW_FORMAT_VERSION = 1
 TABLE_FORMAT_VERSION = 1
 # What a row's key costs (keys.queue_key), and a deleted row.
@@ -88,6 +92,11 @@ class QueueTable:
         self.covered_index = covered_index
         # Payloads that did not decode (logged and skipped) since this table was loaded.
         self.malformed_entries = 0
+        # Entries decoded for the writer budget (`decode(..., quiet=True)`, before
+        # the apply) by raft index, so that their apply does not decode again.
+        self._decoded: dict[int, tuple[str, tuple[ControlRecord, ...]]] = {}
+        # Per group, its pending records' encodings (`encode_row`).
+        self._packed: dict[str, PackedPending] = {}
 
     def __len__(self) -> int:
         return len(self._groups)
@@ -149,14 +158,24 @@ class QueueTable:
         (already covered, or malformed: logged and counted unless `quiet`)."""
         if index <= self.covered_index:
             return None
+        decoded = self._decoded.pop(index, None) if not quiet else None
+        if decoded is not None:
+            return decoded
         try:
-            return queue_codec.decode_control(payload)
+            decoded = queue_codec.decode_control(payload)
         except CorruptEntryError as e:
             if quiet:
                 return None
             self.malformed_entries += 1
             logger.warning("queue control entry %d is malformed and changes nothing: %s", index, e)
             return None
+        if quiet:
+            # Kept for the apply that follows (the same committed entry); bounded
+            # to what one Ready carries, and dropped if that apply never comes.
+            if len(self._decoded) >= DECODED_KEPT_MAX:
+                self._decoded.clear()
+            self._decoded[index] = decoded
+        return decoded
 
     def apply(self, index: int, payload: bytes | memoryview) -> str | None:
         """Applies one QUEUE_CONTROL entry; returns the group it changed (None: nothing)."""
@@ -175,7 +194,7 @@ class QueueTable:
 
     def row(self, name: str) -> bytes:
         """The group's row as it stands (and its size remembered for the next bound)."""
-        value = encode_row(name, self._groups[name])
+        value = encode_row(name, self._groups[name], self._packed.setdefault(name, {}))
         self._row_bytes[name] = len(value)
         return value
 
@@ -203,6 +222,7 @@ class QueueTable:
         """Drops a group from memory (its row was not written: a failed single-node append)."""
         self._groups.pop(name, None)
         self._row_bytes.pop(name, None)
+        self._packed.pop(name, None)
 
     def put(self, name: str, state: AppliedQueueState) -> None:
         """Sets a group's state as loaded from its row (the undo of a failed append)."""
@@ -211,6 +231,8 @@ class QueueTable:
 
     def replace(self, other: QueueTable) -> None:
         """Takes `other`'s contents (a snapshot installed from the leader)."""
+        self._decoded.clear()
+        self._packed.clear()
         self._groups = dict(other._groups)
         self._row_bytes = dict(other._row_bytes)
         self.covered_index = other.covered_index
@@ -231,7 +253,27 @@ def _growth_bytes(record: ControlRecord) -> int:
 # ---- encodings: a row per group, and the whole table for snapshots --------------------
 
 
-def encode_row(name: str, state: AppliedQueueState) -> bytes:
+PackedPending = dict[int, tuple[PendingRecord, bytes]]
+
+
+def _pack_pending(offset: int, record: PendingRecord) -> bytes:
+    error = record.last_error.encode()
+    flags = (_FLAG_KEY if record.key_hash is not None else 0) | (
+        _FLAG_DUE if record.due_ms is not None else 0
+    )
+    return (
+        _PENDING.pack(
+            offset, record.attempt, flags, record.key_hash or 0, record.due_ms or 0, len(error)
+        )
+        + error
+    )
+
+
+def encode_row(name: str, state: AppliedQueueState, packed: PackedPending | None = None) -> bytes:
+    """The group's row. `packed` (offset -> (record, its bytes)) remembers the
+    pending records' encodings across calls: a row is written on every turn that
+    changes the group, and most of its pending records did not change since the
+    last (a record is replaced, never changed in place, so `is` tells)."""
     raw_name = name.encode()
     parts = [
         _ROW_HEAD.pack(ROW_FORMAT_VERSION, len(raw_name)),
@@ -240,23 +282,20 @@ def encode_row(name: str, state: AppliedQueueState) -> bytes:
         _COUNT.pack(len(state.acked)),
     ]
     parts.extend(_RANGE.pack(first, end) for first, end in state.acked.ranges())
-    parts.append(_COUNT.pack(len(state.pending)))
-    for offset, record in sorted(state.pending.items()):
-        error = record.last_error.encode()
-        flags = (_FLAG_KEY if record.key_hash is not None else 0) | (
-            _FLAG_DUE if record.due_ms is not None else 0
-        )
-        parts.append(
-            _PENDING.pack(
-                offset,
-                record.attempt,
-                flags,
-                record.key_hash or 0,
-                record.due_ms or 0,
-                len(error),
-            )
-        )
-        parts.append(error)
+    pending = state.pending
+    parts.append(_COUNT.pack(len(pending)))
+    if packed is None:
+        parts.extend(_pack_pending(offset, pending[offset]) for offset in sorted(pending))
+    else:
+        for offset in sorted(pending):
+            record = pending[offset]
+            hit = packed.get(offset)
+            if hit is None or hit[0] is not record:
+                hit = packed[offset] = (record, _pack_pending(offset, record))
+            parts.append(hit[1])
+        if len(packed) > 2 * len(pending) + PACKED_SLACK:
+            for offset in [o for o in packed if o not in pending]:
+                del packed[offset]
     body = b"".join(parts)
     return body + zlib.crc32(body).to_bytes(_CRC_BYTES, "big")
 
