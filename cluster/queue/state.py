@@ -199,6 +199,11 @@ class QueueDispatch:
             return "held"
         return "unscanned" if offset >= self.cursor else "passed_over"
 
+    def only_new_records(self, now_ms: int) -> bool:
+        """Whether `deliver` now hands out only candidates: no redelivery is due (stale
+        heap entries may say one is) and no record of a freed key is ready."""
+        return not self._ready and not (self._due and self._due[0][0] <= now_ms)
+
     def next_wakeup_ms(self) -> int | None:
         """When `expire` or `deliver` next has something to do, if nothing else happens."""
         times = [self._due[0][0]] if self._due else []
