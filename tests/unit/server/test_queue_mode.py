@@ -265,6 +265,28 @@ def test_byte_credit_holds_a_record_until_paid(tmp_path: pathlib.Path) -> None:
     run(body)
 
 
+def test_byte_credit_bounds_a_hand_out_of_many_small_records_and_a_large_one(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Hand-out takes many buffered records per deliver() call when they fit
+    # at the buffer's largest size; one over the credit is held, not sent.
+    async def body() -> None:
+        async with queue_node(tmp_path) as n:
+            small = [b"s%02d" % i for i in range(20)]
+            await n.append(0, [*small, b"L" * 500, b"t"])
+            a = n.subscribe(credit=broker_pb2.Credit(messages=100, bytes=3 * 20 + 100))
+            await a.until_records(20)
+            await n.settle()
+            assert a.values() == small
+            a.credit(0, 500)
+            await a.until_records(22)
+            assert a.values()[20:] == [b"L" * 500, b"t"]
+            offsets = [d.offset for d, _, _ in a.deliveries()]
+            assert offsets == list(range(22))
+
+    run(body)
+
+
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
