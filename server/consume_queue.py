@@ -623,10 +623,12 @@ class _QueueStream:
             relayed[id(relay)][1].append(raw)
             relayed[id(relay)][2].append(index)
             return None
-        try:
-            queue = await self._queue_of(ack_id.partition)
-        except BrokerError as error:
-            return error
+        queue = self._touched.get(ack_id.partition)
+        if queue is None or queue.failure is not None:
+            try:
+                queue = await self._queue_of(ack_id.partition)
+            except BrokerError as error:
+                return error
         offset, attempt = ack_id.offset, ack_id.attempt
         outcome: Outcome | QueueError | None
         if kind == "ack":
