@@ -22,6 +22,13 @@ shares the machine's cores with the three nodes.
   receiving the record (target p99 <= 20 ms), and p50 and p99 of the
   produce answer; plain, then with `combine_answers`.
 
+- grpc_floor: the same throughput client against a bare grpc.aio server
+  in its own process that is not Weir: it reads each request as bytes and
+  answers it with one constant ProduceResponse, nothing else. Its CPU per
+  request is what gRPC in Python costs one node before any broker work,
+  the floor under the broker figures above (all three nodes together must
+  stay within 60 us per record, and the leader alone reads every request).
+
 `python -m bench produce_single` runs only this.
 """
 
@@ -176,6 +183,58 @@ def _ms(samples: list[float], quantile: float) -> float:
     return round(ordered[max(0, int(len(ordered) * quantile) - 1)] * 1000, 2)
 
 
+async def floor_server() -> None:
+    """A bare gRPC server on the Produce method: reads bytes, answers each with constant bytes."""
+    answer = broker_pb2.ProduceResponse(
+        request_id=1,
+        appends=[broker_pb2.PartitionAppend(partition=0, base_offset=1, record_count=1)],
+    ).SerializeToString()
+
+    async def produce(_: object, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+        while True:
+            request = await context.read()
+            if request is grpc.aio.EOF:
+                return
+            await context.write(answer)
+
+    server = grpc.aio.server()
+    handler = grpc.stream_stream_rpc_method_handler(produce)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("weir.v1.BrokerService", {"Produce": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+
+def grpc_floor() -> None:
+    """The throughput client against `floor_server` in a child process; one JSON line."""
+    from bench.cluster import cpu_s
+
+    server = subprocess.Popen(
+        [sys.executable, __file__, "floor-server"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        before = cpu_s(server.pid)
+        result = run_client("throughput", f"127.0.0.1:{port}", "floor", RECORDS)
+        used_s = cpu_s(server.pid) - before
+    finally:
+        server.terminate()
+        server.wait(10)
+    seconds = float(str(result["seconds"]))
+    emit(
+        bench="grpc_floor_single_record_requests",
+        server="bare grpc.aio, one answer per request, no broker work",
+        requests=RECORDS,
+        window=WINDOW,
+        requests_per_s=round(RECORDS / seconds),
+        server_cpu_us_per_request=round(used_s / RECORDS * 1e6, 1),
+    )
+
+
 def client() -> None:
     """The client process: `produce_single.py client MODE ADDRESS TOPIC N`; one JSON line."""
     mode, address, topic, amount = sys.argv[2:6]
@@ -251,10 +310,13 @@ def main() -> None:
                 )
         finally:
             cluster.stop()
+    grpc_floor()
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["client"]:
         client()
+    elif sys.argv[1:2] == ["floor-server"]:
+        asyncio.run(floor_server())
     else:
         main()
