@@ -141,6 +141,14 @@ def value_only_framed(value: bytes) -> bytes:
     return _VALUE_ONLY_PREFIX[len(value)] + value if value else b"\x0a\x00"
 
 
+# `ProduceRequest.combine_answers` (field 9) = true: the broker may answer
+# several requests in one response (`ProduceResponse.more`), which saves a
+# stream message per answer on both ends when many small requests are in
+# flight. The SDK reads `more` always, so it always asks. It goes last, after
+# an idempotent producer's fields 6-8, which keeps the bytes canonical.
+COMBINE_ANSWERS_FIELD = b"\x48\x01"
+
+
 def produce_request(
     request_id: int, topic_field: bytes, partition: int, payload: bytes | bytearray, acks: int
 ) -> bytes:

@@ -72,7 +72,7 @@ from weir import _failover
 from weir._conn import ProduceCall, from_error_proto, from_rpc_error, produce_call
 from weir._failover import Connection, connection_lost
 from weir._retry import Backoff
-from weir._wire import produce_request, topic_field, varint
+from weir._wire import COMBINE_ANSWERS_FIELD, produce_request, topic_field, varint
 from weir.aio.accumulator import Accumulator, ProducerBatch
 from weir.aio.metadata import MetadataCache
 from weir.errors import (
@@ -326,6 +326,7 @@ class Sender:
         )
         if self._idempotent:
             request += self._producer_fields + sequence_field(batch.first_sequence)
+        request += COMBINE_ANSWERS_FIELD
         if self._acks is not Acks.NONE:
             entry = _Inflight(request_id, batch, stream, now)
             stream.inflight[request_id] = entry
@@ -419,6 +420,10 @@ class Sender:
                 assert isinstance(response, broker_pb2.ProduceResponse)
                 stream.answered_s = asyncio.get_running_loop().time()
                 self._on_response(stream, response)
+                # Answers to further requests, combined into this response
+                # (the SDK sets combine_answers on every request).
+                for more in response.more:
+                    self._on_response(stream, more)
                 if stream.leaving is not None and not stream.inflight:
                     self._leave(stream)
                     return

@@ -156,6 +156,47 @@ def test_responses_resolve_futures_with_base_offset_plus_index(
     run(body)
 
 
+def test_requests_ask_for_combined_answers_and_each_answer_in_more_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def body() -> None:
+        h = Harness(monkeypatch, max_inflight_requests=3)
+        task = asyncio.create_task(h.sender.run())
+        futs = []
+        requests = []
+        for partition in range(3):
+            futs.append(await h.acc.append("t", partition, rec(b"%d" % partition), 1.0))
+            requests.append(await h.next_request())
+        assert all(r.combine_answers for r in requests)
+        # One response answers all three: the second and third in `more`,
+        # one of them a failure that is retried on its own.
+        combined = answer(requests[0], 10)
+        combined.more.extend(
+            [
+                answer(requests[2], 30),
+                failure(
+                    requests[1],
+                    code=code_pb2.UNAVAILABLE,
+                    reason="NOT_ENOUGH_REPLICAS",
+                    retriable=True,
+                ),
+            ]
+        )
+        await h.calls[0].responses.put(combined)
+        assert (await futs[0]).offset == 10
+        assert (await futs[2]).offset == 30
+        again = await h.next_request()
+        assert again.partition == 1 and again.combine_answers
+        await h.calls[0].responses.put(answer(again, 20))
+        assert (await futs[1]).offset == 20
+        assert h.acc.budget.used_bytes == 0
+        h.acc.close()
+        h.sender.stop()
+        await task
+
+    run(body)
+
+
 def test_retriable_error_retries_and_fatal_error_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     async def body() -> None:
         h = Harness(monkeypatch)
