@@ -43,7 +43,7 @@ from tests.support.cluster_process import POLL_INTERVAL_S, ClusterProcess
 from tests.support.history import History
 from tests.support.raw_client import RawClient, request
 from weir.aio.batch import ProducerBatch
-from weir.aio.sender import Sender
+from weir.aio.sender import AttemptOutcome, ProduceAttempt
 from weir.cluster.host.config import ELECTION_TICKS_DEFAULT, TICK_MS_DEFAULT
 from weir.cluster.transport.config import TransportConfig
 from weir.errors import WeirError
@@ -102,59 +102,51 @@ def payload_of(value: bytes) -> int:
 
 @dataclass
 class _BatchAttempts:
-    batch: ProducerBatch
+    partition: int
     payloads: list[int] = field(default_factory=list)
     # One entry per attempt that did not succeed: True when its outcome is unknown.
     failures: list[bool] = field(default_factory=list)
 
 
 class AttemptWatch:
-    """Sees every failed attempt of every batch of the SDK producer.
+    """Sees every attempt of every batch of the SDK producer, through `on_attempt`.
 
     The SDK retries inside the producer and settles each record's future
     once, with the attempt that counted. Whether an earlier attempt may have
-    been written (a broken stream, OUTCOME_UNKNOWN) or surely was not
-    (NOT_LEADER, PROPOSAL_DROPPED, NOT_WRITTEN) decides whether a duplicate
-    is allowed, so the test wraps `Sender._retry_or_fail`, through which
-    every failed attempt of a batch passes (retried or failed for good),
-    and keeps the error. It changes no behaviour.
+    been written (UNKNOWN: a broken stream, a timeout, OUTCOME_UNKNOWN) or
+    surely was not (FAILED: NOT_LEADER, PROPOSAL_DROPPED, NOT_WRITTEN...)
+    decides whether a duplicate is allowed; the producer reports each ended
+    attempt with that outcome (`Producer(on_attempt=...)`), which the test
+    keeps. An SDK that called a written attempt FAILED would show here as a
+    duplicate the history does not allow.
     """
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self.batches: dict[int, _BatchAttempts] = {}
-        original = Sender._retry_or_fail
-        watch = self
 
-        def retry_or_fail(
-            sender: Sender,
-            batches: list[ProducerBatch],
-            error: WeirError,
-            at_s: float | None = None,
-        ) -> None:
-            unknown = error.reason not in DEFINITELY_NOT_WRITTEN
-            with watch._lock:
-                for batch in batches:
-                    watch._entry(batch).failures.append(unknown)
-            original(sender, batches, error, at_s)
+    def on_attempt(self, attempt: ProduceAttempt) -> None:
+        if attempt.outcome is AttemptOutcome.ACKNOWLEDGED:
+            return
+        with self._lock:
+            entry = self._entry(attempt.batch_serial, attempt.partition)
+            entry.failures.append(attempt.outcome is AttemptOutcome.UNKNOWN)
 
-        monkeypatch.setattr(Sender, "_retry_or_fail", retry_or_fail)
-
-    def _entry(self, batch: ProducerBatch) -> _BatchAttempts:
-        entry = self.batches.get(id(batch))
+    def _entry(self, serial: int, partition: int) -> _BatchAttempts:
+        entry = self.batches.get(serial)
         if entry is None:
-            entry = self.batches[id(batch)] = _BatchAttempts(batch)
+            entry = self.batches[serial] = _BatchAttempts(partition)
         return entry
 
     def sent(self, batch: ProducerBatch, payload: int) -> None:
         with self._lock:
-            self._entry(batch).payloads.append(payload)
+            self._entry(batch.serial, batch.partition).payloads.append(payload)
 
     def record(self, history: History, results: dict[int, int | None]) -> None:
         """Every attempt into `history`; `results` holds each payload's acknowledged offset or None."""
         request_id = 0
         for entry in self.batches.values():
-            partition = entry.batch.partition
+            partition = entry.partition
             for unknown in entry.failures:
                 request_id += 1
                 if unknown:
@@ -221,6 +213,7 @@ class BackgroundProducer:
             retry_backoff_max_ms=1000,
             request_timeout_ms=15_000,
             rng=random.Random(self.seed),
+            on_attempt=self.watch.on_attempt,
         ) as producer:
             await producer.partitions_for(self.topic)
             while not self._stop.is_set():
@@ -488,9 +481,7 @@ def place_acknowledgements(
 
 @pytest.mark.slow
 @pytest.mark.timeout(200)
-def test_kill_minus_nine_loop_loses_nothing_acknowledged(
-    cluster: ClusterProcess, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_kill_minus_nine_loop_loses_nothing_acknowledged(cluster: ClusterProcess) -> None:
     """At least once without idempotence: nothing acknowledged is lost or moves.
 
     A duplicate is allowed only after an attempt whose outcome was unknown.
@@ -500,7 +491,7 @@ def test_kill_minus_nine_loop_loses_nothing_acknowledged(
     wait_ready(cluster)
     create_topic(cluster, 1, "kills", PARTITIONS)
     wait_led_by(cluster, "kills", cluster.node_ids)
-    watch = AttemptWatch(monkeypatch)
+    watch = AttemptWatch()
     producer = BackgroundProducer(cluster.addresses, "kills", watch, SEED).start()
     kills: list[tuple[int, int]] = []  # (node, records sent before the kill)
     started = time.monotonic()
