@@ -1,7 +1,8 @@
 """`weir dlq list | replay`: a topic's dead letters, and sending them back to be processed again.
 
 Dead letters are ordinary records of the topic's dead-letter topic (its
-`dead_letter_topic` setting, else `<topic>.dlq`), each with the headers
+`dead_letter_topic` setting, else `<topic>.dlq`; a topic whose name is too
+long for that has none, and no dead letters: both commands say so), each with the headers
 queue dispatch wrote (docs/groups.md "Queue mode"): `weir-dlq-topic`,
 `weir-dlq-partition`, `weir-dlq-offset`, `weir-dlq-deliveries`,
 `weir-dlq-error`. Both commands are clients of the public API only.
@@ -35,6 +36,7 @@ from weir.server.cli_common import (
     table,
     wants_json,
 )
+from weir.server.cli_topic import DEAD_LETTER_SUFFIX, default_dead_letter_topic
 
 DLQ_HEADER_PREFIX = "weir-dlq-"
 REPLAY_GROUP = "weir-dlq-replay"
@@ -44,10 +46,21 @@ IDLE_TIMEOUT_S = 5.0
 COMMIT_EVERY_RECORDS = 500
 
 
-def dead_letter_topic(admin: weir.Admin, topic: str) -> str:
-    """The topic's dead-letter topic, from its settings (TopicNotFoundError if none)."""
+def dead_letter_topic(admin: weir.Admin, topic: str) -> str | None:
+    """The topic's dead-letter topic, from its settings (TopicNotFoundError if no topic).
+
+    None when it has none: no setting, and a name too long for `<topic>.dlq`
+    (queue mode refuses such a topic, so it has no dead letters).
+    """
     info = admin.describe_topic(topic)
-    return info.config.dead_letter_topic or f"{topic}.dlq"
+    return info.config.dead_letter_topic or default_dead_letter_topic(topic)
+
+
+def _no_dead_letter_topic(topic: str) -> str:
+    return (
+        f"{topic} has no dead-letter topic: its name is too long for the default"
+        f" <topic>{DEAD_LETTER_SUFFIX}; set one with weir topic update --dead-letter-topic"
+    )
 
 
 def _header(record: weir.ConsumedRecord, name: str) -> str:
@@ -77,11 +90,11 @@ def _dlq_list(args: argparse.Namespace) -> int:
     with weir.Admin(bootstrap(args)) as admin:
         dlq = dead_letter_topic(admin, args.topic)
         try:
-            ends = _ends(admin, dlq)
+            ends = _ends(admin, dlq) if dlq is not None else {}
         except weir.errors.TopicNotFoundError:
             ends = {}  # nothing was ever dead-lettered
     rows: list[dict[str, Any]] = []
-    if any(ends.values()):
+    if dlq is not None and any(ends.values()):
         with weir.Consumer(bootstrap(args), dlq, start="earliest") as consumer:
             seen: dict[int, int] = {}
             while len(rows) < args.max and any(seen.get(p, 0) < e for p, e in ends.items()):
@@ -93,6 +106,9 @@ def _dlq_list(args: argparse.Namespace) -> int:
                     rows.append(_dlq_dict(record))
     if wants_json(args):
         emit_json({"dead_letter_topic": dlq, "records": rows})
+        return EXIT_OK
+    if dlq is None:
+        print(f"dead letters of {args.topic}: 0 ({_no_dead_letter_topic(args.topic)})")
         return EXIT_OK
     print(f"dead letters of {args.topic} (in {dlq}): {sum(ends.values())}")
     if rows:
@@ -137,6 +153,12 @@ class _Progress:
 def _replay(args: argparse.Namespace) -> int:
     with weir.Admin(bootstrap(args)) as admin:
         dlq = dead_letter_topic(admin, args.topic)
+        if dlq is None:
+            if wants_json(args):
+                emit_json({"dead_letter_topic": None, "replayed": 0, "total": 0})
+            else:
+                print(f"replayed 0 of 0 dead letters ({_no_dead_letter_topic(args.topic)})")
+            return EXIT_OK
         try:
             ends = _ends(admin, dlq)
         except weir.errors.TopicNotFoundError:

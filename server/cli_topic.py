@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from typing import Any
 
 import weir
@@ -20,6 +21,10 @@ from weir.server.cli_common import (
     table,
     wants_json,
 )
+from weir.server.naming import TOPIC_NAME_CHARS_MAX
+
+# A topic's default dead-letter topic is its name with this suffix.
+DEAD_LETTER_SUFFIX = ".dlq"
 
 
 def limit(value: int) -> str:
@@ -147,6 +152,7 @@ def _topic_create(args: argparse.Namespace) -> int:
             f"created topic {topic.name} ({topic.partition_count} partitions, "
             f"replication factor {topic.replication_factor})"
         )
+    _warn_without_dead_letters(topic)
     return EXIT_OK
 
 
@@ -158,14 +164,41 @@ def _topic_update(args: argparse.Namespace) -> int:
     else:
         print(f"updated topic {topic.name}")
         _print_config(topic)
+    _warn_without_dead_letters(topic)
     return EXIT_OK
+
+
+def default_dead_letter_topic(name: str) -> str | None:
+    """`<name>.dlq`, or None when that is too long to be a topic name (246+ characters)."""
+    default = name + DEAD_LETTER_SUFFIX
+    return default if len(default) <= TOPIC_NAME_CHARS_MAX else None
 
 
 def dead_letter_cell(topic: weir.TopicInfo) -> str:
     """The dead-letter topic, with `(default)` when it is the implicit `<topic>.dlq`."""
     if topic.config.dead_letter_topic:
         return topic.config.dead_letter_topic
-    return f"{topic.name}.dlq (default)"
+    default = default_dead_letter_topic(topic.name)
+    if default is None:
+        return (
+            f"none (the name is too long for NAME{DEAD_LETTER_SUFFIX}: queue mode needs"
+            " --dead-letter-topic, or --max-deliveries 0)"
+        )
+    return f"{default} (default)"
+
+
+def _warn_without_dead_letters(topic: weir.TopicInfo) -> None:
+    """Say at once what a queue-mode consumer would be refused for (DEAD_LETTER_TOPIC_REQUIRED)."""
+    config = topic.config
+    needed = config.max_deliveries and not config.dead_letter_topic
+    if needed and default_dead_letter_topic(topic.name) is None:
+        print(
+            f"warning: DEAD_LETTER_TOPIC_REQUIRED: the name has {len(topic.name)} characters,"
+            f" too many for the default dead-letter topic NAME{DEAD_LETTER_SUFFIX} (at most"
+            f" {TOPIC_NAME_CHARS_MAX}); queue-mode consumers are refused until"
+            " --dead-letter-topic or --max-deliveries 0 is set",
+            file=sys.stderr,
+        )
 
 
 def _print_config(topic: weir.TopicInfo) -> None:
@@ -271,7 +304,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     )
     queue.add_argument(
         "--dead-letter-topic",
-        help="where dead letters go; '' means TOPIC.dlq (the default)",
+        help="where dead letters go; '' means TOPIC.dlq (the default; a TOPIC of over 245"
+        " characters has none and needs this for queue mode)",
     )
 
 

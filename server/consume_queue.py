@@ -27,6 +27,10 @@ Refusals (docs/groups.md "Queue mode: as built"):
   (the nack's delay over a day or its error over 1,024 bytes: every id),
   INVALID_EXTENSION (extension_ms outside 1,000..600,000: every id),
   NOT_LEADER (the partition is led elsewhere);
+- the Subscribe is refused, nothing built: the topic dead-letters
+  (max_deliveries > 0) but its name is too long for the default
+  `<topic>.dlq` and no `dead_letter_topic` is set (FAILED_PRECONDITION
+  DEAD_LETTER_TOPIC_REQUIRED, topics.py `check_dead_letters`);
 - the stream ends: more than 10,000 ids in one request (INVALID_ARGUMENT
   TOO_MANY_ACK_IDS), `heartbeat` or `assignment_ack` (FAILED_PRECONDITION
   NOT_IN_QUEUE_MODE);
@@ -62,7 +66,7 @@ from weir.server.queue_dispatch import (
     queue_error,
 )
 from weir.server.queue_relay import REOPEN_CODES, Relay, is_relayed
-from weir.server.topics import Topic
+from weir.server.topics import Topic, check_dead_letters
 from weir.v1 import broker_pb2
 
 Context = grpc.aio.ServicerContext[Any, bytes]
@@ -133,6 +137,9 @@ async def serve_queue(
 ) -> None:
     deadline_ms = check_queue_subscribe(subscribe)
     numbers = partition_numbers(topic, subscribe)
+    # Before any partition's queue is built: a record must never reach its
+    # last delivery with no dead-letter topic to go to.
+    check_dead_letters(topic.name, topic.config)
     local: list[int] = []
     remote: dict[int, list[int]] = {}  # leader node -> its partitions
     for number in numbers:

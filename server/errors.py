@@ -99,6 +99,19 @@ def topic_not_found(topic: str) -> BrokerError:
     )
 
 
+def dead_letter_topic_required(topic: str, suffix: str, limit: int) -> BrokerError:
+    """A topic that dead-letters has no dead-letter topic: its name is too long for the default."""
+    return BrokerError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "DEAD_LETTER_TOPIC_REQUIRED",
+        f"topic {topic!r} dead-letters after max_deliveries, but its name has {len(topic)}"
+        f" characters, too many for the default dead-letter topic '<topic>{suffix}' (a topic"
+        f" name has at most {limit}): set the topic's dead_letter_topic, or max_deliveries 0"
+        " to never dead-letter",
+        {"topic": topic, "field": "dead_letter_topic", "topic_chars": len(topic), "limit": limit},
+    )
+
+
 def shutting_down() -> BrokerError:
     return BrokerError(
         grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", "the node is shutting down; retry elsewhere"

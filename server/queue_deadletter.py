@@ -1,7 +1,9 @@
 """Dead letters: a record that failed its last allowed delivery, appended to the dead-letter topic.
 
 The dead-letter topic is the source topic's `dead_letter_topic` setting, by
-default `<topic>.dlq`. It is created when first needed, with the source
+default `<topic>.dlq` (a topic whose name is too long for that default has
+none: queue mode refuses it at Subscribe, before any partition's queue is
+built, so a dispatch state here always names a valid one). It is created when first needed, with the source
 topic's partition count and replication factor, through the node's topic
 registry (in a cluster the controller, as an admin CreateTopic): a create
 that another node won (TOPIC_EXISTS) means it is there. The record goes to
@@ -30,7 +32,8 @@ from weir.v1 import broker_pb2, records_pb2
 
 
 def dead_letter_topic(topic: Topic) -> str:
-    """The topic's dead-letter topic ("" in its config: `<topic>.dlq`)."""
+    """The topic's dead-letter topic ("" in its config: `<topic>.dlq`; DEAD_LETTER_TOPIC_REQUIRED
+    if that name is too long)."""
     return dead_letter_topic_of(topic.name, topic.config)
 
 

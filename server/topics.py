@@ -45,8 +45,13 @@ from weir.cluster.storage import (
     StorageFullError,
 )
 from weir.server.config import NodeConfig
-from weir.server.errors import BrokerError, invalid, topic_not_found
-from weir.server.naming import check_topic_name
+from weir.server.errors import (
+    BrokerError,
+    dead_letter_topic_required,
+    invalid,
+    topic_not_found,
+)
+from weir.server.naming import TOPIC_NAME_CHARS_MAX, check_topic_name
 
 log = logging.getLogger("weir.server.topics")
 
@@ -74,7 +79,8 @@ class TopicConfig:
     record_bytes_max: int = 1024 * 1024
     # Queue mode (weir.v1.TopicConfig): deliveries before a record is
     # dead-lettered (0: never), the redelivery backoff bounds, and where
-    # dead letters go ("" means `<topic>.dlq`, `dead_letter_topic_of`).
+    # dead letters go ("" means `<topic>.dlq`, `dead_letter_topic_of`; a
+    # topic name too long for that default must set it to use queue mode).
     max_deliveries: int = MAX_DELIVERIES_DEFAULT
     retry_backoff_ms_min: int = RETRY_BACKOFF_MS_MIN_DEFAULT
     retry_backoff_ms_max: int = RETRY_BACKOFF_MS_MAX_DEFAULT
@@ -82,8 +88,33 @@ class TopicConfig:
 
 
 def dead_letter_topic_of(topic: str, config: TopicConfig) -> str:
-    """The topic `topic`'s dead letters go to: its setting, or `<topic>.dlq`."""
-    return config.dead_letter_topic or topic + DEAD_LETTER_SUFFIX
+    """The topic `topic`'s dead letters go to: its setting, or `<topic>.dlq`.
+
+    A name of more than TOPIC_NAME_CHARS_MAX - 4 characters has no default:
+    `<topic>.dlq` would be no valid topic name, and a derived one (cut, or
+    hashed) would be a rule every client had to know to find its dead
+    letters. Such a topic needs its `dead_letter_topic` set, as RabbitMQ,
+    SQS and Kafka Connect always need theirs: FAILED_PRECONDITION
+    DEAD_LETTER_TOPIC_REQUIRED (docs/groups.md "Dead letters").
+    """
+    if config.dead_letter_topic:
+        return config.dead_letter_topic
+    if len(topic) + len(DEAD_LETTER_SUFFIX) > TOPIC_NAME_CHARS_MAX:
+        raise dead_letter_topic_required(topic, DEAD_LETTER_SUFFIX, TOPIC_NAME_CHARS_MAX)
+    return topic + DEAD_LETTER_SUFFIX
+
+
+def check_dead_letters(topic: str, config: TopicConfig) -> None:
+    """Refuses queue mode on a topic that dead-letters (max_deliveries > 0) to no valid topic.
+
+    Queue mode checks this before any record of the topic is handed out, so
+    that a record never reaches its last delivery with nowhere to go (its
+    dead letter would be retried for as long as the partition's queue lives).
+    Creating and configuring such a topic stay allowed: a stream-mode topic
+    needs no dead-letter topic.
+    """
+    if config.max_deliveries > 0:
+        dead_letter_topic_of(topic, config)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
