@@ -3,29 +3,56 @@
 A reconnect goes to the next node of the bootstrap list (or to the leader a
 NOT_LEADER error names), at once within a round of the addresses and after
 a backoff once every node failed. Every retriable error moves on, up to
-`reconnect_attempts` per known address in a row; a received batch starts
-the count again.
+`reconnect_attempts` per known address in a row; a received batch or
+assignment starts the count again.
+
+A consumer group's coordinator without a leader (`NOT_COORDINATOR`: the
+cluster just started and has not created or elected its coordinator groups
+yet, or the coordinator's node failed) is a wait, not a failed node: it
+says nothing about the node that answered, and right after a cluster
+starts every node answers it, at once, for a second or more. So those
+answers use no attempt; they are retried (with the same moves and
+backoff) for as long as `coordinator_wait_timeout_s` allows, counted from
+the first of them since the last success (a subscribe answered, a batch or
+an assignment received), and then the last one is raised.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from weir._failover import Connection
 from weir.errors import UnavailableError, WeirError
 
+# Reasons that mean "the consumer group's state has no leader yet": retried
+# until the coordinator wait runs out, without using reconnect attempts.
+COORDINATOR_WAIT_REASONS = frozenset({"NOT_COORDINATOR"})
+
 
 class Failover:
     """Counts failed subscribe attempts in a row and moves the connection on after each."""
 
-    def __init__(self, conn: Connection, reconnect_attempts: int) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        reconnect_attempts: int,
+        *,
+        coordinator_wait_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._conn = conn
         self._reconnect_attempts = reconnect_attempts
+        self._coordinator_wait_timeout_s = coordinator_wait_timeout_s
+        self._clock = clock
         self.failures = 0
+        # When the first coordinator wait since the last success began (None: none).
+        self.coordinator_wait_since: float | None = None
 
     def succeeded(self, address: str) -> None:
-        """A batch arrived from `address`: the count of failures starts again."""
+        """A batch or an assignment arrived from `address`: the counts start again."""
+        self.coordinator_wait_since = None
         if self.failures:
             self.failures = 0
             self._conn.succeeded(address)
@@ -36,11 +63,22 @@ class Failover:
         Every retriable error moves: a stream that died or a subscribe that
         failed on one node is worth trying on the next.
         """
-        attempts_max = self._reconnect_attempts * self._conn.address_count
-        if not error.retriable or self.failures >= attempts_max:
+        if not error.retriable:
             raise error
-        self.failures += 1
-        await asyncio.sleep(self._conn.leave(address, error))
+        if error.reason in COORDINATOR_WAIT_REASONS:
+            now = self._clock()
+            if self.coordinator_wait_since is None:
+                self.coordinator_wait_since = now
+            remaining_s = self.coordinator_wait_since + self._coordinator_wait_timeout_s - now
+            if remaining_s <= 0:
+                raise error
+            delay_s = min(self._conn.leave(address, error), remaining_s)
+        else:
+            if self.failures >= self._reconnect_attempts * self._conn.address_count:
+                raise error
+            self.failures += 1
+            delay_s = self._conn.leave(address, error)
+        await asyncio.sleep(delay_s)
 
     async def subscribe(self, subscribe: Callable[[str], Awaitable[None]]) -> None:
         """Subscribe on the node in use, moving on through the nodes after retriable failures."""
@@ -50,6 +88,10 @@ class Failover:
                 if not await self._conn.connect():
                     raise UnavailableError(f"cannot connect to {address}")
                 await subscribe(address)
-                return
             except WeirError as exc:
                 await self.move_on(address, exc)
+            else:
+                # A group's subscribe was answered by its coordinator: a later
+                # wait for one is a new wait.
+                self.coordinator_wait_since = None
+                return

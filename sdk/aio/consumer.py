@@ -33,9 +33,11 @@ reconnect once the records already buffered have been yielded.
 
 Failover: a reconnect goes to the next node of the bootstrap list (or to the
 leader a NOT_LEADER error names), at once within a round of the addresses
-and after a backoff once every node failed. It resumes each partition at the
-offset after the last record the application took, so the SDK neither skips
-nor repeats a record across the move.
+and after a backoff once every node failed; a group's coordinator without a
+leader (NOT_COORDINATOR) is waited for up to `coordinator_wait_timeout_ms`.
+It resumes each partition at the offset after the last record the
+application took, so the SDK neither skips nor repeats a record across the
+move.
 
 Stopping. Cancelling the task that iterates (or a deadline around `async
 for`), `break`, and `stop()` from another task all leave the stream open:
@@ -140,6 +142,12 @@ class Consumer:
             batch starts the count again.
         retry_backoff_ms: The wait after a full round of failed nodes; it
             doubles up to 5 s, with +-20% jitter.
+        coordinator_wait_timeout_ms: How long subscribing keeps trying
+            while the group's coordinator has no leader (NOT_COORDINATOR:
+            right after a cluster starts, or while the coordinator moves)
+            before that error is raised; such answers use no
+            `reconnect_attempts`. Counted from the first of them since the
+            last subscribe, batch or assignment that succeeded.
         rng: Randomness for the first node and the backoff jitter.
         keepalive_time_ms: Interval of HTTP/2 keepalive pings while the
             stream is open (None: no pings). Weir's nodes accept every 5 s
@@ -193,6 +201,7 @@ class Consumer:
         request_timeout_ms: float = 30_000,
         reconnect_attempts: int = 5,
         retry_backoff_ms: int = 100,
+        coordinator_wait_timeout_ms: float = 60_000,
         rng: random.Random | None = None,
         keepalive_time_ms: int | None = KEEPALIVE_TIME_MS_DEFAULT,
         mode: str = "assign",
@@ -207,6 +216,8 @@ class Consumer:
     ) -> None:
         if max_outstanding_messages < 1 or max_outstanding_bytes < 1:
             raise ValueError("the outstanding windows must be positive")
+        if coordinator_wait_timeout_ms < 0:
+            raise ValueError("coordinator_wait_timeout_ms must not be negative")
         if keepalive_time_ms is not None and keepalive_time_ms < 1:
             raise ValueError("keepalive_time_ms must be positive (None: no keepalive)")
         mode = check_group_options(
@@ -245,7 +256,11 @@ class Consumer:
         self._end_offsets: dict[int, int] = {}
         self._taken_messages = 0
         self._taken_bytes = 0
-        self._failover = Failover(self._conn, reconnect_attempts)
+        self._failover = Failover(
+            self._conn,
+            reconnect_attempts,
+            coordinator_wait_timeout_s=coordinator_wait_timeout_ms / 1000.0,
+        )
         self._sub: Subscription | None = None
         self._writer = Writer()
         self._subscribe_lock = asyncio.Lock()
