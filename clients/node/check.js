@@ -27,13 +27,11 @@
 const assert = require("node:assert/strict");
 const { grpc, loadWeir } = require("./lib/protos");
 const { callError, streamError, WeirCallError } = require("./lib/errors");
+const { sleep, unary, unaryRetrying, CALL_ATTEMPTS_MAX, CALL_BACKOFF_MS } = require("./lib/calls");
 const { IdempotentProducer } = require("./lib/producer");
 const { contentBytes, consumeWithCredit } = require("./lib/consumer");
 
 const PARTITIONS = 3;
-const CALL_TIMEOUT_MS = 10_000;
-const CALL_ATTEMPTS_MAX = 30;
-const CALL_BACKOFF_MS = 200;
 const RECORDS_UNACKED_MAX = 500;
 const BYTE_WINDOW = 1024;
 const MESSAGE_WINDOW = 500;
@@ -54,31 +52,6 @@ function parseArgs(argv) {
 
 // Each phase's figures on stderr, so a failed run shows how far it got.
 const progress = (phase, data) => console.error(`node client: ${phase} ${JSON.stringify(data)}`);
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-// A unary call as a promise; a failure becomes a WeirCallError with the trailer's ErrorInfo.
-function unary(client, method, request) {
-  return new Promise((resolve, reject) => {
-    client[method](request, { deadline: Date.now() + CALL_TIMEOUT_MS }, (err, response) =>
-      err ? reject(new WeirCallError(method, callError(err))) : resolve(response),
-    );
-  });
-}
-
-// Retries a unary call while its error is retriable, as the trailer says.
-async function unaryRetrying(client, method, request) {
-  for (let attempt = 1; ; attempt += 1) {
-    try {
-      return await unary(client, method, request);
-    } catch (error) {
-      if (!(error instanceof WeirCallError) || !error.error.retriable || attempt >= CALL_ATTEMPTS_MAX) {
-        throw error;
-      }
-      await sleep(CALL_BACKOFF_MS);
-    }
-  }
-}
 
 // The error a unary call must fail with.
 async function refusal(client, method, request) {

@@ -16,14 +16,22 @@ which this test checks, together with the end offsets the cluster reports.
 
 Without node, or with clients/node not installed, the test fails (it does
 not skip): CI has Node.js 20 and npm, and `make test` runs `npm ci` first.
+
+`NodeScenario` runs one of `clients/node/scenarios/*.js` for the other
+test_node_*.py modules: JSON event lines out, JSON command lines in.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
+import queue
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +66,104 @@ def node_fixture() -> str:
             "(`make test` does it first)"
         )
     return node
+
+
+EVENTS_MAX = 10_000
+STDERR_LINES_MAX = 200
+
+
+class NodeScenario:
+    """`node scenarios/<script> <flags>` as a child process, stopped by its own pid.
+
+    A thread per pipe reads the child's lines: stdout's JSON events into a
+    bounded queue that `wait_for` takes from, stderr's last lines for the
+    failure messages.
+    """
+
+    def __init__(self, node: str, script: str, flags: dict[str, str | int]) -> None:
+        command = [node, f"scenarios/{script}"]
+        for name, value in flags.items():
+            command += [f"--{name}", str(value)]
+        self.process = subprocess.Popen(
+            command,
+            cwd=NODE_CLIENT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=EVENTS_MAX)
+        self.seen: list[dict[str, Any]] = []
+        self.stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_MAX)
+        self.readers = [
+            threading.Thread(target=self._read_events, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    def _read_events(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.events.put(json.loads(line))
+        self.events.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr.append(line.rstrip())
+
+    def failure(self, what: str) -> AssertionError:
+        stderr = "\n".join(self.stderr)
+        return AssertionError(f"{what}; events {self.seen[-5:]}\nnode stderr:\n{stderr}")
+
+    def wait_for(
+        self,
+        event: str,
+        timeout_s: float,
+        predicate: Callable[[dict[str, Any]], bool] = lambda _: True,
+    ) -> dict[str, Any]:
+        """The next `event` line for which `predicate` holds (earlier lines are kept in `seen`)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                got = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise self.failure(f"no {event} event within {timeout_s} s") from None
+            if got is None:
+                self.process.wait(timeout=5)
+                raise self.failure(f"exited {self.process.returncode} before a {event} event")
+            self.seen.append(got)
+            if got["event"] == event and predicate(got):
+                return got
+
+    def send(self, command: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+
+    def finish(self, timeout_s: float) -> dict[str, Any]:
+        """The `done` event's figures, once the process exited 0."""
+        done = self.wait_for("done", timeout_s)
+        code = self.process.wait(timeout=10)
+        if code != 0:
+            raise self.failure(f"exited {code} after done")
+        return done
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        # The readers end at the pipes' end of file; a full event queue is drained first.
+        while self.readers[0].is_alive():
+            with contextlib.suppress(queue.Empty):
+                self.events.get(timeout=0.1)
+        self.readers[1].join(timeout=10)
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def run_client(node: str, cluster: ClusterProcess, topic: str) -> dict[str, Any]:

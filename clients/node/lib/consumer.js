@@ -11,16 +11,8 @@
 // that, added to the bytes received, equals a running total of our grants.
 
 const { callError, streamError, WeirCallError } = require("./errors");
-
-// A record's cost in byte credit: its content size. Header names count as
-// UTF-8; an absent key counts 0; the timestamp and the framing do not count.
-function contentBytes(record) {
-  let size = (record.key ? record.key.length : 0) + record.value.length;
-  for (const [name, value] of Object.entries(record.headers)) {
-    size += Buffer.byteLength(name, "utf8") + value.length;
-  }
-  return size;
-}
+const { contentBytes } = require("./credit");
+const { ResumingStream } = require("./stream");
 
 // Subscribe with `subscribe` (a weir.v1.Subscribe without credit) on `client`
 // and feed every batch to onBatch(batch) until isDone(); then commit
@@ -144,4 +136,87 @@ function consumeWithCredit({
   });
 }
 
-module.exports = { contentBytes, consumeWithCredit };
+// An assign-mode consumer that survives its node: it reads `partitions`
+// (all when empty) and, when a stream ends with a retriable error (the node
+// died or stopped, UNAVAILABLE, NOT_LEADER, SHUTTING_DOWN), subscribes again
+// on the next node with explicit offsets, for every partition the offset
+// after the last record it handed to onBatch (or, for a partition nothing
+// was handed from yet, where the first subscription started it). So it never
+// skips a record and never hands one over twice, across any number of moves:
+// a batch that does not start at the partition's position fails the run.
+class ResumingConsumer {
+  constructor({
+    clientFor,
+    rotation,
+    topic,
+    partitions = [],
+    group = "",
+    start = "START_KIND_EARLIEST",
+    messageWindow,
+    byteWindow,
+    grantDelayMs = 0,
+    onBatch,
+    onSubscribed = () => {},
+  }) {
+    this.subscription = { topic, partitions, group, start: { kind: start } };
+    this.onBatchTaken = onBatch;
+    this.onSubscribedTold = onSubscribed;
+    this.positions = new Map(); // partition -> the next offset to hand over
+    this.stream = new ResumingStream({
+      clientFor,
+      rotation,
+      messageWindow,
+      byteWindow,
+      grantDelayMs,
+      handler: this,
+    });
+  }
+
+  run() {
+    return this.stream.run();
+  }
+
+  close() {
+    return this.stream.close();
+  }
+
+  subscribe() {
+    const offsets = {};
+    for (const [partition, offset] of this.positions) {
+      offsets[partition] = String(offset);
+    }
+    return { ...this.subscription, offsets };
+  }
+
+  onSubscribed(subscribed) {
+    for (const { partition, offset } of subscribed.partitions) {
+      const position = this.positions.get(partition);
+      if (position === undefined) {
+        this.positions.set(partition, Number(offset));
+      } else if (position !== Number(offset)) {
+        throw new Error(`partition ${partition} starts at ${offset}, asked for ${position}`);
+      }
+    }
+    this.onSubscribedTold(subscribed);
+  }
+
+  onBatch(batch) {
+    const { partition } = batch;
+    const position = this.positions.get(partition);
+    const base = Number(batch.base_offset);
+    if (base !== position) {
+      throw new Error(`partition ${partition}: a batch at ${base}, the next record is ${position}`);
+    }
+    // Handed over: the position moves first, so onBatch sees where it ends.
+    this.positions.set(partition, position + batch.records.length);
+    this.onBatchTaken(batch);
+  }
+
+  onResponse(response) {
+    throw new Error(`unexpected consume response ${response.kind}`);
+  }
+
+  onStreamEnd() {}
+}
+
+module.exports = { contentBytes, consumeWithCredit, ResumingConsumer };
