@@ -6,6 +6,7 @@ import importlib
 import sys
 
 BENCHES = [
+    "bench.machine",
     "bench.raft_core",
     "bench.transport",
     "bench.host",
