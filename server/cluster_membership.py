@@ -68,7 +68,13 @@ from weir.server.local_membership import (
     ended_error,
     join_refused_error,
 )
-from weir.server.membership import JoinSpec, MemberSession
+from weir.server.membership import (
+    AssignmentChange,
+    JoinSpec,
+    MemberEvent,
+    MemberSession,
+)
+from weir.server.queue_relay import RelayedLog
 from weir.server.stream_runtime import (
     EndReason,
     JoinRefusedError,
@@ -78,6 +84,7 @@ from weir.server.stream_runtime import (
     StreamRuntime,
 )
 from weir.server.topics import Topic
+from weir.v1 import broker_pb2
 
 log = logging.getLogger("weir.server.membership")
 
@@ -476,7 +483,7 @@ class ClusterMembership:
         async def commit_as(command: MemberCommit) -> Mapping[int, int]:
             return dict((await self._coordinators.commit(command)).offsets)
 
-        return LinkSession(
+        session = LinkSession(
             spec,
             topic,
             first.member_id,
@@ -486,6 +493,18 @@ class ClusterMembership:
             commit_as=commit_as,
             reconnect=reconnect,
         )
+        return RelayingSession(session, topic, self._relay_addresses)
+
+    def _relay_addresses(self, topic: str, partition: int) -> list[str]:
+        """Where to read a partition placed on other nodes only (empty: it is placed here)."""
+        found = self._metadata.state.topic(topic)
+        if found is None or not 0 <= partition < found.partition_count:
+            return []
+        replicas = found.partitions[partition].replicas
+        if self._node_id in replicas:
+            return []
+        addresses = [self._metadata.node_address(node) for node in replicas]
+        return [a for a in addresses if a]
 
     async def _connect(
         self, spec: JoinSpec, topic: Topic, member_id: str
@@ -535,4 +554,78 @@ class ClusterMembership:
         return await coordinators.route(spec.group, coordinator, here, there)
 
 
-__all__ = ["ClusterMembership", "RemoteConnection"]
+class RelayingSession:
+    """A member's session that also opens relays for partitions placed on other nodes only.
+
+    The coordinator assigns partitions without regard to where the
+    member's stream is served (a Kafka consumer reads whatever it is
+    assigned), and with more nodes than a topic's replication factor the
+    serving node may hold no replica of some of them. Before the stream
+    gets a change, each partition it starts that is placed elsewhere gets
+    a `RelayedLog` (server/queue_relay.py) opened at the offset the member
+    starts at; `Member.starts` (server/consume_group.py) takes it in place
+    of a local log. Relays a change did not use are closed at the next
+    change, all of them when the session closes.
+    """
+
+    def __init__(
+        self,
+        inner: MemberSession,
+        topic: Topic,
+        relay_addresses: Callable[[str, int], list[str]],
+    ) -> None:
+        self._inner = inner
+        self._topic = topic
+        self._relay_addresses = relay_addresses
+        self.start = broker_pb2.StartPosition()
+        self._prepared: dict[int, RelayedLog] = {}
+        self._opened: list[RelayedLog] = []
+
+    @property
+    def member_id(self) -> str:
+        return self._inner.member_id
+
+    def use_start(self, start: broker_pb2.StartPosition) -> None:
+        """The subscription's start policy, for partitions without a committed offset."""
+        self.start = start
+
+    def relayed(self, partition: int) -> RelayedLog | None:
+        """The relay opened for `partition` by the last change (taken once)."""
+        return self._prepared.pop(partition, None)
+
+    async def next_event(self) -> MemberEvent:
+        for log in self._prepared.values():
+            log.close()
+        self._prepared.clear()
+        self._opened = [log for log in self._opened if not log.closed]
+        event = await self._inner.next_event()
+        if isinstance(event, AssignmentChange):
+            topic = self._topic
+            for number, committed in sorted(event.started.items()):
+                addresses = self._relay_addresses(topic.name, number)
+                if not addresses:
+                    continue
+                log = RelayedLog(topic.name, number, addresses, topic.config.record_bytes_max)
+                self._opened.append(log)
+                await log.open(self.start, committed)
+                self._prepared[number] = log
+        return event
+
+    def seen(self) -> None:
+        self._inner.seen()
+
+    def ack(self, generation: int) -> None:
+        self._inner.ack(generation)
+
+    async def commit(self, generation: int, offsets: Mapping[int, int]) -> dict[int, int]:
+        return await self._inner.commit(generation, offsets)
+
+    async def close(self) -> None:
+        for log in self._opened:
+            log.close()
+        self._opened.clear()
+        self._prepared.clear()
+        await self._inner.close()
+
+
+__all__ = ["ClusterMembership", "RelayingSession", "RemoteConnection"]

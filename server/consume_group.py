@@ -11,12 +11,17 @@ stops at once, the `Assignment` written by its one writer, then the starts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import grpc
 
+from weir.cluster.storage import PartitionLog
 from weir.server.consume_cursor import Partition
 from weir.server.consume_start import assigned_start
 from weir.server.errors import BrokerError, invalid, replica_not_available
 from weir.server.membership import AssignmentChange, MemberSession
+from weir.server.queue_relay import RelayedLog
 from weir.server.replicator import NotHostedError, Replicator
 from weir.server.topics import Topic
 from weir.v1 import broker_pb2
@@ -58,6 +63,15 @@ class Member:
     def __init__(self, session: MemberSession, start: broker_pb2.StartPosition) -> None:
         self.session = session
         self._start = start
+        # In a cluster the session opens relays for partitions placed on
+        # other nodes only (cluster_membership.RelayingSession), and starts
+        # them where this subscription's start policy says.
+        use_start = getattr(session, "use_start", None)
+        if use_start is not None:
+            use_start(start)
+        self._relayed: Callable[[int], RelayedLog | None] = getattr(
+            session, "relayed", lambda partition: None
+        )
         # The generation of the last Assignment written on the stream (0:
         # none yet). A Commit or AssignmentAck is checked against it.
         self.generation_sent = 0
@@ -82,8 +96,11 @@ class Member:
     ) -> list[Partition]:
         """The partitions `change` starts, each at its first offset.
 
-        Raises BrokerError (REPLICA_NOT_AVAILABLE) or StorageError; the
-        caller ends the stream with it.
+        A partition with no replica here is read through the relay the
+        session opened for it; without one (the partition is placed here
+        but its replica has not started yet) it raises BrokerError
+        (REPLICA_NOT_AVAILABLE), as it does StorageError; the caller ends
+        the stream with it.
         """
         result = []
         for number in sorted(change.started):
@@ -93,7 +110,12 @@ class Member:
             try:
                 log = replicator.log(topic.group_id(number))
             except NotHostedError:
-                raise replica_not_available(topic.name, number) from None
+                relayed = self._relayed(number)
+                if relayed is None:
+                    raise replica_not_available(topic.name, number) from None
+                # Read like a log (the cursor's reads, offsets and listener).
+                result.append(Partition(number, cast(PartitionLog, relayed), relayed.first_offset))
+                continue
             start = assigned_start(self._start, log, change.started[number])
             result.append(Partition(number, log, start))
         return result
