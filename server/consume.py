@@ -32,7 +32,7 @@ Each stream has one writer, the handler's own task: it writes every
 response, records, commit and seek answers and assignments alike, and the
 final status is sent only after it returned, so an abort never meets a
 write in flight. A reader task parses requests (credit, commits, seeks,
-a member's acks and heartbeats) and a committer task stores commits
+a member's acks and heartbeats; consume_requests.py, shared with queue mode) and a committer task stores commits
 (consume_commit.py); both hand their results to the writer and wake it
 through one event. The credit a client sends after a commit is applied at
 once, whatever the commit waits for. Seeks are applied by the writer,
@@ -76,6 +76,7 @@ from weir.server.consume_group import (
     partition_not_assigned,
 )
 from weir.server.consume_queue import serve_queue
+from weir.server.consume_requests import Settlement, read_requests
 from weir.server.consume_seek import SEEKS_INFLIGHT_MAX, SeekWork, apply_seek, refused
 from weir.server.consume_start import (
     committed_positions,
@@ -346,7 +347,7 @@ class _Stream:
             self._start(p)
         del self._initial
         tasks = [
-            asyncio.create_task(self._read_loop()),
+            asyncio.create_task(read_requests(self._context, self)),
             asyncio.create_task(self._committer.run()),
             asyncio.create_task(self._watch_stopping()),
         ]
@@ -422,48 +423,45 @@ class _Stream:
         await self._path.stopping.wait()
         self._fail(shutting_down())
 
-    async def _read_loop(self) -> None:
-        """Apply credits, queue commits and seeks; a protocol error fails the stream."""
-        member = self._member
-        try:
-            while True:
-                request = await self._context.read()
-                if request is grpc.aio.EOF:
-                    self._client_done = True
-                    self._wake.set()
-                    return
-                if not isinstance(request, broker_pb2.ConsumeRequest):
-                    raise invalid("MALFORMED_REQUEST", "a ConsumeRequest could not be parsed")
-                if member is not None:
-                    # Anything the client sends keeps its session alive.
-                    member.session.seen()
-                kind = request.WhichOneof("kind")
-                if kind == "credit":
-                    self._path.add_credit(self._credit, request.credit)
-                    self._wake.set()
-                elif kind == "commit":
-                    await self._committer.submit(request.commit)
-                elif kind == "seek":
-                    await self._seek_slots.acquire()
-                    self._seeks.append(SeekWork.of(request.seek))
-                    self._wake.set()
-                elif kind in ("assignment_ack", "heartbeat"):
-                    if member is None:
-                        raise not_a_member(kind)
-                    if kind == "assignment_ack":
-                        generation = request.assignment_ack.generation
-                        member.check_ack(generation)
-                        member.session.ack(generation)
-                elif kind in ("ack", "nack", "extend_deadline"):
-                    raise not_a_member(kind, "CONSUME_MODE_QUEUE")
-                elif kind == "subscribe":
-                    raise invalid(
-                        "ALREADY_SUBSCRIBED", "subscribe is only valid as the first request"
-                    )
-                else:
-                    raise invalid("EMPTY_REQUEST", "a ConsumeRequest must set one of its fields")
-        except BrokerError as error:
-            self._fail(error)
+    # -- each request (consume_requests.RequestHandler): apply credits, queue
+    # commits and seeks; a protocol error fails the stream.
+
+    def on_half_close(self) -> None:
+        self._client_done = True
+        self._wake.set()
+
+    def on_refused(self, error: BrokerError) -> None:
+        self._fail(error)
+
+    def on_request(self) -> None:
+        if self._member is not None:
+            # Anything the client sends keeps its session alive.
+            self._member.session.seen()
+
+    def on_credit(self, grant: broker_pb2.Credit) -> None:
+        self._path.add_credit(self._credit, grant)
+        self._wake.set()
+
+    async def on_commit(self, commit: broker_pb2.Commit) -> None:
+        await self._committer.submit(commit)
+
+    async def on_seek(self, seek: broker_pb2.Seek) -> None:
+        await self._seek_slots.acquire()
+        self._seeks.append(SeekWork.of(seek))
+        self._wake.set()
+
+    def on_assignment_ack(self, ack: broker_pb2.AssignmentAck) -> None:
+        if self._member is None:
+            raise not_a_member("assignment_ack")
+        self._member.check_ack(ack.generation)
+        self._member.session.ack(ack.generation)
+
+    def on_heartbeat(self) -> None:
+        if self._member is None:
+            raise not_a_member("heartbeat")
+
+    async def on_settle(self, kind: str, body: Settlement) -> None:
+        raise not_a_member(kind, "CONSUME_MODE_QUEUE")
 
     async def _member_loop(self, member: Member) -> None:
         """Stop revoked partitions at once and hand each change to the writer."""

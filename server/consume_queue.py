@@ -11,9 +11,9 @@ reader task. The writer sends, within credit, one `ConsumedBatch` per
 partition and turn with a `Delivery` per record (records waiting for
 redelivery hold no credit; a record handed out that the byte credit
 cannot pay yet is held by the stream, in flight, and sent first once it
-can), and writes answers. The reader applies credit and settles acks,
-nacks and extensions: each request is decoded and applied at once in
-the partitions' states, and answered (`AckResult`, one per request) by a
+can), and writes answers. The reader (consume_requests.py, as in
+consume.py) applies credit and settles acks, nacks and extensions: each
+request is decoded and applied at once in the partitions' states, and answered (`AckResult`, one per request) by a
 task once the turn carrying it is durable (single node) or committed
 (cluster); extensions are answered at once. At most
 `ANSWERS_INFLIGHT_MAX` requests wait for an answer; past that the reader
@@ -55,6 +55,7 @@ from weir.cluster.storage import StorageError
 from weir.server.config import NodeConfig
 from weir.server.consume_commit import storage_failure
 from weir.server.consume_cursor import Credit
+from weir.server.consume_requests import Settlement, read_requests
 from weir.server.consume_start import invalid_subscribe, partition_numbers
 from weir.server.errors import BrokerError, invalid, shutting_down
 from weir.server.queue_dispatch import (
@@ -382,7 +383,7 @@ class _QueueStream:
         for queue in self._opened.values():
             queue.attach(self)
         tasks = [
-            asyncio.create_task(self._read_loop()),
+            asyncio.create_task(read_requests(self._context, self)),
             asyncio.create_task(self._watch_stopping()),
         ]
         for task in tasks:
@@ -521,57 +522,54 @@ class _QueueStream:
 
     # -- the reader ----------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                request = await self._context.read()
-                if request is grpc.aio.EOF:
-                    self._client_done = True
-                    self._wake.set()
-                    return
-                if not isinstance(request, broker_pb2.ConsumeRequest):
-                    raise invalid("MALFORMED_REQUEST", "a ConsumeRequest could not be parsed")
-                kind = request.WhichOneof("kind")
-                if kind == "credit":
-                    self._add_credit(self._credit, request.credit)
-                    self._wake.set()
-                elif kind in ("ack", "nack", "extend_deadline"):
-                    body = getattr(request, kind)
-                    if len(body.ack_ids) > ACK_IDS_MAX:
-                        raise invalid(
-                            "TOO_MANY_ACK_IDS",
-                            f"an {kind} carries at most {ACK_IDS_MAX} ack ids, not"
-                            f" {len(body.ack_ids)}",
-                            count=len(body.ack_ids),
-                            limit=ACK_IDS_MAX,
-                        )
-                    await self._take_slot()
-                    await self._settle(kind, body)
-                elif kind == "commit":
-                    await self._take_slot()
-                    result = broker_pb2.CommitResult(
-                        commit_id=request.commit.commit_id,
-                        error=not_in_queue_mode("commit").to_proto(),
-                    )
-                    self._answer(broker_pb2.ConsumeResponse(commit=result))
-                elif kind == "seek":
-                    await self._take_slot()
-                    seek = broker_pb2.SeekResult(
-                        seek_id=request.seek.seek_id,
-                        partition=request.seek.partition,
-                        error=not_in_queue_mode("seek").to_proto(),
-                    )
-                    self._answer(broker_pb2.ConsumeResponse(seek=seek))
-                elif kind in ("assignment_ack", "heartbeat"):
-                    raise not_in_queue_mode(kind)
-                elif kind == "subscribe":
-                    raise invalid(
-                        "ALREADY_SUBSCRIBED", "subscribe is only valid as the first request"
-                    )
-                else:
-                    raise invalid("EMPTY_REQUEST", "a ConsumeRequest must set one of its fields")
-        except BrokerError as error:
-            self.fail(error)
+    # -- each request (consume_requests.RequestHandler) ----------------------
+
+    def on_half_close(self) -> None:
+        self._client_done = True
+        self._wake.set()
+
+    def on_refused(self, error: BrokerError) -> None:
+        self.fail(error)
+
+    def on_request(self) -> None:
+        pass  # a queue stream has no session to keep alive
+
+    def on_credit(self, grant: broker_pb2.Credit) -> None:
+        self._add_credit(self._credit, grant)
+        self._wake.set()
+
+    async def on_settle(self, kind: str, body: Settlement) -> None:
+        if len(body.ack_ids) > ACK_IDS_MAX:
+            raise invalid(
+                "TOO_MANY_ACK_IDS",
+                f"an {kind} carries at most {ACK_IDS_MAX} ack ids, not {len(body.ack_ids)}",
+                count=len(body.ack_ids),
+                limit=ACK_IDS_MAX,
+            )
+        await self._take_slot()
+        await self._settle(kind, body)
+
+    async def on_commit(self, commit: broker_pb2.Commit) -> None:
+        await self._take_slot()
+        result = broker_pb2.CommitResult(
+            commit_id=commit.commit_id, error=not_in_queue_mode("commit").to_proto()
+        )
+        self._answer(broker_pb2.ConsumeResponse(commit=result))
+
+    async def on_seek(self, seek: broker_pb2.Seek) -> None:
+        await self._take_slot()
+        result = broker_pb2.SeekResult(
+            seek_id=seek.seek_id,
+            partition=seek.partition,
+            error=not_in_queue_mode("seek").to_proto(),
+        )
+        self._answer(broker_pb2.ConsumeResponse(seek=result))
+
+    def on_assignment_ack(self, ack: broker_pb2.AssignmentAck) -> None:
+        raise not_in_queue_mode("assignment_ack")
+
+    def on_heartbeat(self) -> None:
+        raise not_in_queue_mode("heartbeat")
 
     async def _take_slot(self) -> None:
         await self._slots.acquire()
