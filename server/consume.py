@@ -32,11 +32,12 @@ Each stream has one writer, the handler's own task: it writes every
 response, records, commit and seek answers and assignments alike, and the
 final status is sent only after it returned, so an abort never meets a
 write in flight. A reader task parses requests (credit, commits, seeks,
-a member's acks and heartbeats; consume_requests.py, shared with queue mode) and a committer task stores commits
-(consume_commit.py); both hand their results to the writer and wake it
-through one event. The credit a client sends after a commit is applied at
-once, whatever the commit waits for. Seeks are applied by the writer,
-which answers each before its partition sends again (consume_seek.py).
+a member's acks and heartbeats; consume_requests.py, shared with queue
+mode) and a committer task stores commits (consume_commit.py); both hand
+their results to the writer and wake it through one event. The credit a
+client sends after a commit is applied at once, whatever the commit waits
+for. Seeks are applied by the writer, which answers each before its
+partition sends again (consume_seek.py).
 Partition logs wake a stream through listeners registered once per
 stream and partition; the writer then looks only at the partitions that
 grew, so idle partitions cost nothing per append.

@@ -13,9 +13,10 @@ redelivery hold no credit; a record handed out that the byte credit
 cannot pay yet is held by the stream, in flight, and sent first once it
 can), and writes answers. The reader (consume_requests.py, as in
 consume.py) applies credit and settles acks, nacks and extensions: each
-request is decoded and applied at once in the partitions' states, and answered (`AckResult`, one per request) by a
-task once the turn carrying it is durable (single node) or committed
-(cluster); extensions are answered at once. At most
+request is decoded and applied at once in the partitions' states, and
+answered (`AckResult`, one per request) by a task once the turn carrying
+it is durable (single node) or committed (cluster); extensions are
+answered at once. At most
 `ANSWERS_INFLIGHT_MAX` requests wait for an answer; past that the reader
 stops reading (HTTP/2 pushes back on the client).
 
