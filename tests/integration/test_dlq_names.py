@@ -21,16 +21,24 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from tests.integration.test_cluster_replication import (
+    create_topic,
+    leaders,
+    wait_led_by,
+    wait_ready,
+)
 from tests.support.broker_process import BrokerProcess
+from tests.support.cluster_process import ClusterProcess
 from tests.support.raw_client import (
     ConsumeStream,
     RawClient,
     open_stream,
     read_partition,
     request,
+    rich_status,
     start_at,
 )
-from weir.v1 import admin_pb2, broker_pb2
+from weir.v1 import admin_pb2, broker_pb2, broker_pb2_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -175,3 +183,34 @@ def test_a_245_character_topic_keeps_its_default_and_max_deliveries_0_needs_none
         assert [r.value for r in response.batch.records] == [b"x"]
     finally:
         stream.close()
+
+
+def test_three_nodes_refuse_it_on_every_node_and_in_a_relay(cluster: ClusterProcess) -> None:
+    """The check runs where the client subscribes, before any relay, and again at the leader."""
+    wait_ready(cluster)
+    create_topic(cluster, 1, LONG, 3)
+    wait_led_by(cluster, LONG, cluster.node_ids)
+    for node in cluster.node_ids:
+        with RawClient(cluster.address(node)) as client:
+            code, info = refusal(client, LONG)
+            assert (code, info.reason) == (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "DEAD_LETTER_TOPIC_REQUIRED",
+            )
+    # A relayed Subscribe (another node's stream to a partition's leader) too.
+    leader = leaders(cluster.address(1), LONG)[0]
+    relayed = queue_subscribe(LONG)
+    relayed.partitions.append(0)
+    with grpc.insecure_channel(cluster.address(leader)) as channel:
+        call = broker_pb2_grpc.BrokerServiceStub(channel).Consume(
+            iter([broker_pb2.ConsumeRequest(subscribe=relayed)]),
+            metadata=(("weir-queue-relay", "1"),),
+            timeout=30,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            next(call)
+        code, reason = rich_status(caught.value)
+        assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "DEAD_LETTER_TOPIC_REQUIRED")
+    with RawClient(cluster.address(1)) as client:
+        assert queue_groups(client, LONG) == []
+        assert topic_names(client) == [LONG]
