@@ -1,4 +1,4 @@
-"""Dead-letter topic names on a real node (`weir serve`), through the generated stubs and the CLI.
+"""Dead-letter topic names on real nodes (`weir serve`), through the generated stubs and the CLI.
 
 A topic of 247 characters has no valid default dead-letter topic
 (`<topic>.dlq` would have 251). It is created and read in stream mode as
@@ -6,6 +6,8 @@ any topic; a queue-mode Subscribe on it is refused with FAILED_PRECONDITION
 DEAD_LETTER_TOPIC_REQUIRED and builds nothing (no queue state, no topic),
 until its `dead_letter_topic` is set, after which its dead letters go
 there. A topic of 245 characters keeps its default (`<topic>.dlq`, 249).
+On three nodes every node refuses it, and so does a partition's leader
+when another node's relay subscribes.
 """
 
 from __future__ import annotations
