@@ -177,7 +177,7 @@ def test_requests_ask_for_combined_answers_and_each_answer_in_more_counts(
                 failure(
                     requests[1],
                     code=code_pb2.UNAVAILABLE,
-                    reason="NOT_ENOUGH_REPLICAS",
+                    reason="PROPOSAL_DROPPED",
                     retriable=True,
                 ),
             ]
