@@ -10,9 +10,13 @@ must subscribe again on another node, from the offset after the last
 record it handed over in each partition, and get every record of the log
 in order. Explicit offsets make that exactly once: a record repeated or
 skipped fails the Node run, and its per-partition digests of (offset,
-value) must equal those of the log as the surviving nodes hold it. (The
-at-least-once repeats of docs/sdk.md belong to group members that restart
-from committed offsets; see test_node_groups.py.)
+value) must equal those of the log as the surviving nodes hold it.
+
+`scenarios/member.js` is a stream-mode group member through the same kill:
+it rejoins under its member id and the broker starts each partition at the
+group's committed offset, so the records it handed over after its last
+commit come again. Those, and only those, are the duplicates at least once
+allows; nothing is skipped.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tests.integration.test_cluster_replication import (
     Log,
     assert_identical_logs,
     create_topic,
+    end_offsets,
     leaders,
     value_of,
     wait_led_by,
@@ -44,6 +49,7 @@ AFTER = 400
 # 250 records/s, so the kill at KILL_AT lands well before BEFORE.
 FLAGS = {"message-window": 10, "byte-window": 4096, "grant-delay-ms": 20}
 KILL_AT = 300
+COMMIT_EVERY = 100
 EVENT_TIMEOUT_S = 30.0
 
 
@@ -119,3 +125,51 @@ def test_node_consumer_resubscribes_after_its_node_dies_and_gets_every_record_on
     assert end["code"] == 14, end  # UNAVAILABLE
     if fault == "restart":
         assert end["reason"] == "SHUTTING_DOWN", end
+
+
+def test_node_group_member_rejoins_after_its_node_is_killed_and_repeats_only_uncommitted(
+    node: str, cluster: ClusterProcess
+) -> None:
+    wait_ready(cluster)
+    create_topic(cluster, 1, TOPIC, PARTITIONS)
+    wait_led_by(cluster, TOPIC, cluster.node_ids)
+    produce(cluster.addresses, 0, BEFORE)
+    victim = leaders(cluster.address(1), TOPIC)[0]
+    others = [n for n in cluster.node_ids if n != victim]
+    bootstrap = [cluster.address(victim)] + [cluster.address(n) for n in others]
+    flags = {
+        "bootstrap": ",".join(bootstrap),
+        "topic": TOPIC,
+        "group": "node-member",
+        "commit-every": COMMIT_EVERY,
+        "message-window": FLAGS["message-window"],
+        "grant-delay-ms": FLAGS["grant-delay-ms"],
+    }
+    scenario = NodeScenario(node, "member.js", flags)
+    try:
+        scenario.wait_for("assignment", EVENT_TIMEOUT_S, lambda e: len(e["partitions"]) > 0)
+        at_kill = scenario.wait_for(
+            "progress", EVENT_TIMEOUT_S, lambda e: e["records"] >= KILL_AT + COMMIT_EVERY // 2
+        )
+        cluster.kill(victim)
+        assert at_kill["records"] < BEFORE - 2 * FLAGS["message-window"], at_kill
+        produce([cluster.address(n) for n in others], BEFORE, AFTER)
+        ends = end_offsets(cluster.address(others[0]), TOPIC)
+        scenario.send({"end_offsets": ends})
+        done = scenario.finish(EVENT_TIMEOUT_S + 30)
+    finally:
+        scenario.stop()
+
+    assert [p["end"] for p in done["per_partition"]] == ends
+    assert all(p["skipped"] == 0 for p in done["per_partition"]), done
+    # Each partition restarted somewhere between what the member knew was
+    # committed (a commit in flight at the kill may have been stored) and its
+    # position; exactly the records in between came twice.
+    assert done["resumes"], done
+    for resume in done["resumes"]:
+        assert resume["committed"] <= resume["started"] <= resume["position"], resume
+    repeated = sum(r["position"] - r["started"] for r in done["resumes"])
+    assert sum(p["duplicates"] for p in done["per_partition"]) == repeated == done["redelivered"]
+    assert repeated <= PARTITIONS * COMMIT_EVERY
+    assert done["ends"][0]["address"] == cluster.address(victim)
+    assert done["streams"] >= 2

@@ -35,8 +35,10 @@ class GroupMember {
     sessionTimeoutMs = SESSION_TIMEOUT_MS_DEFAULT,
     messageWindow,
     byteWindow,
+    grantDelayMs = 0,
     onBatch,
     onAssignment = () => {},
+    onStreamEnd = () => {},
   }) {
     this.topic = topic;
     this.group = group;
@@ -44,6 +46,7 @@ class GroupMember {
     this.sessionTimeoutMs = sessionTimeoutMs;
     this.onBatchTaken = onBatch;
     this.onAssignmentTold = onAssignment;
+    this.onStreamEndTold = onStreamEnd;
     this.memberId = "";
     this.generation = 0;
     this.owned = new Set(); // partitions this stream delivers now
@@ -54,7 +57,7 @@ class GroupMember {
     this.nextCommitId = 1;
     this.streamSeq = 0;
     this.stats = { assignments: 0, revocations: 0, commits: 0, heartbeats: 0, redelivered: 0, rejoins: 0 };
-    this.stream = new ResumingStream({ clientFor, rotation, messageWindow, byteWindow, handler: this });
+    this.stream = new ResumingStream({ clientFor, rotation, messageWindow, byteWindow, grantDelayMs, handler: this });
     this.heartbeatTimer = setInterval(() => this.heartbeatWhenIdle(), Math.floor(sessionTimeoutMs / 3));
   }
 
@@ -214,6 +217,7 @@ class GroupMember {
   }
 
   onStreamEnd(error) {
+    this.onStreamEndTold(error, this);
     for (const pending of this.pendingCommits.values()) {
       pending.reject(new WeirCallError("commit", error ?? notConnected()));
     }
