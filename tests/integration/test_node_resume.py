@@ -17,12 +17,18 @@ it rejoins under its member id and the broker starts each partition at the
 group's committed offset, so the records it handed over after its last
 commit come again. Those, and only those, are the duplicates at least once
 allows; nothing is skipped.
+
+`scenarios/queue_failover.js` is a queue-mode consumer through the same
+kill: it subscribes again on another node, its unanswered acks are sent
+again, and every record is acked; no record whose ack was answered comes
+back, and QueueStats shows nothing left.
 """
 
 from __future__ import annotations
 
 import hashlib
 
+import grpc
 import pytest
 
 import weir
@@ -37,7 +43,8 @@ from tests.integration.test_cluster_replication import (
     wait_ready,
 )
 from tests.integration.test_node_client import NodeScenario, node_fixture  # noqa: F401 (fixture)
-from tests.support.cluster_process import ClusterProcess
+from tests.support.cluster_process import CALL_TIMEOUT_S, ClusterProcess
+from weir.v1 import admin_pb2, admin_pb2_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -50,6 +57,7 @@ AFTER = 400
 FLAGS = {"message-window": 10, "byte-window": 4096, "grant-delay-ms": 20}
 KILL_AT = 300
 COMMIT_EVERY = 100
+QUEUE_RECORDS = 600
 EVENT_TIMEOUT_S = 30.0
 
 
@@ -173,3 +181,45 @@ def test_node_group_member_rejoins_after_its_node_is_killed_and_repeats_only_unc
     assert repeated <= PARTITIONS * COMMIT_EVERY
     assert done["ends"][0]["address"] == cluster.address(victim)
     assert done["streams"] >= 2
+
+
+def test_node_queue_consumer_resubscribes_after_its_node_is_killed_and_acks_everything(
+    node: str, cluster: ClusterProcess
+) -> None:
+    wait_ready(cluster)
+    create_topic(cluster, 1, TOPIC, PARTITIONS)
+    wait_led_by(cluster, TOPIC, cluster.node_ids)
+    produce(cluster.addresses, 0, QUEUE_RECORDS)
+    victim = leaders(cluster.address(1), TOPIC)[0]
+    others = [n for n in cluster.node_ids if n != victim]
+    bootstrap = [cluster.address(victim)] + [cluster.address(n) for n in others]
+    flags = {
+        "bootstrap": ",".join(bootstrap),
+        "topic": TOPIC,
+        "group": "node-queue",
+        "records": QUEUE_RECORDS,
+        "message-window": FLAGS["message-window"],
+        "grant-delay-ms": FLAGS["grant-delay-ms"],
+    }
+    scenario = NodeScenario(node, "queue_failover.js", flags)
+    try:
+        at_kill = scenario.wait_for("progress", EVENT_TIMEOUT_S, lambda e: e["acked"] >= KILL_AT)
+        cluster.kill(victim)
+        assert at_kill["acked"] < QUEUE_RECORDS - 2 * FLAGS["message-window"], at_kill
+        done = scenario.finish(EVENT_TIMEOUT_S + 30)
+    finally:
+        scenario.stop()
+
+    # Checked in the Node process: no record came again after its ack was
+    # answered, and a record that came again carried a higher attempt.
+    assert done["acked"] == QUEUE_RECORDS
+    assert done["deliveries"] == QUEUE_RECORDS + done["redeliveries"]
+    assert set(done["refused_acks"]) <= {"UNKNOWN_ACK_ID", "NOT_LEADER"}, done
+    assert done["streams"] >= 2
+    assert done["ends"][0]["address"] == cluster.address(victim)
+    with grpc.insecure_channel(cluster.address(others[0])) as channel:
+        stats = admin_pb2_grpc.AdminServiceStub(channel).QueueStats(
+            admin_pb2.QueueStatsRequest(topic=TOPIC, group="node-queue"), timeout=CALL_TIMEOUT_S
+        )
+    for p in stats.partitions:
+        assert (p.ready, p.in_flight, p.delayed, p.dead_lettered) == (0, 0, 0, 0), p

@@ -15,14 +15,16 @@
 // Bounds: at most IDS_PER_REQUEST_MAX ids per call (the broker's limit;
 // more is refused here before anything is sent), REQUESTS_INFLIGHT_MAX
 // requests waiting for their answer (the broker stops reading a stream at
-// 16), further calls wait in line, at most WAITING_MAX of them.
+// 16); further calls wait in line, merged into requests of up to 10,000
+// ids, at most WAITING_MAX requests: with ack ids of 25 bytes, at most
+// (16 + 64) * 10,000 * 25 bytes = 20 MB of ids held.
 
 const { WeirCallError, streamError } = require("./errors");
 const { ResumingStream } = require("./stream");
 
 const IDS_PER_REQUEST_MAX = 10_000;
 const REQUESTS_INFLIGHT_MAX = 16;
-const WAITING_MAX = 1024;
+const WAITING_MAX = 64;
 
 class QueueConsumer {
   constructor({
@@ -36,6 +38,7 @@ class QueueConsumer {
     orderedKeys = false,
     messageWindow,
     byteWindow,
+    grantDelayMs = 0,
     onDelivery,
   }) {
     this.subscription = {
@@ -48,11 +51,13 @@ class QueueConsumer {
       ordered_keys: orderedKeys,
     };
     this.onDelivery = onDelivery;
-    this.inflight = new Map(); // request id -> { kind, request, written, resolve, reject }
+    // A request: { key, kind, request, written, parts: [{ first, count, resolve, reject }] },
+    // a part being one call's ids at request.ack_ids[first, first + count).
+    this.inflight = new Map(); // request id -> request
     this.waiting = []; // requests beyond REQUESTS_INFLIGHT_MAX, in call order
     this.nextRequestId = 1;
     this.stats = { deliveries: 0, requests: 0, resent_acks: 0 };
-    this.stream = new ResumingStream({ clientFor, rotation, messageWindow, byteWindow, handler: this });
+    this.stream = new ResumingStream({ clientFor, rotation, messageWindow, byteWindow, grantDelayMs, handler: this });
   }
 
   run() {
@@ -91,13 +96,24 @@ class QueueConsumer {
     if (!ackIds.every((id) => Buffer.isBuffer(id))) {
       return Promise.reject(new TypeError(`a ${kind} takes ack ids as Buffers (Delivery.ack_id)`));
     }
-    if (this.waiting.length >= WAITING_MAX) {
-      return Promise.reject(new Error(`${WAITING_MAX} settle calls already wait for room`));
-    }
     return new Promise((resolve, reject) => {
-      const requestId = this.nextRequestId++;
-      const entry = { kind, request: { request_id: String(requestId), ack_ids: ackIds, ...fields }, written: false, resolve, reject };
-      this.waiting.push([requestId, entry]);
+      // A call that waits for room joins the last waiting request if it is
+      // of the same kind and settings and has room for its ids: one request
+      // then settles many calls, as the Python SDK batches them.
+      const key = `${kind} ${JSON.stringify(fields)}`;
+      const last = this.waiting[this.waiting.length - 1];
+      let entry;
+      if (last !== undefined && last.key === key && last.request.ack_ids.length + ackIds.length <= IDS_PER_REQUEST_MAX) {
+        entry = last;
+      } else if (this.waiting.length >= WAITING_MAX) {
+        reject(new Error(`${WAITING_MAX} settle requests already wait for room`));
+        return;
+      } else {
+        entry = { key, kind, request: { ack_ids: [], ...fields }, parts: [], written: false };
+        this.waiting.push(entry);
+      }
+      entry.parts.push({ first: entry.request.ack_ids.length, count: ackIds.length, resolve, reject });
+      entry.request.ack_ids.push(...ackIds);
       this.pump();
     });
   }
@@ -106,7 +122,9 @@ class QueueConsumer {
   // unwritten one in flight when a stream is open.
   pump() {
     while (this.inflight.size < REQUESTS_INFLIGHT_MAX && this.waiting.length > 0) {
-      const [requestId, entry] = this.waiting.shift();
+      const entry = this.waiting.shift();
+      const requestId = this.nextRequestId++;
+      entry.request.request_id = String(requestId);
       this.inflight.set(requestId, entry);
     }
     for (const entry of this.inflight.values()) {
@@ -153,7 +171,14 @@ class QueueConsumer {
       throw new Error(`an AckResult for request ${requestId}, which is not pending`);
     }
     this.inflight.delete(requestId);
-    entry.resolve(response.ack.failures.map((f) => ({ index: f.index, ...streamError(f.error) })));
+    const failures = response.ack.failures.map((f) => ({ index: f.index, ...streamError(f.error) }));
+    for (const { first, count, resolve } of entry.parts) {
+      resolve(
+        failures
+          .filter((f) => f.index >= first && f.index < first + count)
+          .map((f) => ({ ...f, index: f.index - first })),
+      );
+    }
     this.pump();
   }
 
@@ -166,22 +191,26 @@ class QueueConsumer {
         entry.written = false; // sent again on the next stream
       } else if (entry.written || error === null) {
         this.inflight.delete(requestId);
-        entry.reject(new WeirCallError(entry.kind, error ?? closedError()));
+        rejectParts(entry, new WeirCallError(entry.kind, error ?? closedError()));
       }
     }
     if (error === null) {
-      for (const [, entry] of this.waiting) entry.reject(new WeirCallError(entry.kind, closedError()));
+      for (const entry of this.waiting) rejectParts(entry, new WeirCallError(entry.kind, closedError()));
       this.waiting = [];
     }
   }
+
+  failAll(error) {
+    const entries = [...this.inflight.values(), ...this.waiting];
+    this.inflight.clear();
+    this.waiting = [];
+    for (const entry of entries) rejectParts(entry, error);
+  }
 }
 
-QueueConsumer.prototype.failAll = function failAll(error) {
-  const entries = [...this.inflight.values(), ...this.waiting.map(([, entry]) => entry)];
-  this.inflight.clear();
-  this.waiting = [];
-  for (const entry of entries) entry.reject(error);
-};
+function rejectParts(entry, error) {
+  for (const part of entry.parts) part.reject(error);
+}
 
 function closedError() {
   return { code: 1, reason: "", domain: "", message: "the consumer was closed", metadata: {}, retriable: false };

@@ -224,7 +224,7 @@ class ResumingStream {
       metadata: {},
       retriable: true,
     };
-    this.stats.ends.push({ address: stream.address, code: error.code, reason: error.reason });
+    this.stats.ends.push({ address: stream.address, code: error.code, reason: error.reason, message: error.message });
     this.handler.onStreamEnd(error);
     if (this.closing) {
       this.finish(null);
