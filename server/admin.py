@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import logging
 from collections.abc import Awaitable, Callable
@@ -16,12 +17,12 @@ from weir.server.errors import BrokerError, abort, internal_error, storage_error
 from weir.server.group_admin import GroupAdmin
 from weir.server.queue_stats import QueueStats, is_forwarded
 from weir.server.registry import Topics
-from weir.server.replicator import Replicator
+from weir.server.replicator import NotHostedError, Replicator
 from weir.server.topics import ConfigPatch, Topic
 from weir.v1 import admin_pb2, admin_pb2_grpc
 
 if TYPE_CHECKING:
-    from weir.server.cluster_node import ClusterView
+    from weir.server.cluster_node import ClusterView, PartitionView
 
 # One source of truth for the version: the installed distribution (pyproject.toml).
 VERSION = importlib.metadata.version("weir")
@@ -30,6 +31,23 @@ Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 log = logging.getLogger("weir.server.admin")
+
+# A DescribeTopic one node asks of another for partitions it has no replica
+# of carries this key; the node asked answers from its own replicas only, so
+# asks never chain.
+DESCRIBE_FORWARDED_KEY = "weir-describe-forwarded"
+DESCRIBE_FORWARDED = ((DESCRIBE_FORWARDED_KEY, "1"),)
+# A replica that does not answer within this is passed over (the next
+# replica is asked); below the SDK's 30 s request timeout even with three.
+REPLICA_DESCRIBE_TIMEOUT_S = 2.0
+
+
+def describe_forwarded(context: Any) -> bool:
+    """Whether this DescribeTopic was asked by another node (answered from local replicas)."""
+    metadata = getattr(context, "invocation_metadata", None)
+    if metadata is None:
+        return False
+    return any(key == DESCRIBE_FORWARDED_KEY for key, _ in metadata() or ())
 
 
 def _patch(config: admin_pb2.TopicConfig) -> ConfigPatch:
@@ -148,7 +166,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         async def run() -> admin_pb2.DescribeTopicResponse:
             topic = self._topics.get(request.name)
             if self._cluster is not None:
-                return self._describe_clustered(topic)
+                return await self._describe_clustered(topic, describe_forwarded(context))
             partitions = []
             for number, group_id in enumerate(topic.group_ids):
                 log = self._replicator.log(group_id)
@@ -166,9 +184,22 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
         return await _guard(context, "DescribeTopic", run(), request.name)
 
-    def _describe_clustered(self, topic: Topic) -> admin_pb2.DescribeTopicResponse:
+    async def _describe_clustered(
+        self, topic: Topic, forwarded: bool
+    ) -> admin_pb2.DescribeTopicResponse:
+        """Each partition from this node's replica, or else from a node that holds one.
+
+        The controller's metadata names every partition's replicas; only a
+        replica knows its leader, offsets and size. With more nodes than
+        the replication factor, partitions placed elsewhere only are asked
+        of their replicas (preferred leader first). One that no replica
+        answers keeps what the metadata says: its replicas, leader 0 (not
+        known) and offsets 0. A node asked by another (`forwarded`) answers
+        from its own replicas only.
+        """
         assert self._cluster is not None
         partitions = []
+        elsewhere: dict[int, PartitionView] = {}
         views = self._cluster.partitions(topic.name)
         for number, (group_id, view) in enumerate(zip(topic.group_ids, views, strict=True)):
             info = admin_pb2.PartitionInfo(
@@ -192,10 +223,66 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 info.start_offset = log.start_offset
                 info.end_offset = log.end_offset
                 info.size_bytes = log.size_bytes
+            except NotHostedError:
+                elsewhere[number] = view
             except (HostError, StorageError, BrokerError):
                 pass
             partitions.append(info)
+        if elsewhere and not forwarded:
+            await self._from_replicas(topic.name, elsewhere, partitions)
         return admin_pb2.DescribeTopicResponse(topic=topic_proto(topic), partitions=partitions)
+
+    async def _from_replicas(
+        self,
+        name: str,
+        elsewhere: dict[int, PartitionView],
+        partitions: list[admin_pb2.PartitionInfo],
+    ) -> None:
+        """Fill in `elsewhere`'s partitions from their replicas, in rounds of one ask per node.
+
+        Round n asks each partition's n-th live replica, one call per node
+        for all the partitions it is asked about; a partition is settled by
+        the first answer that names its leader.
+        """
+        candidates = {
+            number: [
+                r.address
+                for r in view.replicas
+                if r.alive and r.address and r.node_id != self._config.node_id
+            ]
+            for number, view in elsewhere.items()
+        }
+        for round_ in range(max(map(len, candidates.values()), default=0)):
+            asks: dict[str, list[int]] = {}
+            for number, addresses in candidates.items():
+                if round_ < len(addresses):
+                    asks.setdefault(addresses[round_], []).append(number)
+            answers = await asyncio.gather(*(self._describe_at(a, name) for a in asks))
+            for numbers, answer in zip(asks.values(), answers, strict=True):
+                for number in numbers:
+                    if answer is None or number >= len(answer.partitions):
+                        continue
+                    theirs = answer.partitions[number]
+                    if theirs.leader_id:
+                        partitions[number] = theirs
+                        del candidates[number]
+            if not candidates:
+                return
+
+    async def _describe_at(self, address: str, name: str) -> admin_pb2.DescribeTopicResponse | None:
+        """The topic as the node at `address` describes it from its replicas; None if it fails."""
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
+                answer: admin_pb2.DescribeTopicResponse = await stub.DescribeTopic(
+                    admin_pb2.DescribeTopicRequest(name=name),
+                    metadata=DESCRIBE_FORWARDED,
+                    timeout=REPLICA_DESCRIBE_TIMEOUT_S,
+                )
+                return answer
+        except grpc.aio.AioRpcError as error:
+            log.info("describing %r at %s failed: %s", name, address, error.details())
+            return None
 
     async def UpdateTopicConfig(
         self, request: admin_pb2.UpdateTopicConfigRequest, context: Context
