@@ -29,6 +29,10 @@ answer to the client.
 - acks=NONE is forwarded as acks=LEADER: the leader answers NONE only on
   error, and the link needs an answer to free the request's slot; the
   client still hears only errors.
+- Partitions with no replica here (more nodes than the replication
+  factor): this node knows their replicas (the controller's metadata) but
+  not which one leads, so it forwards to a guess (`LeaderGuesses`) and
+  learns from the answers.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import grpc
 import grpc.aio
 
 from weir.cluster.storage import ProducerFields
-from weir.server.errors import from_proto, not_leader, outcome_unknown
+from weir.server.errors import BrokerError, from_proto, not_leader, outcome_unknown
 from weir.server.wire import encode_varint, identity
 from weir.v1 import broker_pb2
 
@@ -319,6 +323,64 @@ class _Link:
             )
 
 
+# Partitions whose leader guess is remembered, at most (a few bytes each);
+# past it the guesses start over from the preferred leaders.
+LEADER_GUESSES_MAX = 65_536
+
+
+class LeaderGuesses:
+    """Who leads the partitions this node has no replica of, as forwards taught it.
+
+    Only a replica hears its group's leader. A node without one forwards to
+    its guess: the leader an answer last named, else the preferred leader
+    (the first replica, where leader balancing keeps leadership). A replica
+    that does not lead answers NOT_LEADER naming the leader, which becomes
+    the guess; a node that cannot be reached moves the guess on to the next
+    replica. Keyed by Raft group id, at most `LEADER_GUESSES_MAX` of them.
+    """
+
+    def __init__(self, entries_max: int = LEADER_GUESSES_MAX) -> None:
+        self._entries_max = entries_max
+        self._leaders: dict[int, int] = {}
+
+    def order(self, group_id: int, replicas: tuple[int, ...]) -> list[int]:
+        """The replicas to try, the guess first, then the others in placement order."""
+        guess = self._leaders.get(group_id)
+        if guess not in replicas:
+            return list(replicas)
+        return [guess, *(r for r in replicas if r != guess)]
+
+    def heard(self, group_id: int, leader_id: int) -> None:
+        """An answer showed (or named) the group's leader."""
+        if group_id not in self._leaders and len(self._leaders) >= self._entries_max:
+            self._leaders.clear()
+        self._leaders[group_id] = leader_id
+
+    def unreachable(self, group_id: int, node_id: int, replicas: tuple[int, ...]) -> None:
+        """`node_id` could not be reached: guess the replica after it next."""
+        if node_id in replicas:
+            self.heard(group_id, replicas[(replicas.index(node_id) + 1) % len(replicas)])
+
+    def answered(
+        self, group_id: int, asked: int, replicas: tuple[int, ...], answer: asyncio.Future[Any]
+    ) -> None:
+        """A forward's answer (a done callback): what it says of who leads."""
+        if answer.cancelled():
+            return
+        error = answer.exception()
+        if error is None:
+            self.heard(group_id, asked)
+            return
+        if not isinstance(error, BrokerError) or error.reason != "NOT_LEADER":
+            return
+        named = int(error.metadata.get("leader_id", "0") or 0)
+        if named == asked:
+            # Answered in its name by a link that could not send the request.
+            self.unreachable(group_id, asked, replicas)
+        elif named:
+            self.heard(group_id, named)
+
+
 class Forwarder:
     """Links to the leaders this node forwards to; an async context manager owns their tasks."""
 
@@ -391,4 +453,11 @@ class Forwarder:
         return {node: (link.sent, link.failures) for node, link in self._links.items()}
 
 
-__all__ = ["FORWARDED_KEY", "ForwardConfig", "Forwarder", "encode_request"]
+__all__ = [
+    "FORWARDED_KEY",
+    "LEADER_GUESSES_MAX",
+    "ForwardConfig",
+    "Forwarder",
+    "LeaderGuesses",
+    "encode_request",
+]

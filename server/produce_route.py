@@ -14,7 +14,8 @@ than this size, so `record_bytes_max` of credit always lets a record through.
 request changes nothing. Records are routed by murmur2 of the key, or to one
 sticky partition per request for records without a key; each part goes to
 the local replicator or, for a partition another node leads, to the
-forwarder. Requests with many records are validated and serialized on a
+forwarder (for a partition with no replica here, to its leader as guessed
+from the placement, produce_forward.LeaderGuesses). Requests with many records are validated and serialized on a
 worker thread so the event loop keeps serving everyone else meanwhile.
 """
 
@@ -23,13 +24,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import grpc
 
-from weir.cluster.host import HostError, NotLeaderError
+from weir.cluster import controller as ctl
+from weir.cluster.host import GroupNotFoundError, HostError, NotLeaderError
 from weir.cluster.storage import LogClosedError, ProducerError, ProducerFields, StorageError
 from weir.cluster.storage.producers import (
     PRODUCER_ID_EXPIRY_MS_DEFAULT,
@@ -47,7 +50,7 @@ from weir.server.errors import (
     storage_error,
     topic_not_found,
 )
-from weir.server.produce_forward import Forwarder
+from weir.server.produce_forward import Forwarder, LeaderGuesses
 from weir.server.registry import TopicSource
 from weir.server.replicator import Replicator
 from weir.server.topics import Topic
@@ -63,6 +66,13 @@ INLINE_RECORDS_MAX = 2048
 WORKERS_MAX = 2
 # Checked for every request: the enum's values() builds a list each call.
 _ACKS_VALUES = frozenset(broker_pb2.Acks.values())
+
+
+@runtime_checkable
+class Placement(Protocol):
+    """A topic source that knows where partitions are placed (a cluster's `ClusterTopics`)."""
+
+    def controller_topic(self, name: str) -> ctl.Topic: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -296,6 +306,9 @@ class Router:
         self._producer_id_expiry_ms = min(producer_id_expiry_ms, 2**63 - 1)
         self._producers_per_partition_max = min(producers_per_partition_max, 2**32 - 1)
         self._topics = topics
+        # In a cluster: the replicas of partitions with none here, to forward to.
+        self._placement = topics if isinstance(topics, Placement) else None
+        self._guesses = LeaderGuesses()
         self._forwarder = forwarder
         self._replicator = replicator
         self._clock_ms = clock_ms
@@ -353,6 +366,14 @@ class Router:
                     )
                 )
                 continue
+            except GroupNotFoundError:
+                # No replica of the partition runs here: placed on other
+                # nodes only (more nodes than its replication factor), or
+                # not started here yet.
+                placed.append(
+                    await self._forward_elsewhere(topic, part, request.acks, forwarded, producer)
+                )
+                continue
             except HostError as exc:
                 raise self.host_error(topic.name, part.partition, exc) from None
             placed.append(
@@ -387,6 +408,51 @@ class Router:
             leader_id, address, topic, part.partition, acks, part.payload, producer
         )
         return Placed(part.partition, part.record_count, part.record_indexes, None, answer, answer)
+
+    async def _forward_elsewhere(
+        self,
+        topic: Topic,
+        part: Part,
+        acks: broker_pb2.Acks,
+        forwarded: bool,
+        producer: ProducerFields | None,
+    ) -> Placed:
+        """Sends `part` of a partition with no replica here to its leader as guessed.
+
+        A replica whose link cannot take the part (down, or no address
+        known) was sent nothing, so the next one is tried. A forwarded
+        request is never forwarded again: it is answered NOT_LEADER naming
+        the guess. The answer teaches the guesses who leads.
+        """
+        group_id = topic.group_ids[part.partition]
+        replicas = self._replicas(topic.name, part.partition)
+        refused: BrokerError | None = None
+        for leader_id in self._guesses.order(group_id, replicas):
+            try:
+                placed = await self._forward(topic.name, part, acks, leader_id, forwarded, producer)
+            except BrokerError as error:
+                if forwarded or error.reason != "NOT_LEADER":
+                    raise
+                self._guesses.unreachable(group_id, leader_id, replicas)
+                refused = refused or error
+                continue
+            placed.answered.add_done_callback(
+                functools.partial(self._guesses.answered, group_id, leader_id, replicas)
+            )
+            return placed
+        raise refused or not_leader(topic.name, part.partition, 0, "")
+
+    def _replicas(self, topic: str, partition: int) -> tuple[int, ...]:
+        """The partition's replicas as the controller placed them (none on a single node)."""
+        if self._placement is None:
+            return ()
+        try:
+            placed = self._placement.controller_topic(topic)
+        except BrokerError:
+            return ()  # deleted meanwhile
+        if partition >= placed.partition_count:
+            return ()
+        return placed.partitions[partition].replicas
 
     def _plan(self, topic: Topic, request: broker_pb2.ProduceRequest) -> Plan:
         if request.HasField("partition"):
