@@ -15,6 +15,14 @@ generation they were made in (0 in the request: the latest assignment the
 stream was sent); the coordinator checks it. Commits of different
 generations never share a write: one refused as stale must not take a
 newer one with it.
+
+A member may own a partition this node has no replica of (more nodes than
+the topic's replication factor: the stream reads it through a relay). Its
+commits are taken as Kafka takes them: the coordinator checks ownership
+and generation, and this node checks only that the offset is not
+negative, since no end offset of that partition is known here. A commit
+past the end is clamped where a member starts from it (consume_start
+`assigned_start`, and the relay's subscribe).
 """
 
 from __future__ import annotations
@@ -46,6 +54,16 @@ def storage_failure(exc: StorageError, topic: str) -> BrokerError:
     if isinstance(exc, LogClosedError):
         return topic_not_found(topic)
     return storage_error(exc, "consuming")
+
+
+def negative_offset(partition: int, offset: int) -> BrokerError:
+    """A commit's negative offset (of a partition whose end offset is not known here)."""
+    return BrokerError(
+        grpc.StatusCode.OUT_OF_RANGE,
+        "OFFSET_OUT_OF_RANGE",
+        f"offset {offset} of partition {partition} is negative",
+        {"partition": partition, "offset": offset, "start_offset": 0},
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -118,7 +136,13 @@ class Committer:
                 try:
                     log = self._replicator.log(self._topic.group_id(item.partition))
                 except NotHostedError:
-                    raise replica_not_available(self._topic.name, item.partition) from None
+                    if self._member is None:
+                        raise replica_not_available(self._topic.name, item.partition) from None
+                    # Read through a relay: the coordinator checks ownership.
+                    if item.offset < 0:
+                        raise negative_offset(item.partition, item.offset) from None
+                    offsets[item.partition] = max(item.offset, offsets.get(item.partition, 0))
+                    continue
                 end_offset = log.end_offset
                 if not 0 <= item.offset <= end_offset:
                     raise out_of_range(item.partition, item.offset, 0, end_offset)
@@ -189,4 +213,10 @@ class Committer:
         self._wake.set()
 
 
-__all__ = ["COMMITS_INFLIGHT_MAX", "CommitWork", "Committer", "storage_failure"]
+__all__ = [
+    "COMMITS_INFLIGHT_MAX",
+    "CommitWork",
+    "Committer",
+    "negative_offset",
+    "storage_failure",
+]

@@ -1,0 +1,217 @@
+"""Any node accepts any call, also with more nodes than a topic's replication factor (issue 8).
+
+Four nodes, topics with replication factor 3 and one partition: one node
+(the "outsider") holds no replica of the partition. Calls made there are
+served as a Kafka user expects (DESIGN §6): DescribeTopic answers with the
+partition's leader and offsets as its replicas know them, a produce is
+forwarded to the leader (or answered NOT_LEADER naming it), and a
+stream-mode member there commits what it read through the relay. One
+cluster serves the whole module; each test has a topic of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+import weir.aio
+from tests.integration.test_cluster_replication import wait_ready
+from tests.support.cluster_process import ClusterProcess
+from tests.support.raw_client import (
+    ConsumeStream,
+    RawClient,
+    open_stream,
+    read_batches,
+    read_partition,
+    request,
+)
+from weir.v1 import admin_pb2, broker_pb2
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+DEADLINE_S = 60.0
+RECORDS = 10
+COMMITTED = 6
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess]:
+    process = ClusterProcess(Path(tmp_path_factory.mktemp("four")), nodes=4).start()
+    try:
+        # Every node registered, so that replicas spread over all four.
+        wait_ready(process)
+        yield process
+    finally:
+        process.stop()
+
+
+def retry(what: str, call: object) -> object:
+    """`call()` until it stops raising UNAVAILABLE (no controller or leader yet)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        try:
+            return call()  # type: ignore[operator]
+        except grpc.RpcError as error:
+            code = error.code()  # type: ignore[attr-defined]
+            assert code == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline, (
+                what,
+                error,
+            )
+            time.sleep(0.2)
+
+
+def create(cluster: ClusterProcess, name: str) -> tuple[int, tuple[int, ...]]:
+    """A one-partition topic with replication factor 3; returns (outsider, replicas)."""
+    with RawClient(cluster.address(1)) as client:
+        retry(
+            "create",
+            lambda: client.admin.CreateTopic(
+                admin_pb2.CreateTopicRequest(name=name, partition_count=1, replication_factor=3),
+                timeout=DEADLINE_S,
+            ),
+        )
+    # Every node knows the placement (the controller's metadata); ask a replica.
+    for node in cluster.node_ids:
+        with RawClient(cluster.address(node)) as client:
+            try:
+                described = client.describe(name)
+            except grpc.RpcError:
+                continue
+        replicas = tuple(described.partitions[0].replica_ids)
+        if node in replicas:
+            (outsider,) = set(cluster.node_ids) - set(replicas)
+            return outsider, replicas
+    raise AssertionError(f"no replica of {name} describes it")
+
+
+def produce_at(client: RawClient, topic: str, values: list[bytes]) -> broker_pb2.ProduceResponse:
+    """Produce through `client`, retrying while no leader is known anywhere (a fresh topic)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        answer = client.produce_one(request(topic, values, partition=0))
+        if not answer.HasField("error") or time.monotonic() > deadline:
+            return answer
+        if answer.error.reason == "NOT_LEADER" and answer.error.metadata["leader_id"] != "0":
+            return answer  # names the leader: what the test checks
+        time.sleep(0.2)
+
+
+def test_describe_topic_on_a_node_without_a_replica_names_the_leader_and_offsets(
+    cluster: ClusterProcess,
+) -> None:
+    """It answered INTERNAL_ERROR (NotHostedError), so the SDK producer failed there."""
+    outsider, replicas = create(cluster, "described")
+    with RawClient(cluster.address(replicas[0])) as client:
+        assert not produce_at(client, "described", [b"x"] * RECORDS).HasField("error")
+
+    with RawClient(cluster.address(outsider)) as client:
+        info = client.describe("described").partitions[0]
+    assert info.leader_id in replicas, info
+    assert info.leader_address == cluster.address(info.leader_id)
+    assert tuple(info.replica_ids) == replicas
+    assert info.end_offset == RECORDS and info.size_bytes > 0, info
+
+    async def send_through_outsider() -> int:
+        async with weir.aio.Producer([cluster.address(outsider)]) as producer:
+            sent = await producer.send("described", b"y", partition=0)
+            await producer.flush(DEADLINE_S)
+            return (await sent).offset
+
+    assert asyncio.run(asyncio.wait_for(send_through_outsider(), DEADLINE_S)) == RECORDS
+
+
+def test_produce_to_a_node_without_a_replica_is_forwarded_to_the_leader(
+    cluster: ClusterProcess,
+) -> None:
+    """It answered NOT_LEADER naming no leader, for ever."""
+    outsider, replicas = create(cluster, "forwarded")
+    with RawClient(cluster.address(outsider)) as client:
+        first = produce_at(client, "forwarded", [b"a", b"b"])
+        if first.HasField("error"):
+            # The preferred leader did not lead: the answer names the one
+            # that does, and the next request goes there.
+            assert first.error.reason == "NOT_LEADER", first
+            assert int(first.error.metadata["leader_id"]) in replicas, first
+            first = produce_at(client, "forwarded", [b"a", b"b"])
+        assert not first.HasField("error"), first
+        second = client.produce_one(request("forwarded", [b"c"], partition=0))
+        assert not second.HasField("error"), second
+        assert second.appends[0].base_offset == 2, second
+    with RawClient(cluster.address(replicas[0])) as client:
+        assert [r.value for r in read_partition(client, "forwarded", 0)] == [b"a", b"b", b"c"]
+
+
+def stream_member(client: RawClient, topic: str) -> ConsumeStream:
+    subscribe = broker_pb2.Subscribe(
+        topic=topic,
+        group="g",
+        mode=broker_pb2.CONSUME_MODE_STREAM,
+        start=broker_pb2.StartPosition(kind=broker_pb2.START_KIND_EARLIEST),
+        credit=broker_pb2.Credit(messages=0, bytes=0),
+    )
+    stream, _ = retry("subscribe", lambda: open_stream(client, subscribe))  # type: ignore[misc]
+    return stream  # type: ignore[no-any-return]
+
+
+def started_at(stream: ConsumeStream, partition: int) -> int:
+    """The offset `partition` starts at in the stream's next Assignment that starts it."""
+    while True:
+        response = stream.next()
+        kind = response.WhichOneof("kind")
+        assert kind in ("assignment", "notice"), response
+        if kind == "assignment":
+            for start in response.assignment.started:
+                if start.partition == partition:
+                    return start.offset
+
+
+def leave(stream: ConsumeStream) -> None:
+    """Half-close (the member leaves at once) and read to the stream's end."""
+    stream.send(None)  # type: ignore[arg-type]
+    for _ in stream.call:
+        pass
+
+
+def test_a_member_on_a_node_without_a_replica_commits_and_the_next_owner_starts_there(
+    cluster: ClusterProcess,
+) -> None:
+    """Its commits were refused REPLICA_NOT_AVAILABLE; the next owner restarted at 0."""
+    outsider, replicas = create(cluster, "committed")
+    with RawClient(cluster.address(replicas[0])) as client:
+        assert not produce_at(client, "committed", [b"r%d" % i for i in range(RECORDS)]).HasField(
+            "error"
+        )
+
+    with RawClient(cluster.address(outsider)) as client:
+        first = stream_member(client, "committed")
+        assert started_at(first, 0) == 0
+        first.credit(RECORDS)
+        assert len([r for b in read_batches(first, RECORDS) for r in b.records]) == RECORDS
+        commit = broker_pb2.Commit(
+            commit_id=1, offsets=[broker_pb2.PartitionOffset(partition=0, offset=COMMITTED)]
+        )
+        first.send(broker_pb2.ConsumeRequest(commit=commit))
+        answer = first.next()
+        assert answer.WhichOneof("kind") == "commit", answer
+        assert not answer.commit.HasField("error"), answer.commit.error
+        assert [(o.partition, o.offset) for o in answer.commit.offsets] == [(0, COMMITTED)]
+        # A negative offset is refused and stores nothing.
+        negative = broker_pb2.Commit(
+            commit_id=2, offsets=[broker_pb2.PartitionOffset(partition=0, offset=-1)]
+        )
+        first.send(broker_pb2.ConsumeRequest(commit=negative))
+        refused = first.next().commit
+        assert refused.error.reason == "OFFSET_OUT_OF_RANGE", refused
+        leave(first)
+
+    with RawClient(cluster.address(replicas[1])) as client:
+        second = stream_member(client, "committed")
+        try:
+            assert started_at(second, 0) == COMMITTED
+        finally:
+            second.close()
