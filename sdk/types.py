@@ -230,7 +230,10 @@ class TopicConfig:
 
     The queue-mode settings: `max_deliveries` (0: never dead-letter), the
     redelivery backoff bounds in milliseconds, and `dead_letter_topic`
-    ("" means `<topic>.dlq`).
+    ("" means `<topic>.dlq`, except for a name of 246 to 249 characters,
+    which has no default: queue mode then needs `dead_letter_topic` set or
+    `max_deliveries` 0, else a subscribe is refused with
+    DEAD_LETTER_TOPIC_REQUIRED).
     """
 
     retention_bytes: int

@@ -153,8 +153,10 @@ class Admin:
         fields take their defaults. The queue-mode settings: `max_deliveries`
         (default 5, 0 never dead-letters, at most 1000), the redelivery
         backoff `retry_backoff_ms_min`/`_max` (1000/60000; 0 <= min <= max <=
-        86400000) and `dead_letter_topic` ("" means `<name>.dlq`). A bad
-        value raises `InvalidArgumentError` (reason INVALID_CONFIG).
+        86400000) and `dead_letter_topic` ("" means `<name>.dlq`; a name of
+        246 to 249 characters has no such default, and queue mode then
+        needs `dead_letter_topic`, or `max_deliveries=0`). A bad value raises
+        `InvalidArgumentError` (reason INVALID_CONFIG).
         """
         request = admin_pb2.CreateTopicRequest(
             name=name,
@@ -207,7 +209,8 @@ class Admin:
         """Change the given config fields; the others keep their value.
 
         The merged config is checked as a whole (so raise both backoff
-        bounds in one call); `dead_letter_topic=""` goes back to the default.
+        bounds in one call); `dead_letter_topic=""` goes back to the default
+        (`<name>.dlq`, or none for a name of 246 to 249 characters).
         """
         request = admin_pb2.UpdateTopicConfigRequest(
             name=name,
