@@ -74,10 +74,10 @@ async def run_group(addresses: list[str], members: int) -> dict[str, list[tuple[
 def produce_round(addresses: list[str], round_: int) -> None:
     """A batch of `RECORDS_PER_PARTITION // ROUNDS` records to every partition, retried until stored.
 
-    Produced with the generated stubs, trying the nodes in turn: the SDK
-    producer asks DescribeTopic, which a node with no replica of some
-    partition answers INTERNAL_ERROR (server/admin.py), and such a node may
-    answer NOT_LEADER naming no leader for that partition.
+    Produced with the generated stubs, trying the nodes in turn. A node
+    with no replica of a partition forwards to the leader it guesses and
+    may answer NOT_LEADER naming the leader (test_four_nodes_any_node.py);
+    the next attempt goes to another node.
     """
     per_batch = RECORDS_PER_PARTITION // ROUNDS
     deadline = time.monotonic() + PRODUCE_DEADLINE_S
