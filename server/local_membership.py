@@ -13,8 +13,14 @@ consume path's `AssignmentChange`s, keeping the sequence consistent:
 `started` names only partitions not delivered on this session yet,
 `stopped` only ones that were, and a rejoin that changes nothing produces
 no event (a new generation alone is told, with nothing started or
-stopped). The cluster's session (server/cluster_membership.py) plugs in a
-connection that can break and be re-established at a new leader.
+stopped). It also acknowledges on the member's behalf what the link merged
+away before the stream saw it (`MemberAcks`, cluster/coordinator/
+member_acks.py): a client acks only an assignment that revokes something,
+so a revocation of partitions it was never told about would otherwise wait
+for the whole rebalance timeout. The cluster's session (server/
+cluster_membership.py) plugs in a connection that can break and be
+re-established at a new leader; the session then sends its latest ack
+again there.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Protocol
 import grpc
 
 from weir.cluster.coordinator import messages as m
+from weir.cluster.coordinator.member_acks import MemberAcks
 from weir.cluster.coordinator.offsets import Commit, OffsetsError
 from weir.cluster.coordinator.store import (
     CoordinatorStore,
@@ -185,6 +192,9 @@ class LinkSession:
         self._generation = 0
         self._partitions: tuple[int, ...] = ()
         self._delivering: set[int] = set()
+        # What the stream's client owes and what was acknowledged for it: a
+        # member that joined as new is trusted with acks on its behalf.
+        self._acks = MemberAcks(trusted=not spec.member_id)
         self._closed = False
         self._ended = False
 
@@ -209,6 +219,9 @@ class LinkSession:
             log.info("member %r: link to the coordinator lost, rejoining", self._member_id)
             self._connection.detach()
             self._connection, first = await self._reconnect(self._member_id)
+            if self._acks.sent:
+                # The old leader may have died before proposing it.
+                self._connection.ack(self._acks.sent)
             return first
 
     async def next_event(self) -> MemberEvent:
@@ -248,6 +261,15 @@ class LinkSession:
                 partitions,
                 now,
             )
+            on_behalf = self._acks.told(
+                change.generation,
+                stopped=bool(stopped),
+                holds_all=partitions == tuple(range(self._topic.partition_count)),
+            )
+            if on_behalf is not None:
+                # Partitions revoked in assignments merged away before this
+                # stream saw them: the client has nothing of them to commit.
+                self._connection.ack(on_behalf)
             return AssignmentChange(
                 member_id=self._member_id,
                 generation=change.generation,
@@ -262,7 +284,9 @@ class LinkSession:
 
     def ack(self, generation: int) -> None:
         if not self._closed:
-            self._connection.ack(generation)
+            send = self._acks.client_ack(generation)
+            if send is not None:
+                self._connection.ack(send)
 
     async def commit(self, generation: int, offsets: Mapping[int, int]) -> dict[int, int]:
         if not offsets:

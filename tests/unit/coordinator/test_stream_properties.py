@@ -14,6 +14,16 @@ per topic within one. Replaying the rest of the commands on a group
 restored from a snapshot taken halfway gives the same instructions and the
 same state.
 
+A second family of sequences plays what lies between the state machine
+and the clients (issue 8): each member's link keeps only its latest
+assignment (changes merge until the serving node takes them), the serving
+session acks on the member's behalf what `MemberAcks` allows, and each
+client acks only an assignment that stops something, later, as the SDK
+does. No time passes, so no revocation ever times out: safety (no
+partition delivered on two streams as the sessions see them) holds after
+every step, and once the links are taken and the clients acked, the group
+is settled without a single `Tick`.
+
 A failure names its seed; `WEIR_SEED=<seed>` runs that sequence alone.
 """
 
@@ -45,6 +55,7 @@ from weir.cluster.coordinator import (
     Tick,
     TopicPartition,
 )
+from weir.cluster.coordinator.member_acks import MemberAcks
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
@@ -213,5 +224,130 @@ def test_random_sequences_keep_the_group_safe_live_balanced_and_replayable() -> 
     for seed in seeds():
         try:
             run_sequence(seed)
+        except AssertionError as error:
+            raise AssertionError(f"seed {seed} (rerun: WEIR_SEED={seed}): {error}") from error
+
+
+class MemberStream:
+    """A member's link (latest assignment only), its serving session and its client."""
+
+    def __init__(self, topic: str, partition_count: int) -> None:
+        self.topic = topic
+        # The partitions of its topic when it subscribed: `holds_all` compares with them.
+        self.all = {TopicPartition(topic, p) for p in range(partition_count)}
+        self.latest: Assignment | None = None
+        self.delivering: set[TopicPartition] = set()
+        self.acks = MemberAcks(trusted=True)
+        # The generation the client acknowledges when it gets to it (0: none),
+        # once it committed what it read of these partitions.
+        self.client_owes = 0
+        self.uncommitted: set[TopicPartition] = set()
+
+
+class MergingWorld:
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.group = StreamGroup(LIMITS)
+        self.counts = {t: rng.randint(1, 9) for t in TOPICS}
+        self.streams: dict[str, MemberStream] = {}
+        self.joined = 0
+
+    def apply(self, command: Command) -> None:
+        for i in self.group.apply(command):
+            if isinstance(i, Assignment) and i.member_id in self.streams:
+                self.streams[i.member_id].latest = i  # merged with what was not taken
+            elif isinstance(i, MemberRemoved):
+                self.streams.pop(i.member_id, None)
+        self.group.check_invariants()
+        no_partition_twice(self.group)
+
+    def check_delivery(self) -> None:
+        delivered = Counter(p for s in self.streams.values() for p in s.delivering)
+        twice = [p for p, n in delivered.items() if n > 1]
+        assert not twice, f"delivered on two streams: {twice}"
+        for member_id, stream in self.streams.items():
+            for other_id, other in self.streams.items():
+                early = stream.delivering & other.uncommitted
+                assert other_id == member_id or not early, (
+                    f"{member_id} reads {early} before {other_id} committed them"
+                )
+
+    def join(self) -> None:
+        member_id = f"n{self.joined}"
+        self.joined += 1
+        topic = self.rng.choice(TOPICS)
+        self.streams[member_id] = MemberStream(topic, self.counts[topic])
+        self.apply(join(0, member_id, {topic: self.counts[topic]}, rebalance_ms=300_000))
+        if self.group.member(member_id) is None:
+            self.streams.pop(member_id, None)  # refused: the group is full
+
+    def take(self, member_id: str) -> None:
+        """The serving session takes the link's latest assignment and tells the stream."""
+        stream = self.streams[member_id]
+        assignment, stream.latest = stream.latest, None
+        if assignment is None:
+            return
+        now = set(assignment.partitions)
+        stopped = stream.delivering - now
+        stream.delivering = now
+        if stopped:
+            stream.client_owes = assignment.generation
+            stream.uncommitted |= stopped
+        on_behalf = stream.acks.told(
+            assignment.generation, stopped=bool(stopped), holds_all=now == stream.all
+        )
+        if on_behalf is not None:
+            self.apply(AssignmentAck(0, member_id, on_behalf))
+
+    def client_acks(self, member_id: str) -> None:
+        stream = self.streams[member_id]
+        if stream.client_owes:
+            generation, stream.client_owes = stream.client_owes, 0
+            stream.uncommitted.clear()
+            send = stream.acks.client_ack(generation)
+            if send is not None:
+                self.apply(AssignmentAck(0, member_id, send))
+
+    def step(self) -> None:
+        kind = self.rng.choices(["join", "leave", "take", "client"], weights=[3, 1, 5, 3])[0]
+        if kind == "join" or not self.streams:
+            self.join()
+        elif kind == "leave":
+            self.apply(Leave(0, self.rng.choice(sorted(self.streams))))
+        elif kind == "take":
+            self.take(self.rng.choice(sorted(self.streams)))
+        else:
+            self.client_acks(self.rng.choice(sorted(self.streams)))
+        self.check_delivery()
+
+    def drain(self) -> None:
+        """Every link taken and every client acked, until nothing changes."""
+        for _ in range(3 * LIMITS.group_members_max):
+            for member_id in sorted(self.streams):
+                self.take(member_id)
+                self.client_acks(member_id)
+                self.check_delivery()
+            if all(s.latest is None and not s.client_owes for s in self.streams.values()):
+                return
+        raise AssertionError("the links never went quiet")
+
+
+def run_merging_sequence(seed: int) -> None:
+    world = MergingWorld(random.Random(seed))
+    for _ in range(COMMANDS_MAX):
+        world.step()
+    world.drain()
+    # Not one Tick was applied: every revocation was acknowledged.
+    assert world.group.next_deadline_ms() is None, "a revocation waits for its timeout"
+    check_settled(world.group, world.counts)
+    for member_id, stream in world.streams.items():
+        member = world.group.member(member_id)
+        assert member is not None and stream.delivering == set(member.owned)
+
+
+def test_merged_assignments_and_clients_acking_only_revocations_settle_without_timeouts() -> None:
+    for seed in seeds():
+        try:
+            run_merging_sequence(seed)
         except AssertionError as error:
             raise AssertionError(f"seed {seed} (rerun: WEIR_SEED={seed}): {error}") from error

@@ -36,6 +36,7 @@ from weir.cluster.coordinator import (
     TopicPartition,
     target_assignment,
 )
+from weir.cluster.coordinator.member_acks import MemberAcks
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -94,6 +95,85 @@ def test_the_first_members_revoke_cooperatively_until_they_ack() -> None:
         StartDelivery("b", tuple(sorted(taken))),
     )
     group.check_invariants()
+
+
+def test_two_joins_before_the_first_assignment_is_taken_wait_for_no_timeout() -> None:
+    """Issue 8: b joins before a's stream took its generation-1 assignment.
+
+    The leader's link keeps only a member's latest assignment, so a's stream
+    is first told generation 2 (its six) and never hears of the six revoked
+    from it: its client sees `revoked` empty and acks nothing. The node
+    serving a's stream acks for it (`MemberAcks`), so b gets its six at
+    once instead of after the rebalance timeout.
+    """
+    group = StreamGroup()
+    merged_away = assignments(group.apply(join(0, "a", ORDERS)))["a"]
+    assert merged_away.generation == 1 and len(merged_away.partitions) == 12
+    second = assignments(group.apply(join(1, "b", ORDERS)))
+    told_a, told_b = second["a"], second["b"]
+    assert told_a.partitions == tuple(sorted(parts("orders", *range(6))))
+    assert told_b.partitions == ()
+    a = group.member("a")
+    assert a is not None and set(a.revoking) == parts("orders", *range(6, 12))
+    # Nothing was delivered on a's stream before this change: nothing stops,
+    # the client owes nothing, and the serving node acknowledges generation 2.
+    a_stream = MemberAcks(trusted=True)
+    on_behalf = a_stream.told(told_a.generation, stopped=False)
+    assert on_behalf == told_a.generation
+    # b's stream acks for b too: harmless, b has nothing being revoked.
+    assert MemberAcks(trusted=True).told(told_b.generation, stopped=False) == told_b.generation
+    group.apply(AssignmentAck(2, "b", told_b.generation))
+    out = group.apply(AssignmentAck(2, "a", on_behalf))
+    taken = tuple(sorted(parts("orders", *range(6, 12))))
+    assert out == (Assignment("b", 3, taken), StartDelivery("b", taken))
+    assert group.next_deadline_ms() is None
+    group.check_invariants()
+
+
+def test_a_stream_that_delivered_a_revoked_partition_waits_for_its_clients_ack() -> None:
+    """The serving node never acks for a client that has something to commit."""
+    group = StreamGroup()
+    a_stream = MemberAcks(trusted=True)
+    first = assignments(group.apply(join(0, "a", ORDERS)))["a"]
+    # a holds every partition of its topic: no ack needed, none sent.
+    assert a_stream.told(first.generation, stopped=False, holds_all=True) is None
+    second = assignments(group.apply(join(1, "b", ORDERS)))["a"]
+    # This change stops six partitions a's stream delivered: the client owes the ack.
+    assert a_stream.told(second.generation, stopped=True) is None
+    assert a_stream.owed == second.generation
+    # c joins before a's client acked: a's next change stops two more.
+    third = assignments(group.apply(join(2, "c", ORDERS)))["a"]
+    assert a_stream.told(third.generation, stopped=True) is None
+    # The client acks the older generation: that much is sent, nothing more.
+    assert a_stream.client_ack(second.generation) == second.generation
+    group.apply(AssignmentAck(3, "a", second.generation))
+    assert group.member("a").revoking  # type: ignore[union-attr]
+    assert a_stream.client_ack(third.generation) == third.generation
+    assert a_stream.client_ack(third.generation) is None  # nothing new to send
+    group.apply(AssignmentAck(4, "a", third.generation))
+    assert not group.member("a").revoking  # type: ignore[union-attr]
+
+
+def test_a_stream_rejoining_under_a_known_member_id_acks_nothing_for_its_client() -> None:
+    """An earlier stream's client may still be committing what it was told to give up."""
+    rejoined = MemberAcks(trusted=False)
+    assert rejoined.told(5, stopped=False) is None
+    assert rejoined.told(6, stopped=False) is None
+    # An ack of a generation older than this stream's first says nothing of it.
+    assert rejoined.client_ack(4) == 4
+    assert rejoined.told(7, stopped=False) is None
+    # Its client acked a generation told here: everything before is released,
+    # and from now on the node acks for it (here at once, up to 7).
+    assert rejoined.client_ack(5) == 7
+    assert rejoined.told(8, stopped=False) == 8
+
+
+def test_a_new_membership_after_the_group_was_made_again_is_trusted_afresh() -> None:
+    acks = MemberAcks(trusted=False)
+    assert acks.told(9, stopped=True) is None
+    # The generation went back: the member expired and its group was dropped.
+    assert acks.told(1, stopped=False) == 1
+    assert acks.owed == 0
 
 
 def test_a_fourth_member_takes_only_what_moves_and_all_end_with_three() -> None:
