@@ -65,9 +65,16 @@ def is_relayed(context: Any) -> bool:
     return any(key == RELAY_METADATA_KEY for key, _ in metadata() or ())
 
 
-def broker_error(error: grpc.aio.AioRpcError) -> BrokerError:
-    """A relay's final status as a BrokerError (its ErrorInfo reason and metadata kept)."""
-    reason = "UNAVAILABLE"
+def broker_error(error: grpc.aio.AioRpcError, fallback: str) -> BrokerError:
+    """A relay's final status as a BrokerError (its ErrorInfo reason and metadata kept).
+
+    A status without an ErrorInfo did not come from a Weir node: gRPC's own
+    (the leader's node was killed or cannot be reached, a deadline passed).
+    It gets `fallback`, a reason docs/errors.md lists (`RELAY_FAILED` when
+    the relay could not open, `RELAY_ENDED` when it broke), never the bare
+    status code name, so a client can tell what failed.
+    """
+    reason = fallback
     metadata: dict[str, str] = {}
     for key, raw in error.trailing_metadata() or ():
         if key == "grpc-status-details-bin" and isinstance(raw, bytes):
@@ -133,7 +140,7 @@ class Relay:
             first = await self._call.read()
         except grpc.aio.AioRpcError as error:
             await self.close()
-            raise broker_error(error) from None
+            raise broker_error(error, "RELAY_FAILED") from None
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "subscribed":
             await self.close()
             raise BrokerError(
@@ -169,7 +176,7 @@ class Relay:
                         self.bytes_needed = int(response.notice.metadata.get("needed_bytes", "0"))
                     self._on_response(self, response)
         except grpc.aio.AioRpcError as rpc_error:
-            error = broker_error(rpc_error)
+            error = broker_error(rpc_error, "RELAY_ENDED")
         self.failure = error
         for future in self._answers.values():
             if not future.done():
@@ -474,7 +481,7 @@ class RelayedLog:
                 first = await call.read()
             except grpc.aio.AioRpcError as rpc_error:
                 call.cancel()
-                error = broker_error(rpc_error)
+                error = broker_error(rpc_error, "RELAY_FAILED")
                 if error.reason == "OFFSET_OUT_OF_RANGE" and offset is not None:
                     low = int(error.metadata.get("start_offset", "0"))
                     high = int(error.metadata.get("end_offset", "0"))
@@ -533,7 +540,7 @@ class RelayedLog:
                 if response.WhichOneof("kind") == "batch" and response.batch.records:
                     self._hold(response.batch)
         except grpc.aio.AioRpcError as rpc_error:
-            return broker_error(rpc_error)
+            return broker_error(rpc_error, "RELAY_ENDED")
 
     def _hold(self, batch: broker_pb2.ConsumedBatch) -> None:
         payload = broker_pb2.ConsumedBatch(records=batch.records).SerializeToString()
