@@ -11,6 +11,8 @@ coordinator Raft groups, in single-node mode and in tests:
   (`assign.py`);
 - `Sessions`: member liveness at the coordinator leader, not replicated
   (`sessions.py`);
+- `MemberAcks`: what a member owes, as the node serving its stream sees
+  it, and the acks that node sends on its behalf (`member_acks.py`);
 - `OffsetsState`: committed offsets, never backwards, forgotten with their
   partitions (`offsets.py`); `CoordinatorStore`: one coordinator group's
   replicated state, its entries and snapshots (`store.py`).
