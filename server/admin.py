@@ -15,6 +15,7 @@ from weir.cluster.storage import LogClosedError, StorageError
 from weir.server.config import NodeConfig
 from weir.server.errors import BrokerError, abort, internal_error, storage_error, topic_not_found
 from weir.server.group_admin import GroupAdmin
+from weir.server.peer_calls import from_peer
 from weir.server.queue_stats import QueueStats, is_forwarded
 from weir.server.registry import Topics
 from weir.server.replicator import NotHostedError, Replicator
@@ -44,10 +45,7 @@ REPLICA_DESCRIBE_TIMEOUT_S = 2.0
 
 def describe_forwarded(context: Any) -> bool:
     """Whether this DescribeTopic was asked by another node (answered from local replicas)."""
-    metadata = getattr(context, "invocation_metadata", None)
-    if metadata is None:
-        return False
-    return any(key == DESCRIBE_FORWARDED_KEY for key, _ in metadata() or ())
+    return from_peer(context, DESCRIBE_FORWARDED_KEY)
 
 
 def _patch(config: admin_pb2.TopicConfig) -> ConfigPatch:

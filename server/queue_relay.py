@@ -40,6 +40,7 @@ from google.rpc import error_details_pb2, status_pb2
 from weir.cluster.storage import OffsetOutOfRangeError, StoredRun
 from weir.server.consume_cursor import Partition
 from weir.server.errors import BrokerError, replica_not_available
+from weir.server.peer_calls import from_peer
 from weir.server.queue_records import charge_of
 from weir.v1 import broker_pb2
 
@@ -59,10 +60,7 @@ RELAY_REQUESTS_MAX = 1024
 
 def is_relayed(context: Any) -> bool:
     """Whether this Consume call is a relay from another node (never relayed again)."""
-    metadata = getattr(context, "invocation_metadata", None)
-    if metadata is None:
-        return False
-    return any(key == RELAY_METADATA_KEY for key, _ in metadata() or ())
+    return from_peer(context, RELAY_METADATA_KEY)
 
 
 def broker_error(error: grpc.aio.AioRpcError, fallback: str) -> BrokerError:

@@ -34,6 +34,7 @@ from weir.cluster.queue.ranges import AckedOffsets
 from weir.cluster.storage import PartitionLog
 from weir.cluster.storage.delays import DelayedRecord
 from weir.server.naming import check_group_name
+from weir.server.peer_calls import from_peer
 from weir.server.queue_dispatch import QueueDispatcher
 from weir.server.registry import TopicSource
 from weir.server.replicator import NotHostedError
@@ -203,10 +204,8 @@ def _row(group: str, partition: int, counts: Counts, node_id: int, from_leader: 
 
 
 def is_forwarded(context: Any) -> bool:
-    metadata = getattr(context, "invocation_metadata", None)
-    if metadata is None:
-        return False
-    return any(key == FORWARDED_METADATA_KEY for key, _ in metadata() or ())
+    """Whether this QueueStats request was forwarded by another node (answered from here)."""
+    return from_peer(context, FORWARDED_METADATA_KEY)
 
 
 class QueueStats:
