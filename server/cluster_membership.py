@@ -59,6 +59,7 @@ from weir.server.cluster_coordinator import (
     NotCoordinatorLeader,
 )
 from weir.server.cluster_meta import ClusterMetadata
+from weir.server.consume_relay import RelayedLog
 from weir.server.errors import BrokerError
 from weir.server.local_membership import (
     Connection,
@@ -74,7 +75,6 @@ from weir.server.membership import (
     MemberEvent,
     MemberSession,
 )
-from weir.server.queue_relay import RelayedLog
 from weir.server.stream_runtime import (
     EndReason,
     JoinRefusedError,
@@ -562,7 +562,7 @@ class RelayingSession:
     assigned), and with more nodes than a topic's replication factor the
     serving node may hold no replica of some of them. Before the stream
     gets a change, each partition it starts that is placed elsewhere gets
-    a `RelayedLog` (server/queue_relay.py) opened at the offset the member
+    a `RelayedLog` (server/consume_relay.py) opened at the offset the member
     starts at; `Member.starts` (server/consume_group.py) takes it in place
     of a local log. Relays a change did not use are closed at the next
     change, all of them when the session closes.

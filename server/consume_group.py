@@ -18,10 +18,10 @@ import grpc
 
 from weir.cluster.storage import PartitionLog
 from weir.server.consume_cursor import Partition
+from weir.server.consume_relay import RelayedLog
 from weir.server.consume_start import assigned_start
 from weir.server.errors import BrokerError, invalid, replica_not_available
 from weir.server.membership import AssignmentChange, MemberSession
-from weir.server.queue_relay import RelayedLog
 from weir.server.replicator import NotHostedError, Replicator
 from weir.server.topics import Topic
 from weir.v1 import broker_pb2

@@ -3,7 +3,7 @@
 Each node holds a replica of three partitions in four, so a member served
 by a node is sometimes assigned a partition that node has no replica of.
 The node reads it from a node that has one (a relay,
-server/queue_relay.py `RelayedLog`): the member consumes whatever it is
+server/consume_relay.py `RelayedLog`): the member consumes whatever it is
 assigned, as a Kafka consumer would. Before, its stream ended with
 REPLICA_NOT_AVAILABLE, and again on every node it moved to.
 """

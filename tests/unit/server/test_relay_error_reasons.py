@@ -17,8 +17,9 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from tests.support.aio import free_port, run
+from weir.server.consume_relay import RelayedLog
 from weir.server.errors import BrokerError
-from weir.server.queue_relay import Relay, RelayedLog, broker_error
+from weir.server.queue_relay import Relay, broker_error
 from weir.v1 import broker_pb2
 
 pytestmark = pytest.mark.timeout(30)
