@@ -102,6 +102,8 @@ class GroupState:
         self._new_stream = True
         # Counts the streams this member subscribed on.
         self.stream = 0
+        # The current stream rejoined under a member id the broker gave before.
+        self._rejoined = False
 
     @property
     def pending(self) -> bool:
@@ -113,8 +115,10 @@ class GroupState:
         self._new_stream = True
         self.received = set()
         self.stream += 1
+        self._rejoined = bool(self.member_id)
         # The old stream's revocation is not acknowledged on the new one:
-        # the broker re-sends the member's assignment there.
+        # the broker re-sends the member's assignment there, and a rejoined
+        # member acknowledges that one instead (`on_assignment`).
         self._pending.ack_generation = 0
 
     def on_assignment(self, assignment: broker_pb2.Assignment) -> StreamEffect:
@@ -135,6 +139,15 @@ class GroupState:
                 if p not in self.owned or p in change.revoked or p in change.lost:
                     change.assigned.add(p)
             self.received = now
+            if self._rejoined:
+                # The serving node acks on a rejoined member's behalf only
+                # after its client acked a generation told on this stream
+                # (docs/groups.md, "Acks on the member's behalf"): until
+                # then a member joining meanwhile could wait the whole
+                # rebalance timeout. So the first assignment is acked, once
+                # what the application gives up (`revoked`) is committed.
+                change.ack_generation = assignment.generation
+                change.ack_stream = self.stream
             # Every partition of the new stream starts where the broker says.
             return StreamEffect(frozenset(now | set(starts)), starts)
         revoked = set(assignment.revoked)

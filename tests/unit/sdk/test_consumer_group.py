@@ -81,6 +81,19 @@ def stream_consumer(log: Log | None = None, **options: Any) -> Consumer:
     )
 
 
+def two_node_consumer(log: Log, **options: Any) -> Consumer:
+    """A stream-mode consumer that fails over between two fake nodes."""
+    return Consumer(
+        ["a:1", "b:2"],
+        "t",
+        group="g",
+        mode="stream",
+        on_assign=log.assigned,
+        on_revoke=log.revoked,
+        **options,
+    )
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -309,14 +322,7 @@ def test_a_retriable_end_rejoins_with_the_member_id(monkeypatch: pytest.MonkeyPa
     log = Log(calls)
 
     async def body() -> None:
-        async with Consumer(
-            ["a:1", "b:2"],
-            "t",
-            group="g",
-            mode="stream",
-            on_assign=log.assigned,
-            on_revoke=log.revoked,
-        ) as c:
+        async with two_node_consumer(log) as c:
             first = calls.last
             first.assign("m-1", 3, [0, 1], started={0: 0, 1: 0})
             first.batch(0, 0, b"r0", b"r1", b"r2")
@@ -337,8 +343,57 @@ def test_a_retriable_end_rejoins_with_the_member_id(monkeypatch: pytest.MonkeyPa
             assert record is not None and (record.offset, record.value) == (0, b"r0")
             assert log.events == [("assign", [0, 1]), ("revoke", [1])]
             assert c.assignment() == [0] and c.generation == 4
-            # Partition 1 was lost, not revoked: nothing to commit, nothing to ack.
-            assert second.sent("commit") == [] and second.sent("assignment_ack") == []
+            # Partition 1 was lost, not revoked: nothing to commit. The new
+            # stream's first assignment is acked (its node waits for that).
+            assert second.sent("commit") == []
+            ack = await second.wait_for("assignment_ack")
+            assert ack.assignment_ack.generation == 4
+            assert first.sent("assignment_ack") == []
+
+    run(body)
+
+
+def test_a_rejoined_member_acks_its_first_assignment_on_the_new_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 8: until a rejoined member's client acks on its new stream, its node does not
+    ack for it, and a member joining meanwhile waited the whole rebalance timeout. The
+    first assignment there is acked when the application iterates; a later revocation is
+    committed, then acked, as on any stream."""
+    calls = Calls(monkeypatch, "a:1", "b:2")
+    log = Log(calls)
+
+    async def body() -> None:
+        async with two_node_consumer(log, auto_commit_interval_ms=60_000) as c:
+            first = calls.last
+            first.assign("m-1", 1, [0, 1], started={0: 0, 1: 0})
+            first.batch(1, 0, b"p1")
+            assert await c.poll(5.0) is not None
+            first.fail(rpc_error(grpc.StatusCode.UNAVAILABLE))
+            poll = asyncio.ensure_future(c.poll(5.0))
+            second = await calls.opened(2)
+            subscribe = await second.wait_for("subscribe")
+            assert subscribe.subscribe.member_id == "m-1"
+            # The broker tells the member its assignment again (nothing was committed).
+            second.assign("m-1", 1, [0, 1], started={0: 0, 1: 0})
+            second.batch(1, 0, b"p1")
+            record = await poll
+            assert record is not None and (record.partition, record.value) == (1, b"p1")
+            ack = await second.wait_for("assignment_ack")
+            assert ack.assignment_ack.generation == 1
+            assert second.sent("commit") == []  # nothing was given up
+            # A member joins: partition 1 goes away, committed before the ack.
+            second.assign("m-1", 2, [0], revoked=[1])
+            second.batch(0, 0, b"p0")
+            record = await c.poll(5.0)
+            assert record is not None and (record.partition, record.value) == (0, b"p0")
+            await second.wait_for("assignment_ack", lambda r: r.assignment_ack.generation == 2)
+            kinds = second.kinds()
+            assert kinds.index("commit") < len(kinds) - 1 - kinds[::-1].index("assignment_ack")
+            commit = second.sent("commit")[0].commit
+            assert [(o.partition, o.offset) for o in commit.offsets] == [(1, 1)]
+            assert log.events == [("assign", [0, 1]), ("revoke", [1])]
+            assert first.sent("assignment_ack") == []
 
     run(body)
 
