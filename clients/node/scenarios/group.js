@@ -127,12 +127,10 @@ async function main(flags) {
     return answers;
   };
 
-  // b joins once a has its first assignment. Two members that join within
-  // milliseconds of each other can wait the whole rebalance timeout (30 s):
-  // the first one's first assignment (all partitions) and the next (half of
-  // them revoked) reach it merged into one that revokes nothing, so it has
-  // nothing to acknowledge while the coordinator waits for its ack (a broker
-  // matter, see clients/node/README.md, "Known problems").
+  // b joins once a has its first assignment. Two members that joined within
+  // milliseconds of each other used to wait the whole rebalance timeout
+  // (30 s), fixed in the broker (21e7cc1); joining both at once is not yet
+  // checked here (clients/node/README.md, "Known problems").
   const a = join("a", 0);
   await until(() => a.stats.assignments >= 1);
   join("b", 1);
