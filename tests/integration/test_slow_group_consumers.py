@@ -124,6 +124,10 @@ def test_slow_stream_member_and_queue_consumer_cost_bounded_memory_and_lose_noth
                 mode=broker_pb2.CONSUME_MODE_STREAM,
                 start=earliest,
                 credit=credit,
+                # This client sends nothing while the producer writes (11-12 s
+                # on a slow machine): with the default 10 s session it was
+                # removed from its group before the test looked at it.
+                session_timeout_ms=300_000,
             ),
             timeout_s=800,
         )
