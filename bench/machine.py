@@ -84,17 +84,25 @@ def lmdb_sync_commit_us(directory: Path) -> dict[str, float]:
     return _quantiles_us(samples)
 
 
-async def _echo_server() -> None:
-    async def echo(_: object, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+async def serve_bare(service: str, method: str, answer: bytes | None = None) -> None:
+    """A bare grpc.aio server of one stream method that answers every message at once.
+
+    With `answer` (constant bytes) or, without, the message itself. Prints
+    its port, then serves until killed; no Weir code runs in it.
+    """
+
+    async def stream(_: object, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
         while True:
             message = await context.read()
             if message is grpc.aio.EOF:
                 return
-            await context.write(message)
+            await context.write(message if answer is None else answer)
 
     server = grpc.aio.server()
-    handler = grpc.stream_stream_rpc_method_handler(echo)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("Echo", {"E": handler}),))
+    handler = grpc.stream_stream_rpc_method_handler(stream)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service, {method: handler}),)
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(port, flush=True)
@@ -146,6 +154,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["echo-server"]:
-        asyncio.run(_echo_server())
+        asyncio.run(serve_bare("Echo", "E"))
     else:
         main()

@@ -183,33 +183,16 @@ def _ms(samples: list[float], quantile: float) -> float:
     return round(ordered[max(0, int(len(ordered) * quantile) - 1)] * 1000, 2)
 
 
-async def floor_server() -> None:
-    """A bare gRPC server on the Produce method: reads bytes, answers each with constant bytes."""
-    answer = broker_pb2.ProduceResponse(
+def floor_answer() -> bytes:
+    """What the floor server answers every request with: a plausible one-record answer."""
+    return broker_pb2.ProduceResponse(
         request_id=1,
         appends=[broker_pb2.PartitionAppend(partition=0, base_offset=1, record_count=1)],
     ).SerializeToString()
 
-    async def produce(_: object, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
-        while True:
-            request = await context.read()
-            if request is grpc.aio.EOF:
-                return
-            await context.write(answer)
-
-    server = grpc.aio.server()
-    handler = grpc.stream_stream_rpc_method_handler(produce)
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("weir.v1.BrokerService", {"Produce": handler}),)
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(port, flush=True)
-    await server.wait_for_termination()
-
 
 def grpc_floor() -> None:
-    """The throughput client against `floor_server` in a child process; one JSON line."""
+    """The throughput client against a bare server (`bench.machine.serve_bare`) in a child process; one JSON line."""
     from bench.cluster import cpu_s
 
     server = subprocess.Popen(
@@ -317,6 +300,8 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["client"]:
         client()
     elif sys.argv[1:2] == ["floor-server"]:
-        asyncio.run(floor_server())
+        from bench.machine import serve_bare
+
+        asyncio.run(serve_bare("weir.v1.BrokerService", "Produce", floor_answer()))
     else:
         main()
