@@ -101,6 +101,7 @@ from weir.server.limits import (
 )
 from weir.server.membership import AssignmentChange, JoinSpec, Membership, Removed
 from weir.server.naming import check_group_name
+from weir.server.produce_route import Placement
 from weir.server.queue_dispatch import QueueDispatcher
 from weir.server.registry import Offsets, TopicSource
 from weir.server.replicator import Replicator
@@ -205,6 +206,9 @@ class ConsumePath:
                 self.config,
                 self.stopping,
                 self.add_credit,
+                # In a cluster: the placement, to find the leaders of partitions with no
+                # replica here (more nodes than the replication factor).
+                self.topics.controller_topic if isinstance(self.topics, Placement) else None,
             )
             return
         if stream_mode:

@@ -1,10 +1,13 @@
 """The Consume stream in CONSUME_MODE_QUEUE: competing consumers of a queue group.
 
 `serve_queue` checks the Subscribe, opens the group's `PartitionQueue` on
-each partition read (queue_dispatch.py: this node must lead it, else
-UNAVAILABLE NOT_LEADER naming the leader; no relay to other nodes yet),
-answers `Subscribed` (each partition's `offset` is the group's cursor there,
-the next record never delivered) and runs a `_QueueStream`.
+each partition this node leads (queue_dispatch.py), opens a `Relay`
+(queue_relay.py) to the leader of each other one (for a partition with no
+replica here, with more nodes than the replication factor, the leader is
+guessed from the controller's placement and a NOT_LEADER answer naming
+another is followed: `RelayLeaders`), answers `Subscribed` (each
+partition's `offset` is the group's cursor there, the next record never
+delivered) and runs a `_QueueStream`.
 
 The stream has one writer (the handler's task, as in consume.py) and a
 reader task. The writer sends, within credit, one `ConsumedBatch` per
@@ -20,7 +23,7 @@ answered at once. At most
 `ANSWERS_INFLIGHT_MAX` requests wait for an answer; past that the reader
 stops reading (HTTP/2 pushes back on the client).
 
-Refusals (docs/groups.md "Queue mode: as built"):
+Refusals (docs/groups.md "Queue mode: as served"):
 - per ack id, in the `AckResult`: UNKNOWN_ACK_ID (garbage, another
   group's id, another topic's partition, never delivered), NOT_IN_FLIGHT
   (a nack or extension of a delivery no longer held: acked, redelivered
@@ -46,10 +49,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
+from weir.cluster import controller as ctl
 from weir.cluster.queue import NotInFlight, Outcome, QueueError, decode_ack_id, encode_ack_id
 from weir.cluster.queue import UnknownAckId as UnknownAckIdError
 from weir.cluster.storage import StorageError
@@ -67,7 +72,7 @@ from weir.server.queue_dispatch import (
     QueueDispatcher,
     queue_error,
 )
-from weir.server.queue_relay import REOPEN_CODES, Relay, is_relayed
+from weir.server.queue_relay import REOPEN_CODES, Relay, RelayLeaders, is_relayed
 from weir.server.topics import Topic, check_dead_letters
 from weir.v1 import broker_pb2
 
@@ -82,6 +87,9 @@ ANSWERS_INFLIGHT_MAX = 16
 # A relay that ended is reopened this many times (backing off) before the stream fails.
 REOPEN_ATTEMPTS_MAX = 40
 REOPEN_BACKOFF_MS_MAX = 500
+# Relays to guessed leaders refused (another leader named, or the node down)
+# and opened again elsewhere, at most, per opening.
+GUESS_FOLLOWS_MAX = 8
 # Records in one ConsumedBatch at most.
 RESPONSE_RECORDS_MAX = 500
 NOT_IN_QUEUE_MODE = "NOT_IN_QUEUE_MODE"
@@ -136,7 +144,10 @@ async def serve_queue(
     config: NodeConfig,
     stopping: asyncio.Event,
     add_credit: Any,
+    controller_topic: Callable[[str], ctl.Topic] | None = None,
 ) -> None:
+    """`controller_topic`: the cluster's placement, to guess the leaders of partitions
+    with no replica here (None on a single node)."""
     deadline_ms = check_queue_subscribe(subscribe)
     numbers = partition_numbers(topic, subscribe)
     # Before any partition's queue is built: a record must never reach its
@@ -144,8 +155,9 @@ async def serve_queue(
     check_dead_letters(topic.name, topic.config)
     local: list[int] = []
     remote: dict[int, list[int]] = {}  # leader node -> its partitions
+    leaders = RelayLeaders(topic, queues.host, controller_topic)
     for number in numbers:
-        leads, leader_id = queues.host.leader(topic.group_id(number))
+        leads, leader_id = leaders.of(number)
         if leads:
             local.append(number)
         elif is_relayed(context) or not leader_id or not queues.host.node_address(leader_id):
@@ -172,13 +184,13 @@ async def serve_queue(
         }
         stream = _QueueStream(
             context, topic, subscribe, opened, credit, queues, config, stopping, add_credit,
-            deadline_ms,
+            deadline_ms, leaders,
         )  # fmt: skip
         for leader_id, partitions in remote.items():
-            relay = stream.new_relay(leader_id, partitions)
-            relays.append(relay)
-            subscribed = await relay.open()
-            starts.update((p.partition, p) for p in subscribed.partitions)
+            await stream.open_relays(leader_id, partitions, relays)
+        for relay in relays:
+            assert relay.subscribed is not None
+            starts.update((p.partition, p) for p in relay.subscribed.partitions)
     except StorageError as exc:
         await _close_all(relays)
         raise storage_failure(exc, topic.name) from None
@@ -215,6 +227,7 @@ class _QueueStream:
         stopping: asyncio.Event,
         add_credit: Any,
         deadline_ms: int,
+        leaders: RelayLeaders,
     ) -> None:
         self._context = context
         self._topic = topic
@@ -245,6 +258,7 @@ class _QueueStream:
         # Partitions led by other nodes, each read through its leader's relay.
         self._subscribe = subscribe
         self._relays: dict[int, Relay] = {}
+        self._leaders = leaders
         self._relay_tasks: set[asyncio.Task[None]] = set()
         # Serialized responses the relays received, for the writer. Bounded by
         # the credit granted to the relays (records) and the requests that
@@ -296,6 +310,42 @@ class _QueueStream:
             self._relays[number] = relay
         return relay
 
+    async def open_relays(self, leader_id: int, partitions: list[int], opened: list[Relay]) -> None:
+        """Opens relays to the leader of `partitions`, appending them to `opened`.
+
+        A guessed leader's refusal naming another leader, or a guess that
+        cannot be reached, is followed to the next guess (at most
+        GUESS_FOLLOWS_MAX times); any other refusal is raised.
+        """
+        pending = [(leader_id, partitions)]
+        follows = 0
+        while pending:
+            leader_id, numbers = pending.pop()
+            relay = self.new_relay(leader_id, numbers)
+            try:
+                await relay.open()
+            except BrokerError as error:
+                for number in numbers:
+                    if self._relays.get(number) is relay:
+                        del self._relays[number]
+                follows += 1
+                if (
+                    not error.retriable
+                    or follows > GUESS_FOLLOWS_MAX
+                    or not self._leaders.learn(numbers, leader_id, error)
+                ):
+                    raise
+                regrouped: dict[int, list[int]] = {}
+                for number in numbers:
+                    leads, guess = self._leaders.of(number)
+                    if leads or not guess:
+                        raise
+                    regrouped.setdefault(guess, []).append(number)
+                pending.extend(regrouped.items())
+                continue
+            self._leaders.opened(numbers, leader_id)
+            opened.append(relay)
+
     def _on_relayed(self, relay: Relay, response: broker_pb2.ConsumeResponse) -> None:
         if response.WhichOneof("kind") == "notice" and relay.bytes_needed <= self._credit.bytes:
             self._wake.set()  # the writer grants the bytes; the client need not hear of it
@@ -322,6 +372,7 @@ class _QueueStream:
             await relay.close()
         if error.code not in REOPEN_CODES and error.reason != "NOT_LEADER":
             raise error
+        self._leaders.learn(relay.partitions, relay.leader_id, error)
         await self._reopen(relay.partitions, error)
 
     async def _reopen(self, partitions: list[int], cause: BrokerError) -> None:
@@ -332,7 +383,7 @@ class _QueueStream:
             remote: dict[int, list[int]] = {}
             try:
                 for number in partitions:
-                    leads, leader_id = self._queues.host.leader(self._topic.group_id(number))
+                    leads, leader_id = self._leaders.of(number)
                     if leads:
                         queue = await self._queue_of(number)
                         self._relays.pop(number, None)
@@ -345,10 +396,14 @@ class _QueueStream:
                     else:
                         raise cause
                 for leader_id, numbers in remote.items():
-                    relay = self.new_relay(leader_id, numbers)
-                    await relay.open()
-                    self._start_relay(relay)
-                    partitions = [n for n in partitions if n not in numbers]
+                    started: list[Relay] = []
+                    try:
+                        await self.open_relays(leader_id, numbers, started)
+                    finally:
+                        for relay in started:
+                            self._start_relay(relay)
+                        done = {n for relay in started for n in relay.partitions}
+                        partitions = [n for n in partitions if n not in done]
                 self._wake.set()  # the writer grants the new relays credit
                 return
             except BrokerError as error:

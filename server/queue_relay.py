@@ -23,6 +23,14 @@ not lead them (any more) refuses with NOT_LEADER instead of relaying again.
   DEADLINE_EXCEEDED (the leader moved or died) is reopened by the client's
   stream to the partition's new leader (or served here if that is this
   node). Any other status ends the client's stream with it.
+- **Leaders of partitions with no replica here** (more nodes than the
+  replication factor): this node's Raft host knows only the leaders of
+  groups it hosts. `RelayLeaders` guesses the others from the
+  controller's placement as produce forwarding does
+  (produce_forward.LeaderGuesses: the leader an answer last named, else
+  the preferred leader; a node that cannot be reached moves the guess on
+  to the next replica), and a relay refused NOT_LEADER naming another
+  leader is opened again there.
 """
 
 from __future__ import annotations
@@ -35,9 +43,14 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from weir.cluster import controller as ctl
 from weir.server.errors import BrokerError
 from weir.server.peer_calls import from_peer
+from weir.server.produce_forward import LeaderGuesses
+from weir.server.queue_hosts import QueueHost
 from weir.server.queue_records import charge_of
+from weir.server.replicator import NotHostedError
+from weir.server.topics import Topic
 from weir.v1 import broker_pb2
 
 CONSUME_METHOD = "/weir.v1.BrokerService/Consume"
@@ -79,6 +92,79 @@ def broker_error(error: grpc.aio.AioRpcError, fallback: str) -> BrokerError:
                     reason = info.reason
                     metadata = {k: v for k, v in info.metadata.items() if k != "retriable"}
     return BrokerError(error.code(), reason, error.details() or "", metadata)
+
+
+class RelayLeaders:
+    """Who leads a topic's partitions, for one queue stream (see the module docstring).
+
+    `controller_topic` is the controller's placement (None on a single node).
+    """
+
+    def __init__(
+        self,
+        topic: Topic,
+        host: QueueHost,
+        controller_topic: Callable[[str], ctl.Topic] | None,
+    ) -> None:
+        self._topic = topic
+        self._host = host
+        self._controller_topic = controller_topic
+        self._guesses = LeaderGuesses()
+
+    def of(self, partition: int) -> tuple[bool, int]:
+        """(this node leads it, the leader's node id or a guess of it; 0: none known)."""
+        group_id = self._topic.group_id(partition)
+        leads, leader_id = self._host.leader(group_id)
+        if leads or leader_id:
+            return leads, leader_id
+        replicas = self.guessed(partition)
+        for node_id in self._guesses.order(group_id, replicas):
+            if self._host.node_address(node_id):
+                return False, node_id
+        return False, 0
+
+    def guessed(self, partition: int) -> tuple[int, ...]:
+        """The partition's replicas when its leader is guessed (no replica here), else ()."""
+        if self._controller_topic is None:
+            return ()
+        try:
+            self._host.log(self._topic.group_id(partition))
+            return ()  # a replica here: its Raft group names the leader once elected
+        except NotHostedError:
+            pass
+        try:
+            placed = self._controller_topic(self._topic.name)
+        except BrokerError:
+            return ()  # deleted meanwhile
+        if partition >= placed.partition_count:
+            return ()
+        return placed.partitions[partition].replicas
+
+    def opened(self, partitions: list[int], leader_id: int) -> None:
+        """A relay to `leader_id` for `partitions` was accepted: it leads them."""
+        for partition in partitions:
+            if self.guessed(partition):
+                self._guesses.heard(self._topic.group_id(partition), leader_id)
+
+    def learn(self, partitions: list[int], asked: int, error: BrokerError) -> bool:
+        """A relay to `asked` for `partitions` was refused or ended with `error`: whether a
+        guessed leader moved on (so that opening it again may succeed at once)."""
+        moved = False
+        named = int(error.metadata.get("leader_id", 0) or 0)
+        refused = int(error.metadata.get("partition", -1))
+        for partition in partitions:
+            replicas = self.guessed(partition)
+            if not replicas:
+                continue
+            group_id = self._topic.group_id(partition)
+            if error.reason != "NOT_LEADER":
+                # Down, or not a Weir node's answer: try the next replica.
+                self._guesses.unreachable(group_id, asked, replicas)
+                moved = True
+            elif partition == refused and named != asked and named in replicas:
+                self._guesses.heard(group_id, named)
+                moved = True
+        return moved
 
 
 class Relay:
@@ -213,4 +299,4 @@ class Relay:
         await self._channel.close()
 
 
-__all__ = ["RELAY_METADATA", "Relay", "broker_error", "is_relayed"]
+__all__ = ["RELAY_METADATA", "Relay", "RelayLeaders", "broker_error", "is_relayed"]

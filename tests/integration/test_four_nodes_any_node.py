@@ -4,8 +4,10 @@ Four nodes, topics with replication factor 3 and one partition: one node
 (the "outsider") holds no replica of the partition. Calls made there are
 served as a Kafka user expects (DESIGN §6): DescribeTopic answers with the
 partition's leader and offsets as its replicas know them, a produce is
-forwarded to the leader (or answered NOT_LEADER naming it), and a
-stream-mode member there commits what it read through the relay. One
+forwarded to the leader (or answered NOT_LEADER naming it), a
+stream-mode member there commits what it read through the relay, and a
+queue-mode consumer there gets and acks the records through a relay to
+the leader. One
 cluster serves the whole module; each test has a topic of its own.
 """
 
@@ -215,3 +217,40 @@ def test_a_member_on_a_node_without_a_replica_commits_and_the_next_owner_starts_
             assert started_at(second, 0) == COMMITTED
         finally:
             second.close()
+
+
+def test_a_queue_consumer_on_a_node_without_a_replica_gets_and_acks_every_record(
+    cluster: ClusterProcess,
+) -> None:
+    """Its Subscribe was refused NOT_LEADER naming no leader, for ever: nothing arrived."""
+    outsider, replicas = create(cluster, "queued")
+    values = [b"q%d" % i for i in range(RECORDS)]
+    with RawClient(cluster.address(replicas[0])) as client:
+        assert not produce_at(client, "queued", values).HasField("error")
+
+    async def consume_at_outsider() -> list[bytes]:
+        async with weir.aio.Consumer(
+            cluster.address(outsider), "queued", group="q", mode="queue", start="earliest"
+        ) as consumer:
+            got: list[weir.ConsumedRecord] = []
+            while len(got) < RECORDS:
+                record = await consumer.poll(DEADLINE_S)
+                assert record is not None, [r.value for r in got]
+                got.append(record)
+            await consumer.ack(got)
+            return [r.value for r in got]
+
+    assert sorted(asyncio.run(asyncio.wait_for(consume_at_outsider(), DEADLINE_S))) == sorted(
+        values
+    )
+
+    async def settled_at_the_leader() -> None:
+        """The acks reached the leader: nothing is ready or in flight any more."""
+        async with weir.aio.Admin(cluster.address(replicas[0])) as admin:
+            while True:
+                total = (await admin.queue_stats("queued", "q")).total("q")
+                if total is not None and (total.ready, total.in_flight) == (0, 0):
+                    return
+                await asyncio.sleep(0.05)
+
+    asyncio.run(asyncio.wait_for(settled_at_the_leader(), DEADLINE_S))
