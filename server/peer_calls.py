@@ -1,7 +1,8 @@
 """Calls one node makes of another on the public port, marked so they never chain.
 
-A node that relays a Consume stream, asks another for a partition's
-DescribeTopic or forwards a QueueStats request sets a gRPC metadata key of
+A node that relays a Consume stream, forwards a Produce stream's parts,
+asks another for a partition's DescribeTopic or forwards a QueueStats
+request sets a gRPC metadata key of
 the call's kind (value "1"); the node asked answers from what it holds
 itself and never passes such a call on again. `from_peer` is the one test
 of that mark; each kind keeps its own key, so one kind's mark says nothing

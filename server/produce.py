@@ -45,6 +45,7 @@ from weir.cluster.storage.producers import (
 from weir.server.config import PARSED_RECORD_BYTES
 from weir.server.errors import BrokerError, abort, shutting_down, storage_error
 from weir.server.limits import Lease, MemoryBudget
+from weir.server.peer_calls import from_peer
 from weir.server.produce_answers import AnswerOrder, Key
 from weir.server.produce_forward import FORWARDED_KEY, Forwarder
 from weir.server.produce_parse import (
@@ -97,10 +98,6 @@ _Plan = Plan
 
 # Requests are what `request_parser` returns, hence Any.
 Context = grpc.aio.ServicerContext[Any, bytes]
-
-
-def _is_forwarded(context: Context) -> bool:
-    return any(key == FORWARDED_KEY for key, _ in context.invocation_metadata() or ())
 
 
 HostErrorMapper = Callable[[int, HostError], BrokerError]
@@ -260,7 +257,7 @@ class ProducePath:
         writer.add_done_callback(lambda task: _cancel_reader_if_failed(reader, task))
         # A stream another node forwards on is never forwarded again: a
         # leadership change mid-flight answers NOT_LEADER instead of a loop.
-        forwarded = _is_forwarded(context)
+        forwarded = from_peer(context, FORWARDED_KEY)
         try:
             end = await self._read(context, order, reader, forwarded)
             order.end()
