@@ -263,13 +263,15 @@ def test_a_leader_that_lost_its_suffix_and_leads_again_at_the_same_index_continu
 
             # A rejoins, takes B's log over its own suffix, and leads again.
             network.isolated.clear()
+            # Visible too: a commit index learned from B makes A's copies of
+            # B's entries readable only once A's turn has made them durable.
             await eventually(
                 lambda: (
                     a.last_index(GROUP) == b.last_index(GROUP)
                     and a.commit_index(GROUP) == b.commit_index(GROUP)
+                    and _stored(a) == _stored(b)
                 )
             )
-            assert _stored(a) == _stored(b)
             b.transfer_leadership(GROUP, a.node_id)
             await eventually(lambda: a.is_leader(GROUP))
             # The scenario: A leads with the last index its cache names.
