@@ -14,6 +14,7 @@ from datetime import datetime
 from weir.v1 import admin_pb2, broker_pb2, records_pb2
 
 __all__ = [
+    "TOPIC_NAME_CHARS_MAX",
     "Acks",
     "ClusterInfo",
     "ConsumedRecord",
@@ -26,6 +27,11 @@ __all__ = [
     "TopicInfo",
     "start_position",
 ]
+
+
+# A topic name has at most this many characters (Kafka's limit); the broker
+# refuses longer ones with INVALID_TOPIC_NAME (weir.server.naming).
+TOPIC_NAME_CHARS_MAX = 249
 
 
 class Acks(enum.Enum):

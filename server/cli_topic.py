@@ -21,7 +21,7 @@ from weir.server.cli_common import (
     table,
     wants_json,
 )
-from weir.server.naming import TOPIC_NAME_CHARS_MAX
+from weir.types import TOPIC_NAME_CHARS_MAX
 
 # A topic's default dead-letter topic is its name with this suffix.
 DEAD_LETTER_SUFFIX = ".dlq"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 from weir.server.errors import invalid
+from weir.types import TOPIC_NAME_CHARS_MAX
 
-TOPIC_NAME_CHARS_MAX = 249
+__all__ = ["GROUP_NAME_CHARS_MAX", "TOPIC_NAME_CHARS_MAX", "check_group_name", "check_topic_name"]
+
 GROUP_NAME_CHARS_MAX = 255
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
