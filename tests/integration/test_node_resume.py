@@ -135,16 +135,24 @@ def test_node_consumer_resubscribes_after_its_node_dies_and_gets_every_record_on
         assert end["reason"] == "SHUTTING_DOWN", end
 
 
-def test_node_group_member_rejoins_after_its_node_is_killed_and_repeats_only_uncommitted(
-    node: str, cluster: ClusterProcess
-) -> None:
+def _topic_led_everywhere(
+    cluster: ClusterProcess, records: int
+) -> tuple[int, list[int], list[str]]:
+    """TOPIC led by every node, holding `records`; the first partition's leader (the
+    node to kill), the other nodes, and a bootstrap list that starts at the victim."""
     wait_ready(cluster)
     create_topic(cluster, 1, TOPIC, PARTITIONS)
     wait_led_by(cluster, TOPIC, cluster.node_ids)
-    produce(cluster.addresses, 0, BEFORE)
+    produce(cluster.addresses, 0, records)
     victim = leaders(cluster.address(1), TOPIC)[0]
     others = [n for n in cluster.node_ids if n != victim]
-    bootstrap = [cluster.address(victim)] + [cluster.address(n) for n in others]
+    return victim, others, [cluster.address(victim)] + [cluster.address(n) for n in others]
+
+
+def test_node_group_member_rejoins_after_its_node_is_killed_and_repeats_only_uncommitted(
+    node: str, cluster: ClusterProcess
+) -> None:
+    victim, others, bootstrap = _topic_led_everywhere(cluster, BEFORE)
     flags = {
         "bootstrap": ",".join(bootstrap),
         "topic": TOPIC,
@@ -186,13 +194,7 @@ def test_node_group_member_rejoins_after_its_node_is_killed_and_repeats_only_unc
 def test_node_queue_consumer_resubscribes_after_its_node_is_killed_and_acks_everything(
     node: str, cluster: ClusterProcess
 ) -> None:
-    wait_ready(cluster)
-    create_topic(cluster, 1, TOPIC, PARTITIONS)
-    wait_led_by(cluster, TOPIC, cluster.node_ids)
-    produce(cluster.addresses, 0, QUEUE_RECORDS)
-    victim = leaders(cluster.address(1), TOPIC)[0]
-    others = [n for n in cluster.node_ids if n != victim]
-    bootstrap = [cluster.address(victim)] + [cluster.address(n) for n in others]
+    victim, others, bootstrap = _topic_led_everywhere(cluster, QUEUE_RECORDS)
     flags = {
         "bootstrap": ",".join(bootstrap),
         "topic": TOPIC,
