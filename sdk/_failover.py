@@ -15,6 +15,15 @@ wait first (0 within a round of the addresses, a backoff after a full one).
 `call_unary()` is the retry loop of the unary calls (admin methods and the
 producer's metadata): retriable failures move to the next node and try
 again, up to `attempts_per_address` times the number of addresses.
+
+A consumer group's coordinator without a leader (`NOT_COORDINATOR`: the
+cluster just started and has not created or elected its coordinator groups
+yet, or the coordinator's node failed) is a wait, not a failed node: it says
+nothing about the node that answered, and right after a cluster starts every
+node answers it, at once, for a second or more. Clients that take a
+`CoordinatorWait` retry those answers (with the same moves and backoff)
+without using attempts, for as long as the wait allows, counted from the
+first of them since the last success, and then raise the last one.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -35,7 +45,9 @@ from weir.errors import NotLeaderError, UnavailableError, WeirError
 
 __all__ = [
     "CONNECT_TIMEOUT_S_MAX",
+    "COORDINATOR_WAIT_REASONS",
     "Connection",
+    "CoordinatorWait",
     "call_unary",
     "connection_lost",
     "moves_node",
@@ -56,6 +68,32 @@ CONNECT_TIMEOUT_S_MAX = 10.0
 # without an ErrorInfo reason (INTERNAL_ERROR), so reason-less they are the
 # transport's.
 _TRANSPORT_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+
+
+# Reasons that mean "the consumer group's state has no leader yet": retried
+# until the coordinator wait runs out, without using attempts.
+COORDINATOR_WAIT_REASONS = frozenset({"NOT_COORDINATOR"})
+
+
+class CoordinatorWait:
+    """The time left to wait for a consumer group's coordinator, from the first answer without one."""
+
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout_s = timeout_s
+        self._clock = clock
+        # When the first coordinator wait since the last success began (None: none).
+        self.since: float | None = None
+
+    def reset(self) -> None:
+        """A call succeeded: a later wait is a new one."""
+        self.since = None
+
+    def remaining_s(self) -> float:
+        """Seconds left (<= 0: give up); the first call since `reset` starts the wait."""
+        now = self._clock()
+        if self.since is None:
+            self.since = now
+        return self.since + self.timeout_s - now
 
 
 def connection_lost(error: WeirError) -> WeirError:
@@ -211,11 +249,13 @@ async def call_unary(
     call: Callable[[grpc.aio.Channel], Awaitable[T]],
     *,
     attempts_per_address: int,
+    coordinator_wait: CoordinatorWait | None = None,
 ) -> T:
     """Run a unary call on the current node, moving on after retriable failures.
 
     Gives up, raising the last error, after `attempts_per_address` times the
-    number of known addresses. An error that follows a failed attempt whose
+    number of known addresses. With a `coordinator_wait`, NOT_COORDINATOR
+    answers use no attempt and are retried until that wait runs out. An error that follows a failed attempt whose
     outcome is unknown (the call was sent, the connection died) carries
     metadata `after_unknown_outcome="true"`: a CreateTopic retried this way
     may answer TOPIC_EXISTS for the topic its own first attempt created.
@@ -247,9 +287,17 @@ async def call_unary(
                 unknown_outcome = unknown_outcome or not exc.reason
             else:
                 connection.succeeded(address)
+                if coordinator_wait is not None:
+                    coordinator_wait.reset()
                 return result
-        failures += 1
-        delay = connection.leave(address, error)
-        if failures >= attempts_per_address * connection.address_count:
-            raise error
+        if coordinator_wait is not None and error.reason in COORDINATOR_WAIT_REASONS:
+            remaining_s = coordinator_wait.remaining_s()
+            if remaining_s <= 0:
+                raise error
+            delay = min(connection.leave(address, error), remaining_s)
+        else:
+            failures += 1
+            delay = connection.leave(address, error)
+            if failures >= attempts_per_address * connection.address_count:
+                raise error
         await asyncio.sleep(delay)

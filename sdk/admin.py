@@ -29,6 +29,7 @@ class Admin:
         request_timeout_ms: float = 30_000,
         reconnect_attempts: int = 3,
         retry_backoff_ms: int = 100,
+        coordinator_wait_timeout_ms: float = 60_000,
         rng: random.Random | None = None,
     ) -> None:
         self._admin = AsyncAdmin(
@@ -36,6 +37,7 @@ class Admin:
             request_timeout_ms=request_timeout_ms,
             reconnect_attempts=reconnect_attempts,
             retry_backoff_ms=retry_backoff_ms,
+            coordinator_wait_timeout_ms=coordinator_wait_timeout_ms,
             rng=rng,
         )
         self._thread = LoopThread("weir-admin")

@@ -6,15 +6,11 @@ a backoff once every node failed. Every retriable error moves on, up to
 `reconnect_attempts` per known address in a row; a received batch or
 assignment starts the count again.
 
-A consumer group's coordinator without a leader (`NOT_COORDINATOR`: the
-cluster just started and has not created or elected its coordinator groups
-yet, or the coordinator's node failed) is a wait, not a failed node: it
-says nothing about the node that answered, and right after a cluster
-starts every node answers it, at once, for a second or more. So those
-answers use no attempt; they are retried (with the same moves and
-backoff) for as long as `coordinator_wait_timeout_s` allows, counted from
-the first of them since the last success (a subscribe answered, a batch or
-an assignment received), and then the last one is raised.
+A consumer group's coordinator without a leader (`NOT_COORDINATOR`) is a
+wait, not a failed node (`weir._failover.CoordinatorWait`): those answers
+use no attempt; they are retried for as long as `coordinator_wait_timeout_s`
+allows, counted from the first of them since the last success (a subscribe
+answered, a batch or an assignment received).
 """
 
 from __future__ import annotations
@@ -23,12 +19,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from weir._failover import Connection
+from weir._failover import COORDINATOR_WAIT_REASONS, Connection, CoordinatorWait
 from weir.errors import UnavailableError, WeirError
-
-# Reasons that mean "the consumer group's state has no leader yet": retried
-# until the coordinator wait runs out, without using reconnect attempts.
-COORDINATOR_WAIT_REASONS = frozenset({"NOT_COORDINATOR"})
 
 
 class Failover:
@@ -44,15 +36,12 @@ class Failover:
     ) -> None:
         self._conn = conn
         self._reconnect_attempts = reconnect_attempts
-        self._coordinator_wait_timeout_s = coordinator_wait_timeout_s
-        self._clock = clock
+        self.coordinator_wait = CoordinatorWait(coordinator_wait_timeout_s, clock)
         self.failures = 0
-        # When the first coordinator wait since the last success began (None: none).
-        self.coordinator_wait_since: float | None = None
 
     def succeeded(self, address: str) -> None:
         """A batch or an assignment arrived from `address`: the counts start again."""
-        self.coordinator_wait_since = None
+        self.coordinator_wait.reset()
         if self.failures:
             self.failures = 0
             self._conn.succeeded(address)
@@ -66,10 +55,7 @@ class Failover:
         if not error.retriable:
             raise error
         if error.reason in COORDINATOR_WAIT_REASONS:
-            now = self._clock()
-            if self.coordinator_wait_since is None:
-                self.coordinator_wait_since = now
-            remaining_s = self.coordinator_wait_since + self._coordinator_wait_timeout_s - now
+            remaining_s = self.coordinator_wait.remaining_s()
             if remaining_s <= 0:
                 raise error
             delay_s = min(self._conn.leave(address, error), remaining_s)
@@ -93,5 +79,5 @@ class Failover:
             else:
                 # A group's subscribe was answered by its coordinator: a later
                 # wait for one is a new wait.
-                self.coordinator_wait_since = None
+                self.coordinator_wait.reset()
                 return

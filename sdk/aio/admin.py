@@ -19,7 +19,7 @@ from typing import Any
 import grpc.aio
 
 from weir._conn import admin_stub
-from weir._failover import Connection, call_unary
+from weir._failover import Connection, CoordinatorWait, call_unary
 from weir._nodes import Bootstrap
 from weir.errors import ClosedError
 from weir.group_types import GroupInfo, GroupSummary
@@ -70,6 +70,11 @@ class Admin:
             before the error is raised.
         retry_backoff_ms: The wait after a full round of failed nodes; it
             doubles up to 5 s, with +-20% jitter.
+        coordinator_wait_timeout_ms: How long a consumer-group call keeps
+            trying while the group's coordinator has no leader
+            (NOT_COORDINATOR: right after a cluster starts, or while the
+            coordinator moves) before that error is raised; such answers
+            use no `reconnect_attempts`.
         rng: Randomness for the start node and the jitter.
     """
 
@@ -80,12 +85,16 @@ class Admin:
         request_timeout_ms: float = 30_000,
         reconnect_attempts: int = 3,
         retry_backoff_ms: int = 100,
+        coordinator_wait_timeout_ms: float = 60_000,
         rng: random.Random | None = None,
     ) -> None:
         if reconnect_attempts < 1:
             raise ValueError("reconnect_attempts must be at least 1")
+        if coordinator_wait_timeout_ms < 0:
+            raise ValueError("coordinator_wait_timeout_ms must not be negative")
         self._timeout_s = request_timeout_ms / 1000.0
         self._attempts = reconnect_attempts
+        self._coordinator_wait_s = coordinator_wait_timeout_ms / 1000.0
         self._conn = Connection(
             bootstrap,
             rng=rng,
@@ -126,7 +135,12 @@ class Admin:
             rpc: Callable[..., Awaitable[Any]] = getattr(admin_stub(channel), method)
             return rpc(request, timeout=self._timeout_s)
 
-        return await call_unary(self._conn, attempt, attempts_per_address=self._attempts)
+        return await call_unary(
+            self._conn,
+            attempt,
+            attempts_per_address=self._attempts,
+            coordinator_wait=CoordinatorWait(self._coordinator_wait_s),
+        )
 
     async def create_topic(
         self,

@@ -173,6 +173,53 @@ def test_admin_gives_up_after_its_attempts_with_a_typed_error(
     assert sorted(nodes.connects) == ["a:1", "a:1", "b:2", "b:2"]
 
 
+def test_admin_waits_for_a_coordinator_without_using_attempts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The loop is the same for every method; CreateTopic stands in for the
+    # group calls that can meet a coordinator group with no leader.
+    FakeNodes({"a:1": True, "b:2": True}).install(monkeypatch)
+    waiting = [rpc_error(grpc.StatusCode.UNAVAILABLE, "NOT_COORDINATOR") for _ in range(6)]
+    scripted = ScriptedAdmin({"a:1": waiting[:3], "b:2": waiting[3:]})
+    install_admin(monkeypatch, scripted)
+
+    async def body() -> None:
+        # One attempt per address would give up after the second answer.
+        async with Admin(["a:1", "b:2"], reconnect_attempts=1, retry_backoff_ms=1) as admin:
+            assert (await admin.create_topic("t")).name == "t"
+
+    run(body)
+    assert len(scripted.calls) == 7
+
+
+def test_admin_raises_not_coordinator_once_its_wait_is_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    FakeNodes({"a:1": True, "b:2": True}).install(monkeypatch)
+    forever = [rpc_error(grpc.StatusCode.UNAVAILABLE, "NOT_COORDINATOR") for _ in range(10_000)]
+    scripted = ScriptedAdmin({"a:1": forever, "b:2": list(forever)})
+    install_admin(monkeypatch, scripted)
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with Admin(
+            ["a:1", "b:2"], retry_backoff_ms=1, coordinator_wait_timeout_ms=300
+        ) as admin:
+            with pytest.raises(UnavailableError) as err:
+                await admin.create_topic("t")
+        assert err.value.reason == "NOT_COORDINATOR"
+        assert 0.3 <= loop.time() - started < 3.0
+
+    run(body)
+    assert len(scripted.calls) > 6  # more than the three attempts per address allow
+
+
+def test_admin_refuses_a_negative_coordinator_wait() -> None:
+    with pytest.raises(ValueError, match="coordinator_wait_timeout_ms"):
+        Admin("a:1", coordinator_wait_timeout_ms=-1)
+
+
 # -- producer: the sender --------------------------------------------------------
 
 
