@@ -18,7 +18,9 @@
   Target: >= 50,000 records/s (RabbitMQ quorum queues: 22-32k msg/s
   consumed on this machine). groups_queue_list_consume: the same, each
   batch's records acked in one `ack(records)` call (still one ack id per
-  record).
+  record). groups_queue_nowait_consume: each record acked on its own with
+  `consumer.ack_nowait(record)` (handed over, not awaited; the last acks'
+  answers, a few ms, fall after the figure's end).
 - groups_queue_e2e_latency: as the stream figure, through a queue-mode
   consumer (delivery, not the ack).
 
@@ -28,7 +30,7 @@ to their end; a member's own figure from its first record on), which
 contention on a shared machine changes less than records/s.
 
 Environment: WEIR_BENCH_GROUP_RECORDS (default 300,000),
-WEIR_BENCH_GROUP_CASES (a comma list of stream, queue, queue-list,
+WEIR_BENCH_GROUP_CASES (a comma list of stream, queue, queue-list, queue-nowait,
 stream-latency, queue-latency; default all), WEIR_BENCH_PYSPY_DIR (record
 py-spy raw profiles of the nodes and members there, 8 s from
 WEIR_BENCH_PYSPY_DELAY_S after the members start, default 4 s).
@@ -70,7 +72,8 @@ MEMBERS = 3
 # A member stops when nothing arrived for this long after the topic was drained.
 IDLE_STOP_S = 2.0
 CASES = os.environ.get(
-    "WEIR_BENCH_GROUP_CASES", "stream,queue,queue-list,stream-latency,queue-latency"
+    "WEIR_BENCH_GROUP_CASES",
+    "stream,queue,queue-list,queue-nowait,stream-latency,queue-latency",
 ).split(",")
 PYSPY_DIR = os.environ.get("WEIR_BENCH_PYSPY_DIR", "")
 PYSPY_DELAY_S = float(os.environ.get("WEIR_BENCH_PYSPY_DELAY_S", "4"))
@@ -121,7 +124,12 @@ def _worker(bootstrap: list[str], topic: str, group: str, results: multiprocessi
                     continue
                 if not count:
                     first, cpu = time.time(), time.process_time()
-                if group.endswith("-list"):
+                if group.endswith("-nowait"):
+                    # One call per record, not awaited: the SDK sends the
+                    # acks of the turn in one request.
+                    for record in batch:
+                        consumer.ack_nowait(record)
+                elif group.endswith("-list"):
                     # Every record acked on its own (an ack id each), the
                     # batch's acks handed to the SDK in one call.
                     await consumer.ack(batch)
@@ -262,6 +270,7 @@ def main() -> None:
                 ("stream", _member),
                 ("queue", _worker),
                 ("queue-list", _worker),
+                ("queue-nowait", _worker),
             ):
                 if mode not in CASES:
                     continue

@@ -175,6 +175,14 @@ class Consumer:
         """
         self._thread.run(self._consumer.ack(records))
 
+    def ack_nowait(self, records: ConsumedRecord | Sequence[ConsumedRecord]) -> None:
+        """Queue mode: as `weir.aio.Consumer.ack_nowait`: hands the acks over, no broker wait."""
+
+        async def hand_over() -> None:
+            self._consumer.ack_nowait(records)
+
+        self._thread.run(hand_over())
+
     def nack(
         self,
         records: ConsumedRecord | Sequence[ConsumedRecord],

@@ -146,7 +146,8 @@ class RecordTooLargeError(ResourceExhaustedError):
 
 
 class BufferFullError(WeirError):
-    """The producer's buffer stayed full past `buffer_wait_timeout_ms`."""
+    """A client-side bound is full: the producer's buffer past `buffer_wait_timeout_ms`,
+    or a queue consumer's outstanding ack ids for `ack_nowait()`."""
 
     default_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "BUFFER_FULL"

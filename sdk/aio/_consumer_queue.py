@@ -26,6 +26,15 @@ their answer; a call beyond that waits for room (within the request
 timeout), so a loop that settles faster than the broker answers slows down
 instead of growing memory.
 
+`ack_nowait()` joins the same requests without waiting for their answer:
+no future, no task of its own. Nobody hears its outcome, so refused ids and
+failed requests among its ids are logged (a warning per request, with the
+count and the first error) and their records come back as any unacked
+record does. The same bound holds: a call that would take the outstanding
+ids over `ACK_IDS_OUTSTANDING_MAX` raises `BufferFullError` and sends none
+of its ids. `close()` waits for the requests that carry such ids (each
+ends within the request timeout) before it ends the stream.
+
 Cost: an application that acks each record on its own makes one call per
 record, so a call that fits one request and finds room costs a future and
 nothing else: no timer of its own (the request's sending task has the
@@ -40,11 +49,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from weir.errors import ClosedError, WeirError, WeirTimeoutError, from_error_proto
+from weir.errors import (
+    BufferFullError,
+    ClosedError,
+    WeirError,
+    WeirTimeoutError,
+    from_error_proto,
+)
 from weir.types import ConsumedRecord, StartSpec, start_position
 from weir.v1 import broker_pb2
 
@@ -61,6 +77,8 @@ ACK_IDS_PER_REQUEST_MAX = 10_000
 ACK_IDS_OUTSTANDING_MAX = 50_000
 # An `Ack` whose stream ended before its answer is sent this many times more.
 ACK_RESENDS_MAX = 2
+
+_log = logging.getLogger("weir.consumer")
 
 
 def check_queue_options(
@@ -145,6 +163,8 @@ class _Gathering:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     waiters: list[asyncio.Future[broker_pb2.AckResult]] = field(default_factory=list)
+    # (first index, count) of the ids of `ack_nowait` calls: nobody waits for them.
+    unwaited: list[tuple[int, int]] = field(default_factory=list)
 
 
 class Settler:
@@ -158,8 +178,8 @@ class Settler:
         # Ids gathered or waiting for their answer (ACK_IDS_OUTSTANDING_MAX).
         self.outstanding = 0
         self._room = asyncio.Event()
-        # The sending tasks, each for one request; cancelled on close.
-        self._tasks: set[asyncio.Task[None]] = set()
+        # The sending tasks, each with its request; cancelled on close.
+        self._sending: dict[asyncio.Task[None], _Gathering] = {}
 
     async def settle(self, kind: Kind, ids: list[bytes]) -> None:
         """Send `ids` under `kind` (joining a request of this turn) and wait for the answer."""
@@ -192,6 +212,29 @@ class Settler:
             ) from None
         _raise_first(failures)
 
+    def settle_nowait(self, kind: Kind, ids: list[bytes]) -> None:
+        """`ids` join this turn's request of `kind`; nobody waits for the answer (module doc)."""
+        if not ids:
+            return
+        asyncio.get_running_loop()  # RuntimeError off the loop, before anything changes
+        if self.outstanding + len(ids) > ACK_IDS_OUTSTANDING_MAX:
+            raise BufferFullError(
+                f"{self.outstanding} ack ids are waiting for their answer and this call "
+                f"adds {len(ids)}, over the {ACK_IDS_OUTSTANDING_MAX} a consumer keeps; "
+                "none was sent: await ack() to wait for room"
+            )
+        self.outstanding += len(ids)
+        for start in range(0, len(ids), ACK_IDS_PER_REQUEST_MAX):
+            chunk = ids[start : start + ACK_IDS_PER_REQUEST_MAX]
+            gathering, first = self._gather(kind, chunk)
+            gathering.unwaited.append((first, len(chunk)))
+
+    async def flush_unwaited(self) -> None:
+        """Wait until every request carrying `ack_nowait` ids has ended (each is time-bounded)."""
+        tasks = [task for task, gathering in self._sending.items() if gathering.unwaited]
+        if tasks:
+            await asyncio.wait(tasks)
+
     async def _settle_at_once(self, kind: Kind, ids: list[bytes]) -> None:
         """`settle` of ids that fit one request, with room: no timer, no shield (module doc)."""
         self.outstanding += len(ids)
@@ -219,7 +262,7 @@ class Settler:
         if gathering is None or len(gathering.ack_ids) + len(ids) > ACK_IDS_PER_REQUEST_MAX:
             gathering = self._open[kind] = _Gathering(kind)
             task = asyncio.create_task(self._send(gathering), name="weir-consumer-settle")
-            self._tasks.add(task)
+            self._sending[task] = gathering
             # A callback, not a `finally` in `_send`: a task cancelled before
             # its first step never runs its body.
             task.add_done_callback(lambda done: self._sent(done, gathering))
@@ -255,7 +298,7 @@ class Settler:
 
     def _sent(self, task: asyncio.Task[None], gathering: _Gathering) -> None:
         """A sending task ended: its ids leave the bound; its callers hear at last now."""
-        self._tasks.discard(task)
+        self._sending.pop(task, None)
         if self._open.get(gathering.kind) is gathering:
             del self._open[gathering.kind]  # cancelled before it ran
         failure = None if task.cancelled() else task.exception()
@@ -280,7 +323,7 @@ class Settler:
 
     async def close(self) -> None:
         """Stop every request still on its way; their callers get `ClosedError`."""
-        tasks = list(self._tasks)
+        tasks = list(self._sending)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -319,6 +362,8 @@ def _raise_first(failures: list[tuple[int, WeirError]]) -> None:
 def _resolve(gathering: _Gathering, done: asyncio.Future[broker_pb2.AckResult]) -> None:
     """Hands the request's outcome to every caller still waiting on its own future."""
     failure = ClosedError("the consumer is closed") if done.cancelled() else done.exception()
+    if gathering.unwaited:
+        _report_unwaited(gathering, failure, None if failure is not None else done.result())
     for waiter in gathering.waiters:
         if waiter.done():
             continue  # its caller was cancelled
@@ -327,6 +372,36 @@ def _resolve(gathering: _Gathering, done: asyncio.Future[broker_pb2.AckResult]) 
         else:
             waiter.set_exception(failure)
     gathering.waiters.clear()
+
+
+def _report_unwaited(
+    gathering: _Gathering, failure: BaseException | None, result: broker_pb2.AckResult | None
+) -> None:
+    """Logs what became of a request's `ack_nowait` ids when some were not settled."""
+    kind = gathering.kind.name
+    if failure is not None:
+        count = sum(n for _, n in gathering.unwaited)
+        _log.warning(
+            "%d ids of %s_nowait() calls were not settled (%s); their records will be "
+            "delivered again",
+            count,
+            kind,
+            failure,
+        )
+        return
+    assert result is not None
+    refused = [
+        refusal
+        for refusal in result.failures
+        if any(first <= refusal.index < first + n for first, n in gathering.unwaited)
+    ]
+    if refused:
+        _log.warning(
+            "%d ids of %s_nowait() calls were refused, the first with %s",
+            len(refused),
+            kind,
+            from_error_proto(refused[0].error),
+        )
 
 
 def _fail(gathering: _Gathering, error: WeirError) -> None:

@@ -348,7 +348,8 @@ def test_an_ack_whose_stream_ended_unanswered_is_sent_again(
     run(body)
 
 
-def test_the_blocking_consumer_settles_too(monkeypatch: pytest.MonkeyPatch) -> None:
+def blocking_calls(monkeypatch: pytest.MonkeyPatch) -> list[FakeQueueCall]:
+    """The Consume calls a blocking consumer opens (its loop runs in another thread)."""
     FakeNodes({"fake:1": True}).install(monkeypatch)
     calls: list[FakeQueueCall] = []
 
@@ -357,6 +358,11 @@ def test_the_blocking_consumer_settles_too(monkeypatch: pytest.MonkeyPatch) -> N
         return calls[-1]
 
     monkeypatch.setattr(consumer_module, "consume_call", open_call)
+    return calls
+
+
+def test_the_blocking_consumer_settles_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = blocking_calls(monkeypatch)
     with weir.Consumer("fake:1", "t", group="g", mode="queue", ack_deadline_ms=10_000) as c:
         call = calls[-1]
         assert call.requests[0].subscribe.ack_deadline_ms == 10_000
