@@ -151,7 +151,10 @@ def _profile(pids: dict[str, int], name: str) -> threading.Thread:
         time.sleep(PYSPY_DELAY_S)
         spies = [
             subprocess.Popen(
-                [PYSPY, "record", "-p", str(pid), "-d", str(PYSPY_SECONDS), "-r", "200",
+                # Non-blocking: pausing six processes 200 times a second on two
+                # cores stalled a node long enough for the members to stop.
+                [PYSPY, "record", "--nonblocking", "-p", str(pid), "-d", str(PYSPY_SECONDS),
+                 "-r", "200",
                  "-f", "raw", "-o", f"{PYSPY_DIR}/{name}-{label}.txt"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
