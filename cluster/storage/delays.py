@@ -145,7 +145,7 @@ def delete_delays_below(turn: Turn, group_id: int, first_offset: int) -> int:
     """Retention: deletes the rows of records below `first_offset`; returns how many.
 
     Call after `turn.barrier()`. Bounded by what retention plans
-    (DELAY_ROWS_PER_RETENTION_MAX, `PartitionLog.plan_retention`).
+    (DELAY_ROWS_PER_RETENTION_MAX, `retention.plan_retention`).
     """
     txn = turn.txn
     start = keys.group_key(group_id)

@@ -24,10 +24,8 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
 
 from ..queue import codec as queue_codec
 from ..queue.applied import AppliedQueueState
@@ -36,34 +34,26 @@ from ..queue.types import ControlRecord
 from ..raft.types import EntryType
 from . import keys
 from .codec import (
-    BATCH_FLAG_PRODUCER,
-    BATCH_FLAGS_KNOWN,
     BATCH_HEADER_BYTES,
-    ENTRY_FORMAT_VERSION,
     GROUP_META_BYTES,
     PRODUCER_HEADER_BYTES,
-    ROW_BATCH_CHECKED,
-    ROW_CHECKED_BYTES,
     ROW_HEADER_BYTES,
-    ROW_PAYLOAD_START,
     BatchKind,
     decode_batch_header,
-    decode_row_header,
     encode_batch,
     encode_control,
     encode_group_meta,
     encode_row,
-    verify_row_data,
 )
 from .delays import (
     DELAY_ROW_BYTES,
-    DELAY_ROWS_PER_RETENTION_MAX,
     DUE_DELAYED_LIMIT_MAX,
     DelayedRecord,
     batch_delays,
 )
 from .errors import CorruptEntryError, OffsetOutOfRangeError, StorageError
 from .lmdbenv import Db, LmdbEnv, ReadTxn, Value
+from .log_scan import scan_rows
 from .ops import (
     INDEX_ROW_BYTES,
     PRODUCER_KEY_BYTES,
@@ -83,6 +73,7 @@ from .producers import (
 )
 from .queues import QUEUE_GROUPS_PER_PARTITION_MAX_DEFAULT, QueueTable
 from .queues import decode_row as decode_queue_row
+from .retention import RetentionPlan, plan_retention
 from .state import FIRST_RAFT_INDEX, LogState
 from .writer import GroupCommitWriter, WriteOp
 
@@ -97,21 +88,11 @@ __all__ = [
     "StoredRun",
 ]
 
-# Raw values the read path compares with, so a row costs no enum lookup.
-_NORMAL = int(EntryType.NORMAL)
-_OFFSETLESS_ENTRY_TYPES = (int(EntryType.NOOP), int(EntryType.CONFIG))
-_RECORDS = int(BatchKind.RECORDS)
-# Batches that take no offsets: the read scan steps over them.
-_OFFSETLESS_KINDS = (int(BatchKind.CONTROL), int(BatchKind.QUEUE_CONTROL))
 # `read`'s default records_max: no bound but the others.
 READ_RECORDS_UNBOUNDED = 1 << 62
 # Entries one read visits at most (control entries carry no payload, so the
 # byte bound alone would not stop a scan over many of them).
 READ_ENTRIES_MAX = 4096
-# Entries one retention call examines at most; callers run retention
-# periodically, so a large backlog is worked off over several calls without
-# holding the event loop.
-RETENTION_ENTRIES_MAX = 10_000
 # Term of the single-node path: a one-member group whose only term is 1.
 SINGLE_NODE_TERM = 1
 # What applying one idempotent batch may write to `producers`: its producer's
@@ -145,34 +126,6 @@ class StoredRun:
     payload: bytes
     last_base_offset: int
     last_start: int
-
-
-def _raise_damaged(value: Value) -> NoReturn:
-    """Raise the decoders' own error for a row the read path's quick checks refused."""
-    row = decode_row_header(value)
-    if row.entry_type is EntryType.NORMAL:
-        header = decode_batch_header(value, ROW_HEADER_BYTES)
-        if header.takes_offsets and row.next_offset != header.next_offset:
-            raise CorruptEntryError(
-                f"entry says the next offset is {row.next_offset}, its batch ends at "
-                f"{header.next_offset}"
-            )
-    verify_row_data(value)
-    raise CorruptEntryError("entry failed the read path's checks")
-
-
-@dataclass(frozen=True, slots=True)
-class RetentionPlan:
-    """The applied prefix a retention call deletes: entries below `first_index`.
-
-    A Raft group compacts through its core instead: `RawNode.compact(
-    first_index - 1, encode_partition_snapshot(start_offset))`.
-    """
-
-    first_index: int
-    start_offset: int
-    deleted_bytes: int
-    deleted_entries: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -670,16 +623,7 @@ class PartitionLog:
         records_max: int,
         whole_batches: bool = False,
     ) -> tuple[list[Value], int, int, int]:
-        """Views of the payloads `read` returns (valid inside `txn`; with
-        `whole_batches` each batch with its header), the base offsets of the
-        first and the last of them and the offset after them.
-
-        One cursor walk, one unpack and two checksums per row. The walk is
-        bounded by a count of rows instead of a key compared per row: the
-        rows from the first one read to the visible index all exist (Raft
-        indexes are dense), and the last row's key is checked once at the
-        end. Consecutive batches must continue each other's offsets.
-        """
+        """`scan_rows` from the batch that holds `offset` to the visible index (log_scan.py)."""
         group_id = self.group_id
         end = self._state.end_offset
         first_index = self._first_index(txn, offset)
@@ -690,84 +634,9 @@ class PartitionLog:
                 f"group {group_id}: offset {offset} maps to index {first_index},"
                 f" past the visible index {self._visible_index}"
             )
-        scan = txn.scan(Db.LOG, keys.log_key(group_id, first_index))
-        if scan is None:
-            raise CorruptEntryError(f"group {group_id}: no log row at index {first_index}")
-        unpack = ROW_BATCH_CHECKED.unpack_from
-        crc32 = zlib.crc32
-        views: list[Value] = []
-        base_offset = last_base = -1
-        next_offset = offset
-        total_bytes = visited = 0
-        for value in scan.values():
-            visited += 1
-            size = len(value)
-            # Short rows are no-ops or configurations (or damage).
-            if size >= ROW_PAYLOAD_START:
-                (version, raw_type, row_next, data_bytes, data_crc, header_crc,
-                 kind, flags, count, base) = unpack(value)  # fmt: skip
-                if (
-                    crc32(value[:ROW_CHECKED_BYTES]) != header_crc
-                    or version != ENTRY_FORMAT_VERSION
-                    or data_bytes != size - ROW_HEADER_BYTES
-                ):
-                    _raise_damaged(value)
-                if raw_type == _NORMAL:
-                    if kind != _RECORDS or count <= 0 or row_next != base + count:
-                        if kind not in _OFFSETLESS_KINDS or count != 0 or flags != 0:
-                            _raise_damaged(value)
-                    else:
-                        payload_start = ROW_PAYLOAD_START
-                        if flags:
-                            if flags & BATCH_FLAG_PRODUCER:
-                                payload_start += PRODUCER_HEADER_BYTES
-                            if flags & ~BATCH_FLAGS_KNOWN or size < payload_start:
-                                _raise_damaged(value)
-                        if base >= end:
-                            break
-                        if base_offset < 0:
-                            if not base <= offset < base + count:
-                                raise CorruptEntryError(
-                                    f"group {group_id}: offset index points at batch {base}"
-                                    f"+{count}, which does not contain offset {offset}"
-                                )
-                            base_offset = base
-                        elif base != next_offset:
-                            raise CorruptEntryError(
-                                f"group {group_id}: batch {base}+{count} follows the batch"
-                                f" that ends at {next_offset}"
-                            )
-                        payload_bytes = size - payload_start
-                        if views and total_bytes + payload_bytes > bytes_max:
-                            break
-                        data = value[ROW_HEADER_BYTES:]
-                        if crc32(data) != data_crc:
-                            _raise_damaged(value)
-                        views.append(data if whole_batches else value[payload_start:])
-                        last_base = base
-                        next_offset = base + count
-                        total_bytes += payload_bytes
-                        if total_bytes >= bytes_max or next_offset - offset >= records_max:
-                            break
-                elif raw_type not in _OFFSETLESS_ENTRY_TYPES:
-                    _raise_damaged(value)
-            elif decode_row_header(value).entry_type is EntryType.NORMAL:
-                decode_batch_header(value, ROW_HEADER_BYTES)  # raises: too short for a batch
-            if visited == rows_max:
-                break
-        else:
-            raise CorruptEntryError(
-                f"group {group_id}: log rows {first_index}..{first_index + rows_max - 1}"
-                f" end after {visited}"
-            )
-        scan.reads.rows += visited
-        if scan.key() != keys.log_key(group_id, first_index + visited - 1):
-            raise CorruptEntryError(
-                f"group {group_id}: log rows from index {first_index} are not consecutive"
-            )
-        if not views:
-            raise CorruptEntryError(f"group {group_id}: no committed batch holds offset {offset}")
-        return views, base_offset, last_base, next_offset
+        return scan_rows(
+            txn, group_id, first_index, rows_max, offset, end, bytes_max, records_max, whole_batches
+        )
 
     def _first_index(self, txn: ReadTxn, offset: int) -> int:
         """The Raft index of the visible batch that holds `offset`."""
@@ -917,55 +786,11 @@ class PartitionLog:
     def plan_retention(
         self, retention_bytes: int | None, retention_ms: int | None
     ) -> RetentionPlan | None:
-        """Chooses the applied prefix to delete: whole entries, oldest first (no change).
-
-        Entries without records (no-ops, configurations, control batches) have
-        no age of their own: they go with the next record batch that goes, so
-        they never hold retention back and never go alone.
-        """
+        """Chooses the applied prefix to delete (retention.py); changes nothing."""
         self._check_open()
-        if retention_bytes is None and retention_ms is None:
-            return None
-        cutoff_ms = None if retention_ms is None else self._clock_ms() - retention_ms
-        group_id = self.group_id
-        state = self._state
-        size_bytes = state.size_bytes
-        first_index = state.first_index
-        start_offset = state.start_offset
-        deleted = visited = delay_rows = 0
-        with self._env.read() as txn:
-            scan = txn.iterate(
-                Db.LOG,
-                keys.log_key(group_id, first_index),
-                keys.log_key(group_id, state.applied_index + 1),
-            )
-            for key, value in scan:
-                visited += 1
-                if visited > RETENTION_ENTRIES_MAX:
-                    break
-                row = decode_row_header(value)
-                if row.entry_type is not EntryType.NORMAL:
-                    continue
-                batch = decode_batch_header(value, ROW_HEADER_BYTES)
-                if not batch.takes_offsets:
-                    continue
-                over_size = retention_bytes is not None and size_bytes > retention_bytes
-                too_old = cutoff_ms is not None and batch.append_time_ms < cutoff_ms
-                if not (over_size or too_old):
-                    break
-                if batch.delayed:
-                    # Its records bound its delay rows, which this delete removes too.
-                    delay_rows += batch.record_count
-                    if delay_rows > DELAY_ROWS_PER_RETENTION_MAX and deleted:
-                        break
-                _, raft_index = keys.parse_log_key(key)
-                deleted += raft_index + 1 - first_index
-                first_index = raft_index + 1
-                start_offset = batch.next_offset
-                size_bytes -= row.data_bytes - batch.header_bytes
-        if deleted == 0:
-            return None
-        return RetentionPlan(first_index, start_offset, state.size_bytes - size_bytes, deleted)
+        return plan_retention(
+            self._env, self.group_id, self._state, retention_bytes, retention_ms, self._clock_ms()
+        )
 
     def _truncate_op(self, plan: RetentionPlan) -> TruncatePrefixOp:
         state = self._state
