@@ -28,9 +28,10 @@ instead of growing memory.
 
 `ack_nowait()` joins the same requests without waiting for their answer:
 no future, no task of its own. Nobody hears its outcome, so refused ids and
-failed requests among its ids are logged (a warning per request, with the
-count and the first error) and their records come back as any unacked
-record does. The same bound holds: a call that would take the outstanding
+failed requests among its ids are logged (a warning with the count and
+the first error, at most one per `UNSETTLED_WARNING_INTERVAL_S`: the ids
+in between are counted into the next) and their records come back as any
+unacked record does. The same bound holds: a call that would take the outstanding
 ids over `ACK_IDS_OUTSTANDING_MAX` raises `BufferFullError` and sends none
 of its ids. `close()` waits for the requests that carry such ids (each
 ends within the request timeout) before it ends the stream.
@@ -50,7 +51,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -79,6 +81,9 @@ ACK_IDS_OUTSTANDING_MAX = 50_000
 ACK_RESENDS_MAX = 2
 
 _log = logging.getLogger("weir.consumer")
+# At most one warning about unsettled `ack_nowait()` ids per this many
+# seconds: an outage fails every request, and each would otherwise log.
+UNSETTLED_WARNING_INTERVAL_S = 10.0
 
 
 def check_queue_options(
@@ -180,6 +185,7 @@ class Settler:
         self._room = asyncio.Event()
         # The sending tasks, each with its request; cancelled on close.
         self._sending: dict[asyncio.Task[None], _Gathering] = {}
+        self._unsettled = _UnsettledLog()
 
     async def settle(self, kind: Kind, ids: list[bytes]) -> None:
         """Send `ids` under `kind` (joining a request of this turn) and wait for the answer."""
@@ -229,6 +235,13 @@ class Settler:
             gathering, first = self._gather(kind, chunk)
             gathering.unwaited.append((first, len(chunk)))
 
+    def _resolved(self, gathering: _Gathering, done: asyncio.Future[broker_pb2.AckResult]) -> None:
+        if gathering.unwaited:
+            unsettled = _unsettled(gathering, done)
+            if unsettled is not None:
+                self._unsettled.add(*unsettled)
+        _resolve(gathering, done)
+
     async def flush_unwaited(self) -> None:
         """Wait until every request carrying `ack_nowait` ids has ended (each is time-bounded)."""
         tasks = [task for task, gathering in self._sending.items() if gathering.unwaited]
@@ -268,7 +281,7 @@ class Settler:
             task.add_done_callback(lambda done: self._sent(done, gathering))
             # Nobody may be left to look at the outcome (their deadlines passed).
             gathering.done.add_done_callback(_retrieve)
-            gathering.done.add_done_callback(lambda done: _resolve(gathering, done))
+            gathering.done.add_done_callback(lambda done: self._resolved(gathering, done))
         first = len(gathering.ack_ids)
         gathering.ack_ids.extend(ids)
         return gathering, first
@@ -362,8 +375,6 @@ def _raise_first(failures: list[tuple[int, WeirError]]) -> None:
 def _resolve(gathering: _Gathering, done: asyncio.Future[broker_pb2.AckResult]) -> None:
     """Hands the request's outcome to every caller still waiting on its own future."""
     failure = ClosedError("the consumer is closed") if done.cancelled() else done.exception()
-    if gathering.unwaited:
-        _report_unwaited(gathering, failure, None if failure is not None else done.result())
     for waiter in gathering.waiters:
         if waiter.done():
             continue  # its caller was cancelled
@@ -374,34 +385,48 @@ def _resolve(gathering: _Gathering, done: asyncio.Future[broker_pb2.AckResult]) 
     gathering.waiters.clear()
 
 
-def _report_unwaited(
-    gathering: _Gathering, failure: BaseException | None, result: broker_pb2.AckResult | None
-) -> None:
-    """Logs what became of a request's `ack_nowait` ids when some were not settled."""
+def _unsettled(
+    gathering: _Gathering, done: asyncio.Future[broker_pb2.AckResult]
+) -> tuple[int, str] | None:
+    """How many of a request's `ack_nowait` ids were not settled, and what to say; None: all were."""
     kind = gathering.kind.name
+    failure = ClosedError("the consumer is closed") if done.cancelled() else done.exception()
     if failure is not None:
         count = sum(n for _, n in gathering.unwaited)
-        _log.warning(
-            "%d ids of %s_nowait() calls were not settled (%s); their records will be "
-            "delivered again",
-            count,
-            kind,
-            failure,
+        return count, (
+            f"{count} ids of {kind}_nowait() calls were not settled ({failure}); "
+            "their records will be delivered again"
         )
-        return
-    assert result is not None
     refused = [
         refusal
-        for refusal in result.failures
+        for refusal in done.result().failures
         if any(first <= refusal.index < first + n for first, n in gathering.unwaited)
     ]
-    if refused:
-        _log.warning(
-            "%d ids of %s_nowait() calls were refused, the first with %s",
-            len(refused),
-            kind,
-            from_error_proto(refused[0].error),
-        )
+    if not refused:
+        return None
+    first = from_error_proto(refused[0].error)
+    return len(
+        refused
+    ), f"{len(refused)} ids of {kind}_nowait() calls were refused, the first with {first}"
+
+
+class _UnsettledLog:
+    """Warnings about unsettled `ack_nowait` ids, at most one per interval; the rest counted."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: float | None = None
+        self._held = 0
+
+    def add(self, count: int, message: str) -> None:
+        now = self._clock()
+        if self._last is not None and now - self._last < UNSETTLED_WARNING_INTERVAL_S:
+            self._held += count
+            return
+        self._last = now
+        held, self._held = self._held, 0
+        more = f" (and {held} more unsettled since the last warning)" if held else ""
+        _log.warning("%s%s", message, more)
 
 
 def _fail(gathering: _Gathering, error: WeirError) -> None:

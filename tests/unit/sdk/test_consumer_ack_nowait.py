@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -27,6 +28,13 @@ from weir.aio.consumer import Consumer
 from weir.errors import BufferFullError
 
 pytestmark = pytest.mark.timeout(10)
+
+
+def warnings_of(body: Callable[[], Awaitable[None]], caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Runs `body`; the consumer's warnings meanwhile."""
+    with caplog.at_level(logging.WARNING, logger="weir.consumer"):
+        run(body)
+    return [r.getMessage() for r in caplog.records if r.name == "weir.consumer"]
 
 
 def test_acks_of_one_turn_go_in_one_request_and_nothing_waits(
@@ -66,12 +74,33 @@ def test_refused_ids_are_logged_with_their_count_and_first_reason(
             await c.ack(record(0, 3))
             assert len(call.sent("ack")) == 1
 
-    with caplog.at_level(logging.WARNING, logger="weir.consumer"):
-        run(body)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "weir.consumer"]
+    warnings = warnings_of(body, caplog)
     assert len(warnings) == 1
     assert "2 ids of ack_nowait() calls were refused" in warnings[0]
     assert "UNKNOWN_ACK_ID" in warnings[0]
+
+
+def test_warnings_come_at_most_one_per_interval_and_count_the_rest(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = Calls(monkeypatch)
+
+    async def body() -> None:
+        async with queue_consumer() as c:
+            call = calls.last
+            call.refuse = {ack_id(0, o): "UNKNOWN_ACK_ID" for o in range(5)}
+            for offset in range(3):  # three requests, each refused
+                c.ack_nowait(record(0, offset))
+                await c._settler.flush_unwaited()
+            monkeypatch.setattr(_consumer_queue, "UNSETTLED_WARNING_INTERVAL_S", 0.0)
+            c.ack_nowait([record(0, 3), record(0, 4)])
+            await c._settler.flush_unwaited()
+
+    warnings = warnings_of(body, caplog)
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("1 ids of ack_nowait() calls were refused")
+    assert warnings[1].startswith("2 ids of ack_nowait() calls were refused")
+    assert warnings[1].endswith("(and 2 more unsettled since the last warning)")
 
 
 def test_a_request_that_fails_is_logged(
@@ -87,9 +116,7 @@ def test_a_request_that_fails_is_logged(
             await c._settler.flush_unwaited()  # the request times out unanswered
             assert c._settler.outstanding == 0
 
-    with caplog.at_level(logging.WARNING, logger="weir.consumer"):
-        run(body)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "weir.consumer"]
+    warnings = warnings_of(body, caplog)
     assert any("1 ids of ack_nowait() calls were not settled" in w for w in warnings), warnings
 
 
