@@ -16,14 +16,16 @@ wait first (0 within a round of the addresses, a backoff after a full one).
 producer's metadata): retriable failures move to the next node and try
 again, up to `attempts_per_address` times the number of addresses.
 
-A consumer group's coordinator without a leader (`NOT_COORDINATOR`: the
-cluster just started and has not created or elected its coordinator groups
-yet, or the coordinator's node failed) is a wait, not a failed node: it says
-nothing about the node that answered, and right after a cluster starts every
-node answers it, at once, for a second or more. Clients that take a
-`CoordinatorWait` retry those answers (with the same moves and backoff)
-without using attempts, for as long as the wait allows, counted from the
-first of them since the last success, and then raise the last one.
+An election under way elsewhere is a wait, not a failed node: a consumer
+group's coordinator without a leader (`NOT_COORDINATOR`: the cluster just
+started and has not created or elected its coordinator groups yet, or the
+coordinator's node failed), or a partition leader that the answering node's
+relay cannot reach (`RELAY_FAILED`, `RELAY_ENDED`: its node died and no
+successor is elected yet). Such an answer says nothing about the node that
+gave it, and every node gives it, at once, for a second or more. Clients
+that take an `ElectionWait` retry those answers (with the same moves and
+backoff) without using attempts, for as long as the wait allows, counted
+from the first of them since the last success, and then raise the last one.
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ from weir.errors import NotLeaderError, UnavailableError, WeirError
 
 __all__ = [
     "CONNECT_TIMEOUT_S_MAX",
-    "COORDINATOR_WAIT_REASONS",
+    "ELECTION_WAIT_REASONS",
     "Connection",
-    "CoordinatorWait",
+    "ElectionWait",
     "call_unary",
     "connection_lost",
     "moves_node",
@@ -70,13 +72,13 @@ CONNECT_TIMEOUT_S_MAX = 10.0
 _TRANSPORT_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 
 
-# Reasons that mean "the consumer group's state has no leader yet": retried
-# until the coordinator wait runs out, without using attempts.
-COORDINATOR_WAIT_REASONS = frozenset({"NOT_COORDINATOR"})
+# Reasons that mean "an election is under way elsewhere" (module doc):
+# retried until the wait runs out, without using attempts.
+ELECTION_WAIT_REASONS = frozenset({"NOT_COORDINATOR", "RELAY_FAILED", "RELAY_ENDED"})
 
 
-class CoordinatorWait:
-    """The time left to wait for a consumer group's coordinator, from the first answer without one."""
+class ElectionWait:
+    """The time left to wait for an election elsewhere, from the first answer that said so."""
 
     def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout_s = timeout_s
@@ -249,13 +251,14 @@ async def call_unary(
     call: Callable[[grpc.aio.Channel], Awaitable[T]],
     *,
     attempts_per_address: int,
-    coordinator_wait: CoordinatorWait | None = None,
+    coordinator_wait: ElectionWait | None = None,
 ) -> T:
     """Run a unary call on the current node, moving on after retriable failures.
 
     Gives up, raising the last error, after `attempts_per_address` times the
-    number of known addresses. With a `coordinator_wait`, NOT_COORDINATOR
-    answers use no attempt and are retried until that wait runs out. An error that follows a failed attempt whose
+    number of known addresses. With a `coordinator_wait`, answers of
+    `ELECTION_WAIT_REASONS` use no attempt and are retried until that wait
+    runs out. An error that follows a failed attempt whose
     outcome is unknown (the call was sent, the connection died) carries
     metadata `after_unknown_outcome="true"`: a CreateTopic retried this way
     may answer TOPIC_EXISTS for the topic its own first attempt created.
@@ -290,7 +293,7 @@ async def call_unary(
                 if coordinator_wait is not None:
                     coordinator_wait.reset()
                 return result
-        if coordinator_wait is not None and error.reason in COORDINATOR_WAIT_REASONS:
+        if coordinator_wait is not None and error.reason in ELECTION_WAIT_REASONS:
             remaining_s = coordinator_wait.remaining_s()
             if remaining_s <= 0:
                 raise error

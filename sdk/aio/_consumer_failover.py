@@ -6,9 +6,11 @@ a backoff once every node failed. Every retriable error moves on, up to
 `reconnect_attempts` per known address in a row; a received batch or
 assignment starts the count again.
 
-A consumer group's coordinator without a leader (`NOT_COORDINATOR`) is a
-wait, not a failed node (`weir._failover.CoordinatorWait`): those answers
-use no attempt; they are retried for as long as `coordinator_wait_timeout_s`
+A consumer group's coordinator without a leader (`NOT_COORDINATOR`), or a
+partition leader the serving node's relay cannot reach (`RELAY_FAILED`,
+`RELAY_ENDED`: a node died and its successor is not elected yet), is a
+wait, not a failed node (`weir._failover.ElectionWait`): those answers use
+no attempt; they are retried for as long as `coordinator_wait_timeout_s`
 allows, counted from the first of them since the last success (a subscribe
 answered, a batch or an assignment received).
 """
@@ -19,7 +21,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from weir._failover import COORDINATOR_WAIT_REASONS, Connection, CoordinatorWait
+from weir._failover import ELECTION_WAIT_REASONS, Connection, ElectionWait
 from weir.errors import UnavailableError, WeirError
 
 
@@ -36,7 +38,7 @@ class Failover:
     ) -> None:
         self._conn = conn
         self._reconnect_attempts = reconnect_attempts
-        self.coordinator_wait = CoordinatorWait(coordinator_wait_timeout_s, clock)
+        self.coordinator_wait = ElectionWait(coordinator_wait_timeout_s, clock)
         self.failures = 0
 
     def succeeded(self, address: str) -> None:
@@ -54,7 +56,7 @@ class Failover:
         """
         if not error.retriable:
             raise error
-        if error.reason in COORDINATOR_WAIT_REASONS:
+        if error.reason in ELECTION_WAIT_REASONS:
             remaining_s = self.coordinator_wait.remaining_s()
             if remaining_s <= 0:
                 raise error

@@ -19,7 +19,7 @@ from typing import Any
 import grpc.aio
 
 from weir._conn import admin_stub
-from weir._failover import Connection, CoordinatorWait, call_unary
+from weir._failover import Connection, ElectionWait, call_unary
 from weir._nodes import Bootstrap
 from weir.errors import ClosedError
 from weir.group_types import GroupInfo, GroupSummary
@@ -139,7 +139,7 @@ class Admin:
             self._conn,
             attempt,
             attempts_per_address=self._attempts,
-            coordinator_wait=CoordinatorWait(self._coordinator_wait_s),
+            coordinator_wait=ElectionWait(self._coordinator_wait_s),
         )
 
     async def create_topic(

@@ -34,7 +34,9 @@ reconnect once the records already buffered have been yielded.
 Failover: a reconnect goes to the next node of the bootstrap list (or to the
 leader a NOT_LEADER error names), at once within a round of the addresses
 and after a backoff once every node failed; a group's coordinator without a
-leader (NOT_COORDINATOR) is waited for up to `coordinator_wait_timeout_ms`.
+leader (NOT_COORDINATOR), or a partition leader the node's relay cannot reach
+while its successor is elected (RELAY_FAILED, RELAY_ENDED), is waited for up
+to `coordinator_wait_timeout_ms`.
 It resumes each partition at the offset after the last record the
 application took, so the SDK neither skips nor repeats a record across the
 move.
@@ -143,11 +145,15 @@ class Consumer:
         retry_backoff_ms: The wait after a full round of failed nodes; it
             doubles up to 5 s, with +-20% jitter.
         coordinator_wait_timeout_ms: How long subscribing keeps trying
-            while the group's coordinator has no leader (NOT_COORDINATOR:
-            right after a cluster starts, or while the coordinator moves)
-            before that error is raised; such answers use no
-            `reconnect_attempts`. Counted from the first of them since the
-            last subscribe, batch or assignment that succeeded.
+            while an election is under way elsewhere: the group's
+            coordinator has no leader (NOT_COORDINATOR: right after a
+            cluster starts, or while the coordinator moves), or the serving
+            node cannot reach a partition's leader through its relay
+            (RELAY_FAILED, RELAY_ENDED: that leader's node died and no
+            successor is elected yet) before that error is raised; such
+            answers use no `reconnect_attempts`. Counted from the first of
+            them since the last subscribe, batch or assignment that
+            succeeded.
         rng: Randomness for the first node and the backoff jitter.
         keepalive_time_ms: Interval of HTTP/2 keepalive pings while the
             stream is open (None: no pings). Weir's nodes accept every 5 s

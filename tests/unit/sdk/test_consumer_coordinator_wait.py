@@ -1,4 +1,4 @@
-"""The consumer waits for a group's coordinator (NOT_COORDINATOR) up to its deadline.
+"""The consumer waits for an election elsewhere (NOT_COORDINATOR, RELAY_FAILED) up to its deadline.
 
 Against scripted nodes (tests/unit/sdk/fakes.py): NOT_COORDINATOR answers
 use no reconnect attempt and are retried until `coordinator_wait_timeout_ms`
@@ -162,3 +162,25 @@ def test_other_errors_still_use_attempts_during_a_wait(monkeypatch: pytest.Monke
 def test_a_negative_wait_is_refused() -> None:
     with pytest.raises(ValueError, match="coordinator_wait_timeout_ms"):
         Consumer("a:1", "t", group="g", coordinator_wait_timeout_ms=-1)
+
+
+@pytest.mark.parametrize("reason", ["RELAY_FAILED", "RELAY_ENDED"])
+def test_a_relay_that_cannot_reach_a_leader_is_waited_for_too(
+    monkeypatch: pytest.MonkeyPatch, reason: str
+) -> None:
+    # A node died and its partitions' successors are not elected yet: every
+    # survivor answers this, so it must not use up the attempts.
+    clock = Clock()
+    moves = failover(monkeypatch, clock)
+    relay_down = make_error(grpc.StatusCode.UNAVAILABLE, reason, "connection refused")
+
+    async def body() -> None:
+        for i in range(20):
+            await moves.move_on(ADDRESSES[i % 2], relay_down)
+            clock.now += 0.4
+        assert moves.failures == 0
+        clock.now += 2.0  # 10 s since the first
+        with pytest.raises(UnavailableError, match=reason):
+            await moves.move_on(ADDRESSES[0], relay_down)
+
+    run(body)
