@@ -444,11 +444,13 @@ class _QueueStream:
         ]
         for task in tasks:
             task.add_done_callback(self._on_task_done)
+        unlisten = self._queues.host.on_leader_change(self._on_leader)
         try:
             await self._write_loop()
         except StorageError as exc:
             raise storage_failure(exc, self._topic.name) from None
         finally:
+            unlisten()
             for task in (*tasks, *self._settlers, *self._relay_tasks):
                 task.cancel()
             await asyncio.gather(
@@ -461,6 +463,20 @@ class _QueueStream:
                 queue.detach(self, self.token)
         if self._failure is not None:
             raise self._failure
+
+    def _on_leader(self, group_id: int, leader_id: int) -> None:
+        """A group hosted here has a new leader: a relay still reading one of its
+        partitions from another node is abandoned (queue_relay.py, "Ending")."""
+        if not leader_id:
+            return  # an election under way: its winner tells
+        group_ids = self._topic.group_ids
+        for number, relay in list(self._relays.items()):
+            if (
+                number < len(group_ids)
+                and group_ids[number] == group_id
+                and relay.leader_id != leader_id
+            ):
+                relay.abandon(leader_id)
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -22,7 +22,12 @@ not lead them (any more) refuses with NOT_LEADER instead of relaying again.
 - **Ending.** A relay that ends with NOT_LEADER, UNAVAILABLE or
   DEADLINE_EXCEEDED (the leader moved or died) is reopened by the client's
   stream to the partition's new leader (or served here if that is this
-  node). Any other status ends the client's stream with it.
+  node). Any other status ends the client's stream with it. A leader that
+  stops without closing its connections (a frozen process or host, a
+  network that drops packets) ends nothing, so the client's stream also
+  `abandon()`s a relay as soon as this node hears that one of its
+  partitions has another leader: the relay then ends with NOT_LEADER and is
+  reopened there.
 - **Leaders of partitions with no replica here** (more nodes than the
   replication factor): this node's Raft host knows only the leaders of
   groups it hosts. `RelayLeaders` guesses the others from the
@@ -207,6 +212,25 @@ class Relay:
         # One write at a time on the call: grants come from the client stream's
         # writer, requests from its settling tasks.
         self._write_lock = asyncio.Lock()
+        # Set by `abandon`: what `run` returns once the call's cancel reaches it.
+        self._abandoned: BrokerError | None = None
+
+    def abandon(self, leader_id: int) -> None:
+        """End the relay from this side: `leader_id` leads one of its partitions now.
+
+        `run` then returns NOT_LEADER naming it, so the client's stream
+        reopens the partitions where they are led; nothing else would end a
+        relay to a leader that stopped without closing its connections.
+        """
+        if self._abandoned is not None or self._call is None:
+            return
+        self._abandoned = BrokerError(
+            grpc.StatusCode.UNAVAILABLE,
+            "NOT_LEADER",
+            f"node {leader_id} leads a partition the relay to node {self.leader_id} read",
+            {"leader_id": leader_id},
+        )
+        self._call.cancel()
 
     async def open(self) -> broker_pb2.Subscribed:
         """Subscribe on the leader; raises its refusal as a BrokerError."""
@@ -257,6 +281,13 @@ class Relay:
                     self._on_response(self, response)
         except grpc.aio.AioRpcError as rpc_error:
             error = broker_error(rpc_error, "RELAY_ENDED")
+        except asyncio.CancelledError:
+            # The call's own cancel (abandon) raises this in `read`; a cancel
+            # of the task that runs us is passed on.
+            task = asyncio.current_task()
+            if self._abandoned is None or (task is not None and task.cancelling()):
+                raise
+            error = self._abandoned
         self.failure = error
         for future in self._answers.values():
             if not future.done():
