@@ -305,6 +305,7 @@ class _QueueStream:
             partitions,
             self._on_relayed,
             self._config.request_bytes_max,
+            2 * self._config.keepalive_client_ping_interval_ms_min,
         )
         for number in partitions:
             self._relays[number] = relay

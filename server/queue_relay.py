@@ -27,7 +27,13 @@ not lead them (any more) refuses with NOT_LEADER instead of relaying again.
   network that drops packets) ends nothing, so the client's stream also
   `abandon()`s a relay as soon as this node hears that one of its
   partitions has another leader: the relay then ends with NOT_LEADER and is
-  reopened there.
+  reopened there. A node that hosts no replica of the partition hears of no
+  election, so relay channels also ping (HTTP/2 keepalive, `keepalive_ms`
+  from the node's own ping policy, RELAY_KEEPALIVE_TIMEOUT_MS to answer):
+  a frozen leader's relay fails (measured: "ping timeout" about a minute
+  after the relay opened, although pings are due every 10 s) and moves to
+  the next guess. A relay's subscribe is answered within RELAY_OPEN_TIMEOUT_S or
+  fails RELAY_FAILED, so opening one on a frozen node never hangs.
 - **Leaders of partitions with no replica here** (more nodes than the
   replication factor): this node's Raft host knows only the leaders of
   groups it hosts. `RelayLeaders` guesses the others from the
@@ -67,6 +73,12 @@ REOPEN_CODES = (
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.CANCELLED,
 )
+# A relay's subscribe not answered within this fails RELAY_FAILED (a frozen node).
+RELAY_OPEN_TIMEOUT_S = 10.0
+# The shortest interval of a relay channel's keepalive pings, and how long a
+# ping may go unanswered before the channel (and the relay) fails.
+RELAY_KEEPALIVE_MS_MIN = 10_000
+RELAY_KEEPALIVE_TIMEOUT_MS = 10_000
 # Requests a relay has sent and not yet seen answered (the client's own bound,
 # ANSWERS_INFLIGHT_MAX, keeps it far lower).
 RELAY_REQUESTS_MAX = 1024
@@ -183,6 +195,7 @@ class Relay:
         partitions: list[int],
         on_response: Callable[[Relay, broker_pb2.ConsumeResponse], None],
         message_bytes_max: int,
+        keepalive_ms: int = RELAY_KEEPALIVE_MS_MIN,
     ) -> None:
         self.leader_id = leader_id
         self.address = address
@@ -200,6 +213,12 @@ class Relay:
             options=[
                 ("grpc.max_receive_message_length", message_bytes_max),
                 ("grpc.max_send_message_length", message_bytes_max),
+                ("grpc.keepalive_time_ms", max(keepalive_ms, RELAY_KEEPALIVE_MS_MIN)),
+                ("grpc.keepalive_timeout_ms", RELAY_KEEPALIVE_TIMEOUT_MS),
+                ("grpc.keepalive_permit_without_calls", 0),
+                # Without this gRPC stops pinging after two pings on a stream
+                # that sends nothing (as weir._conn says).
+                ("grpc.http2.max_pings_without_data", 0),
             ],
         )
         self._call: Any = None
@@ -240,11 +259,20 @@ class Relay:
             response_deserializer=broker_pb2.ConsumeResponse.FromString,
         )(metadata=RELAY_METADATA)
         try:
-            await self._call.write(broker_pb2.ConsumeRequest(subscribe=self._subscribe))
-            first = await self._call.read()
+            async with asyncio.timeout(RELAY_OPEN_TIMEOUT_S):
+                await self._call.write(broker_pb2.ConsumeRequest(subscribe=self._subscribe))
+                first = await self._call.read()
         except grpc.aio.AioRpcError as error:
             await self.close()
             raise broker_error(error, "RELAY_FAILED") from None
+        except TimeoutError:
+            await self.close()
+            raise BrokerError(
+                grpc.StatusCode.UNAVAILABLE,
+                "RELAY_FAILED",
+                f"node {self.leader_id} did not answer the relay's subscribe within"
+                f" {RELAY_OPEN_TIMEOUT_S:.0f} s",
+            ) from None
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "subscribed":
             await self.close()
             raise BrokerError(

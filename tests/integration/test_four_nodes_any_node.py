@@ -7,7 +7,8 @@ partition's leader and offsets as its replicas know them, a produce is
 forwarded to the leader (or answered NOT_LEADER naming it), a
 stream-mode member there commits what it read through the relay, and a
 queue-mode consumer there gets and acks the records through a relay to
-the leader. One
+the leader, also after that leader froze (SIGSTOP: the outsider hears of no
+election, so its relay's keepalive ends it, within about a minute). One
 cluster serves the whole module; each test has a topic of its own.
 """
 
@@ -22,7 +23,7 @@ import grpc
 import pytest
 
 import weir.aio
-from tests.integration.test_cluster_replication import wait_ready
+from tests.integration.test_cluster_replication import leaders, wait_ready
 from tests.support.cluster_process import ClusterProcess
 from tests.support.raw_client import (
     ConsumeStream,
@@ -39,6 +40,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 DEADLINE_S = 60.0
 RECORDS = 10
 COMMITTED = 6
+# The records of a partition whose leader froze reach a consumer on a node
+# without a replica within this, counted from the new leader's election.
+FROZEN_RELAY_DEADLINE_S = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +258,56 @@ def test_a_queue_consumer_on_a_node_without_a_replica_gets_and_acks_every_record
                 await asyncio.sleep(0.05)
 
     asyncio.run(asyncio.wait_for(settled_at_the_leader(), DEADLINE_S))
+
+
+def test_a_queue_consumer_on_a_node_without_a_replica_moves_off_a_frozen_leader(
+    cluster: ClusterProcess,
+) -> None:
+    """Last in the module: it freezes a node (and thaws it before it returns)."""
+    outsider, replicas = create(cluster, "thaw")
+    with RawClient(cluster.address(replicas[0])) as client:
+        answer = produce_at(client, "thaw", [b"before-%d" % i for i in range(RECORDS)])
+        assert not answer.HasField("error"), answer
+    leader = leaders(cluster.address(replicas[0]), "thaw")[0]
+    assert leader in replicas
+    others = [n for n in replicas if n != leader]
+
+    async def consume(consumer: weir.aio.Consumer, prefix: bytes) -> None:
+        got: set[bytes] = set()
+        while len(got) < RECORDS:
+            for record in await consumer.poll_batch(RECORDS, timeout_s=1):
+                if record.value.startswith(prefix):
+                    got.add(record.value)
+                consumer.ack_nowait(record)
+
+    async def body() -> None:
+        async with weir.aio.Consumer(
+            cluster.address(outsider), "thaw", group="q", mode="queue", start="earliest"
+        ) as consumer:
+            async with asyncio.timeout(DEADLINE_S):
+                await consume(consumer, b"before-")
+            cluster.pause(leader)
+            try:
+                await asyncio.to_thread(
+                    cluster.wait_until,
+                    lambda: leaders(cluster.address(others[0]), "thaw")[0] in others,
+                    DEADLINE_S,
+                    f"a new leader of 'thaw' while node {leader} is frozen",
+                )
+                frozen_at = time.monotonic()
+                new_leader = leaders(cluster.address(others[0]), "thaw")[0]
+                with RawClient(cluster.address(new_leader)) as client:
+                    answer = produce_at(client, "thaw", [b"during-%d" % i for i in range(RECORDS)])
+                assert not answer.HasField("error"), answer
+                # Once the relay's keepalive ends it (about a minute after it
+                # opened, measured: "ping timeout"), and a reopen.
+                async with asyncio.timeout(FROZEN_RELAY_DEADLINE_S):
+                    await consume(consumer, b"during-")
+                print(
+                    f"node {leader} frozen; its records reached the outsider's consumer "
+                    f"{time.monotonic() - frozen_at:.1f} s after node {new_leader} led"
+                )
+            finally:
+                cluster.resume(leader)
+
+    asyncio.run(body())
