@@ -273,6 +273,14 @@ class Relay:
                 f"node {self.leader_id} did not answer the relay's subscribe within"
                 f" {RELAY_OPEN_TIMEOUT_S:.0f} s",
             ) from None
+        except asyncio.CancelledError:
+            # Abandoned while opening (its partition's leader changed): the
+            # caller moves on as after a refusal; a cancel of the task is passed on.
+            task = asyncio.current_task()
+            if self._abandoned is None or (task is not None and task.cancelling()):
+                raise
+            await self.close()
+            raise self._abandoned from None
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "subscribed":
             await self.close()
             raise BrokerError(
