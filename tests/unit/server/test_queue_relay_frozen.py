@@ -11,6 +11,7 @@ would reach the stream's own task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -51,6 +52,22 @@ async def silent_node(answer_subscribe: bool) -> tuple[grpc.aio.Server, str]:
 def relay_to(address: str) -> Relay:
     subscribe = broker_pb2.Subscribe(topic="t", group="g", mode=broker_pb2.CONSUME_MODE_QUEUE)
     return Relay(2, address, subscribe, [0], lambda relay, response: None, 4 * 1024 * 1024)
+
+
+@contextlib.asynccontextmanager
+async def running_relay() -> AsyncIterator[tuple[Relay, asyncio.Task[BrokerError]]]:
+    """A relay whose subscribe was answered, running, to a node that then says nothing."""
+    server, address = await silent_node(answer_subscribe=True)
+    relay = relay_to(address)
+    try:
+        await relay.open()
+        running = asyncio.create_task(relay.run())
+        await asyncio.sleep(0.1)
+        assert not running.done()  # nothing ends it on its own
+        yield relay, running
+    finally:
+        await relay.close()
+        await server.stop(None)
 
 
 def test_a_subscribe_nobody_answers_fails_relay_failed_in_bounded_time(
@@ -97,38 +114,21 @@ def test_abandoning_an_opening_relay_raises_not_leader_naming_the_new_leader() -
 
 def test_abandoning_a_running_relay_ends_it_with_not_leader() -> None:
     async def main() -> None:
-        server, address = await silent_node(answer_subscribe=True)
-        relay = relay_to(address)
-        try:
-            await relay.open()
-            running = asyncio.create_task(relay.run())
-            await asyncio.sleep(0.1)
-            assert not running.done()  # nothing ends it on its own
+        async with running_relay() as (relay, running):
             relay.abandon(3)
             ended = await running
             assert (ended.reason, ended.metadata["leader_id"]) == ("NOT_LEADER", "3")
             assert relay.failure is ended
-        finally:
-            await relay.close()
-            await server.stop(None)
 
     run(main)
 
 
 def test_cancelling_the_task_that_runs_a_relay_still_cancels_it() -> None:
     async def main() -> None:
-        server, address = await silent_node(answer_subscribe=True)
-        relay = relay_to(address)
-        try:
-            await relay.open()
-            running = asyncio.create_task(relay.run())
-            await asyncio.sleep(0.1)
+        async with running_relay() as (relay, running):
             relay.abandon(3)
             running.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await running
-        finally:
-            await relay.close()
-            await server.stop(None)
 
     run(main)
