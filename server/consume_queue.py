@@ -454,14 +454,19 @@ class _QueueStream:
             unlisten()
             for task in (*tasks, *self._settlers, *self._relay_tasks):
                 task.cancel()
-            await asyncio.gather(
-                *tasks, *self._settlers, *self._relay_tasks, return_exceptions=True
-            )
-            await asyncio.gather(
-                *(r.close() for r in set(self._relays.values())), return_exceptions=True
-            )
-            for queue in self._touched.values():
-                queue.detach(self, self.token)
+            try:
+                await asyncio.gather(
+                    *tasks, *self._settlers, *self._relay_tasks, return_exceptions=True
+                )
+                await asyncio.gather(
+                    *(r.close() for r in set(self._relays.values())), return_exceptions=True
+                )
+            finally:
+                # Also when the client's cancel reaches this handler during the
+                # awaits above (its stream ended first): skipping this left the
+                # stream's records in flight until their deadline (CI, 1 run in ~8).
+                for queue in self._touched.values():
+                    queue.detach(self, self.token)
         if self._failure is not None:
             raise self._failure
 
