@@ -13,7 +13,7 @@ docs/groups.md "Queue mode: the state machine" describes how they fit.
 """
 
 from .ackid import AckId, decode_ack_id, encode_ack_id
-from .applied import AppliedQueueState, PendingRecord
+from .applied import AppliedQueueState, PendingRecord, PendingRecords
 from .codec import decode_control, encode_control
 from .errors import InvalidNackDelay, NotInFlight, QueueError, QueueGroupsFull, UnknownAckId
 from .state import QueueDispatch, backoff_ms
@@ -25,6 +25,7 @@ from .types import (
     DeadLettered,
     Delivered,
     DeliveredRecord,
+    DeliveredRun,
     Delivery,
     Nacked,
     Outcome,
@@ -42,12 +43,14 @@ __all__ = [
     "DeadLettered",
     "Delivered",
     "DeliveredRecord",
+    "DeliveredRun",
     "Delivery",
     "InvalidNackDelay",
     "Nacked",
     "NotInFlight",
     "Outcome",
     "PendingRecord",
+    "PendingRecords",
     "QueueConfig",
     "QueueDispatch",
     "QueueError",

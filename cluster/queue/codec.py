@@ -18,18 +18,18 @@ like the storage codec. Decoding refuses anything malformed with
 
 from __future__ import annotations
 
-import itertools
 import struct
 from collections.abc import Sequence
 
 from ..storage.errors import CorruptEntryError
 from .types import (
     ATTEMPT_MAX,
+    RUN_RECORDS_MAX,
     Acked,
     ControlRecord,
     DeadLettered,
     Delivered,
-    DeliveredRecord,
+    DeliveredRun,
     Nacked,
 )
 
@@ -54,24 +54,6 @@ _RANGE = struct.Struct(">QI")
 _NACKED = struct.Struct(">QIqH")
 
 
-def _runs(records: Sequence[DeliveredRecord]) -> list[list[DeliveredRecord]]:
-    """Consecutive offsets with one attempt and the same keyedness form a run."""
-    runs: list[list[DeliveredRecord]] = []
-    for r in records:
-        last = runs[-1][-1] if runs else None
-        if (
-            last is not None
-            and r.offset == last.offset + 1
-            and r.attempt == last.attempt
-            and (r.key_hash is None) == (last.key_hash is None)
-            and len(runs[-1]) < 2**32 - 1
-        ):
-            runs[-1].append(r)
-        else:
-            runs.append([r])
-    return runs
-
-
 def _encode_ranges(kind: int, ranges: tuple[tuple[int, int], ...]) -> bytes:
     parts = [_KIND.pack(kind), _COUNT32.pack(len(ranges))]
     for first, end in ranges:
@@ -82,14 +64,13 @@ def _encode_ranges(kind: int, ranges: tuple[tuple[int, int], ...]) -> bytes:
 
 def encode_record(record: ControlRecord) -> bytes:
     match record:
-        case Delivered(cursor, records):
-            runs = _runs(records)
+        case Delivered(cursor, runs):
             parts = [_KIND.pack(KIND_DELIVERED), _DELIVERED.pack(cursor, len(runs))]
-            for run in runs:
-                keyed = run[0].key_hash is not None
-                parts.append(_RUN.pack(run[0].offset, len(run), run[0].attempt, int(keyed)))
-                if keyed:
-                    parts.extend(_KEY.pack(r.key_hash) for r in run if r.key_hash is not None)
+            for first, count, attempt, keys in runs:
+                assert 0 < count <= RUN_RECORDS_MAX and (keys is None or len(keys) == count)
+                parts.append(_RUN.pack(first, count, attempt, int(keys is not None)))
+                if keys is not None:
+                    parts.append(struct.pack(f">{count}I", *keys))
             return b"".join(parts)
         case Acked(ranges):
             return _encode_ranges(KIND_ACKED, ranges)
@@ -157,22 +138,17 @@ def _decode_record(reader: _Reader) -> ControlRecord:
     (kind,) = reader.take(_KIND)
     if kind == KIND_DELIVERED:
         cursor, run_count = reader.take(_DELIVERED)
-        records: list[DeliveredRecord] = []
+        runs: list[DeliveredRun] = []
         for _ in range(run_count):
             first, count, attempt, keyed = reader.take(_RUN)
             _check_attempt(attempt)
             if count == 0 or keyed not in (0, 1):
                 raise CorruptEntryError(f"queue delivery run of {count} (keyed {keyed})")
-            # A run is decoded in one step (no per-record `take`): a turn
-            # delivers thousands of records and every replica decodes them.
-            if keyed:
-                keys = reader.take(struct.Struct(f">{count}I"))
-                records.extend(map(DeliveredRecord, range(first, first + count),
-                                   itertools.repeat(attempt), keys))  # fmt: skip
-            else:
-                records.extend(map(DeliveredRecord, range(first, first + count),
-                                   itertools.repeat(attempt)))  # fmt: skip
-        return Delivered(cursor, tuple(records))
+            # A run is decoded in one step, never per record: a turn delivers
+            # thousands of records and every replica decodes them.
+            keys = reader.take(struct.Struct(f">{count}I")) if keyed else None
+            runs.append(DeliveredRun(first, count, attempt, keys))
+        return Delivered(cursor, tuple(runs))
     if kind == KIND_ACKED:
         return Acked(_decode_ranges(reader))
     if kind == KIND_DEAD_LETTERED:

@@ -10,39 +10,45 @@ drains it every turn (`take`), so it holds one turn's events.
 
 from __future__ import annotations
 
-from .types import Acked, ControlRecord, DeadLettered, Delivered, DeliveredRecord, Nacked
+from collections.abc import Iterable
+
+from .types import Acked, ControlRecord, DeadLettered, Delivered, Nacked, RunBuilder
 
 
 class ControlOutbox:
-    __slots__ = ("_acked", "_dead", "_records")
+    __slots__ = ("_acked", "_cursor", "_dead", "_records", "_runs")
 
     def __init__(self) -> None:
         self._records: list[ControlRecord] = []
-        # Open ranges of the newest Acked or DeadLettered (only one is open).
+        # The open Delivered (at most one record is open: it, or a range list):
+        # its runs so far and its latest cursor (None: none is open).
+        self._runs = RunBuilder()
+        self._cursor: int | None = None
+        # Open ranges of the newest Acked or DeadLettered.
         self._acked: list[tuple[int, int]] = []
         self._dead: list[tuple[int, int]] = []
 
-    def delivered(self, cursor: int, records: list[DeliveredRecord]) -> None:
-        self._close_ranges()
-        previous = self._records[-1] if self._records else None
-        if isinstance(previous, Delivered):
-            assert cursor >= previous.cursor
-            self._records[-1] = Delivered(cursor, previous.records + tuple(records))
-        else:
-            self._records.append(Delivered(cursor, tuple(records)))
+    def delivered(self, cursor: int, deliveries: Iterable[tuple[int, int, int | None]]) -> None:
+        """Records (offset, attempt, key hash) handed out, and the cursor after them."""
+        if self._acked or self._dead:
+            self._close_ranges()
+        assert self._cursor is None or cursor >= self._cursor
+        self._cursor = cursor
+        for offset, attempt, key_hash in deliveries:
+            self._runs.add(offset, attempt, key_hash)
 
     def nacked(self, record: Nacked) -> None:
-        self._close_ranges()
+        self._close()
         self._records.append(record)
 
     def acked(self, offset: int) -> None:
-        if self._dead:
-            self._close_ranges()
+        if self._dead or self._cursor is not None:
+            self._close()
         self._add(self._acked, offset)
 
     def dead_lettered(self, offset: int) -> None:
-        if self._acked:
-            self._close_ranges()
+        if self._acked or self._cursor is not None:
+            self._close()
         self._add(self._dead, offset)
 
     @staticmethod
@@ -51,6 +57,12 @@ class ControlOutbox:
             ranges[-1] = (ranges[-1][0], offset + 1)
         else:
             ranges.append((offset, offset + 1))
+
+    def _close(self) -> None:
+        if self._cursor is not None:
+            self._records.append(Delivered(self._cursor, self._runs.take()))
+            self._cursor = None
+        self._close_ranges()
 
     def _close_ranges(self) -> None:
         if self._acked:
@@ -61,6 +73,6 @@ class ControlOutbox:
             self._dead.clear()
 
     def take(self) -> list[ControlRecord]:
-        self._close_ranges()
+        self._close()
         records, self._records = self._records, []
         return records

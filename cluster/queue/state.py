@@ -61,7 +61,6 @@ from .types import (
     Candidate,
     ControlRecord,
     DeadLetter,
-    DeliveredRecord,
     Delivery,
     Nacked,
     Outcome,
@@ -353,10 +352,10 @@ class QueueDispatch:
         if not out and cursor == self._recorded_cursor:
             return
         self._recorded_cursor = cursor
-        records = [
-            DeliveredRecord(x.offset, x.attempt, self.in_flight[x.offset].key_hash) for x in out
-        ]
-        self._outbox.delivered(cursor, records)
+        in_flight = self.in_flight
+        self._outbox.delivered(
+            cursor, [(x.offset, x.attempt, in_flight[x.offset].key_hash) for x in out]
+        )
 
     def _is_unscanned(self, offset: int) -> bool:
         return offset in self._held_offsets

@@ -15,6 +15,7 @@ leader writes to the partition log (codec.py) and every replica applies
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -105,9 +106,74 @@ class DeliveredRecord(NamedTuple):
     key_hash: int | None = None
 
 
+class DeliveredRun(NamedTuple):
+    """`length` records from offset `first` on, all handed out as `attempt`.
+
+    `key_hashes` is None for records without a key, else one hash per
+    record: a run never mixes the two. Runs are what the leader records and
+    replicas apply, so a turn's thousands of first deliveries cost a few
+    runs, not an object per record, on every replica.
+    """
+
+    first: int
+    length: int
+    attempt: int
+    key_hashes: tuple[int, ...] | None = None
+
+
+# A run's count travels as u32 (codec.py).
+RUN_RECORDS_MAX = 2**32 - 1
+
+
+class RunBuilder:
+    """Gathers deliveries into runs as they come (one list append per keyed record)."""
+
+    __slots__ = ("_attempt", "_count", "_first", "_keys", "_runs")
+
+    def __init__(self) -> None:
+        self._runs: list[DeliveredRun] = []
+        self._first = self._count = self._attempt = 0
+        self._keys: list[int] | None = None
+
+    def add(self, offset: int, attempt: int, key_hash: int | None) -> None:
+        if (
+            self._count
+            and offset == self._first + self._count
+            and attempt == self._attempt
+            and (key_hash is None) == (self._keys is None)
+            and self._count < RUN_RECORDS_MAX
+        ):
+            self._count += 1
+            if key_hash is not None and self._keys is not None:
+                self._keys.append(key_hash)
+            return
+        self._close()
+        self._first, self._count, self._attempt = offset, 1, attempt
+        self._keys = None if key_hash is None else [key_hash]
+
+    def _close(self) -> None:
+        if self._count:
+            keys = None if self._keys is None else tuple(self._keys)
+            self._runs.append(DeliveredRun(self._first, self._count, self._attempt, keys))
+            self._count = 0
+
+    def take(self) -> tuple[DeliveredRun, ...]:
+        self._close()
+        runs, self._runs = tuple(self._runs), []
+        return runs
+
+
+def runs_of(records: Iterable[DeliveredRecord]) -> tuple[DeliveredRun, ...]:
+    """Consecutive offsets with one attempt and the same keyedness form a run."""
+    builder = RunBuilder()
+    for offset, attempt, key_hash in records:
+        builder.add(offset, attempt, key_hash)
+    return builder.take()
+
+
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """Records handed out (after the fact), and the leader's scan position.
+    """Records handed out (after the fact), as runs, and the leader's scan position.
 
     `cursor` is where a new leader starts reading new records: every offset
     below it was delivered, is delayed (the delayed-record index offers it
@@ -116,7 +182,17 @@ class Delivered:
     """
 
     cursor: int
-    records: tuple[DeliveredRecord, ...]
+    runs: tuple[DeliveredRun, ...]
+
+    @classmethod
+    def of(cls, cursor: int, records: Iterable[DeliveredRecord]) -> Delivered:
+        return cls(cursor, runs_of(records))
+
+    def records(self) -> Iterator[DeliveredRecord]:
+        """One per record, in order (for tests and tools: replicas apply the runs)."""
+        for first, count, attempt, keys in self.runs:
+            for i in range(count):
+                yield DeliveredRecord(first + i, attempt, None if keys is None else keys[i])
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,9 @@ A row holds the group's whole state, rewritten when an apply changes it
 (once per writer op, whatever the number of entries): its size is bounded
 by what the leader bounds (`queue_pending_max`), but a large state costs
 its size on every turn that changes it (docs/storage.md "Queue state").
+Records delivered once and in flight, most of a busy group's state, are
+ranges in the row (format version 2), so that size is mostly what was
+nacked, redelivered or keyed.
 
 Apply is total: a payload that does not decode (a leader validates what it
 proposes, so only damage or a bug gets here) is logged, counted
@@ -51,14 +54,19 @@ QUEUE_GROUPS_PER_PARTITION_MAX_DEFAULT = 1_000
 PACKED_SLACK = 64
 # Entries decoded ahead of their apply that are kept (QueueTable.decode).
 DECODED_KEPT_MAX = 256
-ROW_FORMAT_VERSION = 1
+ROW_FORMAT_VERSION = 2
+# Version 1 rows (no plain ranges: every pending record listed) are still read.
+ROW_FORMAT_VERSIONS_READ = (1, 2)
 TABLE_FORMAT_VERSION = 1
 # What a row's key costs (keys.queue_key), and a deleted row.
 QUEUE_KEY_BYTES = 21
 
 # version u8 | name_bytes u16 | name | low_watermark u64 | cursor u64 |
 # dead_lettered_total u64 | range_count u32 | (first u64 | end u64)* |
+# plain_count u32 | (first u64 | end u64)* (not in version 1) |
 # pending_count u32 | pending* | crc32 u32
+# where the plain ranges are records delivered once, without a key, never
+# nacked (applied.PLAIN), and pending lists every other pending record:
 # pending = offset u64 | attempt u32 | flags u8 (1: key hash, 2: due time) |
 #           key_hash u32 | due_ms i64 | error_bytes u16 | error utf-8
 _ROW_HEAD = struct.Struct(">BH")
@@ -69,7 +77,7 @@ _PENDING = struct.Struct(">QIBIqH")
 _FLAG_KEY = 0x01
 _FLAG_DUE = 0x02
 _CRC_BYTES = 4
-ROW_FIXED_BYTES = _ROW_HEAD.size + _ROW_NUMBERS.size + 2 * _COUNT.size + _CRC_BYTES
+ROW_FIXED_BYTES = _ROW_HEAD.size + _ROW_NUMBERS.size + 3 * _COUNT.size + _CRC_BYTES
 PENDING_FIXED_BYTES = _PENDING.size
 RANGE_BYTES = _RANGE.size
 # version u8 | covered_index u64 | count u32, then per group row_bytes u32 | row; crc32 u32.
@@ -239,14 +247,21 @@ class QueueTable:
 
 
 def _growth_bytes(record: ControlRecord) -> int:
-    """How much applying `record` can grow a row, at most."""
+    """How much applying `record` can grow a row, at most: a new range, or a
+    record listed on its own plus the split of the plain range it left."""
     match record:
-        case Delivered(_, records):
-            return PENDING_FIXED_BYTES * len(records)
+        case Delivered(_, runs):
+            return sum(
+                RANGE_BYTES * count
+                if attempt == 1 and keys is None
+                else (PENDING_FIXED_BYTES + RANGE_BYTES) * count
+                for _, count, attempt, keys in runs
+            )
         case Nacked(_, _, _, reason):
-            return PENDING_FIXED_BYTES + len(reason.encode())
+            return PENDING_FIXED_BYTES + RANGE_BYTES + len(reason.encode())
         case Acked(ranges) | DeadLettered(ranges):
-            return RANGE_BYTES * len(ranges)
+            # An acked range, and the split of a plain range it cut.
+            return 2 * RANGE_BYTES * len(ranges)
     raise AssertionError(f"not a control record: {record!r}")
 
 
@@ -282,19 +297,22 @@ def encode_row(name: str, state: AppliedQueueState, packed: PackedPending | None
         _COUNT.pack(len(state.acked)),
     ]
     parts.extend(_RANGE.pack(first, end) for first, end in state.acked.ranges())
-    pending = state.pending
-    parts.append(_COUNT.pack(len(pending)))
+    plain = state.pending.plain
+    parts.append(_COUNT.pack(len(plain)))
+    parts.extend(_RANGE.pack(first, end) for first, end in plain.ranges())
+    other = state.pending.other
+    parts.append(_COUNT.pack(len(other)))
     if packed is None:
-        parts.extend(_pack_pending(offset, pending[offset]) for offset in sorted(pending))
+        parts.extend(_pack_pending(offset, other[offset]) for offset in sorted(other))
     else:
-        for offset in sorted(pending):
-            record = pending[offset]
+        for offset in sorted(other):
+            record = other[offset]
             hit = packed.get(offset)
             if hit is None or hit[0] is not record:
                 hit = packed[offset] = (record, _pack_pending(offset, record))
             parts.append(hit[1])
-        if len(packed) > 2 * len(pending) + PACKED_SLACK:
-            for offset in [o for o in packed if o not in pending]:
+        if len(packed) > 2 * len(other) + PACKED_SLACK:
+            for offset in [o for o in packed if o not in other]:
                 del packed[offset]
     body = b"".join(parts)
     return body + zlib.crc32(body).to_bytes(_CRC_BYTES, "big")
@@ -302,14 +320,15 @@ def encode_row(name: str, state: AppliedQueueState, packed: PackedPending | None
 
 def decode_row(value: bytes | memoryview) -> tuple[str, AppliedQueueState]:
     raw = bytes(value)
-    if len(raw) < ROW_FIXED_BYTES or zlib.crc32(raw[:-_CRC_BYTES]) != int.from_bytes(
+    # The shortest row there is: version 1's, which has no plain ranges' count.
+    if len(raw) < ROW_FIXED_BYTES - _COUNT.size or zlib.crc32(raw[:-_CRC_BYTES]) != int.from_bytes(
         raw[-_CRC_BYTES:], "big"
     ):
         raise CorruptEntryError("queue state row is damaged")
     end = len(raw) - _CRC_BYTES
     try:
         version, name_bytes = _ROW_HEAD.unpack_from(raw)
-        if version != ROW_FORMAT_VERSION:
+        if version not in ROW_FORMAT_VERSIONS_READ:
             raise CorruptEntryError(f"unknown queue state format version {version}")
         at = _ROW_HEAD.size
         name = raw[at : at + name_bytes].decode()
@@ -322,6 +341,13 @@ def decode_row(value: bytes | memoryview) -> tuple[str, AppliedQueueState]:
         for _ in range(range_count):
             acked.append(list(_RANGE.unpack_from(raw, at)))
             at += _RANGE.size
+        plain = []
+        if version >= 2:
+            (plain_count,) = _COUNT.unpack_from(raw, at)
+            at += _COUNT.size
+            for _ in range(plain_count):
+                plain.append(list(_RANGE.unpack_from(raw, at)))
+                at += _RANGE.size
         (pending_count,) = _COUNT.unpack_from(raw, at)
         at += _COUNT.size
         pending = []
@@ -349,6 +375,7 @@ def decode_row(value: bytes | memoryview) -> tuple[str, AppliedQueueState]:
                 "low_watermark": low_watermark,
                 "acked": acked,
                 "cursor": cursor,
+                "plain": plain,
                 "pending": pending,
                 "dead_lettered_total": dead_lettered_total,
             }

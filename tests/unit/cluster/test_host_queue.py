@@ -36,7 +36,7 @@ CLUSTER = "queue-host"
 
 
 def delivered(cursor: int, *offsets: int, attempt: int = 1) -> Delivered:
-    return Delivered(cursor, tuple(DeliveredRecord(o, attempt) for o in offsets))
+    return Delivered.of(cursor, tuple(DeliveredRecord(o, attempt) for o in offsets))
 
 
 TURNS = [

@@ -23,19 +23,23 @@ from weir.cluster.storage.errors import CorruptEntryError
 
 pytestmark = pytest.mark.timeout(10)
 
-DELIVERED = Delivered(10, (DeliveredRecord(3, 1, None), DeliveredRecord(4, 1, None)))
-KEYED = Delivered(10, (DeliveredRecord(3, 2, 0xDEADBEEF), DeliveredRecord(4, 2, 7)))
+DELIVERED = Delivered.of(10, (DeliveredRecord(3, 1, None), DeliveredRecord(4, 1, None)))
+KEYED = Delivered.of(10, (DeliveredRecord(3, 2, 0xDEADBEEF), DeliveredRecord(4, 2, 7)))
 ACKED = Acked(((0, 5), (9, 10)))
 NACKED = Nacked(6, 2, 12_345, "timeout: é")
 DEAD = DeadLettered(((8, 9),))
 
 # (name, base record, the same record with that one field changed)
 FIELDS: list[tuple[str, ControlRecord, ControlRecord]] = [
-    ("delivered.cursor", DELIVERED, Delivered(2**40, DELIVERED.records)),
-    ("delivered.offset", DELIVERED, Delivered(10, (DeliveredRecord(2**50, 1),))),
-    ("delivered.attempt", DELIVERED, Delivered(10, (DeliveredRecord(3, 2**32 - 1),))),
-    ("delivered.key_hash", KEYED, Delivered(10, (KEYED.records[0], DeliveredRecord(4, 2, 8)))),
-    ("delivered.keyedness", DELIVERED, Delivered(10, (DeliveredRecord(3, 1, 0),))),
+    ("delivered.cursor", DELIVERED, Delivered.of(2**40, DELIVERED.records())),
+    ("delivered.offset", DELIVERED, Delivered.of(10, (DeliveredRecord(2**50, 1),))),
+    ("delivered.attempt", DELIVERED, Delivered.of(10, (DeliveredRecord(3, 2**32 - 1),))),
+    (
+        "delivered.key_hash",
+        KEYED,
+        Delivered.of(10, (next(KEYED.records()), DeliveredRecord(4, 2, 8))),
+    ),
+    ("delivered.keyedness", DELIVERED, Delivered.of(10, (DeliveredRecord(3, 1, 0),))),
     ("delivered.records", DELIVERED, Delivered(10, ())),
     ("acked.first", ACKED, Acked(((1, 5), (9, 10)))),
     ("acked.end", ACKED, Acked(((0, 5), (9, 2**31)))),
@@ -66,10 +70,10 @@ def test_the_group_and_the_order_of_records_round_trip() -> None:
 
 
 def test_consecutive_first_deliveries_are_one_run() -> None:
-    many = Delivered(1_000, tuple(DeliveredRecord(o, 1) for o in range(1_000)))
+    many = Delivered.of(1_000, tuple(DeliveredRecord(o, 1) for o in range(1_000)))
     # kind + cursor + run count + one run of 17 bytes, whatever the count.
     assert len(encode_record(many)) == 1 + 12 + 17
-    mixed = Delivered(5, (DeliveredRecord(1, 1), DeliveredRecord(2, 2), DeliveredRecord(4, 2)))
+    mixed = Delivered.of(5, (DeliveredRecord(1, 1), DeliveredRecord(2, 2), DeliveredRecord(4, 2)))
     assert decode_control(encode_control("g", [mixed]))[1] == (mixed,)
 
 

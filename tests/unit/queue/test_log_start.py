@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(10)
 
 def test_records_below_the_log_start_are_written_off_through_the_log() -> None:
     state = AppliedQueueState()
-    state.apply(Delivered(6, tuple(DeliveredRecord(o, 1) for o in range(6))))
+    state.apply(Delivered.of(6, tuple(DeliveredRecord(o, 1) for o in range(6))))
     state.apply(Acked(((0, 2), (4, 5))))
     state.apply(Nacked(3, 1, 9_000, "busy"))
     assert state.below_log_start(2) == ()
@@ -41,6 +41,6 @@ def test_records_below_the_log_start_are_written_off_through_the_log() -> None:
 
 def test_size_counts_pending_records_and_acked_ranges() -> None:
     state = AppliedQueueState()
-    state.apply(Delivered(5, tuple(DeliveredRecord(o, 1) for o in range(5))))
+    state.apply(Delivered.of(5, tuple(DeliveredRecord(o, 1) for o in range(5))))
     state.apply(Acked(((1, 2), (3, 4))))
     assert state.size() == 3 + 2

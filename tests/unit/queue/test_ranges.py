@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from weir.cluster.queue.ranges import AckedOffsets
+from weir.cluster.queue.ranges import AckedOffsets, RangeSet
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -36,3 +36,34 @@ def test_in_order_acks_keep_no_ranges() -> None:
         assert len(acked) == 0
     assert acked.low_watermark == 10_010
     assert acked.add(5, 7) == 0
+
+
+def test_a_range_set_matches_a_plain_set() -> None:
+    rng = random.Random(5)
+    for _ in range(200):
+        ranges, plain = RangeSet(), set()
+        for _ in range(40):
+            first = rng.randrange(50)
+            end = first + rng.randrange(0, 8)
+            span = set(range(first, end))
+            if rng.random() < 0.5:
+                assert ranges.add(first, end) == len(span - plain)
+                plain |= span
+            else:
+                assert ranges.remove(first, end) == len(span & plain)
+                plain -= span
+            ranges.check_invariants()
+            assert ranges.count == len(plain) and list(ranges.offsets()) == sorted(plain)
+            assert all((o in ranges) == (o in plain) for o in range(60))
+            lo = rng.randrange(60)
+            hi = lo + rng.randrange(12)
+            missing = [o for first_, end_ in ranges.missing(lo, hi) for o in range(first_, end_)]
+            assert missing == [o for o in range(lo, hi) if o not in plain]
+
+
+def test_acked_offsets_tell_what_is_missing_above_the_watermark() -> None:
+    acked = AckedOffsets(10)
+    acked.add(12, 14)
+    acked.add(20, 21)
+    assert list(acked.missing(0, 25)) == [(10, 12), (14, 20), (21, 25)]
+    assert list(acked.missing(12, 14)) == [] and list(acked.missing(5, 9)) == []

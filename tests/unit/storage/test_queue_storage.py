@@ -57,7 +57,7 @@ def env(tmp_path: pathlib.Path) -> Iterator[LoopStorage]:
 
 
 def delivered(cursor: int, *offsets: int, attempt: int = 1) -> Delivered:
-    return Delivered(cursor, tuple(DeliveredRecord(o, attempt, o % 3 or None) for o in offsets))
+    return Delivered.of(cursor, tuple(DeliveredRecord(o, attempt, o % 3 or None) for o in offsets))
 
 
 def turn_payloads() -> list[bytes]:
