@@ -286,6 +286,21 @@ class PartitionQueue:
             # what it looks at, not the whole buffer (built for every record,
             # the candidate list made handing out quadratic in the buffer).
             scan = self._scan_candidates()
+            if not delayed and self._buffer:
+                # The fast lane: new records without a key or a future
+                # `deliver_at` go out as one run (QueueDispatch.deliver_new).
+                plain = self._plain_prefix(
+                    records_max - len(out), bytes_max - charged, bytes_soft_max - charged, now, out
+                )
+                first = self.dispatch.cursor
+                count = (
+                    self.dispatch.deliver_new(token, len(plain), deadline_ms, now) if plain else 0
+                )
+                if count:
+                    for offset, taken in enumerate(plain[:count], first):
+                        out.append(HandedOut(Delivery(offset, 1, deadline_ms), taken))
+                        charged += taken.charge
+                    continue
             limit = 1
             if not delayed and self._buffer and self.dispatch.only_new_records(now):
                 # Only records of the buffer can go: as many as fit in the
@@ -333,6 +348,29 @@ class PartitionQueue:
         if out or over is not None:
             self._dirty.set()
         return out, over
+
+    def _plain_prefix(
+        self,
+        records_max: int,
+        bytes_max: int,
+        bytes_soft_max: int,
+        now_ms: int,
+        taken: list[HandedOut],
+    ) -> list[QueueRecord]:
+        """The buffer's first records (from the cursor) that have no key, are
+        due and fit the credit (`bytes_soft_max` once some are taken), in order."""
+        plain: list[QueueRecord] = []
+        charged = 0
+        for record in self._buffer:
+            if len(plain) >= records_max or record.key_hash is not None:
+                break
+            if record.deliver_at_ms is not None and record.deliver_at_ms > now_ms:
+                break
+            charged += record.charge
+            if charged > bytes_max or ((taken or plain) and charged > bytes_soft_max):
+                break
+            plain.append(record)
+        return plain
 
     def _scan_candidates(self) -> Iterator[Candidate]:
         cursor = self.dispatch.cursor

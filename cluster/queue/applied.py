@@ -84,6 +84,11 @@ class PendingRecords(Mapping[int, PendingRecord]):
     def __iter__(self) -> Iterator[int]:
         return merge(self.plain.offsets(), sorted(self.other))
 
+    def end(self) -> int:
+        """One past the highest pending offset (0 if none)."""
+        last = self.plain.last_range()
+        return max(last[1] if last else 0, max(self.other, default=-1) + 1)
+
     def put(self, offset: int, record: PendingRecord) -> None:
         if record == PLAIN:
             self.other.pop(offset, None)

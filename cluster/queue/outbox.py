@@ -37,6 +37,11 @@ class ControlOutbox:
         for offset, attempt, key_hash in deliveries:
             self._runs.add(offset, attempt, key_hash)
 
+    def delivered_run(self, cursor: int, first: int, length: int) -> None:
+        """First deliveries without keys of offsets `[first, first + length)`."""
+        self.delivered(cursor, ())
+        self._runs.add_run(first, length)
+
     def nacked(self, record: Nacked) -> None:
         self._close()
         self._records.append(record)

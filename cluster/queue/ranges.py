@@ -48,10 +48,15 @@ class RangeSet:
     def first_range(self) -> tuple[int, int] | None:
         return (self._starts[0], self._ends[0]) if self._starts else None
 
+    def last_range(self) -> tuple[int, int] | None:
+        return (self._starts[-1], self._ends[-1]) if self._starts else None
+
     def add(self, first: int, end: int) -> int:
         """Adds `[first, end)`; returns how many offsets were not in the set before."""
         if first >= end:
             return 0
+        if end - first == 1:
+            return self._add_one(first)
         # The ranges that touch or overlap [first, end) merge with it into one;
         # their union is contiguous, so what is new is the merged size minus theirs.
         lo = bisect.bisect_left(self._ends, first)
@@ -65,6 +70,27 @@ class RangeSet:
         added = end - first - before
         self.count += added
         return added
+
+    def _add_one(self, offset: int) -> int:
+        # One offset (an ack): at most two neighbours to join, no slices.
+        starts, ends = self._starts, self._ends
+        i = bisect.bisect_right(starts, offset)  # ranges before it: [0, i)
+        if i and offset < ends[i - 1]:
+            return 0
+        joins_before = i > 0 and ends[i - 1] == offset
+        joins_after = i < len(starts) and starts[i] == offset + 1
+        if joins_before and joins_after:
+            ends[i - 1] = ends[i]
+            del starts[i], ends[i]
+        elif joins_before:
+            ends[i - 1] = offset + 1
+        elif joins_after:
+            starts[i] = offset
+        else:
+            starts.insert(i, offset)
+            ends.insert(i, offset + 1)
+        self.count += 1
+        return 1
 
     def remove(self, first: int, end: int) -> int:
         """Removes `[first, end)`; returns how many offsets were in the set."""

@@ -151,6 +151,20 @@ class RunBuilder:
         self._first, self._count, self._attempt = offset, 1, attempt
         self._keys = None if key_hash is None else [key_hash]
 
+    def add_run(self, first: int, length: int) -> None:
+        """`length` records from `first` on, first deliveries without keys."""
+        if (
+            self._count
+            and first == self._first + self._count
+            and self._attempt == 1
+            and self._keys is None
+            and self._count + length <= RUN_RECORDS_MAX
+        ):
+            self._count += length
+            return
+        self._close()
+        self._first, self._count, self._attempt, self._keys = first, length, 1, None
+
     def _close(self) -> None:
         if self._count:
             keys = None if self._keys is None else tuple(self._keys)

@@ -37,6 +37,7 @@ from weir.cluster.queue import (
     ControlRecord,
     DeadLetter,
     DeadLettered,
+    Delivery,
     Outcome,
     QueueConfig,
     QueueDispatch,
@@ -88,10 +89,29 @@ class World:
         self.rng.shuffle(due)
         return tuple(due + new)
 
+    def plain_run(self, limit: int) -> int:
+        """How many records from the cursor have no key and are not delayed now
+        (what the caller of `deliver_new` checks in the records it read)."""
+        d, count = self.leader, 0
+        for o in range(d.cursor, min(self.records, d.cursor + limit)):
+            at = self.deliver_at[o]
+            if self.keys[o] is not None or (at is not None and at > self.now):
+                break
+            count += 1
+        return count
+
     def deliver(self, token: int, limit: int) -> None:
         d = self.leader
         acked_before = {o for o in range(self.records) if o in d.acked}
-        for x in d.deliver(token, limit, self.now + DEADLINE_MS, self.now, self.candidates()):
+        out = []
+        if self.rng.random() < 0.5:
+            # The fast lane first, as the server does; what it leaves, `deliver` decides.
+            first = d.cursor
+            count = d.deliver_new(token, self.plain_run(limit), self.now + DEADLINE_MS, self.now)
+            out = [Delivery(o, 1, self.now + DEADLINE_MS) for o in range(first, first + count)]
+            limit -= count
+        out += d.deliver(token, limit, self.now + DEADLINE_MS, self.now, self.candidates())
+        for x in out:
             assert x.offset not in self.committed_acked, f"committed ack of {x.offset} lost"
             assert x.offset not in acked_before, f"acked {x.offset} handed out again"
             assert x.attempt >= 1
