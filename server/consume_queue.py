@@ -55,9 +55,9 @@ from typing import Any
 import grpc
 
 from weir.cluster import controller as ctl
-from weir.cluster.queue import NotInFlight, Outcome, QueueError, decode_ack_id, encode_ack_id
-from weir.cluster.queue import UnknownAckId as UnknownAckIdError
+from weir.cluster.queue import encode_ack_id
 from weir.cluster.storage import StorageError
+from weir.server import queue_settle
 from weir.server.config import NodeConfig
 from weir.server.consume_commit import storage_failure
 from weir.server.consume_cursor import Credit
@@ -65,22 +65,18 @@ from weir.server.consume_requests import Settlement, read_requests
 from weir.server.consume_start import invalid_subscribe, partition_numbers
 from weir.server.errors import BrokerError, invalid, shutting_down
 from weir.server.queue_dispatch import (
-    NACK_DELAY_MS_MAX,
-    NACK_ERROR_BYTES_MAX,
     HandedOut,
     PartitionQueue,
     QueueDispatcher,
-    queue_error,
 )
 from weir.server.queue_relay import REOPEN_CODES, Relay, RelayLeaders, is_relayed
+from weir.server.queue_settle import ACK_DEADLINE_MS_MAX, ACK_DEADLINE_MS_MIN
 from weir.server.topics import Topic, check_dead_letters
 from weir.v1 import broker_pb2
 
 Context = grpc.aio.ServicerContext[Any, bytes]
 
 ACK_DEADLINE_MS_DEFAULT = 30_000
-ACK_DEADLINE_MS_MIN = 1_000
-ACK_DEADLINE_MS_MAX = 600_000
 ACK_IDS_MAX = 10_000
 # Ack, nack, extension, commit and seek requests read and not yet answered.
 ANSWERS_INFLIGHT_MAX = 16
@@ -667,139 +663,35 @@ class _QueueStream:
         self._touched[partition] = queue
         return queue
 
-    async def _settle(self, kind: str, body: Any) -> None:
+    async def _settle(self, kind: str, body: Settlement) -> None:
         """Apply an ack, nack or extension now; answer it once its turn is durable."""
-        failures: list[broker_pb2.AckFailure] = []
-        turns: dict[int, tuple[asyncio.Future[None], list[int]]] = {}
-        relayed: dict[int, tuple[Relay, list[bytes], list[int]]] = {}
-        refused = _request_refusal(kind, body)
-        now = self._queues.clock_ms()
-        for index, raw in enumerate(body.ack_ids):
-            error = refused or await self._settle_one(kind, body, raw, now, index, turns, relayed)
-            if error is not None:
-                failures.append(broker_pb2.AckFailure(index=index, error=error.to_proto()))
-        task = asyncio.create_task(
-            self._answer_after(kind, body, failures, turns, list(relayed.values()))
+        applied = await queue_settle.apply(
+            self, self._group, self._topic.partition_count, kind, body
         )
+        task = asyncio.create_task(self._answer_after(kind, body, applied))
         self._settlers.add(task)
         task.add_done_callback(self._settlers.discard)
         task.add_done_callback(self._on_task_done)
 
-    async def _settle_one(
-        self,
-        kind: str,
-        body: Any,
-        raw: bytes,
-        now: int,
-        index: int,
-        turns: dict[int, tuple[asyncio.Future[None], list[int]]],
-        relayed: dict[int, tuple[Relay, list[bytes], list[int]]],
-    ) -> BrokerError | None:
-        ack_id = decode_ack_id(self._group, raw)
-        if isinstance(ack_id, UnknownAckIdError):
-            return queue_error(ack_id)
-        if ack_id.partition >= self._topic.partition_count:
-            return queue_error(UnknownAckIdError(f"the topic has no partition {ack_id.partition}"))
-        relay = self._relays.get(ack_id.partition)
-        if relay is not None:
-            relayed.setdefault(id(relay), (relay, [], []))
-            relayed[id(relay)][1].append(raw)
-            relayed[id(relay)][2].append(index)
-            return None
-        queue = self._touched.get(ack_id.partition)
-        if queue is None or queue.failure is not None:
-            try:
-                queue = await self._queue_of(ack_id.partition)
-            except BrokerError as error:
-                return error
-        offset, attempt = ack_id.offset, ack_id.attempt
-        outcome: Outcome | QueueError | None
-        if kind == "ack":
-            outcome = queue.ack(offset, attempt)
-        elif kind == "nack":
-            delay = body.delay_ms if body.HasField("delay_ms") else None
-            outcome = queue.nack(offset, attempt, delay, body.error)
-            if outcome in (Outcome.STALE_ATTEMPT, Outcome.ALREADY_ACKED):
-                outcome = NotInFlight(f"offset {offset} attempt {attempt} is no longer held")
-        else:
-            outcome = queue.extend(offset, attempt, self.token, now + body.extension_ms)
-            if outcome is Outcome.ALREADY_ACKED:
-                outcome = NotInFlight(f"offset {offset} is acked")
-        if isinstance(outcome, QueueError):
-            return queue_error(outcome)
-        if kind != "extend_deadline":
-            turn = turns.get(ack_id.partition)
-            if turn is None:
-                turns[ack_id.partition] = (queue.next_turn(), [index])
-            else:
-                turn[1].append(index)
-        return None
-
     async def _answer_after(
-        self,
-        kind: str,
-        body: Any,
-        failures: list[broker_pb2.AckFailure],
-        turns: dict[int, tuple[asyncio.Future[None], list[int]]],
-        relayed: list[tuple[Relay, list[bytes], list[int]]],
+        self, kind: str, body: Settlement, applied: queue_settle.Applied
     ) -> None:
-        request_id = body.request_id
-        answers = await asyncio.gather(
-            *(relay.request(kind, body, ids) for relay, ids, _ in relayed), return_exceptions=True
-        )
-        for (_, _, indexes), answer in zip(relayed, answers, strict=True):
-            if isinstance(answer, broker_pb2.AckResult):
-                failures.extend(
-                    broker_pb2.AckFailure(index=indexes[f.index], error=f.error)
-                    for f in answer.failures
-                )
-            elif isinstance(answer, BrokerError):
-                failures.extend(
-                    broker_pb2.AckFailure(index=i, error=answer.to_proto()) for i in indexes
-                )
-            else:
-                raise answer
-        for turn, indexes in turns.values():
-            try:
-                await asyncio.shield(turn)
-            except BrokerError as error:
-                failures.extend(
-                    broker_pb2.AckFailure(index=i, error=error.to_proto()) for i in indexes
-                )
-        failures.sort(key=lambda f: f.index)
-        self._answer(
-            broker_pb2.ConsumeResponse(
-                ack=broker_pb2.AckResult(request_id=request_id, failures=failures)
-            )
-        )
+        self._answer(await queue_settle.answer(kind, body, applied))
 
+    # queue_settle.SettleHost
 
-def _request_refusal(kind: str, body: Any) -> BrokerError | None:
-    """A refusal of every id of the request for one of its own fields."""
-    if kind == "nack":
-        if body.HasField("delay_ms") and body.delay_ms > NACK_DELAY_MS_MAX:
-            return invalid(
-                "INVALID_NACK",
-                f"a nack's delay_ms is at most {NACK_DELAY_MS_MAX}, not {body.delay_ms}",
-                field="delay_ms",
-            )
-        if len(body.error.encode()) > NACK_ERROR_BYTES_MAX:
-            return invalid(
-                "INVALID_NACK",
-                f"a nack's error is at most {NACK_ERROR_BYTES_MAX} bytes",
-                field="error",
-            )
-    if (
-        kind == "extend_deadline"
-        and not ACK_DEADLINE_MS_MIN <= body.extension_ms <= ACK_DEADLINE_MS_MAX
-    ):
-        return invalid(
-            "INVALID_EXTENSION",
-            f"extension_ms must be within {ACK_DEADLINE_MS_MIN}..{ACK_DEADLINE_MS_MAX}, not"
-            f" {body.extension_ms}",
-            field="extension_ms",
-        )
-    return None
+    def relay_of(self, partition: int) -> Relay | None:
+        return self._relays.get(partition)
+
+    def live_queue(self, partition: int) -> PartitionQueue | None:
+        queue = self._touched.get(partition)
+        return queue if queue is not None and queue.failure is None else None
+
+    async def queue_of(self, partition: int) -> PartitionQueue:
+        return await self._queue_of(partition)
+
+    def clock_ms(self) -> int:
+        return self._queues.clock_ms()
 
 
 __all__ = ["check_queue_subscribe", "not_in_queue_mode", "serve_queue"]

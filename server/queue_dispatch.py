@@ -417,12 +417,17 @@ class PartitionQueue:
     # -- consumers' answers -----------------------------------------------------
 
     def ack(self, offset: int, attempt: int) -> Outcome | QueueError:
+        return self.ack_many([(offset, attempt)])[0]
+
+    def ack_many(self, acks: list[tuple[int, int]]) -> list[Outcome | QueueError]:
+        """Acks (offset, attempt) pairs in order; one wake-up for all of them."""
         self._check()
-        outcome = self.dispatch.ack(offset, attempt)
-        if outcome is Outcome.ACKED:
+        ack = self.dispatch.ack
+        outcomes: list[Outcome | QueueError] = [ack(offset, attempt) for offset, attempt in acks]
+        if Outcome.ACKED in outcomes:
             self._dirty.set()
             self._wake_streams()  # room under the bound, a key freed
-        return outcome
+        return outcomes
 
     def nack(
         self, offset: int, attempt: int, delay_ms: int | None, reason: str

@@ -422,6 +422,17 @@ class QueueDispatch:
 
     def ack(self, offset: int, attempt: int) -> Outcome | UnknownAckId:
         """Acks the record; any attempt handed out counts (its work was done)."""
+        record = self.in_flight.get(offset)
+        if record is not None and 1 <= attempt <= record.attempt:
+            # The common case (a record in flight acked), as below without the lookups.
+            del self.in_flight[offset]
+            self._untoken(record.token, offset)
+            self.acked.add(offset, offset + 1)
+            if record.key_hash is not None:
+                self._release_key(record.key_hash)
+            self._compact_heaps()
+            self._outbox.acked(offset)
+            return Outcome.ACKED
         if offset in self.acked and attempt >= 1:
             return Outcome.ALREADY_ACKED
         out = self._attempt_out(offset)
