@@ -55,7 +55,7 @@ from typing import Any
 import grpc
 
 from weir.cluster import controller as ctl
-from weir.cluster.queue import encode_ack_id
+from weir.cluster.queue import ack_id_encoder
 from weir.cluster.storage import StorageError
 from weir.server import queue_settle
 from weir.server.config import NodeConfig
@@ -262,6 +262,8 @@ class _QueueStream:
         self._relayed: collections.deque[bytes] = collections.deque()
         # This stream is itself a relay from another node: it never relays.
         self._relayed_here = is_relayed(context)
+        # Per partition served here, its ack ids' encoder.
+        self._encoders: dict[int, Callable[[int, int], bytes]] = {}
 
     # Subscriber
     def wake(self) -> None:
@@ -553,26 +555,33 @@ class _QueueStream:
         self._notified.discard(number)
         credit.messages -= len(items)
         credit.bytes -= sum(i.record.charge for i in items)
-        batch = broker_pb2.ConsumedBatch(
-            topic=self._topic.name,
-            partition=number,
-            base_offset=items[0].delivery.offset,
-            end_offset=queue.log.end_offset,
-            records=[i.record.record for i in items],
-            deliveries=[
-                broker_pb2.Delivery(
-                    ack_id=encode_ack_id(
-                        self._group, number, i.delivery.offset, i.delivery.attempt
-                    ),
-                    offset=i.delivery.offset,
-                    delivery_attempt=i.delivery.attempt,
-                    ack_deadline_ms=i.delivery.deadline_ms,
-                )
-                for i in items
-            ],
-        )
-        await self._context.write(broker_pb2.ConsumeResponse(batch=batch).SerializeToString())
+        # Filled in place (a message built apart is copied when set), ack ids
+        # from the partition's encoder: ~3 us per record instead of ~5.
+        response = broker_pb2.ConsumeResponse()
+        batch = response.batch
+        batch.topic = self._topic.name
+        batch.partition = number
+        batch.base_offset = items[0].delivery.offset
+        batch.end_offset = queue.log.end_offset
+        batch.records.extend([i.record.record for i in items])
+        encode = self._ack_id_encoder(number)
+        add = batch.deliveries.add
+        for item in items:
+            offset, attempt, deadline_ms = item.delivery
+            add(
+                ack_id=encode(offset, attempt),
+                offset=offset,
+                delivery_attempt=attempt,
+                ack_deadline_ms=deadline_ms,
+            )
+        await self._context.write(response.SerializeToString())
         return 1
+
+    def _ack_id_encoder(self, partition: int) -> Callable[[int, int], bytes]:
+        encode = self._encoders.get(partition)
+        if encode is None:
+            encode = self._encoders[partition] = ack_id_encoder(self._group, partition)
+        return encode
 
     async def _notice(self, number: int, held: HandedOut) -> None:
         needed = held.record.charge - self._credit.bytes

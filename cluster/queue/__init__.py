@@ -12,7 +12,7 @@
 docs/groups.md "Queue mode: the state machine" describes how they fit.
 """
 
-from .ackid import AckId, decode_ack_id, decode_ack_ids, encode_ack_id
+from .ackid import AckId, ack_id_encoder, decode_ack_id, decode_ack_ids, encode_ack_id
 from .applied import AppliedQueueState, PendingRecord, PendingRecords
 from .codec import decode_control, encode_control
 from .errors import InvalidNackDelay, NotInFlight, QueueError, QueueGroupsFull, UnknownAckId
@@ -57,6 +57,7 @@ __all__ = [
     "QueueGroupsFull",
     "Redelivery",
     "UnknownAckId",
+    "ack_id_encoder",
     "backoff_ms",
     "decode_ack_id",
     "decode_ack_ids",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from .errors import UnknownAckId
@@ -26,6 +26,8 @@ ACK_ID_VERSION = 1
 _BODY = struct.Struct(">BIIQI")
 _CHECK = struct.Struct(">I")
 _ID = struct.Struct(">BIIQII")  # the body, then the check
+_PREFIX = struct.Struct(">BII")  # the body's version, group hash, partition
+_TAIL = struct.Struct(">QI")  # the body's offset, attempt
 ACK_ID_BYTES = _BODY.size + _CHECK.size
 # Group names whose hash is remembered (least recently used first out).
 GROUP_HASHES_CACHED_MAX = 1024
@@ -44,10 +46,25 @@ def group_hash(group: str) -> int:
 
 
 def encode_ack_id(group: str, partition: int, offset: int, attempt: int) -> bytes:
-    assert 0 <= partition < 2**32 and 0 <= offset < 2**63 and 1 <= attempt <= ATTEMPT_MAX
+    assert 0 <= offset < 2**63 and 1 <= attempt <= ATTEMPT_MAX
+    return ack_id_encoder(group, partition)(offset, attempt)
+
+
+def ack_id_encoder(group: str, partition: int) -> Callable[[int, int], bytes]:
+    """`encode_ack_id(group, partition, offset, attempt)` as a function of
+    (offset, attempt): what is the same for every id of a response (and its
+    share of the check) is computed once."""
+    assert 0 <= partition < 2**32
     hashed = group_hash(group)
-    body = _BODY.pack(ACK_ID_VERSION, hashed, partition, offset, attempt)
-    return body + _CHECK.pack(zlib.crc32(body, hashed))
+    prefix = _PREFIX.pack(ACK_ID_VERSION, hashed, partition)
+    seed = zlib.crc32(prefix, hashed)
+    pack, check, crc32 = _TAIL.pack, _CHECK.pack, zlib.crc32
+
+    def encode(offset: int, attempt: int) -> bytes:
+        tail = pack(offset, attempt)
+        return prefix + tail + check(crc32(tail, seed))
+
+    return encode
 
 
 def decode_ack_id(group: str, ack_id: bytes) -> AckId | UnknownAckId:

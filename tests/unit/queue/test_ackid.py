@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import random
+import struct
+import zlib
 
 import pytest
 
-from weir.cluster.queue import AckId, UnknownAckId, decode_ack_id, encode_ack_id
+from weir.cluster.queue import (
+    AckId,
+    UnknownAckId,
+    ack_id_encoder,
+    decode_ack_id,
+    decode_ack_ids,
+    encode_ack_id,
+)
 from weir.cluster.queue.ackid import ACK_ID_BYTES
 
 pytestmark = pytest.mark.timeout(10)
@@ -37,3 +46,15 @@ def test_garbage_and_every_flipped_byte_are_refused() -> None:
     for _ in range(2_000):
         noise = rng.randbytes(ACK_ID_BYTES)
         assert isinstance(decode_ack_id("workers", noise), UnknownAckId)
+
+
+def test_the_layout_is_the_documented_one_and_a_batch_decodes_as_each() -> None:
+    # version u8 | crc32(group) u32 | partition u32 | offset u64 | attempt u32 | check u32,
+    # check = crc32 of the body seeded with crc32(group): computed here from the layout alone.
+    hashed = zlib.crc32(b"workers")
+    body = struct.pack(">BIIQI", 1, hashed, 7, 12, 3)
+    expected = body + struct.pack(">I", zlib.crc32(body, hashed))
+    assert encode_ack_id("workers", 7, 12, 3) == expected
+    assert ack_id_encoder("workers", 7)(12, 3) == expected
+    ids = [expected, b"", encode_ack_id("other", 1, 2, 3), encode_ack_id("workers", 0, 5, 1)]
+    assert decode_ack_ids("workers", ids) == [decode_ack_id("workers", i) for i in ids]
