@@ -297,9 +297,23 @@ class PartitionQueue:
                     self.dispatch.deliver_new(token, len(plain), deadline_ms, now) if plain else 0
                 )
                 if count:
-                    for offset, taken in enumerate(plain[:count], first):
-                        out.append(HandedOut(Delivery(offset, 1, deadline_ms), taken))
-                        charged += taken.charge
+                    taken = plain[:count]
+                    charged += sum(r.charge for r in taken)
+                    # The tuples built in C (map over tuple.__new__): a NamedTuple's
+                    # own constructor is a Python call per record.
+                    offsets = zip(
+                        range(first, first + count),
+                        itertools.repeat(1),
+                        itertools.repeat(deadline_ms),
+                    )
+                    deliveries = map(tuple.__new__, itertools.repeat(Delivery), offsets)
+                    out.extend(
+                        map(
+                            tuple.__new__,
+                            itertools.repeat(HandedOut),
+                            zip(deliveries, taken, strict=True),
+                        )
+                    )
                     continue
             limit = 1
             if not delayed and self._buffer and self.dispatch.only_new_records(now):

@@ -75,7 +75,7 @@ def decode_ack_id(group: str, ack_id: bytes) -> AckId | UnknownAckId:
 def decode_ack_ids(group: str, ack_ids: Iterable[bytes]) -> list[AckId | UnknownAckId]:
     """`decode_ack_id` of each, in one pass (a request carries thousands)."""
     expected = group_hash(group)
-    unpack, crc32, body_bytes = _ID.unpack, zlib.crc32, _BODY.size
+    unpack, crc32, body_bytes, new_tuple = _ID.unpack, zlib.crc32, _BODY.size, tuple.__new__
     out: list[AckId | UnknownAckId] = []
     for ack_id in ack_ids:
         if len(ack_id) != ACK_ID_BYTES:
@@ -91,5 +91,5 @@ def decode_ack_ids(group: str, ack_ids: Iterable[bytes]) -> list[AckId | Unknown
         elif offset >= 2**63 or attempt == 0:
             out.append(UnknownAckId("the ack id names no delivery"))
         else:
-            out.append(AckId(partition, offset, attempt))
+            out.append(new_tuple(AckId, (partition, offset, attempt)))  # AckId(...) in C
     return out
