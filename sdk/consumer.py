@@ -173,7 +173,11 @@ class Consumer:
 
         One request per call: pass a list to ack many records at once.
         """
-        self._thread.run(self._consumer.ack(records))
+
+        async def ack() -> None:
+            await self._consumer.ack(records)
+
+        self._thread.run(ack())
 
     def ack_nowait(self, records: ConsumedRecord | Sequence[ConsumedRecord]) -> None:
         """Queue mode: as `weir.aio.Consumer.ack_nowait`: hands the acks over, no broker wait."""

@@ -459,18 +459,22 @@ class Consumer:
         sub = await self._current_sub()
         return await self._driver.commit_on(sub, offsets)
 
-    async def ack(self, records: ConsumedRecord | Sequence[ConsumedRecord]) -> None:
+    def ack(self, records: ConsumedRecord | Sequence[ConsumedRecord]) -> asyncio.Future[None]:
         """Queue mode: `records` (one or several) are done; they are never delivered again.
 
-        Waits until the broker has stored the acks (`AckResult`). Acking
-        twice is harmless. Acks from several tasks in the same turn of the
-        event loop go out in one request (so does a list). Raises
-        `UnknownAckIdError` when the broker does not know an ack id (see
+        Await the result to wait until the broker has stored the acks
+        (`AckResult`): `await consumer.ack(record)`. The acks are handed
+        over when called (a future, not a coroutine: many awaited together
+        with `asyncio.gather` need no task each). Acking twice is harmless.
+        Acks from several tasks in the same turn of the event loop go out in
+        one request (so does a list). The future raises `UnknownAckIdError`
+        when the broker does not know an ack id (see
         `metadata["ack_index"]`); the others were acked. After a reconnect
         the records taken from the old stream are acked on the new one.
+        Call it on the consumer's event loop.
         """
         ids = self._queue_ids(records)
-        await self._settler.settle(ACK, ids)
+        return self._settler.settle_soon(ACK, ids)
 
     def ack_nowait(self, records: ConsumedRecord | Sequence[ConsumedRecord]) -> None:
         """Queue mode: `records` are done; their acks go out without waiting for an answer.

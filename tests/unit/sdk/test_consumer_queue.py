@@ -463,11 +463,26 @@ def test_close_right_after_an_ack_fails_it_before_it_is_sent(
     async def body() -> None:
         c = queue_consumer()
         await c.start()
-        acking = asyncio.ensure_future(c.ack(record(0, 1)))
-        await asyncio.sleep(0)  # the ack opened its request; the send has not run
+        acking = c.ack(record(0, 1))  # its request is open; the send has not run
         await c.close()
         with pytest.raises(ClosedError):
             await acking
         assert c._settler.outstanding == 0 and calls.last.sent("ack") == []
+
+    run(body)
+
+
+def test_ack_hands_its_ids_over_at_once_as_a_future(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not a coroutine: awaiting many acks together needs no task each, and an
+    # ack is sent even if nobody awaits it.
+    calls = Calls(monkeypatch)
+
+    async def body() -> None:
+        async with queue_consumer() as c:
+            acks = [c.ack(record(0, offset)) for offset in range(3)]
+            assert all(isinstance(a, asyncio.Future) for a in acks)
+            assert await asyncio.gather(*acks) == [None, None, None]
+            sent = calls.last.sent("ack")
+            assert [list(s.ack.ack_ids) for s in sent] == [[ack_id(0, o) for o in range(3)]]
 
     run(body)
