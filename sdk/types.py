@@ -160,9 +160,14 @@ def make_delivered_record(
     delivery: broker_pb2.Delivery,
 ) -> ConsumedRecord:
     """A queue-mode record: its offset and delivery fields from `delivery`."""
-    record = make_consumed_record(
-        topic, partition, delivery.offset, key, value, headers, timestamp_ms
-    )
+    record: ConsumedRecord = _new_object(ConsumedRecord)
+    _set_topic(record, topic)
+    _set_partition(record, partition)
+    _set_offset(record, delivery.offset)
+    _set_key(record, key)
+    _set_value(record, value)
+    _set_headers(record, headers)
+    _set_timestamp_ms(record, timestamp_ms)
     _set_ack_id(record, delivery.ack_id)
     _set_delivery_attempt(record, delivery.delivery_attempt)
     _set_ack_deadline_ms(record, delivery.ack_deadline_ms)

@@ -9,6 +9,7 @@ from google.protobuf.message import DecodeError
 
 from weir import _wire
 from weir._wire import credit_bytes
+from weir.types import ConsumedRecord, make_consumed_record, make_delivered_record
 from weir.v1 import broker_pb2, records_pb2
 
 pytestmark = pytest.mark.timeout(10)
@@ -103,3 +104,12 @@ def test_batch_reader_decodes_timestamps_that_share_their_high_bytes() -> None:
     cut = b"\x0a\x02\x20\x80" + b"\x0a\x03\x12\x01v"
     with pytest.raises(DecodeError):
         _wire.decode_batch_response(b"\x12" + bytes([len(cut)]) + cut)
+
+
+def test_the_hot_path_record_builders_make_what_the_constructor_makes() -> None:
+    # make_consumed_record / make_delivered_record set the frozen slots directly.
+    built = make_consumed_record("t", 2, 7, b"k", b"v", {"h": b"1"}, 99)
+    assert built == ConsumedRecord("t", 2, 7, b"k", b"v", {"h": b"1"}, 99)
+    delivery = broker_pb2.Delivery(ack_id=b"id", offset=8, delivery_attempt=3, ack_deadline_ms=5)
+    delivered = make_delivered_record("t", 2, None, b"v", {}, 99, delivery)
+    assert delivered == ConsumedRecord("t", 2, 8, None, b"v", {}, 99, b"id", 3, 5)
