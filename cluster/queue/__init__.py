@@ -3,7 +3,8 @@
 - `types`: settings, inputs, answers and control records;
 - `state`: the leader's live dispatch state (`QueueDispatch`);
 - `applied`: the replicated state every replica applies (`AppliedQueueState`);
-- `ranges`: acked offsets folding into a low watermark;
+- `ranges`: sets of offsets as ranges (acked offsets folding into a low watermark);
+- `deadlines`: the ack deadlines of records in flight, as offset ranges;
 - `outbox`: the leader's control records of a turn, merged in event order;
 - `codec`: control records as a QUEUE_CONTROL batch payload;
 - `ackid`: the opaque ack id;

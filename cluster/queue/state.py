@@ -13,6 +13,10 @@ say:
   below it, which the delayed-record index finds). A record whose
   `deliver_at_ms` is in the future is passed over; the index offers it when
   due.
+- `deliver_new(token, count, deadline_ms, now_ms)` is the fast lane of
+  `deliver`: a run of new records from the cursor that the caller knows
+  have no key and are due, handed out as one range when nothing else is
+  waiting (0: call `deliver`).
 - `ack`, `nack`, `extend` come from consumers (ack ids decoded by ackid.py);
   `expire(now_ms)` fails records whose deadline passed; `stream_closed`
   fails a stream's records at once; `dead_letter_written` confirms a
@@ -54,6 +58,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from .applied import AppliedQueueState
+from .deadlines import Deadlines
 from .errors import InvalidNackDelay, NotInFlight, QueueError, UnknownAckId
 from .outbox import ControlOutbox
 from .ranges import AckedOffsets
@@ -115,9 +120,7 @@ class QueueDispatch:
         self._dead_key: dict[int, int] = {}  # key hashes of records being dead-lettered
         self._by_token: dict[StreamToken, set[int]] = {}
         self._due: list[tuple[int, int]] = []  # (due_ms, offset), stale entries allowed
-        # (deadline_ms, first, end, attempt): offsets [first, end) handed out as
-        # `attempt` with that deadline; stale entries (and offsets) allowed.
-        self._deadlines: list[tuple[int, int, int, int]] = []
+        self._deadlines = Deadlines()
         # Every offset at or above it is unknown to the state: not acked, pending
         # or held (what lets `deliver_new` hand out a run without looking).
         self._known_end = 0
@@ -213,8 +216,9 @@ class QueueDispatch:
     def next_wakeup_ms(self) -> int | None:
         """When `expire` or `deliver` next has something to do, if nothing else happens."""
         times = [self._due[0][0]] if self._due else []
-        if self._deadlines:
-            times.append(self._deadlines[0][0])
+        deadline = self._deadlines.next_ms()
+        if deadline is not None:
+            times.append(deadline)
         return min(times) if times else None
 
     def check_invariants(self) -> None:
@@ -241,8 +245,8 @@ class QueueDispatch:
             assert all(self.in_flight[o].token == token for o in offsets)
         due = set(self._due)
         assert all((w.due_ms, o) in due for o, w in self.waiting.items())
-        deadlines = {(d, o, a) for d, first, end, a in self._deadlines for o in range(first, end)}
-        assert all((r.deadline_ms, o, r.attempt) in deadlines for o, r in self.in_flight.items())
+        for offset, record in self.in_flight.items():
+            assert self._deadlines.covers(offset, record.deadline_ms, record.attempt), offset
         assert all(o < self._known_end for o in union), "an offset known past _known_end"
         assert all(end <= self._known_end for _, end in self.acked.ranges())
         if self.config.ordered_keys:
@@ -352,7 +356,7 @@ class QueueDispatch:
     ) -> Delivery:
         self.in_flight[offset] = InFlight(token, deadline_ms, attempt, key_hash, last_error)
         self._by_token.setdefault(token, set()).add(offset)
-        heapq.heappush(self._deadlines, (deadline_ms, offset, offset + 1, attempt))
+        self._deadlines.push(deadline_ms, offset, offset + 1, attempt)
         if offset >= self._known_end:
             self._known_end = offset + 1
         return Delivery(offset, attempt, deadline_ms)
@@ -381,7 +385,7 @@ class QueueDispatch:
         offsets = range(first, end)
         self.in_flight.update(dict.fromkeys(offsets, InFlight(token, deadline_ms, 1, None, "")))
         self._by_token.setdefault(token, set()).update(offsets)
-        heapq.heappush(self._deadlines, (deadline_ms, first, end, 1))
+        self._deadlines.push(deadline_ms, first, end, 1)
         self._outbox.delivered_run(self._cursor_to_record(), first, count)
         return count
 
@@ -476,21 +480,21 @@ class QueueDispatch:
         if record is None or record.attempt != attempt or record.token != token:
             return NotInFlight(f"offset {offset} attempt {attempt} is not in flight on the stream")
         self.in_flight[offset] = record._replace(deadline_ms=deadline_ms)
-        heapq.heappush(self._deadlines, (deadline_ms, offset, offset + 1, attempt))
+        self._deadlines.push(deadline_ms, offset, offset + 1, attempt)
         self._compact_heaps()
         return Outcome.EXTENDED
 
     def expire(self, now_ms: int) -> tuple[Redelivery | DeadLetter, ...]:
         """Fails every record whose deadline is at or before `now_ms`, as a nack without delay."""
-        out: list[Redelivery | DeadLetter] = []
-        while self._deadlines and self._deadlines[0][0] <= now_ms:
-            deadline_ms, first, end, attempt = heapq.heappop(self._deadlines)
-            for offset in range(first, end):
-                record = self.in_flight.get(offset)
-                if record is None or (record.deadline_ms, record.attempt) != (deadline_ms, attempt):
-                    continue
-                out.append(self._fail(offset, None, DEADLINE_REASON, now_ms))
-        return tuple(out)
+        return tuple(
+            self._fail(offset, None, DEADLINE_REASON, now_ms)
+            for offset, _ in self._deadlines.due(now_ms, self._holds)
+        )
+
+    def _holds(self, offset: int, deadline_ms: int, attempt: int) -> bool:
+        """Whether `offset` is in flight as `attempt` with this deadline (not stale)."""
+        record = self.in_flight.get(offset)
+        return record is not None and (record.deadline_ms, record.attempt) == (deadline_ms, attempt)
 
     def stream_closed(self, token: StreamToken, now_ms: int) -> tuple[Redelivery | DeadLetter, ...]:
         """The stream's records go back at once (their attempt counts)."""
@@ -582,30 +586,7 @@ class QueueDispatch:
         if len(self._due) > 2 * len(self.waiting) + _HEAP_SLACK:
             self._due = [(w.due_ms, o) for o, w in self.waiting.items()]
             heapq.heapify(self._due)
-        if len(self._deadlines) > 2 * len(self.in_flight) + _HEAP_SLACK:
-            self._rebuild_deadlines()
-
-    def _rebuild_deadlines(self) -> None:
-        # One entry per run of consecutive offsets (in hand-out order) that
-        # share a deadline and an attempt, as `deliver_new` makes them.
-        entries: list[tuple[int, int, int, int]] = []
-        run: list[int] | None = None
-        for offset, record in self.in_flight.items():
-            if (
-                run is not None
-                and offset == run[2]
-                and record.deadline_ms == run[0]
-                and record.attempt == run[3]
-            ):
-                run[2] += 1
-                continue
-            if run is not None:
-                entries.append((run[0], run[1], run[2], run[3]))
-            run = [record.deadline_ms, offset, offset + 1, record.attempt]
-        if run is not None:
-            entries.append((run[0], run[1], run[2], run[3]))
-        heapq.heapify(entries)
-        self._deadlines = entries
+        self._deadlines.compact(self.in_flight)
 
     def take_control(self) -> list[ControlRecord]:
         """The control records of the events since the last call, in order, to replicate."""
