@@ -313,6 +313,9 @@ def test_an_isolated_leaders_uncommitted_entry_is_never_served(tmp_path: pathlib
                 await node.start()
             new_leader = await cluster.leader(1)
             for node in cluster.running():
+                # A restarted node serves nothing until it learns the commit
+                # index again (the new leader once an entry of its term commits).
+                await eventually(lambda n=node: replicator(n).log(1).end_offset >= 1)
                 assert values_in(node, 1) == [(0, b"kept")]
             again = await replicator(new_leader).append(1, batch([b"later"]), 1, 1000)
             assert await again.committed == 1
