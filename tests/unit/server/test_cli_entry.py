@@ -69,3 +69,17 @@ def test_client_commands_still_refuse_unknown_arguments_without_the_extra(
         cli.main(["topic", "list", "--no-such-flag"])
     assert exited.value.code == 2
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_serve_raises_only_the_collectors_first_threshold() -> None:
+    # A fresh interpreter: the test process's own collector stays as it is.
+    code = (
+        "import gc; from weir.server import cli_serve; before = gc.get_threshold();"
+        " cli_serve.tune_gc(); after = gc.get_threshold();"
+        " assert after == (cli_serve.GC_GEN0_THRESHOLD, *before[1:]), (before, after);"
+        " assert after[0] > before[0]"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
