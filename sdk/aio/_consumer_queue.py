@@ -51,12 +51,13 @@ itself (`settle_soon`), not a coroutine: awaiting many of them together
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from weir.errors import (
     BufferFullError,
@@ -157,6 +158,35 @@ class Kind:
 ACK = Kind("ack")
 
 
+class SettleFuture(asyncio.Future[None]):
+    """What `ack()` returns: a future that is also accepted where a coroutine is.
+
+    `asyncio.gather` takes a future as it is (no task per call, the point of
+    returning one), while `asyncio.create_task(consumer.ack(r))`, natural
+    when `ack()` was a coroutine, still works: a task drives it like a
+    coroutine that awaits the future.
+    """
+
+    _awaiter: Generator[Any, None, None] | None = None
+
+    def send(self, value: None) -> Any:
+        if self._awaiter is None:
+            self._awaiter = self.__await__()
+        return self._awaiter.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        if self._awaiter is None:
+            self._awaiter = self.__await__()
+        return self._awaiter.throw(*args)
+
+    def close(self) -> None:
+        if self._awaiter is not None:
+            self._awaiter.close()
+
+
+collections.abc.Coroutine.register(SettleFuture)
+
+
 @dataclass(eq=False)
 class _Gathering:
     """One request being gathered, then sent; its answer (or failure) in `done`.
@@ -191,7 +221,7 @@ class Settler:
         self._sending: dict[asyncio.Task[None], _Gathering] = {}
         self._unsettled = _UnsettledLog()
 
-    def settle_soon(self, kind: Kind, ids: list[bytes]) -> asyncio.Future[None]:
+    def settle_soon(self, kind: Kind, ids: list[bytes]) -> SettleFuture:
         """`settle` as a future, the ids gathered now: ids that fit one request
         with room need no coroutine and no task (an `ack()` per record awaited
         together cost a task each); the others go through `settle` in a task."""
@@ -203,10 +233,13 @@ class Settler:
         ):
             self.outstanding += len(ids)
             gathering, first = self._gather(kind, ids)
-            waiter: asyncio.Future[None] = loop.create_future()
+            waiter = SettleFuture(loop=loop)
             gathering.waiters.append((waiter, first, len(ids)))
             return waiter
-        return asyncio.ensure_future(self.settle(kind, ids))
+        settled = SettleFuture(loop=loop)
+        task = asyncio.ensure_future(self.settle(kind, ids))
+        task.add_done_callback(lambda done: _chain(done, settled))
+        return settled
 
     async def settle(self, kind: Kind, ids: list[bytes]) -> None:
         """Send `ids` under `kind` (joining a request of this turn) and wait for the answer."""
@@ -365,6 +398,20 @@ def _request(gathering: _Gathering, request_id: int) -> broker_pb2.ConsumeReques
         request_id=request_id, ack_ids=ids, extension_ms=kind.extension_ms
     )
     return broker_pb2.ConsumeRequest(extend_deadline=extend)
+
+
+def _chain(done: asyncio.Future[None], settled: asyncio.Future[None]) -> None:
+    """Hands a settling task's outcome to the future its caller holds."""
+    if settled.done():
+        if not done.cancelled():
+            done.exception()  # retrieved: the caller gave up on it
+        return
+    if done.cancelled():
+        settled.cancel()
+    elif (error := done.exception()) is not None:
+        settled.set_exception(error)
+    else:
+        settled.set_result(None)
 
 
 def _raise_first(failures: list[tuple[int, WeirError]]) -> None:

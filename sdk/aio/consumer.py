@@ -88,6 +88,7 @@ from weir.aio._consumer_group import PartitionsCallback, check_group_options
 from weir.aio._consumer_queue import (
     ACK,
     Kind,
+    SettleFuture,
     Settler,
     ack_ids,
     check_extension,
@@ -459,13 +460,14 @@ class Consumer:
         sub = await self._current_sub()
         return await self._driver.commit_on(sub, offsets)
 
-    def ack(self, records: ConsumedRecord | Sequence[ConsumedRecord]) -> asyncio.Future[None]:
+    def ack(self, records: ConsumedRecord | Sequence[ConsumedRecord]) -> SettleFuture:
         """Queue mode: `records` (one or several) are done; they are never delivered again.
 
         Await the result to wait until the broker has stored the acks
         (`AckResult`): `await consumer.ack(record)`. The acks are handed
-        over when called (a future, not a coroutine: many awaited together
-        with `asyncio.gather` need no task each). Acking twice is harmless.
+        over when called (a future: many awaited together with
+        `asyncio.gather` need no task each; `asyncio.create_task()` takes it
+        too). Acking twice is harmless.
         Acks from several tasks in the same turn of the event loop go out in
         one request (so does a list). The future raises `UnknownAckIdError`
         when the broker does not know an ack id (see

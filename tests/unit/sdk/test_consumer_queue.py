@@ -486,3 +486,22 @@ def test_ack_hands_its_ids_over_at_once_as_a_future(monkeypatch: pytest.MonkeyPa
             assert [list(s.ack.ack_ids) for s in sent] == [[ack_id(0, o) for o in range(3)]]
 
     run(body)
+
+
+def test_an_ack_can_be_made_a_task_as_when_it_was_a_coroutine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = Calls(monkeypatch)
+
+    async def body() -> None:
+        async with queue_consumer() as c:
+            call = calls.last
+            call.refuse = {ack_id(0, 1): "UNKNOWN_ACK_ID"}
+            assert await asyncio.create_task(c.ack(record(0, 0))) is None
+            with pytest.raises(UnknownAckIdError):
+                await asyncio.create_task(c.ack(record(0, 1)))
+            # A list longer than one request goes through a task of its own.
+            many = [record(0, o) for o in range(2, 10_010)]
+            assert await asyncio.create_task(c.ack(many)) is None
+
+    run(body)
