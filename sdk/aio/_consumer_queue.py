@@ -285,9 +285,19 @@ class Settler:
             )
         self.outstanding += len(ids)
         for start in range(0, len(ids), ACK_IDS_PER_REQUEST_MAX):
-            chunk = ids[start : start + ACK_IDS_PER_REQUEST_MAX]
+            chunk = (
+                ids
+                if len(ids) <= ACK_IDS_PER_REQUEST_MAX
+                else ids[start : start + ACK_IDS_PER_REQUEST_MAX]
+            )
             gathering, first = self._gather(kind, chunk)
-            gathering.unwaited.append((first, len(chunk)))
+            # Calls in a row are one range (a request of 10,000 single-record
+            # calls keeps one pair, and finding its refused ids stays linear).
+            unwaited = gathering.unwaited
+            if unwaited and sum(unwaited[-1]) == first:
+                unwaited[-1] = (unwaited[-1][0], unwaited[-1][1] + len(chunk))
+            else:
+                unwaited.append((first, len(chunk)))
 
     def _resolved(self, gathering: _Gathering, done: asyncio.Future[broker_pb2.AckResult]) -> None:
         if gathering.unwaited:

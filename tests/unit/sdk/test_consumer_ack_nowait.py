@@ -50,6 +50,8 @@ def test_acks_of_one_turn_go_in_one_request_and_nothing_waits(
                 assert c.ack_nowait(record(0, offset)) is None  # type: ignore[func-returns-value]
             c.ack_nowait([record(1, 0), record(1, 1)])
             assert c._settler.outstanding == 7
+            # Calls in a row are one range of the request, not one pair each.
+            assert [g.unwaited for g in c._settler._open.values()] == [[(0, 7)]]
             request = await call.wait_for("ack")
             expected = [ack_id(0, o) for o in range(5)] + [ack_id(1, 0), ack_id(1, 1)]
             assert list(request.ack.ack_ids) == expected
