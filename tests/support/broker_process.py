@@ -13,11 +13,20 @@ import signal
 import subprocess
 import sys
 import threading
+import weakref
 from pathlib import Path
 
 _READY = re.compile(r"listening on (\S+:\d+)")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
+# The nodes' log level; WEIR_TEST_NODE_LOG_LEVEL=INFO to see more while chasing a failure.
+NODE_LOG_LEVEL = os.environ.get("WEIR_TEST_NODE_LOG_LEVEL", "WARNING")
+# Lines of a node's output that a failed test's report shows (tests/conftest.py).
+REPORT_LINES = 200
+
+# Every process a test launched and has not dropped: a failed test's report
+# shows their output (tests/conftest.py), which is how a CI failure is read.
+LAUNCHED: weakref.WeakSet[BrokerProcess] = weakref.WeakSet()
 
 
 class BrokerProcess:
@@ -58,7 +67,7 @@ class BrokerProcess:
         # Every `weir serve` flag is also a WEIR_* variable: a developer's
         # shell must not configure the nodes a test starts.
         env = {k: v for k, v in os.environ.items() if not k.startswith("WEIR_")}
-        env.update(WEIR_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+        env.update(WEIR_LOG_LEVEL=NODE_LOG_LEVEL, PYTHONUNBUFFERED="1")
         self._proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -68,6 +77,7 @@ class BrokerProcess:
             env=env,
         )
         self._ready = threading.Event()
+        LAUNCHED.add(self)
         self._pump_thread = threading.Thread(
             target=self._pump, args=(self._proc, self._ready), daemon=True
         )
@@ -92,8 +102,15 @@ class BrokerProcess:
                 ready.set()
         ready.set()
 
+    def state(self) -> str:
+        """'running', or how the process ended."""
+        if self._proc is None:
+            return "not started"
+        code = self._proc.poll()
+        return "running" if code is None else f"exited with {code}"
+
     def output(self) -> str:
-        return "".join(self._output[-200:])
+        return "".join(self._output[-REPORT_LINES:])
 
     def rss_bytes(self) -> int:
         """Resident set size from /proc, in bytes."""
