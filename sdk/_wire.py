@@ -11,9 +11,14 @@ any client in any language can give back exactly what was charged.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from weir.v1 import broker_pb2
 
 __all__ = [
     "VALUE_ONLY_SMALL_MAX",
+    "DeliveryFields",
     "RecordFields",
     "credit_bytes",
     "decode_batch_response",
@@ -190,6 +195,8 @@ def topic_field(topic: str) -> bytes:
 
 # (key, value, headers, timestamp_ms) of one record.
 RecordFields = tuple[bytes | None, bytes, dict[str, bytes], int]
+# (ack_id, offset, delivery_attempt, ack_deadline_ms) of one queue-mode `Delivery`.
+DeliveryFields = tuple[bytes, int, int, int]
 
 
 def _record_fields(body: bytes) -> RecordFields:
@@ -204,15 +211,21 @@ def _record_fields(body: bytes) -> RecordFields:
     )
 
 
+def delivery_fields(delivery: broker_pb2.Delivery) -> DeliveryFields:
+    """What the fast reader makes of one `Delivery`, from protobuf (the slow path)."""
+    return delivery.ack_id, delivery.offset, delivery.delivery_attempt, delivery.ack_deadline_ms
+
+
 def decode_batch_response(
     raw: bytes,
-) -> tuple[str, int, int, int, list[RecordFields], list[int]] | None:
-    """(topic, partition, base_offset, end_offset, records, charges) of a batch response.
+) -> tuple[str, int, int, int, list[RecordFields], list[int], list[DeliveryFields] | None] | None:
+    """(topic, partition, base_offset, end_offset, records, charges, deliveries) of a batch response.
 
     `raw` is a serialized ConsumeResponse. `charges[i]` is record i's byte
-    credit, `credit_bytes` of its fields. None when `raw` is not a lone
-    `batch` field, or not in the shape this fast reader handles: the caller
-    then uses protobuf and `credit_bytes`.
+    credit, `credit_bytes` of its fields. `deliveries` is None when the batch
+    has none (stream mode), else queue mode's one per record, in order. None
+    when `raw` is not a lone `batch` field, or not in the shape this fast
+    reader handles: the caller then uses protobuf and `credit_bytes`.
     """
     size = len(raw)
     if size < 2 or raw[0] != 0x12:
@@ -224,8 +237,13 @@ def decode_batch_response(
     partition = base_offset = end_offset = 0
     records: list[RecordFields] = []
     charges: list[int] = []
+    deliveries: list[DeliveryFields] = []
     append_record = records.append
     append_charge = charges.append
+    append_delivery = deliveries.append
+    # The deliveries of one response mostly share their deadline's bytes.
+    last_deadline: bytes | None = None
+    last_deadline_ms = 0
     # None matches no stamp, not even an empty one (a cut-off varint).
     last_stamp: bytes | None = None
     last_timestamp_high = 0
@@ -285,6 +303,61 @@ def decode_batch_response(
                 append_record(fields)
                 append_charge(credit_bytes(fields[0], fields[1], fields[2]))
             pos = end
+        elif tag == 0x32:  # deliveries: ack_id, offset, delivery_attempt, ack_deadline_ms
+            length = raw[pos + 1]
+            if length < 0x80:
+                pos += 2
+            else:
+                length, pos = _varint(raw, pos + 1)
+            end = pos + length
+            if end > size:
+                raise ValueError("delivery runs past the end of its batch")
+            ack_id = b""
+            offset = attempt = deadline_ms = 0
+            if pos < end and raw[pos] == 0x0A:
+                length = raw[pos + 1]
+                if length < 0x80:
+                    pos += 2
+                else:
+                    length, pos = _varint(raw, pos + 1)
+                ack_id = raw[pos : pos + length]
+                pos += length
+            if pos < end and raw[pos] == 0x10:
+                # Offsets below 2**21 (three varint bytes) without a call.
+                byte = raw[pos + 1]
+                if byte < 0x80:
+                    offset, pos = byte, pos + 2
+                else:
+                    offset = byte & 0x7F
+                    byte = raw[pos + 2]
+                    if byte < 0x80:
+                        offset |= byte << 7
+                        pos += 3
+                    else:
+                        offset |= (byte & 0x7F) << 7
+                        byte = raw[pos + 3]
+                        if byte < 0x80:
+                            offset |= byte << 14
+                            pos += 4
+                        else:
+                            offset, pos = _varint(raw, pos + 1)
+            if pos < end and raw[pos] == 0x18:
+                attempt = raw[pos + 1]
+                if attempt < 0x80:
+                    pos += 2
+                else:
+                    attempt, pos = _varint(raw, pos + 1)
+            if pos < end and raw[pos] == 0x20:
+                stamp = raw[pos + 1 : end]
+                if stamp == last_deadline:
+                    deadline_ms, pos = last_deadline_ms, end
+                else:
+                    deadline_ms, pos = _varint(raw, pos + 1)
+                    if pos == end:
+                        last_deadline, last_deadline_ms = stamp, deadline_ms
+            if pos != end or offset >= 1 << 63 or attempt >= 1 << 32 or deadline_ms >= 1 << 63:
+                return None  # another field, a field twice or a negative int64: protobuf
+            append_delivery((ack_id, offset, attempt, deadline_ms))
         elif tag == 0x12:  # topic
             length, pos = _varint(raw, pos + 1)
             topic = raw[pos : pos + length].decode()
@@ -299,4 +372,4 @@ def decode_batch_response(
             return None  # a field this reader does not know: let protobuf do it
     if pos != size or base_offset >= 1 << 63 or end_offset >= 1 << 63:
         return None
-    return topic, partition, base_offset, end_offset, records, charges
+    return topic, partition, base_offset, end_offset, records, charges, deliveries or None

@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from weir._wire import DeliveryFields
 from weir.v1 import admin_pb2, broker_pb2, records_pb2
 
 __all__ = [
@@ -157,20 +158,21 @@ def make_delivered_record(
     value: bytes,
     headers: dict[str, bytes],
     timestamp_ms: int,
-    delivery: broker_pb2.Delivery,
+    delivery: DeliveryFields,
 ) -> ConsumedRecord:
     """A queue-mode record: its offset and delivery fields from `delivery`."""
+    ack_id, offset, attempt, deadline_ms = delivery
     record: ConsumedRecord = _new_object(ConsumedRecord)
     _set_topic(record, topic)
     _set_partition(record, partition)
-    _set_offset(record, delivery.offset)
+    _set_offset(record, offset)
     _set_key(record, key)
     _set_value(record, value)
     _set_headers(record, headers)
     _set_timestamp_ms(record, timestamp_ms)
-    _set_ack_id(record, delivery.ack_id)
-    _set_delivery_attempt(record, delivery.delivery_attempt)
-    _set_ack_deadline_ms(record, delivery.ack_deadline_ms)
+    _set_ack_id(record, ack_id)
+    _set_delivery_attempt(record, attempt)
+    _set_ack_deadline_ms(record, deadline_ms)
     return record
 
 

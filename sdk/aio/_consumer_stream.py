@@ -29,7 +29,13 @@ import grpc
 
 from weir._conn import ConsumeCall, from_rpc_error
 from weir._failover import connection_lost
-from weir._wire import RecordFields, credit_bytes, decode_batch_response
+from weir._wire import (
+    DeliveryFields,
+    RecordFields,
+    credit_bytes,
+    decode_batch_response,
+    delivery_fields,
+)
 from weir.errors import ClosedError, UnavailableError, WeirError, WeirTimeoutError
 from weir.v1 import broker_pb2
 
@@ -37,7 +43,7 @@ _log = logging.getLogger("weir.consumer")
 
 
 # Queue mode: the `Delivery` of each record of a batch, in order.
-Deliveries = Sequence[broker_pb2.Delivery]
+Deliveries = Sequence[DeliveryFields]
 
 
 class Batch:
@@ -172,8 +178,7 @@ async def read(sub: Subscription, on_batch: OnBatch, on_control: OnControl) -> N
                 break
             decoded = decode_batch_response(raw)
             if decoded is not None:
-                topic, partition, base_offset, end_offset, records, sizes = decoded
-                on_batch(sub, topic, partition, base_offset, end_offset, records, sizes, None)
+                on_batch(sub, *decoded)
                 continue
             response = broker_pb2.ConsumeResponse.FromString(raw)
             kind = response.WhichOneof("kind")
@@ -196,7 +201,7 @@ async def read(sub: Subscription, on_batch: OnBatch, on_control: OnControl) -> N
                     batch.end_offset,
                     fields,
                     [credit_bytes(key, value, headers) for key, value, headers, _ in fields],
-                    batch.deliveries or None,
+                    [delivery_fields(d) for d in batch.deliveries] or None,
                 )
             elif kind == "commit":
                 fut = sub.commits.get(response.commit.commit_id)

@@ -74,10 +74,60 @@ def test_batch_reader_charges_credit_bytes_and_agrees_with_protobuf(seed: int) -
     ).SerializeToString()
     decoded = _wire.decode_batch_response(raw)
     assert decoded is not None
-    topic, partition, base_offset, end_offset, fields, charges = decoded
+    topic, partition, base_offset, end_offset, fields, charges, deliveries = decoded
     assert (topic, partition, base_offset, end_offset) == ("t", 3, 5, 1000)
     assert fields == [fields_of(r) for r in records]
     assert charges == [credit_bytes(k, v, h) for k, v, h, _ in fields]
+    assert deliveries is None
+
+
+def random_delivery(rng: random.Random) -> broker_pb2.Delivery:
+    return broker_pb2.Delivery(
+        ack_id=rng.randbytes(rng.choice([0, 1, 24, 127, 128, 300])),
+        offset=rng.choice([0, 1, 127, 128, 16_383, 16_384, (1 << 21) - 1, 1 << 21, (1 << 63) - 1]),
+        delivery_attempt=rng.choice([0, 1, 2, 127, 128, (1 << 32) - 1]),
+        ack_deadline_ms=rng.choice([0, 1, 1_764_300_030_000, 1_764_300_030_001, (1 << 63) - 1]),
+    )
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_batch_reader_decodes_queue_deliveries_as_protobuf_does(seed: int) -> None:
+    """Defaults left out, long and one-byte lengths, deadlines shared or not."""
+    rng = random.Random(seed)
+    records = [random_record(rng) for _ in range(30)]
+    deliveries = [random_delivery(rng) for _ in records]
+    # Runs of the same deadline, as a response of one hand-out has.
+    for delivery in deliveries[5:15]:
+        delivery.ack_deadline_ms = 1_764_300_030_000
+    raw = broker_pb2.ConsumeResponse(
+        batch=broker_pb2.ConsumedBatch(
+            records=records, topic="t", partition=1, base_offset=5, deliveries=deliveries
+        )
+    ).SerializeToString()
+    decoded = _wire.decode_batch_response(raw)
+    assert decoded is not None
+    assert decoded[4] == [fields_of(r) for r in records]
+    assert decoded[6] == [_wire.delivery_fields(d) for d in deliveries]
+
+
+def test_batch_reader_leaves_odd_deliveries_to_protobuf() -> None:
+    """Negative int64s, a field twice, fields out of order and unknown fields."""
+    record = records_pb2.Record(value=b"v")
+
+    def batch_of(delivery: bytes) -> bytes:
+        body = b"\x0a" + bytes([record.ByteSize()]) + record.SerializeToString()
+        body += b"\x32" + bytes([len(delivery)]) + delivery
+        return b"\x12" + bytes([len(body)]) + body
+
+    negative = broker_pb2.Delivery(ack_id=b"a", offset=-1).SerializeToString()
+    twice = b"\x0a\x01a\x0a\x01b"
+    reordered = b"\x10\x05\x0a\x01a"
+    unknown = b"\x0a\x01a\x28\x01"
+    for delivery in (negative, twice, reordered, unknown):
+        raw = batch_of(delivery)
+        assert _wire.decode_batch_response(raw) is None, delivery
+        # Protobuf reads each of them (the consumer's slow path).
+        broker_pb2.ConsumeResponse.FromString(raw)
 
 
 def test_batch_reader_declines_a_notice() -> None:
@@ -111,5 +161,5 @@ def test_the_hot_path_record_builders_make_what_the_constructor_makes() -> None:
     built = make_consumed_record("t", 2, 7, b"k", b"v", {"h": b"1"}, 99)
     assert built == ConsumedRecord("t", 2, 7, b"k", b"v", {"h": b"1"}, 99)
     delivery = broker_pb2.Delivery(ack_id=b"id", offset=8, delivery_attempt=3, ack_deadline_ms=5)
-    delivered = make_delivered_record("t", 2, None, b"v", {}, 99, delivery)
+    delivered = make_delivered_record("t", 2, None, b"v", {}, 99, _wire.delivery_fields(delivery))
     assert delivered == ConsumedRecord("t", 2, 8, None, b"v", {}, 99, b"id", 3, 5)

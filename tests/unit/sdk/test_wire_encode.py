@@ -78,7 +78,7 @@ def test_batch_reader_agrees_with_protobuf() -> None:
     ).SerializeToString()
     decoded = _wire.decode_batch_response(raw)
     assert decoded is not None
-    topic, partition, base_offset, end_offset, fields, sizes = decoded
+    topic, partition, base_offset, end_offset, fields, sizes, _ = decoded
     assert (topic, partition, base_offset, end_offset) == ("t", 3, 5, 1000)
     assert fields == [
         (r.key if r.HasField("key") else None, r.value, dict(r.headers), r.timestamp_ms)
