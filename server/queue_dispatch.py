@@ -436,8 +436,23 @@ class PartitionQueue:
     def ack_many(self, acks: list[tuple[int, int]]) -> list[Outcome | QueueError]:
         """Acks (offset, attempt) pairs in order; one wake-up for all of them."""
         self._check()
-        ack = self.dispatch.ack
-        outcomes: list[Outcome | QueueError] = [ack(offset, attempt) for offset, attempt in acks]
+        ack, ack_run = self.dispatch.ack, self.dispatch.ack_run
+        outcomes: list[Outcome | QueueError] = []
+        count = len(acks)
+        i = 0
+        while i < count:
+            # A run of consecutive offsets of one attempt, as a consumer acking
+            # what it got in order sends: one call for the run when it is one
+            # handed out together (QueueDispatch.ack_run), else one per record.
+            first, attempt = acks[i]
+            j = i + 1
+            while j < count and acks[j] == (first + j - i, attempt):
+                j += 1
+            if j - i > 1 and ack_run(first, first + j - i, attempt):
+                outcomes += itertools.repeat(Outcome.ACKED, j - i)
+            else:
+                outcomes += [ack(offset, attempt) for offset, attempt in acks[i:j]]
+            i = j
         if Outcome.ACKED in outcomes:
             self._dirty.set()
             self._wake_streams()  # room under the bound, a key freed
@@ -561,7 +576,7 @@ class PartitionQueue:
             if record is not None:
                 try:
                     await self._dispatcher.dead_letters.write(
-                        self.topic, self.partition, letter.offset, record.record, letter
+                        self.topic, self.partition, letter.offset, record.decoded(), letter
                     )
                 except asyncio.CancelledError:
                     raise

@@ -13,16 +13,27 @@ cost.
 from __future__ import annotations
 
 import dataclasses
+import zlib
+from collections.abc import Callable
 
+from weir.cluster.queue.ackid import ACK_ID_BYTES, ack_id_parts, pack_check, pack_tail
 from weir.cluster.storage import CorruptEntryError
 
 # Tags: (field number << 3) | wire type. 0 = varint, 2 = length-delimited.
-_RECORDS_TAG = 0x0A  # RecordBatch.records / ConsumedBatch.records (field 1)
+RECORDS_TAG = 0x0A  # RecordBatch.records / ConsumedBatch.records (field 1)
 _TOPIC_TAG = b"\x12"  # ConsumedBatch.topic (field 2)
 _PARTITION_TAG = b"\x18"  # ConsumedBatch.partition (field 3)
 _BASE_OFFSET_TAG = b"\x20"  # ConsumedBatch.base_offset (field 4)
 _END_OFFSET_TAG = b"\x28"  # ConsumedBatch.end_offset (field 5)
 _RESPONSE_BATCH_TAG = b"\x12"  # ConsumeResponse.batch (field 2)
+_DELIVERIES_TAG = b"\x32"  # ConsumedBatch.deliveries (field 6)
+# Delivery: ack_id (1), offset (2), delivery_attempt (3), ack_deadline_ms (4).
+_ACK_ID_FIELD = b"\x0a" + bytes((ACK_ID_BYTES,))
+_OFFSET_TAG = b"\x10"
+_ATTEMPT_TAG = b"\x18"
+_DEADLINE_TAG = b"\x20"
+# One-byte varints, by value.
+_SMALL_VARINTS = tuple(bytes((i,)) for i in range(0x80))
 
 
 def identity(raw: bytes) -> bytes:
@@ -33,7 +44,11 @@ def identity(raw: bytes) -> bytes:
 def encode_varint(value: int) -> bytes:
     assert value >= 0, value
     if value < 0x80:
-        return bytes((value,))
+        return _SMALL_VARINTS[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
+    if value < 0x200000:  # offsets below two million: three bytes, no loop
+        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -64,7 +79,7 @@ class Taken:
     blocked_bytes: int = -1
 
 
-def _varint_at(payload: bytes | memoryview, pos: int) -> tuple[int, int]:
+def varint_at(payload: bytes | memoryview, pos: int) -> tuple[int, int]:
     """(value, position after it) of the varint at `pos`; IndexError past the end."""
     value = 0
     shift = 0
@@ -81,13 +96,13 @@ def _varint_at(payload: bytes | memoryview, pos: int) -> tuple[int, int]:
 
 def _header_entry_bytes(payload: bytes | memoryview, at: int) -> tuple[int, int]:
     """(position after it, content size) of the header entry field at `at`."""
-    n, at = _varint_at(payload, at + 1)
+    n, at = varint_at(payload, at + 1)
     entry_end = at + n
     content = 0
     while at < entry_end:
         if payload[at] != 0x0A and payload[at] != 0x12:
             raise MalformedBatchError(f"unexpected header field at byte {at}")
-        n, at = _varint_at(payload, at + 1)
+        n, at = varint_at(payload, at + 1)
         at += n
         content += n
     if at != entry_end:
@@ -130,7 +145,7 @@ def take_records(
     blocked = -1
     try:
         while count < count_max and pos < size:
-            if payload[pos] != _RECORDS_TAG:
+            if payload[pos] != RECORDS_TAG:
                 raise MalformedBatchError(f"unexpected tag {payload[pos]:#x} at byte {pos}")
             length = payload[pos + 1]
             if length < 0x80:
@@ -139,7 +154,7 @@ def take_records(
                 length = (length & 0x7F) | (payload[pos + 2] << 7)
                 body = pos + 3
             else:
-                length, body = _varint_at(payload, pos + 1)
+                length, body = varint_at(payload, pos + 1)
             end = body + length
             if end > size:
                 raise MalformedBatchError(f"record at byte {pos} runs past the end of its batch")
@@ -156,7 +171,7 @@ def take_records(
                 if n < 0x80:
                     at += 2 + n
                 else:
-                    n, at = _varint_at(payload, at + 1)
+                    n, at = varint_at(payload, at + 1)
                     at += n
                 charge = n
                 tag = payload[at] if at < end else 0
@@ -168,7 +183,7 @@ def take_records(
                     n = (n & 0x7F) | (payload[at + 2] << 7)
                     at += 3 + n
                 else:
-                    n, at = _varint_at(payload, at + 1)
+                    n, at = varint_at(payload, at + 1)
                     at += n
                 charge += n
                 tag = payload[at] if at < end else 0
@@ -191,12 +206,12 @@ def take_records(
                 if payload[end - 1] < 0x80 and end - at <= 11:
                     at = end
                 else:
-                    _, at = _varint_at(payload, at + 1)
+                    _, at = varint_at(payload, at + 1)
                     if at > end or end - at > 11:
                         raise MalformedBatchError(f"bad timestamp at byte {at}")
                     tag = payload[at] if at < end else 0
             if tag == 0x28 and at < end:  # Record.deliver_at_ms, the last field: costs nothing
-                _, at = _varint_at(payload, at + 1)
+                _, at = varint_at(payload, at + 1)
             if at != end:
                 raise MalformedBatchError(f"record at byte {pos} is not in canonical field order")
             if charged + charge > charged_bytes_max:
@@ -224,7 +239,66 @@ def consume_batch_response(
     `topic_field` is the pre-encoded topic field (see `topic_field`), built
     once per subscription.
     """
-    header = b"".join(
+    header = _batch_header(topic_field, partition, base_offset, end_offset)
+    body_size = len(header) + sum(len(r) for r in records)
+    return b"".join((_RESPONSE_BATCH_TAG, encode_varint(body_size), header, *records))
+
+
+def delivery_encoder(group: str, partition: int) -> Callable[[int, int, int], bytes]:
+    """(offset, attempt, ack_deadline_ms) -> one `ConsumedBatch.deliveries` field, as bytes.
+
+    The same bytes protobuf writes for `Delivery(ack_id=encode_ack_id(group,
+    partition, offset, attempt), offset, delivery_attempt, ack_deadline_ms)`
+    (zero fields left out); tests compare them. What every delivery of the
+    partition shares (the ack id's prefix and its share of the check) is
+    computed once, and the deadline's bytes while it stays the same.
+    """
+    prefix, seed = ack_id_parts(group, partition)
+    crc32 = zlib.crc32
+    last_deadline = -1
+    deadline_field = b""
+
+    def encode(offset: int, attempt: int, deadline_ms: int) -> bytes:
+        nonlocal last_deadline, deadline_field
+        if deadline_ms != last_deadline:
+            last_deadline = deadline_ms
+            deadline_field = _DEADLINE_TAG + encode_varint(deadline_ms) if deadline_ms else b""
+        tail = pack_tail(offset, attempt)
+        body = b"".join(
+            (
+                _ACK_ID_FIELD,
+                prefix,
+                tail,
+                pack_check(crc32(tail, seed)),
+                _OFFSET_TAG + encode_varint(offset) if offset else b"",
+                _ATTEMPT_TAG,
+                encode_varint(attempt),
+                deadline_field,
+            )
+        )
+        return _DELIVERIES_TAG + encode_varint(len(body)) + body
+
+    return encode
+
+
+def queue_batch_response(
+    topic_field: bytes,
+    partition: int,
+    base_offset: int,
+    end_offset: int,
+    records: list[bytes],
+    deliveries: list[bytes],
+) -> bytes:
+    """A serialized ConsumeResponse{batch} of queue mode: `records` as stored
+    (`QueueRecord.framed`), then `deliveries` (`delivery_encoder`), one each."""
+    header = _batch_header(topic_field, partition, base_offset, end_offset)
+    body_size = len(header) + sum(map(len, records)) + sum(map(len, deliveries))
+    return b"".join((_RESPONSE_BATCH_TAG, encode_varint(body_size), *records, header, *deliveries))
+
+
+def _batch_header(topic_field: bytes, partition: int, base_offset: int, end_offset: int) -> bytes:
+    """ConsumedBatch's topic, partition, base_offset and end_offset fields."""
+    return b"".join(
         (
             topic_field,
             _PARTITION_TAG,
@@ -235,8 +309,6 @@ def consume_batch_response(
             encode_varint(end_offset),
         )
     )
-    body_size = len(header) + sum(len(r) for r in records)
-    return b"".join((_RESPONSE_BATCH_TAG, encode_varint(body_size), header, *records))
 
 
 def topic_field(topic: str) -> bytes:

@@ -54,17 +54,30 @@ def ack_id_encoder(group: str, partition: int) -> Callable[[int, int], bytes]:
     """`encode_ack_id(group, partition, offset, attempt)` as a function of
     (offset, attempt): what is the same for every id of a response (and its
     share of the check) is computed once."""
-    assert 0 <= partition < 2**32
-    hashed = group_hash(group)
-    prefix = _PREFIX.pack(ACK_ID_VERSION, hashed, partition)
-    seed = zlib.crc32(prefix, hashed)
-    pack, check, crc32 = _TAIL.pack, _CHECK.pack, zlib.crc32
+    prefix, seed = ack_id_parts(group, partition)
+    pack, check, crc32 = pack_tail, pack_check, zlib.crc32
 
     def encode(offset: int, attempt: int) -> bytes:
         tail = pack(offset, attempt)
         return prefix + tail + check(crc32(tail, seed))
 
     return encode
+
+
+# An id is `prefix + tail + pack_check(zlib.crc32(tail, seed))` with
+# `(prefix, seed) = ack_id_parts(group, partition)` and
+# `tail = pack_tail(offset, attempt)`: for encoders that write ids inside a
+# larger message (server/wire.py `delivery_encoder`).
+pack_tail = _TAIL.pack
+pack_check = _CHECK.pack
+
+
+def ack_id_parts(group: str, partition: int) -> tuple[bytes, int]:
+    """(prefix, check seed) of the ids of (group, partition); see `pack_tail`."""
+    assert 0 <= partition < 2**32
+    hashed = group_hash(group)
+    prefix = _PREFIX.pack(ACK_ID_VERSION, hashed, partition)
+    return prefix, zlib.crc32(prefix, hashed)
 
 
 def decode_ack_id(group: str, ack_id: bytes) -> AckId | UnknownAckId:

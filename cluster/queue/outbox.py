@@ -51,6 +51,16 @@ class ControlOutbox:
             self._close()
         self._add(self._acked, offset)
 
+    def acked_run(self, first: int, end: int) -> None:
+        """Acks of offsets `[first, end)`, as `acked` of each in order."""
+        if self._dead or self._cursor is not None:
+            self._close()
+        ranges = self._acked
+        if ranges and ranges[-1][1] == first:
+            ranges[-1] = (ranges[-1][0], end)
+        else:
+            ranges.append((first, end))
+
     def dead_lettered(self, offset: int) -> None:
         if self._acked or self._cursor is not None:
             self._close()

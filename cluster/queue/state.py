@@ -52,6 +52,8 @@ is an assertion.
 from __future__ import annotations
 
 import heapq
+import itertools
+import operator
 import random
 from collections import deque
 from collections.abc import Iterable
@@ -448,6 +450,37 @@ class QueueDispatch:
         self._compact_heaps()
         self._outbox.acked(offset)
         return Outcome.ACKED
+
+    def ack_run(self, first: int, end: int, attempt: int) -> bool:
+        """Acks offsets `[first, end)` at once if they are one run handed out together.
+
+        That is, every one of them holds the very `InFlight` that
+        `deliver_new` gave its run (one stream, attempt 1, no key), which is
+        what a consumer acking as it goes sends back. Then this does what
+        `ack` of each would, with one call per run instead of per record.
+        False (nothing changed) for anything else: the caller acks one by one.
+        """
+        in_flight = self.in_flight
+        record = in_flight.get(first)
+        if (
+            record is None
+            or end <= first
+            or record.key_hash is not None
+            or not 1 <= attempt <= record.attempt
+        ):
+            return False
+        offsets = range(first, end)
+        if not all(map(operator.is_, map(in_flight.get, offsets), itertools.repeat(record))):
+            return False
+        deque(map(in_flight.__delitem__, offsets), maxlen=0)
+        tokens = self._by_token[record.token]
+        tokens.difference_update(offsets)
+        if not tokens:
+            del self._by_token[record.token]
+        self.acked.add(first, end)
+        self._compact_heaps()
+        self._outbox.acked_run(first, end)
+        return True
 
     def nack(
         self, offset: int, attempt: int, delay_ms: int | None, reason: str, now_ms: int

@@ -134,6 +134,23 @@ class World:
             return offset, attempt + (1 if self.rng.random() < 0.05 else 0)
         return self.rng.randrange(self.records + 5), self.rng.randrange(3)
 
+    def ack_run(self, first: int, attempt: int, length: int) -> None:
+        """`ack_run` acks the whole run as `ack` of each would, or changes nothing."""
+        d = self.leader
+        end = first + length
+        before = fingerprint(d)
+        in_flight = [d.in_flight.get(o) for o in range(first, end)]
+        if not d.ack_run(first, end, attempt):
+            assert fingerprint(d) == before, "a refused run changed the state"
+            return
+        # Only a run handed out together to one stream: attempt 1, no key.
+        assert all(r is in_flight[0] for r in in_flight), in_flight
+        assert in_flight[0] is not None and in_flight[0].key_hash is None
+        assert 1 <= attempt <= in_flight[0].attempt
+        for offset in range(first, end):
+            assert offset in d.acked and offset not in d.in_flight
+            assert d.ack(offset, attempt) is Outcome.ALREADY_ACKED
+
     def answered(self, before: object, answer: object) -> None:
         if isinstance(answer, QueueError):
             assert fingerprint(self.leader) == before, f"refusal {answer} changed the state"
@@ -190,8 +207,8 @@ class World:
         rng, d = self.rng, self.leader
         kind = rng.choices(
             ["deliver", "ack", "nack", "extend", "expire", "close", "letter", "time",
-             "take", "commit", "apply", "leader"],
-            weights=[20, 16, 8, 3, 4, 2, 4, 10, 5, 8, 6, 2],
+             "take", "commit", "apply", "leader", "ack_run"],
+            weights=[20, 16, 8, 3, 4, 2, 4, 10, 5, 8, 6, 2, 8],
         )[0]  # fmt: skip
         if kind == "deliver":
             self.deliver(rng.choice(TOKENS), rng.randrange(7))
@@ -208,6 +225,15 @@ class World:
             else:
                 answer = d.extend(offset, attempt, rng.choice(TOKENS), self.now + DEADLINE_MS)
             self.answered(before, answer)
+        elif kind == "ack_run":
+            first, attempt = self.some_delivery()
+            # Mostly (part of) a run handed out together, sometimes past its end.
+            shared = d.in_flight.get(first)
+            run = 1
+            while shared is not None and d.in_flight.get(first + run) is shared:
+                run += 1
+            length = rng.randrange(1, run + 1) + (1 if rng.random() < 0.2 else 0)
+            self.ack_run(first, attempt, length)
         elif kind == "expire":
             self.failed(d.expire(self.now))
         elif kind == "close":
@@ -279,6 +305,8 @@ def world(seed: int) -> World:
         queue_pending_max=rng.choice([3, 10, 1_000]),
     )
     keys = [rng.choice([None, 1, 2, 3, 2**32 - 1]) for _ in range(records)]
+    if rng.random() < 0.3:
+        keys = [None] * records  # no key at all: long runs in the fast lane
     delayed = rng.choice([0.0, 0.15, 0.5])
     deliver_at = [rng.randrange(20_000) if rng.random() < delayed else None for _ in range(records)]
     leader = QueueDispatch(config, random.Random(seed + 1))

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from weir._wire import credit_bytes
+from weir.cluster.queue.ackid import encode_ack_id
 from weir.cluster.storage import CorruptEntryError
 from weir.server import wire
 from weir.v1 import broker_pb2, records_pb2
@@ -152,7 +153,9 @@ def test_consume_response_matches_protobuf_encoding(seed: int) -> None:
     assert broker_pb2.ConsumeResponse.FromString(raw) == expected
 
 
-@pytest.mark.parametrize("value", [1, 127, 128, 300, 2**32, 2**63 - 1])
+@pytest.mark.parametrize(
+    "value", [1, 127, 128, 300, 16_383, 16_384, 2**21 - 1, 2**21, 2**32, 2**63 - 1]
+)
 def test_varint_matches_protobuf(value: int) -> None:
     encoded = broker_pb2.PartitionStart(offset=value).SerializeToString()
     assert encoded == b"\x10" + wire.encode_varint(value)
@@ -190,3 +193,63 @@ def test_a_record_of_record_bytes_max_fits_in_that_much_byte_credit(seed: int) -
         limit = record.ByteSize()  # the largest record a topic with this limit accepts
         payload = records_pb2.RecordBatch(records=[record]).SerializeToString()
         assert wire.take_records(payload, 0, 1, limit, 1 << 62).count == 1
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_queue_response_matches_protobuf_encoding(seed: int) -> None:
+    """Byte for byte where protobuf writes every field (no zero among them)."""
+    rng = random.Random(seed)
+    batch = random_batch(rng, 9)
+    payload = batch.SerializeToString()
+    ends = record_ends(payload, 9)
+    framed = [payload[a:b] for a, b in zip([0, *ends], ends, strict=False)]
+    partition = rng.randrange(1, 5000)
+    encode = wire.delivery_encoder("grüppe", partition)
+    deliveries = [
+        (
+            rng.choice([1, 127, 128, 16_384, 2**21, 2**40, 2**63 - 1]),
+            rng.choice([1, 2, 127, 128, 2**32 - 1]),
+            rng.choice([1, 1_764_300_030_000, 2**63 - 1]),
+        )
+        for _ in framed
+    ]
+    raw = wire.queue_batch_response(
+        wire.topic_field("tópic"),
+        partition,
+        deliveries[0][0],
+        2**45,
+        framed,
+        [encode(*d) for d in deliveries],
+    )
+    expected = broker_pb2.ConsumeResponse(
+        batch=broker_pb2.ConsumedBatch(
+            records=batch.records,
+            topic="tópic",
+            partition=partition,
+            base_offset=deliveries[0][0],
+            end_offset=2**45,
+            deliveries=[
+                broker_pb2.Delivery(
+                    ack_id=encode_ack_id("grüppe", partition, offset, attempt),
+                    offset=offset,
+                    delivery_attempt=attempt,
+                    ack_deadline_ms=deadline,
+                )
+                for offset, attempt, deadline in deliveries
+            ],
+        )
+    )
+    assert raw == expected.SerializeToString()
+
+
+def test_a_delivery_of_offset_zero_leaves_the_field_out_as_protobuf_does() -> None:
+    encode = wire.delivery_encoder("g", 0)
+    for deadline in (5, 5, 0, 6):  # the deadline's bytes are kept while it stays
+        expected = broker_pb2.ConsumedBatch(
+            deliveries=[
+                broker_pb2.Delivery(
+                    ack_id=encode_ack_id("g", 0, 0, 1), delivery_attempt=1, ack_deadline_ms=deadline
+                )
+            ]
+        )
+        assert encode(0, 1, deadline) == expected.SerializeToString()
